@@ -1,0 +1,280 @@
+//! What a run does: the server, the users, the timing, and one [`Scenario`] with its
+//! own sizes. Everything has a default so a test can write
+//! `Options { scenario: Scenario::Chat(ChatOptions { rooms: 2, ..Default::default() }), ..Default::default() }`.
+
+use std::time::Duration;
+
+/// Options shared by every scenario.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The server, `host:port` (default `127.0.0.1:5000`). Only this address (and, with
+    /// `dest_addrs > 1`, the next loopback addresses after it) is ever connected to.
+    pub addr: String,
+    /// How many consecutive loopback destination addresses to spread WebSocket
+    /// connections over (`127.0.0.1`, `127.0.0.2`, ...), so more connections fit than
+    /// one address pair's ephemeral ports allow. `None`: 1, except `connect`, which
+    /// uses one address per 10,000 connections. Ignored for non-loopback addresses.
+    pub dest_addrs: Option<usize>,
+    /// Client event-loop threads, each owning one poller and many connections
+    /// (default: the number of cores).
+    pub threads: usize,
+    /// Measured time, after warm-up.
+    pub duration: Duration,
+    /// Traffic runs but is not measured (latency, throughput) during this first part.
+    pub warmup: Duration,
+    /// After sending stops, how long to wait for outstanding deliveries before
+    /// counting the rest as missing. The wait ends early once nothing is outstanding.
+    pub drain: Duration,
+    /// A handshake, message echo or request reply that takes longer counts as timed out.
+    pub timeout: Duration,
+    /// Longest time for setup (connecting, joining, following, preloading) before the
+    /// run starts with whatever is ready.
+    pub setup_timeout: Duration,
+    /// WebSocket handshakes in flight at once, across all threads.
+    pub connect_concurrency: usize,
+    /// Users are named `<prefix>_<n>`. `None`: a prefix unique to this run.
+    pub user_prefix: Option<String>,
+    /// Password of every bench user.
+    pub password: String,
+    /// With the server's `JWT_SECRET`, tokens are minted locally instead of logging in
+    /// (users must still exist: they are registered unless `skip_register`).
+    pub jwt_secret: Option<String>,
+    /// Algorithm for minted tokens.
+    pub jwt_alg: JwtAlg,
+    /// Lifetime of minted tokens.
+    pub jwt_ttl: Duration,
+    /// Assume the users already exist (a reused `user_prefix`); no `/register` calls.
+    pub skip_register: bool,
+    /// Registrations and logins in flight during setup (each costs the server an
+    /// argon2 hash, so more than the server's hash workers only queues).
+    pub register_concurrency: usize,
+    /// After a `RATE_LIMITED` reply, a connection pauses this long before its next
+    /// request (closed-loop senders and setup steps; open-loop sending keeps its pace).
+    pub backoff: Duration,
+    /// Sample this process's resident memory (VmRSS) while the run goes on.
+    pub server_pid: Option<u32>,
+    /// Print a progress line on stderr once a second.
+    pub progress: bool,
+    /// The scenario and its sizes.
+    pub scenario: Scenario,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            addr: "127.0.0.1:5000".to_string(),
+            dest_addrs: None,
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+            duration: Duration::from_secs(10),
+            warmup: Duration::from_secs(0),
+            drain: Duration::from_secs(5),
+            timeout: Duration::from_secs(10),
+            setup_timeout: Duration::from_secs(300),
+            connect_concurrency: 256,
+            user_prefix: None,
+            password: "klav-bench-pw".to_string(),
+            jwt_secret: None,
+            jwt_alg: JwtAlg::HS256,
+            jwt_ttl: Duration::from_secs(3600),
+            skip_register: false,
+            register_concurrency: 32,
+            backoff: Duration::from_millis(100),
+            server_pid: None,
+            progress: false,
+            scenario: Scenario::Chat(ChatOptions::default()),
+        }
+    }
+}
+
+/// HMAC algorithm for locally minted tokens (must match the server's `JWT_ALGORITHM`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JwtAlg {
+    HS256,
+    HS384,
+    HS512,
+}
+
+impl JwtAlg {
+    pub fn name(self) -> &'static str {
+        match self {
+            JwtAlg::HS256 => "HS256",
+            JwtAlg::HS384 => "HS384",
+            JwtAlg::HS512 => "HS512",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JwtAlg> {
+        match s.to_ascii_uppercase().as_str() {
+            "HS256" => Some(JwtAlg::HS256),
+            "HS384" => Some(JwtAlg::HS384),
+            "HS512" => Some(JwtAlg::HS512),
+            _ => None,
+        }
+    }
+}
+
+/// One scenario and its own sizes.
+#[derive(Debug, Clone)]
+pub enum Scenario {
+    /// Many rooms, a few senders each, every member checks every delivery.
+    Chat(ChatOptions),
+    /// One big room: the same checks as `Chat`, with `rooms` forced to 1.
+    Fanout(ChatOptions),
+    /// Many idle authenticated WebSockets, held open.
+    Connect(ConnectOptions),
+    /// Closed-loop `history` requests on a preloaded room.
+    History(HistoryOptions),
+    /// Closed-loop `POST /login` over keep-alive connections.
+    Login(LoginOptions),
+    /// Followed users going online and offline; followers count `presence_change`.
+    Presence(PresenceOptions),
+}
+
+impl Scenario {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Scenario::Chat(_) => "chat",
+            Scenario::Fanout(_) => "fanout",
+            Scenario::Connect(_) => "connect",
+            Scenario::History(_) => "history",
+            Scenario::Login(_) => "login",
+            Scenario::Presence(_) => "presence",
+        }
+    }
+}
+
+/// Sizes of `chat` and `fanout`.
+#[derive(Debug, Clone)]
+pub struct ChatOptions {
+    /// Rooms (`fanout` always uses 1).
+    pub rooms: usize,
+    /// Member connections per room, one user each.
+    pub members: usize,
+    /// Members of each room that also send (at most `members`).
+    pub senders: usize,
+    /// Closed loop: a sender's messages in flight (sent, not yet echoed back).
+    pub window: usize,
+    /// Open loop: aggregate messages per second over all senders, paced by a timer.
+    /// `None`: closed loop.
+    pub rate: Option<f64>,
+    /// Pad each message text to this many bytes (at most 4000; 0 = no padding).
+    pub msg_size: usize,
+    /// Background `POST /login` clients running while the chat is measured.
+    pub with_login_clients: usize,
+}
+
+impl Default for ChatOptions {
+    fn default() -> Self {
+        ChatOptions {
+            rooms: 10,
+            members: 10,
+            senders: 2,
+            window: 1,
+            rate: None,
+            msg_size: 0,
+            with_login_clients: 0,
+        }
+    }
+}
+
+impl ChatOptions {
+    /// The `fanout` defaults: one room of 1000 members, 2 senders.
+    pub fn fanout() -> ChatOptions {
+        ChatOptions {
+            rooms: 1,
+            members: 1000,
+            senders: 2,
+            ..ChatOptions::default()
+        }
+    }
+}
+
+/// Sizes of `connect`.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// WebSocket connections to open and hold.
+    pub connections: usize,
+    /// Users the connections are spread over (several connections per user).
+    /// `None`: one user per 100 connections.
+    pub users: Option<usize>,
+    /// How long to hold them all open once every attempt has settled.
+    pub hold: Duration,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            connections: 1000,
+            users: None,
+            hold: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Sizes of `history`.
+#[derive(Debug, Clone)]
+pub struct HistoryOptions {
+    /// Client connections, one user each, all members of the one room.
+    pub clients: usize,
+    /// `limit` of each `history` request.
+    pub limit: usize,
+    /// Messages sent into the room before the measurement.
+    pub preload: usize,
+    /// Requests in flight per client.
+    pub window: usize,
+}
+
+impl Default for HistoryOptions {
+    fn default() -> Self {
+        HistoryOptions {
+            clients: 10,
+            limit: 50,
+            preload: 200,
+            window: 1,
+        }
+    }
+}
+
+/// Sizes of `login`.
+#[derive(Debug, Clone)]
+pub struct LoginOptions {
+    /// Concurrent keep-alive HTTP connections, each logging in again and again.
+    pub clients: usize,
+    /// Distinct users logged in as. `None`: as many as clients.
+    pub users: Option<usize>,
+}
+
+impl Default for LoginOptions {
+    fn default() -> Self {
+        LoginOptions {
+            clients: 8,
+            users: None,
+        }
+    }
+}
+
+/// Sizes of `presence`.
+#[derive(Debug, Clone)]
+pub struct PresenceOptions {
+    /// Followed users that go online and offline again and again.
+    pub targets: usize,
+    /// Follower connections, each following every target and subscribed to presence.
+    pub followers: usize,
+    /// How long a target stays online per cycle.
+    pub online: Duration,
+    /// How long a target stays offline between cycles.
+    pub offline: Duration,
+}
+
+impl Default for PresenceOptions {
+    fn default() -> Self {
+        PresenceOptions {
+            targets: 10,
+            followers: 20,
+            online: Duration::from_millis(500),
+            offline: Duration::from_millis(500),
+        }
+    }
+}

@@ -1,0 +1,364 @@
+//! The result of a run: plain counters a test can assert on, a human-readable text
+//! ([`fmt::Display`]) and a single-line JSON object ([`Report::to_json`]).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::stats::Latency;
+
+/// Counts by a short label (an error code, an HTTP status, a failure reason).
+pub type Counts = BTreeMap<String, u64>;
+
+/// Everything one run measured. Sections that do not apply to the scenario are `None`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    pub scenario: String,
+    /// Whole run, setup included.
+    pub elapsed_secs: f64,
+    /// The measured part (after warm-up, before drain): the divisor of every rate.
+    pub measured_secs: f64,
+    pub setup: SetupReport,
+    pub connections: Option<ConnectionReport>,
+    pub messages: Option<MessageReport>,
+    pub requests: Option<RequestReport>,
+    pub presence: Option<PresenceReport>,
+    /// `--with-login-clients`: the login load that ran alongside the chat.
+    pub background_login: Option<RequestReport>,
+    /// Latency percentiles by what was measured: `delivery`, `ack`, `connect`,
+    /// `history`, `login`, `background_login`, `presence_online`, `presence_offline`.
+    pub latency: BTreeMap<String, Latency>,
+    /// Peak VmRSS of `--server-pid` while the run went on.
+    pub server_peak_rss_kb: Option<u64>,
+    /// Peak VmRSS of the bench itself.
+    pub bench_peak_rss_kb: Option<u64>,
+}
+
+/// Users and setup time.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SetupReport {
+    pub user_prefix: String,
+    pub users: u64,
+    /// `/register` answered CREATED.
+    pub registered: u64,
+    /// `/register` answered ALREADY.
+    pub already_registered: u64,
+    /// Tokens obtained by `/login`.
+    pub logins: u64,
+    /// Tokens minted with `--jwt-secret`.
+    pub tokens_minted: u64,
+    /// From the start of the run until the measured traffic began.
+    pub setup_secs: f64,
+}
+
+/// WebSocket connections.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ConnectionReport {
+    pub attempted: u64,
+    pub opened: u64,
+    /// Attempts that never opened, by reason (`connect_refused`, `http_403`, ...).
+    pub failed: Counts,
+    /// Opened, then ended without the bench asking, by reason.
+    pub lost: Counts,
+    /// Opened but not ready (joined, subscribed) when the run started; left out.
+    pub not_ready: u64,
+    /// From the first attempt until every attempt had settled.
+    pub open_secs: f64,
+    /// Opened connections per second over `open_secs`.
+    pub opened_per_sec: f64,
+}
+
+/// `chat` / `fanout` messages and their deliveries.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MessageReport {
+    pub rooms: u64,
+    pub members_per_room: u64,
+    pub senders: u64,
+    /// `msg` requests written.
+    pub sent: u64,
+    /// Messages the server echoed back to their sender (the basis of `deliveries_expected`).
+    pub acked: u64,
+    /// `error` replies to `msg`, by code (`RATE_LIMITED`, `UNAVAILABLE`, ...).
+    pub failed: Counts,
+    /// `error` events that matched no request of ours, by code.
+    pub unmatched_errors: Counts,
+    /// No echo and no error within `--timeout` (an echo may still arrive later).
+    pub timed_out: u64,
+    /// Open loop: sends skipped because the sender had too many in flight or was gone.
+    pub skipped: u64,
+    /// `acked` × member connections of the room.
+    pub deliveries_expected: u64,
+    /// Distinct deliveries of acknowledged messages to member connections.
+    pub deliveries_received: u64,
+    pub missing: u64,
+    pub duplicates: u64,
+    /// A message from a sender arriving after a higher sequence number from it.
+    pub order_violations: u64,
+    /// Deliveries of messages whose sender never got the echo.
+    pub unacked_deliveries: u64,
+    /// `message` events that are not ours (other clients in the room).
+    pub foreign: u64,
+    pub sent_per_sec: f64,
+    pub acked_per_sec: f64,
+    pub deliveries_per_sec: f64,
+}
+
+/// Request/reply loops: `history`, `login`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RequestReport {
+    pub clients: u64,
+    pub sent: u64,
+    pub ok: u64,
+    /// By error code or HTTP status (`http_401`) or transport failure.
+    pub failed: Counts,
+    pub timed_out: u64,
+    /// Successful replies per second in the measured window.
+    pub per_sec: f64,
+    /// `history`: mean number of items per reply.
+    pub mean_items: Option<f64>,
+    /// `history`: messages sent into the room before measuring.
+    pub preloaded: Option<u64>,
+}
+
+/// `presence` events.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PresenceReport {
+    pub targets: u64,
+    pub followers: u64,
+    /// Target connections opened (each should bring an `online` to every follower).
+    pub target_opens: u64,
+    /// Target connections closed (each should bring an `offline`).
+    pub target_closes: u64,
+    /// Target connections that failed to open, by reason.
+    pub target_failures: Counts,
+    pub expected: u64,
+    pub received: u64,
+    pub missing: u64,
+    /// Events beyond the expected count.
+    pub unexpected: u64,
+    /// The same status twice in a row for one target at one follower.
+    pub repeated_status: u64,
+    pub events_per_sec: f64,
+}
+
+impl Report {
+    /// The report as one line of JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("report serializes")
+    }
+
+    /// No correctness problem: nothing missing, duplicated or out of order, and no
+    /// failed connection, request or message. Rate-limit rejections count as
+    /// failures too, so benchmarks should raise the server's limits.
+    pub fn is_clean(&self) -> bool {
+        let conns_ok = self
+            .connections
+            .as_ref()
+            .is_none_or(|c| c.failed.is_empty() && c.lost.is_empty() && c.not_ready == 0);
+        let msgs_ok = self.messages.as_ref().is_none_or(|m| {
+            m.missing == 0
+                && m.duplicates == 0
+                && m.order_violations == 0
+                && m.failed.is_empty()
+                && m.timed_out == 0
+                && m.skipped == 0
+        });
+        let req_ok = |r: &Option<RequestReport>| {
+            r.as_ref()
+                .is_none_or(|r| r.failed.is_empty() && r.timed_out == 0 && r.sent > 0)
+        };
+        let presence_ok = self
+            .presence
+            .as_ref()
+            .is_none_or(|p| p.missing == 0 && p.unexpected == 0 && p.repeated_status == 0 && p.target_failures.is_empty());
+        conns_ok && msgs_ok && req_ok(&self.requests) && req_ok(&self.background_login) && presence_ok
+    }
+}
+
+fn counts(map: &Counts) -> String {
+    if map.is_empty() {
+        return "none".to_string();
+    }
+    map.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+}
+
+fn write_requests(f: &mut fmt::Formatter<'_>, title: &str, r: &RequestReport) -> fmt::Result {
+    writeln!(f, "{title}")?;
+    writeln!(
+        f,
+        "  clients {}  sent {}  ok {}  timed out {}  ({:.1}/s)",
+        r.clients, r.sent, r.ok, r.timed_out, r.per_sec
+    )?;
+    writeln!(f, "  failed: {}", counts(&r.failed))?;
+    if let Some(p) = r.preloaded {
+        writeln!(f, "  preloaded messages: {p}")?;
+    }
+    if let Some(items) = r.mean_items {
+        writeln!(f, "  mean items per reply: {items:.1}")?;
+    }
+    Ok(())
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "== klav-bench {} ==  elapsed {:.1}s, measured {:.1}s, setup {:.1}s",
+            self.scenario, self.elapsed_secs, self.measured_secs, self.setup.setup_secs
+        )?;
+        let s = &self.setup;
+        writeln!(
+            f,
+            "users: {} (prefix {}; registered {}, already {}, logins {}, minted tokens {})",
+            s.users, s.user_prefix, s.registered, s.already_registered, s.logins, s.tokens_minted
+        )?;
+        if let Some(c) = &self.connections {
+            writeln!(
+                f,
+                "connections: attempted {}  opened {}  not ready {}  (all settled in {:.2}s, {:.0} opened/s)",
+                c.attempted, c.opened, c.not_ready, c.open_secs, c.opened_per_sec
+            )?;
+            writeln!(f, "  failed: {}", counts(&c.failed))?;
+            writeln!(f, "  lost:   {}", counts(&c.lost))?;
+        }
+        if let Some(m) = &self.messages {
+            writeln!(
+                f,
+                "messages: {} rooms x {} members, {} senders/room",
+                m.rooms, m.members_per_room, m.senders
+            )?;
+            writeln!(
+                f,
+                "  sent {}  acked {}  timed out {}  skipped {}",
+                m.sent, m.acked, m.timed_out, m.skipped
+            )?;
+            writeln!(f, "  failed by code: {}", counts(&m.failed))?;
+            if !m.unmatched_errors.is_empty() {
+                writeln!(f, "  other errors: {}", counts(&m.unmatched_errors))?;
+            }
+            writeln!(
+                f,
+                "  deliveries expected {}  received {}  MISSING {}  DUPLICATES {}  ORDER VIOLATIONS {}",
+                m.deliveries_expected, m.deliveries_received, m.missing, m.duplicates, m.order_violations
+            )?;
+            if m.unacked_deliveries > 0 || m.foreign > 0 {
+                writeln!(
+                    f,
+                    "  deliveries of unacked messages {}  foreign messages {}",
+                    m.unacked_deliveries, m.foreign
+                )?;
+            }
+            writeln!(
+                f,
+                "  throughput: {:.1} msgs/s sent, {:.1} msgs/s acked, {:.1} deliveries/s",
+                m.sent_per_sec, m.acked_per_sec, m.deliveries_per_sec
+            )?;
+        }
+        if let Some(r) = &self.requests {
+            write_requests(f, &format!("{} requests:", self.scenario), r)?;
+        }
+        if let Some(r) = &self.background_login {
+            write_requests(f, "background logins:", r)?;
+        }
+        if let Some(p) = &self.presence {
+            writeln!(f, "presence: {} targets, {} followers", p.targets, p.followers)?;
+            writeln!(
+                f,
+                "  target opens {}  closes {}  failures: {}",
+                p.target_opens,
+                p.target_closes,
+                counts(&p.target_failures)
+            )?;
+            writeln!(
+                f,
+                "  presence_change expected {}  received {}  MISSING {}  unexpected {}  repeated status {}  ({:.1} events/s)",
+                p.expected, p.received, p.missing, p.unexpected, p.repeated_status, p.events_per_sec
+            )?;
+        }
+        if !self.latency.is_empty() {
+            writeln!(
+                f,
+                "latency (ms)        {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+                "count", "mean", "p50", "p90", "p99", "p99.9", "max"
+            )?;
+            for (name, l) in &self.latency {
+                writeln!(
+                    f,
+                    "  {:<17} {:>10} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
+                    name, l.count, l.mean_ms, l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms
+                )?;
+            }
+        }
+        if let Some(kb) = self.server_peak_rss_kb {
+            writeln!(f, "server peak RSS: {:.1} MiB", kb as f64 / 1024.0)?;
+        }
+        if let Some(kb) = self.bench_peak_rss_kb {
+            writeln!(f, "bench peak RSS: {:.1} MiB", kb as f64 / 1024.0)?;
+        }
+        write!(f, "result: {}", if self.is_clean() { "CLEAN" } else { "PROBLEMS (see above)" })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_is_one_line_with_every_section() {
+        let mut r = Report {
+            scenario: "chat".into(),
+            messages: Some(MessageReport {
+                sent: 10,
+                acked: 10,
+                deliveries_expected: 30,
+                deliveries_received: 30,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        r.latency.insert(
+            "delivery".into(),
+            Latency {
+                count: 30,
+                mean_ms: 1.0,
+                p50_ms: 1.0,
+                p90_ms: 2.0,
+                p99_ms: 3.0,
+                p999_ms: 3.0,
+                max_ms: 3.5,
+            },
+        );
+        let json = r.to_json();
+        assert!(!json.contains('\n'));
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["scenario"], "chat");
+        assert_eq!(v["messages"]["deliveries_expected"], 30);
+        assert_eq!(v["latency"]["delivery"]["p99_ms"], 3.0);
+        assert!(v["presence"].is_null());
+        assert!(r.is_clean());
+        let text = r.to_string();
+        assert!(text.contains("MISSING 0"), "{text}");
+        assert!(text.contains("delivery"), "{text}");
+        assert!(text.ends_with("result: CLEAN"));
+    }
+
+    #[test]
+    fn problems_make_a_report_unclean() {
+        let mut r = Report {
+            messages: Some(MessageReport::default()),
+            ..Default::default()
+        };
+        assert!(r.is_clean());
+        r.messages.as_mut().unwrap().failed.insert("RATE_LIMITED".into(), 1);
+        assert!(!r.is_clean());
+        r.messages.as_mut().unwrap().failed.clear();
+        r.messages.as_mut().unwrap().missing = 1;
+        assert!(!r.is_clean());
+        r.messages = None;
+        r.connections = Some(ConnectionReport::default());
+        r.connections.as_mut().unwrap().lost.insert("reset".into(), 2);
+        assert!(!r.is_clean());
+        assert!(r.to_string().contains("reset=2"));
+    }
+}

@@ -1,0 +1,450 @@
+//! Running a scenario: resolving the server, raising the descriptor limit, starting
+//! the client threads, a start gate they all wait on, progress lines and memory
+//! sampling while they run.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use crate::error::BenchError;
+use crate::event::{json_str, Event};
+use crate::net::{Driver, Net, NetConfig};
+use crate::options::{Options, Scenario};
+use crate::report::Report;
+use crate::scenarios;
+use crate::users::fresh_prefix;
+
+/// Runs one scenario against a live server and reports what happened.
+pub fn run(opts: &Options) -> Result<Report, BenchError> {
+    raise_nofile_limit();
+    let server = Server::new(opts)?;
+    let mut report = match &opts.scenario {
+        Scenario::Chat(c) => scenarios::chat::run(&server, c, false)?,
+        Scenario::Fanout(c) => scenarios::chat::run(&server, c, true)?,
+        Scenario::Connect(c) => scenarios::connect::run(&server, c)?,
+        Scenario::History(h) => scenarios::history::run(&server, h)?,
+        Scenario::Login(l) => scenarios::login::run(&server, l)?,
+        Scenario::Presence(p) => scenarios::presence::run(&server, p)?,
+    };
+    report.scenario = opts.scenario.name().to_string();
+    report.elapsed_secs = server.base.elapsed().as_secs_f64();
+    report.setup.user_prefix = server.prefix.clone();
+    Ok(report)
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit: the `connect` scenario holds
+/// one descriptor per connection.
+pub fn raise_nofile_limit() -> u64 {
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let wanted = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0 {
+                return wanted.rlim_cur as u64;
+            }
+        }
+        lim.rlim_cur as u64
+    }
+}
+
+/// The server under test and what every scenario shares about the run.
+pub(crate) struct Server {
+    pub opts: Options,
+    /// Where HTTP requests (and setup WebSockets) go.
+    pub http_addr: SocketAddr,
+    /// `Host` header value.
+    pub host: String,
+    pub prefix: String,
+    /// All latencies and message stamps count from here.
+    pub base: Instant,
+}
+
+impl Server {
+    fn new(opts: &Options) -> Result<Server, BenchError> {
+        let addrs: Vec<SocketAddr> = opts
+            .addr
+            .to_socket_addrs()
+            .map_err(|source| BenchError::Resolve {
+                addr: opts.addr.clone(),
+                source,
+            })?
+            .collect();
+        let http_addr = addrs
+            .iter()
+            .find(|a| a.is_ipv4())
+            .or(addrs.first())
+            .copied()
+            .ok_or_else(|| BenchError::Usage(format!("--addr {:?} resolves to nothing", opts.addr)))?;
+        if opts.threads == 0 {
+            return Err(BenchError::Usage("--threads must be at least 1".into()));
+        }
+        Ok(Server {
+            opts: opts.clone(),
+            http_addr,
+            host: opts.addr.clone(),
+            prefix: opts.user_prefix.clone().unwrap_or_else(fresh_prefix),
+            base: Instant::now(),
+        })
+    }
+
+    /// WebSocket destinations: `n` consecutive loopback addresses starting at the
+    /// server's (`127.0.0.1:P`, `127.0.0.2:P`, ...), or just the server's address
+    /// when it is not IPv4 loopback.
+    pub fn dests(&self, default_count: usize) -> Arc<Vec<SocketAddr>> {
+        let n = self.opts.dest_addrs.unwrap_or(default_count).max(1);
+        Arc::new(spread_loopback(self.http_addr, n))
+    }
+
+    /// Nanoseconds since the run's base instant.
+    pub fn nanos(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.base).as_nanos() as u64
+    }
+
+    /// The thread count for `conns` connections (never more threads than connections).
+    pub fn threads_for(&self, conns: usize) -> usize {
+        self.opts.threads.clamp(1, conns.max(1))
+    }
+
+    pub fn net_config(&self, dests: Arc<Vec<SocketAddr>>, threads: usize, deadline: Instant) -> NetConfig {
+        NetConfig {
+            dests,
+            host: self.host.clone(),
+            max_handshakes: self.opts.connect_concurrency.div_ceil(threads).max(1),
+            handshake_timeout: self.opts.timeout,
+            close_timeout: Duration::from_secs(2),
+            deadline,
+        }
+    }
+
+    pub fn log(&self, msg: impl AsRef<str>) {
+        if self.opts.progress {
+            eprintln!("[{:>6.1}s] {}", self.base.elapsed().as_secs_f64(), msg.as_ref());
+        }
+    }
+}
+
+pub(crate) fn spread_loopback(addr: SocketAddr, n: usize) -> Vec<SocketAddr> {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_loopback() && n > 1 => {
+            let first = u32::from(ip);
+            // Stay inside 127.0.0.0/8 and skip .0 and .255 host parts.
+            let mut out = Vec::with_capacity(n);
+            let mut cur = first;
+            while out.len() < n && cur < u32::from(Ipv4Addr::new(127, 255, 255, 255)) {
+                let last = cur & 0xff;
+                if last != 0 && last != 255 {
+                    out.push(SocketAddr::new(IpAddr::V4(Ipv4Addr::from(cur)), addr.port()));
+                }
+                cur += 1;
+            }
+            out
+        }
+        _ => vec![addr],
+    }
+}
+
+/// Every connection reports once whether it got ready or gave up; the measured run
+/// starts for all threads at one instant, when all have settled or setup time is up.
+pub(crate) struct Gate {
+    total: usize,
+    settled: AtomicUsize,
+    deadline: Instant,
+    start: OnceLock<Instant>,
+}
+
+impl Gate {
+    pub fn new(total: usize, deadline: Instant) -> Gate {
+        Gate {
+            total,
+            settled: AtomicUsize::new(0),
+            deadline,
+            start: OnceLock::new(),
+        }
+    }
+
+    pub fn settle(&self) {
+        self.settled.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn settled(&self) -> usize {
+        self.settled.load(Ordering::Acquire)
+    }
+
+    /// The start instant, once the gate is open.
+    pub fn poll(&self, now: Instant) -> Option<Instant> {
+        if let Some(s) = self.start.get() {
+            return Some(*s);
+        }
+        if self.settled() >= self.total || now >= self.deadline {
+            return Some(*self.start.get_or_init(|| now));
+        }
+        None
+    }
+
+    pub fn started(&self) -> Option<Instant> {
+        self.start.get().copied()
+    }
+}
+
+/// Runs one driver per thread, each with its own [`Net`], and hands the drivers back
+/// when all are done. Meanwhile samples memory and prints `progress()` once a second.
+pub(crate) fn run_threads<D: Driver + Send + 'static>(
+    server: &Server,
+    drivers: Vec<D>,
+    cfg: NetConfig,
+    progress: impl Fn() -> String,
+    rss: &mut RssPeaks,
+) -> Result<Vec<D>, BenchError> {
+    let mut handles = Vec::with_capacity(drivers.len());
+    for (i, mut driver) in drivers.into_iter().enumerate() {
+        let cfg = cfg.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("klav-bench-{i}"))
+            .spawn(move || -> Result<D, std::io::Error> {
+                let mut net = Net::new(cfg)?;
+                net.run(&mut driver)?;
+                Ok(driver)
+            })
+            .map_err(|e| BenchError::io("spawning a client thread", e))?;
+        handles.push(handle);
+    }
+    let mut last = Instant::now();
+    while !handles.iter().all(|h| h.is_finished()) {
+        std::thread::sleep(Duration::from_millis(100));
+        rss.sample();
+        if last.elapsed() >= Duration::from_secs(1) {
+            last = Instant::now();
+            server.log(progress());
+        }
+    }
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        match h.join() {
+            Ok(Ok(d)) => out.push(d),
+            Ok(Err(e)) => return Err(BenchError::io("client event loop", e)),
+            Err(panic) => return Err(BenchError::Worker(panic_text(&panic))),
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".to_string())
+}
+
+/// Peak resident memory of the server (if its pid is known) and of the bench.
+#[derive(Debug, Default)]
+pub(crate) struct RssPeaks {
+    pub server_pid: Option<u32>,
+    pub server_kb: Option<u64>,
+    pub bench_kb: Option<u64>,
+}
+
+impl RssPeaks {
+    pub fn new(server_pid: Option<u32>) -> RssPeaks {
+        RssPeaks {
+            server_pid,
+            ..Default::default()
+        }
+    }
+
+    pub fn sample(&mut self) {
+        if let Some(pid) = self.server_pid {
+            if let Some(kb) = vm_rss_kb(&format!("/proc/{pid}/status")) {
+                self.server_kb = Some(self.server_kb.unwrap_or(0).max(kb));
+            }
+        }
+        if let Some(kb) = vm_rss_kb("/proc/self/status") {
+            self.bench_kb = Some(self.bench_kb.unwrap_or(0).max(kb));
+        }
+    }
+
+    pub fn apply(&self, report: &mut Report) {
+        report.server_peak_rss_kb = self.server_kb;
+        report.bench_peak_rss_kb = self.bench_kb;
+    }
+}
+
+/// `VmRSS` in KiB from a `/proc/<pid>/status` file.
+pub(crate) fn vm_rss_kb(path: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    parse_vm_rss(&text)
+}
+
+pub(crate) fn parse_vm_rss(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// A blocking WebSocket used for one-off setup steps (creating rooms) before the
+/// client threads start.
+pub(crate) struct SetupSocket {
+    ws: tungstenite::WebSocket<TcpStream>,
+    backoff: Duration,
+}
+
+impl SetupSocket {
+    pub fn open(server: &Server, token: &str) -> Result<SetupSocket, BenchError> {
+        use tungstenite::client::IntoClientRequest;
+        let stream = TcpStream::connect_timeout(&server.http_addr, server.opts.timeout)
+            .map_err(|e| BenchError::Setup(format!("connecting to {}: {e}", server.http_addr)))?;
+        stream
+            .set_read_timeout(Some(server.opts.timeout))
+            .and_then(|_| stream.set_write_timeout(Some(server.opts.timeout)))
+            .map_err(|e| BenchError::io("setting socket timeouts", e))?;
+        let mut req = format!("ws://{}/ws", server.host)
+            .into_client_request()
+            .map_err(|e| BenchError::Setup(format!("building the upgrade request: {e}")))?;
+        let auth = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| BenchError::Setup("token is not a valid header value".into()))?;
+        req.headers_mut().insert("Authorization", auth);
+        let (ws, _) = tungstenite::client(req, stream).map_err(|e| match e {
+            tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp)) => BenchError::Setup(format!(
+                "WebSocket upgrade refused with HTTP {}: {}",
+                resp.status().as_u16(),
+                resp.body()
+                    .as_ref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .unwrap_or_default()
+            )),
+            other => BenchError::Setup(format!("WebSocket upgrade failed: {other}")),
+        })?;
+        Ok(SetupSocket {
+            ws,
+            backoff: server.opts.backoff,
+        })
+    }
+
+    /// Sends `request` (a JSON object without `req_id`) and returns the first reply of
+    /// type `reply_type` (or an error) carrying our `req_id`. `RATE_LIMITED` and
+    /// `UNAVAILABLE` are retried after a pause.
+    pub fn request(&mut self, request: &str, reply_type: &str, req_id: u64) -> Result<serde_json::Value, BenchError> {
+        let body = request.trim_end().trim_end_matches('}');
+        let frame = format!("{body},\"req_id\":{req_id}}}");
+        for attempt in 0..50u32 {
+            self.ws
+                .send(tungstenite::Message::text(frame.clone()))
+                .map_err(|e| BenchError::Setup(format!("sending {request}: {e}")))?;
+            loop {
+                let msg = self
+                    .ws
+                    .read()
+                    .map_err(|e| BenchError::Setup(format!("waiting for {reply_type}: {e}")))?;
+                let tungstenite::Message::Text(text) = msg else {
+                    continue;
+                };
+                let Some(ev) = Event::parse(text.as_str()) else {
+                    continue;
+                };
+                if ev.req_num() != Some(req_id) && ev.req_id.is_some() {
+                    continue;
+                }
+                if ev.kind() == "error" {
+                    let code = ev.error_code().to_string();
+                    if code == "RATE_LIMITED" || code == "UNAVAILABLE" {
+                        std::thread::sleep(self.backoff * (attempt + 1).min(10));
+                        break;
+                    }
+                    return Err(BenchError::Setup(format!("{request} answered with error {code}")));
+                }
+                if ev.kind() == reply_type {
+                    return serde_json::from_str(text.as_str())
+                        .map_err(|e| BenchError::Setup(format!("unparseable {reply_type}: {e}")));
+                }
+            }
+        }
+        Err(BenchError::Setup(format!("{request}: still rate limited after 50 attempts")))
+    }
+
+    /// Creates one room per name; returns their ids in order.
+    pub fn create_rooms(&mut self, names: &[String]) -> Result<Vec<String>, BenchError> {
+        let mut ids = Vec::with_capacity(names.len());
+        for (i, name) in names.iter().enumerate() {
+            let reply = self.request(
+                &format!(r#"{{"type":"create_room","name":{}}}"#, json_str(name)),
+                "create_room_ack",
+                i as u64 + 1,
+            )?;
+            match (reply["status"].as_str(), reply["room_id"].as_str()) {
+                (Some("CREATED"), Some(id)) => ids.push(id.to_string()),
+                _ => return Err(BenchError::Setup(format!("create_room {name:?} answered {reply}"))),
+            }
+        }
+        Ok(ids)
+    }
+
+    pub fn close(mut self) {
+        let _ = self.ws.close(None);
+        let _ = self.ws.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_spread_skips_network_and_broadcast_parts() {
+        let a: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let v = spread_loopback(a, 3);
+        assert_eq!(
+            v,
+            vec![
+                "127.0.0.1:5000".parse::<SocketAddr>().unwrap(),
+                "127.0.0.2:5000".parse().unwrap(),
+                "127.0.0.3:5000".parse().unwrap()
+            ]
+        );
+        let a: SocketAddr = "127.0.0.254:80".parse().unwrap();
+        let v = spread_loopback(a, 3);
+        assert_eq!(v[1], "127.0.1.1:80".parse::<SocketAddr>().unwrap());
+        assert_eq!(v.len(), 3);
+        // Not loopback: only the given address.
+        let a: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        assert_eq!(spread_loopback(a, 4), vec![a]);
+        let a: SocketAddr = "[::1]:80".parse().unwrap();
+        assert_eq!(spread_loopback(a, 4), vec![a]);
+    }
+
+    #[test]
+    fn vm_rss_is_read_from_status_text() {
+        let status = "Name:\tklav\nVmPeak:\t  200 kB\nVmRSS:\t   12345 kB\nThreads:\t3\n";
+        assert_eq!(parse_vm_rss(status), Some(12345));
+        assert_eq!(parse_vm_rss("Name: x\n"), None);
+        assert!(vm_rss_kb("/proc/self/status").unwrap() > 0);
+    }
+
+    #[test]
+    fn gate_opens_when_all_settle_or_at_deadline() {
+        let now = Instant::now();
+        let g = Gate::new(2, now + Duration::from_secs(60));
+        assert_eq!(g.poll(now), None);
+        g.settle();
+        assert_eq!(g.poll(now), None);
+        g.settle();
+        let t = g.poll(now + Duration::from_millis(1)).unwrap();
+        assert_eq!(g.poll(now + Duration::from_secs(5)), Some(t));
+        let g = Gate::new(5, now + Duration::from_secs(1));
+        assert_eq!(g.poll(now), None);
+        assert!(g.poll(now + Duration::from_secs(2)).is_some());
+    }
+}

@@ -1,0 +1,119 @@
+-- Klav database schema.
+--
+-- Applied by `klav` at every start (it is embedded in the binary). Every statement
+-- is idempotent: on an empty database it creates everything; on a database written
+-- by the previous (Python) server it upgrades the same five tables in place without
+-- losing a row; on a Klav database it changes nothing.
+--
+-- The five tables `users`, `rooms`, `room_members`, `chat_logs` and `follows` and
+-- their columns are a compatibility surface shared with the old server: columns may
+-- be added or widened, never renamed or dropped.
+
+-- Serialise concurrent starts (two servers on one database) while the schema is
+-- applied; released at the end of the transaction that runs this file.
+SELECT pg_advisory_xact_lock(7283910);
+
+CREATE TABLE IF NOT EXISTS users (
+    username    varchar(100) PRIMARY KEY,
+    password    varchar(255) NOT NULL,
+    nickname    varchar(100) DEFAULT '',
+    extra       text DEFAULT '',
+    created_at  timestamptz DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS rooms (
+    id                 varchar(20) PRIMARY KEY,
+    name               varchar(255) NOT NULL,
+    created_at         timestamptz DEFAULT now(),
+    last_message_text  text,
+    last_message_from  varchar(100),
+    last_message_kind  varchar(20),
+    last_message_ts    timestamptz
+);
+
+CREATE TABLE IF NOT EXISTS room_members (
+    id         serial PRIMARY KEY,
+    room_id    varchar(20) NOT NULL REFERENCES rooms(id) ON DELETE CASCADE,
+    username   varchar(100) NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+    joined_at  timestamptz DEFAULT now(),
+    UNIQUE (room_id, username)
+);
+
+CREATE TABLE IF NOT EXISTS chat_logs (
+    id             bigserial PRIMARY KEY,
+    room_id        varchar(20) NOT NULL REFERENCES rooms(id) ON DELETE CASCADE,
+    ts             timestamptz DEFAULT now(),
+    kind           varchar(20),
+    from_user      varchar(100),
+    from_nickname  varchar(100),
+    to_user        varchar(100),
+    text           text
+);
+
+CREATE TABLE IF NOT EXISTS follows (
+    id                 serial PRIMARY KEY,
+    follower_username  varchar(100) NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+    followee_username  varchar(100) NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+    created_at         timestamptz DEFAULT now(),
+    UNIQUE (follower_username, followee_username)
+);
+
+-- The old server set timestamps from Python, so its tables may lack defaults.
+ALTER TABLE users        ALTER COLUMN created_at SET DEFAULT now();
+ALTER TABLE rooms        ALTER COLUMN created_at SET DEFAULT now();
+ALTER TABLE room_members ALTER COLUMN joined_at  SET DEFAULT now();
+ALTER TABLE chat_logs    ALTER COLUMN ts         SET DEFAULT now();
+ALTER TABLE follows      ALTER COLUMN created_at SET DEFAULT now();
+
+-- The old server's chat_logs.id was a 32-bit serial; a busy server outgrows it.
+-- Widening rewrites the table once, so it only runs while the column is still int4.
+DO $$
+BEGIN
+    IF (SELECT data_type FROM information_schema.columns
+        WHERE table_schema = current_schema() AND table_name = 'chat_logs'
+          AND column_name = 'id') = 'integer' THEN
+        ALTER TABLE chat_logs ALTER COLUMN id TYPE bigint;
+        IF pg_get_serial_sequence('chat_logs', 'id') IS NOT NULL THEN
+            EXECUTE format('ALTER SEQUENCE %s AS bigint',
+                           pg_get_serial_sequence('chat_logs', 'id'));
+        END IF;
+    END IF;
+END
+$$;
+
+-- Indexes the protocol's queries use. The old server's own (room name, room_id+ts,
+-- members by username, follows by followee) are recreated under their usual names
+-- when missing; ours are added beside them.
+CREATE INDEX IF NOT EXISTS ix_rooms_name ON rooms (name);
+CREATE INDEX IF NOT EXISTS ix_room_members_username ON room_members (username);
+CREATE INDEX IF NOT EXISTS ix_chat_logs_room_ts ON chat_logs (room_id, ts);
+CREATE INDEX IF NOT EXISTS ix_follows_followee ON follows (followee_username);
+-- history pages by id (the cursor) within a room, newest first.
+CREATE INDEX IF NOT EXISTS klav_chat_logs_room_id ON chat_logs (room_id, id);
+-- join by name picks the oldest room with that name.
+CREATE INDEX IF NOT EXISTS klav_rooms_name_created ON rooms (name, created_at, id);
+
+-- Direct messages waiting for an offline recipient (the old server kept these in
+-- memory and lost them on restart). At most 100 rows per recipient are kept; the
+-- oldest are dropped first. A row is deleted once written to a recipient socket.
+CREATE TABLE IF NOT EXISTS klav_offline_dms (
+    id             bigserial PRIMARY KEY,
+    recipient      varchar(100) NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+    room_id        varchar(20) NOT NULL REFERENCES rooms(id) ON DELETE CASCADE,
+    log_id         bigint,
+    from_user      varchar(100) NOT NULL,
+    from_nickname  varchar(100) NOT NULL,
+    text           text NOT NULL,
+    sent_at        timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS klav_offline_dms_recipient ON klav_offline_dms (recipient, id);
+
+-- One row: the schema version this database was last brought to.
+CREATE TABLE IF NOT EXISTS klav_schema_version (
+    singleton   boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    version     integer NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO klav_schema_version (singleton, version) VALUES (true, 1)
+ON CONFLICT (singleton) DO UPDATE SET version = GREATEST(klav_schema_version.version, 1),
+                                      applied_at = now();

@@ -1,0 +1,346 @@
+//! Configuration: the environment (and an optional `.env` file in the working
+//! directory), parsed once at start into a typed [`Config`].
+//!
+//! Every knob of the SPEC's configuration table is here with its default. A bad
+//! value is a [`ConfigError`] naming the variable; `main` prints it and exits 2.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use jsonwebtoken::Algorithm;
+
+/// Everything the server reads from its environment.
+#[derive(Clone)]
+pub struct Config {
+    /// `DATABASE_URL`, normalised to `postgresql://…`; `None` → embedded cluster.
+    pub database_url: Option<String>,
+    /// `HOST` (default `0.0.0.0`).
+    pub host: String,
+    /// `PORT` (default 5000; 0 picks a free port, which tests use).
+    pub port: u16,
+    /// `JWT_SECRET`; `None` → a random secret kept in the data directory.
+    pub jwt_secret: Option<String>,
+    /// `JWT_ALGORITHM`: HS256 (default), HS384 or HS512.
+    pub jwt_algorithm: Algorithm,
+    /// `JWT_EXPIRE_MINUTES` (default 60).
+    pub jwt_expire_minutes: u64,
+    /// `KLAV_DB_WORKERS`: blocking PostgreSQL worker threads (default 4).
+    pub db_workers: usize,
+    /// `KLAV_HASH_WORKERS`: argon2 threads, kept apart from the database workers so a
+    /// login storm cannot delay message persistence (default: half the cores, ≥ 1).
+    pub hash_workers: usize,
+    /// `KLAV_MAX_LOGS_PER_ROOM`: retention per room (default 1000, 0 = unlimited).
+    pub max_logs_per_room: u64,
+    /// `KLAV_RETENTION_INTERVAL_SECS`: how often the background prune runs (default 60).
+    pub retention_interval: Duration,
+    /// `KLAV_DATA_DIR`: embedded cluster and generated secret (default `./klav-data`).
+    pub data_dir: PathBuf,
+    /// `KLAV_DB_BATCH`: most messages the writer commits in one transaction
+    /// (default 512; 1 turns group commit off, for comparison).
+    pub db_batch: usize,
+    /// `KLAV_MAX_OUTPUT_BYTES`: pending output a connection may accumulate before it
+    /// is disconnected as a slow consumer (default 1 MiB).
+    pub max_output_bytes: usize,
+    /// `KLAV_MAX_CONNECTIONS`: open sockets beyond which new HTTP requests get 503
+    /// (default 100,000).
+    pub max_connections: usize,
+    /// `KLAV_HTTP_TIMEOUT_SECS`: a partial HTTP request is closed after this (default 10).
+    pub http_timeout: Duration,
+    /// `KLAV_WS_PING_SECS`: idle WebSocket connections are pinged after this long and
+    /// dropped if nothing arrives within as long again (default 30).
+    pub ws_ping_interval: Duration,
+    /// `KLAV_RATE_PER_SEC` / `KLAV_RATE_BURST`: per-connection request token bucket
+    /// (default 50/s, burst 100).
+    pub rate_per_sec: f64,
+    pub rate_burst: f64,
+    /// `KLAV_SHUTDOWN_SECS`: the longest a graceful shutdown may take (default 10).
+    pub shutdown_timeout: Duration,
+    /// `KLAV_ALLOWED_ORIGINS`: comma-separated origins allowed to upgrade; empty = any.
+    pub allowed_origins: Vec<String>,
+    /// `KLAV_LOG`: error, warn, info (default) or debug.
+    pub log_level: crate::log::Level,
+}
+
+/// A configuration value that cannot be used.
+#[derive(Debug)]
+pub enum ConfigError {
+    Invalid {
+        var: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+    DotEnv {
+        line: usize,
+        reason: &'static str,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Invalid {
+                var,
+                value,
+                expected,
+            } => write!(f, "{var}={value:?} is not valid: expected {expected}"),
+            ConfigError::DotEnv { line, reason } => write!(f, ".env line {line}: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads the process environment, with `.env` (if present in the working
+    /// directory) filling in variables the environment does not set.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        let mut vars: HashMap<String, String> = HashMap::new();
+        if let Ok(text) = std::fs::read_to_string(".env") {
+            vars = parse_dotenv(&text)?;
+        }
+        for (k, v) in std::env::vars() {
+            vars.insert(k, v);
+        }
+        Config::from_map(&vars)
+    }
+
+    /// Builds a configuration from explicit variables (the environment, or a test's).
+    pub fn from_map(vars: &HashMap<String, String>) -> Result<Config, ConfigError> {
+        let get = |k: &str| vars.get(k).map(|s| s.trim()).filter(|s| !s.is_empty());
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        Ok(Config {
+            database_url: match get("DATABASE_URL") {
+                None => None,
+                Some(url) => Some(normalise_database_url(url)?),
+            },
+            host: get("HOST").unwrap_or("0.0.0.0").to_string(),
+            port: parse(get("PORT"), "PORT", 5000, "a port number 0-65535")?,
+            jwt_secret: get("JWT_SECRET").map(str::to_string),
+            jwt_algorithm: match get("JWT_ALGORITHM").unwrap_or("HS256") {
+                "HS256" => Algorithm::HS256,
+                "HS384" => Algorithm::HS384,
+                "HS512" => Algorithm::HS512,
+                other => {
+                    return Err(ConfigError::Invalid {
+                        var: "JWT_ALGORITHM",
+                        value: other.to_string(),
+                        expected: "HS256, HS384 or HS512",
+                    })
+                }
+            },
+            jwt_expire_minutes: positive(get("JWT_EXPIRE_MINUTES"), "JWT_EXPIRE_MINUTES", 60)?,
+            db_workers: positive(get("KLAV_DB_WORKERS"), "KLAV_DB_WORKERS", 4)? as usize,
+            hash_workers: positive(
+                get("KLAV_HASH_WORKERS"),
+                "KLAV_HASH_WORKERS",
+                (cores / 2).max(1) as u64,
+            )? as usize,
+            max_logs_per_room: parse(
+                get("KLAV_MAX_LOGS_PER_ROOM"),
+                "KLAV_MAX_LOGS_PER_ROOM",
+                1000,
+                "a whole number (0 = unlimited)",
+            )?,
+            retention_interval: Duration::from_secs(positive(
+                get("KLAV_RETENTION_INTERVAL_SECS"),
+                "KLAV_RETENTION_INTERVAL_SECS",
+                60,
+            )?),
+            data_dir: PathBuf::from(get("KLAV_DATA_DIR").unwrap_or("./klav-data")),
+            db_batch: positive(get("KLAV_DB_BATCH"), "KLAV_DB_BATCH", 512)? as usize,
+            max_output_bytes: positive(
+                get("KLAV_MAX_OUTPUT_BYTES"),
+                "KLAV_MAX_OUTPUT_BYTES",
+                1 << 20,
+            )? as usize,
+            max_connections: positive(
+                get("KLAV_MAX_CONNECTIONS"),
+                "KLAV_MAX_CONNECTIONS",
+                100_000,
+            )? as usize,
+            http_timeout: Duration::from_secs(positive(
+                get("KLAV_HTTP_TIMEOUT_SECS"),
+                "KLAV_HTTP_TIMEOUT_SECS",
+                10,
+            )?),
+            ws_ping_interval: Duration::from_secs(positive(
+                get("KLAV_WS_PING_SECS"),
+                "KLAV_WS_PING_SECS",
+                30,
+            )?),
+            rate_per_sec: positive(get("KLAV_RATE_PER_SEC"), "KLAV_RATE_PER_SEC", 50)? as f64,
+            rate_burst: positive(get("KLAV_RATE_BURST"), "KLAV_RATE_BURST", 100)? as f64,
+            shutdown_timeout: Duration::from_secs(positive(
+                get("KLAV_SHUTDOWN_SECS"),
+                "KLAV_SHUTDOWN_SECS",
+                10,
+            )?),
+            allowed_origins: get("KLAV_ALLOWED_ORIGINS")
+                .map(|s| {
+                    s.split(',')
+                        .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
+                        .filter(|o| !o.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            log_level: match get("KLAV_LOG").unwrap_or("info") {
+                "error" => crate::log::Level::Error,
+                "warn" => crate::log::Level::Warn,
+                "info" => crate::log::Level::Info,
+                "debug" => crate::log::Level::Debug,
+                other => {
+                    return Err(ConfigError::Invalid {
+                        var: "KLAV_LOG",
+                        value: other.to_string(),
+                        expected: "error, warn, info or debug",
+                    })
+                }
+            },
+        })
+    }
+
+    /// Defaults only: what a test starts from before setting its own knobs.
+    pub fn defaults() -> Config {
+        Config::from_map(&HashMap::new()).expect("defaults are valid")
+    }
+}
+
+fn parse<T: std::str::FromStr>(
+    value: Option<&str>,
+    var: &'static str,
+    default: T,
+    expected: &'static str,
+) -> Result<T, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(v) => v.parse().map_err(|_| ConfigError::Invalid {
+            var,
+            value: v.to_string(),
+            expected,
+        }),
+    }
+}
+
+fn positive(value: Option<&str>, var: &'static str, default: u64) -> Result<u64, ConfigError> {
+    let n: u64 = parse(value, var, default, "a positive whole number")?;
+    if n == 0 {
+        return Err(ConfigError::Invalid {
+            var,
+            value: "0".into(),
+            expected: "a positive whole number",
+        });
+    }
+    Ok(n)
+}
+
+/// Accepts `postgres://`, `postgresql://` and the old server's
+/// `postgresql+asyncpg://` (any `+driver` suffix), returning `postgresql://…`.
+pub fn normalise_database_url(url: &str) -> Result<String, ConfigError> {
+    let bad = || ConfigError::Invalid {
+        var: "DATABASE_URL",
+        value: redact_url(url),
+        expected: "postgresql://user:password@host:port/dbname",
+    };
+    let (scheme, rest) = url.split_once("://").ok_or_else(bad)?;
+    let base = scheme.split('+').next().unwrap_or("");
+    if base != "postgres" && base != "postgresql" {
+        return Err(bad());
+    }
+    let normalised = format!("postgresql://{rest}");
+    normalised
+        .parse::<postgres::Config>()
+        .map_err(|_| bad())?;
+    Ok(normalised)
+}
+
+/// The URL with any password replaced, fit for logs and error messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{}:***{}", &url[..s + 3], user, &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// `KEY=value` lines; `#` comments, blank lines, optional `export ` and quotes.
+fn parse_dotenv(text: &str) -> Result<HashMap<String, String>, ConfigError> {
+    let mut out = HashMap::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let (k, v) = line.split_once('=').ok_or(ConfigError::DotEnv {
+            line: i + 1,
+            reason: "expected KEY=value",
+        })?;
+        let v = v.trim();
+        let v = if v.len() >= 2
+            && ((v.starts_with('"') && v.ends_with('"'))
+                || (v.starts_with('\'') && v.ends_with('\'')))
+        {
+            &v[1..v.len() - 1]
+        } else {
+            v
+        };
+        out.insert(k.trim().to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_url_forms() {
+        assert_eq!(
+            normalise_database_url("postgresql+asyncpg://u:p@h:5432/d").unwrap(),
+            "postgresql://u:p@h:5432/d"
+        );
+        assert_eq!(
+            normalise_database_url("postgres://u@h/d").unwrap(),
+            "postgresql://u@h/d"
+        );
+        assert!(normalise_database_url("mysql://u@h/d").is_err());
+        assert!(normalise_database_url("nonsense").is_err());
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let mut m = HashMap::new();
+        m.insert("PORT".to_string(), "seventy".to_string());
+        let e = Config::from_map(&m).err().unwrap().to_string();
+        assert!(e.contains("PORT"), "{e}");
+        m.clear();
+        m.insert("JWT_ALGORITHM".to_string(), "RS256".to_string());
+        assert!(Config::from_map(&m).is_err());
+        m.clear();
+        m.insert("KLAV_DB_WORKERS".to_string(), "0".to_string());
+        assert!(Config::from_map(&m).is_err());
+    }
+
+    #[test]
+    fn dotenv_lines() {
+        let m = parse_dotenv("# c\nexport A=1\nB = \"two\"\n\nC='x=y'\n").unwrap();
+        assert_eq!(m["A"], "1");
+        assert_eq!(m["B"], "two");
+        assert_eq!(m["C"], "x=y");
+        assert!(parse_dotenv("novalue\n").is_err());
+    }
+
+    #[test]
+    fn password_is_redacted() {
+        assert_eq!(redact_url("postgresql://u:secret@h/d"), "postgresql://u:***@h/d");
+    }
+}

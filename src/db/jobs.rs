@@ -1,0 +1,311 @@
+//! What the loop asks of the database threads ([`Job`]) and what comes back
+//! ([`Outcome`]), as plain data. Outcomes carry back the inputs the loop needs to
+//! finish the request (who, which room, what text), so the loop keeps no per-job
+//! bookkeeping beyond the [`Ticket`].
+
+use std::time::{Instant, SystemTime};
+
+use serde_json::Value;
+
+use super::DbError;
+use crate::auth::password::HashOutcome;
+use crate::conn::ConnId;
+
+/// Who is waiting for a job: a connection (and the `req_id` to echo), or nobody.
+#[derive(Clone, Debug)]
+pub struct Ticket {
+    pub conn: ConnId,
+    pub req_id: Option<Value>,
+    /// When the job was submitted (for the job latency histogram).
+    pub at: Instant,
+}
+
+impl Ticket {
+    pub fn new(conn: ConnId, req_id: Option<Value>) -> Ticket {
+        Ticket {
+            conn,
+            req_id,
+            at: Instant::now(),
+        }
+    }
+
+    /// For background jobs whose outcome nobody waits for.
+    pub fn internal() -> Ticket {
+        Ticket {
+            conn: ConnId::NONE,
+            req_id: None,
+            at: Instant::now(),
+        }
+    }
+}
+
+/// A finished job, delivered to the loop.
+pub enum Completion {
+    Db(Ticket, Result<Outcome, DbError>),
+    Hash(Ticket, HashOutcome),
+}
+
+/// A chat message or DM on its way into `chat_logs`.
+#[derive(Clone, Debug)]
+pub struct NewMessage {
+    pub room: String,
+    pub from: String,
+    pub from_nickname: String,
+    pub text: String,
+}
+
+/// A persisted `chat_logs` row, as `history` returns it.
+#[derive(Clone, Debug)]
+pub struct ChatEntry {
+    pub id: i64,
+    pub ts: SystemTime,
+    pub kind: String,
+    pub room: String,
+    pub from: String,
+    pub from_nickname: String,
+    pub to: Option<String>,
+    pub text: String,
+}
+
+/// A queued DM for a user who was offline.
+#[derive(Clone, Debug)]
+pub struct OfflineDm {
+    pub id: i64,
+    pub room: String,
+    pub from: String,
+    pub from_nickname: String,
+    pub text: String,
+    pub at: SystemTime,
+}
+
+/// What the loop needs about a user when their connection opens.
+#[derive(Clone, Debug)]
+pub struct SessionData {
+    pub nickname: String,
+    pub rooms: Vec<String>,
+    pub following: Vec<String>,
+    pub offline: Vec<OfflineDm>,
+}
+
+#[derive(Clone, Debug)]
+pub struct LastMessage {
+    pub text: String,
+    pub from: String,
+    pub kind: String,
+    pub ts: Option<SystemTime>,
+}
+
+#[derive(Clone, Debug)]
+pub struct RoomInfo {
+    pub id: String,
+    pub name: String,
+    pub last: Option<LastMessage>,
+}
+
+#[derive(Clone, Debug)]
+pub struct UserRef {
+    pub username: String,
+    pub nickname: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct HistoryQuery {
+    pub room: String,
+    pub username: String,
+    pub limit: i64,
+    pub before: Option<SystemTime>,
+    pub after: Option<SystemTime>,
+    pub before_id: Option<i64>,
+    pub after_id: Option<i64>,
+}
+
+#[derive(Clone, Debug)]
+pub enum JoinBy {
+    Id(String),
+    Name(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FollowStatus {
+    NotRegistered,
+    Already,
+    Followed,
+}
+
+/// Work for the database threads. Variants below "ordered writes" go to the single
+/// writer (see [`Job::is_ordered_write`]).
+#[derive(Clone, Debug)]
+pub enum Job {
+    Health,
+    Register {
+        username: String,
+        password_hash: String,
+        nickname: String,
+    },
+    /// The stored password field (PHC string or legacy plain text) of a user.
+    Credentials {
+        username: String,
+    },
+    /// Replaces a legacy plain-text password with its hash, if still unchanged.
+    UpgradePassword {
+        username: String,
+        legacy: String,
+        new_hash: String,
+    },
+    OpenSession {
+        username: String,
+    },
+    DeleteOfflineDms {
+        ids: Vec<i64>,
+    },
+    History(HistoryQuery),
+    MyRooms {
+        username: String,
+    },
+    Following {
+        username: String,
+    },
+    Followers {
+        username: String,
+    },
+    Follow {
+        from: String,
+        to: String,
+    },
+    Unfollow {
+        from: String,
+        to: String,
+    },
+    /// Retention: keep the newest `keep` entries of each room.
+    Prune {
+        rooms: Vec<String>,
+        keep: u64,
+    },
+
+    // ordered writes
+    CreateRoom {
+        creator: String,
+        creator_nickname: String,
+        name: String,
+    },
+    Join {
+        username: String,
+        nickname: String,
+        by: JoinBy,
+    },
+    Leave {
+        username: String,
+        nickname: String,
+        room: String,
+    },
+    Msg(NewMessage),
+    /// `recipient_known`: the loop already knows the recipient is a member (they are
+    /// online); otherwise the writer checks. `queue`: the recipient is offline.
+    Dm {
+        msg: NewMessage,
+        to: String,
+        recipient_known: bool,
+        queue: bool,
+    },
+    /// Queues an already-logged DM whose recipient went offline before delivery.
+    QueueDm {
+        msg: NewMessage,
+        to: String,
+        log_id: i64,
+        at: SystemTime,
+    },
+}
+
+impl Job {
+    /// Jobs that write `chat_logs` or membership go to the single writer.
+    pub fn is_ordered_write(&self) -> bool {
+        matches!(
+            self,
+            Job::CreateRoom { .. }
+                | Job::Join { .. }
+                | Job::Leave { .. }
+                | Job::Msg(_)
+                | Job::Dm { .. }
+                | Job::QueueDm { .. }
+        )
+    }
+}
+
+/// How a `join` went.
+#[derive(Clone, Debug)]
+pub enum JoinResult {
+    NotFound,
+    Already { room: String },
+    Joined { room: String, log_id: i64 },
+}
+
+#[derive(Clone, Debug)]
+pub enum DmResult {
+    RecipientNotInRoom,
+    Stored {
+        id: i64,
+        ts: SystemTime,
+        queued: bool,
+    },
+}
+
+/// A job's result. Variants mirror [`Job`]'s.
+#[derive(Debug)]
+pub enum Outcome {
+    Healthy,
+    Registered {
+        created: bool,
+    },
+    Credentials {
+        username: String,
+        password: Option<String>,
+    },
+    Done,
+    Session {
+        username: String,
+        session: Option<SessionData>,
+    },
+    History {
+        room: String,
+        items: Vec<ChatEntry>,
+    },
+    MyRooms(Vec<RoomInfo>),
+    Following(Vec<UserRef>),
+    Followers(Vec<UserRef>),
+    Follow {
+        from: String,
+        to: String,
+        status: FollowStatus,
+    },
+    Unfollow {
+        from: String,
+        to: String,
+        removed: bool,
+    },
+    Pruned(u64),
+    RoomCreated {
+        room: String,
+        name: String,
+    },
+    Join {
+        username: String,
+        nickname: String,
+        result: JoinResult,
+    },
+    Leave {
+        username: String,
+        nickname: String,
+        room: String,
+        was_member: bool,
+    },
+    Msg {
+        msg: NewMessage,
+        id: i64,
+        ts: SystemTime,
+    },
+    Dm {
+        msg: NewMessage,
+        to: String,
+        result: DmResult,
+    },
+}

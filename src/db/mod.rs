@@ -1,0 +1,303 @@
+//! PostgreSQL: the schema, typed jobs and their outcomes, the blocking worker
+//! threads that run them, and the embedded cluster.
+//!
+//! The event loop never touches a database connection. It submits a [`Job`] with
+//! [`Db::submit`] (a `try_send`: a full queue is an immediate `Unavailable`, never a
+//! wait) and later receives a [`Completion`] on the shared completion channel,
+//! after a [`Wakeup`] has woken its `poll`.
+//!
+//! Two kinds of threads serve jobs:
+//! - `KLAV_DB_WORKERS` general workers for reads and independent writes;
+//! - one *writer* for everything that appends to `chat_logs` or changes room
+//!   membership. A single writer makes commit order = id order = delivery order,
+//!   and lets it group-commit: it takes every pending job from its queue and writes
+//!   them in one transaction (consecutive messages in one multi-row INSERT).
+
+pub mod embedded;
+pub mod jobs;
+pub mod queries;
+mod worker;
+mod writer;
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use postgres::NoTls;
+use r2d2_postgres::PostgresConnectionManager;
+
+pub use jobs::{Completion, Job, Outcome, Ticket};
+
+/// The schema, applied at every start; see `schema.sql`.
+pub const SCHEMA_SQL: &str = include_str!("../../schema.sql");
+
+pub type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+
+/// How long a worker waits for a connection before answering `Unavailable`.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// While PostgreSQL is down, at most one job per this interval tries to reconnect;
+/// the others fail at once instead of each waiting [`CONNECT_TIMEOUT`].
+const PROBE_INTERVAL: Duration = Duration::from_millis(300);
+/// Jobs waiting for a general worker before submissions are refused.
+const QUEUE_CAPACITY: usize = 16_384;
+
+/// A database failure, as the loop needs to tell it apart.
+#[derive(Debug)]
+pub enum DbError {
+    /// PostgreSQL cannot be reached (down, restarting, pool exhausted, queue full).
+    /// Nothing was stored.
+    Unavailable(String),
+    /// PostgreSQL answered with an error (a bug or a constraint): nothing stored.
+    Query(String),
+}
+
+impl fmt::Display for DbError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DbError::Unavailable(why) => write!(f, "database unavailable: {why}"),
+            DbError::Query(why) => write!(f, "database error: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for DbError {}
+
+impl From<postgres::Error> for DbError {
+    fn from(e: postgres::Error) -> Self {
+        match e.as_db_error() {
+            // A server-side error on a live connection, except the ones a shutdown
+            // or restart produces, which mean "not reachable right now".
+            Some(db) if !db.code().code().starts_with("57P") => {
+                DbError::Query(db.message().to_string())
+            }
+            _ => DbError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+/// Wakes the event loop when completions are waiting, at most once per drain:
+/// workers set the flag and only the one that flips it pays for the syscall.
+pub struct Wakeup {
+    waker: mio::Waker,
+    pending: AtomicBool,
+}
+
+impl Wakeup {
+    pub fn new(waker: mio::Waker) -> Wakeup {
+        Wakeup {
+            waker,
+            pending: AtomicBool::new(false),
+        }
+    }
+
+    pub fn wake(&self) {
+        if !self.pending.swap(true, Ordering::AcqRel) {
+            let _ = self.waker.wake();
+        }
+    }
+
+    /// Called by the loop before it drains the completion channel.
+    pub fn reset(&self) {
+        self.pending.store(false, Ordering::Release);
+    }
+}
+
+/// Where workers send finished jobs.
+#[derive(Clone)]
+pub struct CompletionSink {
+    tx: Sender<Completion>,
+    wakeup: Arc<Wakeup>,
+}
+
+impl CompletionSink {
+    pub fn new(tx: Sender<Completion>, wakeup: Arc<Wakeup>) -> CompletionSink {
+        CompletionSink { tx, wakeup }
+    }
+
+    pub fn send(&self, c: Completion) {
+        // The loop outlives the workers; a send can only fail during shutdown.
+        if self.tx.send(c).is_ok() {
+            self.wakeup.wake();
+        }
+    }
+}
+
+/// Whether PostgreSQL answered lately, shared by all workers (a circuit breaker).
+pub(crate) struct Health {
+    down: AtomicBool,
+    last_probe_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl Health {
+    fn new() -> Health {
+        Health {
+            down: AtomicBool::new(false),
+            last_probe_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Checks out a connection, or fails fast while PostgreSQL is known down.
+    pub(crate) fn get(
+        &self,
+        pool: &Pool,
+    ) -> Result<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>, DbError> {
+        if self.down.load(Ordering::Acquire) {
+            let now = self.epoch.elapsed().as_millis() as u64;
+            let last = self.last_probe_ms.load(Ordering::Acquire);
+            if now.saturating_sub(last) < PROBE_INTERVAL.as_millis() as u64
+                || self
+                    .last_probe_ms
+                    .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+                    .is_err()
+            {
+                return Err(DbError::Unavailable("PostgreSQL is not answering".into()));
+            }
+        }
+        match pool.get() {
+            Ok(mut conn) => {
+                if conn.is_closed() {
+                    // Broken by a restart: let r2d2 drop it and try a fresh one.
+                    drop(conn);
+                    conn = pool.get().map_err(|e| self.failed(e.to_string()))?;
+                }
+                self.up();
+                Ok(conn)
+            }
+            Err(e) => Err(self.failed(e.to_string())),
+        }
+    }
+
+    pub(crate) fn failed(&self, why: String) -> DbError {
+        if !self.down.swap(true, Ordering::AcqRel) {
+            crate::log!(Warn, "PostgreSQL unavailable: {why}");
+        }
+        self.last_probe_ms
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Release);
+        DbError::Unavailable(why)
+    }
+
+    /// Records the outcome of a job: connection-level failures open the breaker.
+    pub(crate) fn observe<T>(&self, r: Result<T, DbError>) -> Result<T, DbError> {
+        match r {
+            Err(DbError::Unavailable(why)) => Err(self.failed(why)),
+            other => other,
+        }
+    }
+
+    fn up(&self) {
+        if self.down.swap(false, Ordering::AcqRel) {
+            crate::log!(Info, "PostgreSQL is answering again");
+        }
+    }
+}
+
+/// The loop's handle on the database threads.
+pub struct Db {
+    general: Sender<(Ticket, Job)>,
+    writer: Sender<(Ticket, Job)>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// Settings for [`Db::start`].
+pub struct DbSettings {
+    pub url: String,
+    pub workers: usize,
+    pub batch: usize,
+}
+
+impl Db {
+    /// Applies the schema (failing start-up clearly if PostgreSQL is unreachable),
+    /// then starts the workers and the writer.
+    pub fn start(settings: &DbSettings, sink: CompletionSink) -> Result<Db, DbError> {
+        let mut pg: postgres::Config = settings
+            .url
+            .parse()
+            .map_err(|e: postgres::Error| DbError::Query(e.to_string()))?;
+        pg.connect_timeout(CONNECT_TIMEOUT * 2);
+        pg.application_name("klav");
+        apply_schema(&pg)?;
+
+        let manager = PostgresConnectionManager::new(pg, NoTls);
+        let pool: Pool = r2d2::Pool::builder()
+            .max_size(settings.workers as u32 + 2)
+            .min_idle(Some(0))
+            .connection_timeout(CONNECT_TIMEOUT)
+            .test_on_check_out(false)
+            .error_handler(Box::new(r2d2::NopErrorHandler))
+            .build_unchecked(manager);
+        let health = Arc::new(Health::new());
+
+        let (general_tx, general_rx) = crossbeam_channel::bounded(QUEUE_CAPACITY);
+        let (writer_tx, writer_rx) = crossbeam_channel::bounded(QUEUE_CAPACITY);
+        let mut threads = Vec::new();
+        for i in 0..settings.workers {
+            let (pool, rx, sink, health) = (
+                pool.clone(),
+                general_rx.clone(),
+                sink.clone(),
+                health.clone(),
+            );
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("klav-db-{i}"))
+                    .spawn(move || worker::run(pool, rx, sink, health))
+                    .expect("spawn database worker"),
+            );
+        }
+        let batch = settings.batch;
+        let writer_rx: Receiver<(Ticket, Job)> = writer_rx;
+        threads.push(
+            std::thread::Builder::new()
+                .name("klav-db-writer".into())
+                .spawn(move || writer::run(pool, writer_rx, sink, health, batch))
+                .expect("spawn database writer"),
+        );
+        Ok(Db {
+            general: general_tx,
+            writer: writer_tx,
+            threads,
+        })
+    }
+
+    /// Queues a job without waiting. `Err` gives the job back when the queue is
+    /// full or the workers are gone; the caller answers `Unavailable`.
+    pub fn submit(&self, ticket: Ticket, job: Job) -> Result<(), (Ticket, Job)> {
+        let tx = if job.is_ordered_write() {
+            &self.writer
+        } else {
+            &self.general
+        };
+        tx.try_send((ticket, job)).map_err(|e| match e {
+            TrySendError::Full(v) | TrySendError::Disconnected(v) => v,
+        })
+    }
+
+    /// Jobs waiting for a thread (for metrics).
+    pub fn queue_depth(&self) -> usize {
+        self.general.len() + self.writer.len()
+    }
+
+    /// Lets the threads finish what is queued (the writer commits everything it
+    /// was given) and waits for them.
+    pub fn shutdown(self) {
+        drop(self.general);
+        drop(self.writer);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Runs `schema.sql` in one transaction.
+pub fn apply_schema(pg: &postgres::Config) -> Result<(), DbError> {
+    let mut client = pg.connect(NoTls).map_err(|e| DbError::Unavailable(e.to_string()))?;
+    let mut tx = client.transaction()?;
+    tx.batch_execute(SCHEMA_SQL)?;
+    tx.commit()?;
+    Ok(())
+}

@@ -1,0 +1,320 @@
+//! The SQL behind each [`Job`], run on a worker's connection.
+//!
+//! Statements are prepared once per connection and cached ([`Stmts`]): a job then
+//! costs one round trip instead of two.
+
+use std::collections::HashMap;
+use std::time::SystemTime;
+
+use postgres::{GenericClient, Statement};
+
+use super::jobs::*;
+use super::DbError;
+
+/// Prepared statements of one connection, keyed by their SQL text.
+#[derive(Default)]
+pub struct Stmts(HashMap<&'static str, Statement>);
+
+impl Stmts {
+    pub fn get<C: GenericClient>(
+        &mut self,
+        c: &mut C,
+        sql: &'static str,
+    ) -> Result<Statement, postgres::Error> {
+        if let Some(s) = self.0.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = c.prepare(sql)?;
+        self.0.insert(sql, s.clone());
+        Ok(s)
+    }
+}
+
+/// Offline DMs kept per recipient; older ones are dropped.
+pub const OFFLINE_QUEUE_CAP: i64 = 100;
+
+/// The nickname to show: the stored one, or the username when it is empty.
+pub fn display_nickname(username: &str, nickname: Option<String>) -> String {
+    match nickname {
+        Some(n) if !n.is_empty() => n,
+        _ => username.to_string(),
+    }
+}
+
+/// Runs a general (unordered) job.
+pub fn run<C: GenericClient>(c: &mut C, st: &mut Stmts, job: Job) -> Result<Outcome, DbError> {
+    Ok(match job {
+        Job::Health => {
+            c.simple_query("SELECT 1")?;
+            Outcome::Healthy
+        }
+        Job::Register {
+            username,
+            password_hash,
+            nickname,
+        } => {
+            let s = st.get(
+                c,
+                "INSERT INTO users (username, password, nickname, extra, created_at) \
+                 VALUES ($1, $2, $3, '', now()) ON CONFLICT (username) DO NOTHING",
+            )?;
+            let n = c.execute(&s, &[&username, &password_hash, &nickname])?;
+            Outcome::Registered { created: n == 1 }
+        }
+        Job::Credentials { username } => {
+            let s = st.get(c, "SELECT password FROM users WHERE username = $1")?;
+            let password = c.query_opt(&s, &[&username])?.map(|r| r.get(0));
+            Outcome::Credentials { username, password }
+        }
+        Job::UpgradePassword {
+            username,
+            legacy,
+            new_hash,
+        } => {
+            let s = st.get(
+                c,
+                "UPDATE users SET password = $2 WHERE username = $1 AND password = $3",
+            )?;
+            c.execute(&s, &[&username, &new_hash, &legacy])?;
+            Outcome::Done
+        }
+        Job::OpenSession { username } => {
+            let session = open_session(c, st, &username)?;
+            Outcome::Session { username, session }
+        }
+        Job::DeleteOfflineDms { ids } => {
+            let s = st.get(c, "DELETE FROM klav_offline_dms WHERE id = ANY($1)")?;
+            c.execute(&s, &[&ids])?;
+            Outcome::Done
+        }
+        Job::History(q) => {
+            let items = history(c, st, &q)?;
+            Outcome::History {
+                room: q.room,
+                items,
+            }
+        }
+        Job::MyRooms { username } => Outcome::MyRooms(my_rooms(c, st, &username)?),
+        Job::Following { username } => {
+            let s = st.get(
+                c,
+                "SELECT u.username, u.nickname FROM follows f \
+                 JOIN users u ON u.username = f.followee_username \
+                 WHERE f.follower_username = $1 ORDER BY u.username",
+            )?;
+            Outcome::Following(user_refs(c.query(&s, &[&username])?))
+        }
+        Job::Followers { username } => {
+            let s = st.get(
+                c,
+                "SELECT u.username, u.nickname FROM follows f \
+                 JOIN users u ON u.username = f.follower_username \
+                 WHERE f.followee_username = $1 ORDER BY u.username",
+            )?;
+            Outcome::Followers(user_refs(c.query(&s, &[&username])?))
+        }
+        Job::Follow { from, to } => {
+            let exists = st.get(c, "SELECT 1 FROM users WHERE username = $1")?;
+            let status = if c.query_opt(&exists, &[&to])?.is_none() {
+                FollowStatus::NotRegistered
+            } else {
+                let ins = st.get(
+                    c,
+                    "INSERT INTO follows (follower_username, followee_username, created_at) \
+                     VALUES ($1, $2, now()) \
+                     ON CONFLICT (follower_username, followee_username) DO NOTHING",
+                )?;
+                if c.execute(&ins, &[&from, &to])? == 1 {
+                    FollowStatus::Followed
+                } else {
+                    FollowStatus::Already
+                }
+            };
+            Outcome::Follow { from, to, status }
+        }
+        Job::Unfollow { from, to } => {
+            let s = st.get(
+                c,
+                "DELETE FROM follows WHERE follower_username = $1 AND followee_username = $2",
+            )?;
+            let removed = c.execute(&s, &[&from, &to])? > 0;
+            Outcome::Unfollow { from, to, removed }
+        }
+        Job::Prune { rooms, keep } => Outcome::Pruned(prune(c, st, &rooms, keep)?),
+        other => {
+            return Err(DbError::Query(format!(
+                "ordered write sent to a general worker: {other:?}"
+            )))
+        }
+    })
+}
+
+fn user_refs(rows: Vec<postgres::Row>) -> Vec<UserRef> {
+    rows.into_iter()
+        .map(|r| {
+            let username: String = r.get(0);
+            let nickname = display_nickname(&username, r.get(1));
+            UserRef { username, nickname }
+        })
+        .collect()
+}
+
+fn open_session<C: GenericClient>(
+    c: &mut C,
+    st: &mut Stmts,
+    username: &str,
+) -> Result<Option<SessionData>, DbError> {
+    let s = st.get(c, "SELECT nickname FROM users WHERE username = $1")?;
+    let nickname = match c.query_opt(&s, &[&username])? {
+        None => return Ok(None),
+        Some(r) => display_nickname(username, r.get(0)),
+    };
+    let s = st.get(c, "SELECT room_id FROM room_members WHERE username = $1")?;
+    let rooms = c
+        .query(&s, &[&username])?
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
+    let s = st.get(
+        c,
+        "SELECT followee_username FROM follows WHERE follower_username = $1",
+    )?;
+    let following = c
+        .query(&s, &[&username])?
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
+    let s = st.get(
+        c,
+        "SELECT id, room_id, from_user, from_nickname, text, sent_at \
+         FROM klav_offline_dms WHERE recipient = $1 ORDER BY id",
+    )?;
+    let offline = c
+        .query(&s, &[&username])?
+        .into_iter()
+        .map(|r| OfflineDm {
+            id: r.get(0),
+            room: r.get(1),
+            from: r.get(2),
+            from_nickname: r.get(3),
+            text: r.get(4),
+            at: r.get(5),
+        })
+        .collect();
+    Ok(Some(SessionData {
+        nickname,
+        rooms,
+        following,
+        offline,
+    }))
+}
+
+fn history<C: GenericClient>(
+    c: &mut C,
+    st: &mut Stmts,
+    q: &HistoryQuery,
+) -> Result<Vec<ChatEntry>, DbError> {
+    let s = st.get(
+        c,
+        "SELECT id, ts, kind, room_id, from_user, from_nickname, to_user, text \
+         FROM chat_logs \
+         WHERE room_id = $1 \
+           AND (kind IS DISTINCT FROM 'dm' OR from_user = $2 OR to_user = $2) \
+           AND ($3::timestamptz IS NULL OR ts < $3) \
+           AND ($4::timestamptz IS NULL OR ts > $4) \
+           AND ($5::int8 IS NULL OR id < $5) \
+           AND ($6::int8 IS NULL OR id > $6) \
+         ORDER BY id DESC LIMIT $7",
+    )?;
+    let rows = c.query(
+        &s,
+        &[
+            &q.room,
+            &q.username,
+            &q.before,
+            &q.after,
+            &q.before_id,
+            &q.after_id,
+            &q.limit,
+        ],
+    )?;
+    let mut items: Vec<ChatEntry> = rows
+        .into_iter()
+        .map(|r| {
+            let from: Option<String> = r.get(4);
+            let from = from.unwrap_or_default();
+            let nick: Option<String> = r.get(5);
+            let ts: Option<SystemTime> = r.get(1);
+            let kind: Option<String> = r.get(2);
+            let text: Option<String> = r.get(7);
+            ChatEntry {
+                id: r.get(0),
+                ts: ts.unwrap_or(std::time::UNIX_EPOCH),
+                kind: kind.unwrap_or_else(|| "msg".into()),
+                room: r.get(3),
+                from_nickname: display_nickname(&from, nick),
+                from,
+                to: r.get(6),
+                text: text.unwrap_or_default(),
+            }
+        })
+        .collect();
+    items.reverse();
+    Ok(items)
+}
+
+fn my_rooms<C: GenericClient>(
+    c: &mut C,
+    st: &mut Stmts,
+    username: &str,
+) -> Result<Vec<RoomInfo>, DbError> {
+    let s = st.get(
+        c,
+        "SELECT r.id, r.name, r.last_message_text, r.last_message_from, \
+                r.last_message_kind, r.last_message_ts \
+         FROM room_members m JOIN rooms r ON r.id = m.room_id \
+         WHERE m.username = $1 \
+         ORDER BY r.last_message_ts DESC NULLS LAST, r.created_at DESC, r.id",
+    )?;
+    Ok(c.query(&s, &[&username])?
+        .into_iter()
+        .map(|r| {
+            let text: Option<String> = r.get(2);
+            let ts: Option<SystemTime> = r.get(5);
+            let last = if text.is_none() && ts.is_none() {
+                None
+            } else {
+                Some(LastMessage {
+                    text: text.unwrap_or_default(),
+                    from: r.get::<_, Option<String>>(3).unwrap_or_default(),
+                    kind: r.get::<_, Option<String>>(4).unwrap_or_default(),
+                    ts,
+                })
+            };
+            RoomInfo {
+                id: r.get(0),
+                name: r.get(1),
+                last,
+            }
+        })
+        .collect())
+}
+
+fn prune<C: GenericClient>(
+    c: &mut C,
+    st: &mut Stmts,
+    rooms: &[String],
+    keep: u64,
+) -> Result<u64, DbError> {
+    let s = st.get(
+        c,
+        "DELETE FROM chat_logs WHERE room_id = $1 AND id <= \
+         (SELECT id FROM chat_logs WHERE room_id = $1 ORDER BY id DESC OFFSET $2 LIMIT 1)",
+    )?;
+    let keep = keep as i64;
+    let mut deleted = 0;
+    for room in rooms {
+        deleted += c.execute(&s, &[room, &keep])?;
+    }
+    Ok(deleted)
+}

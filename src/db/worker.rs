@@ -1,0 +1,64 @@
+//! A general database worker: takes jobs from the shared queue, runs each on its
+//! own connection, sends the outcome back.
+
+use std::sync::Arc;
+
+use crossbeam_channel::Receiver;
+use postgres::NoTls;
+use r2d2_postgres::PostgresConnectionManager;
+
+use super::jobs::{Completion, Job, Outcome, Ticket};
+use super::queries::{self, Stmts};
+use super::{CompletionSink, DbError, Health, Pool};
+
+type Conn = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
+
+pub(super) fn run(
+    pool: Pool,
+    rx: Receiver<(Ticket, Job)>,
+    sink: CompletionSink,
+    health: Arc<Health>,
+) {
+    // The worker keeps its connection (and the statements prepared on it) between
+    // jobs; it goes back to the pool only when it breaks.
+    let mut conn: Option<(Conn, Stmts)> = None;
+    for (ticket, job) in rx.iter() {
+        let result = run_job(&pool, &health, &mut conn, job);
+        sink.send(Completion::Db(ticket, result));
+    }
+}
+
+fn run_job(
+    pool: &Pool,
+    health: &Health,
+    conn: &mut Option<(Conn, Stmts)>,
+    job: Job,
+) -> Result<Outcome, DbError> {
+    let reused = conn.is_some();
+    let retry = reused.then(|| job.clone());
+    match attempt(pool, health, conn, job) {
+        // A kept connection may have died while idle (PostgreSQL restarted): that
+        // is not an outage, so try once more on a fresh one.
+        Err(DbError::Unavailable(_)) if retry.is_some() => {
+            health.observe(attempt(pool, health, conn, retry.expect("checked")))
+        }
+        other => health.observe(other),
+    }
+}
+
+fn attempt(
+    pool: &Pool,
+    health: &Health,
+    conn: &mut Option<(Conn, Stmts)>,
+    job: Job,
+) -> Result<Outcome, DbError> {
+    if conn.as_ref().is_none_or(|(c, _)| c.is_closed()) {
+        *conn = Some((health.get(pool)?, Stmts::default()));
+    }
+    let (c, st) = conn.as_mut().expect("connection just ensured");
+    let result = queries::run(&mut **c, st, job);
+    if matches!(result, Err(DbError::Unavailable(_))) {
+        *conn = None;
+    }
+    result
+}

@@ -1,0 +1,117 @@
+//! One-way follows: `friend_follow`, `friend_unfollow`, `following_list`,
+//! `followers_list`, and the `notify_followed` event.
+
+use serde_json::{json, Value};
+
+use super::Ctx;
+use crate::db::jobs::{FollowStatus, UserRef};
+use crate::db::{Job, Ticket};
+use crate::protocol::{ErrorCode, Event, Request, RequestError};
+use crate::server::hub::Hub;
+
+/// `friend_follow {"to"}`.
+pub struct Follow {
+    to: String,
+}
+
+impl Follow {
+    pub fn parse(req: &Request) -> Result<Follow, RequestError> {
+        let to = req.str("to")?.ok_or(ErrorCode::FollowToRequired)?;
+        Ok(Follow { to: to.to_string() })
+    }
+
+    pub fn apply(self, hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
+        if self.to == cx.user {
+            let ev = Event::new("friend_follow_ack")
+                .with("to", self.to)
+                .with("status", "SELF");
+            hub.reply(cx.id, &cx.req.req_id, ev);
+            return Ok(());
+        }
+        let job = Job::Follow {
+            from: cx.user.clone(),
+            to: self.to,
+        };
+        hub.submit_ws(cx.id, &cx.req.req_id, job);
+        Ok(())
+    }
+}
+
+pub fn follow_done(hub: &mut Hub, t: &Ticket, from: String, to: String, status: FollowStatus) {
+    let status = match status {
+        FollowStatus::NotRegistered => "NOT_REGISTERED",
+        FollowStatus::Already => {
+            hub.state.followed(&from, &to);
+            "ALREADY"
+        }
+        FollowStatus::Followed => {
+            hub.state.followed(&from, &to);
+            let ev = Event::new("notify_followed").with("from", from.as_str());
+            hub.to_user(&to, &ev);
+            "FOLLOWED"
+        }
+    };
+    let ev = Event::new("friend_follow_ack")
+        .with("to", to)
+        .with("status", status);
+    hub.reply(t.conn, &t.req_id, ev);
+}
+
+/// `friend_unfollow {"to"}`.
+pub struct Unfollow {
+    to: String,
+}
+
+impl Unfollow {
+    pub fn parse(req: &Request) -> Result<Unfollow, RequestError> {
+        let to = req.str("to")?.ok_or(ErrorCode::UnfollowToRequired)?;
+        Ok(Unfollow { to: to.to_string() })
+    }
+
+    pub fn apply(self, hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
+        let job = Job::Unfollow {
+            from: cx.user.clone(),
+            to: self.to,
+        };
+        hub.submit_ws(cx.id, &cx.req.req_id, job);
+        Ok(())
+    }
+}
+
+pub fn unfollow_done(hub: &mut Hub, t: &Ticket, from: String, to: String, removed: bool) {
+    if removed {
+        hub.state.unfollowed(&from, &to);
+    }
+    let status = if removed { "UNFOLLOWED" } else { "NOT_FOLLOWING" };
+    let ev = Event::new("friend_unfollow_ack")
+        .with("to", to)
+        .with("status", status);
+    hub.reply(t.conn, &t.req_id, ev);
+}
+
+pub fn following_list(hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
+    let job = Job::Following {
+        username: cx.user.clone(),
+    };
+    hub.submit_ws(cx.id, &cx.req.req_id, job);
+    Ok(())
+}
+
+pub fn followers_list(hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
+    let job = Job::Followers {
+        username: cx.user.clone(),
+    };
+    hub.submit_ws(cx.id, &cx.req.req_id, job);
+    Ok(())
+}
+
+/// `which` is `following` or `followers`: the event type and its list field.
+pub fn list_done(hub: &mut Hub, t: &Ticket, which: &str, users: Vec<UserRef>) {
+    let list: Vec<Value> = users
+        .into_iter()
+        .map(|u| json!({ "username": u.username, "nickname": u.nickname }))
+        .collect();
+    let kind = format!("{which}_list");
+    let ev = Event::new(&kind).with(which, list);
+    hub.reply(t.conn, &t.req_id, ev);
+}

@@ -1,0 +1,82 @@
+//! `history`: a member's view of a room's log, newest `limit` entries matching
+//! the filters, oldest first. DMs are visible only to their two parties.
+
+use serde_json::{json, Value};
+
+use super::Ctx;
+use crate::db::jobs::{ChatEntry, HistoryQuery};
+use crate::db::{Job, Ticket};
+use crate::protocol::{ErrorCode, Event, Request, RequestError};
+use crate::server::hub::Hub;
+
+pub const DEFAULT_LIMIT: i64 = 20;
+pub const MAX_LIMIT: i64 = 200;
+
+/// `history {"room_id","limit"?,"before"?,"after"?,"before_id"?,"after_id"?}`.
+pub struct History {
+    query: HistoryQuery,
+}
+
+fn timestamp(req: &Request, name: &str) -> Result<Option<std::time::SystemTime>, RequestError> {
+    match req.str(name)? {
+        None => Ok(None),
+        Some(s) => crate::time::parse_iso(s).map(Some).ok_or_else(|| {
+            RequestError::with(
+                ErrorCode::BadRequest,
+                format!("\"{name}\" must be an ISO-8601 timestamp"),
+            )
+        }),
+    }
+}
+
+impl History {
+    pub fn parse(req: &Request) -> Result<History, RequestError> {
+        let room = req.room_id()?.ok_or(ErrorCode::RoomIdRequired)?;
+        let limit = req
+            .int("limit")?
+            .unwrap_or(DEFAULT_LIMIT)
+            .clamp(1, MAX_LIMIT);
+        Ok(History {
+            query: HistoryQuery {
+                room: room.to_string(),
+                username: String::new(),
+                limit,
+                before: timestamp(req, "before")?,
+                after: timestamp(req, "after")?,
+                before_id: req.int("before_id")?,
+                after_id: req.int("after_id")?,
+            },
+        })
+    }
+
+    pub fn apply(mut self, hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
+        if !hub.state.is_member(&cx.user, &self.query.room) {
+            return Err(ErrorCode::NotAMember.into());
+        }
+        self.query.username = cx.user.clone();
+        hub.submit_ws(cx.id, &cx.req.req_id, Job::History(self.query));
+        Ok(())
+    }
+}
+
+pub fn entry_json(e: ChatEntry) -> Value {
+    let mut v = json!({
+        "id": e.id,
+        "ts": crate::time::format_iso(e.ts),
+        "kind": e.kind,
+        "room": e.room,
+        "from": e.from,
+        "from_nickname": e.from_nickname,
+        "text": e.text,
+    });
+    if let Some(to) = e.to {
+        v["to"] = Value::String(to);
+    }
+    v
+}
+
+pub fn done(hub: &mut Hub, t: &Ticket, room: String, items: Vec<ChatEntry>) {
+    let items: Vec<Value> = items.into_iter().map(entry_json).collect();
+    let ev = Event::new("history").with("room", room).with("items", items);
+    hub.reply(t.conn, &t.req_id, ev);
+}

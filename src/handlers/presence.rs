@@ -1,0 +1,90 @@
+//! Live presence of followed users: `get_online_friends`, the per-connection
+//! subscription, and `presence_change` on a user's first open / last close.
+//!
+//! Everything here is answered from memory: who is online, with how many
+//! connections, and which subscribed connections watch whom.
+
+use serde_json::{json, Value};
+
+use super::Ctx;
+use crate::protocol::{Event, RequestError};
+use crate::server::hub::Hub;
+
+/// The users `user` follows who are online, sorted by name case-insensitively.
+fn online_friends(hub: &Hub, user: &str) -> Event {
+    let mut friends: Vec<(String, &str, &str, usize)> = hub
+        .state
+        .users
+        .get(user)
+        .map(|u| {
+            u.following
+                .iter()
+                .filter_map(|f| {
+                    let s = hub.state.users.get(f)?;
+                    (!s.conns.is_empty()).then(|| {
+                        (s.nickname.to_lowercase(), f.as_str(), s.nickname.as_str(), s.conns.len())
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    friends.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(b.1)));
+    let users: Vec<Value> = friends
+        .into_iter()
+        .map(|(_, username, nickname, n)| {
+            json!({
+                "id": username,
+                "username": username,
+                "name": nickname,
+                "nickname": nickname,
+                "connections": n,
+            })
+        })
+        .collect();
+    Event::new("online_friends").with("users", users)
+}
+
+pub fn get_online_friends(hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
+    let ev = online_friends(hub, &cx.user);
+    hub.reply(cx.id, &cx.req.req_id, ev);
+    Ok(())
+}
+
+pub fn subscribe(hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
+    hub.state.subscribe(&cx.user, cx.id);
+    let ev = online_friends(hub, &cx.user);
+    hub.reply(cx.id, &cx.req.req_id, ev);
+    Ok(())
+}
+
+pub fn unsubscribe(hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
+    hub.state.unsubscribe(&cx.user, cx.id);
+    let ev = Event::new("presence_ack").with("status", "UNSUBSCRIBED");
+    hub.reply(cx.id, &cx.req.req_id, ev);
+    Ok(())
+}
+
+/// The name shown for a user in memory (their nickname, else the username).
+pub fn display_name(hub: &Hub, user: &str) -> String {
+    hub.state
+        .users
+        .get(user)
+        .map(|u| u.nickname.clone())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| user.to_string())
+}
+
+/// `user` came online or went offline: one frame, every watching connection.
+pub fn announce(hub: &mut Hub, user: &str, name: String, status: &str) {
+    let Some(watchers) = hub.state.watchers.get(user) else {
+        return;
+    };
+    let targets: Vec<_> = watchers.iter().copied().collect();
+    let ev = Event::new("presence_change")
+        .with("scope", "friends")
+        .with("user", user)
+        .with("name", name)
+        .with("status", status);
+    let frame = ev.shared();
+    hub.fan_out(&targets, &frame);
+}

@@ -1,0 +1,216 @@
+//! `create_room`, `join`, `leave`, `my_rooms`.
+
+use serde_json::{json, Value};
+
+use super::Ctx;
+use crate::db::jobs::{JoinBy, JoinResult, RoomInfo};
+use crate::db::{Job, Ticket};
+use crate::protocol::{ErrorCode, Event, Request, RequestError};
+use crate::server::hub::Hub;
+
+/// Longest room name (the `rooms.name` column).
+const MAX_ROOM_NAME: usize = 255;
+
+fn nickname(hub: &Hub, user: &str) -> String {
+    hub.state
+        .users
+        .get(user)
+        .map(|u| u.nickname.clone())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| user.to_string())
+}
+
+/// `create_room {"name"}`: a fresh room; the creator is not made a member.
+pub struct CreateRoom {
+    name: Option<String>,
+}
+
+impl CreateRoom {
+    pub fn parse(req: &Request) -> Result<CreateRoom, RequestError> {
+        let name = req.str("name")?.map(str::trim).filter(|n| !n.is_empty());
+        Ok(CreateRoom {
+            name: name
+                .filter(|n| n.chars().count() <= MAX_ROOM_NAME)
+                .map(str::to_string),
+        })
+    }
+
+    pub fn apply(self, hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
+        let Some(name) = self.name else {
+            let ev = Event::new("create_room_ack").with("status", "INVALID");
+            hub.reply(cx.id, &cx.req.req_id, ev);
+            return Ok(());
+        };
+        let job = Job::CreateRoom {
+            creator: cx.user.clone(),
+            creator_nickname: nickname(hub, &cx.user),
+            name,
+        };
+        hub.submit_ws(cx.id, &cx.req.req_id, job);
+        Ok(())
+    }
+}
+
+pub fn created(hub: &mut Hub, t: &Ticket, room: String, name: String) {
+    hub.state.touched_rooms.insert(room.clone());
+    let ev = Event::new("create_room_ack")
+        .with("status", "CREATED")
+        .with("room_id", room)
+        .with("name", name);
+    hub.reply(t.conn, &t.req_id, ev);
+}
+
+/// `join {"room_id"}` or `join {"room": "<name>"}`.
+pub struct Join {
+    by: JoinBy,
+}
+
+impl Join {
+    pub fn parse(req: &Request) -> Result<Join, RequestError> {
+        if let Some(id) = req.str("room_id")? {
+            return Ok(Join {
+                by: JoinBy::Id(id.to_string()),
+            });
+        }
+        match req.str("room")?.map(str::trim).filter(|n| !n.is_empty()) {
+            Some(name) if name.chars().count() <= MAX_ROOM_NAME => Ok(Join {
+                by: JoinBy::Name(name.to_string()),
+            }),
+            Some(_) => Err(RequestError::with(
+                ErrorCode::BadRequest,
+                "room name is longer than 255 characters",
+            )),
+            None => Err(ErrorCode::RoomIdOrNameRequired.into()),
+        }
+    }
+
+    pub fn apply(self, hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
+        if let JoinBy::Id(room) = &self.by {
+            // Memory is exact for online users: no round trip for a repeat join.
+            if hub.state.is_member(&cx.user, room) {
+                let ev = Event::new("join_ack")
+                    .with("room", room.as_str())
+                    .with("status", "ALREADY");
+                hub.reply(cx.id, &cx.req.req_id, ev);
+                return Ok(());
+            }
+        }
+        let job = Job::Join {
+            username: cx.user.clone(),
+            nickname: nickname(hub, &cx.user),
+            by: self.by,
+        };
+        hub.submit_ws(cx.id, &cx.req.req_id, job);
+        Ok(())
+    }
+}
+
+pub fn join_done(hub: &mut Hub, t: &Ticket, username: String, nickname: String, r: JoinResult) {
+    match r {
+        JoinResult::NotFound => {
+            hub.reply_error(t.conn, &t.req_id, ErrorCode::RoomNotFound.into());
+        }
+        JoinResult::Already { room } => {
+            // Memory may not have known (e.g. joined by name).
+            hub.state.joined(&username, &room);
+            let ev = Event::new("join_ack").with("room", room).with("status", "ALREADY");
+            hub.reply(t.conn, &t.req_id, ev);
+        }
+        JoinResult::Joined { room, .. } => {
+            hub.state.joined(&username, &room);
+            hub.state.touched_rooms.insert(room.clone());
+            let ev = Event::new("system")
+                .with("room", room.as_str())
+                .with("event", "joined")
+                .with("user", username)
+                .with("user_nickname", nickname);
+            hub.to_room(&room, &ev);
+        }
+    }
+}
+
+/// `leave {"room_id"}`.
+pub struct Leave {
+    room: String,
+}
+
+impl Leave {
+    pub fn parse(req: &Request) -> Result<Leave, RequestError> {
+        let room = req.room_id()?.ok_or(ErrorCode::RoomIdRequired)?;
+        Ok(Leave {
+            room: room.to_string(),
+        })
+    }
+
+    pub fn apply(self, hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
+        if !hub.state.is_member(&cx.user, &self.room) {
+            let ev = Event::new("leave_ack")
+                .with("room", self.room)
+                .with("status", "NOT_A_MEMBER");
+            hub.reply(cx.id, &cx.req.req_id, ev);
+            return Ok(());
+        }
+        let job = Job::Leave {
+            username: cx.user.clone(),
+            nickname: nickname(hub, &cx.user),
+            room: self.room,
+        };
+        hub.submit_ws(cx.id, &cx.req.req_id, job);
+        Ok(())
+    }
+}
+
+pub fn leave_done(
+    hub: &mut Hub,
+    t: &Ticket,
+    username: String,
+    nickname: String,
+    room: String,
+    was_member: bool,
+) {
+    if was_member {
+        hub.state.left(&username, &room);
+        hub.state.touched_rooms.insert(room.clone());
+        let ev = Event::new("system")
+            .with("room", room.as_str())
+            .with("event", "left")
+            .with("user", username)
+            .with("user_nickname", nickname);
+        hub.to_room(&room, &ev);
+    }
+    let status = if was_member { "LEFT" } else { "NOT_A_MEMBER" };
+    let ev = Event::new("leave_ack").with("room", room).with("status", status);
+    hub.reply(t.conn, &t.req_id, ev);
+}
+
+/// `my_rooms {}`.
+pub fn my_rooms(hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
+    let job = Job::MyRooms {
+        username: cx.user.clone(),
+    };
+    hub.submit_ws(cx.id, &cx.req.req_id, job);
+    Ok(())
+}
+
+pub fn my_rooms_done(hub: &mut Hub, t: &Ticket, rooms: Vec<RoomInfo>) {
+    let ids: Vec<Value> = rooms.iter().map(|r| Value::from(r.id.as_str())).collect();
+    let info: Vec<Value> = rooms
+        .into_iter()
+        .map(|r| {
+            let last = match r.last {
+                None => Value::Null,
+                Some(l) => json!({
+                    "text": l.text,
+                    "from": l.from,
+                    "kind": l.kind,
+                    "ts": l.ts.map(crate::time::format_iso),
+                }),
+            };
+            json!({ "id": r.id, "name": r.name, "last": last })
+        })
+        .collect();
+    let ev = Event::new("my_rooms")
+        .with("rooms", ids)
+        .with("rooms_info", info);
+    hub.reply(t.conn, &t.req_id, ev);
+}

@@ -1,0 +1,196 @@
+//! A WebSocket session's life: the authenticated upgrade, opening (offline DMs,
+//! presence online), and closing (presence offline).
+
+use std::time::Instant;
+
+use crate::conn::{ConnId, Phase, WsState};
+use crate::db::jobs::SessionData;
+use crate::db::{DbError, Job, Ticket};
+use crate::http::{self, Request};
+use crate::protocol::Event;
+use crate::server::hub::Hub;
+use crate::ws;
+
+use super::http::respond;
+
+/// `GET /ws`: validates the upgrade and the token on the loop (an HMAC is cheap),
+/// then asks the database whether the user exists and loads their session. The
+/// 101 goes out only once that answer is in.
+pub fn upgrade(hub: &mut Hub, id: ConnId, req: Request) {
+    let refuse = |hub: &mut Hub, status: u16, detail: &str| {
+        respond(hub, id, http::error(status, detail, false), false);
+    };
+    let is_upgrade = req
+        .header("upgrade")
+        .is_some_and(|u| u.eq_ignore_ascii_case("websocket"))
+        && req.header_has_token("connection", "upgrade");
+    let Some(key) = req.header("sec-websocket-key").filter(|_| is_upgrade) else {
+        return refuse(hub, 400, "expected a WebSocket upgrade request");
+    };
+    if req.header("sec-websocket-version") != Some("13") {
+        let resp = http::response(
+            426,
+            "application/json",
+            br#"{"detail":"unsupported WebSocket version"}"#,
+            false,
+            &[("Sec-WebSocket-Version", "13".into())],
+        );
+        return respond(hub, id, resp, false);
+    }
+    if !hub.config.allowed_origins.is_empty() {
+        if let Some(origin) = req.header("origin") {
+            let origin = origin.trim_end_matches('/').to_ascii_lowercase();
+            if !hub.config.allowed_origins.contains(&origin) {
+                return refuse(hub, 403, "origin not allowed");
+            }
+        }
+    }
+    let token = bearer_token(&req).or_else(|| req.query_param("token"));
+    let username = match hub.tokens.verify(token.as_deref().unwrap_or("")) {
+        Ok(u) => u,
+        Err(e) => return refuse(hub, 403, &e.to_string()),
+    };
+    let accept_key = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    if !hub.submit(
+        Ticket::new(id, None),
+        Job::OpenSession {
+            username: username.clone(),
+        },
+    ) {
+        return refuse(hub, 503, "Service unhealthy: database queue is full");
+    }
+    hub.state.begin_open(&username);
+    let Some(conn) = hub.conn_mut(id) else { return };
+    let leftover = match &mut conn.phase {
+        Phase::Http(st) => std::mem::take(&mut st.buf),
+        _ => Vec::new(),
+    };
+    conn.phase = Phase::Upgrading {
+        username,
+        accept_key,
+        leftover,
+    };
+}
+
+/// `Authorization: Bearer <token>`, the scheme compared case-insensitively.
+fn bearer_token(req: &Request) -> Option<String> {
+    let value = req.header("authorization")?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_string())
+        .filter(|t| !t.is_empty())
+}
+
+/// The session loaded: the user exists (101, register the connection, flush the
+/// offline queue, announce presence) or no longer does (403).
+pub fn opened(hub: &mut Hub, id: ConnId, username: &str, session: Option<SessionData>) {
+    let Some(conn) = hub.conn_mut(id) else {
+        // Closed while loading; its `opening` count was released on close.
+        return;
+    };
+    if !matches!(conn.phase, Phase::Upgrading { .. }) {
+        return;
+    }
+    if !hub.state.finish_open(username, session.as_ref()) {
+        let conn = hub.conn_mut(id).expect("checked above");
+        conn.phase = Phase::Closed;
+        return respond(hub, id, http::error(403, "user not registered", false), false);
+    }
+    let burst = hub.config.rate_burst;
+    let conn = hub.conn_mut(id).expect("checked above");
+    let Phase::Upgrading {
+        accept_key,
+        leftover,
+        ..
+    } = std::mem::replace(&mut conn.phase, Phase::Closed)
+    else {
+        unreachable!("checked above")
+    };
+    conn.out.push(&ws::switching_protocols(&accept_key));
+    let now = Instant::now();
+    conn.phase = Phase::Ws(Box::new(WsState {
+        ctx: ws::server_context(leftover),
+        username: username.to_string(),
+        tokens: burst,
+        tokens_at: now,
+        rate_strikes: 0,
+        last_frame: now,
+        ping_sent: None,
+        offline_ack: None,
+    }));
+    hub.dirty.push(id.slot);
+    hub.metrics.ws_opened += 1;
+    let first = hub.state.add_conn(username, id);
+
+    // Queued DMs, oldest first; deleted once written to the socket.
+    if let Some(session) = session {
+        if !session.offline.is_empty() {
+            let mut ids = Vec::with_capacity(session.offline.len());
+            for dm in session.offline {
+                let ev = Event::new("offline_dm")
+                    .with("room", dm.room)
+                    .with("from", dm.from)
+                    .with("from_nickname", dm.from_nickname)
+                    .with("text", dm.text)
+                    .with("at", crate::time::format_iso(dm.at));
+                hub.send_event(id, &ev);
+                ids.push(dm.id);
+            }
+            if let Some(conn) = hub.conn_mut(id) {
+                if let Phase::Ws(ws) = &mut conn.phase {
+                    ws.offline_ack = Some((conn.out.mark(), ids));
+                }
+            }
+        }
+    }
+    if first {
+        let name = super::presence::display_name(hub, username);
+        super::presence::announce(hub, username, name, "online");
+    }
+    // Frames may already be waiting (sent right after the upgrade request).
+    hub.again.push(id);
+}
+
+/// The session could not be loaded: 503, nothing was opened.
+pub fn open_failed(hub: &mut Hub, id: ConnId, e: &DbError) {
+    let Some(conn) = hub.conn_mut(id) else { return };
+    if let Phase::Upgrading { username, .. } = std::mem::replace(&mut conn.phase, Phase::Closed) {
+        hub.state.cancel_open(&username);
+    }
+    respond(hub, id, http::error(503, &format!("Service unhealthy: {e}"), false), false);
+}
+
+/// After a flush: once the offline DMs are written to the socket, delete them.
+pub fn on_flushed(hub: &mut Hub, id: ConnId) {
+    let Some(conn) = hub.conn_mut(id) else { return };
+    let written = conn.out.total_written;
+    let Phase::Ws(ws) = &mut conn.phase else { return };
+    if ws.offline_ack.as_ref().is_some_and(|(mark, _)| written >= *mark) {
+        let (_, ids) = ws.offline_ack.take().expect("checked");
+        // If this fails they are delivered again on the next connect, which is
+        // better than losing them.
+        hub.submit(Ticket::internal(), Job::DeleteOfflineDms { ids });
+    }
+}
+
+/// The connection is closing: release its user accounting exactly once.
+pub fn on_closed(hub: &mut Hub, id: ConnId) {
+    let Some(conn) = hub.conn_mut(id) else { return };
+    match std::mem::replace(&mut conn.phase, Phase::Closed) {
+        Phase::Upgrading { username, .. } => hub.state.cancel_open(&username),
+        Phase::Ws(ws) => {
+            let name = super::presence::display_name(hub, &ws.username);
+            if hub.state.remove_conn(&ws.username, id) {
+                super::presence::announce(hub, &ws.username, name, "offline");
+            }
+        }
+        Phase::Http(st) => {
+            // Keep an HTTP connection's phase: it may still flush a response.
+            if let Some(conn) = hub.conn_mut(id) {
+                conn.phase = Phase::Http(st);
+            }
+        }
+        Phase::Closed => {}
+    }
+}

@@ -1,0 +1,286 @@
+//! HTTP/1.1 as far as Klav needs it: a request head parsed with `httparse`, a
+//! `Content-Length` body, keep-alive and pipelining, JSON responses, and the limits
+//! (8 KiB of headers, 64 KiB of body).
+
+use std::fmt;
+
+/// Largest request head (request line and headers) accepted.
+pub const MAX_HEAD: usize = 8 * 1024;
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 64 * 1024;
+const MAX_HEADERS: usize = 64;
+
+/// A request that cannot be served; each maps to a status and a `detail`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HttpError {
+    HeadTooLarge,
+    BodyTooLarge,
+    Malformed(&'static str),
+}
+
+impl HttpError {
+    pub fn status(&self) -> u16 {
+        match self {
+            HttpError::HeadTooLarge => 431,
+            HttpError::BodyTooLarge => 413,
+            HttpError::Malformed(_) => 400,
+        }
+    }
+}
+
+impl fmt::Display for HttpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HttpError::HeadTooLarge => write!(f, "request headers too large (limit {MAX_HEAD} bytes)"),
+            HttpError::BodyTooLarge => write!(f, "request body too large (limit {MAX_BODY} bytes)"),
+            HttpError::Malformed(why) => write!(f, "malformed request: {why}"),
+        }
+    }
+}
+
+/// A complete request.
+#[derive(Debug)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// Whether the connection stays open after the response.
+    pub keep_alive: bool,
+}
+
+impl Request {
+    /// A header's value (names compare case-insensitively).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Whether a comma-separated header contains `token` (case-insensitively).
+    pub fn header_has_token(&self, name: &str, token: &str) -> bool {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .flat_map(|(_, v)| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    }
+
+    /// A query parameter, percent-decoded.
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        self.query.as_deref()?.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k)? == name).then(|| percent_decode(v)).flatten()
+        })
+    }
+}
+
+/// Tries to take one request from the front of `buf`. `Ok(None)`: not complete yet.
+/// On success also returns how many bytes it used.
+pub fn parse(buf: &[u8]) -> Result<Option<(Request, usize)>, HttpError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            if buf.len() > MAX_HEAD {
+                return Err(HttpError::HeadTooLarge);
+            }
+            return Ok(None);
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(HttpError::HeadTooLarge),
+        Err(_) => return Err(HttpError::Malformed("invalid request head")),
+    };
+    if head_len > MAX_HEAD {
+        return Err(HttpError::HeadTooLarge);
+    }
+    let method = req.method.unwrap_or("").to_string();
+    let target = req.path.unwrap_or("/");
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p.to_string(), Some(q.to_string())),
+        None => (target.to_string(), None),
+    };
+    let version = req.version.unwrap_or(1);
+    let mut content_length: Option<usize> = None;
+    let mut keep_alive = version == 1;
+    let mut out_headers = Vec::with_capacity(req.headers.len());
+    for h in req.headers.iter() {
+        let value = std::str::from_utf8(h.value)
+            .map_err(|_| HttpError::Malformed("header value is not UTF-8"))?
+            .trim()
+            .to_string();
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let n: usize = value
+                .parse()
+                .map_err(|_| HttpError::Malformed("invalid Content-Length"))?;
+            if content_length.is_some_and(|c| c != n) {
+                return Err(HttpError::Malformed("conflicting Content-Length headers"));
+            }
+            content_length = Some(n);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            // Only Content-Length bodies are supported; accepting chunked framing
+            // we do not parse would desynchronise the connection.
+            return Err(HttpError::Malformed("Transfer-Encoding is not supported"));
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            for t in value.split(',') {
+                let t = t.trim();
+                if t.eq_ignore_ascii_case("close") {
+                    keep_alive = false;
+                } else if t.eq_ignore_ascii_case("keep-alive") {
+                    keep_alive = true;
+                }
+            }
+        }
+        out_headers.push((h.name.to_string(), value));
+    }
+    let body_len = content_length.unwrap_or(0);
+    if body_len > MAX_BODY {
+        return Err(HttpError::BodyTooLarge);
+    }
+    if buf.len() < head_len + body_len {
+        return Ok(None);
+    }
+    let body = buf[head_len..head_len + body_len].to_vec();
+    Ok(Some((
+        Request {
+            method,
+            path,
+            query,
+            headers: out_headers,
+            body,
+            keep_alive,
+        },
+        head_len + body_len,
+    )))
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        101 => "Switching Protocols",
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Payload Too Large",
+        422 => "Unprocessable Entity",
+        426 => "Upgrade Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+/// A complete response with a body of the given content type.
+pub fn response(
+    status: u16,
+    content_type: &str,
+    body: &[u8],
+    keep_alive: bool,
+    extra: &[(&str, String)],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(160 + body.len());
+    out.extend_from_slice(
+        format!(
+            "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n",
+            reason(status),
+            body.len()
+        )
+        .as_bytes(),
+    );
+    if !keep_alive {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    for (k, v) in extra {
+        out.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    out
+}
+
+/// A JSON response.
+pub fn json(status: u16, body: &serde_json::Value, keep_alive: bool) -> Vec<u8> {
+    response(
+        status,
+        "application/json",
+        body.to_string().as_bytes(),
+        keep_alive,
+        &[],
+    )
+}
+
+/// An error response: `{"detail": "..."}`.
+pub fn error(status: u16, detail: &str, keep_alive: bool) -> Vec<u8> {
+    json(status, &serde_json::json!({ "detail": detail }), keep_alive)
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = s.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_pipelined_requests() {
+        let raw = b"POST /login HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}GET /health HTTP/1.1\r\n\r\n";
+        let (r1, n1) = parse(raw).unwrap().unwrap();
+        assert_eq!((r1.method.as_str(), r1.path.as_str(), r1.body.as_slice()), ("POST", "/login", &b"{}"[..]));
+        let (r2, n2) = parse(&raw[n1..]).unwrap().unwrap();
+        assert_eq!(r2.path, "/health");
+        assert_eq!(n1 + n2, raw.len());
+    }
+
+    #[test]
+    fn partial_and_limits() {
+        assert!(parse(b"GET /health HTTP/1.1\r\nHost: x\r\n").unwrap().is_none());
+        assert!(parse(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nab").unwrap().is_none());
+        let big = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(MAX_HEAD));
+        assert_eq!(parse(big.as_bytes()).unwrap_err(), HttpError::HeadTooLarge);
+        let body = format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", MAX_BODY + 1);
+        assert_eq!(parse(body.as_bytes()).unwrap_err(), HttpError::BodyTooLarge);
+        assert!(matches!(parse(b"\x00\x01garbage\r\n\r\n"), Err(HttpError::Malformed(_))));
+        assert!(matches!(
+            parse(b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n"),
+            Err(HttpError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn query_and_connection() {
+        let (r, _) = parse(b"GET /ws?a=1&token=ab%2Ecd HTTP/1.0\r\n\r\n").unwrap().unwrap();
+        assert_eq!(r.query_param("token").as_deref(), Some("ab.cd"));
+        assert_eq!(r.query_param("nope"), None);
+        assert!(!r.keep_alive);
+        let (r, _) = parse(b"GET / HTTP/1.1\r\nConnection: keep-alive, Upgrade\r\n\r\n").unwrap().unwrap();
+        assert!(r.keep_alive && r.header_has_token("connection", "upgrade"));
+    }
+}

@@ -1,0 +1,240 @@
+//! The WebSocket protocol's shapes: incoming requests, error codes, and events.
+//!
+//! Every event is a JSON object with `type` and `ts`; direct replies to a request
+//! echo its `req_id`. Field names here are a compatibility surface with existing
+//! clients (see the README's protocol section).
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use crate::ws;
+
+/// Error codes of the `error` event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    BadRequest,
+    UnknownType,
+    RoomIdRequired,
+    RoomIdOrNameRequired,
+    RoomIdAndToRequired,
+    RoomNotFound,
+    NotAMember,
+    TextRequired,
+    TextTooLong,
+    FollowToRequired,
+    UnfollowToRequired,
+    RateLimited,
+    Unavailable,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "BAD_REQUEST",
+            ErrorCode::UnknownType => "UNKNOWN_TYPE",
+            ErrorCode::RoomIdRequired => "ROOM_ID_REQUIRED",
+            ErrorCode::RoomIdOrNameRequired => "ROOM_ID_OR_NAME_REQUIRED",
+            ErrorCode::RoomIdAndToRequired => "ROOM_ID_AND_TO_REQUIRED",
+            ErrorCode::RoomNotFound => "ROOM_NOT_FOUND",
+            ErrorCode::NotAMember => "NOT_A_MEMBER",
+            ErrorCode::TextRequired => "TEXT_REQUIRED",
+            ErrorCode::TextTooLong => "TEXT_TOO_LONG",
+            ErrorCode::FollowToRequired => "FOLLOW_TO_REQUIRED",
+            ErrorCode::UnfollowToRequired => "UNFOLLOW_TO_REQUIRED",
+            ErrorCode::RateLimited => "RATE_LIMITED",
+            ErrorCode::Unavailable => "UNAVAILABLE",
+        }
+    }
+}
+
+/// A request error: a code and an optional human-readable detail.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RequestError {
+    pub code: ErrorCode,
+    pub detail: Option<String>,
+}
+
+impl RequestError {
+    pub fn new(code: ErrorCode) -> RequestError {
+        RequestError { code, detail: None }
+    }
+
+    pub fn with(code: ErrorCode, detail: impl Into<String>) -> RequestError {
+        RequestError {
+            code,
+            detail: Some(detail.into()),
+        }
+    }
+}
+
+impl From<ErrorCode> for RequestError {
+    fn from(code: ErrorCode) -> Self {
+        RequestError::new(code)
+    }
+}
+
+impl fmt::Display for RequestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.detail {
+            Some(d) => write!(f, "{}: {d}", self.code.as_str()),
+            None => f.write_str(self.code.as_str()),
+        }
+    }
+}
+
+/// A decoded request frame: its `type`, its `req_id` and the rest of the object.
+#[derive(Debug)]
+pub struct Request {
+    pub kind: String,
+    pub req_id: Option<Value>,
+    pub body: Map<String, Value>,
+}
+
+impl Request {
+    /// Decodes a text frame. Errors are `BAD_REQUEST`, with the `req_id` when one
+    /// could be read.
+    pub fn decode(text: &str) -> Result<Request, (RequestError, Option<Value>)> {
+        let value: Value = serde_json::from_str(text)
+            .map_err(|_| (RequestError::with(ErrorCode::BadRequest, "invalid JSON"), None))?;
+        let Value::Object(mut body) = value else {
+            return Err((
+                RequestError::with(ErrorCode::BadRequest, "expected a JSON object"),
+                None,
+            ));
+        };
+        let req_id = match body.remove("req_id") {
+            Some(v @ (Value::String(_) | Value::Number(_))) => Some(v),
+            _ => None,
+        };
+        match body.remove("type") {
+            Some(Value::String(kind)) => Ok(Request { kind, req_id, body }),
+            _ => Err((
+                RequestError::with(ErrorCode::BadRequest, "missing string field \"type\""),
+                req_id,
+            )),
+        }
+    }
+
+    /// A non-empty string field. Strings with NUL characters are refused
+    /// (PostgreSQL cannot store them).
+    pub fn str(&self, name: &str) -> Result<Option<&str>, RequestError> {
+        match self.body.get(name) {
+            Some(Value::String(s)) if s.contains('\0') => Err(RequestError::with(
+                ErrorCode::BadRequest,
+                format!("\"{name}\" contains a NUL character"),
+            )),
+            Some(Value::String(s)) if !s.is_empty() => Ok(Some(s)),
+            _ => Ok(None),
+        }
+    }
+
+    /// The room id, from `room_id` or the older `room`.
+    pub fn room_id(&self) -> Result<Option<&str>, RequestError> {
+        match self.str("room_id")? {
+            Some(r) => Ok(Some(r)),
+            None => self.str("room"),
+        }
+    }
+
+    /// An integer field (numbers, or strings of digits as older clients send).
+    pub fn int(&self, name: &str) -> Result<Option<i64>, RequestError> {
+        let bad = || RequestError::with(ErrorCode::BadRequest, format!("\"{name}\" must be a number"));
+        match self.body.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) => n
+                .as_i64()
+                .or_else(|| n.as_f64().map(|f| f as i64))
+                .map(Some)
+                .ok_or_else(bad),
+            Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
+            Some(Value::String(s)) => s.trim().parse().map(Some).map_err(|_| bad()),
+            Some(_) => Err(bad()),
+        }
+    }
+}
+
+/// An event under construction: `type` and `ts` are set, fields are added, and it
+/// is serialized once by [`Event::frame`] / [`Event::shared`].
+pub struct Event(Map<String, Value>);
+
+impl Event {
+    pub fn new(kind: &str) -> Event {
+        let mut m = Map::new();
+        m.insert("type".into(), Value::String(kind.into()));
+        m.insert("ts".into(), Value::String(crate::time::now_iso()));
+        Event(m)
+    }
+
+    /// The `error` event.
+    pub fn error(err: &RequestError) -> Event {
+        let e = Event::new("error").with("code", err.code.as_str());
+        match &err.detail {
+            Some(d) => e.with("detail", d.as_str()),
+            None => e,
+        }
+    }
+
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Event {
+        self.0.insert(key.into(), value.into());
+        self
+    }
+
+    /// Echoes a request's `req_id`, if it had one.
+    pub fn reply_to(mut self, req_id: &Option<Value>) -> Event {
+        if let Some(id) = req_id {
+            self.0.insert("req_id".into(), id.clone());
+        }
+        self
+    }
+
+    pub fn json(&self) -> String {
+        serde_json::to_string(&self.0).expect("a JSON map always serializes")
+    }
+
+    /// One text frame holding the event.
+    pub fn frame(&self) -> Vec<u8> {
+        ws::text_frame(self.json().as_bytes())
+    }
+
+    /// The frame, shareable across many output queues.
+    pub fn shared(&self) -> Arc<[u8]> {
+        self.frame().into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_errors_are_bad_request() {
+        for bad in ["not json", "[1,2]", "{}", "{\"type\": 5}", "\"x\""] {
+            let (e, _) = Request::decode(bad).unwrap_err();
+            assert_eq!(e.code, ErrorCode::BadRequest, "{bad}");
+        }
+        let (_, id) = Request::decode("{\"req_id\": 7}").unwrap_err();
+        assert_eq!(id, Some(Value::from(7)));
+    }
+
+    #[test]
+    fn fields() {
+        let r = Request::decode(r#"{"type":"history","room":"r_1","limit":"5","req_id":"a","t":"x\u0000"}"#).unwrap();
+        assert_eq!(r.kind, "history");
+        assert_eq!(r.req_id, Some(Value::from("a")));
+        assert_eq!(r.room_id().unwrap(), Some("r_1"));
+        assert_eq!(r.int("limit").unwrap(), Some(5));
+        assert!(r.str("t").is_err());
+        assert_eq!(r.str("missing").unwrap(), None);
+    }
+
+    #[test]
+    fn event_has_type_ts_and_req_id() {
+        let e = Event::new("join_ack").with("status", "ALREADY").reply_to(&Some(Value::from(3)));
+        let v: Value = serde_json::from_str(&e.json()).unwrap();
+        assert_eq!(v["type"], "join_ack");
+        assert_eq!(v["req_id"], 3);
+        assert!(v["ts"].as_str().unwrap().ends_with("+00:00"));
+    }
+}

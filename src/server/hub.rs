@@ -1,0 +1,226 @@
+//! The [`Hub`]: everything the handlers work with — connections, in-memory state,
+//! the database and hashing pools — and the small verbs they use (send, fan out,
+//! submit a job, close). It owns no socket readiness; the loop in `server/mod.rs`
+//! drives it.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::Value;
+use slab::Slab;
+
+use crate::auth::jwt::Tokens;
+use crate::auth::password::{HashJob, HashPool};
+use crate::config::Config;
+use crate::conn::{Conn, ConnId, Phase};
+use crate::db::{Db, Job, Ticket};
+use crate::metrics::Metrics;
+use crate::protocol::{ErrorCode, Event, RequestError};
+use crate::state::State;
+
+/// Why a connection is being closed (also a metrics label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The peer closed (EOF, close frame, reset).
+    Peer,
+    /// An HTTP exchange ended (`Connection: close`, errors).
+    HttpDone,
+    /// Nothing complete arrived in time (HTTP timeout, unanswered ping).
+    Timeout,
+    /// Its output passed the cap: close 1008.
+    SlowConsumer,
+    /// A frame or message over the limit: close 1009.
+    TooBig,
+    /// Invalid UTF-8 in a text frame: close 1007.
+    BadUtf8,
+    /// A WebSocket protocol violation: close 1002.
+    Protocol,
+    /// Kept flooding past the rate limit: close 1008.
+    Flood,
+    /// The server is shutting down: close 1001.
+    Shutdown,
+    /// A socket error.
+    Error,
+}
+
+impl CloseReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseReason::Peer => "peer",
+            CloseReason::HttpDone => "http_done",
+            CloseReason::Timeout => "timeout",
+            CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::TooBig => "too_big",
+            CloseReason::BadUtf8 => "bad_utf8",
+            CloseReason::Protocol => "protocol",
+            CloseReason::Flood => "flood",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::Error => "error",
+        }
+    }
+
+    pub const ALL: [CloseReason; 10] = [
+        CloseReason::Peer,
+        CloseReason::HttpDone,
+        CloseReason::Timeout,
+        CloseReason::SlowConsumer,
+        CloseReason::TooBig,
+        CloseReason::BadUtf8,
+        CloseReason::Protocol,
+        CloseReason::Flood,
+        CloseReason::Shutdown,
+        CloseReason::Error,
+    ];
+}
+
+pub struct Hub {
+    pub conns: Slab<Conn>,
+    pub state: State,
+    pub db: Db,
+    pub hasher: HashPool,
+    pub tokens: Tokens,
+    pub config: Arc<Config>,
+    pub metrics: Metrics,
+    /// Slots with new output, flushed once at the end of the loop turn.
+    pub dirty: Vec<usize>,
+    /// Connections to close after this batch of events (handlers never remove
+    /// slab entries themselves).
+    pub close_soon: Vec<(ConnId, CloseReason)>,
+    /// Connections with input left over from a budget-limited read.
+    pub again: Vec<ConnId>,
+    /// Jobs submitted and not yet completed.
+    pub outstanding: usize,
+    pub started: Instant,
+}
+
+impl Hub {
+    /// The connection, if `id` still names it (slot and generation).
+    pub fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
+        self.conns.get_mut(id.slot).filter(|c| c.id == id)
+    }
+
+    pub fn conn(&self, id: ConnId) -> Option<&Conn> {
+        self.conns.get(id.slot).filter(|c| c.id == id)
+    }
+
+    /// The user of an open WebSocket connection.
+    pub fn ws_user(&self, id: ConnId) -> Option<&str> {
+        match &self.conn(id)?.phase {
+            Phase::Ws(ws) => Some(ws.username.as_str()),
+            _ => None,
+        }
+    }
+
+    /// Queues bytes for a connection; a connection whose output passes the cap is
+    /// closed as a slow consumer.
+    pub fn send_bytes(&mut self, id: ConnId, bytes: &[u8]) {
+        let max = self.config.max_output_bytes;
+        let Some(conn) = self.conn_mut(id) else { return };
+        if conn.closing.is_some() {
+            return;
+        }
+        conn.out.push(bytes);
+        let over = conn.out.len() > max;
+        self.dirty.push(id.slot);
+        if over {
+            self.close_soon.push((id, CloseReason::SlowConsumer));
+        }
+    }
+
+    /// Queues a frame shared with other recipients.
+    pub fn send_shared(&mut self, id: ConnId, frame: &Arc<[u8]>) {
+        let max = self.config.max_output_bytes;
+        let Some(conn) = self.conn_mut(id) else { return };
+        if conn.closing.is_some() || !matches!(conn.phase, Phase::Ws(_)) {
+            return;
+        }
+        conn.out.push_shared(frame);
+        let over = conn.out.len() > max;
+        self.dirty.push(id.slot);
+        if over {
+            self.close_soon.push((id, CloseReason::SlowConsumer));
+        }
+    }
+
+    /// Sends one event to one WebSocket connection.
+    pub fn send_event(&mut self, id: ConnId, event: &Event) {
+        self.send_bytes(id, &event.frame());
+    }
+
+    /// A direct reply: echoes the request's `req_id`.
+    pub fn reply(&mut self, id: ConnId, req_id: &Option<Value>, event: Event) {
+        self.send_event(id, &event.reply_to(req_id));
+    }
+
+    pub fn reply_error(&mut self, id: ConnId, req_id: &Option<Value>, err: RequestError) {
+        self.reply(id, req_id, Event::error(&err));
+    }
+
+    /// Sends the same frame to many connections; returns how many got it.
+    pub fn fan_out(&mut self, targets: &[ConnId], frame: &Arc<[u8]>) -> usize {
+        for &t in targets {
+            self.send_shared(t, frame);
+        }
+        self.metrics.deliveries += targets.len() as u64;
+        targets.len()
+    }
+
+    /// Every connection of every online member of a room gets the event.
+    pub fn to_room(&mut self, room: &str, event: &Event) {
+        let targets = self.state.room_conns(room);
+        if !targets.is_empty() {
+            let frame = event.shared();
+            self.fan_out(&targets, &frame);
+        }
+    }
+
+    /// Every connection of a user gets the event.
+    pub fn to_user(&mut self, username: &str, event: &Event) {
+        let targets = self.state.user_conns(username).to_vec();
+        if !targets.is_empty() {
+            let frame = event.shared();
+            self.fan_out(&targets, &frame);
+        }
+    }
+
+    /// Queues a database job for a WebSocket request; if the queue is full the
+    /// client gets `UNAVAILABLE` at once.
+    pub fn submit_ws(&mut self, id: ConnId, req_id: &Option<Value>, job: Job) {
+        if !self.submit(Ticket::new(id, req_id.clone()), job) {
+            self.reply_error(
+                id,
+                req_id,
+                RequestError::with(ErrorCode::Unavailable, "database queue is full"),
+            );
+        }
+    }
+
+    /// Queues a job; false when it could not be queued.
+    pub fn submit(&mut self, ticket: Ticket, job: Job) -> bool {
+        match self.db.submit(ticket, job) {
+            Ok(()) => {
+                self.outstanding += 1;
+                true
+            }
+            Err(_) => {
+                self.metrics.db_rejected += 1;
+                false
+            }
+        }
+    }
+
+    /// Queues a hashing job; false when its queue is full.
+    pub fn submit_hash(&mut self, ticket: Ticket, job: HashJob) -> bool {
+        match self.hasher.submit(ticket, job) {
+            Ok(()) => {
+                self.outstanding += 1;
+                true
+            }
+            Err(()) => false,
+        }
+    }
+
+    pub fn close(&mut self, id: ConnId, reason: CloseReason) {
+        self.close_soon.push((id, reason));
+    }
+}

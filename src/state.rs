@@ -1,0 +1,295 @@
+//! What the loop keeps in memory so that the hot paths need no database read:
+//! online users (nickname, open connections, rooms, whom they follow), the online
+//! members of each room, and presence subscriptions indexed by the followed user.
+//!
+//! A user's entry exists while they have an open connection or an upgrade in
+//! progress; it is loaded from the database when the first one opens and kept
+//! exact by the loop afterwards (joins, leaves and follows update it as their
+//! writes commit). The database stays the truth for everyone offline.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::conn::ConnId;
+use crate::db::jobs::SessionData;
+
+#[derive(Default)]
+pub struct UserState {
+    pub nickname: String,
+    /// Open WebSocket connections, oldest first.
+    pub conns: Vec<ConnId>,
+    /// Upgrades waiting for their session to load.
+    pub opening: u32,
+    /// Whether rooms/following below were loaded (by the first upgrade to finish).
+    pub loaded: bool,
+    pub rooms: HashSet<String>,
+    pub following: HashSet<String>,
+    /// Connections of this user subscribed to friends' presence.
+    pub subscribed: Vec<ConnId>,
+}
+
+#[derive(Default)]
+pub struct State {
+    pub users: HashMap<String, UserState>,
+    /// Room id → loaded users who are members.
+    pub room_members: HashMap<String, HashSet<String>>,
+    /// Followed username → subscribed connections of their followers.
+    pub watchers: HashMap<String, HashSet<ConnId>>,
+    /// Rooms written to since the last retention pass.
+    pub touched_rooms: HashSet<String>,
+}
+
+impl State {
+    /// An upgrade for `username` is waiting for its session.
+    pub fn begin_open(&mut self, username: &str) {
+        self.users.entry(username.to_string()).or_default().opening += 1;
+    }
+
+    /// The session load for an upgrade finished. The first load fills the entry;
+    /// later ones are ignored, since memory has been kept exact since then.
+    /// Returns false when the user does not exist (anymore).
+    pub fn finish_open(&mut self, username: &str, session: Option<&SessionData>) -> bool {
+        let Some(user) = self.users.get_mut(username) else {
+            return false;
+        };
+        user.opening = user.opening.saturating_sub(1);
+        match session {
+            Some(s) => {
+                if !user.loaded {
+                    user.loaded = true;
+                    user.nickname = s.nickname.clone();
+                    user.rooms = s.rooms.iter().cloned().collect();
+                    user.following = s.following.iter().cloned().collect();
+                    for room in &s.rooms {
+                        self.room_members
+                            .entry(room.clone())
+                            .or_default()
+                            .insert(username.to_string());
+                    }
+                }
+                true
+            }
+            None => {
+                self.maybe_unload(username);
+                false
+            }
+        }
+    }
+
+    /// An upgrade whose connection closed before its session loaded.
+    pub fn cancel_open(&mut self, username: &str) {
+        if let Some(user) = self.users.get_mut(username) {
+            user.opening = user.opening.saturating_sub(1);
+        }
+        self.maybe_unload(username);
+    }
+
+    /// Adds an open connection; true if it is the user's first (they came online).
+    pub fn add_conn(&mut self, username: &str, id: ConnId) -> bool {
+        let user = self.users.entry(username.to_string()).or_default();
+        user.conns.push(id);
+        user.conns.len() == 1
+    }
+
+    /// Removes a closed connection (and its subscription); true if it was the
+    /// user's last (they went offline).
+    pub fn remove_conn(&mut self, username: &str, id: ConnId) -> bool {
+        self.unsubscribe(username, id);
+        let Some(user) = self.users.get_mut(username) else {
+            return false;
+        };
+        let before = user.conns.len();
+        user.conns.retain(|c| *c != id);
+        let went_offline = before > 0 && user.conns.is_empty();
+        self.maybe_unload(username);
+        went_offline
+    }
+
+    /// Drops a user's entry once nothing keeps it (no connection, no upgrade).
+    fn maybe_unload(&mut self, username: &str) {
+        let Some(user) = self.users.get(username) else {
+            return;
+        };
+        if !user.conns.is_empty() || user.opening > 0 {
+            return;
+        }
+        let user = self.users.remove(username).expect("present");
+        for room in user.rooms {
+            if let Some(members) = self.room_members.get_mut(&room) {
+                members.remove(username);
+                if members.is_empty() {
+                    self.room_members.remove(&room);
+                }
+            }
+        }
+    }
+
+    pub fn is_online(&self, username: &str) -> bool {
+        self.users.get(username).is_some_and(|u| !u.conns.is_empty())
+    }
+
+    pub fn is_member(&self, username: &str, room: &str) -> bool {
+        self.users
+            .get(username)
+            .is_some_and(|u| u.loaded && u.rooms.contains(room))
+    }
+
+    /// Records a committed join, if the user is in memory.
+    pub fn joined(&mut self, username: &str, room: &str) {
+        if let Some(user) = self.users.get_mut(username) {
+            if user.loaded {
+                user.rooms.insert(room.to_string());
+                self.room_members
+                    .entry(room.to_string())
+                    .or_default()
+                    .insert(username.to_string());
+            }
+        }
+    }
+
+    /// Records a committed leave.
+    pub fn left(&mut self, username: &str, room: &str) {
+        if let Some(user) = self.users.get_mut(username) {
+            user.rooms.remove(room);
+        }
+        if let Some(members) = self.room_members.get_mut(room) {
+            members.remove(username);
+            if members.is_empty() {
+                self.room_members.remove(room);
+            }
+        }
+    }
+
+    /// Every open connection of every loaded member of `room`.
+    pub fn room_conns(&self, room: &str) -> Vec<ConnId> {
+        let mut out = Vec::new();
+        if let Some(members) = self.room_members.get(room) {
+            for m in members {
+                if let Some(u) = self.users.get(m) {
+                    out.extend_from_slice(&u.conns);
+                }
+            }
+        }
+        out
+    }
+
+    pub fn user_conns(&self, username: &str) -> &[ConnId] {
+        self.users.get(username).map_or(&[], |u| &u.conns)
+    }
+
+    /// Subscribes a connection to the presence of everyone its user follows.
+    pub fn subscribe(&mut self, username: &str, id: ConnId) {
+        let Some(user) = self.users.get_mut(username) else {
+            return;
+        };
+        if user.subscribed.contains(&id) {
+            return;
+        }
+        user.subscribed.push(id);
+        for f in &user.following {
+            self.watchers.entry(f.clone()).or_default().insert(id);
+        }
+    }
+
+    pub fn unsubscribe(&mut self, username: &str, id: ConnId) {
+        let Some(user) = self.users.get_mut(username) else {
+            return;
+        };
+        let before = user.subscribed.len();
+        user.subscribed.retain(|c| *c != id);
+        if before == user.subscribed.len() {
+            return;
+        }
+        for f in &user.following {
+            if let Some(w) = self.watchers.get_mut(f) {
+                w.remove(&id);
+                if w.is_empty() {
+                    self.watchers.remove(f);
+                }
+            }
+        }
+    }
+
+    /// Records a committed follow: the follower's subscribed connections start
+    /// watching the followed user.
+    pub fn followed(&mut self, from: &str, to: &str) {
+        let Some(user) = self.users.get_mut(from) else {
+            return;
+        };
+        if !user.loaded || !user.following.insert(to.to_string()) {
+            return;
+        }
+        if !user.subscribed.is_empty() {
+            let w = self.watchers.entry(to.to_string()).or_default();
+            w.extend(user.subscribed.iter().copied());
+        }
+    }
+
+    /// Records a committed unfollow.
+    pub fn unfollowed(&mut self, from: &str, to: &str) {
+        let Some(user) = self.users.get_mut(from) else {
+            return;
+        };
+        if !user.following.remove(to) {
+            return;
+        }
+        if let Some(w) = self.watchers.get_mut(to) {
+            for c in &user.subscribed {
+                w.remove(c);
+            }
+            if w.is_empty() {
+                self.watchers.remove(to);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: usize) -> ConnId {
+        ConnId { slot: n, gen: n as u64 }
+    }
+
+    fn session(rooms: &[&str], following: &[&str]) -> SessionData {
+        SessionData {
+            nickname: "N".into(),
+            rooms: rooms.iter().map(|s| s.to_string()).collect(),
+            following: following.iter().map(|s| s.to_string()).collect(),
+            offline: vec![],
+        }
+    }
+
+    #[test]
+    fn first_and_last_connection() {
+        let mut s = State::default();
+        s.begin_open("a");
+        assert!(s.finish_open("a", Some(&session(&["r1"], &[]))));
+        assert!(s.add_conn("a", id(1)));
+        s.begin_open("a");
+        assert!(s.finish_open("a", Some(&session(&[], &[]))));
+        assert!(!s.add_conn("a", id(2)));
+        // The second load did not overwrite what memory knew.
+        assert!(s.is_member("a", "r1"));
+        assert!(!s.remove_conn("a", id(1)));
+        assert!(s.remove_conn("a", id(2)));
+        assert!(s.users.is_empty() && s.room_members.is_empty());
+    }
+
+    #[test]
+    fn watchers_follow_follows() {
+        let mut s = State::default();
+        s.begin_open("f");
+        s.finish_open("f", Some(&session(&[], &["x"])));
+        s.add_conn("f", id(1));
+        s.add_conn("f", id(2));
+        s.subscribe("f", id(1));
+        assert_eq!(s.watchers["x"].len(), 1);
+        s.followed("f", "y");
+        assert!(s.watchers["y"].contains(&id(1)));
+        s.unfollowed("f", "x");
+        assert!(!s.watchers.contains_key("x"));
+        s.remove_conn("f", id(1));
+        assert!(!s.watchers.contains_key("y"));
+    }
+}
