@@ -1,0 +1,7 @@
+//! Integration tests: the real server, a real PostgreSQL, real sockets.
+//! One test binary so that one throwaway cluster serves the whole run.
+
+mod harness;
+
+mod accounts;
+mod upgrade;
