@@ -5,3 +5,6 @@ mod harness;
 
 mod accounts;
 mod upgrade;
+mod messages;
+mod rooms;
+mod friends;
