@@ -274,9 +274,13 @@ impl Drop for Cluster {
     }
 }
 
-/// The directory holding `initdb` and `pg_ctl`: PATH first, then the newest
-/// `/usr/lib/postgresql/<version>/bin`.
+/// The directory holding `initdb` and `pg_ctl`: `KLAV_PG_BIN` when set (and then
+/// only it), else PATH, then the newest `/usr/lib/postgresql/<version>/bin`.
 pub fn find_bin_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("KLAV_PG_BIN").filter(|d| !d.is_empty()) {
+        let dir = PathBuf::from(dir);
+        return (dir.join("initdb").is_file() && dir.join("pg_ctl").is_file()).then_some(dir);
+    }
     if let Some(path) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&path) {
             if dir.join("initdb").is_file() && dir.join("pg_ctl").is_file() {

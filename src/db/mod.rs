@@ -181,10 +181,14 @@ impl Health {
         DbError::Unavailable(why)
     }
 
-    /// Records the outcome of a job: connection-level failures open the breaker.
+    /// Records the outcome of a job: a connection-level failure opens the breaker
+    /// if it was closed. (Answers refused by the open breaker itself must not
+    /// count as probes, or steady traffic would postpone the next probe forever.)
     pub(crate) fn observe<T>(&self, r: Result<T, DbError>) -> Result<T, DbError> {
         match r {
-            Err(DbError::Unavailable(why)) => Err(self.failed(why)),
+            Err(DbError::Unavailable(why)) if !self.down.load(Ordering::Acquire) => {
+                Err(self.failed(why))
+            }
             other => other,
         }
     }

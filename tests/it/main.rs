@@ -4,6 +4,7 @@
 mod harness;
 
 mod accounts;
+mod database;
 mod upgrade;
 mod messages;
 mod rooms;
