@@ -61,6 +61,16 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     /// `KLAV_LOG`: error, warn, info (default) or debug.
     pub log_level: crate::log::Level,
+    /// `KLAV_LOGIN_MAX_FAILURES` (default 5) failed logins per username, or
+    /// `KLAV_LOGIN_MAX_FAILURES_PER_ADDR` (default 20) per client address, within
+    /// `KLAV_LOGIN_WINDOW_SECS` (default 300): further logins get 429 until the
+    /// window ends.
+    pub login_max_failures: u32,
+    pub login_max_failures_per_addr: u32,
+    pub login_window: Duration,
+    /// `KLAV_FAULT_INJECTION=1` enables the `__panic` request (for testing the
+    /// panic policy only; never set it in production).
+    pub fault_injection: bool,
 }
 
 /// A configuration value that cannot be used.
@@ -187,6 +197,22 @@ impl Config {
                         .collect()
                 })
                 .unwrap_or_default(),
+            login_max_failures: positive(
+                get("KLAV_LOGIN_MAX_FAILURES"),
+                "KLAV_LOGIN_MAX_FAILURES",
+                5,
+            )? as u32,
+            login_max_failures_per_addr: positive(
+                get("KLAV_LOGIN_MAX_FAILURES_PER_ADDR"),
+                "KLAV_LOGIN_MAX_FAILURES_PER_ADDR",
+                20,
+            )? as u32,
+            login_window: Duration::from_secs(positive(
+                get("KLAV_LOGIN_WINDOW_SECS"),
+                "KLAV_LOGIN_WINDOW_SECS",
+                300,
+            )?),
+            fault_injection: get("KLAV_FAULT_INJECTION") == Some("1"),
             log_level: match get("KLAV_LOG").unwrap_or("info") {
                 "error" => crate::log::Level::Error,
                 "warn" => crate::log::Level::Warn,

@@ -14,6 +14,8 @@
 //! - [`db`]: typed jobs, the workers and the single ordered writer, SQL, schema,
 //!   the embedded PostgreSQL cluster.
 //! - [`auth`]: JWTs (on the loop) and argon2id (on hashing threads).
+//! - [`import`]: `klav import-json`, the legacy JSON files into the schema.
+//! - [`throttle`]: failed-login throttling.
 //! - [`metrics`], [`log`], [`time`]: Prometheus counters, log lines, ISO-8601.
 
 pub mod auth;
@@ -22,10 +24,12 @@ pub mod conn;
 pub mod db;
 pub mod handlers;
 pub mod http;
+pub mod import;
 pub mod log;
 pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod state;
+pub mod throttle;
 pub mod time;
 pub mod ws;

@@ -13,12 +13,15 @@ use klav::db::embedded::{Cluster, ClusterOptions};
 use klav::log;
 
 const USAGE: &str = "usage: klav            run the server (configuration from the environment)
+       klav import-json <DIR> [--dry-run]
+                       import users.json, friends_state.json and chat_state.json
        klav --help     this text";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         None => {}
+        Some("import-json") => return import_json(&args[1..]),
         Some("-h" | "--help") => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -36,6 +39,7 @@ fn main() -> ExitCode {
         }
     };
     klav::log::set_level(config.log_level);
+    install_panic_policy();
     raise_fd_limit();
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -140,6 +144,20 @@ fn write_new_secret(path: &Path) -> std::io::Result<Vec<u8>> {
     Ok(hex.into_bytes())
 }
 
+/// A panic is a bug, and a server with a dead thread is worse than no server: it
+/// would keep its port and its clients but serve nobody. So any panic, on any
+/// thread, is logged with its location and the process aborts (exit by SIGABRT),
+/// for the supervisor (systemd `Restart=on-failure`) to start a fresh one. No
+/// acknowledged message is lost: messages are acknowledged only once committed.
+fn install_panic_policy() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("unnamed");
+        log!(Error, "internal error (panic) in thread {name}: {info}; aborting so a supervisor can restart klav");
+        std::process::abort();
+    }));
+}
+
 /// Each connection is a file descriptor: use all the process may have.
 fn raise_fd_limit() {
     // SAFETY: getrlimit/setrlimit with a valid struct.
@@ -151,6 +169,74 @@ fn raise_fd_limit() {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
             lim.rlim_cur = lim.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// `klav import-json <DIR> [--dry-run]`: exit 0 on success, 1 when the import
+/// failed (nothing imported), 2 on usage or configuration errors.
+fn import_json(args: &[String]) -> ExitCode {
+    let mut dir = None;
+    let mut dry_run = false;
+    for a in args {
+        match a.as_str() {
+            "--dry-run" => dry_run = true,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            s if s.starts_with('-') || dir.is_some() => {
+                eprintln!("klav import-json: unexpected argument {s:?}\n{USAGE}");
+                return ExitCode::from(2);
+            }
+            s => dir = Some(std::path::PathBuf::from(s)),
+        }
+    }
+    let Some(dir) = dir else {
+        eprintln!("klav import-json: the directory holding the JSON files is required\n{USAGE}");
+        return ExitCode::from(2);
+    };
+    if !dir.is_dir() {
+        eprintln!("klav import-json: {} is not a directory", dir.display());
+        return ExitCode::from(2);
+    }
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("klav: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    klav::log::set_level(config.log_level);
+    let mut cluster = None;
+    let url = match &config.database_url {
+        Some(url) => url.clone(),
+        None => match Cluster::start(&config.data_dir, &ClusterOptions::default()) {
+            Ok(c) => {
+                let url = c.url("postgres");
+                cluster = Some(c);
+                url
+            }
+            Err(e) => {
+                eprintln!("klav: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let result = klav::import::import_dir(&url, &dir, dry_run, &mut std::io::stderr());
+    if let Some(mut c) = cluster {
+        if let Err(e) = c.stop() {
+            log!(Error, "{e}");
+        }
+    }
+    match result {
+        Ok(summary) => {
+            print!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("klav import-json: {e}\nnothing was imported");
+            ExitCode::from(1)
         }
     }
 }

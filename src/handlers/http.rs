@@ -232,6 +232,19 @@ fn login(hub: &mut Hub, id: ConnId, req: Request) {
     if username.contains('\0') {
         return respond(hub, id, http::error(401, "not registered", ka), ka);
     }
+    let Some(peer) = hub.conn(id).map(|c| c.peer.ip()) else { return };
+    if let Some(wait) = hub.login_throttle.retry_after(username, peer, Instant::now()) {
+        let secs = wait.as_secs().max(1);
+        let body = json!({ "detail": "too many failed logins; try again later" }).to_string();
+        let resp = http::response(
+            429,
+            "application/json",
+            body.as_bytes(),
+            ka,
+            &[("Retry-After", secs.to_string())],
+        );
+        return respond(hub, id, resp, ka);
+    }
     let job = Job::Credentials {
         username: username.to_string(),
     };
@@ -315,8 +328,10 @@ pub fn on_hash(hub: &mut Hub, ticket: Ticket, outcome: HashOutcome) {
                 ..
             }) => {
                 let resp = if ok {
+                    hub.login_throttle.succeeded(&username);
                     token_response(hub, &username, keep_alive)
                 } else {
+                    login_failed(hub, id, &username);
                     http::error(401, "invalid credentials", keep_alive)
                 };
                 finish(hub, id, resp, keep_alive);
@@ -354,6 +369,7 @@ pub fn credentials_done(hub: &mut Hub, id: ConnId, username: String, stored: Opt
     };
     let ka = keep_alive;
     let Some(stored) = stored else {
+        login_failed(hub, id, &username);
         return finish(hub, id, http::error(401, "not registered", ka), ka);
     };
     if is_hashed(&stored) {
@@ -385,10 +401,18 @@ pub fn credentials_done(hub: &mut Hub, id: ConnId, username: String, stored: Opt
                 legacy: stored,
             },
         );
+        hub.login_throttle.succeeded(&username);
         let resp = token_response(hub, &username, ka);
         finish(hub, id, resp, ka);
     } else {
+        login_failed(hub, id, &username);
         finish(hub, id, http::error(401, "invalid credentials", ka), ka);
+    }
+}
+
+fn login_failed(hub: &mut Hub, id: ConnId, username: &str) {
+    if let Some(peer) = hub.conn(id).map(|c| c.peer.ip()) {
+        hub.login_throttle.failed(username, peer, Instant::now());
     }
 }
 

@@ -127,6 +127,7 @@ fn dispatch(hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
         "get_online_friends" => presence::get_online_friends(hub, cx),
         "presence_friends_subscribe" => presence::subscribe(hub, cx),
         "presence_friends_unsubscribe" => presence::unsubscribe(hub, cx),
+        "__panic" if hub.config.fault_injection => panic!("fault injection: __panic request"),
         other => Err(RequestError::with(
             ErrorCode::UnknownType,
             format!("unknown request type {other:?}"),

@@ -17,6 +17,7 @@ use crate::db::{Db, Job, Ticket};
 use crate::metrics::Metrics;
 use crate::protocol::{ErrorCode, Event, RequestError};
 use crate::state::State;
+use crate::throttle::LoginThrottle;
 
 /// Why a connection is being closed (also a metrics label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,6 +82,7 @@ pub struct Hub {
     pub tokens: Tokens,
     pub config: Arc<Config>,
     pub metrics: Metrics,
+    pub login_throttle: LoginThrottle,
     /// Slots with new output, flushed once at the end of the loop turn.
     pub dirty: Vec<usize>,
     /// Connections to close after this batch of events (handlers never remove

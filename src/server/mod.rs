@@ -36,6 +36,7 @@ use crate::handlers;
 use crate::http;
 use crate::metrics::Metrics;
 use crate::state::State;
+use crate::throttle::LoginThrottle;
 use crate::ws;
 use hub::{CloseReason, Hub};
 
@@ -168,6 +169,11 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
     let tokens = Tokens::new(jwt_secret, config.jwt_algorithm, config.jwt_expire_minutes);
 
     let stop = Arc::new(AtomicBool::new(false));
+    let login_throttle = LoginThrottle::new(
+        config.login_max_failures,
+        config.login_max_failures_per_addr,
+        config.login_window,
+    );
     let server = Server {
         poll,
         listener: Some(listener),
@@ -179,6 +185,7 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
             tokens,
             config,
             metrics: Metrics::default(),
+            login_throttle,
             dirty: Vec::new(),
             close_soon: Vec::new(),
             again: Vec::new(),
@@ -513,6 +520,15 @@ impl Server {
 
     fn close_conn(&mut self, id: ConnId, reason: CloseReason) {
         let Some(conn) = self.hub.conn_mut(id) else { return };
+        match reason {
+            CloseReason::SlowConsumer | CloseReason::Flood | CloseReason::TooBig => {
+                crate::log!(Warn, "closing a connection from {}: {}", conn.peer, reason.label())
+            }
+            CloseReason::Protocol | CloseReason::BadUtf8 | CloseReason::Error => {
+                crate::log!(Debug, "closing a connection from {}: {}", conn.peer, reason.label())
+            }
+            _ => {}
+        }
         let code = match reason {
             CloseReason::SlowConsumer | CloseReason::Flood => Some(CloseCode::Policy),
             CloseReason::TooBig => Some(CloseCode::Size),
@@ -665,6 +681,7 @@ impl Server {
             // An unmasked, empty ping frame.
             self.hub.send_bytes(id, &[0x89, 0x00]);
         }
+        self.hub.login_throttle.sweep(now);
         let lingering = std::mem::take(&mut self.lingering);
         for (id, deadline) in lingering {
             if self.hub.conn(id).is_none() {
