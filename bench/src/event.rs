@@ -97,8 +97,6 @@ pub struct Event<'a> {
     #[serde(default, borrow)]
     pub room: Option<Str<'a>>,
     #[serde(default, borrow)]
-    pub room_id: Option<Str<'a>>,
-    #[serde(default, borrow)]
     pub from: Option<Str<'a>>,
     #[serde(default, borrow)]
     pub user: Option<Str<'a>>,

@@ -72,7 +72,10 @@ impl Response {
     }
 
     pub fn body_text(&self) -> String {
-        String::from_utf8_lossy(&self.body).chars().take(200).collect()
+        String::from_utf8_lossy(&self.body)
+            .chars()
+            .take(200)
+            .collect()
     }
 }
 
@@ -109,16 +112,19 @@ impl HttpClient {
         }
     }
 
-    fn connect(&mut self) -> Result<&mut TcpStream, HttpError> {
+    fn connect(&mut self) -> Result<(), HttpError> {
         if self.stream.is_none() {
-            let s = TcpStream::connect_timeout(&self.addr, self.timeout).map_err(HttpError::Connect)?;
+            let s =
+                TcpStream::connect_timeout(&self.addr, self.timeout).map_err(HttpError::Connect)?;
             s.set_nodelay(true).map_err(HttpError::Io)?;
-            s.set_read_timeout(Some(self.timeout)).map_err(HttpError::Io)?;
-            s.set_write_timeout(Some(self.timeout)).map_err(HttpError::Io)?;
+            s.set_read_timeout(Some(self.timeout))
+                .map_err(HttpError::Io)?;
+            s.set_write_timeout(Some(self.timeout))
+                .map_err(HttpError::Io)?;
             self.stream = Some(s);
             self.buf.clear();
         }
-        Ok(self.stream.as_mut().expect("just connected"))
+        Ok(())
     }
 
     fn exchange(&mut self, path: &str, body: &str) -> Result<Response, HttpError> {
@@ -127,11 +133,11 @@ impl HttpClient {
             self.host,
             body.len()
         );
-        let result = (|| {
-            let stream = self.connect()?;
+        let result = self.connect().and_then(|_| {
+            let stream = self.stream.as_mut().expect("connected");
             stream.write_all(request.as_bytes()).map_err(io_err)?;
             read_response(stream, &mut self.buf)
-        })();
+        });
         match result {
             Ok((resp, keep_alive)) => {
                 if !keep_alive {
@@ -161,7 +167,9 @@ fn read_response(stream: &mut impl Read, buf: &mut Vec<u8>) -> Result<(Response,
                 for h in resp.headers.iter() {
                     let v = std::str::from_utf8(h.value).unwrap_or("").trim();
                     if h.name.eq_ignore_ascii_case("content-length") {
-                        let len = v.parse().map_err(|_| HttpError::Malformed("content-length"))?;
+                        let len = v
+                            .parse()
+                            .map_err(|_| HttpError::Malformed("content-length"))?;
                         kind = BodyKind::Length(len);
                     } else if h.name.eq_ignore_ascii_case("transfer-encoding")
                         && v.to_ascii_lowercase().contains("chunked")
@@ -247,9 +255,11 @@ fn read_chunked(stream: &mut impl Read, buf: &mut Vec<u8>) -> Result<Vec<u8>, Ht
             }
             fill(stream, buf)?;
         };
-        let line = std::str::from_utf8(&buf[..line_end]).map_err(|_| HttpError::Malformed("chunk size"))?;
+        let line = std::str::from_utf8(&buf[..line_end])
+            .map_err(|_| HttpError::Malformed("chunk size"))?;
         let size_text = line.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_text, 16).map_err(|_| HttpError::Malformed("chunk size"))?;
+        let size =
+            usize::from_str_radix(size_text, 16).map_err(|_| HttpError::Malformed("chunk size"))?;
         buf.drain(..line_end + 2);
         if size == 0 {
             // Trailers end with an empty line.
@@ -288,7 +298,8 @@ mod tests {
 
     #[test]
     fn content_length_response() {
-        let (r, keep) = parse("HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n{\"status\":\"CREATED\"}").unwrap();
+        let (r, keep) =
+            parse("HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n{\"status\":\"CREATED\"}").unwrap();
         assert_eq!(r.status, 200);
         assert!(keep);
         assert_eq!(r.json().unwrap()["status"], "CREATED");
@@ -296,7 +307,9 @@ mod tests {
 
     #[test]
     fn connection_close_and_until_eof_bodies() {
-        let (r, keep) = parse("HTTP/1.1 401 Unauthorized\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}").unwrap();
+        let (r, keep) =
+            parse("HTTP/1.1 401 Unauthorized\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}")
+                .unwrap();
         assert_eq!(r.status, 401);
         assert!(!keep);
         let (r, keep) = parse("HTTP/1.1 200 OK\r\n\r\nhello").unwrap();
@@ -319,6 +332,9 @@ mod tests {
             Err(HttpError::Closed)
         ));
         assert!(matches!(parse("HTTP/1.1 200"), Err(HttpError::Closed)));
-        assert!(matches!(parse("garbage\r\n\r\n"), Err(HttpError::Malformed(_))));
+        assert!(matches!(
+            parse("garbage\r\n\r\n"),
+            Err(HttpError::Malformed(_))
+        ));
     }
 }

@@ -85,9 +85,9 @@ impl Failure {
         match e.kind() {
             io::ErrorKind::ConnectionRefused => Failure::Refused,
             io::ErrorKind::AddrNotAvailable => Failure::AddrNotAvailable,
-            io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::BrokenPipe => {
-                Failure::Reset
-            }
+            io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe => Failure::Reset,
             io::ErrorKind::TimedOut => Failure::ConnectTimeout,
             io::ErrorKind::UnexpectedEof => Failure::Eof,
             k => Failure::Io(k),
@@ -173,9 +173,21 @@ struct Conn {
 }
 
 enum Note {
-    Open { id: ConnId, tag: usize, took: Duration },
-    Text { id: ConnId, tag: usize, text: Utf8Bytes },
-    Closed { id: ConnId, tag: usize, how: Closed },
+    Open {
+        id: ConnId,
+        tag: usize,
+        took: Duration,
+    },
+    Text {
+        id: ConnId,
+        tag: usize,
+        text: Utf8Bytes,
+    },
+    Closed {
+        id: ConnId,
+        tag: usize,
+        how: Closed,
+    },
 }
 
 /// Writes go to the connection's output buffer; reads come from the socket.
@@ -259,7 +271,14 @@ impl Net {
         let Some(conn) = self.conns.get_mut(id) else {
             return false;
         };
-        let (State::Ws { ctx, closing_deadline: None }, Some(stream)) = (&mut conn.state, conn.stream.as_mut()) else {
+        let (
+            State::Ws {
+                ctx,
+                closing_deadline: None,
+            },
+            Some(stream),
+        ) = (&mut conn.state, conn.stream.as_mut())
+        else {
             return false;
         };
         let mut io = Adapter {
@@ -283,7 +302,13 @@ impl Net {
             return;
         };
         match (&mut conn.state, conn.stream.as_mut()) {
-            (State::Ws { ctx, closing_deadline }, Some(stream)) => {
+            (
+                State::Ws {
+                    ctx,
+                    closing_deadline,
+                },
+                Some(stream),
+            ) => {
                 if closing_deadline.is_some() {
                     return;
                 }
@@ -319,10 +344,16 @@ impl Net {
                     Flow::Wake(at) => next_tick = at,
                 }
             }
-            self.start_queued();
-            self.deliver(driver);
-            self.flush_dirty();
-            self.deliver(driver);
+            // Callbacks may queue connects, sends and closes, whose failures are
+            // callbacks again: settle all of it before sleeping.
+            loop {
+                self.start_queued();
+                self.deliver(driver);
+                self.flush_dirty();
+                if self.notes.is_empty() {
+                    break;
+                }
+            }
             for id in self.reap.drain(..) {
                 self.conns.remove(id);
             }
@@ -356,7 +387,9 @@ impl Net {
             for note in notes {
                 match note {
                     Note::Open { id, tag, took } => driver.on_open(self, id, tag, took, now),
-                    Note::Text { id, tag, text } => driver.on_text(self, id, tag, text.as_str(), now),
+                    Note::Text { id, tag, text } => {
+                        driver.on_text(self, id, tag, text.as_str(), now)
+                    }
                     Note::Closed { id, tag, how } => driver.on_closed(self, id, tag, how, now),
                 }
             }
@@ -377,11 +410,11 @@ impl Net {
             conn.started = Instant::now();
             match TcpStream::connect(conn.dest) {
                 Ok(mut stream) => {
-                    if let Err(e) = self
-                        .poll
-                        .registry()
-                        .register(&mut stream, Token(id), Interest::READABLE | Interest::WRITABLE)
-                    {
+                    if let Err(e) = self.poll.registry().register(
+                        &mut stream,
+                        Token(id),
+                        Interest::READABLE | Interest::WRITABLE,
+                    ) {
                         self.end(id, Closed::Failed(Failure::from_io(&e)));
                         continue;
                     }
@@ -416,7 +449,11 @@ impl Net {
                 Ok(true) => {
                     self.handshaking -= 1;
                     let took = conn.started.elapsed();
-                    self.notes.push(Note::Open { id, tag: conn.tag, took });
+                    self.notes.push(Note::Open {
+                        id,
+                        tag: conn.tag,
+                        took,
+                    });
                     // Frames that came with the 101, or right after it.
                     if let Some(how) = read_ws(conn, id, &mut self.notes) {
                         self.end(id, how);
@@ -471,7 +508,10 @@ impl Net {
             }
             if let Some(f) = failed {
                 let how = match conn.state {
-                    State::Ws { closing_deadline: Some(_), .. } => Closed::ByUs,
+                    State::Ws {
+                        closing_deadline: Some(_),
+                        ..
+                    } => Closed::ByUs,
                     State::Ws { .. } => Closed::Lost(f),
                     _ => Closed::Failed(f),
                 };
@@ -526,7 +566,11 @@ impl Net {
             let _ = self.poll.registry().deregister(&mut stream);
         }
         conn.out = Vec::new();
-        self.notes.push(Note::Closed { id, tag: conn.tag, how });
+        self.notes.push(Note::Closed {
+            id,
+            tag: conn.tag,
+            how,
+        });
         self.reap.push(id);
     }
 }
@@ -589,22 +633,27 @@ fn read_handshake(conn: &mut Conn, config: &WebSocketConfig) -> Result<bool, Clo
             if status != 101 {
                 return Err(Closed::Failed(Failure::Http(status)));
             }
-            let ok = resp
-                .headers
-                .iter()
-                .any(|h| h.name.eq_ignore_ascii_case("sec-websocket-accept") && h.value == accept.as_bytes());
+            let ok = resp.headers.iter().any(|h| {
+                h.name.eq_ignore_ascii_case("sec-websocket-accept") && h.value == accept.as_bytes()
+            });
             if !ok {
                 return Err(Closed::Failed(Failure::BadUpgrade));
             }
             let rest = buf[head_len..].to_vec();
             conn.state = State::Ws {
-                ctx: Box::new(WebSocketContext::from_partially_read(rest, Role::Client, Some(*config))),
+                ctx: Box::new(WebSocketContext::from_partially_read(
+                    rest,
+                    Role::Client,
+                    Some(*config),
+                )),
                 closing_deadline: None,
             };
             Ok(true)
         }
         Ok(httparse::Status::Partial) if eof => Err(Closed::Failed(Failure::Eof)),
-        Ok(httparse::Status::Partial) if buf.len() > MAX_HANDSHAKE_HEAD => Err(Closed::Failed(Failure::BadUpgrade)),
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HANDSHAKE_HEAD => {
+            Err(Closed::Failed(Failure::BadUpgrade))
+        }
         Ok(httparse::Status::Partial) => Ok(false),
         Err(_) => Err(Closed::Failed(Failure::BadUpgrade)),
     }
@@ -612,7 +661,11 @@ fn read_handshake(conn: &mut Conn, config: &WebSocketConfig) -> Result<bool, Clo
 
 /// Reads every complete frame available; text frames become notes.
 fn read_ws(conn: &mut Conn, id: ConnId, notes: &mut Vec<Note>) -> Option<Closed> {
-    let State::Ws { ctx, closing_deadline } = &mut conn.state else {
+    let State::Ws {
+        ctx,
+        closing_deadline,
+    } = &mut conn.state
+    else {
         return None;
     };
     let stream = conn.stream.as_mut()?;
@@ -639,9 +692,9 @@ fn read_ws(conn: &mut Conn, id: ConnId, notes: &mut Vec<Note>) -> Option<Closed>
                     tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => {
                         Failure::ClosedByServer
                     }
-                    tungstenite::Error::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake) => {
-                        Failure::Eof
-                    }
+                    tungstenite::Error::Protocol(
+                        tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+                    ) => Failure::Eof,
                     tungstenite::Error::Io(e) => Failure::from_io(&e),
                     _ => Failure::Protocol,
                 }));

@@ -168,11 +168,17 @@ impl Report {
             r.as_ref()
                 .is_none_or(|r| r.failed.is_empty() && r.timed_out == 0 && r.sent > 0)
         };
-        let presence_ok = self
-            .presence
-            .as_ref()
-            .is_none_or(|p| p.missing == 0 && p.unexpected == 0 && p.repeated_status == 0 && p.target_failures.is_empty());
-        conns_ok && msgs_ok && req_ok(&self.requests) && req_ok(&self.background_login) && presence_ok
+        let presence_ok = self.presence.as_ref().is_none_or(|p| {
+            p.missing == 0
+                && p.unexpected == 0
+                && p.repeated_status == 0
+                && p.target_failures.is_empty()
+        });
+        conns_ok
+            && msgs_ok
+            && req_ok(&self.requests)
+            && req_ok(&self.background_login)
+            && presence_ok
     }
 }
 
@@ -180,7 +186,10 @@ fn counts(map: &Counts) -> String {
     if map.is_empty() {
         return "none".to_string();
     }
-    map.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+    map.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn write_requests(f: &mut fmt::Formatter<'_>, title: &str, r: &RequestReport) -> fmt::Result {
@@ -214,11 +223,19 @@ impl fmt::Display for Report {
             s.users, s.user_prefix, s.registered, s.already_registered, s.logins, s.tokens_minted
         )?;
         if let Some(c) = &self.connections {
-            writeln!(
+            write!(
                 f,
-                "connections: attempted {}  opened {}  not ready {}  (all settled in {:.2}s, {:.0} opened/s)",
-                c.attempted, c.opened, c.not_ready, c.open_secs, c.opened_per_sec
+                "connections: attempted {}  opened {}  not ready {}",
+                c.attempted, c.opened, c.not_ready
             )?;
+            if c.open_secs > 0.0 {
+                write!(
+                    f,
+                    "  (all settled in {:.2}s, {:.0} opened/s)",
+                    c.open_secs, c.opened_per_sec
+                )?;
+            }
+            writeln!(f)?;
             writeln!(f, "  failed: {}", counts(&c.failed))?;
             writeln!(f, "  lost:   {}", counts(&c.lost))?;
         }
@@ -262,7 +279,11 @@ impl fmt::Display for Report {
             write_requests(f, "background logins:", r)?;
         }
         if let Some(p) = &self.presence {
-            writeln!(f, "presence: {} targets, {} followers", p.targets, p.followers)?;
+            writeln!(
+                f,
+                "presence: {} targets, {} followers",
+                p.targets, p.followers
+            )?;
             writeln!(
                 f,
                 "  target opens {}  closes {}  failures: {}",
@@ -296,7 +317,15 @@ impl fmt::Display for Report {
         if let Some(kb) = self.bench_peak_rss_kb {
             writeln!(f, "bench peak RSS: {:.1} MiB", kb as f64 / 1024.0)?;
         }
-        write!(f, "result: {}", if self.is_clean() { "CLEAN" } else { "PROBLEMS (see above)" })
+        write!(
+            f,
+            "result: {}",
+            if self.is_clean() {
+                "CLEAN"
+            } else {
+                "PROBLEMS (see above)"
+            }
+        )
     }
 }
 
@@ -350,14 +379,22 @@ mod tests {
             ..Default::default()
         };
         assert!(r.is_clean());
-        r.messages.as_mut().unwrap().failed.insert("RATE_LIMITED".into(), 1);
+        r.messages
+            .as_mut()
+            .unwrap()
+            .failed
+            .insert("RATE_LIMITED".into(), 1);
         assert!(!r.is_clean());
         r.messages.as_mut().unwrap().failed.clear();
         r.messages.as_mut().unwrap().missing = 1;
         assert!(!r.is_clean());
         r.messages = None;
         r.connections = Some(ConnectionReport::default());
-        r.connections.as_mut().unwrap().lost.insert("reset".into(), 2);
+        r.connections
+            .as_mut()
+            .unwrap()
+            .lost
+            .insert("reset".into(), 2);
         assert!(!r.is_clean());
         assert!(r.to_string().contains("reset=2"));
     }

@@ -51,10 +51,10 @@ pub fn raise_nofile_limit() -> u64 {
                 rlim_max: lim.rlim_max,
             };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0 {
-                return wanted.rlim_cur as u64;
+                return wanted.rlim_cur;
             }
         }
-        lim.rlim_cur as u64
+        lim.rlim_cur
     }
 }
 
@@ -85,7 +85,9 @@ impl Server {
             .find(|a| a.is_ipv4())
             .or(addrs.first())
             .copied()
-            .ok_or_else(|| BenchError::Usage(format!("--addr {:?} resolves to nothing", opts.addr)))?;
+            .ok_or_else(|| {
+                BenchError::Usage(format!("--addr {:?} resolves to nothing", opts.addr))
+            })?;
         if opts.threads == 0 {
             return Err(BenchError::Usage("--threads must be at least 1".into()));
         }
@@ -106,17 +108,17 @@ impl Server {
         Arc::new(spread_loopback(self.http_addr, n))
     }
 
-    /// Nanoseconds since the run's base instant.
-    pub fn nanos(&self, t: Instant) -> u64 {
-        t.saturating_duration_since(self.base).as_nanos() as u64
-    }
-
     /// The thread count for `conns` connections (never more threads than connections).
     pub fn threads_for(&self, conns: usize) -> usize {
         self.opts.threads.clamp(1, conns.max(1))
     }
 
-    pub fn net_config(&self, dests: Arc<Vec<SocketAddr>>, threads: usize, deadline: Instant) -> NetConfig {
+    pub fn net_config(
+        &self,
+        dests: Arc<Vec<SocketAddr>>,
+        threads: usize,
+        deadline: Instant,
+    ) -> NetConfig {
         NetConfig {
             dests,
             host: self.host.clone(),
@@ -129,7 +131,11 @@ impl Server {
 
     pub fn log(&self, msg: impl AsRef<str>) {
         if self.opts.progress {
-            eprintln!("[{:>6.1}s] {}", self.base.elapsed().as_secs_f64(), msg.as_ref());
+            eprintln!(
+                "[{:>6.1}s] {}",
+                self.base.elapsed().as_secs_f64(),
+                msg.as_ref()
+            );
         }
     }
 }
@@ -144,7 +150,10 @@ pub(crate) fn spread_loopback(addr: SocketAddr, n: usize) -> Vec<SocketAddr> {
             while out.len() < n && cur < u32::from(Ipv4Addr::new(127, 255, 255, 255)) {
                 let last = cur & 0xff;
                 if last != 0 && last != 255 {
-                    out.push(SocketAddr::new(IpAddr::V4(Ipv4Addr::from(cur)), addr.port()));
+                    out.push(SocketAddr::new(
+                        IpAddr::V4(Ipv4Addr::from(cur)),
+                        addr.port(),
+                    ));
                 }
                 cur += 1;
             }
@@ -318,14 +327,16 @@ impl SetupSocket {
             .map_err(|_| BenchError::Setup("token is not a valid header value".into()))?;
         req.headers_mut().insert("Authorization", auth);
         let (ws, _) = tungstenite::client(req, stream).map_err(|e| match e {
-            tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp)) => BenchError::Setup(format!(
-                "WebSocket upgrade refused with HTTP {}: {}",
-                resp.status().as_u16(),
-                resp.body()
-                    .as_ref()
-                    .map(|b| String::from_utf8_lossy(b).into_owned())
-                    .unwrap_or_default()
-            )),
+            tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp)) => {
+                BenchError::Setup(format!(
+                    "WebSocket upgrade refused with HTTP {}: {}",
+                    resp.status().as_u16(),
+                    resp.body()
+                        .as_ref()
+                        .map(|b| String::from_utf8_lossy(b).into_owned())
+                        .unwrap_or_default()
+                ))
+            }
             other => BenchError::Setup(format!("WebSocket upgrade failed: {other}")),
         })?;
         Ok(SetupSocket {
@@ -337,7 +348,12 @@ impl SetupSocket {
     /// Sends `request` (a JSON object without `req_id`) and returns the first reply of
     /// type `reply_type` (or an error) carrying our `req_id`. `RATE_LIMITED` and
     /// `UNAVAILABLE` are retried after a pause.
-    pub fn request(&mut self, request: &str, reply_type: &str, req_id: u64) -> Result<serde_json::Value, BenchError> {
+    pub fn request(
+        &mut self,
+        request: &str,
+        reply_type: &str,
+        req_id: u64,
+    ) -> Result<serde_json::Value, BenchError> {
         let body = request.trim_end().trim_end_matches('}');
         let frame = format!("{body},\"req_id\":{req_id}}}");
         for attempt in 0..50u32 {
@@ -364,7 +380,9 @@ impl SetupSocket {
                         std::thread::sleep(self.backoff * (attempt + 1).min(10));
                         break;
                     }
-                    return Err(BenchError::Setup(format!("{request} answered with error {code}")));
+                    return Err(BenchError::Setup(format!(
+                        "{request} answered with error {code}"
+                    )));
                 }
                 if ev.kind() == reply_type {
                     return serde_json::from_str(text.as_str())
@@ -372,7 +390,9 @@ impl SetupSocket {
                 }
             }
         }
-        Err(BenchError::Setup(format!("{request}: still rate limited after 50 attempts")))
+        Err(BenchError::Setup(format!(
+            "{request}: still rate limited after 50 attempts"
+        )))
     }
 
     /// Creates one room per name; returns their ids in order.
@@ -386,7 +406,11 @@ impl SetupSocket {
             )?;
             match (reply["status"].as_str(), reply["room_id"].as_str()) {
                 (Some("CREATED"), Some(id)) => ids.push(id.to_string()),
-                _ => return Err(BenchError::Setup(format!("create_room {name:?} answered {reply}"))),
+                _ => {
+                    return Err(BenchError::Setup(format!(
+                        "create_room {name:?} answered {reply}"
+                    )))
+                }
             }
         }
         Ok(ids)

@@ -1,13 +1,13 @@
 //! Bench users: registered over HTTP (or assumed to exist), then given tokens either
 //! by `POST /login` or by minting them with the server's secret.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::error::BenchError;
 use crate::event::json_str;
-use crate::http::HttpClient;
+use crate::http::{HttpClient, HttpError};
 use crate::jwt;
 use crate::run::Server;
 
@@ -36,13 +36,20 @@ pub(crate) fn user_name(prefix: &str, i: usize) -> String {
     format!("{prefix}_{i}")
 }
 
-/// A prefix unique to this run: time and process id, in base 36 to stay short.
+/// A prefix unique to this run: time, process id and a per-process counter (runs in
+/// one test process may start within the same millisecond), in base 36 to stay short.
 pub(crate) fn fresh_prefix() -> String {
-    let nanos = std::time::SystemTime::now()
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    let millis = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    format!("kb{}{}", base36(nanos % 36u64.pow(7)), base36(u64::from(std::process::id()) % 1296))
+    format!(
+        "kb{}{}x{}",
+        base36(millis % 36u64.pow(7)),
+        base36(u64::from(std::process::id()) % 1296),
+        base36(RUNS.fetch_add(1, Ordering::Relaxed) as u64)
+    )
 }
 
 fn base36(mut n: u64) -> String {
@@ -74,14 +81,24 @@ pub(crate) fn provision(
 
     if !opts.skip_register {
         let results = parallel(server, &names, "register", log, |client, name| {
-            let body = format!(r#"{{"username":{},"password":{}}}"#, json_str(name), password);
-            let resp = client.post_json("/register", &body).map_err(|e| Retry::Again(e.to_string()))?;
+            let body = format!(
+                r#"{{"username":{},"password":{}}}"#,
+                json_str(name),
+                password
+            );
+            let resp = client.post_json("/register", &body).map_err(transport)?;
             match resp.status {
                 200 | 201 => {
-                    let status = resp.json().and_then(|v| v["status"].as_str().map(str::to_string));
+                    let status = resp
+                        .json()
+                        .and_then(|v| v["status"].as_str().map(str::to_string));
                     Ok(status.as_deref() == Some("ALREADY"))
                 }
-                429 | 500..=599 => Err(Retry::Again(format!("HTTP {}: {}", resp.status, resp.body_text()))),
+                429 | 500..=599 => Err(Retry::Again(format!(
+                    "HTTP {}: {}",
+                    resp.status,
+                    resp.body_text()
+                ))),
                 s => Err(Retry::Fail(format!("HTTP {s}: {}", resp.body_text()))),
             }
         });
@@ -118,14 +135,22 @@ pub(crate) fn provision(
             .collect()
     } else {
         let results = parallel(server, &names, "login", log, |client, name| {
-            let body = format!(r#"{{"username":{},"password":{}}}"#, json_str(name), password);
-            let resp = client.post_json("/login", &body).map_err(|e| Retry::Again(e.to_string()))?;
+            let body = format!(
+                r#"{{"username":{},"password":{}}}"#,
+                json_str(name),
+                password
+            );
+            let resp = client.post_json("/login", &body).map_err(transport)?;
             match resp.status {
                 200 => resp
                     .json()
                     .and_then(|v| v["access_token"].as_str().map(Arc::<str>::from))
                     .ok_or_else(|| Retry::Fail(format!("no access_token in {}", resp.body_text()))),
-                429 | 500..=599 => Err(Retry::Again(format!("HTTP {}: {}", resp.status, resp.body_text()))),
+                429 | 500..=599 => Err(Retry::Again(format!(
+                    "HTTP {}: {}",
+                    resp.status,
+                    resp.body_text()
+                ))),
                 s => Err(Retry::Fail(format!("HTTP {s}: {}", resp.body_text()))),
             }
         });
@@ -159,8 +184,20 @@ enum Retry {
     Fail(String),
 }
 
+/// A refused connection will not be accepted a moment later; anything else might.
+fn transport(e: HttpError) -> Retry {
+    match &e {
+        HttpError::Connect(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+            Retry::Fail(e.to_string())
+        }
+        _ => Retry::Again(e.to_string()),
+    }
+}
+
 /// Runs `op` once per name over `register_concurrency` keep-alive connections,
 /// retrying transient failures with a growing pause. Results keep the names' order.
+/// After the first permanent failure the rest are not attempted: the run needs every
+/// user, so it is over anyway.
 fn parallel<T: Send>(
     server: &Server,
     names: &[String],
@@ -170,17 +207,27 @@ fn parallel<T: Send>(
 ) -> Vec<Result<T, String>> {
     let next = AtomicUsize::new(0);
     let finished = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<Result<T, String>>>> = Mutex::new((0..names.len()).map(|_| None).collect());
-    let workers = server.opts.register_concurrency.clamp(1, names.len().max(1));
+    let failed = AtomicBool::new(false);
+    let results: Mutex<Vec<Option<Result<T, String>>>> =
+        Mutex::new((0..names.len()).map(|_| None).collect());
+    let workers = server
+        .opts
+        .register_concurrency
+        .clamp(1, names.len().max(1));
     let started = Instant::now();
     std::thread::scope(|s| {
         for _ in 0..workers {
             s.spawn(|| {
-                let mut client = HttpClient::new(server.http_addr, &server.host, server.opts.timeout);
+                let mut client =
+                    HttpClient::new(server.http_addr, &server.host, server.opts.timeout);
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     if i >= names.len() {
                         break;
+                    }
+                    if failed.load(Ordering::Relaxed) {
+                        finished.fetch_add(1, Ordering::Relaxed);
+                        continue;
                     }
                     let mut attempt = 0;
                     let outcome = loop {
@@ -196,6 +243,9 @@ fn parallel<T: Send>(
                             }
                         }
                     };
+                    if outcome.is_err() {
+                        failed.store(true, Ordering::Relaxed);
+                    }
                     results.lock().expect("results lock")[i] = Some(outcome);
                     finished.fetch_add(1, Ordering::Relaxed);
                 }
@@ -233,6 +283,7 @@ mod tests {
     #[test]
     fn names_are_valid_usernames() {
         let p = fresh_prefix();
+        assert_ne!(p, fresh_prefix());
         let name = user_name(&p, 12345);
         assert!(name.len() <= 100);
         assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));

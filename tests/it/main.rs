@@ -4,6 +4,8 @@
 mod harness;
 
 mod accounts;
+mod bench_smoke;
+mod import;
 mod database;
 mod upgrade;
 mod messages;

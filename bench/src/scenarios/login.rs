@@ -82,7 +82,8 @@ impl LoginLoad {
                     while Instant::now() < until {
                         let name = &names[k % names.len()];
                         k += clients;
-                        let body = format!(r#"{{"username":{},"password":{password}}}"#, json_str(name));
+                        let body =
+                            format!(r#"{{"username":{},"password":{password}}}"#, json_str(name));
                         let started = Instant::now();
                         out.sent += 1;
                         let result = http.post_json("/login", &body);
