@@ -167,11 +167,8 @@ impl Config {
                 "KLAV_MAX_OUTPUT_BYTES",
                 1 << 20,
             )? as usize,
-            max_connections: positive(
-                get("KLAV_MAX_CONNECTIONS"),
-                "KLAV_MAX_CONNECTIONS",
-                100_000,
-            )? as usize,
+            max_connections: positive(get("KLAV_MAX_CONNECTIONS"), "KLAV_MAX_CONNECTIONS", 100_000)?
+                as usize,
             http_timeout: Duration::from_secs(positive(
                 get("KLAV_HTTP_TIMEOUT_SECS"),
                 "KLAV_HTTP_TIMEOUT_SECS",
@@ -277,9 +274,7 @@ pub fn normalise_database_url(url: &str) -> Result<String, ConfigError> {
         return Err(bad());
     }
     let normalised = format!("postgresql://{rest}");
-    normalised
-        .parse::<postgres::Config>()
-        .map_err(|_| bad())?;
+    normalised.parse::<postgres::Config>().map_err(|_| bad())?;
     Ok(normalised)
 }
 
@@ -367,6 +362,9 @@ mod tests {
 
     #[test]
     fn password_is_redacted() {
-        assert_eq!(redact_url("postgresql://u:secret@h/d"), "postgresql://u:***@h/d");
+        assert_eq!(
+            redact_url("postgresql://u:secret@h/d"),
+            "postgresql://u:***@h/d"
+        );
     }
 }

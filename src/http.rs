@@ -31,7 +31,9 @@ impl HttpError {
 impl fmt::Display for HttpError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            HttpError::HeadTooLarge => write!(f, "request headers too large (limit {MAX_HEAD} bytes)"),
+            HttpError::HeadTooLarge => {
+                write!(f, "request headers too large (limit {MAX_HEAD} bytes)")
+            }
             HttpError::BodyTooLarge => write!(f, "request body too large (limit {MAX_BODY} bytes)"),
             HttpError::Malformed(why) => write!(f, "malformed request: {why}"),
         }
@@ -72,7 +74,9 @@ impl Request {
     pub fn query_param(&self, name: &str) -> Option<String> {
         self.query.as_deref()?.split('&').find_map(|pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(k)? == name).then(|| percent_decode(v)).flatten()
+            (percent_decode(k)? == name)
+                .then(|| percent_decode(v))
+                .flatten()
         })
     }
 }
@@ -251,9 +255,13 @@ mod tests {
 
     #[test]
     fn parses_pipelined_requests() {
-        let raw = b"POST /login HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}GET /health HTTP/1.1\r\n\r\n";
+        let raw =
+            b"POST /login HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}GET /health HTTP/1.1\r\n\r\n";
         let (r1, n1) = parse(raw).unwrap().unwrap();
-        assert_eq!((r1.method.as_str(), r1.path.as_str(), r1.body.as_slice()), ("POST", "/login", &b"{}"[..]));
+        assert_eq!(
+            (r1.method.as_str(), r1.path.as_str(), r1.body.as_slice()),
+            ("POST", "/login", &b"{}"[..])
+        );
         let (r2, n2) = parse(&raw[n1..]).unwrap().unwrap();
         assert_eq!(r2.path, "/health");
         assert_eq!(n1 + n2, raw.len());
@@ -261,13 +269,23 @@ mod tests {
 
     #[test]
     fn partial_and_limits() {
-        assert!(parse(b"GET /health HTTP/1.1\r\nHost: x\r\n").unwrap().is_none());
-        assert!(parse(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nab").unwrap().is_none());
+        assert!(parse(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+            .unwrap()
+            .is_none());
+        assert!(parse(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nab")
+            .unwrap()
+            .is_none());
         let big = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(MAX_HEAD));
         assert_eq!(parse(big.as_bytes()).unwrap_err(), HttpError::HeadTooLarge);
-        let body = format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", MAX_BODY + 1);
+        let body = format!(
+            "POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            MAX_BODY + 1
+        );
         assert_eq!(parse(body.as_bytes()).unwrap_err(), HttpError::BodyTooLarge);
-        assert!(matches!(parse(b"\x00\x01garbage\r\n\r\n"), Err(HttpError::Malformed(_))));
+        assert!(matches!(
+            parse(b"\x00\x01garbage\r\n\r\n"),
+            Err(HttpError::Malformed(_))
+        ));
         assert!(matches!(
             parse(b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n"),
             Err(HttpError::Malformed(_))
@@ -276,11 +294,15 @@ mod tests {
 
     #[test]
     fn query_and_connection() {
-        let (r, _) = parse(b"GET /ws?a=1&token=ab%2Ecd HTTP/1.0\r\n\r\n").unwrap().unwrap();
+        let (r, _) = parse(b"GET /ws?a=1&token=ab%2Ecd HTTP/1.0\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert_eq!(r.query_param("token").as_deref(), Some("ab.cd"));
         assert_eq!(r.query_param("nope"), None);
         assert!(!r.keep_alive);
-        let (r, _) = parse(b"GET / HTTP/1.1\r\nConnection: keep-alive, Upgrade\r\n\r\n").unwrap().unwrap();
+        let (r, _) = parse(b"GET / HTTP/1.1\r\nConnection: keep-alive, Upgrade\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert!(r.keep_alive && r.header_has_token("connection", "upgrade"));
     }
 }

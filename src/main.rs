@@ -55,7 +55,11 @@ fn main() -> ExitCode {
         Some(url) => url.clone(),
         None => match Cluster::start(&config.data_dir, &ClusterOptions::default()) {
             Ok(c) => {
-                log!(Info, "embedded PostgreSQL running in {}", config.data_dir.display());
+                log!(
+                    Info,
+                    "embedded PostgreSQL running in {}",
+                    config.data_dir.display()
+                );
                 let url = c.url("postgres");
                 cluster = Some(c);
                 url
@@ -69,7 +73,10 @@ fn main() -> ExitCode {
     let secret = match jwt_secret(&config) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("klav: cannot keep a JWT secret in {}: {e}", config.data_dir.display());
+            eprintln!(
+                "klav: cannot keep a JWT secret in {}: {e}",
+                config.data_dir.display()
+            );
             return ExitCode::FAILURE;
         }
     };
@@ -79,7 +86,11 @@ fn main() -> ExitCode {
          retention {} per room",
         config.host,
         config.port,
-        if config.database_url.is_some() { redact_url(&url) } else { "embedded".into() },
+        if config.database_url.is_some() {
+            redact_url(&url)
+        } else {
+            "embedded".into()
+        },
         config.db_workers,
         config.hash_workers,
         config.max_logs_per_room

@@ -24,7 +24,9 @@ pub struct Metrics {
 }
 
 /// Upper bounds (milliseconds) of the job latency histogram's buckets.
-pub const LATENCY_BOUNDS_MS: [f64; 10] = [1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 1000.0, 5000.0];
+pub const LATENCY_BOUNDS_MS: [f64; 10] = [
+    1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 1000.0, 5000.0,
+];
 
 impl Metrics {
     pub fn closed(&mut self, reason: CloseReason) {
@@ -46,25 +48,79 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition, with the live gauges passed in.
-    pub fn render(&self, open_conns: usize, ws_conns: usize, online_users: usize, queue_depth: usize) -> String {
+    pub fn render(
+        &self,
+        open_conns: usize,
+        ws_conns: usize,
+        online_users: usize,
+        queue_depth: usize,
+    ) -> String {
         let mut s = String::with_capacity(2048);
         let mut gauge = |name: &str, help: &str, v: f64| {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         };
-        gauge("klav_open_connections", "Open sockets (HTTP and WebSocket).", open_conns as f64);
-        gauge("klav_websocket_connections", "Open WebSocket connections.", ws_conns as f64);
-        gauge("klav_online_users", "Users with at least one open WebSocket.", online_users as f64);
-        gauge("klav_db_queue_depth", "Jobs waiting for a database thread.", queue_depth as f64);
+        gauge(
+            "klav_open_connections",
+            "Open sockets (HTTP and WebSocket).",
+            open_conns as f64,
+        );
+        gauge(
+            "klav_websocket_connections",
+            "Open WebSocket connections.",
+            ws_conns as f64,
+        );
+        gauge(
+            "klav_online_users",
+            "Users with at least one open WebSocket.",
+            online_users as f64,
+        );
+        gauge(
+            "klav_db_queue_depth",
+            "Jobs waiting for a database thread.",
+            queue_depth as f64,
+        );
         let counters: [(&str, &str, u64); 9] = [
-            ("klav_accepted_total", "Accepted TCP connections.", self.accepted),
-            ("klav_websocket_opened_total", "WebSocket upgrades completed.", self.ws_opened),
-            ("klav_messages_total", "Room messages persisted.", self.messages),
+            (
+                "klav_accepted_total",
+                "Accepted TCP connections.",
+                self.accepted,
+            ),
+            (
+                "klav_websocket_opened_total",
+                "WebSocket upgrades completed.",
+                self.ws_opened,
+            ),
+            (
+                "klav_messages_total",
+                "Room messages persisted.",
+                self.messages,
+            ),
             ("klav_dms_total", "Direct messages persisted.", self.dms),
-            ("klav_deliveries_total", "Events fanned out to connections.", self.deliveries),
-            ("klav_requests_total", "WebSocket requests received.", self.requests),
-            ("klav_rate_limited_total", "Requests refused by the rate limit.", self.rate_limited),
-            ("klav_db_rejected_total", "Jobs refused because a queue was full.", self.db_rejected),
-            ("klav_db_errors_total", "Jobs that failed in the database.", self.db_errors),
+            (
+                "klav_deliveries_total",
+                "Events fanned out to connections.",
+                self.deliveries,
+            ),
+            (
+                "klav_requests_total",
+                "WebSocket requests received.",
+                self.requests,
+            ),
+            (
+                "klav_rate_limited_total",
+                "Requests refused by the rate limit.",
+                self.rate_limited,
+            ),
+            (
+                "klav_db_rejected_total",
+                "Jobs refused because a queue was full.",
+                self.db_rejected,
+            ),
+            (
+                "klav_db_errors_total",
+                "Jobs that failed in the database.",
+                self.db_errors,
+            ),
         ];
         for (name, help, v) in counters {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
@@ -74,7 +130,12 @@ impl Metrics {
             "# HELP klav_disconnects_total Closed connections by reason.\n# TYPE klav_disconnects_total counter"
         );
         for (i, r) in CloseReason::ALL.iter().enumerate() {
-            let _ = writeln!(s, "klav_disconnects_total{{reason=\"{}\"}} {}", r.label(), self.closed[i]);
+            let _ = writeln!(
+                s,
+                "klav_disconnects_total{{reason=\"{}\"}} {}",
+                r.label(),
+                self.closed[i]
+            );
         }
         let _ = writeln!(
             s,
@@ -83,11 +144,19 @@ impl Metrics {
         let mut cumulative = 0;
         for (i, b) in LATENCY_BOUNDS_MS.iter().enumerate() {
             cumulative += self.job_latency[i];
-            let _ = writeln!(s, "klav_db_job_seconds_bucket{{le=\"{}\"}} {cumulative}", b / 1000.0);
+            let _ = writeln!(
+                s,
+                "klav_db_job_seconds_bucket{{le=\"{}\"}} {cumulative}",
+                b / 1000.0
+            );
         }
         cumulative += self.job_latency[LATENCY_BOUNDS_MS.len()];
         let _ = writeln!(s, "klav_db_job_seconds_bucket{{le=\"+Inf\"}} {cumulative}");
-        let _ = writeln!(s, "klav_db_job_seconds_sum {}", self.job_latency_sum_ms / 1000.0);
+        let _ = writeln!(
+            s,
+            "klav_db_job_seconds_sum {}",
+            self.job_latency_sum_ms / 1000.0
+        );
         let _ = writeln!(s, "klav_db_job_seconds_count {}", self.job_count);
         s
     }

@@ -96,8 +96,12 @@ impl Request {
     /// Decodes a text frame. Errors are `BAD_REQUEST`, with the `req_id` when one
     /// could be read.
     pub fn decode(text: &str) -> Result<Request, (RequestError, Option<Value>)> {
-        let value: Value = serde_json::from_str(text)
-            .map_err(|_| (RequestError::with(ErrorCode::BadRequest, "invalid JSON"), None))?;
+        let value: Value = serde_json::from_str(text).map_err(|_| {
+            (
+                RequestError::with(ErrorCode::BadRequest, "invalid JSON"),
+                None,
+            )
+        })?;
         let Value::Object(mut body) = value else {
             return Err((
                 RequestError::with(ErrorCode::BadRequest, "expected a JSON object"),
@@ -140,7 +144,12 @@ impl Request {
 
     /// An integer field (numbers, or strings of digits as older clients send).
     pub fn int(&self, name: &str) -> Result<Option<i64>, RequestError> {
-        let bad = || RequestError::with(ErrorCode::BadRequest, format!("\"{name}\" must be a number"));
+        let bad = || {
+            RequestError::with(
+                ErrorCode::BadRequest,
+                format!("\"{name}\" must be a number"),
+            )
+        };
         match self.body.get(name) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Number(n)) => n
@@ -220,7 +229,10 @@ mod tests {
 
     #[test]
     fn fields() {
-        let r = Request::decode(r#"{"type":"history","room":"r_1","limit":"5","req_id":"a","t":"x\u0000"}"#).unwrap();
+        let r = Request::decode(
+            r#"{"type":"history","room":"r_1","limit":"5","req_id":"a","t":"x\u0000"}"#,
+        )
+        .unwrap();
         assert_eq!(r.kind, "history");
         assert_eq!(r.req_id, Some(Value::from("a")));
         assert_eq!(r.room_id().unwrap(), Some("r_1"));
@@ -231,7 +243,9 @@ mod tests {
 
     #[test]
     fn event_has_type_ts_and_req_id() {
-        let e = Event::new("join_ack").with("status", "ALREADY").reply_to(&Some(Value::from(3)));
+        let e = Event::new("join_ack")
+            .with("status", "ALREADY")
+            .reply_to(&Some(Value::from(3)));
         let v: Value = serde_json::from_str(&e.json()).unwrap();
         assert_eq!(v["type"], "join_ack");
         assert_eq!(v["req_id"], 3);

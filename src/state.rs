@@ -124,7 +124,9 @@ impl State {
     }
 
     pub fn is_online(&self, username: &str) -> bool {
-        self.users.get(username).is_some_and(|u| !u.conns.is_empty())
+        self.users
+            .get(username)
+            .is_some_and(|u| !u.conns.is_empty())
     }
 
     pub fn is_member(&self, username: &str, room: &str) -> bool {
@@ -248,7 +250,10 @@ mod tests {
     use super::*;
 
     fn id(n: usize) -> ConnId {
-        ConnId { slot: n, gen: n as u64 }
+        ConnId {
+            slot: n,
+            gen: n as u64,
+        }
     }
 
     fn session(rooms: &[&str], following: &[&str]) -> SessionData {

@@ -73,10 +73,16 @@ mod tests {
         t.failed("x", a, now);
         assert!(t.retry_after("x", a, now).is_none());
         t.failed("x", a, now);
-        assert!(t.retry_after("x", b, now).is_some(), "by username, from anywhere");
+        assert!(
+            t.retry_after("x", b, now).is_some(),
+            "by username, from anywhere"
+        );
         assert!(t.retry_after("y", b, now).is_none());
         t.failed("y", a, now);
-        assert!(t.retry_after("z", a, now).is_some(), "by address, for any username");
+        assert!(
+            t.retry_after("z", a, now).is_some(),
+            "by address, for any username"
+        );
         let later = now + Duration::from_secs(61);
         assert!(t.retry_after("x", a, later).is_none(), "the window ends");
         t.sweep(later);

@@ -104,9 +104,7 @@ pub fn parse_iso(s: &str) -> Option<SystemTime> {
                     let (oh, om) = match rest.len() {
                         2 => (num(i + 1..i + 3)?, 0),
                         4 => (num(i + 1..i + 3)?, num(i + 3..i + 5)?),
-                        5 if rest.as_bytes()[2] == b':' => {
-                            (num(i + 1..i + 3)?, num(i + 4..i + 6)?)
-                        }
+                        5 if rest.as_bytes()[2] == b':' => (num(i + 1..i + 3)?, num(i + 4..i + 6)?),
                         _ => return None,
                     };
                     if oh > 23 || om > 59 {
@@ -171,8 +169,18 @@ mod tests {
             parse_iso("2025-10-21"),
             Some(UNIX_EPOCH + Duration::from_secs(1_761_004_800))
         );
-        assert_eq!(parse_iso("2025-10-21 09:26"), Some(UNIX_EPOCH + Duration::from_secs(1_761_038_760)));
-        for bad in ["", "yesterday", "2025-13-01", "2025-10-21T25:00", "2025-10-21T09:26:24+0x:00", "2025-10-21T09:26:24.Z"] {
+        assert_eq!(
+            parse_iso("2025-10-21 09:26"),
+            Some(UNIX_EPOCH + Duration::from_secs(1_761_038_760))
+        );
+        for bad in [
+            "",
+            "yesterday",
+            "2025-13-01",
+            "2025-10-21T25:00",
+            "2025-10-21T09:26:24+0x:00",
+            "2025-10-21T09:26:24.Z",
+        ] {
             assert_eq!(parse_iso(bad), None, "{bad}");
         }
     }

@@ -11,7 +11,7 @@ use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, Salt
 use argon2::{Argon2, PasswordVerifier};
 use crossbeam_channel::{Sender, TrySendError};
 
-use crate::db::{Completion, CompletionSink, Ticket};
+use crate::db::{Completion, CompletionSink, QueueFull, Ticket};
 
 /// Work for a hashing thread.
 pub enum HashJob {
@@ -75,9 +75,9 @@ impl HashPool {
     }
 
     /// Queues without waiting; `Err` when the queue is full.
-    pub fn submit(&self, ticket: Ticket, job: HashJob) -> Result<(), ()> {
+    pub fn submit(&self, ticket: Ticket, job: HashJob) -> Result<(), QueueFull> {
         self.tx.try_send((ticket, job)).map_err(|e| match e {
-            TrySendError::Full(_) | TrySendError::Disconnected(_) => (),
+            TrySendError::Full(_) | TrySendError::Disconnected(_) => QueueFull,
         })
     }
 

@@ -107,7 +107,8 @@ impl Cluster {
             None
         };
         make_dir(data_dir, run_as)?;
-        let data_dir = fs::canonicalize(data_dir).map_err(|e| EmbeddedError::Dir(data_dir.into(), e))?;
+        let data_dir =
+            fs::canonicalize(data_dir).map_err(|e| EmbeddedError::Dir(data_dir.into(), e))?;
         let lock = lock_dir(&data_dir)?;
 
         let pgdata = data_dir.join("pg");
@@ -129,7 +130,11 @@ impl Cluster {
         }
         // A cluster left running by a klav that was killed: we hold the lock now,
         // so it is ours to restart with our settings.
-        if cluster.pg_ctl(&["status"]).map(|o| o.status.success()).unwrap_or(false) {
+        if cluster
+            .pg_ctl(&["status"])
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+        {
             let _ = cluster.pg_ctl(&["stop", "-m", "fast", "-w"]);
         }
         cluster.pg_start()?;
@@ -184,7 +189,13 @@ impl Cluster {
             .command("initdb")
             .arg("-D")
             .arg(&self.pgdata)
-            .args(["-U", "postgres", "--auth=trust", "--encoding=UTF8", "--locale=C"])
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+            ])
             .output()
             .map_err(|e| EmbeddedError::Command {
                 what: "initdb",

@@ -78,6 +78,18 @@ impl From<postgres::Error> for DbError {
     }
 }
 
+/// A job could not be queued: its queue is full (or its threads have stopped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueFull;
+
+impl fmt::Display for QueueFull {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("queue full")
+    }
+}
+
+impl std::error::Error for QueueFull {}
+
 /// Wakes the event loop when completions are waiting, at most once per drain:
 /// workers set the flag and only the one that flips it pays for the syscall.
 pub struct Wakeup {
@@ -268,16 +280,16 @@ impl Db {
         })
     }
 
-    /// Queues a job without waiting. `Err` gives the job back when the queue is
-    /// full or the workers are gone; the caller answers `Unavailable`.
-    pub fn submit(&self, ticket: Ticket, job: Job) -> Result<(), (Ticket, Job)> {
+    /// Queues a job without waiting; when the queue is full (or the workers are
+    /// gone) the caller answers `Unavailable`.
+    pub fn submit(&self, ticket: Ticket, job: Job) -> Result<(), QueueFull> {
         let tx = if job.is_ordered_write() {
             &self.writer
         } else {
             &self.general
         };
         tx.try_send((ticket, job)).map_err(|e| match e {
-            TrySendError::Full(v) | TrySendError::Disconnected(v) => v,
+            TrySendError::Full(_) | TrySendError::Disconnected(_) => QueueFull,
         })
     }
 
@@ -299,7 +311,9 @@ impl Db {
 
 /// Runs `schema.sql` in one transaction.
 pub fn apply_schema(pg: &postgres::Config) -> Result<(), DbError> {
-    let mut client = pg.connect(NoTls).map_err(|e| DbError::Unavailable(e.to_string()))?;
+    let mut client = pg
+        .connect(NoTls)
+        .map_err(|e| DbError::Unavailable(e.to_string()))?;
     let mut tx = client.transaction()?;
     tx.batch_execute(SCHEMA_SQL)?;
     tx.commit()?;

@@ -52,7 +52,10 @@ pub(super) fn run(
         let results = match write_batch(&pool, &health, &mut conn, jobs) {
             Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
             Err(DbError::Query(why)) if batch.len() > 1 => {
-                crate::log!(Warn, "write batch failed ({why}); retrying its jobs one by one");
+                crate::log!(
+                    Warn,
+                    "write batch failed ({why}); retrying its jobs one by one"
+                );
                 batch
                     .iter()
                     .map(|(_, j)| {
@@ -233,7 +236,9 @@ fn insert_messages(
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     if rows.len() != pending.len() {
-        return Err(DbError::Query("message insert returned a short row set".into()));
+        return Err(DbError::Query(
+            "message insert returned a short row set".into(),
+        ));
     }
     // Rows are inserted in input order, so sorted ids map back one to one.
     rows.sort_unstable_by_key(|r| r.0);
@@ -395,7 +400,10 @@ fn dm(
         "INSERT INTO chat_logs (room_id, ts, kind, from_user, from_nickname, to_user, text) \
          VALUES ($1, now(), 'dm', $2, $3, $4, $5) RETURNING id, ts",
     )?;
-    let row = tx.query_one(&s, &[&msg.room, &msg.from, &msg.from_nickname, &to, &msg.text])?;
+    let row = tx.query_one(
+        &s,
+        &[&msg.room, &msg.from, &msg.from_nickname, &to, &msg.text],
+    )?;
     let (id, ts): (i64, SystemTime) = (row.get(0), row.get(1));
     if queue {
         queue_dm(tx, st, msg, to, id, ts)?;
@@ -423,7 +431,15 @@ fn queue_dm<C: GenericClient>(
     )?;
     c.execute(
         &ins,
-        &[&to, &msg.room, &log_id, &msg.from, &msg.from_nickname, &msg.text, &at],
+        &[
+            &to,
+            &msg.room,
+            &log_id,
+            &msg.from,
+            &msg.from_nickname,
+            &msg.text,
+            &at,
+        ],
     )?;
     let trim = st.get(
         c,

@@ -82,7 +82,11 @@ pub fn unfollow_done(hub: &mut Hub, t: &Ticket, from: String, to: String, remove
     if removed {
         hub.state.unfollowed(&from, &to);
     }
-    let status = if removed { "UNFOLLOWED" } else { "NOT_FOLLOWING" };
+    let status = if removed {
+        "UNFOLLOWED"
+    } else {
+        "NOT_FOLLOWING"
+    };
     let ev = Event::new("friend_unfollow_ack")
         .with("to", to)
         .with("status", status);

@@ -77,6 +77,8 @@ pub fn entry_json(e: ChatEntry) -> Value {
 
 pub fn done(hub: &mut Hub, t: &Ticket, room: String, items: Vec<ChatEntry>) {
     let items: Vec<Value> = items.into_iter().map(entry_json).collect();
-    let ev = Event::new("history").with("room", room).with("items", items);
+    let ev = Event::new("history")
+        .with("room", room)
+        .with("items", items);
     hub.reply(t.conn, &t.req_id, ev);
 }

@@ -21,7 +21,9 @@ pub fn process(hub: &mut Hub, id: ConnId) {
         if conn.closing.is_some() {
             return;
         }
-        let Phase::Http(st) = &mut conn.phase else { return };
+        let Phase::Http(st) = &mut conn.phase else {
+            return;
+        };
         if st.pending.is_some() || st.buf.is_empty() {
             return;
         }
@@ -35,7 +37,12 @@ pub fn process(hub: &mut Hub, id: ConnId) {
             Err(e) => {
                 // The stream cannot be resynchronised: answer and close.
                 st.buf.clear();
-                respond(hub, id, http::error(e.status(), &e.to_string(), false), false);
+                respond(
+                    hub,
+                    id,
+                    http::error(e.status(), &e.to_string(), false),
+                    false,
+                );
                 return;
             }
         }
@@ -91,17 +98,16 @@ fn route(hub: &mut Hub, id: ConnId, req: Request) {
                 .iter()
                 .filter(|(_, c)| matches!(c.phase, Phase::Ws(_)))
                 .count();
-            let online = hub.state.users.values().filter(|u| !u.conns.is_empty()).count();
+            let online = hub
+                .state
+                .users
+                .values()
+                .filter(|u| !u.conns.is_empty())
+                .count();
             let text = hub
                 .metrics
                 .render(hub.conns.len(), ws, online, hub.db.queue_depth());
-            let resp = http::response(
-                200,
-                "text/plain; version=0.0.4",
-                text.as_bytes(),
-                ka,
-                &[],
-            );
+            let resp = http::response(200, "text/plain; version=0.0.4", text.as_bytes(), ka, &[]);
             respond(hub, id, resp, ka);
         }
         _ => super::session::upgrade(hub, id, req),
@@ -191,7 +197,12 @@ fn register(hub: &mut Hub, id: ConnId, req: Request) {
         _ => username.to_string(),
     };
     if nickname.contains('\0') || password.contains('\0') {
-        return respond(hub, id, http::error(400, "NUL characters are not allowed", ka), ka);
+        return respond(
+            hub,
+            id,
+            http::error(400, "NUL characters are not allowed", ka),
+            ka,
+        );
     }
     let job = HashJob::Hash {
         password: password.to_string(),
@@ -227,13 +238,23 @@ fn login(hub: &mut Hub, id: ConnId, req: Request) {
     let username = field(&body, "username").unwrap_or("");
     let password = field(&body, "password").unwrap_or("");
     if username.is_empty() || password.is_empty() {
-        return respond(hub, id, http::error(400, "username/password required", ka), ka);
+        return respond(
+            hub,
+            id,
+            http::error(400, "username/password required", ka),
+            ka,
+        );
     }
     if username.contains('\0') {
         return respond(hub, id, http::error(401, "not registered", ka), ka);
     }
-    let Some(peer) = hub.conn(id).map(|c| c.peer.ip()) else { return };
-    if let Some(wait) = hub.login_throttle.retry_after(username, peer, Instant::now()) {
+    let Some(peer) = hub.conn(id).map(|c| c.peer.ip()) else {
+        return;
+    };
+    if let Some(wait) = hub
+        .login_throttle
+        .retry_after(username, peer, Instant::now())
+    {
         let secs = wait.as_secs().max(1);
         let body = json!({ "detail": "too many failed logins; try again later" }).to_string();
         let resp = http::response(
@@ -316,7 +337,12 @@ pub fn on_hash(hub: &mut Hub, ticket: Ticket, outcome: HashOutcome) {
                         },
                     );
                 } else {
-                    finish(hub, id, unhealthy("database queue is full", keep_alive), keep_alive);
+                    finish(
+                        hub,
+                        id,
+                        unhealthy("database queue is full", keep_alive),
+                        keep_alive,
+                    );
                 }
             }
             other => restore(hub, id, other),
@@ -352,7 +378,12 @@ pub fn register_done(hub: &mut Hub, id: ConnId, created: bool) {
     match take_pending(hub, id) {
         Some(PendingHttp::Register { keep_alive, .. }) => {
             let status = if created { "CREATED" } else { "ALREADY" };
-            finish(hub, id, http::json(200, &json!({ "status": status }), keep_alive), keep_alive);
+            finish(
+                hub,
+                id,
+                http::json(200, &json!({ "status": status }), keep_alive),
+                keep_alive,
+            );
         }
         other => restore(hub, id, other),
     }

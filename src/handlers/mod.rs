@@ -44,7 +44,9 @@ pub fn on_ws_message(hub: &mut Hub, id: ConnId, msg: Message) {
             return;
         }
     };
-    let Some((user, admitted, flood)) = admit(hub, id) else { return };
+    let Some((user, admitted, flood)) = admit(hub, id) else {
+        return;
+    };
     let Some(text) = text else {
         hub.reply_error(
             id,
@@ -97,7 +99,9 @@ fn admit(hub: &mut Hub, id: ConnId) -> Option<(String, bool, bool)> {
     let now = Instant::now();
     let (rate, burst) = (hub.config.rate_per_sec, hub.config.rate_burst);
     let conn = hub.conn_mut(id)?;
-    let Phase::Ws(ws) = &mut conn.phase else { return None };
+    let Phase::Ws(ws) = &mut conn.phase else {
+        return None;
+    };
     ws.last_frame = now;
     ws.ping_sent = None;
     ws.tokens = (ws.tokens + now.duration_since(ws.tokens_at).as_secs_f64() * rate).min(burst);
@@ -158,9 +162,7 @@ fn on_outcome(hub: &mut Hub, t: crate::db::Ticket, outcome: Outcome) {
             http::credentials_done(hub, t.conn, username, password)
         }
         Outcome::Done | Outcome::Pruned(_) => {}
-        Outcome::Session { username, session } => {
-            session::opened(hub, t.conn, &username, session)
-        }
+        Outcome::Session { username, session } => session::opened(hub, t.conn, &username, session),
         Outcome::History { room, items } => history::done(hub, &t, room, items),
         Outcome::MyRooms(rooms) => rooms::my_rooms_done(hub, &t, rooms),
         Outcome::Following(users) => friends::list_done(hub, &t, "following", users),
@@ -204,7 +206,10 @@ fn on_db_error(hub: &mut Hub, t: crate::db::Ticket, e: DbError) {
         Phase::Ws(_) => hub.reply_error(
             t.conn,
             &t.req_id,
-            RequestError::with(ErrorCode::Unavailable, "database unavailable; nothing was stored"),
+            RequestError::with(
+                ErrorCode::Unavailable,
+                "database unavailable; nothing was stored",
+            ),
         ),
         Phase::Closed => {}
     }

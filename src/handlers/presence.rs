@@ -22,7 +22,12 @@ fn online_friends(hub: &Hub, user: &str) -> Event {
                 .filter_map(|f| {
                     let s = hub.state.users.get(f)?;
                     (!s.conns.is_empty()).then(|| {
-                        (s.nickname.to_lowercase(), f.as_str(), s.nickname.as_str(), s.conns.len())
+                        (
+                            s.nickname.to_lowercase(),
+                            f.as_str(),
+                            s.nickname.as_str(),
+                            s.conns.len(),
+                        )
                     })
                 })
                 .collect()

@@ -113,7 +113,9 @@ pub fn join_done(hub: &mut Hub, t: &Ticket, username: String, nickname: String, 
         JoinResult::Already { room } => {
             // Memory may not have known (e.g. joined by name).
             hub.state.joined(&username, &room);
-            let ev = Event::new("join_ack").with("room", room).with("status", "ALREADY");
+            let ev = Event::new("join_ack")
+                .with("room", room)
+                .with("status", "ALREADY");
             hub.reply(t.conn, &t.req_id, ev);
         }
         JoinResult::Joined { room, .. } => {
@@ -179,7 +181,9 @@ pub fn leave_done(
         hub.to_room(&room, &ev);
     }
     let status = if was_member { "LEFT" } else { "NOT_A_MEMBER" };
-    let ev = Event::new("leave_ack").with("room", room).with("status", status);
+    let ev = Event::new("leave_ack")
+        .with("room", room)
+        .with("status", status);
     hub.reply(t.conn, &t.req_id, ev);
 }
 

@@ -95,7 +95,12 @@ pub fn opened(hub: &mut Hub, id: ConnId, username: &str, session: Option<Session
     if !hub.state.finish_open(username, session.as_ref()) {
         let conn = hub.conn_mut(id).expect("checked above");
         conn.phase = Phase::Closed;
-        return respond(hub, id, http::error(403, "user not registered", false), false);
+        return respond(
+            hub,
+            id,
+            http::error(403, "user not registered", false),
+            false,
+        );
     }
     let burst = hub.config.rate_burst;
     let conn = hub.conn_mut(id).expect("checked above");
@@ -158,15 +163,26 @@ pub fn open_failed(hub: &mut Hub, id: ConnId, e: &DbError) {
     if let Phase::Upgrading { username, .. } = std::mem::replace(&mut conn.phase, Phase::Closed) {
         hub.state.cancel_open(&username);
     }
-    respond(hub, id, http::error(503, &format!("Service unhealthy: {e}"), false), false);
+    respond(
+        hub,
+        id,
+        http::error(503, &format!("Service unhealthy: {e}"), false),
+        false,
+    );
 }
 
 /// After a flush: once the offline DMs are written to the socket, delete them.
 pub fn on_flushed(hub: &mut Hub, id: ConnId) {
     let Some(conn) = hub.conn_mut(id) else { return };
     let written = conn.out.total_written;
-    let Phase::Ws(ws) = &mut conn.phase else { return };
-    if ws.offline_ack.as_ref().is_some_and(|(mark, _)| written >= *mark) {
+    let Phase::Ws(ws) = &mut conn.phase else {
+        return;
+    };
+    if ws
+        .offline_ack
+        .as_ref()
+        .is_some_and(|(mark, _)| written >= *mark)
+    {
         let (_, ids) = ws.offline_ack.take().expect("checked");
         // If this fails they are delivered again on the next connect, which is
         // better than losing them.

@@ -117,7 +117,9 @@ impl Hub {
     /// closed as a slow consumer.
     pub fn send_bytes(&mut self, id: ConnId, bytes: &[u8]) {
         let max = self.config.max_output_bytes;
-        let Some(conn) = self.conn_mut(id) else { return };
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
         if conn.closing.is_some() {
             return;
         }
@@ -132,7 +134,9 @@ impl Hub {
     /// Queues a frame shared with other recipients.
     pub fn send_shared(&mut self, id: ConnId, frame: &Arc<[u8]>) {
         let max = self.config.max_output_bytes;
-        let Some(conn) = self.conn_mut(id) else { return };
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
         if conn.closing.is_some() || !matches!(conn.phase, Phase::Ws(_)) {
             return;
         }
@@ -218,7 +222,7 @@ impl Hub {
                 self.outstanding += 1;
                 true
             }
-            Err(()) => false,
+            Err(_) => false,
         }
     }
 

@@ -136,8 +136,7 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
                 .and_then(|mut a| a.next())
                 .ok_or_else(|| StartError::Address(config.host.clone()))
         })?;
-    let std_listener =
-        std::net::TcpListener::bind(addr).map_err(|e| StartError::Bind(addr, e))?;
+    let std_listener = std::net::TcpListener::bind(addr).map_err(|e| StartError::Bind(addr, e))?;
     std_listener.set_nonblocking(true).map_err(StartError::Io)?;
     // std listens with a backlog of 128; a burst of connects wants more.
     // SAFETY: listen(2) on a socket we own; calling it again only resizes the backlog.
@@ -312,7 +311,9 @@ impl Server {
         if self.accept_paused_until.is_some() {
             return;
         }
-        let Some(listener) = self.listener.as_ref() else { return };
+        let Some(listener) = self.listener.as_ref() else {
+            return;
+        };
         loop {
             match listener.accept() {
                 Ok((mut stream, peer)) => {
@@ -346,11 +347,10 @@ impl Server {
                     });
                     // Over the connection cap: answer 503 and close.
                     if self.hub.conns.len() > self.hub.config.max_connections {
-                        self.hub.send_bytes(
-                            id,
-                            &http::error(503, "too many connections", false),
-                        );
-                        self.hub.conn_mut(id).expect("just inserted").closing = Some(CloseReason::HttpDone);
+                        self.hub
+                            .send_bytes(id, &http::error(503, "too many connections", false));
+                        self.hub.conn_mut(id).expect("just inserted").closing =
+                            Some(CloseReason::HttpDone);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -367,7 +367,9 @@ impl Server {
     }
 
     fn on_readable(&mut self, id: ConnId) {
-        let Some(conn) = self.hub.conn_mut(id) else { return };
+        let Some(conn) = self.hub.conn_mut(id) else {
+            return;
+        };
         if conn.closing.is_some() {
             // Draining to close: discard input so the socket does not stay readable.
             let mut sink = [0u8; 4096];
@@ -390,8 +392,12 @@ impl Server {
     }
 
     fn read_http(&mut self, id: ConnId) {
-        let Some(conn) = self.hub.conn_mut(id) else { return };
-        let Phase::Http(st) = &mut conn.phase else { return };
+        let Some(conn) = self.hub.conn_mut(id) else {
+            return;
+        };
+        let Phase::Http(st) = &mut conn.phase else {
+            return;
+        };
         let mut eof = false;
         let mut chunk = [0u8; 16 * 1024];
         // Read no more than one maximal request ahead.
@@ -440,11 +446,15 @@ impl Server {
 
     fn read_ws(&mut self, id: ConnId) {
         for _ in 0..READ_BUDGET {
-            let Some(conn) = self.hub.conn_mut(id) else { return };
+            let Some(conn) = self.hub.conn_mut(id) else {
+                return;
+            };
             if conn.closing.is_some() || conn.read_paused {
                 return;
             }
-            let Phase::Ws(ws) = &mut conn.phase else { return };
+            let Phase::Ws(ws) = &mut conn.phase else {
+                return;
+            };
             let mut io = ws::Io {
                 stream: &mut conn.stream,
                 out: &mut conn.out,
@@ -519,13 +529,25 @@ impl Server {
     }
 
     fn close_conn(&mut self, id: ConnId, reason: CloseReason) {
-        let Some(conn) = self.hub.conn_mut(id) else { return };
+        let Some(conn) = self.hub.conn_mut(id) else {
+            return;
+        };
         match reason {
             CloseReason::SlowConsumer | CloseReason::Flood | CloseReason::TooBig => {
-                crate::log!(Warn, "closing a connection from {}: {}", conn.peer, reason.label())
+                crate::log!(
+                    Warn,
+                    "closing a connection from {}: {}",
+                    conn.peer,
+                    reason.label()
+                )
             }
             CloseReason::Protocol | CloseReason::BadUtf8 | CloseReason::Error => {
-                crate::log!(Debug, "closing a connection from {}: {}", conn.peer, reason.label())
+                crate::log!(
+                    Debug,
+                    "closing a connection from {}: {}",
+                    conn.peer,
+                    reason.label()
+                )
             }
             _ => {}
         }
@@ -595,7 +617,9 @@ impl Server {
         dirty.sort_unstable();
         dirty.dedup();
         for slot in dirty.drain(..) {
-            let Some(conn) = self.hub.conns.get_mut(slot) else { continue };
+            let Some(conn) = self.hub.conns.get_mut(slot) else {
+                continue;
+            };
             let id = conn.id;
             match conn.out.write_to(&mut conn.stream) {
                 Ok(true) => {
@@ -702,14 +726,23 @@ impl Server {
             return;
         }
         let rooms: Vec<String> = self.hub.state.touched_rooms.drain().collect();
-        if !self.hub.submit(Ticket::internal(), Job::Prune { rooms: rooms.clone(), keep }) {
+        if !self.hub.submit(
+            Ticket::internal(),
+            Job::Prune {
+                rooms: rooms.clone(),
+                keep,
+            },
+        ) {
             // Try again next time.
             self.hub.state.touched_rooms.extend(rooms);
         }
     }
 
     fn begin_shutdown(&mut self) {
-        crate::log!(Info, "shutting down: no new connections; finishing queued work");
+        crate::log!(
+            Info,
+            "shutting down: no new connections; finishing queued work"
+        );
         if let Some(mut l) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
         }
@@ -728,7 +761,7 @@ impl Server {
             .hub
             .conns
             .iter()
-            .filter(|(_, c)| !c.closing.is_some())
+            .filter(|(_, c)| c.closing.is_none())
             .map(|(_, c)| c.id)
             .collect();
         for id in open {

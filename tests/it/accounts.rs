@@ -10,10 +10,16 @@ use crate::harness::*;
 #[test]
 fn register_then_login() {
     let s = TestServer::start();
-    let r = s.post("/register", json!({"username": "alice", "password": "pw", "nickname": "Al"}));
+    let r = s.post(
+        "/register",
+        json!({"username": "alice", "password": "pw", "nickname": "Al"}),
+    );
     assert_eq!((r.status, r.json()), (200, json!({"status": "CREATED"})));
     // Existing username: ALREADY, password not checked, nothing changed.
-    let r = s.post("/register", json!({"username": "alice", "password": "other"}));
+    let r = s.post(
+        "/register",
+        json!({"username": "alice", "password": "other"}),
+    );
     assert_eq!((r.status, r.json()), (200, json!({"status": "ALREADY"})));
     assert_eq!(s.login("alice", "other").status, 401);
 
@@ -28,7 +34,10 @@ fn register_then_login() {
     // Stored as argon2id, with the nickname given.
     let row = s
         .db()
-        .query_one("SELECT password, nickname FROM users WHERE username = 'alice'", &[])
+        .query_one(
+            "SELECT password, nickname FROM users WHERE username = 'alice'",
+            &[],
+        )
         .unwrap();
     let (pw, nick): (String, String) = (row.get(0), row.get(1));
     assert!(pw.starts_with("$argon2id$"), "{pw}");
@@ -39,7 +48,10 @@ fn register_then_login() {
 fn nickname_defaults_to_username() {
     let s = TestServer::start();
     s.post("/register", json!({"username": "bob", "password": "pw"}));
-    s.post("/register", json!({"username": "carol", "password": "pw", "nickname": "  "}));
+    s.post(
+        "/register",
+        json!({"username": "carol", "password": "pw", "nickname": "  "}),
+    );
     let mut db = s.db();
     for u in ["bob", "carol"] {
         let nick: String = db
@@ -55,20 +67,44 @@ fn register_validation() {
     let s = TestServer::start();
     for bad in ["", "has space", "semi;colon", &"x".repeat(101), "slash/"] {
         let r = s.post("/register", json!({"username": bad, "password": "pw"}));
-        assert_eq!((r.status, r.detail().as_str()), (400, "invalid username"), "{bad:?}");
+        assert_eq!(
+            (r.status, r.detail().as_str()),
+            (400, "invalid username"),
+            "{bad:?}"
+        );
     }
     let ok = "a".repeat(100);
-    assert_eq!(s.post("/register", json!({"username": ok, "password": "pw"})).json()["status"], "CREATED");
-    assert_eq!(s.post("/register", json!({"username": "u.n-d_1", "password": "pw"})).json()["status"], "CREATED");
+    assert_eq!(
+        s.post("/register", json!({"username": ok, "password": "pw"}))
+            .json()["status"],
+        "CREATED"
+    );
+    assert_eq!(
+        s.post(
+            "/register",
+            json!({"username": "u.n-d_1", "password": "pw"})
+        )
+        .json()["status"],
+        "CREATED"
+    );
     let r = s.post("/register", json!({"username": "emptypw", "password": ""}));
     assert_eq!(r.status, 400);
-    for body in ["[]", "not json", "{\"username\": 5, \"password\": \"x\"}", "{\"username\": \"x\"}"] {
+    for body in [
+        "[]",
+        "not json",
+        "{\"username\": 5, \"password\": \"x\"}",
+        "{\"username\": \"x\"}",
+    ] {
         let r = s.http("POST", "/register", Some(body));
         assert_eq!(r.status, 422, "{body}");
         assert!(!r.detail().is_empty());
     }
     // Nothing was stored by the failures.
-    let n: i64 = s.db().query_one("SELECT count(*) FROM users", &[]).unwrap().get(0);
+    let n: i64 = s
+        .db()
+        .query_one("SELECT count(*) FROM users", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(n, 2);
 }
 
@@ -79,20 +115,42 @@ fn login_failures() {
     let r = s.login("nobody", "x");
     assert_eq!((r.status, r.detail().as_str()), (401, "not registered"));
     let r = s.login("dave", "wrong");
-    assert_eq!((r.status, r.detail().as_str()), (401, "invalid credentials"));
-    for body in [json!({"username": "dave"}), json!({"username": "", "password": "x"}), json!({})] {
+    assert_eq!(
+        (r.status, r.detail().as_str()),
+        (401, "invalid credentials")
+    );
+    for body in [
+        json!({"username": "dave"}),
+        json!({"username": "", "password": "x"}),
+        json!({}),
+    ] {
         let r = s.post("/login", body.clone());
-        assert_eq!((r.status, r.detail().as_str()), (400, "username/password required"), "{body}");
+        assert_eq!(
+            (r.status, r.detail().as_str()),
+            (400, "username/password required"),
+            "{body}"
+        );
     }
     assert_eq!(s.http("POST", "/login", Some("[1]")).status, 422);
-    assert_eq!(s.http("POST", "/login", Some("{\"username\": 1, \"password\": \"x\"}")).status, 422);
+    assert_eq!(
+        s.http(
+            "POST",
+            "/login",
+            Some("{\"username\": 1, \"password\": \"x\"}")
+        )
+        .status,
+        422
+    );
 }
 
 #[test]
 fn health_routes_and_methods() {
     let s = TestServer::start();
     let r = s.http("GET", "/health", None);
-    assert_eq!((r.status, r.json()), (200, json!({"status": "healthy", "database": "connected"})));
+    assert_eq!(
+        (r.status, r.json()),
+        (200, json!({"status": "healthy", "database": "connected"}))
+    );
     assert_eq!(r.header("content-type"), Some("application/json"));
     let r = s.http("GET", "/nope", None);
     assert_eq!(r.status, 404);
@@ -123,10 +181,12 @@ fn keep_alive_and_pipelining() {
     let r2 = read_response(&mut c).unwrap();
     assert_eq!(r2.status, 200);
     assert!(r2.json()["access_token"].is_string());
-    c.write_all(b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    c.write_all(b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     assert_eq!(read_response(&mut c).unwrap().status, 404);
     // Connection: close is honoured.
-    c.write_all(b"GET /health HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
+    c.write_all(b"GET /health HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .unwrap();
     assert_eq!(read_response(&mut c).unwrap().status, 200);
     assert!(closed_within(&mut c, Duration::from_secs(3)));
 }
@@ -136,13 +196,17 @@ fn oversized_and_malformed_requests() {
     let s = TestServer::start();
     // Headers over 8 KiB: 431 and close.
     let mut c = connect(s.addr);
-    let req = format!("GET /health HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(9000));
+    let req = format!(
+        "GET /health HTTP/1.1\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(9000)
+    );
     c.write_all(req.as_bytes()).unwrap();
     assert_eq!(read_response(&mut c).unwrap().status, 431);
     assert!(closed_within(&mut c, Duration::from_secs(3)));
     // Body over 64 KiB: 413 and close (refused from the header alone).
     let mut c = connect(s.addr);
-    c.write_all(b"POST /register HTTP/1.1\r\nContent-Length: 70000\r\n\r\n").unwrap();
+    c.write_all(b"POST /register HTTP/1.1\r\nContent-Length: 70000\r\n\r\n")
+        .unwrap();
     let r = read_response(&mut c).unwrap();
     assert_eq!(r.status, 413);
     assert!(closed_within(&mut c, Duration::from_secs(3)));
@@ -160,8 +224,14 @@ fn stalled_partial_request_is_closed() {
     let s = TestServer::with(|c| c.http_timeout = Duration::from_secs(1));
     let mut c = connect(s.addr);
     c.write_all(b"POST /login HTTP/1.1\r\nContent-Le").unwrap();
-    assert!(!closed_within(&mut c, Duration::from_millis(300)), "closed too early");
-    assert!(closed_within(&mut c, Duration::from_secs(4)), "a stalled request must be closed");
+    assert!(
+        !closed_within(&mut c, Duration::from_millis(300)),
+        "closed too early"
+    );
+    assert!(
+        closed_within(&mut c, Duration::from_secs(4)),
+        "a stalled request must be closed"
+    );
     // A normal client meanwhile is unaffected.
     assert_eq!(s.http("GET", "/health", None).status, 200);
 }

@@ -53,7 +53,11 @@ fn chat_smoke_run_loses_nothing() {
         .query_one("SELECT count(*) FROM chat_logs WHERE kind = 'msg'", &[])
         .unwrap()
         .get(0);
-    assert!(stored as u64 >= m.acked, "{stored} stored, {} acked", m.acked);
+    assert!(
+        stored as u64 >= m.acked,
+        "{stored} stored, {} acked",
+        m.acked
+    );
 }
 
 #[test]

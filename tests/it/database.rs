@@ -1,56 +1,14 @@
 //! The database side: the embedded cluster as the binary runs it, upgrading the
 //! old server's schema in place, and PostgreSQL going away under a running server.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use klav::db::embedded::Cluster;
 use serde_json::json;
 
 use crate::harness::*;
-
-/// `klav` as a child process on a data directory; returns it and its address.
-fn spawn_klav(data_dir: &std::path::Path) -> (Child, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_klav"))
-        .env_remove("DATABASE_URL")
-        .env("KLAV_DATA_DIR", data_dir)
-        .env("PORT", "0")
-        .env("HOST", "127.0.0.1")
-        .env("JWT_SECRET", SECRET)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(addr) = line.split("listening on ").nth(1) {
-                let _ = tx.send(addr.trim().parse::<SocketAddr>().unwrap());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("klav reports its address");
-    (child, addr)
-}
-
-fn terminate(mut child: Child) -> std::process::ExitStatus {
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "klav did not exit after SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 fn post(addr: SocketAddr, path: &str, body: serde_json::Value) -> Response {
     use std::io::Write;
@@ -70,9 +28,17 @@ fn embedded_cluster_lifecycle() {
     let dir = std::env::temp_dir().join(format!("klav-it-emb-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     watchdog(&dir);
-    let (child, addr) = spawn_klav(&dir);
-    assert!(dir.join("pg/PG_VERSION").exists(), "cluster created on first start");
-    let r = post(addr, "/register", json!({"username": "keeper", "password": "pw"}));
+    let mut klav = spawn_klav(&dir, &[]);
+    let addr = klav.addr;
+    assert!(
+        dir.join("pg/PG_VERSION").exists(),
+        "cluster created on first start"
+    );
+    let r = post(
+        addr,
+        "/register",
+        json!({"username": "keeper", "password": "pw"}),
+    );
     assert_eq!(r.json()["status"], "CREATED");
 
     // A second klav on the same directory fails clearly and leaves the first alone.
@@ -85,17 +51,37 @@ fn embedded_cluster_lifecycle() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("in use by another klav"), "{err}");
-    assert_eq!(post(addr, "/login", json!({"username": "keeper", "password": "pw"})).status, 200);
+    assert_eq!(
+        post(
+            addr,
+            "/login",
+            json!({"username": "keeper", "password": "pw"})
+        )
+        .status,
+        200
+    );
 
     // SIGTERM: exit 0 and the cluster is stopped.
-    let status = terminate(child);
+    let status = klav.terminate();
     assert!(status.success(), "{status:?}");
-    assert!(!dir.join("pg/postmaster.pid").exists(), "PostgreSQL stopped with klav");
+    assert!(
+        !dir.join("pg/postmaster.pid").exists(),
+        "PostgreSQL stopped with klav"
+    );
 
     // Data kept across restarts.
-    let (child, addr) = spawn_klav(&dir);
-    assert_eq!(post(addr, "/login", json!({"username": "keeper", "password": "pw"})).status, 200);
-    assert!(terminate(child).success());
+    let mut klav = spawn_klav(&dir, &[]);
+    let addr = klav.addr;
+    assert_eq!(
+        post(
+            addr,
+            "/login",
+            json!({"username": "keeper", "password": "pw"})
+        )
+        .status,
+        200
+    );
+    assert!(klav.terminate().success());
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -110,7 +96,10 @@ fn missing_postgres_binaries_exit_2_with_advice() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("apt-get install postgresql") && err.contains("DATABASE_URL"), "{err}");
+    assert!(
+        err.contains("apt-get install postgresql") && err.contains("DATABASE_URL"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -178,7 +167,10 @@ fn old_schema_is_upgraded_in_place() {
         .unwrap()
         .get(0);
     assert_eq!(ty, "bigint");
-    let n: i64 = db.query_one("SELECT count(*) FROM chat_logs", &[]).unwrap().get(0);
+    let n: i64 = db
+        .query_one("SELECT count(*) FROM chat_logs", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(n, 3);
     // The plain-text user logs in and sees the old data through the protocol.
     let r = s.login("mina", "plain-pw");
@@ -189,10 +181,18 @@ fn old_schema_is_upgraded_in_place() {
     assert_eq!(my["rooms"], json!(["r_0a0b0c0d"]));
     assert_eq!(my["rooms_info"][0]["last"]["text"], "hi");
     let h = ws.request(json!({"type": "history", "room_id": "r_0a0b0c0d"}));
-    let texts: Vec<&str> = h["items"].as_array().unwrap().iter().map(|i| i["text"].as_str().unwrap()).collect();
+    let texts: Vec<&str> = h["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["text"].as_str().unwrap())
+        .collect();
     assert_eq!(texts, ["미나 님이 입장하셨습니다", "secret", "hi"]);
     let f = ws.request(json!({"type": "following_list"}));
-    assert_eq!(f["following"], json!([{"username": "joon", "nickname": "준"}]));
+    assert_eq!(
+        f["following"],
+        json!([{"username": "joon", "nickname": "준"}])
+    );
     // New writes work on the upgraded tables (the old tables had no defaults).
     ws.send(json!({"type": "msg", "room_id": "r_0a0b0c0d", "text": "new"}));
     let ev = ws.expect("message");
@@ -201,9 +201,15 @@ fn old_schema_is_upgraded_in_place() {
     drop(ws);
     let url = s.stop();
     let s = TestServer::on_db(&url, |_| {});
-    let n: i64 = db.query_one("SELECT count(*) FROM chat_logs", &[]).unwrap().get(0);
+    let n: i64 = db
+        .query_one("SELECT count(*) FROM chat_logs", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(n, 4);
-    let v: i32 = db.query_one("SELECT version FROM klav_schema_version", &[]).unwrap().get(0);
+    let v: i32 = db
+        .query_one("SELECT version FROM klav_schema_version", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(v, 1);
     drop(s);
 }
@@ -249,7 +255,11 @@ fn postgres_outage_and_recovery() {
         if r.status == 200 {
             break;
         }
-        assert!(Instant::now() < deadline, "health did not recover: {}", r.body);
+        assert!(
+            Instant::now() < deadline,
+            "health did not recover: {}",
+            r.body
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(s.login("alice", "pw").status, 200);
@@ -260,7 +270,10 @@ fn postgres_outage_and_recovery() {
         ws.send(json!({"type": "msg", "room_id": room, "text": "after"}));
         got = ws.recv();
     }
-    assert_eq!((got["type"].as_str(), got["text"].as_str()), (Some("message"), Some("after")));
+    assert_eq!(
+        (got["type"].as_str(), got["text"].as_str()),
+        (Some("message"), Some("after"))
+    );
     let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
     let n: i64 = db
         .query_one("SELECT count(*) FROM chat_logs WHERE text = 'during'", &[])

@@ -5,10 +5,13 @@
 
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use klav::config::Config;
@@ -129,7 +132,10 @@ impl Pg {
         let name = format!("klav_it_{}_{n}", std::process::id());
         let mut admin = postgres::Client::connect(&self.admin_url, postgres::NoTls).unwrap();
         admin
-            .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {}", self.template))
+            .batch_execute(&format!(
+                "CREATE DATABASE {name} TEMPLATE {}",
+                self.template
+            ))
             .unwrap();
         with_dbname(&self.admin_url, &name)
     }
@@ -204,15 +210,7 @@ impl TestServer {
 
     /// One HTTP request on a fresh connection.
     pub fn http(&self, method: &str, path: &str, body: Option<&str>) -> Response {
-        let mut s = connect(self.addr);
-        let body = body.unwrap_or("");
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        s.write_all(req.as_bytes()).unwrap();
-        read_response(&mut s).expect("a response")
+        http_to(self.addr, method, path, body)
     }
 
     pub fn post(&self, path: &str, body: Value) -> Response {
@@ -315,7 +313,14 @@ pub fn read_response(s: &mut TcpStream) -> Option<Response> {
     }
     let head = String::from_utf8(buf).unwrap();
     let mut lines = head.split("\r\n");
-    let status: u16 = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let status: u16 = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     let headers: Vec<(String, String)> = lines
         .filter(|l| !l.is_empty())
         .map(|l| {
@@ -377,7 +382,18 @@ impl Ws {
         path: &str,
         headers: &[(&str, &str)],
     ) -> Result<Ws, (u16, String)> {
+        Ws::connect_stream(connect(addr), path, headers)
+    }
+
+    /// The upgrade over a stream the caller prepared (e.g. with a small receive
+    /// buffer); on refusal returns the status and body.
+    pub fn connect_stream(
+        stream: TcpStream,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Ws, (u16, String)> {
         use tungstenite::client::IntoClientRequest;
+        let addr = stream.peer_addr().unwrap();
         let mut req = format!("ws://{addr}{path}").into_client_request().unwrap();
         for (k, v) in headers {
             req.headers_mut().insert(
@@ -385,7 +401,6 @@ impl Ws {
                 v.parse().unwrap(),
             );
         }
-        let stream = connect(addr);
         match tungstenite::client::client(req, stream) {
             Ok((sock, _)) => Ok(Ws { sock, next_req: 1 }),
             Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp))) => {
@@ -505,4 +520,182 @@ impl Ws {
             .unwrap();
         while self.sock.read().is_ok() {}
     }
+}
+
+// ---------------------------------------------------------------------------------
+// The real binary as a child process.
+
+/// `klav` running as a child process, with its stderr collected.
+pub struct Klav {
+    pub child: Child,
+    pub addr: SocketAddr,
+    stderr: Arc<Mutex<String>>,
+    reader: Option<JoinHandle<()>>,
+}
+
+/// `klav` as a child process on a data directory (embedded PostgreSQL unless `env`
+/// sets `DATABASE_URL`), listening on an ephemeral loopback port, with extra
+/// environment variables.
+pub fn spawn_klav(data_dir: &Path, env: &[(&str, &str)]) -> Klav {
+    spawn_klav_with(data_dir, env, None)
+}
+
+/// As [`spawn_klav`], optionally under a file descriptor limit (soft and hard).
+pub fn spawn_klav_with(data_dir: &Path, env: &[(&str, &str)], max_fds: Option<u64>) -> Klav {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_klav"));
+    cmd.env_remove("DATABASE_URL")
+        .env("KLAV_DATA_DIR", data_dir)
+        .env("PORT", "0")
+        .env("HOST", "127.0.0.1")
+        .env("JWT_SECRET", SECRET);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(n) = max_fds {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit {
+                    rlim_cur: n as libc::rlim_t,
+                    rlim_max: n as libc::rlim_t,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let log = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("listening on ").nth(1) {
+                    let _ = tx.send(addr.trim().parse::<SocketAddr>().unwrap());
+                }
+                let mut l = log.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        })
+    };
+    let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(a) => a,
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "klav did not report its address; stderr:\n{}",
+                log.lock().unwrap()
+            );
+        }
+    };
+    Klav {
+        child,
+        addr,
+        stderr: log,
+        reader: Some(reader),
+    }
+}
+
+impl Klav {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// What it has written to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Everything it wrote to stderr (call after it exited).
+    pub fn full_stderr(&mut self) -> String {
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        self.stderr()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child.
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+
+    /// Its exit status, if it exits within `wait`.
+    pub fn wait_exit(&mut self, wait: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then its exit status (it must exit within 30 s).
+    pub fn terminate(&mut self) -> ExitStatus {
+        terminate(&mut self.child)
+    }
+}
+
+impl Drop for Klav {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// SIGTERM to a child, then its exit status (it must exit within 30 s).
+pub fn terminate(child: &mut Child) -> ExitStatus {
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "klav did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One HTTP request to `addr` on a fresh connection (`Connection: close`).
+pub fn http_to(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> Response {
+    let mut s = connect(addr);
+    let body = body.unwrap_or("");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    read_response(&mut s).expect("a response")
+}
+
+/// Registers `user` (password "pw") on the server at `addr` and returns a token.
+pub fn user_at(addr: SocketAddr, user: &str) -> String {
+    let body = json!({"username": user, "password": "pw"}).to_string();
+    let r = http_to(addr, "POST", "/register", Some(&body));
+    assert_eq!(r.status, 200, "register {user}: {}", r.body);
+    let r = http_to(addr, "POST", "/login", Some(&body));
+    assert_eq!(r.status, 200, "login {user}: {}", r.body);
+    r.json()["access_token"].as_str().unwrap().to_string()
 }

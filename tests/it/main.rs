@@ -5,9 +5,10 @@ mod harness;
 
 mod accounts;
 mod bench_smoke;
-mod import;
 mod database;
-mod upgrade;
+mod friends;
+mod hardening;
+mod import;
 mod messages;
 mod rooms;
-mod friends;
+mod upgrade;

@@ -42,7 +42,10 @@ fn msg_reaches_every_member_connection_and_nobody_else() {
     // Persisted with that id, Korean intact.
     let text: String = s
         .db()
-        .query_one("SELECT text FROM chat_logs WHERE id = $1 AND kind = 'msg'", &[&ids[0]])
+        .query_one(
+            "SELECT text FROM chat_logs WHERE id = $1 AND kind = 'msg'",
+            &[&ids[0]],
+        )
         .unwrap()
         .get(0);
     assert_eq!(text, "안녕하세요 👋");
@@ -68,7 +71,14 @@ fn msg_errors() {
     // 4000 characters (multi-byte) are fine, 4001 are not.
     let ok = "가".repeat(4000);
     c[0].send(json!({"type": "msg", "room_id": room, "text": ok}));
-    assert_eq!(c[0].expect("message")["text"].as_str().unwrap().chars().count(), 4000);
+    assert_eq!(
+        c[0].expect("message")["text"]
+            .as_str()
+            .unwrap()
+            .chars()
+            .count(),
+        4000
+    );
     let e = c[0].request(json!({"type": "msg", "room_id": room, "text": "a".repeat(4001)}));
     assert_eq!(e["code"], "TEXT_TOO_LONG");
     let e = c[0].request(json!({"type": "msg", "room_id": room, "text": "nul\u{0}"}));
@@ -89,12 +99,23 @@ fn dm_statuses_and_visibility() {
     let tb = s.token("bob");
     let mut b2 = s.ws(&tb);
     // Delivered to every connection of the recipient, nobody else.
-    let ack = c[0].request(json!({"type": "room_dm", "room_id": room, "to": "bob", "text": "secret"}));
+    let ack =
+        c[0].request(json!({"type": "room_dm", "room_id": room, "to": "bob", "text": "secret"}));
     assert_eq!(ack["type"], "dm_ack");
-    assert_eq!((ack["room"].as_str(), ack["to"].as_str(), ack["status"].as_str()), (Some(room.as_str()), Some("bob"), Some("DELIVERED")));
+    assert_eq!(
+        (
+            ack["room"].as_str(),
+            ack["to"].as_str(),
+            ack["status"].as_str()
+        ),
+        (Some(room.as_str()), Some("bob"), Some("DELIVERED"))
+    );
     for ws in [&mut c[1], &mut b2].into_iter() {
         let dm = ws.expect("dm");
-        assert_eq!((dm["from"].as_str(), dm["to"].as_str(), dm["text"].as_str()), (Some("alice"), Some("bob"), Some("secret")));
+        assert_eq!(
+            (dm["from"].as_str(), dm["to"].as_str(), dm["text"].as_str()),
+            (Some("alice"), Some("bob"), Some("secret"))
+        );
         assert_eq!(dm["room"], room.as_str());
         assert_eq!(dm["from_nickname"], "alice");
         assert!(dm["id"].is_i64());
@@ -102,11 +123,13 @@ fn dm_statuses_and_visibility() {
     c[0].silent();
     c[2].silent();
     // Statuses.
-    let ack = outsider.request(json!({"type": "room_dm", "room_id": room, "to": "bob", "text": "x"}));
+    let ack =
+        outsider.request(json!({"type": "room_dm", "room_id": room, "to": "bob", "text": "x"}));
     assert_eq!(ack["status"], "SENDER_NOT_IN_ROOM");
     let ack = c[0].request(json!({"type": "room_dm", "room_id": room, "to": "dora", "text": "x"}));
     assert_eq!(ack["status"], "RECIPIENT_NOT_IN_ROOM");
-    let ack = c[0].request(json!({"type": "room_dm", "room_id": room, "to": "nobody", "text": "x"}));
+    let ack =
+        c[0].request(json!({"type": "room_dm", "room_id": room, "to": "nobody", "text": "x"}));
     assert_eq!(ack["status"], "RECIPIENT_NOT_IN_ROOM");
     let e = c[0].request(json!({"type": "room_dm", "room_id": room, "text": "x"}));
     assert_eq!(e["code"], "ROOM_ID_AND_TO_REQUIRED");
@@ -116,10 +139,22 @@ fn dm_statuses_and_visibility() {
     outsider.silent();
     // DMs do not reach history of others.
     let h = c[2].request(json!({"type": "history", "room_id": room}));
-    assert!(h["items"].as_array().unwrap().iter().all(|i| i["kind"] != "dm"), "{h}");
+    assert!(
+        h["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["kind"] != "dm"),
+        "{h}"
+    );
     for who in [0, 1] {
         let h = c[who].request(json!({"type": "history", "room_id": room}));
-        let dms: Vec<&Value> = h["items"].as_array().unwrap().iter().filter(|i| i["kind"] == "dm").collect();
+        let dms: Vec<&Value> = h["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["kind"] == "dm")
+            .collect();
         assert_eq!(dms.len(), 1, "{h}");
         assert_eq!(dms[0]["to"], "bob");
         assert_eq!(dms[0]["text"], "secret");
@@ -134,7 +169,9 @@ fn offline_dms_are_queued_persisted_and_flushed_once() {
     bob.close();
     // The close handshake finished, so the server knows bob is offline.
     for i in 0..3 {
-        let ack = c[0].request(json!({"type": "room_dm", "room_id": room, "to": "bob", "text": format!("m{i}")}));
+        let ack = c[0].request(
+            json!({"type": "room_dm", "room_id": room, "to": "bob", "text": format!("m{i}")}),
+        );
         assert_eq!(ack["status"], "QUEUED");
     }
     let url = s.stop();
@@ -155,7 +192,11 @@ fn offline_dms_are_queued_persisted_and_flushed_once() {
     // Deleted once written: a second connection gets nothing.
     let mut deleted = false;
     for _ in 0..50 {
-        let n: i64 = s.db().query_one("SELECT count(*) FROM klav_offline_dms", &[]).unwrap().get(0);
+        let n: i64 = s
+            .db()
+            .query_one("SELECT count(*) FROM klav_offline_dms", &[])
+            .unwrap()
+            .get(0);
         if n == 0 {
             deleted = true;
             break;
@@ -178,7 +219,9 @@ fn offline_queue_keeps_the_newest_100() {
     c.pop().unwrap().close();
     std::thread::sleep(Duration::from_millis(200));
     for i in 0..105 {
-        let ack = c[0].request(json!({"type": "room_dm", "room_id": room, "to": "bob", "text": format!("{i:03}")}));
+        let ack = c[0].request(
+            json!({"type": "room_dm", "room_id": room, "to": "bob", "text": format!("{i:03}")}),
+        );
         assert_eq!(ack["status"], "QUEUED");
     }
     let t = s.token("bob");
@@ -220,16 +263,40 @@ fn history_order_limits_filters_and_membership() {
     assert!(first.get("to").is_none());
     // Clamping.
     let n = |v: Value| v["items"].as_array().unwrap().len();
-    assert_eq!(n(c[1].request(json!({"type": "history", "room_id": room, "limit": 0}))), 1);
-    assert_eq!(n(c[1].request(json!({"type": "history", "room_id": room, "limit": -5}))), 1);
-    assert_eq!(n(c[1].request(json!({"type": "history", "room_id": room, "limit": 1000}))), 33);
-    assert_eq!(n(c[1].request(json!({"type": "history", "room_id": room, "limit": "3"}))), 3);
+    assert_eq!(
+        n(c[1].request(json!({"type": "history", "room_id": room, "limit": 0}))),
+        1
+    );
+    assert_eq!(
+        n(c[1].request(json!({"type": "history", "room_id": room, "limit": -5}))),
+        1
+    );
+    assert_eq!(
+        n(c[1].request(json!({"type": "history", "room_id": room, "limit": 1000}))),
+        33
+    );
+    assert_eq!(
+        n(c[1].request(json!({"type": "history", "room_id": room, "limit": "3"}))),
+        3
+    );
     // Cursors by id.
-    let h = c[1].request(json!({"type": "history", "room_id": room, "before_id": ids[5], "limit": 3}));
-    let texts: Vec<&str> = h["items"].as_array().unwrap().iter().map(|i| i["text"].as_str().unwrap()).collect();
+    let h =
+        c[1].request(json!({"type": "history", "room_id": room, "before_id": ids[5], "limit": 3}));
+    let texts: Vec<&str> = h["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["text"].as_str().unwrap())
+        .collect();
     assert_eq!(texts, ["t2", "t3", "t4"]);
-    let h = c[1].request(json!({"type": "history", "room_id": room, "after_id": ids[25], "limit": 50}));
-    let texts: Vec<&str> = h["items"].as_array().unwrap().iter().map(|i| i["text"].as_str().unwrap()).collect();
+    let h =
+        c[1].request(json!({"type": "history", "room_id": room, "after_id": ids[25], "limit": 50}));
+    let texts: Vec<&str> = h["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["text"].as_str().unwrap())
+        .collect();
     assert_eq!(texts, ["t26", "t27", "t28", "t29"]);
     // Timestamps: set known times, then filter (with and without Z).
     let mut db = s.db();
@@ -241,10 +308,20 @@ fn history_order_limits_filters_and_membership() {
         .unwrap();
     }
     let h = c[1].request(json!({"type": "history", "room_id": room, "after": "2025-01-01T00:27:00Z", "before": "2025-02-01"}));
-    let texts: Vec<&str> = h["items"].as_array().unwrap().iter().map(|i| i["text"].as_str().unwrap()).collect();
+    let texts: Vec<&str> = h["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["text"].as_str().unwrap())
+        .collect();
     assert_eq!(texts, ["t28", "t29"]);
     let h = c[1].request(json!({"type": "history", "room_id": room, "before": "2025-01-01T00:02:00+00:00", "after": "2024-12-31T00:00:00"}));
-    let texts: Vec<&str> = h["items"].as_array().unwrap().iter().map(|i| i["text"].as_str().unwrap()).collect();
+    let texts: Vec<&str> = h["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["text"].as_str().unwrap())
+        .collect();
     assert_eq!(texts, ["t0", "t1"]);
     assert_eq!(h["items"][0]["ts"], "2025-01-01T00:00:00.000000+00:00");
     let e = c[1].request(json!({"type": "history", "room_id": room, "before": "yesterday"}));
@@ -271,12 +348,19 @@ fn a_failed_write_is_unavailable_and_delivers_nothing() {
     )
     .unwrap();
     let e = c[0].request(json!({"type": "msg", "room_id": room, "text": "lost?"}));
-    assert_eq!((e["type"].as_str(), e["code"].as_str()), (Some("error"), Some("UNAVAILABLE")));
+    assert_eq!(
+        (e["type"].as_str(), e["code"].as_str()),
+        (Some("error"), Some("UNAVAILABLE"))
+    );
     c[1].silent();
     c[0].silent();
-    let n: i64 = db.query_one("SELECT count(*) FROM chat_logs WHERE text = 'lost?'", &[]).unwrap().get(0);
+    let n: i64 = db
+        .query_one("SELECT count(*) FROM chat_logs WHERE text = 'lost?'", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(n, 0);
-    db.batch_execute("DROP TRIGGER klav_it_fail ON chat_logs").unwrap();
+    db.batch_execute("DROP TRIGGER klav_it_fail ON chat_logs")
+        .unwrap();
     c[0].send(json!({"type": "msg", "room_id": room, "text": "back"}));
     assert_eq!(c[1].expect("message")["text"], "back");
 }
@@ -299,7 +383,10 @@ fn retention_keeps_the_newest_n() {
     for _ in 0..60 {
         kept = s
             .db()
-            .query("SELECT id FROM chat_logs WHERE room_id = $1 ORDER BY id", &[&room])
+            .query(
+                "SELECT id FROM chat_logs WHERE room_id = $1 ORDER BY id",
+                &[&room],
+            )
             .unwrap()
             .iter()
             .map(|r| r.get(0))
@@ -345,7 +432,10 @@ fn concurrent_senders_one_order_per_room() {
                 while got.len() < MEMBERS * PER_SENDER {
                     let ev = ws.recv();
                     assert_eq!(ev["type"], "message", "{ev}");
-                    got.push((ev["id"].as_i64().unwrap(), ev["text"].as_str().unwrap().to_string()));
+                    got.push((
+                        ev["id"].as_i64().unwrap(),
+                        ev["text"].as_str().unwrap().to_string(),
+                    ));
                 }
                 ws.silent();
                 (r, got)
@@ -381,7 +471,10 @@ fn concurrent_senders_one_order_per_room() {
         // And history agrees.
         let db_ids: Vec<i64> = s
             .db()
-            .query("SELECT id FROM chat_logs WHERE room_id = $1 AND kind = 'msg' ORDER BY id", &[&rooms[r]])
+            .query(
+                "SELECT id FROM chat_logs WHERE room_id = $1 AND kind = 'msg' ORDER BY id",
+                &[&rooms[r]],
+            )
             .unwrap()
             .iter()
             .map(|row| row.get(0))
@@ -400,5 +493,8 @@ fn req_id_is_echoed_on_direct_replies() {
     assert_eq!(a.expect("create_room_ack")["req_id"], 42);
     a.send(json!({"type": "msg", "room_id": "r_x", "text": "t", "req_id": [1]}));
     let e = a.expect("error");
-    assert!(e.get("req_id").is_none(), "only strings and numbers are echoed: {e}");
+    assert!(
+        e.get("req_id").is_none(),
+        "only strings and numbers are echoed: {e}"
+    );
 }

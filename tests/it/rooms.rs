@@ -14,7 +14,12 @@ fn create_room_and_system_entry() {
     assert_eq!(ack["name"], "Lobby");
     let id = ack["room_id"].as_str().unwrap();
     assert!(id.len() == 10 && id.starts_with("r_"), "{id}");
-    assert!(id[2..].chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()), "{id}");
+    assert!(
+        id[2..]
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()),
+        "{id}"
+    );
     // Empty names are INVALID; nothing is created.
     for name in [json!(""), json!("   "), json!(null)] {
         let ack = a.request(json!({"type": "create_room", "name": name}));
@@ -24,13 +29,23 @@ fn create_room_and_system_entry() {
     let ack = a.request(json!({"type": "create_room"}));
     assert_eq!(ack["status"], "INVALID");
     let mut db = s.db();
-    let n: i64 = db.query_one("SELECT count(*) FROM rooms", &[]).unwrap().get(0);
+    let n: i64 = db
+        .query_one("SELECT count(*) FROM rooms", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(n, 1);
     let row = db
-        .query_one("SELECT kind, from_user, from_nickname, text FROM chat_logs WHERE room_id = $1", &[&id])
+        .query_one(
+            "SELECT kind, from_user, from_nickname, text FROM chat_logs WHERE room_id = $1",
+            &[&id],
+        )
         .unwrap();
-    let (kind, from, nick, text): (String, String, String, String) = (row.get(0), row.get(1), row.get(2), row.get(3));
-    assert_eq!((kind.as_str(), from.as_str(), nick.as_str()), ("system", "system", "system"));
+    let (kind, from, nick, text): (String, String, String, String) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert_eq!(
+        (kind.as_str(), from.as_str(), nick.as_str()),
+        ("system", "system", "system")
+    );
     assert_eq!(text, "대화방 \"Lobby\"을 alice 님이 만들었습니다");
     // The creator is not a member.
     let my = a.request(json!({"type": "my_rooms"}));
@@ -60,7 +75,10 @@ fn join_by_id_broadcasts_to_members_only() {
     outsider.silent();
     // Joining again: join_ack ALREADY, no broadcast.
     let ack = b.request(json!({"type": "join", "room_id": room}));
-    assert_eq!((ack["type"].as_str(), ack["status"].as_str()), (Some("join_ack"), Some("ALREADY")));
+    assert_eq!(
+        (ack["type"].as_str(), ack["status"].as_str()),
+        (Some("join_ack"), Some("ALREADY"))
+    );
     assert_eq!(ack["room"], room.as_str());
     a.silent();
     // System log entry written once.
@@ -77,9 +95,16 @@ fn join_errors() {
     let s = TestServer::start();
     let mut a = s.client("alice");
     let e = a.request(json!({"type": "join", "room_id": "r_deadbeef"}));
-    assert_eq!((e["type"].as_str(), e["code"].as_str()), (Some("error"), Some("ROOM_NOT_FOUND")));
+    assert_eq!(
+        (e["type"].as_str(), e["code"].as_str()),
+        (Some("error"), Some("ROOM_NOT_FOUND"))
+    );
     // Unknown ids are not created (the old squatting hole).
-    let n: i64 = s.db().query_one("SELECT count(*) FROM rooms", &[]).unwrap().get(0);
+    let n: i64 = s
+        .db()
+        .query_one("SELECT count(*) FROM rooms", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(n, 0);
     let e = a.request(json!({"type": "join"}));
     assert_eq!(e["code"], "ROOM_ID_OR_NAME_REQUIRED");
@@ -111,7 +136,11 @@ fn join_by_name_creates_then_reuses_oldest() {
     // `room` older clients send is a name in join, so `room_id` wins when both are given.
     let ack = a.request(json!({"type": "join", "room_id": room, "room": "other"}));
     assert_eq!(ack["status"], "ALREADY");
-    let n: i64 = s.db().query_one("SELECT count(*) FROM rooms WHERE name = 'other'", &[]).unwrap().get(0);
+    let n: i64 = s
+        .db()
+        .query_one("SELECT count(*) FROM rooms WHERE name = 'other'", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(n, 0);
 }
 
@@ -127,9 +156,19 @@ fn leave_notifies_remaining_members() {
     a.expect("system");
     let ack = b.request(json!({"type": "leave", "room_id": room}));
     assert_eq!(ack["type"], "leave_ack");
-    assert_eq!((ack["room"].as_str(), ack["status"].as_str()), (Some(room.as_str()), Some("LEFT")));
+    assert_eq!(
+        (ack["room"].as_str(), ack["status"].as_str()),
+        (Some(room.as_str()), Some("LEFT"))
+    );
     let ev = a.expect("system");
-    assert_eq!((ev["event"].as_str(), ev["user"].as_str(), ev["user_nickname"].as_str()), (Some("left"), Some("bob"), Some("bob")));
+    assert_eq!(
+        (
+            ev["event"].as_str(),
+            ev["user"].as_str(),
+            ev["user_nickname"].as_str()
+        ),
+        (Some("left"), Some("bob"), Some("bob"))
+    );
     b.silent();
     c.silent();
     // The leaver no longer receives room messages.
@@ -144,7 +183,10 @@ fn leave_notifies_remaining_members() {
     a.silent();
     let n: i64 = s
         .db()
-        .query_one("SELECT count(*) FROM chat_logs WHERE text LIKE '%나가셨습니다'", &[])
+        .query_one(
+            "SELECT count(*) FROM chat_logs WHERE text LIKE '%나가셨습니다'",
+            &[],
+        )
         .unwrap()
         .get(0);
     assert_eq!(n, 1);
@@ -180,11 +222,21 @@ fn my_rooms_order_and_last() {
     assert_eq!(info[0]["id"], r1.as_str());
     assert_eq!(info[0]["name"], "one");
     let last = &info[0]["last"];
-    assert_eq!((last["text"].as_str(), last["from"].as_str(), last["kind"].as_str()), (Some("hello one"), Some("alice"), Some("msg")));
+    assert_eq!(
+        (
+            last["text"].as_str(),
+            last["from"].as_str(),
+            last["kind"].as_str()
+        ),
+        (Some("hello one"), Some("alice"), Some("msg"))
+    );
     assert!(last["ts"].as_str().unwrap().ends_with("+00:00"));
     // A system entry counts as the last message.
     let last3 = &info[2]["last"];
-    assert_eq!((last3["kind"].as_str(), last3["from"].as_str()), (Some("system"), Some("system")));
+    assert_eq!(
+        (last3["kind"].as_str(), last3["from"].as_str()),
+        (Some("system"), Some("system"))
+    );
     assert_eq!(last3["text"], "alice 님이 입장하셨습니다");
     // Bob sees only his room.
     let my = b.request(json!({"type": "my_rooms"}));

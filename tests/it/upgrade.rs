@@ -10,25 +10,38 @@ use tungstenite::Message;
 use crate::harness::*;
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 fn token(claims: serde_json::Value, secret: &str, alg: Algorithm) -> String {
-    encode(&Header::new(alg), &claims, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
+    encode(
+        &Header::new(alg),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
 }
 
 #[test]
 fn header_and_query_tokens() {
     let s = TestServer::start();
     let t = s.user("alice");
-    let mut ws = Ws::connect_with(s.addr, "/ws", &[("Authorization", &format!("Bearer {t}"))]).unwrap();
+    let mut ws =
+        Ws::connect_with(s.addr, "/ws", &[("Authorization", &format!("Bearer {t}"))]).unwrap();
     ws.send(json!({"type": "nope"}));
     assert_eq!(ws.expect("error")["code"], "UNKNOWN_TYPE");
     // Scheme case-insensitive.
     Ws::connect_with(s.addr, "/ws", &[("Authorization", &format!("bEaReR {t}"))]).unwrap();
     Ws::connect(s.addr, &t).unwrap();
     // The header wins over the query.
-    let r = Ws::connect_with(s.addr, &format!("/ws?token={t}"), &[("Authorization", "Bearer junk")]);
+    let r = Ws::connect_with(
+        s.addr,
+        &format!("/ws?token={t}"),
+        &[("Authorization", "Bearer junk")],
+    );
     assert_eq!(r.err().map(|e| e.0), Some(403));
 }
 
@@ -42,27 +55,61 @@ fn refused_tokens_get_403_with_detail() {
         ("garbage", "/ws?token=abc.def.ghi".to_string()),
         (
             "expired",
-            format!("/ws?token={}", token(json!({"sub": "alice", "iat": now() - 7200, "exp": now() - 3600}), SECRET, Algorithm::HS256)),
+            format!(
+                "/ws?token={}",
+                token(
+                    json!({"sub": "alice", "iat": now() - 7200, "exp": now() - 3600}),
+                    SECRET,
+                    Algorithm::HS256
+                )
+            ),
         ),
         (
             "other secret",
-            format!("/ws?token={}", token(json!({"sub": "alice", "exp": exp}), "other", Algorithm::HS256)),
+            format!(
+                "/ws?token={}",
+                token(
+                    json!({"sub": "alice", "exp": exp}),
+                    "other",
+                    Algorithm::HS256
+                )
+            ),
         ),
         (
             "other algorithm",
-            format!("/ws?token={}", token(json!({"sub": "alice", "exp": exp}), SECRET, Algorithm::HS512)),
+            format!(
+                "/ws?token={}",
+                token(
+                    json!({"sub": "alice", "exp": exp}),
+                    SECRET,
+                    Algorithm::HS512
+                )
+            ),
         ),
         (
             "no sub",
-            format!("/ws?token={}", token(json!({"exp": exp}), SECRET, Algorithm::HS256)),
+            format!(
+                "/ws?token={}",
+                token(json!({"exp": exp}), SECRET, Algorithm::HS256)
+            ),
         ),
         (
             "no exp",
-            format!("/ws?token={}", token(json!({"sub": "alice"}), SECRET, Algorithm::HS256)),
+            format!(
+                "/ws?token={}",
+                token(json!({"sub": "alice"}), SECRET, Algorithm::HS256)
+            ),
         ),
         (
             "unregistered user",
-            format!("/ws?token={}", token(json!({"sub": "ghost", "exp": exp}), SECRET, Algorithm::HS256)),
+            format!(
+                "/ws?token={}",
+                token(
+                    json!({"sub": "ghost", "exp": exp}),
+                    SECRET,
+                    Algorithm::HS256
+                )
+            ),
         ),
     ];
     // alg: none, hand-made.
@@ -70,14 +117,24 @@ fn refused_tokens_get_403_with_detail() {
         use base64_like::encode_url;
         encode_url(v.to_string().as_bytes())
     };
-    let none_token = format!("{}.{}.", b64(json!({"alg": "none", "typ": "JWT"})), b64(json!({"sub": "alice", "exp": exp})));
+    let none_token = format!(
+        "{}.{}.",
+        b64(json!({"alg": "none", "typ": "JWT"})),
+        b64(json!({"sub": "alice", "exp": exp}))
+    );
     let mut cases = cases;
     cases.push(("alg none", format!("/ws?token={none_token}")));
     for (what, path) in cases {
-        let (status, body) = Ws::connect_with(s.addr, &path, &[]).err().unwrap_or_else(|| panic!("{what}: accepted"));
+        let (status, body) = Ws::connect_with(s.addr, &path, &[])
+            .err()
+            .unwrap_or_else(|| panic!("{what}: accepted"));
         assert_eq!(status, 403, "{what}");
-        let detail: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("{what}: body {body:?}"));
-        assert!(detail["detail"].as_str().is_some_and(|d| !d.is_empty()), "{what}: {body}");
+        let detail: serde_json::Value =
+            serde_json::from_str(&body).unwrap_or_else(|_| panic!("{what}: body {body:?}"));
+        assert!(
+            detail["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "{what}: {body}"
+        );
     }
 }
 
@@ -86,7 +143,9 @@ fn token_of_deleted_user_is_refused() {
     let s = TestServer::start();
     let t = s.user("temp");
     s.ws(&t);
-    s.db().execute("DELETE FROM users WHERE username = 'temp'", &[]).unwrap();
+    s.db()
+        .execute("DELETE FROM users WHERE username = 'temp'", &[])
+        .unwrap();
     let (status, body) = Ws::connect(s.addr, &t).err().unwrap();
     assert_eq!(status, 403);
     assert!(body.contains("not registered"), "{body}");
@@ -102,7 +161,10 @@ fn bad_frames_get_errors_and_keep_the_connection() {
     assert_eq!(ws.expect("error")["code"], "BAD_REQUEST");
     ws.send(json!({"no": "type", "req_id": 5}));
     let e = ws.expect("error");
-    assert_eq!((e["code"].as_str(), e["req_id"].as_i64()), (Some("BAD_REQUEST"), Some(5)));
+    assert_eq!(
+        (e["code"].as_str(), e["req_id"].as_i64()),
+        (Some("BAD_REQUEST"), Some(5))
+    );
     ws.send_raw(Message::binary(vec![1u8, 2, 3]));
     assert_eq!(ws.expect("error")["code"], "BAD_REQUEST");
     let e = ws.request(json!({"type": "frobnicate"}));
@@ -118,14 +180,9 @@ fn pings_are_answered_and_close_is_honoured() {
     let mut ws = s.client("alice");
     ws.send_raw(Message::Ping(vec![7u8, 7].into()));
     ws.sock.get_mut().set_read_timeout(Some(WAIT)).unwrap();
-    loop {
-        match ws.sock.read().unwrap() {
-            Message::Pong(p) => {
-                assert_eq!(&p[..], &[7, 7]);
-                break;
-            }
-            other => panic!("expected a pong, got {other:?}"),
-        }
+    match ws.sock.read().unwrap() {
+        Message::Pong(p) => assert_eq!(&p[..], &[7, 7]),
+        other => panic!("expected a pong, got {other:?}"),
     }
     ws.sock.close(None).unwrap();
     loop {
@@ -147,7 +204,10 @@ fn oversized_frame_closes_1009() {
     assert_eq!(frame.code, CloseCode::Size);
     // Others are unaffected.
     let mut other = s.client("bob");
-    assert_eq!(other.request(json!({"type": "my_rooms"}))["type"], "my_rooms");
+    assert_eq!(
+        other.request(json!({"type": "my_rooms"}))["type"],
+        "my_rooms"
+    );
 }
 
 #[test]
@@ -163,7 +223,11 @@ mod base64_like {
         const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
         let mut out = String::new();
         for chunk in data.chunks(3) {
-            let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
             let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
             for i in 0..=chunk.len() {
                 out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
