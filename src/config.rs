@@ -68,6 +68,10 @@ pub struct Config {
     pub login_max_failures: u32,
     pub login_max_failures_per_addr: u32,
     pub login_window: Duration,
+    /// `KLAV_HISTORY_CACHE_ENTRIES`: entries of active rooms kept in memory for
+    /// `history` (default 200,000; 0 turns the cache off). Each room keeps at most
+    /// its newest 200 (or the retention limit, if lower).
+    pub history_cache_entries: usize,
     /// `KLAV_FAULT_INJECTION=1` enables the `__panic` request (for testing the
     /// panic policy only; never set it in production).
     pub fault_injection: bool,
@@ -210,6 +214,12 @@ impl Config {
                 300,
             )?),
             fault_injection: get("KLAV_FAULT_INJECTION") == Some("1"),
+            history_cache_entries: parse(
+                get("KLAV_HISTORY_CACHE_ENTRIES"),
+                "KLAV_HISTORY_CACHE_ENTRIES",
+                200_000,
+                "a whole number (0 = no cache)",
+            )?,
             log_level: match get("KLAV_LOG").unwrap_or("info") {
                 "error" => crate::log::Level::Error,
                 "warn" => crate::log::Level::Warn,

@@ -11,6 +11,7 @@
 //! - [`protocol`]: request decoding, error codes, events.
 //! - [`handlers`]: one module per request family, plus HTTP accounts and sessions.
 //! - [`state`]: online users, room members and presence watchers in memory.
+//! - [`history_cache`]: the newest entries of active rooms, for `history`.
 //! - [`db`]: typed jobs, the workers and the single ordered writer, SQL, schema,
 //!   the embedded PostgreSQL cluster.
 //! - [`auth`]: JWTs (on the loop) and argon2id (on hashing threads).
@@ -23,6 +24,7 @@ pub mod config;
 pub mod conn;
 pub mod db;
 pub mod handlers;
+pub mod history_cache;
 pub mod http;
 pub mod import;
 pub mod log;

@@ -155,6 +155,11 @@ pub enum Job {
     OpenSession {
         username: String,
     },
+    /// The newest `limit` entries of a room, of every kind, to fill the history cache.
+    HistoryFill {
+        room: String,
+        limit: i64,
+    },
     DeleteOfflineDms {
         ids: Vec<i64>,
     },
@@ -236,7 +241,7 @@ impl Job {
 pub enum JoinResult {
     NotFound,
     Already { room: String },
-    Joined { room: String, log_id: i64 },
+    Joined { room: String },
 }
 
 #[derive(Clone, Debug)]
@@ -269,6 +274,12 @@ pub enum Outcome {
         room: String,
         items: Vec<ChatEntry>,
     },
+    /// Oldest first.
+    HistoryFill {
+        room: String,
+        limit: i64,
+        items: Vec<ChatEntry>,
+    },
     MyRooms(Vec<RoomInfo>),
     Following(Vec<UserRef>),
     Followers(Vec<UserRef>),
@@ -283,20 +294,25 @@ pub enum Outcome {
         removed: bool,
     },
     Pruned(u64),
+    /// `logged`: the system entries the job wrote (here and below), so the loop
+    /// can keep its history cache exact without reading them back.
     RoomCreated {
         room: String,
         name: String,
+        logged: Vec<ChatEntry>,
     },
     Join {
         username: String,
         nickname: String,
         result: JoinResult,
+        logged: Vec<ChatEntry>,
     },
     Leave {
         username: String,
         nickname: String,
         room: String,
         was_member: bool,
+        logged: Vec<ChatEntry>,
     },
     Msg {
         msg: NewMessage,

@@ -82,6 +82,20 @@ pub fn run<C: GenericClient>(c: &mut C, st: &mut Stmts, job: Job) -> Result<Outc
             let session = open_session(c, st, &username)?;
             Outcome::Session { username, session }
         }
+        Job::HistoryFill { room, limit } => {
+            let s = st.get(
+                c,
+                "SELECT id, ts, kind, room_id, from_user, from_nickname, to_user, text \
+                 FROM chat_logs WHERE room_id = $1 ORDER BY id DESC LIMIT $2",
+            )?;
+            let mut items: Vec<ChatEntry> = c
+                .query(&s, &[&room, &limit])?
+                .into_iter()
+                .map(entry_from_row)
+                .collect();
+            items.reverse();
+            Outcome::HistoryFill { room, limit, items }
+        }
         Job::DeleteOfflineDms { ids } => {
             let s = st.get(c, "DELETE FROM klav_offline_dms WHERE id = ANY($1)")?;
             c.execute(&s, &[&ids])?;
@@ -238,29 +252,30 @@ fn history<C: GenericClient>(
             &q.limit,
         ],
     )?;
-    let mut items: Vec<ChatEntry> = rows
-        .into_iter()
-        .map(|r| {
-            let from: Option<String> = r.get(4);
-            let from = from.unwrap_or_default();
-            let nick: Option<String> = r.get(5);
-            let ts: Option<SystemTime> = r.get(1);
-            let kind: Option<String> = r.get(2);
-            let text: Option<String> = r.get(7);
-            ChatEntry {
-                id: r.get(0),
-                ts: ts.unwrap_or(std::time::UNIX_EPOCH),
-                kind: kind.unwrap_or_else(|| "msg".into()),
-                room: r.get(3),
-                from_nickname: display_nickname(&from, nick),
-                from,
-                to: r.get(6),
-                text: text.unwrap_or_default(),
-            }
-        })
-        .collect();
+    let mut items: Vec<ChatEntry> = rows.into_iter().map(entry_from_row).collect();
     items.reverse();
     Ok(items)
+}
+
+/// A `chat_logs` row selected as `id, ts, kind, room_id, from_user,
+/// from_nickname, to_user, text` (old rows may have NULLs).
+fn entry_from_row(r: postgres::Row) -> ChatEntry {
+    let from: Option<String> = r.get(4);
+    let from = from.unwrap_or_default();
+    let nick: Option<String> = r.get(5);
+    let ts: Option<SystemTime> = r.get(1);
+    let kind: Option<String> = r.get(2);
+    let text: Option<String> = r.get(7);
+    ChatEntry {
+        id: r.get(0),
+        ts: ts.unwrap_or(std::time::UNIX_EPOCH),
+        kind: kind.unwrap_or_else(|| "msg".into()),
+        room: r.get(3),
+        from_nickname: display_nickname(&from, nick),
+        from,
+        to: r.get(6),
+        text: text.unwrap_or_default(),
+    }
 }
 
 fn my_rooms<C: GenericClient>(

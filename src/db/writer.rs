@@ -135,19 +135,22 @@ fn apply(
                 creator_nickname,
                 name,
             } => {
-                let room = create_room(tx, st, &name, &creator_nickname, &mut lasts)?;
-                Outcome::RoomCreated { room, name }
+                let mut logged = Vec::new();
+                let room = create_room(tx, st, &name, &creator_nickname, &mut lasts, &mut logged)?;
+                Outcome::RoomCreated { room, name, logged }
             }
             Job::Join {
                 username,
                 nickname,
                 by,
             } => {
-                let result = join(tx, st, &username, &nickname, by, &mut lasts)?;
+                let mut logged = Vec::new();
+                let result = join(tx, st, &username, &nickname, by, &mut lasts, &mut logged)?;
                 Outcome::Join {
                     username,
                     nickname,
                     result,
+                    logged,
                 }
             }
             Job::Leave {
@@ -160,15 +163,17 @@ fn apply(
                     "DELETE FROM room_members WHERE room_id = $1 AND username = $2",
                 )?;
                 let was_member = tx.execute(&s, &[&room, &username])? > 0;
+                let mut logged = Vec::new();
                 if was_member {
                     let text = format!("{nickname} 님이 나가셨습니다");
-                    system_entry(tx, st, &room, &text, &mut lasts)?;
+                    system_entry(tx, st, &room, &text, &mut lasts, &mut logged)?;
                 }
                 Outcome::Leave {
                     username,
                     nickname,
                     room,
                     was_member,
+                    logged,
                 }
             }
             Job::Dm {
@@ -291,13 +296,24 @@ fn system_entry(
     room: &str,
     text: &str,
     lasts: &mut HashMap<String, Last>,
-) -> Result<i64, DbError> {
+    logged: &mut Vec<ChatEntry>,
+) -> Result<(), DbError> {
     let s = st.get(
         tx,
         "INSERT INTO chat_logs (room_id, ts, kind, from_user, from_nickname, to_user, text) \
-         VALUES ($1, now(), 'system', 'system', 'system', NULL, $2) RETURNING id",
+         VALUES ($1, now(), 'system', 'system', 'system', NULL, $2) RETURNING id, ts",
     )?;
-    let id: i64 = tx.query_one(&s, &[&room, &text])?.get(0);
+    let row = tx.query_one(&s, &[&room, &text])?;
+    logged.push(ChatEntry {
+        id: row.get(0),
+        ts: row.get(1),
+        kind: "system".into(),
+        room: room.to_string(),
+        from: "system".into(),
+        from_nickname: "system".into(),
+        to: None,
+        text: text.to_string(),
+    });
     lasts.insert(
         room.to_string(),
         Last {
@@ -306,7 +322,7 @@ fn system_entry(
             kind: "system",
         },
     );
-    Ok(id)
+    Ok(())
 }
 
 /// A fresh `r_` + 8 lowercase hex digits from the OS's cryptographic RNG.
@@ -322,6 +338,7 @@ fn create_room(
     name: &str,
     creator_nickname: &str,
     lasts: &mut HashMap<String, Last>,
+    logged: &mut Vec<ChatEntry>,
 ) -> Result<String, DbError> {
     let s = st.get(
         tx,
@@ -332,7 +349,7 @@ fn create_room(
         let id = new_room_id();
         if tx.execute(&s, &[&id, &name])? == 1 {
             let text = format!("대화방 \"{name}\"을 {creator_nickname} 님이 만들었습니다");
-            system_entry(tx, st, &id, &text, lasts)?;
+            system_entry(tx, st, &id, &text, lasts, logged)?;
             return Ok(id);
         }
     }
@@ -345,6 +362,7 @@ fn join(
     nickname: &str,
     by: JoinBy,
     lasts: &mut HashMap<String, Last>,
+    logged: &mut Vec<ChatEntry>,
 ) -> Result<JoinResult, DbError> {
     let room = match by {
         JoinBy::Id(id) => {
@@ -361,7 +379,7 @@ fn join(
             )?;
             match tx.query_opt(&s, &[&name])? {
                 Some(r) => r.get(0),
-                None => create_room(tx, st, &name, nickname, lasts)?,
+                None => create_room(tx, st, &name, nickname, lasts, logged)?,
             }
         }
     };
@@ -374,8 +392,8 @@ fn join(
         return Ok(JoinResult::Already { room });
     }
     let text = format!("{nickname} 님이 입장하셨습니다");
-    let log_id = system_entry(tx, st, &room, &text, lasts)?;
-    Ok(JoinResult::Joined { room, log_id })
+    system_entry(tx, st, &room, &text, lasts, logged)?;
+    Ok(JoinResult::Joined { room })
 }
 
 fn dm(

@@ -3,7 +3,7 @@
 
 use super::messages::check_text;
 use super::Ctx;
-use crate::db::jobs::{DmResult, NewMessage};
+use crate::db::jobs::{ChatEntry, DmResult, NewMessage};
 use crate::db::{Job, Ticket};
 use crate::protocol::{ErrorCode, Event, Request, RequestError};
 use crate::server::hub::Hub;
@@ -70,13 +70,21 @@ pub fn stored(hub: &mut Hub, t: &Ticket, msg: NewMessage, to: String, result: Dm
     let room = msg.room.clone();
     let status = match result {
         DmResult::RecipientNotInRoom => "RECIPIENT_NOT_IN_ROOM",
-        DmResult::Stored { queued: true, .. } => {
+        DmResult::Stored { id, ts, queued } => {
             hub.metrics.dms += 1;
-            "QUEUED"
-        }
-        DmResult::Stored { id, ts, .. } => {
-            hub.metrics.dms += 1;
-            if hub.state.is_online(&to) {
+            hub.history.append(ChatEntry {
+                id,
+                ts,
+                kind: "dm".into(),
+                room: msg.room.clone(),
+                from: msg.from.clone(),
+                from_nickname: msg.from_nickname.clone(),
+                to: Some(to.clone()),
+                text: msg.text.clone(),
+            });
+            if queued {
+                "QUEUED"
+            } else if hub.state.is_online(&to) {
                 let ev = Event::new("dm")
                     .with("id", id)
                     .with("room", msg.room)

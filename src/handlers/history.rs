@@ -54,12 +54,52 @@ impl History {
             return Err(ErrorCode::NotAMember.into());
         }
         self.query.username = cx.user.clone();
+        let cached = hub
+            .history
+            .query(&self.query)
+            .map(|items| cached_reply(&self.query.room, &items, &cx.req.req_id));
+        if let Some(frame) = cached {
+            hub.send_bytes(cx.id, &frame);
+            return Ok(());
+        }
+        if hub.history.needs_fill(&self.query.room) {
+            let fill = Job::HistoryFill {
+                room: self.query.room.clone(),
+                limit: hub.history.per_room() as i64,
+            };
+            hub.submit(Ticket::internal(), fill);
+        }
         hub.submit_ws(cx.id, &cx.req.req_id, Job::History(self.query));
         Ok(())
     }
 }
 
-pub fn entry_json(e: ChatEntry) -> Value {
+/// A `history` reply assembled from pre-serialized items: the same JSON an
+/// [`Event`] would produce, without building it value by value.
+fn cached_reply(room: &str, items: &[&str], req_id: &Option<Value>) -> Vec<u8> {
+    let len: usize = items.iter().map(|i| i.len() + 1).sum();
+    let mut json = String::with_capacity(len + 128);
+    json.push_str("{\"type\":\"history\",\"ts\":\"");
+    json.push_str(&crate::time::now_iso());
+    json.push_str("\",\"room\":");
+    json.push_str(&Value::from(room).to_string());
+    json.push_str(",\"items\":[");
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            json.push(',');
+        }
+        json.push_str(item);
+    }
+    json.push(']');
+    if let Some(id) = req_id {
+        json.push_str(",\"req_id\":");
+        json.push_str(&id.to_string());
+    }
+    json.push('}');
+    crate::ws::text_frame(json.as_bytes())
+}
+
+pub fn entry_json(e: &ChatEntry) -> Value {
     let mut v = json!({
         "id": e.id,
         "ts": crate::time::format_iso(e.ts),
@@ -69,14 +109,14 @@ pub fn entry_json(e: ChatEntry) -> Value {
         "from_nickname": e.from_nickname,
         "text": e.text,
     });
-    if let Some(to) = e.to {
-        v["to"] = Value::String(to);
+    if let Some(to) = &e.to {
+        v["to"] = Value::String(to.clone());
     }
     v
 }
 
 pub fn done(hub: &mut Hub, t: &Ticket, room: String, items: Vec<ChatEntry>) {
-    let items: Vec<Value> = items.into_iter().map(entry_json).collect();
+    let items: Vec<Value> = items.iter().map(entry_json).collect();
     let ev = Event::new("history")
         .with("room", room)
         .with("items", items);

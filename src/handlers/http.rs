@@ -104,9 +104,20 @@ fn route(hub: &mut Hub, id: ConnId, req: Request) {
                 .values()
                 .filter(|u| !u.conns.is_empty())
                 .count();
-            let text = hub
+            let mut text = hub
                 .metrics
                 .render(hub.conns.len(), ws, online, hub.db.queue_depth());
+            text.push_str(&format!(
+                "# HELP klav_history_cache_hits_total history requests answered from memory.\n\
+                 # TYPE klav_history_cache_hits_total counter\nklav_history_cache_hits_total {}\n\
+                 # HELP klav_history_cache_misses_total history requests sent to PostgreSQL.\n\
+                 # TYPE klav_history_cache_misses_total counter\nklav_history_cache_misses_total {}\n\
+                 # HELP klav_history_cache_entries Log entries held in memory.\n\
+                 # TYPE klav_history_cache_entries gauge\nklav_history_cache_entries {}\n",
+                hub.history.hits,
+                hub.history.misses,
+                hub.history.total()
+            ));
             let resp = http::response(200, "text/plain; version=0.0.4", text.as_bytes(), ka, &[]);
             respond(hub, id, resp, ka);
         }

@@ -2,7 +2,9 @@
 //! then fanned out to every connection of every online member, framed once.
 
 use super::Ctx;
-use crate::db::jobs::NewMessage;
+use std::time::SystemTime;
+
+use crate::db::jobs::{ChatEntry, NewMessage};
 use crate::db::Job;
 use crate::protocol::{ErrorCode, Event, Request, RequestError};
 use crate::server::hub::Hub;
@@ -58,16 +60,26 @@ impl Msg {
 }
 
 /// Committed: now every member's connections get it, in commit (= id) order.
-pub fn stored(hub: &mut Hub, msg: NewMessage, id: i64) {
+pub fn stored(hub: &mut Hub, msg: NewMessage, id: i64, ts: SystemTime) {
     hub.metrics.messages += 1;
     let ev = Event::new("message")
         .with("id", id)
         .with("room", msg.room.as_str())
-        .with("from", msg.from)
-        .with("from_nickname", msg.from_nickname)
-        .with("text", msg.text);
+        .with("from", msg.from.as_str())
+        .with("from_nickname", msg.from_nickname.as_str())
+        .with("text", msg.text.as_str());
     hub.to_room(&msg.room, &ev);
     if !hub.state.touched_rooms.contains(&msg.room) {
-        hub.state.touched_rooms.insert(msg.room);
+        hub.state.touched_rooms.insert(msg.room.clone());
     }
+    hub.history.append(ChatEntry {
+        id,
+        ts,
+        kind: "msg".into(),
+        room: msg.room,
+        from: msg.from,
+        from_nickname: msg.from_nickname,
+        to: None,
+        text: msg.text,
+    });
 }

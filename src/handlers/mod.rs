@@ -164,6 +164,7 @@ fn on_outcome(hub: &mut Hub, t: crate::db::Ticket, outcome: Outcome) {
         Outcome::Done | Outcome::Pruned(_) => {}
         Outcome::Session { username, session } => session::opened(hub, t.conn, &username, session),
         Outcome::History { room, items } => history::done(hub, &t, room, items),
+        Outcome::HistoryFill { room, limit, items } => hub.history.filled(&room, limit, items),
         Outcome::MyRooms(rooms) => rooms::my_rooms_done(hub, &t, rooms),
         Outcome::Following(users) => friends::list_done(hub, &t, "following", users),
         Outcome::Followers(users) => friends::list_done(hub, &t, "followers", users),
@@ -171,19 +172,30 @@ fn on_outcome(hub: &mut Hub, t: crate::db::Ticket, outcome: Outcome) {
         Outcome::Unfollow { from, to, removed } => {
             friends::unfollow_done(hub, &t, from, to, removed)
         }
-        Outcome::RoomCreated { room, name } => rooms::created(hub, &t, room, name),
+        Outcome::RoomCreated { room, name, logged } => {
+            logged.into_iter().for_each(|e| hub.history.append(e));
+            rooms::created(hub, &t, room, name)
+        }
         Outcome::Join {
             username,
             nickname,
             result,
-        } => rooms::join_done(hub, &t, username, nickname, result),
+            logged,
+        } => {
+            logged.into_iter().for_each(|e| hub.history.append(e));
+            rooms::join_done(hub, &t, username, nickname, result)
+        }
         Outcome::Leave {
             username,
             nickname,
             room,
             was_member,
-        } => rooms::leave_done(hub, &t, username, nickname, room, was_member),
-        Outcome::Msg { msg, id, .. } => messages::stored(hub, msg, id),
+            logged,
+        } => {
+            logged.into_iter().for_each(|e| hub.history.append(e));
+            rooms::leave_done(hub, &t, username, nickname, room, was_member)
+        }
+        Outcome::Msg { msg, id, ts } => messages::stored(hub, msg, id, ts),
         Outcome::Dm { msg, to, result } => dm::stored(hub, &t, msg, to, result),
     }
 }

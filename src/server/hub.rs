@@ -14,6 +14,7 @@ use crate::auth::password::{HashJob, HashPool};
 use crate::config::Config;
 use crate::conn::{Conn, ConnId, Phase};
 use crate::db::{Db, Job, Ticket};
+use crate::history_cache::HistoryCache;
 use crate::metrics::Metrics;
 use crate::protocol::{ErrorCode, Event, RequestError};
 use crate::state::State;
@@ -83,6 +84,7 @@ pub struct Hub {
     pub config: Arc<Config>,
     pub metrics: Metrics,
     pub login_throttle: LoginThrottle,
+    pub history: HistoryCache,
     /// Slots with new output, flushed once at the end of the loop turn.
     pub dirty: Vec<usize>,
     /// Connections to close after this batch of events (handlers never remove

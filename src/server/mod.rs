@@ -33,6 +33,7 @@ use crate::config::Config;
 use crate::conn::{Conn, ConnId, HttpState, Phase};
 use crate::db::{Completion, CompletionSink, Db, DbError, DbSettings, Job, Ticket, Wakeup};
 use crate::handlers;
+use crate::history_cache::HistoryCache;
 use crate::http;
 use crate::metrics::Metrics;
 use crate::state::State;
@@ -173,6 +174,11 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
         config.login_max_failures_per_addr,
         config.login_window,
     );
+    let per_room = match config.max_logs_per_room {
+        0 => crate::handlers::history::MAX_LIMIT as usize,
+        n => (n as usize).min(crate::handlers::history::MAX_LIMIT as usize),
+    };
+    let history = HistoryCache::new(per_room, config.history_cache_entries);
     let server = Server {
         poll,
         listener: Some(listener),
@@ -185,6 +191,7 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
             config,
             metrics: Metrics::default(),
             login_throttle,
+            history,
             dirty: Vec::new(),
             close_soon: Vec::new(),
             again: Vec::new(),
@@ -467,6 +474,10 @@ impl Server {
             match result {
                 Ok(msg) => {
                     handlers::on_ws_message(&mut self.hub, id, msg);
+                    if self.hub.close_soon.iter().any(|(c, _)| *c == id) {
+                        // Told to close (e.g. a flood): take no further requests.
+                        return;
+                    }
                 }
                 Err(e) => {
                     self.on_ws_error(id, e);
@@ -520,10 +531,18 @@ impl Server {
 
     /// Applies the close requests gathered during this turn.
     fn process_closes(&mut self) {
+        if self.hub.close_soon.is_empty() {
+            return;
+        }
+        // One close per connection: a fan-out that overflows a slow consumer asks
+        // once per frame; the first reason stands.
+        let mut done = std::collections::HashSet::new();
         while !self.hub.close_soon.is_empty() {
             let batch = std::mem::take(&mut self.hub.close_soon);
             for (id, reason) in batch {
-                self.close_conn(id, reason);
+                if done.insert(id) {
+                    self.close_conn(id, reason);
+                }
             }
         }
     }
@@ -706,6 +725,10 @@ impl Server {
             self.hub.send_bytes(id, &[0x89, 0x00]);
         }
         self.hub.login_throttle.sweep(now);
+        let members = &self.hub.state.room_members;
+        self.hub
+            .history
+            .retain_rooms(|room| members.contains_key(room));
         let lingering = std::mem::take(&mut self.lingering);
         for (id, deadline) in lingering {
             if self.hub.conn(id).is_none() {

@@ -235,11 +235,14 @@ fn offline_queue_keeps_the_newest_100() {
     assert_eq!(texts, expected);
 }
 
+/// The database path of `history` (the cache is off: this test rewrites
+/// timestamps behind the server's back).
 #[test]
 fn history_order_limits_filters_and_membership() {
     let s = TestServer::with(|c| {
         c.rate_burst = 1000.0;
         c.rate_per_sec = 1000.0;
+        c.history_cache_entries = 0;
     });
     let (room, mut c) = room_with(&s, &["alice", "bob"]);
     let mut ids = Vec::new();
@@ -497,4 +500,83 @@ fn req_id_is_echoed_on_direct_replies() {
         e.get("req_id").is_none(),
         "only strings and numbers are echoed: {e}"
     );
+}
+
+/// `history` answered from the server's memory must equal the database's answer
+/// for every filter, for every member (DM visibility), after joins, leaves,
+/// messages and DMs, and past the cache's per-room capacity.
+#[test]
+fn history_cache_agrees_with_the_database() {
+    let s = TestServer::with(|c| {
+        c.rate_burst = 10_000.0;
+        c.rate_per_sec = 10_000.0;
+        c.max_logs_per_room = 0;
+    });
+    let (room, mut c) = room_with(&s, &["alice", "bob", "carl"]);
+    // Fill the cache early, then keep writing: appends must keep it exact.
+    c[0].request(json!({"type": "history", "room_id": room}));
+    std::thread::sleep(Duration::from_millis(200));
+    for i in 0..230 {
+        match i % 7 {
+            3 => {
+                let to = ["alice", "bob", "carl"][(i + 1) % 3];
+                let ack = c[i % 3].request(
+                    json!({"type": "room_dm", "room_id": room, "to": to, "text": format!("dm{i}")}),
+                );
+                assert_eq!(ack["status"], "DELIVERED");
+            }
+            _ => {
+                c[i % 3].send(json!({"type": "msg", "room_id": room, "text": format!("m{i}")}));
+            }
+        }
+    }
+    // A leave and a re-join write system entries.
+    c[2].request(json!({"type": "leave", "room_id": room}));
+    c[2].send(json!({"type": "join", "room_id": room}));
+    // Let every delivery arrive.
+    for ws in c.iter_mut() {
+        while ws.try_recv(Duration::from_millis(400)).is_some() {}
+    }
+    let uncached = TestServer::on_db(&s.db_url, |c| c.history_cache_entries = 0);
+    let users = ["alice", "bob", "carl"];
+    let mut direct: Vec<Ws> = users
+        .iter()
+        .map(|u| uncached.ws(&uncached.token(u)))
+        .collect();
+    let all = direct[0].request(json!({"type": "history", "room_id": room, "limit": 200}));
+    let items = all["items"].as_array().unwrap();
+    let mid_id = items[100]["id"].as_i64().unwrap();
+    let mid_ts = items[120]["ts"].as_str().unwrap().to_string();
+    let late_ts = items[190]["ts"].as_str().unwrap().to_string();
+    let queries = [
+        json!({}),
+        json!({"limit": 200}),
+        json!({"limit": 1}),
+        json!({"limit": 50, "before_id": mid_id}),
+        json!({"limit": 50, "after_id": mid_id}),
+        json!({"limit": 200, "before_id": mid_id}),
+        json!({"limit": 30, "before": mid_ts}),
+        json!({"limit": 30, "after": mid_ts, "before": late_ts}),
+        json!({"limit": 10, "after_id": mid_id, "before_id": mid_id + 20}),
+    ];
+    for (u, user) in users.iter().enumerate() {
+        for q in &queries {
+            let mut req = q.clone();
+            req["type"] = json!("history");
+            req["room_id"] = json!(room);
+            let a = c[u].request(req.clone());
+            let b = direct[u].request(req.clone());
+            assert_eq!(a["items"], b["items"], "{user}: {req}");
+            assert!(!a["items"].as_array().unwrap().is_empty(), "{user}: {req}");
+        }
+    }
+    // The cache served at least some of these.
+    let m = s.http("GET", "/metrics", None).body;
+    let hits: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("klav_history_cache_hits_total "))
+        .expect("hits metric")
+        .parse()
+        .unwrap();
+    assert!(hits > 0, "{m}");
 }

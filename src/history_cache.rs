@@ -1,0 +1,330 @@
+//! The newest entries of active rooms, kept in memory so that `history` — the
+//! request clients send on every room switch — usually needs no database at all.
+//!
+//! Every entry reaches `chat_logs` through the single writer and then passes
+//! through the loop (its completion), in id order. So once a room's newest entries
+//! are loaded (one `HistoryFill` job), appending each committed entry keeps the
+//! cache exact. A request is answered from the cache only when the cache provably
+//! holds every entry the answer could contain; otherwise it goes to PostgreSQL as
+//! before. Entries are kept pre-serialized, so a cached answer is a concatenation.
+//!
+//! Bounds: at most `per_room` entries per room (never more than retention keeps, so
+//! a pruned entry cannot be served), at most `max_entries` in all (least recently
+//! used rooms are dropped), and only for rooms with online members.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::db::jobs::{ChatEntry, HistoryQuery};
+
+struct Cached {
+    id: i64,
+    ts: SystemTime,
+    is_dm: bool,
+    from: String,
+    to: Option<String>,
+    /// The entry as a `history` item, serialized once.
+    json: Box<str>,
+}
+
+struct RoomLog {
+    entries: VecDeque<Cached>,
+    /// The cache holds every entry the room has (it has fewer than `per_room`).
+    whole: bool,
+    last_used: u64,
+}
+
+enum Slot {
+    /// A fill is in flight (since when); entries committed meanwhile wait here.
+    Filling(Vec<ChatEntry>, Instant),
+    Ready(RoomLog),
+}
+
+/// A fill that has not come back by then is given up (it failed).
+const FILL_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct HistoryCache {
+    rooms: HashMap<String, Slot>,
+    per_room: usize,
+    max_entries: usize,
+    total: usize,
+    tick: u64,
+    pub hits: u64,
+    pub misses: u64,
+}
+
+/// The answer to a query, when the cache can give it: serialized items, oldest first.
+pub type Hit<'a> = Vec<&'a str>;
+
+impl HistoryCache {
+    pub fn new(per_room: usize, max_entries: usize) -> HistoryCache {
+        HistoryCache {
+            rooms: HashMap::new(),
+            per_room,
+            max_entries,
+            total: 0,
+            tick: 0,
+            hits: 0,
+            misses: 0,
+        }
+    }
+
+    /// Entries kept per room (what a fill asks for).
+    pub fn per_room(&self) -> usize {
+        self.per_room
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.per_room > 0 && self.max_entries > 0
+    }
+
+    /// A committed entry; kept if its room is cached (or being filled).
+    pub fn append(&mut self, e: ChatEntry) {
+        match self.rooms.get_mut(&e.room) {
+            None => {}
+            Some(Slot::Filling(pending, _)) => {
+                // Only the newest `per_room` can matter once the fill arrives.
+                if pending.len() >= self.per_room {
+                    pending.remove(0);
+                }
+                pending.push(e);
+            }
+            Some(Slot::Ready(log)) => {
+                if log.entries.back().is_some_and(|last| last.id >= e.id) {
+                    return;
+                }
+                log.entries.push_back(cached(e));
+                self.total += 1;
+                if log.entries.len() > self.per_room {
+                    log.entries.pop_front();
+                    log.whole = false;
+                    self.total -= 1;
+                }
+            }
+        }
+    }
+
+    /// Answers `q` from memory, or returns `None` (and the caller asks PostgreSQL;
+    /// [`HistoryCache::needs_fill`] tells whether to start loading the room).
+    pub fn query(&mut self, q: &HistoryQuery) -> Option<Hit<'_>> {
+        self.tick += 1;
+        let tick = self.tick;
+        let Some(Slot::Ready(log)) = self.rooms.get_mut(&q.room) else {
+            self.misses += 1;
+            return None;
+        };
+        log.last_used = tick;
+        let limit = q.limit.max(0) as usize;
+        let mut out: Vec<&str> = Vec::with_capacity(limit.min(log.entries.len()));
+        for c in log.entries.iter().rev() {
+            if out.len() == limit {
+                break;
+            }
+            if q.before_id.is_some_and(|b| c.id >= b)
+                || q.after_id.is_some_and(|a| c.id <= a)
+                || q.before.is_some_and(|b| c.ts >= b)
+                || q.after.is_some_and(|a| c.ts <= a)
+                || (c.is_dm && c.from != q.username && c.to.as_deref() != Some(&q.username))
+            {
+                continue;
+            }
+            out.push(&c.json);
+        }
+        if out.len() < limit && !log.whole {
+            // Older matching entries may exist beyond what is cached.
+            self.misses += 1;
+            return None;
+        }
+        self.hits += 1;
+        out.reverse();
+        Some(out)
+    }
+
+    /// Whether a fill should be started for `room` (not cached, not filling).
+    pub fn needs_fill(&mut self, room: &str) -> bool {
+        if !self.enabled() || self.rooms.contains_key(room) {
+            return false;
+        }
+        self.rooms
+            .insert(room.to_string(), Slot::Filling(Vec::new(), Instant::now()));
+        true
+    }
+
+    /// The fill came back: the newest entries as of its snapshot, oldest first.
+    pub fn filled(&mut self, room: &str, limit: i64, items: Vec<ChatEntry>) {
+        let Some(Slot::Filling(pending, _)) = self.rooms.remove(room) else {
+            return;
+        };
+        self.tick += 1;
+        let whole = (items.len() as i64) < limit;
+        let mut log = RoomLog {
+            entries: items.into_iter().map(cached).collect(),
+            whole,
+            last_used: self.tick,
+        };
+        self.total += log.entries.len();
+        // Entries committed while the fill ran (some may also be in it).
+        let max_id = log.entries.back().map_or(i64::MIN, |c| c.id);
+        for e in pending.into_iter().filter(|e| e.id > max_id) {
+            log.entries.push_back(cached(e));
+            self.total += 1;
+        }
+        while log.entries.len() > self.per_room {
+            log.entries.pop_front();
+            log.whole = false;
+            self.total -= 1;
+        }
+        self.rooms.insert(room.to_string(), Slot::Ready(log));
+        self.enforce_budget();
+    }
+
+    /// Drops rooms nobody online belongs to, and fills that never came back
+    /// (called once a second).
+    pub fn retain_rooms(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        let mut freed = 0;
+        self.rooms.retain(|room, slot| {
+            let k = match slot {
+                Slot::Filling(_, since) => since.elapsed() < FILL_TIMEOUT && keep(room),
+                Slot::Ready(_) => keep(room),
+            };
+            if !k {
+                if let Slot::Ready(log) = slot {
+                    freed += log.entries.len();
+                }
+            }
+            k
+        });
+        self.total -= freed;
+    }
+
+    /// Least recently used rooms go first when over the total budget.
+    fn enforce_budget(&mut self) {
+        while self.total > self.max_entries {
+            let victim = self
+                .rooms
+                .iter()
+                .filter_map(|(k, s)| match s {
+                    Slot::Ready(log) => Some((log.last_used, k.clone())),
+                    Slot::Filling(..) => None,
+                })
+                .min();
+            let Some((_, room)) = victim else { return };
+            if let Some(Slot::Ready(log)) = self.rooms.remove(&room) {
+                self.total -= log.entries.len();
+            }
+        }
+    }
+
+    /// Entries held in memory (for metrics).
+    pub fn total(&self) -> usize {
+        self.total
+    }
+}
+
+fn cached(e: ChatEntry) -> Cached {
+    let json = crate::handlers::history::entry_json(&e)
+        .to_string()
+        .into_boxed_str();
+    Cached {
+        id: e.id,
+        ts: e.ts,
+        is_dm: e.kind == "dm",
+        from: e.from,
+        to: e.to,
+        json,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn entry(id: i64, kind: &str, from: &str, to: Option<&str>) -> ChatEntry {
+        ChatEntry {
+            id,
+            ts: UNIX_EPOCH + Duration::from_secs(id as u64),
+            kind: kind.into(),
+            room: "r".into(),
+            from: from.into(),
+            from_nickname: from.into(),
+            to: to.map(str::to_string),
+            text: format!("t{id}"),
+        }
+    }
+
+    fn q(user: &str, limit: i64) -> HistoryQuery {
+        HistoryQuery {
+            room: "r".into(),
+            username: user.into(),
+            limit,
+            before: None,
+            after: None,
+            before_id: None,
+            after_id: None,
+        }
+    }
+
+    fn ids(hit: Hit<'_>) -> Vec<i64> {
+        hit.iter()
+            .map(|j| {
+                serde_json::from_str::<serde_json::Value>(j).unwrap()["id"]
+                    .as_i64()
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn fill_merge_and_queries() {
+        let mut c = HistoryCache::new(5, 100);
+        assert!(c.query(&q("a", 3)).is_none());
+        assert!(c.needs_fill("r"));
+        assert!(!c.needs_fill("r"));
+        // Committed while the fill runs: 3 is in both, 4 only here.
+        c.append(entry(3, "msg", "a", None));
+        c.append(entry(4, "dm", "a", Some("b")));
+        c.filled(
+            "r",
+            5,
+            vec![
+                entry(1, "system", "system", None),
+                entry(2, "msg", "b", None),
+                entry(3, "msg", "a", None),
+            ],
+        );
+        assert_eq!(ids(c.query(&q("a", 10)).unwrap()), [1, 2, 3, 4]);
+        // DMs only for their parties; the room is whole, so short answers are complete.
+        assert_eq!(ids(c.query(&q("z", 10)).unwrap()), [1, 2, 3]);
+        let mut f = q("a", 2);
+        f.before_id = Some(4);
+        assert_eq!(ids(c.query(&f).unwrap()), [2, 3]);
+        // Past the per-room cap the cache is no longer whole.
+        c.append(entry(5, "msg", "a", None));
+        c.append(entry(6, "msg", "a", None));
+        assert_eq!(ids(c.query(&q("a", 3)).unwrap()), [4, 5, 6]);
+        assert!(c.query(&q("a", 10)).is_none(), "older entries may exist");
+        assert_eq!(c.total(), 5);
+        c.retain_rooms(|_| false);
+        assert_eq!(c.total(), 0);
+    }
+
+    #[test]
+    fn budget_drops_least_recently_used() {
+        let mut c = HistoryCache::new(10, 4);
+        for room in ["r", "s"] {
+            assert!(c.needs_fill(room));
+            let mut items = vec![
+                entry(1, "msg", "a", None),
+                entry(2, "msg", "a", None),
+                entry(3, "msg", "a", None),
+            ];
+            for i in &mut items {
+                i.room = room.into();
+            }
+            c.filled(room, 10, items);
+        }
+        assert!(c.total() <= 4);
+        assert!(c.query(&q("a", 1)).is_none(), "r was least recently used");
+    }
+}
