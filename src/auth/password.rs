@@ -51,6 +51,7 @@ impl HashPool {
                 std::thread::Builder::new()
                     .name(format!("klav-hash-{i}"))
                     .spawn(move || {
+                        lower_priority();
                         for (ticket, job) in rx.iter() {
                             let outcome = match job {
                                 HashJob::Hash { password } => {
@@ -86,6 +87,18 @@ impl HashPool {
         for t in self.threads {
             let _ = t.join();
         }
+    }
+}
+
+/// Hashing is the one CPU-heavy job, and a login burst should slow logins, not
+/// chat: the hashing threads run at nice 10, so under contention the scheduler
+/// favours the event loop and the database threads.
+fn lower_priority() {
+    // SAFETY: setpriority on this thread's own id (Linux applies nice per thread).
+    #[cfg(target_os = "linux")]
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
     }
 }
 

@@ -222,11 +222,15 @@ pub enum Job {
 }
 
 impl Job {
-    /// Jobs that write `chat_logs` or membership go to the single writer.
+    /// Jobs that write `chat_logs`, membership or follows go to the single writer,
+    /// so that one connection's pipelined requests commit (and are answered, and
+    /// update memory) in the order they were sent.
     pub fn is_ordered_write(&self) -> bool {
         matches!(
             self,
-            Job::CreateRoom { .. }
+            Job::Follow { .. }
+                | Job::Unfollow { .. }
+                | Job::CreateRoom { .. }
                 | Job::Join { .. }
                 | Job::Leave { .. }
                 | Job::Msg(_)

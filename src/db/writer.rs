@@ -194,6 +194,7 @@ fn apply(
                 queue_dm(tx, st, &msg, &to, log_id, at)?;
                 Outcome::Done
             }
+            job @ (Job::Follow { .. } | Job::Unfollow { .. }) => super::queries::run(tx, st, job)?,
             other => {
                 return Err(DbError::Query(format!(
                     "unordered job sent to the writer: {other:?}"

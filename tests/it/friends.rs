@@ -542,9 +542,8 @@ fn presence_change_goes_to_subscribed_followers_on_first_open_and_last_close() {
         assert_eq!(subscribe(ws), online_friends(vec![]));
     }
     {
-        // xavier follows nora (while offline, through a throwaway connection).
+        // xavier follows nora, on a short first visit.
         let mut x = s.ws(&tx);
-        quiet(&mut []); // let that presence settle
         assert_eq!(follow(&mut x, "nora"), follow_ack("nora", "FOLLOWED"));
         x.close();
         // That visit produced online + offline for the subscribed followers.
@@ -682,6 +681,21 @@ fn presence_offline_when_connections_die_without_a_close_frame() {
     );
     quiet(&mut [&mut f1, &mut f2]);
     assert_eq!(get_online(&mut f2), online_friends(vec![]));
+
+    // Closed by the server (an oversized frame, close 1009): offline too.
+    let mut x1 = s.ws(&tx);
+    assert_eq!(
+        next(&mut f1, "presence_change"),
+        presence("xavier", "Xav", "online")
+    );
+    x1.send_raw(tungstenite::Message::text("x".repeat(70 * 1024)));
+    let frame = x1.expect_close().expect("a close frame");
+    assert_eq!(u16::from(frame.code), 1009);
+    assert_eq!(
+        next(&mut f1, "presence_change"),
+        presence("xavier", "Xav", "offline")
+    );
+    quiet(&mut [&mut f1, &mut f2]);
 }
 
 #[test]
@@ -772,4 +786,43 @@ fn follows_made_or_removed_while_online_take_effect_on_the_next_change() {
         presence("xavier", "Xav", "offline")
     );
     quiet(&mut [&mut f1, &mut f2, &mut f3, &mut g1]);
+}
+
+/// Requests pipelined on one connection (what `req_id` is for) must take effect in
+/// the order sent: follow, unfollow, follow, ... ends unfollowed, in the database
+/// and in the loop's memory alike. (Follows go through the single ordered writer;
+/// on a pool of concurrent workers they would commit and complete out of order.)
+#[test]
+fn pipelined_follow_unfollow_apply_in_order() {
+    let s = TestServer::start();
+    let mut alice = s.client("alice");
+    let _bob = s.client("bob");
+    let n = 40; // well under the rate-limit burst
+    for i in 0..n {
+        let kind = if i % 2 == 0 {
+            "friend_follow"
+        } else {
+            "friend_unfollow"
+        };
+        alice.send(json!({"type": kind, "to": "bob", "req_id": i}));
+    }
+    let mut got = vec![String::new(); n];
+    for _ in 0..n {
+        let ev = alice.recv();
+        let i = ev["req_id"].as_u64().expect("a reply with its req_id") as usize;
+        got[i] = ev["status"].as_str().unwrap_or("?").to_string();
+    }
+    let wrong: Vec<String> = got
+        .iter()
+        .enumerate()
+        .filter(|(i, st)| st.as_str() != if i % 2 == 0 { "FOLLOWED" } else { "UNFOLLOWED" })
+        .map(|(i, st)| format!("#{i}:{st}"))
+        .collect();
+    let rows = follows_rows(&s, "alice", "bob");
+    let memory = get_online(&mut alice);
+    assert!(
+        wrong.is_empty() && rows == 0 && memory == online_friends(vec![]),
+        "out-of-order statuses {wrong:?}; follows rows at the end {rows} (want 0); \
+         bob (online) in alice's online_friends: {memory}"
+    );
 }
