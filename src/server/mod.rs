@@ -204,6 +204,7 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
         next_gen: 1,
         accept_paused_until: None,
         lingering: Vec::new(),
+        draining: false,
     };
     let thread = std::thread::Builder::new()
         .name("klav-loop".into())
@@ -236,6 +237,8 @@ struct Server {
     accept_paused_until: Option<Instant>,
     /// Connections told to close, with the time by which they are dropped anyway.
     lingering: Vec<(ConnId, Instant)>,
+    /// Shutting down: no new requests are read.
+    draining: bool,
 }
 
 impl Server {
@@ -243,7 +246,7 @@ impl Server {
         let mut events = Events::with_capacity(1024);
         let mut next_tick = Instant::now() + TICK;
         let mut next_prune = Instant::now() + self.hub.config.retention_interval;
-        let mut draining: Option<Instant> = None;
+        let mut drain_deadline: Option<Instant> = None;
         crate::log!(Info, "serving");
         loop {
             let now = Instant::now();
@@ -295,11 +298,11 @@ impl Server {
                 self.accept_paused_until = None;
                 self.accept();
             }
-            if draining.is_none() && self.stop.load(Ordering::Acquire) {
-                draining = Some(now + self.hub.config.shutdown_timeout);
+            if drain_deadline.is_none() && self.stop.load(Ordering::Acquire) {
+                drain_deadline = Some(now + self.hub.config.shutdown_timeout);
                 self.begin_shutdown();
             }
-            if let Some(deadline) = draining {
+            if let Some(deadline) = drain_deadline {
                 if self.shutdown_step(now >= deadline) {
                     break;
                 }
@@ -655,8 +658,10 @@ impl Server {
                         continue;
                     }
                     handlers::session::on_flushed(&mut self.hub, id);
+                    let draining = self.draining;
                     if let Some(conn) = self.hub.conn_mut(id) {
-                        if conn.read_paused {
+                        // While shutting down, reading stays paused for good.
+                        if conn.read_paused && !draining {
                             conn.read_paused = false;
                             self.hub.again.push(id);
                         }
@@ -673,7 +678,7 @@ impl Server {
                     }
                     if conn.out.len() > READ_PAUSE_BYTES {
                         conn.read_paused = true;
-                    } else if conn.read_paused {
+                    } else if conn.read_paused && !self.draining {
                         conn.read_paused = false;
                         self.hub.again.push(id);
                     }
@@ -770,6 +775,7 @@ impl Server {
             let _ = self.poll.registry().deregister(&mut l);
         }
         // Stop taking requests; what was accepted is finished below.
+        self.draining = true;
         for (_, conn) in self.hub.conns.iter_mut() {
             conn.read_paused = true;
         }
