@@ -63,7 +63,7 @@ fn disconnects(reason: &str) -> String {
 }
 
 /// Raises this process's soft descriptor limit to at least `n` (if allowed).
-fn ensure_fd_limit(n: u64) {
+fn ensure_fd_limit(n: libc::rlim_t) {
     // SAFETY: getrlimit/setrlimit with a valid struct.
     unsafe {
         let mut lim = libc::rlimit {
@@ -71,8 +71,8 @@ fn ensure_fd_limit(n: u64) {
             rlim_max: 0,
         };
         assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
-        if (lim.rlim_cur as u64) < n {
-            lim.rlim_cur = (n as libc::rlim_t).min(lim.rlim_max);
+        if lim.rlim_cur < n {
+            lim.rlim_cur = n.min(lim.rlim_max);
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
     }
