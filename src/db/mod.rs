@@ -139,6 +139,9 @@ impl CompletionSink {
 
 /// Whether PostgreSQL answered lately, shared by all workers (a circuit breaker).
 pub(crate) struct Health {
+    /// Set at shutdown: jobs still queued are dropped, not run (their requests were
+    /// never answered, and their connections are closing).
+    stopping: AtomicBool,
     down: AtomicBool,
     last_probe_ms: AtomicU64,
     epoch: Instant,
@@ -147,6 +150,7 @@ pub(crate) struct Health {
 impl Health {
     fn new() -> Health {
         Health {
+            stopping: AtomicBool::new(false),
             down: AtomicBool::new(false),
             last_probe_ms: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -193,6 +197,10 @@ impl Health {
         DbError::Unavailable(why)
     }
 
+    pub(crate) fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
     /// Records the outcome of a job: a connection-level failure opens the breaker
     /// if it was closed. (Answers refused by the open breaker itself must not
     /// count as probes, or steady traffic would postpone the next probe forever.)
@@ -217,6 +225,7 @@ pub struct Db {
     general: Sender<(Ticket, Job)>,
     writer: Sender<(Ticket, Job)>,
     threads: Vec<JoinHandle<()>>,
+    health: Arc<Health>,
 }
 
 /// Settings for [`Db::start`].
@@ -266,6 +275,7 @@ impl Db {
             );
         }
         let batch = settings.batch;
+        let health_for_db = health.clone();
         let writer_rx: Receiver<(Ticket, Job)> = writer_rx;
         threads.push(
             std::thread::Builder::new()
@@ -277,6 +287,7 @@ impl Db {
             general: general_tx,
             writer: writer_tx,
             threads,
+            health: health_for_db,
         })
     }
 
@@ -298,9 +309,11 @@ impl Db {
         self.general.len() + self.writer.len()
     }
 
-    /// Lets the threads finish what is queued (the writer commits everything it
-    /// was given) and waits for them.
+    /// Stops the threads: a batch being written is finished, jobs still queued are
+    /// dropped (the loop has already waited, within the shutdown deadline, for
+    /// everything it accepted), so shutdown time stays bounded under overload.
     pub fn shutdown(self) {
+        self.health.stopping.store(true, Ordering::Release);
         drop(self.general);
         drop(self.writer);
         for t in self.threads {

@@ -23,6 +23,9 @@ pub(super) fn run(
     // jobs; it goes back to the pool only when it breaks.
     let mut conn: Option<(Conn, Stmts)> = None;
     for (ticket, job) in rx.iter() {
+        if health.stopping() {
+            continue;
+        }
         let result = run_job(&pool, &health, &mut conn, job);
         sink.send(Completion::Db(ticket, result));
     }

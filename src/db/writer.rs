@@ -41,6 +41,9 @@ pub(super) fn run(
     let mut conn: Option<(Conn, Stmts)> = None;
     let mut batch: Vec<(Ticket, Job)> = Vec::with_capacity(max_batch);
     while let Ok(first) = rx.recv() {
+        if health.stopping() {
+            continue;
+        }
         batch.push(first);
         while batch.len() < max_batch {
             match rx.try_recv() {
