@@ -160,6 +160,39 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Request, usize)>, HttpError> {
     )))
 }
 
+/// What must hold for any input to [`parse`] (used by the fuzz target and its
+/// regression corpus): no panic, no more bytes consumed than given, limits kept,
+/// and pipelined requests parse one after another the same way.
+pub fn check_parse_invariants(data: &[u8]) {
+    let mut rest = data;
+    for _ in 0..16 {
+        match parse(rest) {
+            Ok(Some((req, used))) => {
+                assert!(
+                    used > 0 && used <= rest.len(),
+                    "consumed {used} of {}",
+                    rest.len()
+                );
+                assert!(req.body.len() <= MAX_BODY);
+                assert!(used - req.body.len() <= MAX_HEAD);
+                let _ = req.query_param("token");
+                rest = &rest[used..];
+            }
+            Ok(None) => {
+                assert!(
+                    rest.len() <= MAX_HEAD + MAX_BODY,
+                    "partial beyond the limits"
+                );
+                return;
+            }
+            Err(e) => {
+                assert!(matches!(e.status(), 400 | 413 | 431));
+                return;
+            }
+        }
+    }
+}
+
 fn reason(status: u16) -> &'static str {
     match status {
         101 => "Switching Protocols",

@@ -116,27 +116,88 @@ fn admit(hub: &mut Hub, id: ConnId) -> Option<(String, bool, bool)> {
 }
 
 fn dispatch(hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
-    match cx.req.kind.as_str() {
-        "create_room" => rooms::CreateRoom::parse(cx.req)?.apply(hub, cx),
-        "join" => rooms::Join::parse(cx.req)?.apply(hub, cx),
-        "leave" => rooms::Leave::parse(cx.req)?.apply(hub, cx),
-        "my_rooms" => rooms::my_rooms(hub, cx),
-        "msg" => messages::Msg::parse(cx.req)?.apply(hub, cx),
-        "room_dm" => dm::RoomDm::parse(cx.req)?.apply(hub, cx),
-        "history" => history::History::parse(cx.req)?.apply(hub, cx),
-        "friend_follow" => friends::Follow::parse(cx.req)?.apply(hub, cx),
-        "friend_unfollow" => friends::Unfollow::parse(cx.req)?.apply(hub, cx),
-        "following_list" => friends::following_list(hub, cx),
-        "followers_list" => friends::followers_list(hub, cx),
-        "get_online_friends" => presence::get_online_friends(hub, cx),
-        "presence_friends_subscribe" => presence::subscribe(hub, cx),
-        "presence_friends_unsubscribe" => presence::unsubscribe(hub, cx),
-        "__panic" if hub.config.fault_injection => panic!("fault injection: __panic request"),
-        other => Err(RequestError::with(
-            ErrorCode::UnknownType,
-            format!("unknown request type {other:?}"),
-        )),
+    if cx.req.kind == "__panic" && hub.config.fault_injection {
+        panic!("fault injection: __panic request");
     }
+    Command::parse(cx.req)?.apply(hub, cx)
+}
+
+/// A decoded WebSocket request: every type the protocol knows, each parsed from
+/// the request's fields by its own module and applied to the hub there.
+pub enum Command {
+    CreateRoom(rooms::CreateRoom),
+    Join(rooms::Join),
+    Leave(rooms::Leave),
+    MyRooms,
+    Msg(messages::Msg),
+    RoomDm(dm::RoomDm),
+    History(history::History),
+    Follow(friends::Follow),
+    Unfollow(friends::Unfollow),
+    FollowingList,
+    FollowersList,
+    GetOnlineFriends,
+    PresenceSubscribe,
+    PresenceUnsubscribe,
+}
+
+impl Command {
+    /// Parses a request by its `type`; unknown types are `UNKNOWN_TYPE`.
+    pub fn parse(req: &Request) -> Result<Command, RequestError> {
+        Ok(match req.kind.as_str() {
+            "create_room" => Command::CreateRoom(rooms::CreateRoom::parse(req)?),
+            "join" => Command::Join(rooms::Join::parse(req)?),
+            "leave" => Command::Leave(rooms::Leave::parse(req)?),
+            "my_rooms" => Command::MyRooms,
+            "msg" => Command::Msg(messages::Msg::parse(req)?),
+            "room_dm" => Command::RoomDm(dm::RoomDm::parse(req)?),
+            "history" => Command::History(history::History::parse(req)?),
+            "friend_follow" => Command::Follow(friends::Follow::parse(req)?),
+            "friend_unfollow" => Command::Unfollow(friends::Unfollow::parse(req)?),
+            "following_list" => Command::FollowingList,
+            "followers_list" => Command::FollowersList,
+            "get_online_friends" => Command::GetOnlineFriends,
+            "presence_friends_subscribe" => Command::PresenceSubscribe,
+            "presence_friends_unsubscribe" => Command::PresenceUnsubscribe,
+            other => {
+                return Err(RequestError::with(
+                    ErrorCode::UnknownType,
+                    format!("unknown request type {other:?}"),
+                ))
+            }
+        })
+    }
+
+    pub fn apply(self, hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
+        match self {
+            Command::CreateRoom(c) => c.apply(hub, cx),
+            Command::Join(c) => c.apply(hub, cx),
+            Command::Leave(c) => c.apply(hub, cx),
+            Command::MyRooms => rooms::my_rooms(hub, cx),
+            Command::Msg(c) => c.apply(hub, cx),
+            Command::RoomDm(c) => c.apply(hub, cx),
+            Command::History(c) => c.apply(hub, cx),
+            Command::Follow(c) => c.apply(hub, cx),
+            Command::Unfollow(c) => c.apply(hub, cx),
+            Command::FollowingList => friends::following_list(hub, cx),
+            Command::FollowersList => friends::followers_list(hub, cx),
+            Command::GetOnlineFriends => presence::get_online_friends(hub, cx),
+            Command::PresenceSubscribe => presence::subscribe(hub, cx),
+            Command::PresenceUnsubscribe => presence::unsubscribe(hub, cx),
+        }
+    }
+}
+
+/// Decodes a text frame as the loop does, up to (not including) applying it:
+/// what the fuzz target and its regression corpus exercise.
+pub fn decode_frame(text: &str) -> Result<Command, RequestError> {
+    let req = Request::decode(text).map_err(|(e, _)| e)?;
+    let cmd = Command::parse(&req)?;
+    // The text checks `msg`/`room_dm` make in `apply`, without a hub.
+    if matches!(cmd, Command::Msg(_) | Command::RoomDm(_)) {
+        messages::check_text(&req)?;
+    }
+    Ok(cmd)
 }
 
 /// A finished database or hashing job.

@@ -10,8 +10,10 @@ use serde_json::{json, Value};
 
 use crate::harness::*;
 
+/// The real files of the JSON generation (a copy of the shared legacy sample, kept
+/// with the tests so they run from any checkout).
 fn sample_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/legacy-sample")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/legacy-sample")
 }
 
 fn read_sample(file: &str) -> Value {

@@ -7,6 +7,7 @@ mod accounts;
 mod bench_smoke;
 mod database;
 mod friends;
+mod fuzz_corpus;
 mod hardening;
 mod import;
 mod messages;
