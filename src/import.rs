@@ -1087,9 +1087,9 @@ fn plan_rooms(
             let mut minted: HashSet<String> = HashSet::new();
             while !pending.is_empty() {
                 for &i in &pending {
-                    let mut id = new_room_id();
+                    let mut id = crate::db::new_room_id();
                     while !minted.insert(id.clone()) {
-                        id = new_room_id();
+                        id = crate::db::new_room_id();
                     }
                     ids[i] = id;
                 }
@@ -1104,14 +1104,6 @@ fn plan_rooms(
             Ok((ids, new_rooms))
         }
     }
-}
-
-/// A fresh `r_` + 8 lowercase hex digits from the OS's cryptographic RNG, as the
-/// server mints them.
-fn new_room_id() -> String {
-    let mut b = [0u8; 4];
-    getrandom::fill(&mut b).expect("the OS random source failed");
-    format!("r_{:02x}{:02x}{:02x}{:02x}", b[0], b[1], b[2], b[3])
 }
 
 /// How an entry is recognised as already imported.

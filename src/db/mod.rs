@@ -30,6 +30,7 @@ use postgres::NoTls;
 use r2d2_postgres::PostgresConnectionManager;
 
 pub use jobs::{Completion, Job, Outcome, Ticket};
+pub use writer::new_room_id;
 
 /// The schema, applied at every start; see `schema.sql`.
 pub const SCHEMA_SQL: &str = include_str!("../../schema.sql");
