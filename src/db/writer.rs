@@ -91,29 +91,54 @@ fn write_batch(
     conn: &mut Option<(Conn, Stmts)>,
     jobs: Vec<Job>,
 ) -> Result<Vec<Outcome>, DbError> {
-    if conn.as_ref().is_none_or(|(c, _)| c.is_closed()) {
-        *conn = Some((health.get(pool)?, Stmts::default()));
-    }
-    let (c, st) = conn.as_mut().expect("connection just ensured");
-    let result = (|| {
-        let mut tx = c.transaction()?;
-        let outcomes = apply(&mut tx, st, jobs)?;
-        tx.commit()?;
-        Ok(outcomes)
-    })();
-    match result {
-        Err(DbError::Unavailable(_)) => *conn = None,
-        Err(DbError::Query(_)) => {
-            // A failed statement may have left a prepared statement invalid (e.g.
-            // after a schema change); start clean.
-            *st = Stmts::default();
+    let mut jobs = Some(jobs);
+    let mut reused = true;
+    loop {
+        if conn.as_ref().is_none_or(|(c, _)| c.is_closed()) {
+            *conn = Some((health.get(pool)?, Stmts::default()));
+            reused = false;
         }
-        Ok(_) => {}
+        // Outer `Err`: BEGIN failed, nothing of the batch was sent.
+        let attempt: Result<Result<Vec<Outcome>, DbError>, DbError> = {
+            let (c, st) = conn.as_mut().expect("connection just ensured");
+            match c.transaction() {
+                Err(e) => Err(e.into()),
+                Ok(mut tx) => {
+                    let jobs = jobs.take().expect("jobs are applied once");
+                    let result = apply(&mut tx, st, jobs).and_then(|outcomes| {
+                        tx.commit()?;
+                        Ok(outcomes)
+                    });
+                    if matches!(result, Err(DbError::Query(_))) {
+                        // A failed statement may have left a prepared statement
+                        // invalid (e.g. after a schema change); start clean.
+                        *st = Stmts::default();
+                    }
+                    Ok(result)
+                }
+            }
+        };
+        match attempt {
+            // A kept connection may have died while idle (PostgreSQL restarted):
+            // BEGIN fails before anything was sent, so one retry on a fresh
+            // connection is safe and saves its senders a spurious UNAVAILABLE.
+            Err(DbError::Unavailable(why)) => {
+                *conn = None;
+                if reused {
+                    reused = false;
+                    continue;
+                }
+                return Err(DbError::Unavailable(why));
+            }
+            Err(e) => return Err(e),
+            Ok(result) => {
+                if matches!(result, Err(DbError::Unavailable(_))) {
+                    *conn = None;
+                }
+                return result;
+            }
+        }
     }
-    if result.is_ok() {
-        health.observe::<()>(Ok(())).ok();
-    }
-    result
 }
 
 fn apply(
