@@ -113,6 +113,13 @@ impl Server {
         self.opts.threads.clamp(1, conns.max(1))
     }
 
+    /// When a timed scenario's client threads stop regardless: setup, warmup,
+    /// the measured window and the drain, plus a margin.
+    pub fn hard_deadline(&self, start: Instant) -> Instant {
+        let o = &self.opts;
+        start + o.setup_timeout + o.warmup + o.duration + o.drain + Duration::from_secs(30)
+    }
+
     pub fn net_config(
         &self,
         dests: Arc<Vec<SocketAddr>>,

@@ -666,12 +666,7 @@ pub(crate) fn run(server: &Server, co: &ChatOptions, fanout: bool) -> Result<Rep
     let drivers: Vec<ChatDriver> = (0..threads)
         .map(|t| ChatDriver::new(plan.clone(), shared.clone(), t, threads))
         .collect();
-    let deadline = now
-        + opts.setup_timeout
-        + opts.warmup
-        + opts.duration
-        + opts.drain
-        + Duration::from_secs(30);
+    let deadline = server.hard_deadline(now);
 
     let login = if co.with_login_clients > 0 {
         let gate_shared = shared.clone();

@@ -523,12 +523,7 @@ pub(crate) fn run(server: &Server, po: &PresenceOptions) -> Result<Report, Bench
             offline_hist: LatencyHist::new(),
         })
         .collect();
-    let deadline = now
-        + opts.setup_timeout
-        + opts.warmup
-        + opts.duration
-        + opts.drain
-        + Duration::from_secs(30);
+    let deadline = server.hard_deadline(now);
     let mut rss = RssPeaks::new(opts.server_pid);
     let progress = {
         let shared = shared.clone();
