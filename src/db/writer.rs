@@ -10,6 +10,7 @@
 //! If a batch fails with an error from PostgreSQL itself (not an outage), each job
 //! is retried in its own transaction so one bad job cannot fail its neighbours.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -24,11 +25,77 @@ use super::{CompletionSink, DbError, Health, Pool};
 
 type Conn = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
 
-/// A room's newest entry in this batch, written to `rooms.last_message_*` at the end.
-struct Last {
-    text: String,
-    from: String,
+/// A room's newest entry in this batch, written to `rooms.last_message_*` at the
+/// end. Borrowed from the batch's jobs where it can be: a message costs no copy.
+struct Last<'a> {
+    text: Cow<'a, str>,
+    from: &'a str,
     kind: &'static str,
+}
+
+type Lasts<'a> = HashMap<Cow<'a, str>, Last<'a>>;
+
+/// What the database produced for one job; joined with the job itself (moved,
+/// never copied) into its [`Outcome`] once the batch has committed.
+enum Written {
+    Msg {
+        id: i64,
+        ts: SystemTime,
+    },
+    RoomCreated {
+        room: String,
+        logged: Vec<ChatEntry>,
+    },
+    Join {
+        result: JoinResult,
+        logged: Vec<ChatEntry>,
+    },
+    Leave {
+        was_member: bool,
+        logged: Vec<ChatEntry>,
+    },
+    Dm(DmResult),
+    Done,
+    Ready(Outcome),
+}
+
+impl Written {
+    fn into_outcome(self, job: Job) -> Outcome {
+        match (self, job) {
+            (Written::Msg { id, ts }, Job::Msg(msg)) => Outcome::Msg { msg, id, ts },
+            (Written::RoomCreated { room, logged }, Job::CreateRoom { name, .. }) => {
+                Outcome::RoomCreated { room, name, logged }
+            }
+            (
+                Written::Join { result, logged },
+                Job::Join {
+                    username, nickname, ..
+                },
+            ) => Outcome::Join {
+                username,
+                nickname,
+                result,
+                logged,
+            },
+            (
+                Written::Leave { was_member, logged },
+                Job::Leave {
+                    username,
+                    nickname,
+                    room,
+                },
+            ) => Outcome::Leave {
+                username,
+                nickname,
+                room,
+                was_member,
+                logged,
+            },
+            (Written::Dm(result), Job::Dm { msg, to, .. }) => Outcome::Dm { msg, to, result },
+            (Written::Ready(outcome), _) => outcome,
+            _ => Outcome::Done,
+        }
+    }
 }
 
 pub(super) fn run(
@@ -51,28 +118,29 @@ pub(super) fn run(
                 Err(_) => break,
             }
         }
-        let jobs: Vec<Job> = batch.iter().map(|(_, j)| j.clone()).collect();
-        let results = match write_batch(&pool, &health, &mut conn, jobs) {
-            Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
-            Err(DbError::Query(why)) if batch.len() > 1 => {
-                crate::log!(
-                    Warn,
-                    "write batch failed ({why}); retrying its jobs one by one"
-                );
-                batch
-                    .iter()
-                    .map(|(_, j)| {
-                        write_batch(&pool, &health, &mut conn, vec![j.clone()])
-                            .map(|mut v| v.pop().expect("one outcome per job"))
-                    })
-                    .collect()
-            }
-            Err(e) => {
-                let e = health.observe::<()>(Err(e)).unwrap_err();
-                batch.iter().map(|_| Err(clone_err(&e))).collect::<Vec<_>>()
-            }
-        };
-        for ((ticket, _), result) in batch.drain(..).zip(results) {
+        let jobs: Vec<&Job> = batch.iter().map(|(_, j)| j).collect();
+        let results: Vec<Result<Written, DbError>> =
+            match write_batch(&pool, &health, &mut conn, &jobs) {
+                Ok(written) => written.into_iter().map(Ok).collect(),
+                Err(DbError::Query(why)) if batch.len() > 1 => {
+                    crate::log!(
+                        Warn,
+                        "write batch failed ({why}); retrying its jobs one by one"
+                    );
+                    jobs.iter()
+                        .map(|j| {
+                            write_batch(&pool, &health, &mut conn, &[j])
+                                .map(|mut v| v.pop().expect("one result per job"))
+                        })
+                        .collect()
+                }
+                Err(e) => {
+                    let e = health.observe::<()>(Err(e)).unwrap_err();
+                    jobs.iter().map(|_| Err(clone_err(&e))).collect()
+                }
+            };
+        for ((ticket, job), result) in batch.drain(..).zip(results) {
+            let result = result.map(|w| w.into_outcome(job));
             sink.send(Completion::Db(ticket, result));
         }
     }
@@ -89,9 +157,8 @@ fn write_batch(
     pool: &Pool,
     health: &Health,
     conn: &mut Option<(Conn, Stmts)>,
-    jobs: Vec<Job>,
-) -> Result<Vec<Outcome>, DbError> {
-    let mut jobs = Some(jobs);
+    jobs: &[&Job],
+) -> Result<Vec<Written>, DbError> {
     let mut reused = true;
     loop {
         if conn.as_ref().is_none_or(|(c, _)| c.is_closed()) {
@@ -99,12 +166,11 @@ fn write_batch(
             reused = false;
         }
         // Outer `Err`: BEGIN failed, nothing of the batch was sent.
-        let attempt: Result<Result<Vec<Outcome>, DbError>, DbError> = {
+        let attempt: Result<Result<Vec<Written>, DbError>, DbError> = {
             let (c, st) = conn.as_mut().expect("connection just ensured");
             match c.transaction() {
                 Err(e) => Err(e.into()),
                 Ok(mut tx) => {
-                    let jobs = jobs.take().expect("jobs are applied once");
                     let result = apply(&mut tx, st, jobs).and_then(|outcomes| {
                         tx.commit()?;
                         Ok(outcomes)
@@ -141,31 +207,31 @@ fn write_batch(
     }
 }
 
-fn apply(
+fn apply<'a>(
     tx: &mut Transaction<'_>,
     st: &mut Stmts,
-    jobs: Vec<Job>,
-) -> Result<Vec<Outcome>, DbError> {
-    let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(jobs.len());
-    let mut lasts: HashMap<String, Last> = HashMap::new();
+    jobs: &[&'a Job],
+) -> Result<Vec<Written>, DbError> {
+    let mut written: Vec<Option<Written>> = Vec::with_capacity(jobs.len());
+    let mut lasts: Lasts<'a> = HashMap::new();
     // Consecutive messages waiting for their multi-row INSERT: (index, message).
-    let mut pending: Vec<(usize, NewMessage)> = Vec::new();
-    for job in jobs {
+    let mut pending: Vec<(usize, &'a NewMessage)> = Vec::new();
+    for &job in jobs {
         if let Job::Msg(m) = job {
-            pending.push((outcomes.len(), m));
-            outcomes.push(None);
+            pending.push((written.len(), m));
+            written.push(None);
             continue;
         }
-        insert_messages(tx, st, &mut pending, &mut outcomes, &mut lasts)?;
-        let outcome = match job {
+        insert_messages(tx, st, &mut pending, &mut written, &mut lasts)?;
+        let w = match job {
             Job::CreateRoom {
-                creator: _,
                 creator_nickname,
                 name,
+                ..
             } => {
                 let mut logged = Vec::new();
-                let room = create_room(tx, st, &name, &creator_nickname, &mut lasts, &mut logged)?;
-                Outcome::RoomCreated { room, name, logged }
+                let room = create_room(tx, st, name, creator_nickname, &mut lasts, &mut logged)?;
+                Written::RoomCreated { room, logged }
             }
             Job::Join {
                 username,
@@ -173,13 +239,8 @@ fn apply(
                 by,
             } => {
                 let mut logged = Vec::new();
-                let result = join(tx, st, &username, &nickname, by, &mut lasts, &mut logged)?;
-                Outcome::Join {
-                    username,
-                    nickname,
-                    result,
-                    logged,
-                }
+                let result = join(tx, st, username, nickname, by, &mut lasts, &mut logged)?;
+                Written::Join { result, logged }
             }
             Job::Leave {
                 username,
@@ -190,62 +251,56 @@ fn apply(
                     tx,
                     "DELETE FROM room_members WHERE room_id = $1 AND username = $2",
                 )?;
-                let was_member = tx.execute(&s, &[&room, &username])? > 0;
+                let was_member = tx.execute(&s, &[room, username])? > 0;
                 let mut logged = Vec::new();
                 if was_member {
                     let text = format!("{nickname} 님이 나가셨습니다");
-                    system_entry(tx, st, &room, &text, &mut lasts, &mut logged)?;
+                    system_entry(tx, st, room, text, &mut lasts, &mut logged)?;
                 }
-                Outcome::Leave {
-                    username,
-                    nickname,
-                    room,
-                    was_member,
-                    logged,
-                }
+                Written::Leave { was_member, logged }
             }
             Job::Dm {
                 msg,
                 to,
                 recipient_known,
                 queue,
-            } => {
-                let result = dm(tx, st, &msg, &to, recipient_known, queue)?;
-                Outcome::Dm { msg, to, result }
-            }
+            } => Written::Dm(dm(tx, st, msg, to, *recipient_known, *queue)?),
             Job::QueueDm {
                 msg,
                 to,
                 log_id,
                 at,
             } => {
-                queue_dm(tx, st, &msg, &to, log_id, at)?;
-                Outcome::Done
+                queue_dm(tx, st, msg, to, *log_id, *at)?;
+                Written::Done
             }
-            job @ (Job::Follow { .. } | Job::Unfollow { .. }) => super::queries::run(tx, st, job)?,
+            // Small and rare: the shared SQL takes its job by value.
+            Job::Follow { .. } | Job::Unfollow { .. } => {
+                Written::Ready(super::queries::run(tx, st, job.clone())?)
+            }
             other => {
                 return Err(DbError::Query(format!(
                     "unordered job sent to the writer: {other:?}"
                 )))
             }
         };
-        outcomes.push(Some(outcome));
+        written.push(Some(w));
     }
-    insert_messages(tx, st, &mut pending, &mut outcomes, &mut lasts)?;
+    insert_messages(tx, st, &mut pending, &mut written, &mut lasts)?;
     update_lasts(tx, st, lasts)?;
-    Ok(outcomes
+    Ok(written
         .into_iter()
-        .map(|o| o.expect("every job has an outcome"))
+        .map(|w| w.expect("every job has a result"))
         .collect())
 }
 
 /// One INSERT for all pending messages; their ids come back in input order.
-fn insert_messages(
+fn insert_messages<'a>(
     tx: &mut Transaction<'_>,
     st: &mut Stmts,
-    pending: &mut Vec<(usize, NewMessage)>,
-    outcomes: &mut [Option<Outcome>],
-    lasts: &mut HashMap<String, Last>,
+    pending: &mut Vec<(usize, &'a NewMessage)>,
+    written: &mut [Option<Written>],
+    lasts: &mut Lasts<'a>,
 ) -> Result<(), DbError> {
     if pending.is_empty() {
         return Ok(());
@@ -278,23 +333,19 @@ fn insert_messages(
     rows.sort_unstable_by_key(|r| r.0);
     for ((idx, msg), (id, ts)) in pending.drain(..).zip(rows) {
         lasts.insert(
-            msg.room.clone(),
+            Cow::Borrowed(msg.room.as_str()),
             Last {
-                text: msg.text.clone(),
-                from: msg.from.clone(),
+                text: Cow::Borrowed(msg.text.as_str()),
+                from: msg.from.as_str(),
                 kind: "msg",
             },
         );
-        outcomes[idx] = Some(Outcome::Msg { msg, id, ts });
+        written[idx] = Some(Written::Msg { id, ts });
     }
     Ok(())
 }
 
-fn update_lasts(
-    tx: &mut Transaction<'_>,
-    st: &mut Stmts,
-    lasts: HashMap<String, Last>,
-) -> Result<(), DbError> {
+fn update_lasts(tx: &mut Transaction<'_>, st: &mut Stmts, lasts: Lasts<'_>) -> Result<(), DbError> {
     if lasts.is_empty() {
         return Ok(());
     }
@@ -302,9 +353,9 @@ fn update_lasts(
     let mut texts = Vec::with_capacity(lasts.len());
     let mut froms = Vec::with_capacity(lasts.len());
     let mut kinds = Vec::with_capacity(lasts.len());
-    for (id, l) in lasts {
-        ids.push(id);
-        texts.push(l.text);
+    for (id, l) in &lasts {
+        ids.push(id.as_ref());
+        texts.push(l.text.as_ref());
         froms.push(l.from);
         kinds.push(l.kind);
     }
@@ -323,8 +374,8 @@ fn system_entry(
     tx: &mut Transaction<'_>,
     st: &mut Stmts,
     room: &str,
-    text: &str,
-    lasts: &mut HashMap<String, Last>,
+    text: String,
+    lasts: &mut Lasts<'_>,
     logged: &mut Vec<ChatEntry>,
 ) -> Result<(), DbError> {
     let s = st.get(
@@ -333,6 +384,14 @@ fn system_entry(
          VALUES ($1, now(), 'system', 'system', 'system', NULL, $2) RETURNING id, ts",
     )?;
     let row = tx.query_one(&s, &[&room, &text])?;
+    lasts.insert(
+        Cow::Owned(room.to_string()),
+        Last {
+            text: Cow::Owned(text.clone()),
+            from: "system",
+            kind: "system",
+        },
+    );
     logged.push(ChatEntry {
         id: row.get(0),
         ts: row.get(1),
@@ -341,16 +400,8 @@ fn system_entry(
         from: "system".into(),
         from_nickname: "system".into(),
         to: None,
-        text: text.to_string(),
+        text,
     });
-    lasts.insert(
-        room.to_string(),
-        Last {
-            text: text.to_string(),
-            from: "system".into(),
-            kind: "system",
-        },
-    );
     Ok(())
 }
 
@@ -366,7 +417,7 @@ fn create_room(
     st: &mut Stmts,
     name: &str,
     creator_nickname: &str,
-    lasts: &mut HashMap<String, Last>,
+    lasts: &mut Lasts<'_>,
     logged: &mut Vec<ChatEntry>,
 ) -> Result<String, DbError> {
     let s = st.get(
@@ -378,7 +429,7 @@ fn create_room(
         let id = new_room_id();
         if tx.execute(&s, &[&id, &name])? == 1 {
             let text = format!("대화방 \"{name}\"을 {creator_nickname} 님이 만들었습니다");
-            system_entry(tx, st, &id, &text, lasts, logged)?;
+            system_entry(tx, st, &id, text, lasts, logged)?;
             return Ok(id);
         }
     }
@@ -389,26 +440,26 @@ fn join(
     st: &mut Stmts,
     username: &str,
     nickname: &str,
-    by: JoinBy,
-    lasts: &mut HashMap<String, Last>,
+    by: &JoinBy,
+    lasts: &mut Lasts<'_>,
     logged: &mut Vec<ChatEntry>,
 ) -> Result<JoinResult, DbError> {
     let room = match by {
         JoinBy::Id(id) => {
             let s = st.get(tx, "SELECT 1 FROM rooms WHERE id = $1")?;
-            if tx.query_opt(&s, &[&id])?.is_none() {
+            if tx.query_opt(&s, &[id])?.is_none() {
                 return Ok(JoinResult::NotFound);
             }
-            id
+            id.clone()
         }
         JoinBy::Name(name) => {
             let s = st.get(
                 tx,
                 "SELECT id FROM rooms WHERE name = $1 ORDER BY created_at, id LIMIT 1",
             )?;
-            match tx.query_opt(&s, &[&name])? {
+            match tx.query_opt(&s, &[name])? {
                 Some(r) => r.get(0),
-                None => create_room(tx, st, &name, nickname, lasts, logged)?,
+                None => create_room(tx, st, name, nickname, lasts, logged)?,
             }
         }
     };
@@ -421,7 +472,7 @@ fn join(
         return Ok(JoinResult::Already { room });
     }
     let text = format!("{nickname} 님이 입장하셨습니다");
-    system_entry(tx, st, &room, &text, lasts, logged)?;
+    system_entry(tx, st, &room, text, lasts, logged)?;
     Ok(JoinResult::Joined { room })
 }
 
