@@ -55,6 +55,9 @@ pub struct Config {
     /// (default 50/s, burst 100).
     pub rate_per_sec: f64,
     pub rate_burst: f64,
+    /// `KLAV_FLOOD_SECS`: a connection refused more than `KLAV_RATE_PER_SEC` times
+    /// a second for this many seconds in a row is closed 1008 (default 5).
+    pub flood_secs: u32,
     /// `KLAV_SHUTDOWN_SECS`: the longest a graceful shutdown may take (default 10).
     pub shutdown_timeout: Duration,
     /// `KLAV_ALLOWED_ORIGINS`: comma-separated origins allowed to upgrade; empty = any.
@@ -185,6 +188,7 @@ impl Config {
             )?),
             rate_per_sec: positive(get("KLAV_RATE_PER_SEC"), "KLAV_RATE_PER_SEC", 50)? as f64,
             rate_burst: positive(get("KLAV_RATE_BURST"), "KLAV_RATE_BURST", 100)? as f64,
+            flood_secs: positive(get("KLAV_FLOOD_SECS"), "KLAV_FLOOD_SECS", 5)? as u32,
             shutdown_timeout: Duration::from_secs(positive(
                 get("KLAV_SHUTDOWN_SECS"),
                 "KLAV_SHUTDOWN_SECS",

@@ -10,23 +10,10 @@ use std::time::Instant;
 use mio::net::TcpStream;
 use tungstenite::protocol::WebSocketContext;
 
-use crate::server::hub::CloseReason;
-
-/// A connection's identity: its slab slot plus a generation, because slots are
-/// reused and a late reply for a closed connection must not reach its successor.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ConnId {
-    pub slot: usize,
-    pub gen: u64,
-}
-
-impl ConnId {
-    /// No connection (background jobs).
-    pub const NONE: ConnId = ConnId {
-        slot: usize::MAX,
-        gen: 0,
-    };
-}
+use crate::close::CloseReason;
+use crate::protocol::Request;
+use crate::ticket::Hold;
+pub use crate::ticket::ConnId;
 
 /// Bytes waiting for the socket: owned chunks, or frames shared by every recipient
 /// of a fan-out (serialized and framed once).
@@ -187,20 +174,124 @@ pub enum PendingHttp {
     },
 }
 
+/// Keeps one connection's requests taking effect in the order it sent them, as
+/// if each waited for the reply to the one before: a request starts only once
+/// the jobs it could depend on are done. Messages and DMs are the exception that
+/// keeps pipelining fast: they may follow each other while earlier ones are
+/// still being written, because the single writer commits them in order.
+#[derive(Default)]
+pub struct Sequencer {
+    /// Jobs in flight that let later messages through.
+    stream: u32,
+    /// Jobs in flight that hold back every later request.
+    exclusive: u32,
+    /// The next request, waiting for those jobs. While one waits nothing more is
+    /// read from the connection, so the client's own TCP window holds the rest.
+    pub held: Option<(Hold, Box<Request>)>,
+}
+
+impl Sequencer {
+    pub fn can_start(&self, hold: Hold) -> bool {
+        self.exclusive == 0 && (hold == Hold::Stream || self.stream == 0)
+    }
+
+    pub fn started(&mut self, hold: Hold) {
+        match hold {
+            Hold::Stream => self.stream += 1,
+            Hold::Exclusive => self.exclusive += 1,
+            Hold::Nothing => {}
+        }
+    }
+
+    pub fn finished(&mut self, hold: Hold) {
+        match hold {
+            Hold::Stream => self.stream = self.stream.saturating_sub(1),
+            Hold::Exclusive => self.exclusive = self.exclusive.saturating_sub(1),
+            Hold::Nothing => {}
+        }
+    }
+
+    /// The held request, if it may start now.
+    pub fn release(&mut self) -> Option<(Hold, Box<Request>)> {
+        match &self.held {
+            Some((hold, _)) if self.can_start(*hold) => self.held.take(),
+            _ => None,
+        }
+    }
+}
+
+/// What the rate limit says about one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admit {
+    Yes,
+    /// Refused with `RATE_LIMITED`.
+    Refused,
+    /// Refused, and the client has kept flooding long enough to be closed.
+    Flood,
+}
+
+/// A connection's request token bucket, and the rule for closing a flooder.
+/// Refusing a request is cheap, so a burst over the limit only costs the client
+/// its refused requests; a connection is closed only when it is refused more than
+/// `rate` times a second for `flood_secs` seconds in a row.
+pub struct RateLimit {
+    tokens: f64,
+    at: Instant,
+    window_start: Instant,
+    refused_in_window: u32,
+    flooding_secs: u32,
+}
+
+impl RateLimit {
+    pub fn new(burst: f64, now: Instant) -> RateLimit {
+        RateLimit {
+            tokens: burst,
+            at: now,
+            window_start: now,
+            refused_in_window: 0,
+            flooding_secs: 0,
+        }
+    }
+
+    pub fn admit(&mut self, now: Instant, rate: f64, burst: f64, flood_secs: u32) -> Admit {
+        let window = now.duration_since(self.window_start).as_secs_f64();
+        if window >= 1.0 {
+            // A full second just ended: did it count as flooding? A quiet second
+            // in between (the window ran over two seconds) breaks the run.
+            if window < 2.0 && self.refused_in_window as f64 > rate {
+                self.flooding_secs += 1;
+            } else {
+                self.flooding_secs = 0;
+            }
+            self.window_start = now;
+            self.refused_in_window = 0;
+        }
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * rate).min(burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return Admit::Yes;
+        }
+        self.refused_in_window += 1;
+        if self.flooding_secs >= flood_secs {
+            Admit::Flood
+        } else {
+            Admit::Refused
+        }
+    }
+}
+
 /// An open WebSocket's state.
 pub struct WsState {
     pub ctx: WebSocketContext,
     pub username: String,
-    /// Token bucket for requests (refilled lazily).
-    pub tokens: f64,
-    pub tokens_at: Instant,
-    /// Consecutive seconds over the limit, to close persistent flooders.
-    pub rate_strikes: u32,
+    pub rate: RateLimit,
     /// When a complete frame (of any kind) last arrived.
     pub last_frame: Instant,
     pub ping_sent: Option<Instant>,
     /// Offline DMs to delete once the output reaches this mark.
     pub offline_ack: Option<(u64, Vec<i64>)>,
+    pub seq: Sequencer,
 }
 
 /// One client connection.

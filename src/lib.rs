@@ -3,7 +3,10 @@
 //!
 //! The map:
 //! - [`config`]: the environment (and `.env`) as a typed `Config`.
-//! - [`server`]: the mio event loop and the [`server::hub::Hub`] handlers work on.
+//! - [`server`]: the mio event loop: readiness, reads, writes, timers, closes.
+//! - [`hub`]: what handlers work on: connections, memory, pools, and the verbs
+//!   (send, fan out, submit, close).
+//! - [`close`]: why a connection closes and what that means on the wire.
 //! - [`conn`]: one connection's state machine (HTTP → upgrading → WebSocket) and
 //!   its bounded output queue.
 //! - [`http`]: request parsing with limits, responses.
@@ -17,14 +20,17 @@
 //! - [`auth`]: JWTs (on the loop) and argon2id (on hashing threads).
 //! - [`import`]: `klav import-json`, the legacy JSON files into the schema.
 //! - [`throttle`]: failed-login throttling.
+//! - [`ticket`]: who waits for background work (connection id, `req_id`).
 //! - [`metrics`], [`log`], [`time`]: Prometheus counters, log lines, ISO-8601.
 
 pub mod auth;
+pub mod close;
 pub mod config;
 pub mod conn;
 pub mod db;
 pub mod handlers;
 pub mod history_cache;
+pub mod hub;
 pub mod http;
 pub mod import;
 pub mod log;
@@ -33,5 +39,6 @@ pub mod protocol;
 pub mod server;
 pub mod state;
 pub mod throttle;
+pub mod ticket;
 pub mod time;
 pub mod ws;

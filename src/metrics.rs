@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use crate::server::hub::CloseReason;
+use crate::close::CloseReason;
 
 #[derive(Default)]
 pub struct Metrics {

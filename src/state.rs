@@ -2,29 +2,72 @@
 //! online users (nickname, open connections, rooms, whom they follow), the online
 //! members of each room, and presence subscriptions indexed by the followed user.
 //!
-//! A user's entry exists while they have an open connection or an upgrade in
-//! progress; it is loaded from the database when the first one opens and kept
-//! exact by the loop afterwards (joins, leaves and follows update it as their
-//! writes commit). The database stays the truth for everyone offline.
+//! A user's entry exists while they have an open connection, an upgrade in
+//! progress, or a write to their session data under way; it is loaded from the
+//! database when the first connection opens and kept exact by the loop afterwards
+//! (joins, leaves and follows update it as their writes commit). The database
+//! stays the truth for everyone else.
+//!
+//! The rule that keeps a load from going stale: a session load is never in flight
+//! together with a write that changes what it reads (the user's memberships,
+//! follows, offline queue). Loads wait for such writes ([`State::begin_open`]);
+//! a DM for a user whose load is already in flight is parked here and handed to
+//! the connection when it opens.
 
 use std::collections::{HashMap, HashSet};
+use std::time::SystemTime;
 
 use crate::conn::ConnId;
-use crate::db::jobs::SessionData;
+use crate::db::jobs::{NewMessage, SessionData};
+use crate::ticket::Ticket;
+
+/// A DM committed while its recipient's only connection was still loading.
+#[derive(Debug)]
+pub struct ParkedDm {
+    /// The sender's request, answered when the DM is delivered or queued.
+    pub ticket: Ticket,
+    pub msg: NewMessage,
+    pub to: String,
+    pub id: i64,
+    pub ts: SystemTime,
+}
 
 #[derive(Default)]
 pub struct UserState {
     pub nickname: String,
     /// Open WebSocket connections, oldest first.
     pub conns: Vec<ConnId>,
-    /// Upgrades waiting for their session to load.
+    /// Upgrades in progress (waiting to load, or loading).
     pub opening: u32,
+    /// Session loads submitted and not yet answered.
+    pub loads: u32,
+    /// Upgrades whose session load waits for `writes` to finish.
+    pub deferred_loads: Vec<ConnId>,
+    /// Writes of this user's session data under way.
+    pub writes: u32,
     /// Whether rooms/following below were loaded (by the first upgrade to finish).
     pub loaded: bool,
     pub rooms: HashSet<String>,
     pub following: HashSet<String>,
     /// Connections of this user subscribed to friends' presence.
     pub subscribed: Vec<ConnId>,
+    /// DMs waiting for a connection that is loading.
+    pub parked_dms: Vec<ParkedDm>,
+    /// Offline-queue entries already handed to one of this user's connections,
+    /// so a second connection opening at the same moment does not get them too.
+    pub offline_claimed: HashSet<i64>,
+}
+
+/// Where a DM's recipient is, as far as delivery is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reach {
+    /// At least one open connection: deliver live.
+    Online,
+    /// No open connection, but a session load in flight: it may or may not see a
+    /// queue entry written now, so the DM waits for the connection in memory.
+    Loading,
+    /// Neither: queue it (a later load waits for that write).
+    Offline,
 }
 
 #[derive(Default)]
@@ -39,9 +82,71 @@ pub struct State {
 }
 
 impl State {
-    /// An upgrade for `username` is waiting for its session.
-    pub fn begin_open(&mut self, username: &str) {
-        self.users.entry(username.to_string()).or_default().opening += 1;
+    /// An upgrade for `username` starts. True when its session may be loaded now;
+    /// false when it waits for the user's writes under way (it is handed back by
+    /// [`State::write_done`]).
+    pub fn begin_open(&mut self, username: &str, id: ConnId) -> bool {
+        let user = self.users.entry(username.to_string()).or_default();
+        user.opening += 1;
+        if user.writes > 0 {
+            user.deferred_loads.push(id);
+            false
+        } else {
+            true
+        }
+    }
+
+    /// A session load was submitted.
+    pub fn load_submitted(&mut self, username: &str) {
+        if let Some(user) = self.users.get_mut(username) {
+            user.loads += 1;
+        }
+    }
+
+    /// A session load came back (whether or not its connection is still there).
+    /// Returns the DMs parked for the user if no connection of theirs is open or
+    /// opening any more: the caller queues them.
+    pub fn load_done(&mut self, username: &str) -> Vec<ParkedDm> {
+        let Some(user) = self.users.get_mut(username) else {
+            return Vec::new();
+        };
+        user.loads = user.loads.saturating_sub(1);
+        let orphaned = if user.conns.is_empty() && user.opening == 0 {
+            std::mem::take(&mut user.parked_dms)
+        } else {
+            Vec::new()
+        };
+        self.maybe_unload(username);
+        orphaned
+    }
+
+    /// A write of `username`'s session data was submitted.
+    pub fn write_started(&mut self, username: &str) {
+        self.users.entry(username.to_string()).or_default().writes += 1;
+    }
+
+    /// A write of `username`'s session data is done (committed or failed); when
+    /// it was the last one, the upgrades that waited for it may load now.
+    pub fn write_done(&mut self, username: &str) -> Vec<ConnId> {
+        let Some(user) = self.users.get_mut(username) else {
+            return Vec::new();
+        };
+        user.writes = user.writes.saturating_sub(1);
+        let ready = if user.writes == 0 {
+            std::mem::take(&mut user.deferred_loads)
+        } else {
+            Vec::new()
+        };
+        self.maybe_unload(username);
+        ready
+    }
+
+    pub fn reach(&self, username: &str) -> Reach {
+        match self.users.get(username) {
+            Some(u) if !u.conns.is_empty() => Reach::Online,
+            Some(u) if u.loads > 0 => Reach::Loading,
+            _ => Reach::Offline,
+        }
     }
 
     /// The session load for an upgrade finished. The first load fills the entry;
@@ -75,12 +180,22 @@ impl State {
         }
     }
 
-    /// An upgrade whose connection closed before its session loaded.
-    pub fn cancel_open(&mut self, username: &str) {
-        if let Some(user) = self.users.get_mut(username) {
-            user.opening = user.opening.saturating_sub(1);
-        }
+    /// An upgrade that will not open (its connection closed first, or its load
+    /// failed). Returns the DMs parked for the user if nothing of theirs is left
+    /// to deliver them to: the caller queues them.
+    pub fn cancel_open(&mut self, username: &str, id: ConnId) -> Vec<ParkedDm> {
+        let Some(user) = self.users.get_mut(username) else {
+            return Vec::new();
+        };
+        user.opening = user.opening.saturating_sub(1);
+        user.deferred_loads.retain(|c| *c != id);
+        let orphaned = if user.conns.is_empty() && user.opening == 0 {
+            std::mem::take(&mut user.parked_dms)
+        } else {
+            Vec::new()
+        };
         self.maybe_unload(username);
+        orphaned
     }
 
     /// Adds an open connection; true if it is the user's first (they came online).
@@ -109,7 +224,12 @@ impl State {
         let Some(user) = self.users.get(username) else {
             return;
         };
-        if !user.conns.is_empty() || user.opening > 0 {
+        if !user.conns.is_empty()
+            || user.opening > 0
+            || user.loads > 0
+            || user.writes > 0
+            || !user.parked_dms.is_empty()
+        {
             return;
         }
         let user = self.users.remove(username).expect("present");
@@ -268,10 +388,10 @@ mod tests {
     #[test]
     fn first_and_last_connection() {
         let mut s = State::default();
-        s.begin_open("a");
+        assert!(s.begin_open("a", id(1)));
         assert!(s.finish_open("a", Some(&session(&["r1"], &[]))));
         assert!(s.add_conn("a", id(1)));
-        s.begin_open("a");
+        assert!(s.begin_open("a", id(2)));
         assert!(s.finish_open("a", Some(&session(&[], &[]))));
         assert!(!s.add_conn("a", id(2)));
         // The second load did not overwrite what memory knew.
@@ -284,7 +404,7 @@ mod tests {
     #[test]
     fn watchers_follow_follows() {
         let mut s = State::default();
-        s.begin_open("f");
+        s.begin_open("f", id(1));
         s.finish_open("f", Some(&session(&[], &["x"])));
         s.add_conn("f", id(1));
         s.add_conn("f", id(2));

@@ -3,41 +3,12 @@
 //! finish the request (who, which room, what text), so the loop keeps no per-job
 //! bookkeeping beyond the [`Ticket`].
 
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
-use serde_json::Value;
 
 use super::DbError;
 use crate::auth::password::HashOutcome;
-use crate::conn::ConnId;
-
-/// Who is waiting for a job: a connection (and the `req_id` to echo), or nobody.
-#[derive(Clone, Debug)]
-pub struct Ticket {
-    pub conn: ConnId,
-    pub req_id: Option<Value>,
-    /// When the job was submitted (for the job latency histogram).
-    pub at: Instant,
-}
-
-impl Ticket {
-    pub fn new(conn: ConnId, req_id: Option<Value>) -> Ticket {
-        Ticket {
-            conn,
-            req_id,
-            at: Instant::now(),
-        }
-    }
-
-    /// For background jobs whose outcome nobody waits for.
-    pub fn internal() -> Ticket {
-        Ticket {
-            conn: ConnId::NONE,
-            req_id: None,
-            at: Instant::now(),
-        }
-    }
-}
+pub use crate::ticket::Ticket;
 
 /// A finished job, delivered to the loop.
 pub enum Completion {
@@ -160,7 +131,9 @@ pub enum Job {
         room: String,
         limit: i64,
     },
+    /// Offline DMs written to one of `username`'s connections.
     DeleteOfflineDms {
+        username: String,
         ids: Vec<i64>,
     },
     History(HistoryQuery),
@@ -222,6 +195,19 @@ pub enum Job {
 }
 
 impl Job {
+    /// The user whose session data (memberships, follows, offline queue) this
+    /// job changes, if any: that user's session loads wait until it is done.
+    pub fn session_writer(&self) -> Option<&str> {
+        match self {
+            Job::Join { username, .. }
+            | Job::Leave { username, .. }
+            | Job::DeleteOfflineDms { username, .. } => Some(username),
+            Job::Follow { from, .. } | Job::Unfollow { from, .. } => Some(from),
+            Job::Dm { to, queue: true, .. } | Job::QueueDm { to, .. } => Some(to),
+            _ => None,
+        }
+    }
+
     /// Jobs that write `chat_logs`, membership or follows go to the single writer,
     /// so that one connection's pipelined requests commit (and are answered, and
     /// update memory) in the order they were sent.
@@ -327,5 +313,10 @@ pub enum Outcome {
         msg: NewMessage,
         to: String,
         result: DmResult,
+    },
+    /// A DM whose recipient had gone offline is now in their queue.
+    DmQueued {
+        room: String,
+        to: String,
     },
 }

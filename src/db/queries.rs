@@ -96,7 +96,7 @@ pub fn run<C: GenericClient>(c: &mut C, st: &mut Stmts, job: Job) -> Result<Outc
             items.reverse();
             Outcome::HistoryFill { room, limit, items }
         }
-        Job::DeleteOfflineDms { ids } => {
+        Job::DeleteOfflineDms { ids, .. } => {
             let s = st.get(c, "DELETE FROM klav_offline_dms WHERE id = ANY($1)")?;
             c.execute(&s, &[&ids])?;
             Outcome::Done

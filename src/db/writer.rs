@@ -55,7 +55,6 @@ enum Written {
         logged: Vec<ChatEntry>,
     },
     Dm(DmResult),
-    Done,
     Ready(Outcome),
 }
 
@@ -272,7 +271,10 @@ fn apply<'a>(
                 at,
             } => {
                 queue_dm(tx, st, msg, to, *log_id, *at)?;
-                Written::Done
+                Written::Ready(Outcome::DmQueued {
+                    room: msg.room.clone(),
+                    to: to.clone(),
+                })
             }
             // Small and rare: the shared SQL takes its job by value.
             Job::Follow { .. } | Job::Unfollow { .. } => {

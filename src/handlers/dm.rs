@@ -4,9 +4,13 @@
 use super::messages::check_text;
 use super::Ctx;
 use crate::db::jobs::{ChatEntry, DmResult, NewMessage};
+use serde_json::Value;
+
+use crate::conn::ConnId;
 use crate::db::{Job, Ticket};
+use crate::state::{ParkedDm, Reach};
 use crate::protocol::{ErrorCode, Event, Request, RequestError};
-use crate::server::hub::Hub;
+use crate::hub::Hub;
 
 /// `room_dm {"room_id","to","text"}`.
 pub struct RoomDm {
@@ -26,29 +30,26 @@ impl RoomDm {
     }
 
     pub fn apply(self, hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
-        let ack = |hub: &mut Hub, room: &str, to: &str, status: &str| {
-            let ev = Event::new("dm_ack")
-                .with("room", room)
-                .with("to", to)
-                .with("status", status);
-            hub.reply(cx.id, &cx.req.req_id, ev);
-        };
         if !hub.state.is_member(&cx.user, &self.room) {
-            ack(hub, &self.room, &self.to, "SENDER_NOT_IN_ROOM");
+            ack_to(hub, cx.id, &cx.req.req_id, &self.room, &self.to, "SENDER_NOT_IN_ROOM");
             return Ok(());
         }
         let text = check_text(cx.req)?;
         // A recipient in memory has exact membership; otherwise the writer checks.
-        let (recipient_known, online) = match hub.state.users.get(&self.to) {
+        let recipient_known = match hub.state.users.get(&self.to) {
             Some(u) if u.loaded => {
                 if !u.rooms.contains(&self.room) {
-                    ack(hub, &self.room, &self.to, "RECIPIENT_NOT_IN_ROOM");
+                    ack_to(hub, cx.id, &cx.req.req_id, &self.room, &self.to, "RECIPIENT_NOT_IN_ROOM");
                     return Ok(());
                 }
-                (true, !u.conns.is_empty())
+                true
             }
-            _ => (false, false),
+            _ => false,
         };
+        // Queued in the same transaction only when nobody can be loading the
+        // recipient's queue meanwhile (their loads wait for this write); anything
+        // else is decided when the DM has committed.
+        let queue = hub.state.reach(&self.to) == Reach::Offline;
         let from_nickname = hub.state.users[&cx.user].nickname.clone();
         let job = Job::Dm {
             msg: NewMessage {
@@ -59,59 +60,129 @@ impl RoomDm {
             },
             to: self.to,
             recipient_known,
-            queue: !online,
+            queue,
         };
-        hub.submit_ws(cx.id, &cx.req.req_id, job);
+        cx.submit(hub, job);
         Ok(())
     }
 }
 
-pub fn stored(hub: &mut Hub, t: &Ticket, msg: NewMessage, to: String, result: DmResult) {
-    let room = msg.room.clone();
-    let status = match result {
-        DmResult::RecipientNotInRoom => "RECIPIENT_NOT_IN_ROOM",
-        DmResult::Stored { id, ts, queued } => {
-            hub.metrics.dms += 1;
-            hub.history.append(ChatEntry {
-                id,
-                ts,
-                kind: "dm".into(),
-                room: msg.room.clone(),
-                from: msg.from.clone(),
-                from_nickname: msg.from_nickname.clone(),
-                to: Some(to.clone()),
-                text: msg.text.clone(),
-            });
-            if queued {
-                "QUEUED"
-            } else if hub.state.is_online(&to) {
-                let ev = Event::new("dm")
-                    .with("id", id)
-                    .with("room", msg.room)
-                    .with("from", msg.from)
-                    .with("from_nickname", msg.from_nickname)
-                    .with("to", to.as_str())
-                    .with("text", msg.text);
-                hub.to_user(&to, &ev);
-                "DELIVERED"
-            } else {
-                // The recipient went offline while it was being written.
-                let job = Job::QueueDm {
-                    msg,
-                    to: to.clone(),
-                    log_id: id,
-                    at: ts,
-                };
-                if !hub.submit(Ticket::internal(), job) {
-                    crate::log!(Warn, "could not queue a DM for {to} in {room}");
-                }
-                "QUEUED"
-            }
-        }
-    };
+fn ack_to(hub: &mut Hub, conn: ConnId, req_id: &Option<Value>, room: &str, to: &str, status: &str) {
     let ev = Event::new("dm_ack")
         .with("room", room)
         .with("to", to)
         .with("status", status);
-    hub.reply(t.conn, &t.req_id, ev);
+    hub.reply(conn, req_id, ev);
+}
+
+/// Answers the sender of a DM.
+pub fn ack(hub: &mut Hub, t: &Ticket, room: &str, to: &str, status: &str) {
+    ack_to(hub, t.conn, &t.req_id, room, to, status);
+}
+
+fn dm_event(msg: &NewMessage, to: &str, id: i64) -> Event {
+    Event::new("dm")
+        .with("id", id)
+        .with("room", msg.room.as_str())
+        .with("from", msg.from.as_str())
+        .with("from_nickname", msg.from_nickname.as_str())
+        .with("to", to)
+        .with("text", msg.text.as_str())
+}
+
+/// The DM has committed: deliver it to the recipient's open connections, hand it
+/// to a connection of theirs that is loading, or queue it.
+pub fn stored(hub: &mut Hub, t: &Ticket, msg: NewMessage, to: String, result: DmResult) {
+    let (id, ts, queued) = match result {
+        DmResult::RecipientNotInRoom => {
+            return ack(hub, t, &msg.room, &to, "RECIPIENT_NOT_IN_ROOM");
+        }
+        DmResult::Stored { id, ts, queued } => (id, ts, queued),
+    };
+    hub.metrics.dms += 1;
+    hub.history.append(ChatEntry {
+        id,
+        ts,
+        kind: "dm".into(),
+        room: msg.room.clone(),
+        from: msg.from.clone(),
+        from_nickname: msg.from_nickname.clone(),
+        to: Some(to.clone()),
+        text: msg.text.clone(),
+    });
+    if queued {
+        return ack(hub, t, &msg.room, &to, "QUEUED");
+    }
+    match hub.state.reach(&to) {
+        Reach::Online => {
+            hub.to_user(&to, &dm_event(&msg, &to, id));
+            ack(hub, t, &msg.room, &to, "DELIVERED");
+        }
+        Reach::Loading => {
+            // Its load may have read the queue already: the opening connection
+            // gets it from memory instead, and the sender hears when it does.
+            let parked = ParkedDm {
+                ticket: Ticket::new(t.conn, t.req_id.clone()),
+                msg,
+                to: to.clone(),
+                id,
+                ts,
+            };
+            if let Some(user) = hub.state.users.get_mut(&to) {
+                user.parked_dms.push(parked);
+            }
+        }
+        Reach::Offline => {
+            // The recipient went offline while it was being written.
+            queue_parked(
+                hub,
+                vec![ParkedDm {
+                    ticket: Ticket::new(t.conn, t.req_id.clone()),
+                    msg,
+                    to,
+                    id,
+                    ts,
+                }],
+            );
+        }
+    }
+}
+
+/// Puts committed DMs into their recipient's offline queue; each sender is
+/// answered `QUEUED` once that has committed.
+pub fn queue_parked(hub: &mut Hub, parked: Vec<ParkedDm>) {
+    for p in parked {
+        let room = p.msg.room.clone();
+        let (conn, req_id) = (p.ticket.conn, p.ticket.req_id.clone());
+        let recipient = p.to.clone();
+        let job = Job::QueueDm {
+            msg: p.msg,
+            to: p.to,
+            log_id: p.id,
+            at: p.ts,
+        };
+        if !hub.submit(Ticket::new(conn, req_id.clone()), job) {
+            crate::log!(Warn, "could not queue a DM for {recipient} in {room}");
+            hub.reply_error(
+                conn,
+                &req_id,
+                RequestError::with(
+                    ErrorCode::Unavailable,
+                    "the DM is stored but could not be queued for its recipient",
+                ),
+            );
+        }
+    }
+}
+
+/// A connection of `to` has opened: the DMs parked for it are delivered.
+pub fn deliver_parked(hub: &mut Hub, to: &str) {
+    let parked = match hub.state.users.get_mut(to) {
+        Some(u) => std::mem::take(&mut u.parked_dms),
+        None => return,
+    };
+    for p in parked {
+        hub.to_user(to, &dm_event(&p.msg, to, p.id));
+        ack(hub, &p.ticket, &p.msg.room, to, "DELIVERED");
+    }
 }

@@ -7,7 +7,7 @@ use super::Ctx;
 use crate::db::jobs::{FollowStatus, UserRef};
 use crate::db::{Job, Ticket};
 use crate::protocol::{ErrorCode, Event, Request, RequestError};
-use crate::server::hub::Hub;
+use crate::hub::Hub;
 
 /// `friend_follow {"to"}`.
 pub struct Follow {
@@ -32,7 +32,7 @@ impl Follow {
             from: cx.user.clone(),
             to: self.to,
         };
-        hub.submit_ws(cx.id, &cx.req.req_id, job);
+        cx.submit(hub, job);
         Ok(())
     }
 }
@@ -73,7 +73,7 @@ impl Unfollow {
             from: cx.user.clone(),
             to: self.to,
         };
-        hub.submit_ws(cx.id, &cx.req.req_id, job);
+        cx.submit(hub, job);
         Ok(())
     }
 }
@@ -97,7 +97,7 @@ pub fn following_list(hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
     let job = Job::Following {
         username: cx.user.clone(),
     };
-    hub.submit_ws(cx.id, &cx.req.req_id, job);
+    cx.submit(hub, job);
     Ok(())
 }
 
@@ -105,7 +105,7 @@ pub fn followers_list(hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
     let job = Job::Followers {
         username: cx.user.clone(),
     };
-    hub.submit_ws(cx.id, &cx.req.req_id, job);
+    cx.submit(hub, job);
     Ok(())
 }
 

@@ -7,7 +7,7 @@ use super::Ctx;
 use crate::db::jobs::{ChatEntry, HistoryQuery};
 use crate::db::{Job, Ticket};
 use crate::protocol::{ErrorCode, Event, Request, RequestError};
-use crate::server::hub::Hub;
+use crate::hub::Hub;
 
 pub const DEFAULT_LIMIT: i64 = 20;
 pub const MAX_LIMIT: i64 = 200;
@@ -69,7 +69,7 @@ impl History {
             };
             hub.submit(Ticket::internal(), fill);
         }
-        hub.submit_ws(cx.id, &cx.req.req_id, Job::History(self.query));
+        cx.submit(hub, Job::History(self.query));
         Ok(())
     }
 }

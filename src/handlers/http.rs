@@ -12,7 +12,8 @@ use crate::auth::password::{constant_time_eq, is_hashed, HashJob, HashOutcome};
 use crate::conn::{ConnId, PendingHttp, Phase};
 use crate::db::{DbError, Job, Ticket};
 use crate::http::{self, Request};
-use crate::server::hub::{CloseReason, Hub};
+use crate::close::CloseReason;
+use crate::hub::Hub;
 
 /// Parses and routes every complete request in the connection's buffer.
 pub fn process(hub: &mut Hub, id: ConnId) {

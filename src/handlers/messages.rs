@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use crate::db::jobs::{ChatEntry, NewMessage};
 use crate::db::Job;
 use crate::protocol::{ErrorCode, Event, Request, RequestError};
-use crate::server::hub::Hub;
+use crate::hub::Hub;
 
 /// Longest text accepted, in characters.
 pub const MAX_TEXT: usize = 4000;
@@ -54,7 +54,7 @@ impl Msg {
             from_nickname,
             text,
         });
-        hub.submit_ws(cx.id, &cx.req.req_id, job);
+        cx.submit(hub, job);
         Ok(())
     }
 }

@@ -19,17 +19,42 @@ use std::time::Instant;
 
 use tungstenite::Message;
 
-use crate::conn::{ConnId, Phase};
+use crate::conn::{Admit, ConnId, Phase};
 use crate::db::jobs::Outcome;
-use crate::db::{Completion, DbError};
+use crate::db::{Completion, DbError, Job, Ticket};
+use crate::ticket::Hold;
 use crate::protocol::{ErrorCode, Request, RequestError};
-use crate::server::hub::{CloseReason, Hub};
+use crate::close::CloseReason;
+use crate::hub::Hub;
 
-/// A request as handlers see it: who sent it, on which connection, with what.
+/// A request as handlers see it: who sent it, on which connection, with what,
+/// and how its job holds back the connection's later requests.
 pub struct Ctx<'a> {
     pub id: ConnId,
     pub user: String,
     pub req: &'a Request,
+    pub hold: Hold,
+}
+
+impl Ctx<'_> {
+    /// Queues the request's database job; if the queue is full the client gets
+    /// `UNAVAILABLE` at once. Until the job is done, the connection's later
+    /// requests wait as the request's [`Hold`] says.
+    pub fn submit(&self, hub: &mut Hub, job: Job) {
+        let mut ticket = Ticket::new(self.id, self.req.req_id.clone());
+        ticket.hold = self.hold;
+        if hub.submit(ticket, job) {
+            if let Some(ws) = hub.ws_mut(self.id) {
+                ws.seq.started(self.hold);
+            }
+        } else {
+            hub.reply_error(
+                self.id,
+                &self.req.req_id,
+                RequestError::with(ErrorCode::Unavailable, "database queue is full"),
+            );
+        }
+    }
 }
 
 /// A complete frame from a WebSocket client.
@@ -44,7 +69,7 @@ pub fn on_ws_message(hub: &mut Hub, id: ConnId, msg: Message) {
             return;
         }
     };
-    let Some((user, admitted, flood)) = admit(hub, id) else {
+    let Some(admit) = admit(hub, id) else {
         return;
     };
     let Some(text) = text else {
@@ -57,69 +82,81 @@ pub fn on_ws_message(hub: &mut Hub, id: ConnId, msg: Message) {
     };
     hub.metrics.requests += 1;
     let decoded = Request::decode(text.as_str());
-    if !admitted {
+    if admit != Admit::Yes {
         hub.metrics.rate_limited += 1;
         let req_id = decoded.ok().and_then(|r| r.req_id);
         hub.reply_error(id, &req_id, RequestError::new(ErrorCode::RateLimited));
-        if flood {
+        if admit == Admit::Flood {
             hub.close(id, CloseReason::Flood);
         }
         return;
     }
-    let req = match decoded {
-        Ok(r) => r,
-        Err((e, req_id)) => {
-            hub.reply_error(id, &req_id, e);
-            return;
-        }
+    match decoded {
+        Ok(req) => start_or_hold(hub, id, Box::new(req)),
+        Err((e, req_id)) => hub.reply_error(id, &req_id, e),
+    }
+}
+
+/// Applies a request now if the jobs it may depend on are done; otherwise holds
+/// it (and reading stops) until they are.
+fn start_or_hold(hub: &mut Hub, id: ConnId, req: Box<Request>) {
+    let cmd = match Command::parse(&req) {
+        Ok(c) => c,
+        Err(e) => return hub.reply_error(id, &req.req_id, e),
     };
+    let hold = cmd.hold();
+    let Some(ws) = hub.ws_mut(id) else { return };
+    if !ws.seq.can_start(hold) {
+        ws.seq.held = Some((hold, req));
+        return;
+    }
     let cx = Ctx {
         id,
-        user,
+        user: ws.username.clone(),
         req: &req,
+        hold,
     };
-    if let Err(e) = dispatch(hub, &cx) {
+    if req.kind == "__panic" && hub.config.fault_injection {
+        panic!("fault injection: __panic request");
+    }
+    if let Err(e) = cmd.apply(hub, &cx) {
         hub.reply_error(id, &req.req_id, e);
     }
 }
 
+/// A job of this connection finished: start the held request if it may start
+/// now, and read again once nothing is held.
+fn job_finished(hub: &mut Hub, id: ConnId, hold: Hold) {
+    let Some(ws) = hub.ws_mut(id) else { return };
+    ws.seq.finished(hold);
+    let Some((_, req)) = ws.seq.release() else {
+        return;
+    };
+    start_or_hold(hub, id, req);
+    if hub.ws_mut(id).is_some_and(|ws| ws.seq.held.is_none()) {
+        hub.again.push(id);
+    }
+}
+
 fn touch(hub: &mut Hub, id: ConnId) {
-    if let Some(conn) = hub.conn_mut(id) {
-        if let Phase::Ws(ws) = &mut conn.phase {
-            ws.last_frame = Instant::now();
-            ws.ping_sent = None;
-        }
+    if let Some(ws) = hub.ws_mut(id) {
+        ws.last_frame = Instant::now();
+        ws.ping_sent = None;
     }
 }
 
 /// Marks the connection alive and takes a token from its request bucket.
-/// Returns the user, whether the request is admitted, and whether the client has
-/// been over the limit long enough to be disconnected.
-fn admit(hub: &mut Hub, id: ConnId) -> Option<(String, bool, bool)> {
+fn admit(hub: &mut Hub, id: ConnId) -> Option<Admit> {
     let now = Instant::now();
-    let (rate, burst) = (hub.config.rate_per_sec, hub.config.rate_burst);
-    let conn = hub.conn_mut(id)?;
-    let Phase::Ws(ws) = &mut conn.phase else {
-        return None;
-    };
+    let (rate, burst, flood) = (
+        hub.config.rate_per_sec,
+        hub.config.rate_burst,
+        hub.config.flood_secs,
+    );
+    let ws = hub.ws_mut(id)?;
     ws.last_frame = now;
     ws.ping_sent = None;
-    ws.tokens = (ws.tokens + now.duration_since(ws.tokens_at).as_secs_f64() * rate).min(burst);
-    ws.tokens_at = now;
-    if ws.tokens < 1.0 {
-        ws.rate_strikes += 1;
-        return Some((ws.username.clone(), false, ws.rate_strikes as f64 > burst));
-    }
-    ws.tokens -= 1.0;
-    ws.rate_strikes = 0;
-    Some((ws.username.clone(), true, false))
-}
-
-fn dispatch(hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
-    if cx.req.kind == "__panic" && hub.config.fault_injection {
-        panic!("fault injection: __panic request");
-    }
-    Command::parse(cx.req)?.apply(hub, cx)
+    Some(ws.rate.admit(now, rate, burst, flood))
 }
 
 /// A decoded WebSocket request: every type the protocol knows, each parsed from
@@ -142,6 +179,14 @@ pub enum Command {
 }
 
 impl Command {
+    /// How this request's job holds back later requests of its connection.
+    pub fn hold(&self) -> Hold {
+        match self {
+            Command::Msg(_) | Command::RoomDm(_) => Hold::Stream,
+            _ => Hold::Exclusive,
+        }
+    }
+
     /// Parses a request by its `type`; unknown types are `UNKNOWN_TYPE`.
     pub fn parse(req: &Request) -> Result<Command, RequestError> {
         Ok(match req.kind.as_str() {
@@ -204,12 +249,23 @@ pub fn decode_frame(text: &str) -> Result<Command, RequestError> {
 pub fn on_completion(hub: &mut Hub, c: Completion) {
     match c {
         Completion::Hash(ticket, outcome) => http::on_hash(hub, ticket, outcome),
-        Completion::Db(ticket, result) => {
+        Completion::Db(mut ticket, result) => {
             hub.metrics
                 .job_done(ticket.at.elapsed().as_secs_f64() * 1000.0);
+            let (conn, hold) = (ticket.conn, ticket.hold);
+            let writer = ticket.writes_for.take();
             match result {
                 Err(e) => on_db_error(hub, ticket, e),
                 Ok(outcome) => on_outcome(hub, ticket, outcome),
+            }
+            // Memory is up to date with the job now; what waited for it may go.
+            if hold != Hold::Nothing {
+                job_finished(hub, conn, hold);
+            }
+            if let Some(user) = writer {
+                for waiting in hub.state.write_done(&user) {
+                    session::load(hub, waiting, &user);
+                }
             }
         }
     }
@@ -223,7 +279,11 @@ fn on_outcome(hub: &mut Hub, t: crate::db::Ticket, outcome: Outcome) {
             http::credentials_done(hub, t.conn, username, password)
         }
         Outcome::Done | Outcome::Pruned(_) => {}
-        Outcome::Session { username, session } => session::opened(hub, t.conn, &username, session),
+        Outcome::Session { username, session } => {
+            session::opened(hub, t.conn, &username, session);
+            let orphaned = hub.state.load_done(&username);
+            dm::queue_parked(hub, orphaned);
+        }
         Outcome::History { room, items } => history::done(hub, &t, room, items),
         Outcome::HistoryFill { room, limit, items } => hub.history.filled(&room, limit, items),
         Outcome::MyRooms(rooms) => rooms::my_rooms_done(hub, &t, rooms),
@@ -258,6 +318,7 @@ fn on_outcome(hub: &mut Hub, t: crate::db::Ticket, outcome: Outcome) {
         }
         Outcome::Msg { msg, id, ts } => messages::stored(hub, msg, id, ts),
         Outcome::Dm { msg, to, result } => dm::stored(hub, &t, msg, to, result),
+        Outcome::DmQueued { room, to } => dm::ack(hub, &t, &room, &to, "QUEUED"),
     }
 }
 

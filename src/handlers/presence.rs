@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use super::Ctx;
 use crate::protocol::{Event, RequestError};
-use crate::server::hub::Hub;
+use crate::hub::Hub;
 
 /// The users `user` follows who are online, sorted by name case-insensitively.
 fn online_friends(hub: &Hub, user: &str) -> Event {

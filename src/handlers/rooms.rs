@@ -6,7 +6,7 @@ use super::Ctx;
 use crate::db::jobs::{JoinBy, JoinResult, RoomInfo};
 use crate::db::{Job, Ticket};
 use crate::protocol::{ErrorCode, Event, Request, RequestError};
-use crate::server::hub::Hub;
+use crate::hub::Hub;
 
 /// Longest room name (the `rooms.name` column).
 const MAX_ROOM_NAME: usize = 255;
@@ -46,7 +46,7 @@ impl CreateRoom {
             creator_nickname: nickname(hub, &cx.user),
             name,
         };
-        hub.submit_ws(cx.id, &cx.req.req_id, job);
+        cx.submit(hub, job);
         Ok(())
     }
 }
@@ -100,7 +100,7 @@ impl Join {
             nickname: nickname(hub, &cx.user),
             by: self.by,
         };
-        hub.submit_ws(cx.id, &cx.req.req_id, job);
+        cx.submit(hub, job);
         Ok(())
     }
 }
@@ -157,7 +157,7 @@ impl Leave {
             nickname: nickname(hub, &cx.user),
             room: self.room,
         };
-        hub.submit_ws(cx.id, &cx.req.req_id, job);
+        cx.submit(hub, job);
         Ok(())
     }
 }
@@ -192,7 +192,7 @@ pub fn my_rooms(hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
     let job = Job::MyRooms {
         username: cx.user.clone(),
     };
-    hub.submit_ws(cx.id, &cx.req.req_id, job);
+    cx.submit(hub, job);
     Ok(())
 }
 

@@ -3,12 +3,12 @@
 
 use std::time::Instant;
 
-use crate::conn::{ConnId, Phase, WsState};
+use crate::conn::{ConnId, Phase, RateLimit, WsState};
 use crate::db::jobs::SessionData;
 use crate::db::{DbError, Job, Ticket};
 use crate::http::{self, Request};
 use crate::protocol::Event;
-use crate::server::hub::Hub;
+use crate::hub::Hub;
 use crate::ws;
 
 use super::http::respond;
@@ -51,25 +51,35 @@ pub fn upgrade(hub: &mut Hub, id: ConnId, req: Request) {
         Err(e) => return refuse(hub, 403, &e.to_string()),
     };
     let accept_key = tungstenite::handshake::derive_accept_key(key.as_bytes());
-    if !hub.submit(
-        Ticket::new(id, None),
-        Job::OpenSession {
-            username: username.clone(),
-        },
-    ) {
-        return refuse(hub, 503, "Service unhealthy: database queue is full");
-    }
-    hub.state.begin_open(&username);
     let Some(conn) = hub.conn_mut(id) else { return };
     let leftover = match &mut conn.phase {
         Phase::Http(st) => std::mem::take(&mut st.buf),
         _ => Vec::new(),
     };
     conn.phase = Phase::Upgrading {
-        username,
+        username: username.clone(),
         accept_key,
         leftover,
     };
+    if hub.state.begin_open(&username, id) {
+        load(hub, id, &username);
+    }
+}
+
+/// Submits the session load of an upgrade (now, or once the user's writes that
+/// it must see are done).
+pub fn load(hub: &mut Hub, id: ConnId, username: &str) {
+    if hub.conn(id).is_none() {
+        return;
+    }
+    let job = Job::OpenSession {
+        username: username.to_string(),
+    };
+    if hub.submit(Ticket::new(id, None), job) {
+        hub.state.load_submitted(username);
+    } else {
+        open_failed(hub, id, &DbError::Unavailable("database queue is full".into()));
+    }
 }
 
 /// `Authorization: Bearer <token>`, the scheme compared case-insensitively.
@@ -117,22 +127,28 @@ pub fn opened(hub: &mut Hub, id: ConnId, username: &str, session: Option<Session
     conn.phase = Phase::Ws(Box::new(WsState {
         ctx: ws::server_context(leftover),
         username: username.to_string(),
-        tokens: burst,
-        tokens_at: now,
-        rate_strikes: 0,
+        rate: RateLimit::new(burst, now),
         last_frame: now,
         ping_sent: None,
         offline_ack: None,
+        seq: Default::default(),
     }));
     hub.dirty.push(id.slot);
     hub.metrics.ws_opened += 1;
     let first = hub.state.add_conn(username, id);
 
-    // Queued DMs, oldest first; deleted once written to the socket.
+    // Queued DMs, oldest first; deleted once written to the socket. Those that
+    // another connection of the user already took are not sent twice.
     if let Some(session) = session {
-        if !session.offline.is_empty() {
-            let mut ids = Vec::with_capacity(session.offline.len());
-            for dm in session.offline {
+        let claimed = &mut hub.state.users.get_mut(username).expect("opened").offline_claimed;
+        let offline: Vec<_> = session
+            .offline
+            .into_iter()
+            .filter(|dm| claimed.insert(dm.id))
+            .collect();
+        if !offline.is_empty() {
+            let mut ids = Vec::with_capacity(offline.len());
+            for dm in offline {
                 let ev = Event::new("offline_dm")
                     .with("room", dm.room)
                     .with("from", dm.from)
@@ -149,6 +165,7 @@ pub fn opened(hub: &mut Hub, id: ConnId, username: &str, session: Option<Session
             }
         }
     }
+    super::dm::deliver_parked(hub, username);
     if first {
         let name = super::presence::display_name(hub, username);
         super::presence::announce(hub, username, name, "online");
@@ -161,7 +178,8 @@ pub fn opened(hub: &mut Hub, id: ConnId, username: &str, session: Option<Session
 pub fn open_failed(hub: &mut Hub, id: ConnId, e: &DbError) {
     let Some(conn) = hub.conn_mut(id) else { return };
     if let Phase::Upgrading { username, .. } = std::mem::replace(&mut conn.phase, Phase::Closed) {
-        hub.state.cancel_open(&username);
+        let orphaned = hub.state.cancel_open(&username, id);
+        super::dm::queue_parked(hub, orphaned);
     }
     respond(
         hub,
@@ -184,9 +202,10 @@ pub fn on_flushed(hub: &mut Hub, id: ConnId) {
         .is_some_and(|(mark, _)| written >= *mark)
     {
         let (_, ids) = ws.offline_ack.take().expect("checked");
+        let username = ws.username.clone();
         // If this fails they are delivered again on the next connect, which is
         // better than losing them.
-        hub.submit(Ticket::internal(), Job::DeleteOfflineDms { ids });
+        hub.submit(Ticket::internal(), Job::DeleteOfflineDms { username, ids });
     }
 }
 
@@ -194,8 +213,19 @@ pub fn on_flushed(hub: &mut Hub, id: ConnId) {
 pub fn on_closed(hub: &mut Hub, id: ConnId) {
     let Some(conn) = hub.conn_mut(id) else { return };
     match std::mem::replace(&mut conn.phase, Phase::Closed) {
-        Phase::Upgrading { username, .. } => hub.state.cancel_open(&username),
+        Phase::Upgrading { username, .. } => {
+            let orphaned = hub.state.cancel_open(&username, id);
+            super::dm::queue_parked(hub, orphaned);
+        }
         Phase::Ws(ws) => {
+            if let Some((_, ids)) = &ws.offline_ack {
+                // Not all written: the next connection gets them again.
+                if let Some(user) = hub.state.users.get_mut(&ws.username) {
+                    ids.iter().for_each(|i| {
+                        user.offline_claimed.remove(i);
+                    });
+                }
+            }
             let name = super::presence::display_name(hub, &ws.username);
             if hub.state.remove_conn(&ws.username, id) {
                 super::presence::announce(hub, &ws.username, name, "offline");

@@ -9,8 +9,6 @@
 //! bounded queues, and socket writes that would block stay queued until the
 //! socket is writable (WRITABLE interest is registered only while output waits).
 
-pub mod hub;
-
 use std::fmt;
 use std::io::{self, Read};
 use std::net::SocketAddr;
@@ -39,7 +37,8 @@ use crate::metrics::Metrics;
 use crate::state::State;
 use crate::throttle::LoginThrottle;
 use crate::ws;
-use hub::{CloseReason, Hub};
+use crate::close::CloseReason;
+use crate::hub::Hub;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);

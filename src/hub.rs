@@ -12,68 +12,14 @@ use slab::Slab;
 use crate::auth::jwt::Tokens;
 use crate::auth::password::{HashJob, HashPool};
 use crate::config::Config;
-use crate::conn::{Conn, ConnId, Phase};
+use crate::close::CloseReason;
+use crate::conn::{Conn, ConnId, Phase, WsState};
 use crate::db::{Db, Job, Ticket};
 use crate::history_cache::HistoryCache;
 use crate::metrics::Metrics;
-use crate::protocol::{ErrorCode, Event, RequestError};
+use crate::protocol::{Event, RequestError};
 use crate::state::State;
 use crate::throttle::LoginThrottle;
-
-/// Why a connection is being closed (also a metrics label).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CloseReason {
-    /// The peer closed (EOF, close frame, reset).
-    Peer,
-    /// An HTTP exchange ended (`Connection: close`, errors).
-    HttpDone,
-    /// Nothing complete arrived in time (HTTP timeout, unanswered ping).
-    Timeout,
-    /// Its output passed the cap: close 1008.
-    SlowConsumer,
-    /// A frame or message over the limit: close 1009.
-    TooBig,
-    /// Invalid UTF-8 in a text frame: close 1007.
-    BadUtf8,
-    /// A WebSocket protocol violation: close 1002.
-    Protocol,
-    /// Kept flooding past the rate limit: close 1008.
-    Flood,
-    /// The server is shutting down: close 1001.
-    Shutdown,
-    /// A socket error.
-    Error,
-}
-
-impl CloseReason {
-    pub fn label(self) -> &'static str {
-        match self {
-            CloseReason::Peer => "peer",
-            CloseReason::HttpDone => "http_done",
-            CloseReason::Timeout => "timeout",
-            CloseReason::SlowConsumer => "slow_consumer",
-            CloseReason::TooBig => "too_big",
-            CloseReason::BadUtf8 => "bad_utf8",
-            CloseReason::Protocol => "protocol",
-            CloseReason::Flood => "flood",
-            CloseReason::Shutdown => "shutdown",
-            CloseReason::Error => "error",
-        }
-    }
-
-    pub const ALL: [CloseReason; 10] = [
-        CloseReason::Peer,
-        CloseReason::HttpDone,
-        CloseReason::Timeout,
-        CloseReason::SlowConsumer,
-        CloseReason::TooBig,
-        CloseReason::BadUtf8,
-        CloseReason::Protocol,
-        CloseReason::Flood,
-        CloseReason::Shutdown,
-        CloseReason::Error,
-    ];
-}
 
 pub struct Hub {
     pub conns: Slab<Conn>,
@@ -105,6 +51,14 @@ impl Hub {
 
     pub fn conn(&self, id: ConnId) -> Option<&Conn> {
         self.conns.get(id.slot).filter(|c| c.id == id)
+    }
+
+    /// An open WebSocket's state.
+    pub fn ws_mut(&mut self, id: ConnId) -> Option<&mut WsState> {
+        match &mut self.conn_mut(id)?.phase {
+            Phase::Ws(ws) => Some(ws),
+            _ => None,
+        }
     }
 
     /// The user of an open WebSocket connection.
@@ -191,23 +145,18 @@ impl Hub {
         }
     }
 
-    /// Queues a database job for a WebSocket request; if the queue is full the
-    /// client gets `UNAVAILABLE` at once.
-    pub fn submit_ws(&mut self, id: ConnId, req_id: &Option<Value>, job: Job) {
-        if !self.submit(Ticket::new(id, req_id.clone()), job) {
-            self.reply_error(
-                id,
-                req_id,
-                RequestError::with(ErrorCode::Unavailable, "database queue is full"),
-            );
-        }
-    }
-
-    /// Queues a job; false when it could not be queued.
-    pub fn submit(&mut self, ticket: Ticket, job: Job) -> bool {
+    /// Queues a database job; false when it could not be queued. A job that
+    /// writes a user's session data is counted for that user, so their session
+    /// loads wait for it (see `state`).
+    pub fn submit(&mut self, mut ticket: Ticket, job: Job) -> bool {
+        let writer = job.session_writer().map(str::to_string);
+        ticket.writes_for.clone_from(&writer);
         match self.db.submit(ticket, job) {
             Ok(()) => {
                 self.outstanding += 1;
+                if let Some(user) = writer {
+                    self.state.write_started(&user);
+                }
                 true
             }
             Err(_) => {
