@@ -294,6 +294,21 @@ pub struct WsState {
     pub seq: Sequencer,
 }
 
+/// A connection klav has decided to close: its last output is being written,
+/// then its write side is shut down and its input read and thrown away until the
+/// peer closes too (or `until`, or too many bytes). Closing a socket with unread
+/// input makes the kernel answer with a reset, and the client would lose what
+/// was sent to it: the final HTTP response, the close frame.
+#[derive(Debug)]
+pub struct Linger {
+    /// When the connection is dropped whatever happens.
+    pub until: Instant,
+    /// Whether the write side is shut down (everything queued was written).
+    pub shut: bool,
+    /// Bytes read and thrown away so far.
+    pub discarded: usize,
+}
+
 /// One client connection.
 pub struct Conn {
     pub id: ConnId,
@@ -303,11 +318,32 @@ pub struct Conn {
     pub out: OutQueue,
     /// WRITABLE interest is registered (only while output is pending).
     pub writable_registered: bool,
-    /// Set once the connection is to close: the socket is dropped as soon as its
-    /// output queue is empty (or a linger deadline passes).
+    /// Set once the connection is to close: no further request is taken.
     pub closing: Option<CloseReason>,
+    /// Set once its close has begun (see [`Linger`]).
+    pub linger: Option<Linger>,
     /// Reading is paused because output is backing up.
     pub read_paused: bool,
     /// Start of the current HTTP request (or of idleness), for the HTTP timeout.
     pub since: Instant,
+    /// When the loop's timer structure will look at this connection next.
+    pub wake_at: Option<Instant>,
+}
+
+impl Conn {
+    pub fn new(id: ConnId, stream: TcpStream, peer: SocketAddr) -> Conn {
+        Conn {
+            id,
+            stream,
+            peer,
+            phase: Phase::Http(HttpState::default()),
+            out: OutQueue::default(),
+            writable_registered: false,
+            closing: None,
+            linger: None,
+            read_paused: false,
+            since: Instant::now(),
+            wake_at: None,
+        }
+    }
 }

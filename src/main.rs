@@ -18,6 +18,13 @@ const USAGE: &str = "usage: klav            run the server (configuration from t
        klav --help     this text";
 
 fn main() -> ExitCode {
+    let code = run();
+    // Log lines are written by a thread of their own: let it finish.
+    log::flush(Duration::from_secs(2));
+    code
+}
+
+fn run() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         None => {}
@@ -165,7 +172,12 @@ fn install_panic_policy() {
     std::panic::set_hook(Box::new(|info| {
         let thread = std::thread::current();
         let name = thread.name().unwrap_or("unnamed");
-        log!(Error, "internal error (panic) in thread {name}: {info}; aborting so a supervisor can restart klav");
+        // Written directly (after what is queued): the process ends right here.
+        log::flush(Duration::from_millis(200));
+        eprintln!(
+            "{} ERROR internal error (panic) in thread {name}: {info}; aborting so a supervisor can restart klav",
+            klav::time::now_iso()
+        );
         std::process::abort();
     }));
 }

@@ -9,6 +9,10 @@ use crate::close::CloseReason;
 pub struct Metrics {
     pub accepted: u64,
     pub ws_opened: u64,
+    /// Open WebSocket connections (a gauge kept up to date, never counted).
+    pub ws_open: usize,
+    /// Users with at least one open WebSocket.
+    pub users_online: usize,
     pub messages: u64,
     pub dms: u64,
     pub deliveries: u64,
@@ -48,13 +52,8 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition, with the live gauges passed in.
-    pub fn render(
-        &self,
-        open_conns: usize,
-        ws_conns: usize,
-        online_users: usize,
-        queue_depth: usize,
-    ) -> String {
+    pub fn render(&self, open_conns: usize, queue_depth: usize) -> String {
+        let (ws_conns, online_users) = (self.ws_open, self.users_online);
         let mut s = String::with_capacity(2048);
         let mut gauge = |name: &str, help: &str, v: f64| {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
@@ -78,6 +77,12 @@ impl Metrics {
             "klav_db_queue_depth",
             "Jobs waiting for a database thread.",
             queue_depth as f64,
+        );
+        let _ = writeln!(
+            s,
+            "# HELP klav_log_lines_dropped_total Log lines dropped because stderr could not keep up.\n\
+             # TYPE klav_log_lines_dropped_total counter\nklav_log_lines_dropped_total {}",
+            crate::log::dropped()
         );
         let counters: [(&str, &str, u64); 9] = [
             (

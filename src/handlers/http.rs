@@ -94,20 +94,8 @@ fn route(hub: &mut Hub, id: ConnId, req: Request) {
             }
         }
         "/metrics" => {
-            let ws = hub
-                .conns
-                .iter()
-                .filter(|(_, c)| matches!(c.phase, Phase::Ws(_)))
-                .count();
-            let online = hub
-                .state
-                .users
-                .values()
-                .filter(|u| !u.conns.is_empty())
-                .count();
-            let mut text = hub
-                .metrics
-                .render(hub.conns.len(), ws, online, hub.db.queue_depth());
+            // Gauges kept as counters: rendering is O(1) however many connect.
+            let mut text = hub.metrics.render(hub.conns.len(), hub.db.queue_depth());
             text.push_str(&format!(
                 "# HELP klav_history_cache_hits_total history requests answered from memory.\n\
                  # TYPE klav_history_cache_hits_total counter\nklav_history_cache_hits_total {}\n\
@@ -141,13 +129,15 @@ fn take_pending(hub: &mut Hub, id: ConnId) -> Option<PendingHttp> {
     }
 }
 
-/// Finishes a pending request: responds, then parses whatever came in meanwhile.
+/// Finishes a pending request: responds, then parses whatever came in meanwhile
+/// and reads on (reading stopped while the request waited).
 fn finish(hub: &mut Hub, id: ConnId, bytes: Vec<u8>, keep_alive: bool) {
     respond(hub, id, bytes, keep_alive);
     if let Some(conn) = hub.conn_mut(id) {
         conn.since = Instant::now();
     }
     process(hub, id);
+    hub.again.push(id);
 }
 
 /// The body as a JSON object whose listed fields are strings (or absent/null).

@@ -100,6 +100,9 @@ pub fn on_ws_message(hub: &mut Hub, id: ConnId, msg: Message) {
 /// Applies a request now if the jobs it may depend on are done; otherwise holds
 /// it (and reading stops) until they are.
 fn start_or_hold(hub: &mut Hub, id: ConnId, req: Box<Request>) {
+    if req.kind == "__panic" && hub.config.fault_injection {
+        panic!("fault injection: __panic request");
+    }
     let cmd = match Command::parse(&req) {
         Ok(c) => c,
         Err(e) => return hub.reply_error(id, &req.req_id, e),
@@ -116,9 +119,6 @@ fn start_or_hold(hub: &mut Hub, id: ConnId, req: Box<Request>) {
         req: &req,
         hold,
     };
-    if req.kind == "__panic" && hub.config.fault_injection {
-        panic!("fault injection: __panic request");
-    }
     if let Err(e) = cmd.apply(hub, &cx) {
         hub.reply_error(id, &req.req_id, e);
     }

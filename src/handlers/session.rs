@@ -135,7 +135,11 @@ pub fn opened(hub: &mut Hub, id: ConnId, username: &str, session: Option<Session
     }));
     hub.dirty.push(id.slot);
     hub.metrics.ws_opened += 1;
+    hub.metrics.ws_open += 1;
     let first = hub.state.add_conn(username, id);
+    if first {
+        hub.metrics.users_online += 1;
+    }
 
     // Queued DMs, oldest first; deleted once written to the socket. Those that
     // another connection of the user already took are not sent twice.
@@ -227,7 +231,9 @@ pub fn on_closed(hub: &mut Hub, id: ConnId) {
                 }
             }
             let name = super::presence::display_name(hub, &ws.username);
+            hub.metrics.ws_open -= 1;
             if hub.state.remove_conn(&ws.username, id) {
+                hub.metrics.users_online -= 1;
                 super::presence::announce(hub, &ws.username, name, "offline");
             }
         }

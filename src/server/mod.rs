@@ -1,16 +1,24 @@
 //! The event loop: one thread, one `mio::Poll`, every socket.
 //!
-//! A turn of the loop: wait for readiness (or a worker's wake-up, or the 1-second
-//! tick) → accept → read what is readable, within a budget per connection → apply
-//! finished jobs → close what asked to close → write each connection's pending
-//! output once → housekeeping (timeouts, pings, retention) once a second.
+//! A turn of the loop: wait for readiness (or a worker's wake-up, or the next
+//! timer) → accept → read what is readable, within a budget per connection →
+//! apply finished jobs → read again what was left for later → close what asked
+//! to close → write each connection's pending output once → fire due timers.
 //!
 //! Nothing here blocks: database and hashing work is handed to threads through
-//! bounded queues, and socket writes that would block stay queued until the
-//! socket is writable (WRITABLE interest is registered only while output waits).
+//! bounded queues, log lines to a writer thread, and socket writes that would
+//! block stay queued until the socket is writable.
+//!
+//! - [`reading`]: readiness → bytes → HTTP requests or WebSocket frames.
+//! - [`writing`]: output queues → sockets, interest, and every close.
+//! - [`timers`]: per-connection deadlines (HTTP timeout, ping, linger).
+
+mod reading;
+mod timers;
+mod writing;
 
 use std::fmt;
-use std::io::{self, Read};
+use std::io;
 use std::net::SocketAddr;
 use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,13 +30,11 @@ use crossbeam_channel::Receiver;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
-use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::protocol::CloseFrame;
 
 use crate::auth::jwt::Tokens;
 use crate::auth::password::HashPool;
 use crate::config::Config;
-use crate::conn::{Conn, ConnId, HttpState, Phase};
+use crate::conn::{Conn, ConnId};
 use crate::db::{Completion, CompletionSink, Db, DbError, DbSettings, Job, Ticket, Wakeup};
 use crate::handlers;
 use crate::history_cache::HistoryCache;
@@ -36,22 +42,14 @@ use crate::http;
 use crate::metrics::Metrics;
 use crate::state::State;
 use crate::throttle::LoginThrottle;
-use crate::ws;
 use crate::close::CloseReason;
 use crate::hub::Hub;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
 
-/// Complete WebSocket messages handled per connection per turn; the rest waits for
-/// the next turn so one busy client cannot starve the others.
-const READ_BUDGET: usize = 64;
 /// Completions applied per turn before sockets get their turn again.
 const COMPLETION_BUDGET: usize = 8192;
-/// Stop reading a connection's requests while this much output is waiting for it.
-const READ_PAUSE_BYTES: usize = 256 * 1024;
-/// How long a connection that was told to close may take to take its last bytes.
-const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// Pause after an accept error such as running out of file descriptors, so the
 /// loop does not spin on a listener it cannot serve.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -202,7 +200,7 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
         stop: stop.clone(),
         next_gen: 1,
         accept_paused_until: None,
-        lingering: Vec::new(),
+        timers: timers::Timers::default(),
         draining: false,
     };
     let thread = std::thread::Builder::new()
@@ -234,8 +232,7 @@ struct Server {
     stop: Arc<AtomicBool>,
     next_gen: u64,
     accept_paused_until: Option<Instant>,
-    /// Connections told to close, with the time by which they are dropped anyway.
-    lingering: Vec<(ConnId, Instant)>,
+    timers: timers::Timers,
     /// Shutting down: no new requests are read.
     draining: bool,
 }
@@ -252,7 +249,8 @@ impl Server {
             let timeout = if !self.hub.again.is_empty() {
                 Duration::ZERO
             } else {
-                next_tick.saturating_duration_since(now)
+                let wake = self.timers.next().map_or(next_tick, |t| t.min(next_tick));
+                wake.saturating_duration_since(now)
             };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
@@ -280,14 +278,17 @@ impl Server {
             let again = std::mem::take(&mut self.hub.again);
             for id in again {
                 self.on_readable(id);
+                // Whatever put it on the list may have moved its deadline.
+                self.schedule(id);
             }
             self.process_closes();
             self.flush_dirty();
 
             let now = Instant::now();
+            self.fire_timers(now);
             if now >= next_tick {
                 next_tick = now + TICK;
-                self.housekeeping(now);
+                self.tick(now);
                 if now >= next_prune {
                     next_prune = now + self.hub.config.retention_interval;
                     self.retention();
@@ -323,6 +324,7 @@ impl Server {
         let Some(listener) = self.listener.as_ref() else {
             return;
         };
+        let mut accepted = Vec::new();
         loop {
             match listener.accept() {
                 Ok((mut stream, peer)) => {
@@ -343,24 +345,9 @@ impl Server {
                         crate::log!(Warn, "cannot register a connection: {e}");
                         continue;
                     }
-                    entry.insert(Conn {
-                        id,
-                        stream,
-                        peer,
-                        phase: Phase::Http(HttpState::default()),
-                        out: Default::default(),
-                        writable_registered: false,
-                        closing: None,
-                        read_paused: false,
-                        since: Instant::now(),
-                    });
-                    // Over the connection cap: answer 503 and close.
-                    if self.hub.conns.len() > self.hub.config.max_connections {
-                        self.hub
-                            .send_bytes(id, &http::error(503, "too many connections", false));
-                        self.hub.conn_mut(id).expect("just inserted").closing =
-                            Some(CloseReason::HttpDone);
-                    }
+                    entry.insert(Conn::new(id, stream, peer));
+                    let over = self.hub.conns.len() > self.hub.config.max_connections;
+                    accepted.push((id, over));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -373,146 +360,17 @@ impl Server {
                 }
             }
         }
-    }
-
-    fn on_readable(&mut self, id: ConnId) {
-        let Some(conn) = self.hub.conn_mut(id) else {
-            return;
-        };
-        if conn.closing.is_some() {
-            // Draining to close: discard input so the socket does not stay readable.
-            let mut sink = [0u8; 4096];
-            loop {
-                match conn.stream.read(&mut sink) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
-                }
+        for (id, over) in accepted {
+            self.schedule(id);
+            // Over the connection cap: answer 503 and close.
+            if over {
+                handlers::http::respond(
+                    &mut self.hub,
+                    id,
+                    http::error(503, "too many connections", false),
+                    false,
+                );
             }
-            return;
-        }
-        if conn.read_paused {
-            return;
-        }
-        match conn.phase {
-            Phase::Http(_) => self.read_http(id),
-            Phase::Upgrading { .. } | Phase::Closed => {}
-            Phase::Ws(_) => self.read_ws(id),
-        }
-    }
-
-    fn read_http(&mut self, id: ConnId) {
-        let Some(conn) = self.hub.conn_mut(id) else {
-            return;
-        };
-        let Phase::Http(st) = &mut conn.phase else {
-            return;
-        };
-        let mut eof = false;
-        let mut chunk = [0u8; 16 * 1024];
-        // Read no more than one maximal request ahead.
-        while st.buf.len() <= http::MAX_HEAD + http::MAX_BODY {
-            match conn.stream.read(&mut chunk) {
-                Ok(0) => {
-                    eof = true;
-                    break;
-                }
-                Ok(n) => {
-                    if st.buf.is_empty() && st.pending.is_none() {
-                        conn.since = Instant::now();
-                    }
-                    st.buf.extend_from_slice(&chunk[..n]);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => {
-                    eof = true;
-                    break;
-                }
-            }
-        }
-        handlers::http::process(&mut self.hub, id);
-        if eof {
-            // The peer is done sending. Finish what it asked (a pending request is
-            // answered, then the socket closes), or close now.
-            if let Some(conn) = self.hub.conn_mut(id) {
-                let busy = match &conn.phase {
-                    Phase::Http(st) => st.pending.is_some(),
-                    Phase::Upgrading { .. } => true,
-                    Phase::Ws(_) | Phase::Closed => false,
-                };
-                if busy || !conn.out.is_empty() {
-                    conn.closing.get_or_insert(CloseReason::Peer);
-                    if matches!(conn.phase, Phase::Upgrading { .. }) {
-                        // The client is gone; an upgrade for it is pointless.
-                        self.hub.close(id, CloseReason::Peer);
-                    }
-                } else {
-                    self.hub.close(id, CloseReason::Peer);
-                }
-            }
-        }
-    }
-
-    fn read_ws(&mut self, id: ConnId) {
-        for _ in 0..READ_BUDGET {
-            let Some(conn) = self.hub.conn_mut(id) else {
-                return;
-            };
-            if conn.closing.is_some() || conn.read_paused {
-                return;
-            }
-            let Phase::Ws(ws) = &mut conn.phase else {
-                return;
-            };
-            let mut io = ws::Io {
-                stream: &mut conn.stream,
-                out: &mut conn.out,
-            };
-            let result = ws.ctx.read(&mut io);
-            if !conn.out.is_empty() {
-                // tungstenite queued a pong or a close reply.
-                self.hub.dirty.push(id.slot);
-            }
-            match result {
-                Ok(msg) => {
-                    handlers::on_ws_message(&mut self.hub, id, msg);
-                    if self.hub.close_soon.iter().any(|(c, _)| *c == id) {
-                        // Told to close (e.g. a flood): take no further requests.
-                        return;
-                    }
-                }
-                Err(e) => {
-                    self.on_ws_error(id, e);
-                    return;
-                }
-            }
-        }
-        // Budget spent: input may remain buffered; come back next turn.
-        self.hub.again.push(id);
-    }
-
-    fn on_ws_error(&mut self, id: ConnId, e: tungstenite::Error) {
-        use tungstenite::error::{CapacityError, Error as WsError};
-        match e {
-            WsError::Io(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
-                self.hub.close(id, CloseReason::TooBig)
-            }
-            WsError::Capacity(_) => self.hub.close(id, CloseReason::TooBig),
-            WsError::Utf8(_) => self.hub.close(id, CloseReason::BadUtf8),
-            WsError::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake)
-            | WsError::ConnectionClosed
-            | WsError::AlreadyClosed => {
-                // The close handshake finished (tungstenite queued its reply) or the
-                // peer vanished: flush what is queued, then close.
-                if let Some(conn) = self.hub.conn_mut(id) {
-                    conn.closing.get_or_insert(CloseReason::Peer);
-                    self.hub.dirty.push(id.slot);
-                }
-                self.hub.close(id, CloseReason::Peer);
-            }
-            WsError::Protocol(_) => self.hub.close(id, CloseReason::Protocol),
-            _ => self.hub.close(id, CloseReason::Error),
         }
     }
 
@@ -531,225 +389,23 @@ impl Server {
         self.wakeup.wake();
     }
 
-    /// Applies the close requests gathered during this turn.
-    fn process_closes(&mut self) {
-        if self.hub.close_soon.is_empty() {
-            return;
-        }
-        // One close per connection: a fan-out that overflows a slow consumer asks
-        // once per frame; the first reason stands.
-        let mut done = std::collections::HashSet::new();
-        while !self.hub.close_soon.is_empty() {
-            let batch = std::mem::take(&mut self.hub.close_soon);
-            for (id, reason) in batch {
-                if done.insert(id) {
-                    self.close_conn(id, reason);
-                }
-            }
-        }
-    }
-
-    fn close_conn(&mut self, id: ConnId, reason: CloseReason) {
-        let Some(conn) = self.hub.conn_mut(id) else {
-            return;
-        };
-        match reason {
-            CloseReason::SlowConsumer | CloseReason::Flood | CloseReason::TooBig => {
-                crate::log!(
-                    Warn,
-                    "closing a connection from {}: {}",
-                    conn.peer,
-                    reason.label()
-                )
-            }
-            CloseReason::Protocol | CloseReason::BadUtf8 | CloseReason::Error => {
-                crate::log!(
-                    Debug,
-                    "closing a connection from {}: {}",
-                    conn.peer,
-                    reason.label()
-                )
-            }
-            _ => {}
-        }
-        let code = match reason {
-            CloseReason::SlowConsumer | CloseReason::Flood => Some(CloseCode::Policy),
-            CloseReason::TooBig => Some(CloseCode::Size),
-            CloseReason::BadUtf8 => Some(CloseCode::Invalid),
-            CloseReason::Protocol => Some(CloseCode::Protocol),
-            CloseReason::Shutdown => Some(CloseCode::Away),
-            CloseReason::Timeout => Some(CloseCode::Away),
-            _ => None,
-        };
-        let graceful = match (&mut conn.phase, code) {
-            (Phase::Ws(ws), Some(code)) => {
-                if reason == CloseReason::SlowConsumer {
-                    conn.out.truncate_unstarted();
-                }
-                let mut io = ws::Io {
-                    stream: &mut conn.stream,
-                    out: &mut conn.out,
-                };
-                let reason_text = match reason {
-                    CloseReason::SlowConsumer => "output buffer limit exceeded",
-                    CloseReason::Flood => "request rate limit exceeded",
-                    CloseReason::TooBig => "message too big",
-                    CloseReason::Shutdown => "server shutting down",
-                    CloseReason::Timeout => "idle timeout",
-                    _ => "",
-                };
-                let _ = ws.ctx.close(
-                    &mut io,
-                    Some(CloseFrame {
-                        code,
-                        reason: reason_text.into(),
-                    }),
-                );
-                true
-            }
-            // Output already queued (a final HTTP response, a close reply) goes first.
-            (_, _) => conn.closing.is_some() && reason != CloseReason::Shutdown,
-        };
-        if graceful && !conn.out.is_empty() {
-            conn.closing = Some(reason);
-            self.lingering.push((id, Instant::now() + CLOSE_LINGER));
-            self.hub.dirty.push(id.slot);
-            // The user goes offline now, not when the last bytes leave.
-            handlers::session::on_closed(&mut self.hub, id);
-            return;
-        }
-        conn.closing = Some(reason);
-        self.remove(id);
-    }
-
-    /// Drops a connection for good.
-    fn remove(&mut self, id: ConnId) {
-        handlers::session::on_closed(&mut self.hub, id);
-        if let Some(conn) = self.hub.conn_mut(id) {
-            let reason = conn.closing.unwrap_or(CloseReason::Peer);
-            let _ = self.poll.registry().deregister(&mut conn.stream);
-            self.hub.conns.remove(id.slot);
-            self.hub.metrics.closed(reason);
-        }
-    }
-
-    fn flush_dirty(&mut self) {
-        let mut dirty = std::mem::take(&mut self.hub.dirty);
-        dirty.sort_unstable();
-        dirty.dedup();
-        for slot in dirty.drain(..) {
-            let Some(conn) = self.hub.conns.get_mut(slot) else {
-                continue;
-            };
-            let id = conn.id;
-            match conn.out.write_to(&mut conn.stream) {
-                Ok(true) => {
-                    if conn.writable_registered {
-                        conn.writable_registered = false;
-                        let _ = self.poll.registry().reregister(
-                            &mut conn.stream,
-                            Token(slot),
-                            Interest::READABLE,
-                        );
-                    }
-                    if conn.closing.is_some() {
-                        self.remove(id);
-                        continue;
-                    }
-                    handlers::session::on_flushed(&mut self.hub, id);
-                    let draining = self.draining;
-                    if let Some(conn) = self.hub.conn_mut(id) {
-                        // While shutting down, reading stays paused for good.
-                        if conn.read_paused && !draining {
-                            conn.read_paused = false;
-                            self.hub.again.push(id);
-                        }
-                    }
-                }
-                Ok(false) => {
-                    if !conn.writable_registered {
-                        conn.writable_registered = true;
-                        let _ = self.poll.registry().reregister(
-                            &mut conn.stream,
-                            Token(slot),
-                            Interest::READABLE | Interest::WRITABLE,
-                        );
-                    }
-                    if conn.out.len() > READ_PAUSE_BYTES {
-                        conn.read_paused = true;
-                    } else if conn.read_paused && !self.draining {
-                        conn.read_paused = false;
-                        self.hub.again.push(id);
-                    }
-                    handlers::session::on_flushed(&mut self.hub, id);
-                }
-                Err(_) => {
-                    conn.closing.get_or_insert(CloseReason::Error);
-                    self.remove(id);
-                }
-            }
-        }
-        self.hub.dirty = dirty;
-    }
-
-    /// Once a second: timeouts, pings, lingering closes.
-    fn housekeeping(&mut self, now: Instant) {
-        let http_timeout = self.hub.config.http_timeout;
-        let ping = self.hub.config.ws_ping_interval;
-        let mut expired = Vec::new();
-        let mut to_ping = Vec::new();
-        for (_, conn) in self.hub.conns.iter_mut() {
-            if conn.closing.is_some() {
-                continue;
-            }
-            match &mut conn.phase {
-                Phase::Http(st) => {
-                    if st.pending.is_none() && now.duration_since(conn.since) > http_timeout {
-                        expired.push(conn.id);
-                    }
-                }
-                Phase::Upgrading { .. } | Phase::Closed => {}
-                Phase::Ws(ws) => match ws.ping_sent {
-                    Some(sent) if now.duration_since(sent) > ping => expired.push(conn.id),
-                    Some(_) => {}
-                    None if now.duration_since(ws.last_frame) > ping => {
-                        ws.ping_sent = Some(now);
-                        to_ping.push(conn.id);
-                    }
-                    None => {}
-                },
-            }
-        }
-        for id in expired {
-            // HTTP: just close; WebSocket: close 1001 (the peer stopped answering).
-            self.close_conn(id, CloseReason::Timeout);
-        }
-        for id in to_ping {
-            // An unmasked, empty ping frame.
-            self.hub.send_bytes(id, &[0x89, 0x00]);
-        }
+    /// Once a second: what is not tied to one connection.
+    fn tick(&mut self, now: Instant) {
         self.hub.login_throttle.sweep(now);
         let members = &self.hub.state.room_members;
         self.hub
             .history
             .retain_rooms(|room| members.contains_key(room));
-        let lingering = std::mem::take(&mut self.lingering);
-        for (id, deadline) in lingering {
-            if self.hub.conn(id).is_none() {
-                continue;
-            }
-            if now >= deadline {
-                self.remove(id);
-            } else {
-                self.lingering.push((id, deadline));
-            }
-        }
-        self.flush_dirty();
     }
 
     fn retention(&mut self) {
         let keep = self.hub.config.max_logs_per_room;
-        if keep == 0 || self.hub.state.touched_rooms.is_empty() {
+        if keep == 0 {
+            // Unlimited retention: nothing to prune, nothing to remember.
+            self.hub.state.touched_rooms.clear();
+            return;
+        }
+        if self.hub.state.touched_rooms.is_empty() {
             return;
         }
         let rooms: Vec<String> = self.hub.state.touched_rooms.drain().collect();
@@ -789,16 +445,13 @@ impl Server {
             .hub
             .conns
             .iter()
-            .filter(|(_, c)| c.closing.is_none())
+            .filter(|(_, c)| c.linger.is_none())
             .map(|(_, c)| c.id)
             .collect();
         for id in open {
             self.close_conn(id, CloseReason::Shutdown);
         }
         self.flush_dirty();
-        if self.hub.conns.is_empty() || deadline_passed {
-            return true;
-        }
-        false
+        self.hub.conns.is_empty() || deadline_passed
     }
 }

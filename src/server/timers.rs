@@ -1,0 +1,126 @@
+//! Per-connection deadlines — the HTTP timeout, the WebSocket ping and its
+//! answer, the end of a lingering close — kept in one min-heap instead of a walk
+//! over every connection.
+//!
+//! Deadlines move later all the time (every frame from a client pushes its ping
+//! back), so the heap is lazy: an entry is only a time to look at a connection
+//! again. When it comes due, the connection's real deadline is computed from its
+//! state; if that is still ahead, the connection is simply filed again. Only a
+//! deadline that moves *earlier* (a close starting) needs a new entry, and
+//! [`Server::schedule`] adds one only then.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::time::Instant;
+
+use super::Server;
+use crate::close::CloseReason;
+use crate::conn::{Conn, ConnId, Phase};
+use crate::config::Config;
+
+#[derive(Default)]
+pub(super) struct Timers {
+    heap: BinaryHeap<Reverse<(Instant, usize, u64)>>,
+}
+
+impl Timers {
+    /// The earliest time something may be due.
+    pub(super) fn next(&self) -> Option<Instant> {
+        self.heap.peek().map(|Reverse((t, _, _))| *t)
+    }
+}
+
+/// When the connection needs looking at next, from its state alone.
+fn deadline(conn: &Conn, config: &Config) -> Option<Instant> {
+    if let Some(linger) = &conn.linger {
+        return Some(linger.until);
+    }
+    if conn.closing.is_some() {
+        return None;
+    }
+    match &conn.phase {
+        Phase::Http(st) if st.pending.is_none() => Some(conn.since + config.http_timeout),
+        Phase::Http(_) | Phase::Upgrading { .. } | Phase::Closed => None,
+        Phase::Ws(ws) => Some(match ws.ping_sent {
+            Some(sent) => sent + config.ws_ping_interval,
+            None => ws.last_frame + config.ws_ping_interval,
+        }),
+    }
+}
+
+impl Server {
+    /// Files the connection under its deadline, unless it is already filed at
+    /// that time or earlier. Cheap: call it after any change of state.
+    pub(super) fn schedule(&mut self, id: ConnId) {
+        let config = self.hub.config.clone();
+        let Some(conn) = self.hub.conn_mut(id) else {
+            return;
+        };
+        let Some(at) = deadline(conn, &config) else {
+            return;
+        };
+        if conn.wake_at.is_some_and(|w| w <= at) {
+            return;
+        }
+        conn.wake_at = Some(at);
+        self.timers.heap.push(Reverse((at, id.slot, id.gen)));
+    }
+
+    /// Acts on every connection whose time has come.
+    pub(super) fn fire_timers(&mut self, now: Instant) {
+        let mut due = Vec::new();
+        while let Some(&Reverse((at, slot, gen))) = self.timers.heap.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.heap.pop();
+            let id = ConnId { slot, gen };
+            let Some(conn) = self.hub.conn_mut(id) else {
+                continue;
+            };
+            if conn.wake_at != Some(at) {
+                // Superseded by an earlier entry.
+                continue;
+            }
+            conn.wake_at = None;
+            due.push(id);
+        }
+        if due.is_empty() {
+            return;
+        }
+        for &id in &due {
+            self.on_timer(id, now);
+        }
+        self.process_closes();
+        for id in due {
+            self.schedule(id);
+        }
+        self.flush_dirty();
+    }
+
+    fn on_timer(&mut self, id: ConnId, now: Instant) {
+        let config = self.hub.config.clone();
+        let Some(conn) = self.hub.conn_mut(id) else {
+            return;
+        };
+        if conn.linger.as_ref().is_some_and(|l| now >= l.until) {
+            self.remove(id);
+            return;
+        }
+        if deadline(conn, &config).is_none_or(|d| now < d) {
+            return;
+        }
+        match &mut conn.phase {
+            // HTTP: nothing complete arrived in time. WebSocket: a ping went
+            // unanswered (close 1001).
+            Phase::Http(_) => self.hub.close(id, CloseReason::Timeout),
+            Phase::Ws(ws) if ws.ping_sent.is_some() => self.hub.close(id, CloseReason::Timeout),
+            Phase::Ws(ws) => {
+                ws.ping_sent = Some(now);
+                // An unmasked, empty ping frame.
+                self.hub.send_bytes(id, &[0x89, 0x00]);
+            }
+            Phase::Upgrading { .. } | Phase::Closed => {}
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! Output queues → sockets, once per turn per connection that has something new,
+//! and every close: a connection's interest is derived from its state in one
+//! place ([`Server::sync_interest`]), and every close klav starts goes through
+//! [`Server::close_conn`] and ends in a lingering close.
+
+use std::net::Shutdown;
+use std::time::{Duration, Instant};
+
+use mio::{Interest, Token};
+use tungstenite::protocol::CloseFrame;
+
+use super::reading::READ_PAUSE_BYTES;
+use super::Server;
+use crate::close::CloseReason;
+use crate::conn::{ConnId, Linger, Phase};
+use crate::handlers;
+use crate::ws;
+
+/// How long a connection told to close may take to take its last bytes.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// How long input is read and thrown away after the write side is shut down,
+/// waiting for the peer to close (nginx's `lingering_timeout`).
+const LINGER_READ: Duration = Duration::from_secs(2);
+
+impl Server {
+    /// Applies the close requests gathered during this turn.
+    pub(super) fn process_closes(&mut self) {
+        while !self.hub.close_soon.is_empty() {
+            let batch = std::mem::take(&mut self.hub.close_soon);
+            for (id, reason) in batch {
+                self.close_conn(id, reason);
+            }
+        }
+    }
+
+    /// Starts closing a connection; the first reason stands. Its user goes
+    /// offline now, not when its last bytes leave.
+    pub(super) fn close_conn(&mut self, id: ConnId, reason: CloseReason) {
+        let Some(conn) = self.hub.conn_mut(id) else {
+            return;
+        };
+        if conn.linger.is_some() {
+            return;
+        }
+        let plan = reason.plan();
+        if let Some(level) = plan.log {
+            if crate::log::enabled(level) {
+                crate::log::line(
+                    level,
+                    format_args!(
+                        "closing a connection from {}: {}",
+                        conn.peer,
+                        reason.label()
+                    ),
+                );
+            }
+        }
+        if let (Phase::Ws(ws), Some((code, text))) = (&mut conn.phase, plan.frame) {
+            if plan.drop_unsent {
+                conn.out.truncate_unstarted();
+            }
+            let mut io = ws::Io {
+                stream: &mut conn.stream,
+                out: &mut conn.out,
+            };
+            let frame = CloseFrame {
+                code,
+                reason: text.into(),
+            };
+            let _ = ws.ctx.close(&mut io, Some(frame));
+        }
+        let reason = *conn.closing.get_or_insert(reason);
+        self.hub.metrics.closed(reason);
+        let Some(conn) = self.hub.conn_mut(id) else {
+            return;
+        };
+        conn.linger = Some(Linger {
+            until: Instant::now() + CLOSE_LINGER,
+            shut: false,
+            discarded: 0,
+        });
+        handlers::session::on_closed(&mut self.hub, id);
+        if reason == CloseReason::Error {
+            self.remove(id);
+            return;
+        }
+        self.schedule(id);
+        self.hub.dirty.push(id.slot);
+    }
+
+    /// Drops a connection for good. (A close klav started was counted when it
+    /// started; one that ends here directly, a broken socket, is counted here.)
+    pub(super) fn remove(&mut self, id: ConnId) {
+        handlers::session::on_closed(&mut self.hub, id);
+        if let Some(conn) = self.hub.conn_mut(id) {
+            let counted = conn.linger.is_some();
+            let reason = conn.closing.unwrap_or(CloseReason::Peer);
+            let _ = self.poll.registry().deregister(&mut conn.stream);
+            self.hub.conns.remove(id.slot);
+            if !counted {
+                self.hub.metrics.closed(reason);
+            }
+        }
+    }
+
+    pub(super) fn flush_dirty(&mut self) {
+        let mut dirty = std::mem::take(&mut self.hub.dirty);
+        dirty.sort_unstable();
+        dirty.dedup();
+        for slot in dirty.drain(..) {
+            self.flush(slot);
+        }
+        self.hub.dirty = dirty;
+    }
+
+    fn flush(&mut self, slot: usize) {
+        let Some(conn) = self.hub.conns.get_mut(slot) else {
+            return;
+        };
+        let id = conn.id;
+        match conn.out.write_to(&mut conn.stream) {
+            Err(_) => {
+                conn.closing.get_or_insert(CloseReason::Error);
+                self.remove(id);
+                return;
+            }
+            Ok(true) if conn.linger.is_some() => {
+                self.sync_interest(id);
+                self.shut_and_linger(id);
+                return;
+            }
+            Ok(all_out) => {
+                let resume = !self.draining
+                    && conn.read_paused
+                    && conn.closing.is_none()
+                    && (all_out || conn.out.len() <= READ_PAUSE_BYTES);
+                if resume {
+                    conn.read_paused = false;
+                    self.hub.again.push(id);
+                }
+            }
+        }
+        self.sync_interest(id);
+        handlers::session::on_flushed(&mut self.hub, id);
+    }
+
+    /// Everything queued is written: shut the write side down (the peer sees
+    /// EOF after our last byte) and read until the peer closes too.
+    fn shut_and_linger(&mut self, id: ConnId) {
+        let Some(conn) = self.hub.conn_mut(id) else {
+            return;
+        };
+        let Some(linger) = &mut conn.linger else {
+            return;
+        };
+        if !linger.shut {
+            linger.shut = true;
+            linger.until = Instant::now() + LINGER_READ;
+            if conn.stream.shutdown(Shutdown::Write).is_err() {
+                self.remove(id);
+                return;
+            }
+            self.schedule(id);
+        }
+        self.discard(id);
+    }
+
+    /// Registers exactly the interest the connection's state calls for: always
+    /// READABLE (edge-triggered: pausing a reader is the loop's business, not
+    /// the kernel's), WRITABLE only while output waits.
+    pub(super) fn sync_interest(&mut self, id: ConnId) {
+        let Some(conn) = self.hub.conn_mut(id) else {
+            return;
+        };
+        let want_writable = !conn.out.is_empty();
+        if want_writable == conn.writable_registered {
+            return;
+        }
+        let interest = if want_writable {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        if self
+            .poll
+            .registry()
+            .reregister(&mut conn.stream, Token(id.slot), interest)
+            .is_ok()
+        {
+            conn.writable_registered = want_writable;
+        }
+    }
+}
