@@ -37,7 +37,7 @@ impl Level {
 }
 
 /// Lines waiting for the writer before new ones are dropped.
-const QUEUE_LINES: usize = 8192;
+const QUEUE_LINES: usize = 1024;
 
 static LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
 static DROPPED: AtomicU64 = AtomicU64::new(0);

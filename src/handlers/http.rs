@@ -38,6 +38,7 @@ pub fn process(hub: &mut Hub, id: ConnId) {
             Err(e) => {
                 // The stream cannot be resynchronised: answer and close.
                 st.buf.clear();
+                crate::log!(Debug, "bad HTTP request from {}: {e}", conn.peer);
                 respond(
                     hub,
                     id,

@@ -224,6 +224,9 @@ impl Server {
             WsError::Protocol(_) => CloseReason::Protocol,
             _ => CloseReason::Error,
         };
-        self.hub.close(id, reason);
+        // At once, not at the end of the turn: a peer that sent its close must
+        // not be handed anything more (it would be written after the close
+        // reply and never read); its user is offline from here on.
+        self.close_conn(id, reason);
     }
 }

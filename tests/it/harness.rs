@@ -154,6 +154,9 @@ impl Pg {
 
 /// A test configuration: loopback, ephemeral port, few threads, fixed secret.
 pub fn test_config() -> Config {
+    // In-process servers log through a shared writer thread that no test's
+    // output capture owns: keep to what matters.
+    klav::log::set_level(klav::log::Level::Warn);
     let mut c = Config::defaults();
     c.host = "127.0.0.1".into();
     c.port = 0;
@@ -531,6 +534,8 @@ pub struct Klav {
     pub addr: SocketAddr,
     stderr: Arc<Mutex<String>>,
     reader: Option<JoinHandle<()>>,
+    /// While set, nobody reads its stderr: the pipe fills and writes to it block.
+    stall: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// `klav` as a child process on a data directory (embedded PostgreSQL unless `env`
@@ -573,11 +578,16 @@ pub fn spawn_klav_with(data_dir: &Path, env: &[(&str, &str)], max_fds: Option<u6
     let mut child = cmd.spawn().unwrap();
     let stderr = child.stderr.take().unwrap();
     let log = Arc::new(Mutex::new(String::new()));
+    let stall = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (tx, rx) = std::sync::mpsc::channel();
     let reader = {
         let log = log.clone();
+        let stall = stall.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                while stall.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
                 if let Some(addr) = line.split("listening on ").nth(1) {
                     let _ = tx.send(addr.trim().parse::<SocketAddr>().unwrap());
                 }
@@ -603,10 +613,17 @@ pub fn spawn_klav_with(data_dir: &Path, env: &[(&str, &str)], max_fds: Option<u6
         addr,
         stderr: log,
         reader: Some(reader),
+        stall,
     }
 }
 
 impl Klav {
+    /// Stops (or resumes) reading its stderr.
+    pub fn stall_stderr(&self, stalled: bool) {
+        self.stall
+            .store(stalled, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }

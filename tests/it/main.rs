@@ -11,5 +11,6 @@ mod fuzz_corpus;
 mod hardening;
 mod import;
 mod messages;
+mod ordering;
 mod rooms;
 mod upgrade;
