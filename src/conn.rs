@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -172,14 +172,19 @@ pub struct HttpState {
 
 /// What an HTTP request waiting for a worker needs to finish.
 pub enum PendingHttp {
+    /// `password` is kept while the name's existence is checked, then cleared
+    /// once it is hashed. `addr`: the client address its budgets count under.
     Register {
         username: String,
         nickname: String,
+        password: String,
+        addr: IpAddr,
         keep_alive: bool,
     },
     Login {
         username: String,
         password: String,
+        addr: IpAddr,
         keep_alive: bool,
     },
     Health {

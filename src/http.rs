@@ -61,6 +61,14 @@ impl Request {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Every value of a header that may appear more than once, in order.
+    pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers
+            .iter()
+            .filter(move |(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
     /// Whether a comma-separated header contains `token` (case-insensitively).
     pub fn header_has_token(&self, name: &str, token: &str) -> bool {
         self.headers
@@ -116,6 +124,11 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Request, usize)>, HttpError> {
             .trim()
             .to_string();
         if h.name.eq_ignore_ascii_case("content-length") {
+            // Digits only: `usize::from_str` would also take `+2`, which a proxy in
+            // front may read differently (request smuggling).
+            if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(HttpError::Malformed("invalid Content-Length"));
+            }
             let n: usize = value
                 .parse()
                 .map_err(|_| HttpError::Malformed("invalid Content-Length"))?;
@@ -319,10 +332,13 @@ mod tests {
             parse(b"\x00\x01garbage\r\n\r\n"),
             Err(HttpError::Malformed(_))
         ));
-        assert!(matches!(
-            parse(b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n"),
-            Err(HttpError::Malformed(_))
-        ));
+        for bad in ["x", "+2", "-0", "2 2", "0x2", ""] {
+            let raw = format!("POST / HTTP/1.1\r\nContent-Length: {bad}\r\n\r\n{{}}");
+            assert!(
+                matches!(parse(raw.as_bytes()), Err(HttpError::Malformed(_))),
+                "Content-Length: {bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -16,10 +16,12 @@
 //!   the embedded PostgreSQL cluster.
 //! - [`auth`]: JWTs (on the loop) and argon2id (on hashing threads).
 //! - [`import`]: `klav import-json`, the legacy JSON files into the schema.
-//! - [`throttle`]: failed-login throttling.
+//! - [`throttle`]: budgets of the account endpoints: failed logins, registrations.
+//! - [`client_addr`]: the address a request is counted under (trusted proxies).
 //! - [`metrics`], [`log`], [`time`]: Prometheus counters, log lines, ISO-8601.
 
 pub mod auth;
+pub mod client_addr;
 pub mod config;
 pub mod conn;
 pub mod db;

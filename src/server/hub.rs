@@ -18,7 +18,7 @@ use crate::history_cache::HistoryCache;
 use crate::metrics::Metrics;
 use crate::protocol::{ErrorCode, Event, RequestError};
 use crate::state::State;
-use crate::throttle::LoginThrottle;
+use crate::throttle::{LoginThrottle, RegisterBudget};
 
 /// Why a connection is being closed (also a metrics label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,6 +84,7 @@ pub struct Hub {
     pub config: Arc<Config>,
     pub metrics: Metrics,
     pub login_throttle: LoginThrottle,
+    pub register_budget: RegisterBudget,
     pub history: HistoryCache,
     /// Slots with new output, flushed once at the end of the loop turn.
     pub dirty: Vec<usize>,

@@ -37,7 +37,7 @@ use crate::history_cache::HistoryCache;
 use crate::http;
 use crate::metrics::Metrics;
 use crate::state::State;
-use crate::throttle::LoginThrottle;
+use crate::throttle::{LoginThrottle, RegisterBudget};
 use crate::ws;
 use hub::{CloseReason, Hub};
 
@@ -174,6 +174,7 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
         config.login_max_failures_per_addr,
         config.login_window,
     );
+    let register_budget = RegisterBudget::from_config(&config);
     let per_room = match config.max_logs_per_room {
         0 => crate::handlers::history::MAX_LIMIT as usize,
         n => (n as usize).min(crate::handlers::history::MAX_LIMIT as usize),
@@ -191,6 +192,7 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
             config,
             metrics: Metrics::default(),
             login_throttle,
+            register_budget,
             history,
             dirty: Vec::new(),
             close_soon: Vec::new(),
@@ -730,6 +732,7 @@ impl Server {
             self.hub.send_bytes(id, &[0x89, 0x00]);
         }
         self.hub.login_throttle.sweep(now);
+        self.hub.register_budget.sweep(now);
         let members = &self.hub.state.room_members;
         self.hub
             .history

@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 use tungstenite::protocol::CloseFrame;
 use tungstenite::Message;
 
-pub const SECRET: &str = "it-secret";
+pub const SECRET: &str = "it-secret-long-enough-for-hs256-keys";
 
 /// The shared PostgreSQL for this run.
 pub struct Pg {
