@@ -165,6 +165,8 @@ pub enum Phase {
 #[derive(Default)]
 pub struct HttpState {
     pub buf: Vec<u8>,
+    /// How far parsing of the request at the front of `buf` got.
+    pub progress: crate::http::ParseProgress,
     /// A request handed to a worker; no further request is parsed until it is
     /// answered (responses go out in request order).
     pub pending: Option<PendingHttp>,

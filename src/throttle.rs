@@ -22,6 +22,9 @@ use crate::config::Config;
 
 /// Most keys each budget map holds; past it the oldest tenth is forgotten.
 pub const MAX_KEYS: usize = 100_000;
+/// Registration hashes that may be queued or running per hashing thread; past
+/// it `/register` answers 503 with `Retry-After`.
+pub const REGISTER_HASHES_PER_THREAD: usize = 32;
 /// The first wait once a (username, address) pair has used its free failures.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -198,6 +201,8 @@ pub struct RegisterBudget {
     /// Registration hashes queued or running.
     hashing: usize,
     max_hashing: usize,
+    /// Registration hashes ever started (for `/metrics`).
+    pub hashes_started: u64,
 }
 
 impl RegisterBudget {
@@ -210,16 +215,18 @@ impl RegisterBudget {
             per_sec: per_window as f64 / window.as_secs_f64(),
             hashing: 0,
             max_hashing: max_hashing.max(1),
+            hashes_started: 0,
         }
     }
 
-    /// Two registration hashes per hashing thread may wait or run: enough to keep
-    /// the threads busy, few enough that logins (served first) barely notice.
+    /// [`REGISTER_HASHES_PER_THREAD`] registration hashes per hashing thread may
+    /// wait or run. Logins are served first whatever waits, so this bounds how
+    /// long a registration can wait (about a second), not how long a login does.
     pub fn from_config(config: &Config) -> RegisterBudget {
         RegisterBudget::new(
             config.register_per_addr,
             config.register_window,
-            2 * config.hash_workers,
+            REGISTER_HASHES_PER_THREAD * config.hash_workers,
         )
     }
 
@@ -259,6 +266,7 @@ impl RegisterBudget {
             return Err(RegisterRefusal::HashingBusy);
         }
         self.hashing += 1;
+        self.hashes_started += 1;
         Ok(())
     }
 

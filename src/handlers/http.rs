@@ -30,7 +30,7 @@ pub fn process(hub: &mut Hub, id: ConnId) {
         if st.pending.is_some() || st.buf.is_empty() {
             return;
         }
-        match http::parse(&st.buf) {
+        match http::parse_resumable(&st.buf, &mut st.progress) {
             Ok(None) => return,
             Ok(Some((req, used))) => {
                 st.buf.drain(..used);
@@ -125,9 +125,12 @@ fn route(hub: &mut Hub, id: ConnId, req: Request) {
                 "# HELP klav_login_throttle_keys (username, address) pairs and addresses with failed logins remembered.\n\
                  # TYPE klav_login_throttle_keys gauge\nklav_login_throttle_keys {}\n\
                  # HELP klav_register_budget_keys Client addresses with a partly used registration budget.\n\
-                 # TYPE klav_register_budget_keys gauge\nklav_register_budget_keys {}\n",
+                 # TYPE klav_register_budget_keys gauge\nklav_register_budget_keys {}\n\
+                 # HELP klav_register_hashes_total Passwords hashed for /register (taken names are never hashed).\n\
+                 # TYPE klav_register_hashes_total counter\nklav_register_hashes_total {}\n",
                 hub.login_throttle.keys(),
-                hub.register_budget.keys()
+                hub.register_budget.keys(),
+                hub.register_budget.hashes_started
             ));
             let resp = http::response(200, "text/plain; version=0.0.4", text.as_bytes(), ka, &[]);
             respond(hub, id, resp, ka);

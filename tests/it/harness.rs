@@ -160,6 +160,8 @@ pub fn test_config() -> Config {
     c.db_workers = 2;
     c.hash_workers = 1;
     c.jwt_secret = Some(SECRET.into());
+    // Tests register many users from one address; the budget has its own tests.
+    c.register_per_addr = 1_000_000;
     c
 }
 
@@ -547,7 +549,8 @@ pub fn spawn_klav_with(data_dir: &Path, env: &[(&str, &str)], max_fds: Option<u6
         .env("KLAV_DATA_DIR", data_dir)
         .env("PORT", "0")
         .env("HOST", "127.0.0.1")
-        .env("JWT_SECRET", SECRET);
+        .env("JWT_SECRET", SECRET)
+        .env("KLAV_REGISTER_PER_ADDR", "1000000");
     for (k, v) in env {
         cmd.env(k, v);
     }
