@@ -269,7 +269,11 @@ fn retry_later(status: u16, detail: &str, wait: Duration, ka: bool) -> Vec<u8> {
         "application/json",
         body.as_bytes(),
         ka,
-        &[("Retry-After", wait.as_secs().max(1).to_string())],
+        // Whole seconds, rounded up: retrying at the announced time must work.
+        &[(
+            "Retry-After",
+            wait.as_millis().div_ceil(1000).max(1).to_string(),
+        )],
     )
 }
 
