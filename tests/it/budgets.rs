@@ -498,3 +498,41 @@ fn check_private(cluster: &Cluster, dir: &Path) {
         );
     }
 }
+
+/// A data directory too long for a socket name puts the socket under /tmp, in a
+/// directory created owner-only; one planted there by another user is refused.
+#[test]
+fn tmp_socket_dir_is_owner_only_and_checked() {
+    if std::env::var("DATABASE_URL").is_ok_and(|u| !u.is_empty()) {
+        return;
+    }
+    let base = std::env::temp_dir().join(format!("klav-it-long-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    watchdog(&base);
+    let dir = base.join("d".repeat(100));
+    let cluster = Cluster::start(&dir, &test_cluster_options()).unwrap();
+    let socket_dir = cluster.socket_dir().to_path_buf();
+    assert!(
+        socket_dir.to_string_lossy().starts_with("/tmp/klav-"),
+        "{}",
+        socket_dir.display()
+    );
+    let meta = std::fs::metadata(&socket_dir).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o700);
+    postgres::Client::connect(&cluster.url("postgres"), postgres::NoTls).expect("connects");
+    drop(cluster);
+
+    if unsafe { libc::geteuid() } == 0 {
+        // Someone else got there first.
+        std::fs::remove_dir_all(&socket_dir).unwrap();
+        std::fs::create_dir(&socket_dir).unwrap();
+        std::os::unix::fs::chown(&socket_dir, Some(65534), Some(65534)).unwrap();
+        let err = Cluster::start(&dir, &test_cluster_options())
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains("owned by uid 65534"), "{err}");
+    }
+    let _ = std::fs::remove_dir_all(&socket_dir);
+    let _ = std::fs::remove_dir_all(&base);
+}
