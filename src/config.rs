@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
 
+use crate::client_addr::TrustedProxies;
+
 /// Everything the server reads from its environment.
 #[derive(Clone)]
 pub struct Config {
@@ -64,13 +66,22 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     /// `KLAV_LOG`: error, warn, info (default) or debug.
     pub log_level: crate::log::Level,
-    /// `KLAV_LOGIN_MAX_FAILURES` (default 5) failed logins per username, or
-    /// `KLAV_LOGIN_MAX_FAILURES_PER_ADDR` (default 20) per client address, within
-    /// `KLAV_LOGIN_WINDOW_SECS` (default 300): further logins get 429 until the
-    /// window ends.
+    /// `KLAV_LOGIN_MAX_FAILURES` (default 5): failed logins for one username from
+    /// one client address before each further failure doubles a wait (1 s, 2 s, …,
+    /// at most `KLAV_LOGIN_WINDOW_SECS`); `KLAV_LOGIN_MAX_FAILURES_PER_ADDR`
+    /// (default 20): failed logins from one client address, any usernames, within
+    /// `KLAV_LOGIN_WINDOW_SECS` (default 300). Over either, `/login` answers 429.
     pub login_max_failures: u32,
     pub login_max_failures_per_addr: u32,
     pub login_window: Duration,
+    /// `KLAV_REGISTER_PER_ADDR` (default 20) registrations per client address per
+    /// `KLAV_REGISTER_WINDOW_SECS` (default 600), as a token bucket; beyond it
+    /// `/register` answers 429.
+    pub register_per_addr: u32,
+    pub register_window: Duration,
+    /// `KLAV_TRUSTED_PROXIES`: comma-separated addresses or CIDR ranges of reverse
+    /// proxies whose `X-Forwarded-For` names the client (default: none).
+    pub trusted_proxies: TrustedProxies,
     /// `KLAV_HISTORY_CACHE_ENTRIES`: entries of active rooms kept in memory for
     /// `history` (default 200,000; 0 turns the cache off). Each room keeps at most
     /// its newest 200 (or the retention limit, if lower).
@@ -92,7 +103,16 @@ pub enum ConfigError {
         line: usize,
         reason: &'static str,
     },
+    /// A secret too short to resist guessing (its value is never printed).
+    SecretTooShort {
+        var: &'static str,
+        len: usize,
+    },
 }
+
+/// Shortest `JWT_SECRET` accepted: 256 bits, the size of the HS256 key. A short
+/// secret can be recovered offline from any token it signed.
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -103,6 +123,11 @@ impl fmt::Display for ConfigError {
                 expected,
             } => write!(f, "{var}={value:?} is not valid: expected {expected}"),
             ConfigError::DotEnv { line, reason } => write!(f, ".env line {line}: {reason}"),
+            ConfigError::SecretTooShort { var, len } => write!(
+                f,
+                "{var} is {len} bytes long: expected at least {MIN_JWT_SECRET_BYTES} bytes \
+                 (e.g. `openssl rand -hex 32`), or leave it unset to use a generated secret"
+            ),
         }
     }
 }
@@ -136,7 +161,15 @@ impl Config {
             },
             host: get("HOST").unwrap_or("0.0.0.0").to_string(),
             port: parse(get("PORT"), "PORT", 5000, "a port number 0-65535")?,
-            jwt_secret: get("JWT_SECRET").map(str::to_string),
+            jwt_secret: match get("JWT_SECRET") {
+                Some(s) if s.len() < MIN_JWT_SECRET_BYTES => {
+                    return Err(ConfigError::SecretTooShort {
+                        var: "JWT_SECRET",
+                        len: s.len(),
+                    })
+                }
+                s => s.map(str::to_string),
+            },
             jwt_algorithm: match get("JWT_ALGORITHM").unwrap_or("HS256") {
                 "HS256" => Algorithm::HS256,
                 "HS384" => Algorithm::HS384,
@@ -217,6 +250,24 @@ impl Config {
                 "KLAV_LOGIN_WINDOW_SECS",
                 300,
             )?),
+            register_per_addr: positive(
+                get("KLAV_REGISTER_PER_ADDR"),
+                "KLAV_REGISTER_PER_ADDR",
+                20,
+            )? as u32,
+            register_window: Duration::from_secs(positive(
+                get("KLAV_REGISTER_WINDOW_SECS"),
+                "KLAV_REGISTER_WINDOW_SECS",
+                600,
+            )?),
+            trusted_proxies: match get("KLAV_TRUSTED_PROXIES") {
+                None => TrustedProxies::default(),
+                Some(list) => TrustedProxies::parse(list).map_err(|_| ConfigError::Invalid {
+                    var: "KLAV_TRUSTED_PROXIES",
+                    value: list.to_string(),
+                    expected: "comma-separated IP addresses or CIDR ranges",
+                })?,
+            },
             fault_injection: get("KLAV_FAULT_INJECTION") == Some("1"),
             history_cache_entries: parse(
                 get("KLAV_HISTORY_CACHE_ENTRIES"),
@@ -363,6 +414,12 @@ mod tests {
         m.clear();
         m.insert("KLAV_DB_WORKERS".to_string(), "0".to_string());
         assert!(Config::from_map(&m).is_err());
+        m.clear();
+        m.insert("JWT_SECRET".to_string(), "x".to_string());
+        let e = Config::from_map(&m).err().unwrap().to_string();
+        assert!(e.contains("JWT_SECRET") && !e.contains("\"x\""), "{e}");
+        m.insert("JWT_SECRET".to_string(), "k".repeat(MIN_JWT_SECRET_BYTES));
+        assert!(Config::from_map(&m).is_ok());
     }
 
     #[test]

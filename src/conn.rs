@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -12,8 +12,8 @@ use tungstenite::protocol::WebSocketContext;
 
 use crate::close::CloseReason;
 use crate::protocol::Request;
-use crate::ticket::Hold;
 pub use crate::ticket::ConnId;
+use crate::ticket::Hold;
 
 /// Bytes waiting for the socket: owned chunks, or frames shared by every recipient
 /// of a fan-out (serialized and framed once).
@@ -152,6 +152,8 @@ pub enum Phase {
 #[derive(Default)]
 pub struct HttpState {
     pub buf: Vec<u8>,
+    /// How far parsing of the request at the front of `buf` got.
+    pub progress: crate::http::ParseProgress,
     /// A request handed to a worker; no further request is parsed until it is
     /// answered (responses go out in request order).
     pub pending: Option<PendingHttp>,
@@ -159,14 +161,19 @@ pub struct HttpState {
 
 /// What an HTTP request waiting for a worker needs to finish.
 pub enum PendingHttp {
+    /// `password` is kept while the name's existence is checked, then cleared
+    /// once it is hashed. `addr`: the client address its budgets count under.
     Register {
         username: String,
         nickname: String,
+        password: String,
+        addr: IpAddr,
         keep_alive: bool,
     },
     Login {
         username: String,
         password: String,
+        addr: IpAddr,
         keep_alive: bool,
     },
     Health {

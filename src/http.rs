@@ -61,6 +61,14 @@ impl Request {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Every value of a header that may appear more than once, in order.
+    pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers
+            .iter()
+            .filter(move |(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
     /// Whether a comma-separated header contains `token` (case-insensitively).
     pub fn header_has_token(&self, name: &str, token: &str) -> bool {
         self.headers
@@ -84,6 +92,80 @@ impl Request {
 /// Tries to take one request from the front of `buf`. `Ok(None)`: not complete yet.
 /// On success also returns how many bytes it used.
 pub fn parse(buf: &[u8]) -> Result<Option<(Request, usize)>, HttpError> {
+    Ok(match parse_step(buf)? {
+        Step::Done(req, used) => Some((req, used)),
+        Step::Partial | Step::NeedBytes(_) => None,
+    })
+}
+
+/// How far a parse of the front of a buffer got.
+enum Step {
+    /// The head is not complete.
+    Partial,
+    /// The head is complete; the whole request needs this many bytes.
+    NeedBytes(usize),
+    Done(Request, usize),
+}
+
+/// Where parsing of the request at the front of a connection's buffer stopped, so
+/// that a request trickling in a few bytes per read is not parsed again from its
+/// first byte at every read: the head is parsed again only when a new line has
+/// arrived (at most once per header line, and there are at most
+/// [`MAX_HEADERS`]), and once the head is complete the body is just waited for.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ParseProgress {
+    /// Bytes of the buffer already looked at.
+    scanned: usize,
+    /// Bytes the request needs in all, once its head has been parsed.
+    needed: Option<usize>,
+    /// Times the head parser ran for the current request (for tests).
+    runs: u32,
+}
+
+/// [`parse`], resuming from `progress` (which must belong to the same buffer and
+/// be reset whenever bytes are removed from its front — a successful parse or an
+/// error resets it).
+pub fn parse_resumable(
+    buf: &[u8],
+    progress: &mut ParseProgress,
+) -> Result<Option<(Request, usize)>, HttpError> {
+    match progress.needed {
+        Some(needed) if buf.len() < needed => return Ok(None),
+        Some(_) => {}
+        None => {
+            let first = progress.scanned == 0;
+            let from = progress.scanned.min(buf.len());
+            let new_line = buf[from..].contains(&b'\n');
+            progress.scanned = buf.len();
+            // The first bytes are parsed at once, so that garbage is refused early.
+            if !first && !new_line {
+                if buf.len() > MAX_HEAD {
+                    *progress = ParseProgress::default();
+                    return Err(HttpError::HeadTooLarge);
+                }
+                return Ok(None);
+            }
+        }
+    }
+    progress.runs += 1;
+    match parse_step(buf) {
+        Ok(Step::Partial) => Ok(None),
+        Ok(Step::NeedBytes(n)) => {
+            progress.needed = Some(n);
+            Ok(None)
+        }
+        Ok(Step::Done(req, used)) => {
+            *progress = ParseProgress::default();
+            Ok(Some((req, used)))
+        }
+        Err(e) => {
+            *progress = ParseProgress::default();
+            Err(e)
+        }
+    }
+}
+
+fn parse_step(buf: &[u8]) -> Result<Step, HttpError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
@@ -92,7 +174,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Request, usize)>, HttpError> {
             if buf.len() > MAX_HEAD {
                 return Err(HttpError::HeadTooLarge);
             }
-            return Ok(None);
+            return Ok(Step::Partial);
         }
         Err(httparse::Error::TooManyHeaders) => return Err(HttpError::HeadTooLarge),
         Err(_) => return Err(HttpError::Malformed("invalid request head")),
@@ -116,6 +198,11 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Request, usize)>, HttpError> {
             .trim()
             .to_string();
         if h.name.eq_ignore_ascii_case("content-length") {
+            // Digits only: `usize::from_str` would also take `+2`, which a proxy in
+            // front may read differently (request smuggling).
+            if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(HttpError::Malformed("invalid Content-Length"));
+            }
             let n: usize = value
                 .parse()
                 .map_err(|_| HttpError::Malformed("invalid Content-Length"))?;
@@ -144,10 +231,10 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Request, usize)>, HttpError> {
         return Err(HttpError::BodyTooLarge);
     }
     if buf.len() < head_len + body_len {
-        return Ok(None);
+        return Ok(Step::NeedBytes(head_len + body_len));
     }
     let body = buf[head_len..head_len + body_len].to_vec();
-    Ok(Some((
+    Ok(Step::Done(
         Request {
             method,
             path,
@@ -157,7 +244,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Request, usize)>, HttpError> {
             keep_alive,
         },
         head_len + body_len,
-    )))
+    ))
 }
 
 /// What must hold for any input to [`parse`] (used by the fuzz target and its
@@ -319,10 +406,59 @@ mod tests {
             parse(b"\x00\x01garbage\r\n\r\n"),
             Err(HttpError::Malformed(_))
         ));
-        assert!(matches!(
-            parse(b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n"),
-            Err(HttpError::Malformed(_))
-        ));
+        for bad in ["x", "+2", "-0", "2 2", "0x2", ""] {
+            let raw = format!("POST / HTTP/1.1\r\nContent-Length: {bad}\r\n\r\n{{}}");
+            assert!(
+                matches!(parse(raw.as_bytes()), Err(HttpError::Malformed(_))),
+                "Content-Length: {bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn trickled_requests_are_not_parsed_again_at_every_byte() {
+        let head = format!(
+            "POST /login HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\nContent-Length: 300\r\n\r\n",
+            "p".repeat(4000)
+        );
+        let raw = format!("{head}{}", "b".repeat(300));
+        let mut progress = ParseProgress::default();
+        let mut buf = Vec::new();
+        for (i, byte) in raw.bytes().enumerate() {
+            buf.push(byte);
+            let out = parse_resumable(&buf, &mut progress).unwrap();
+            if i + 1 < raw.len() {
+                assert!(out.is_none());
+            } else {
+                let (req, used) = out.expect("complete at the last byte");
+                assert_eq!((req.body.len(), used), (300, raw.len()));
+            }
+            // One run for the first byte, then one per line end: 5 lines.
+            assert!(progress.runs <= 6, "parsed {} times", progress.runs);
+        }
+        assert_eq!(progress, ParseProgress::default(), "reset after a request");
+
+        // Pipelined: the second request is parsed straight after the first.
+        let two = b"GET /health HTTP/1.1\r\n\r\nGET /metrics HTTP/1.1\r\n\r\n";
+        let (r1, n1) = parse_resumable(two, &mut progress).unwrap().unwrap();
+        let (r2, _) = parse_resumable(&two[n1..], &mut progress).unwrap().unwrap();
+        assert_eq!(
+            (r1.path.as_str(), r2.path.as_str()),
+            ("/health", "/metrics")
+        );
+
+        // Limits still hold without line ends, and garbage is refused at once.
+        let mut progress = ParseProgress::default();
+        let long = vec![b'a'; MAX_HEAD + 1];
+        assert!(parse_resumable(&long[..10], &mut progress)
+            .unwrap()
+            .is_none());
+        assert_eq!(
+            parse_resumable(&long, &mut progress).unwrap_err(),
+            HttpError::HeadTooLarge
+        );
+        let mut progress = ParseProgress::default();
+        assert!(parse_resumable(b"\x00\x01", &mut progress).is_err());
     }
 
     #[test]

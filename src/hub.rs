@@ -11,15 +11,15 @@ use slab::Slab;
 
 use crate::auth::jwt::Tokens;
 use crate::auth::password::{HashJob, HashPool};
-use crate::config::Config;
 use crate::close::CloseReason;
+use crate::config::Config;
 use crate::conn::{Conn, ConnId, Phase, WsState};
 use crate::db::{Db, Job, Ticket};
 use crate::history_cache::HistoryCache;
 use crate::metrics::Metrics;
 use crate::protocol::{Event, RequestError};
 use crate::state::State;
-use crate::throttle::LoginThrottle;
+use crate::throttle::{LoginThrottle, RegisterBudget};
 
 pub struct Hub {
     pub conns: Slab<Conn>,
@@ -30,6 +30,7 @@ pub struct Hub {
     pub config: Arc<Config>,
     pub metrics: Metrics,
     pub login_throttle: LoginThrottle,
+    pub register_budget: RegisterBudget,
     pub history: HistoryCache,
     /// Slots with new output, flushed once at the end of the loop turn.
     pub dirty: Vec<usize>,

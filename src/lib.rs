@@ -19,19 +19,21 @@
 //!   the embedded PostgreSQL cluster.
 //! - [`auth`]: JWTs (on the loop) and argon2id (on hashing threads).
 //! - [`import`]: `klav import-json`, the legacy JSON files into the schema.
-//! - [`throttle`]: failed-login throttling.
+//! - [`throttle`]: budgets of the account endpoints: failed logins, registrations.
+//! - [`client_addr`]: the address a request is counted under (trusted proxies).
 //! - [`ticket`]: who waits for background work (connection id, `req_id`).
 //! - [`metrics`], [`log`], [`time`]: Prometheus counters, log lines, ISO-8601.
 
 pub mod auth;
+pub mod client_addr;
 pub mod close;
 pub mod config;
 pub mod conn;
 pub mod db;
 pub mod handlers;
 pub mod history_cache;
-pub mod hub;
 pub mod http;
+pub mod hub;
 pub mod import;
 pub mod log;
 pub mod metrics;

@@ -1,4 +1,5 @@
-//! HS256/384/512 access tokens with `sub`, `iat` and `exp` claims.
+//! HS256/384/512 access tokens with `sub`, `iat` and `exp` claims. A token that
+//! carries `nbf` is refused before that time.
 
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -18,6 +19,8 @@ struct Claims {
 pub enum TokenError {
     Missing,
     Expired,
+    /// `nbf` is in the future.
+    NotYetValid,
     Invalid,
 }
 
@@ -26,6 +29,7 @@ impl fmt::Display for TokenError {
         f.write_str(match self {
             TokenError::Missing => "missing token",
             TokenError::Expired => "token expired",
+            TokenError::NotYetValid => "token not yet valid",
             TokenError::Invalid => "invalid token",
         })
     }
@@ -44,6 +48,9 @@ impl Tokens {
     pub fn new(secret: &[u8], algorithm: Algorithm, expire_minutes: u64) -> Tokens {
         let mut validation = Validation::new(algorithm);
         validation.leeway = 0;
+        // Klav never issues `nbf`, but a token that says "not before" must not be
+        // honoured early (jsonwebtoken ignores it unless asked).
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Tokens {
             encoding: EncodingKey::from_secret(secret),
@@ -79,6 +86,7 @@ impl Tokens {
             Ok(_) => Err(TokenError::Invalid),
             Err(e) => match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => Err(TokenError::Expired),
+                jsonwebtoken::errors::ErrorKind::ImmatureSignature => Err(TokenError::NotYetValid),
                 _ => Err(TokenError::Invalid),
             },
         }
@@ -104,5 +112,20 @@ mod tests {
         assert_eq!(a.verify(&c.issue("x")), Err(TokenError::Invalid));
         assert_eq!(a.verify("garbage"), Err(TokenError::Invalid));
         assert_eq!(a.verify(""), Err(TokenError::Missing));
+    }
+
+    #[test]
+    fn honours_nbf() {
+        let t = Tokens::new(b"secret", Algorithm::HS256, 60);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let mint = |nbf: u64| {
+            let claims = serde_json::json!({"sub": "a", "iat": now, "exp": now + 600, "nbf": nbf});
+            encode(&t.header, &claims, &t.encoding).unwrap()
+        };
+        assert_eq!(t.verify(&mint(now + 300)), Err(TokenError::NotYetValid));
+        assert_eq!(t.verify(&mint(now - 1)).unwrap(), "a");
     }
 }

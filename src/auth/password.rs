@@ -7,9 +7,11 @@
 
 use std::thread::JoinHandle;
 
+use std::fmt;
+
 use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, SaltString};
-use argon2::{Argon2, PasswordVerifier};
-use crossbeam_channel::{Sender, TrySendError};
+use argon2::{Algorithm, Argon2, Params, PasswordVerifier};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::db::{Completion, CompletionSink, QueueFull, Ticket};
 
@@ -37,22 +39,28 @@ pub enum HashOutcome {
 
 const QUEUE_CAPACITY: usize = 1024;
 
+/// The hashing threads, with two queues: logins (`Verify`) and everything else
+/// (hashing for `/register`, re-hashing legacy passwords). A free thread always
+/// takes a waiting login first, so however much registration work is queued, a
+/// login waits at most for the hashes already running.
 pub struct HashPool {
-    tx: Sender<(Ticket, HashJob)>,
+    logins: Sender<(Ticket, HashJob)>,
+    others: Sender<(Ticket, HashJob)>,
     threads: Vec<JoinHandle<()>>,
 }
 
 impl HashPool {
     pub fn start(threads: usize, sink: CompletionSink) -> HashPool {
-        let (tx, rx) = crossbeam_channel::bounded::<(Ticket, HashJob)>(QUEUE_CAPACITY);
+        let (logins, login_rx) = crossbeam_channel::bounded::<(Ticket, HashJob)>(QUEUE_CAPACITY);
+        let (others, other_rx) = crossbeam_channel::bounded::<(Ticket, HashJob)>(QUEUE_CAPACITY);
         let threads = (0..threads)
             .map(|i| {
-                let (rx, sink) = (rx.clone(), sink.clone());
+                let (login_rx, other_rx, sink) = (login_rx.clone(), other_rx.clone(), sink.clone());
                 std::thread::Builder::new()
                     .name(format!("klav-hash-{i}"))
                     .spawn(move || {
                         lower_priority();
-                        for (ticket, job) in rx.iter() {
+                        while let Some((ticket, job)) = next_job(&login_rx, &other_rx) {
                             let outcome = match job {
                                 HashJob::Hash { password } => {
                                     HashOutcome::Hashed(hash_password(&password))
@@ -72,21 +80,47 @@ impl HashPool {
                     .expect("spawn hashing thread")
             })
             .collect();
-        HashPool { tx, threads }
+        HashPool {
+            logins,
+            others,
+            threads,
+        }
     }
 
-    /// Queues without waiting; `Err` when the queue is full.
+    /// Queues without waiting; `Err` when the job's queue is full.
     pub fn submit(&self, ticket: Ticket, job: HashJob) -> Result<(), QueueFull> {
-        self.tx.try_send((ticket, job)).map_err(|e| match e {
+        let queue = match job {
+            HashJob::Verify { .. } => &self.logins,
+            HashJob::Hash { .. } | HashJob::Rehash { .. } => &self.others,
+        };
+        queue.try_send((ticket, job)).map_err(|e| match e {
             TrySendError::Full(_) | TrySendError::Disconnected(_) => QueueFull,
         })
     }
 
     pub fn shutdown(self) {
-        drop(self.tx);
+        drop(self.logins);
+        drop(self.others);
         for t in self.threads {
             let _ = t.join();
         }
+    }
+}
+
+/// The next job, a waiting login first; `None` once both queues are closed and
+/// empty.
+fn next_job(
+    logins: &Receiver<(Ticket, HashJob)>,
+    others: &Receiver<(Ticket, HashJob)>,
+) -> Option<(Ticket, HashJob)> {
+    if let Ok(job) = logins.try_recv() {
+        return Some(job);
+    }
+    // Both queues close together (at shutdown); then whichever reports it first
+    // hands over to a blocking drain of the other.
+    crossbeam_channel::select! {
+        recv(logins) -> job => job.ok().or_else(|| others.recv().ok()),
+        recv(others) -> job => job.ok().or_else(|| logins.recv().ok()),
     }
 }
 
@@ -112,14 +146,92 @@ pub fn hash_password(password: &str) -> String {
         .to_string()
 }
 
-/// Whether `password` matches a PHC string (any argon2 variant it names).
+/// Whether `password` matches a PHC string (any argon2 variant it names). A
+/// string whose parameters are out of bounds ([`check_stored_hash`]) never
+/// matches: verifying it is not attempted at all.
 pub fn verify_password(password: &str, phc: &str) -> bool {
-    match PasswordHash::new(phc) {
-        Ok(parsed) => Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok(),
-        Err(_) => false,
+    let Ok(parsed) = PasswordHash::new(phc) else {
+        return false;
+    };
+    if check_parsed(&parsed).is_err() {
+        return false;
     }
+    Argon2::default()
+        .verify_password(password.as_bytes(), &parsed)
+        .is_ok()
+}
+
+/// Largest memory a stored hash may ask for, in KiB: 64 MiB, the RFC 9106
+/// low-memory profile and the default of argon2-cffi and passlib, so hashes made
+/// by those libraries stay usable. Ours use 19 MiB.
+pub const MAX_MEMORY_KIB: u32 = 64 * 1024;
+/// Most passes a stored hash may ask for (ours: 2; OWASP's profiles go up to 5).
+pub const MAX_PASSES: u32 = 10;
+/// Most lanes a stored hash may ask for (ours: 1; argon2-cffi: 4). Lanes are
+/// computed one after another here, so they add no cost beyond memory × passes.
+pub const MAX_LANES: u32 = 8;
+/// Most total work, memory × passes in KiB: 64 MiB × 3 passes, about five times
+/// the cost of one of our own hashes. Each parameter within its bound is not
+/// enough: 64 MiB × 10 passes would hold a hashing thread for most of a second.
+pub const MAX_COST_KIB_PASSES: u64 = 64 * 1024 * 3;
+
+/// Why a stored PHC string is not verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoredHashError {
+    /// It does not parse as an argon2 PHC string.
+    Malformed,
+    /// Its parameters are beyond the bounds above: verifying it would take too much
+    /// memory or time (a crafted row could abort the process or stall logins).
+    OutOfBounds {
+        memory_kib: u32,
+        passes: u32,
+        lanes: u32,
+    },
+}
+
+impl fmt::Display for StoredHashError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoredHashError::Malformed => f.write_str("not a valid argon2 PHC string"),
+            StoredHashError::OutOfBounds {
+                memory_kib,
+                passes,
+                lanes,
+            } => write!(
+                f,
+                "argon2 parameters m={memory_kib},t={passes},p={lanes} are out of bounds \
+                 (m <= {MAX_MEMORY_KIB} KiB, t <= {MAX_PASSES}, p <= {MAX_LANES}, \
+                 m*t <= {MAX_COST_KIB_PASSES})"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for StoredHashError {}
+
+/// Checks that a stored argon2 PHC string can be verified at a bounded cost,
+/// without verifying anything (cheap: it only parses the string).
+pub fn check_stored_hash(phc: &str) -> Result<(), StoredHashError> {
+    let parsed = PasswordHash::new(phc).map_err(|_| StoredHashError::Malformed)?;
+    check_parsed(&parsed)
+}
+
+fn check_parsed(parsed: &PasswordHash<'_>) -> Result<(), StoredHashError> {
+    Algorithm::try_from(parsed.algorithm).map_err(|_| StoredHashError::Malformed)?;
+    let params = Params::try_from(parsed).map_err(|_| StoredHashError::Malformed)?;
+    let (memory_kib, passes, lanes) = (params.m_cost(), params.t_cost(), params.p_cost());
+    if memory_kib > MAX_MEMORY_KIB
+        || passes > MAX_PASSES
+        || lanes > MAX_LANES
+        || memory_kib as u64 * passes as u64 > MAX_COST_KIB_PASSES
+    {
+        return Err(StoredHashError::OutOfBounds {
+            memory_kib,
+            passes,
+            lanes,
+        });
+    }
+    Ok(())
 }
 
 /// Whether a stored password field is a hash (else it is a legacy plain text).
@@ -150,6 +262,48 @@ mod tests {
         assert!(verify_password("pw", &h));
         assert!(!verify_password("pW", &h));
         assert!(!verify_password("pw", "not a hash"));
+    }
+
+    /// A PHC string with the given parameters and a real hash of "pw" (made with
+    /// small parameters, so the test stays fast; only the check reads them).
+    fn with_params(m: u32, t: u32, p: u32) -> String {
+        let h = hash_password("pw");
+        let (_, rest) = h.split_once("$m=").unwrap();
+        let (_, tail) = rest.split_once('$').unwrap();
+        format!("$argon2id$v=19$m={m},t={t},p={p}${tail}")
+    }
+
+    #[test]
+    fn stored_hash_bounds() {
+        assert_eq!(check_stored_hash(&hash_password("pw")), Ok(()));
+        // argon2-cffi / passlib defaults.
+        assert_eq!(check_stored_hash(&with_params(65536, 3, 4)), Ok(()));
+        for (m, t, p) in [
+            (u32::MAX, 1, 1),
+            (65536, 200, 1),
+            (65537, 1, 1),
+            (8192, 11, 1),
+            (8192, 1, 9),
+            (65536, 4, 1),
+        ] {
+            let phc = with_params(m, t, p);
+            assert!(
+                matches!(
+                    check_stored_hash(&phc),
+                    Err(StoredHashError::OutOfBounds { .. })
+                ),
+                "{phc}"
+            );
+            assert!(!verify_password("pw", &phc), "never verified: {phc}");
+        }
+        assert_eq!(
+            check_stored_hash("$argon2id$v=19$m=lots,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2g"),
+            Err(StoredHashError::Malformed)
+        );
+        assert_eq!(
+            check_stored_hash("$argon2x$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2g"),
+            Err(StoredHashError::Malformed)
+        );
     }
 
     #[test]

@@ -2,9 +2,17 @@
 //! cluster from the PostgreSQL binaries installed on the machine.
 //!
 //! Layout under the data directory:
-//! `pg/` (the cluster), `run/` (its Unix socket; no TCP), `pg.log`, `klav.lock`.
+//! `pg/` (the cluster), `run/` (its Unix socket; no TCP), `pg.log`, `klav.lock`,
+//! `pg-password`.
 //! PostgreSQL refuses to run as root, so when we are root every PostgreSQL command
 //! runs as the `postgres` system user (uid/gid switched in the child).
+//!
+//! Only klav may reach the cluster: the data and socket directories are mode 0700
+//! and owned by the cluster's user, the socket is 0700
+//! (`unix_socket_permissions`), and every connection must authenticate with the
+//! SCRAM password generated at `initdb` and kept in `pg-password` (mode 0600).
+//! A cluster created by an earlier version with `trust` authentication is
+//! converted at start: its role gets a password, then `pg_hba.conf` is replaced.
 //!
 //! The integration tests start their throwaway cluster with this same code.
 
@@ -29,6 +37,13 @@ pub enum EmbeddedError {
     Dir(PathBuf, std::io::Error),
     /// `initdb` / `pg_ctl` failed; the text is their output (or the log's tail).
     Command { what: &'static str, output: String },
+    /// The socket directory exists but could be someone else's: not a directory,
+    /// not owned by the cluster's user, or open to others.
+    UnsafeSocketDir(PathBuf, String),
+    /// The cluster requires a password and `pg-password` is gone.
+    PasswordLost(PathBuf),
+    /// Converting a `trust` cluster to password authentication failed.
+    Secure(String),
 }
 
 impl fmt::Display for EmbeddedError {
@@ -60,6 +75,23 @@ impl fmt::Display for EmbeddedError {
             EmbeddedError::Command { what, output } => {
                 write!(f, "embedded PostgreSQL: {what} failed:\n{output}")
             }
+            EmbeddedError::UnsafeSocketDir(p, why) => write!(
+                f,
+                "refusing to use {} as the embedded PostgreSQL's socket directory: {why}; \
+                 remove it, or choose a shorter KLAV_DATA_DIR",
+                p.display()
+            ),
+            EmbeddedError::PasswordLost(p) => write!(
+                f,
+                "{} is missing, and the embedded cluster requires that password; restore \
+                 the file, or replace the cluster's pg_hba.conf with the single line \
+                 `local all all trust` and klav will set a new password at its next start",
+                p.display()
+            ),
+            EmbeddedError::Secure(why) => write!(
+                f,
+                "cannot switch the embedded PostgreSQL to password authentication: {why}"
+            ),
         }
     }
 }
@@ -92,6 +124,8 @@ pub struct Cluster {
     log_file: PathBuf,
     run_as: Option<(u32, u32)>,
     settings: Vec<(String, String)>,
+    /// The `postgres` role's password (from `pg-password`).
+    password: String,
     /// Held for the cluster's lifetime: a second klav on the same directory fails.
     _lock: fs::File,
     stopped: bool,
@@ -106,15 +140,29 @@ impl Cluster {
         } else {
             None
         };
-        make_dir(data_dir, run_as)?;
+        make_private_dir(data_dir, run_as)?;
         let data_dir =
             fs::canonicalize(data_dir).map_err(|e| EmbeddedError::Dir(data_dir.into(), e))?;
         let lock = lock_dir(&data_dir)?;
 
         let pgdata = data_dir.join("pg");
         let socket_dir = socket_dir_for(&data_dir);
-        make_dir(&socket_dir, run_as)?;
+        if socket_dir.starts_with(&data_dir) {
+            make_private_dir(&socket_dir, run_as)?;
+        } else {
+            shared_socket_dir(&socket_dir, run_as)?;
+        }
         let log_file = data_dir.join("pg.log");
+        let password_file = data_dir.join(PASSWORD_FILE);
+        let fresh = !pgdata.join("PG_VERSION").exists();
+        let hba_current = !fresh && hba_is_current(&pgdata.join("pg_hba.conf"));
+        let password = match fs::read_to_string(&password_file) {
+            Ok(p) if !p.trim().is_empty() => p.trim().to_string(),
+            Ok(_) | Err(_) if hba_current => {
+                return Err(EmbeddedError::PasswordLost(password_file));
+            }
+            _ => write_password(&password_file, run_as)?,
+        };
         let cluster = Cluster {
             bin_dir,
             pgdata,
@@ -122,11 +170,12 @@ impl Cluster {
             log_file,
             run_as,
             settings: opts.settings.clone(),
+            password,
             _lock: lock,
             stopped: false,
         };
-        if !cluster.pgdata.join("PG_VERSION").exists() {
-            cluster.initdb()?;
+        if fresh {
+            cluster.initdb(&password_file)?;
         }
         // A cluster left running by a klav that was killed: we hold the lock now,
         // so it is ours to restart with our settings.
@@ -138,13 +187,46 @@ impl Cluster {
             let _ = cluster.pg_ctl(&["stop", "-m", "fast", "-w"]);
         }
         cluster.pg_start()?;
+        if !hba_current {
+            cluster.require_password()?;
+        }
         Ok(cluster)
+    }
+
+    /// Gives the `postgres` role its password over the still-`trust` socket, then
+    /// makes the password required (a cluster from an earlier version, or one just
+    /// created: `initdb` writes host lines we do not want either).
+    fn require_password(&self) -> Result<(), EmbeddedError> {
+        let secure = |e: &dyn fmt::Display| EmbeddedError::Secure(e.to_string());
+        let mut client = postgres::Config::new()
+            .host_path(&self.socket_dir)
+            .port(5432)
+            .user("postgres")
+            .password(&self.password)
+            .dbname("postgres")
+            .connect(postgres::NoTls)
+            .map_err(|e| secure(&e))?;
+        // The password is hex, so it can be quoted literally.
+        client
+            .batch_execute(&format!(
+                "SET password_encryption = 'scram-sha-256'; \
+                 ALTER ROLE postgres PASSWORD '{}'",
+                self.password
+            ))
+            .map_err(|e| secure(&e))?;
+        let hba = self.pgdata.join("pg_hba.conf");
+        fs::write(&hba, HBA_CONF).map_err(|e| EmbeddedError::Dir(hba.clone(), e))?;
+        client
+            .batch_execute("SELECT pg_reload_conf()")
+            .map_err(|e| secure(&e))?;
+        Ok(())
     }
 
     /// A `postgres` URL for `dbname` over this cluster's Unix socket.
     pub fn url(&self, dbname: &str) -> String {
         format!(
-            "postgresql://postgres@localhost/{dbname}?host={}&port=5432",
+            "postgresql://postgres:{}@localhost/{dbname}?host={}&port=5432",
+            self.password,
             self.socket_dir.display()
         )
     }
@@ -181,7 +263,7 @@ impl Cluster {
         Ok(())
     }
 
-    fn initdb(&self) -> Result<(), EmbeddedError> {
+    fn initdb(&self, password_file: &Path) -> Result<(), EmbeddedError> {
         make_dir(&self.pgdata, self.run_as)?;
         fs::set_permissions(&self.pgdata, fs::Permissions::from_mode(0o700))
             .map_err(|e| EmbeddedError::Dir(self.pgdata.clone(), e))?;
@@ -192,10 +274,11 @@ impl Cluster {
             .args([
                 "-U",
                 "postgres",
-                "--auth=trust",
+                "--auth=scram-sha-256",
                 "--encoding=UTF8",
                 "--locale=C",
             ])
+            .arg(format!("--pwfile={}", password_file.display()))
             .output()
             .map_err(|e| EmbeddedError::Command {
                 what: "initdb",
@@ -216,7 +299,7 @@ impl Cluster {
 
     fn pg_start(&self) -> Result<(), EmbeddedError> {
         let mut opts = format!(
-            "-c listen_addresses='' -c port=5432 -k {}",
+            "-c listen_addresses='' -c port=5432 -c unix_socket_permissions=0700 -k {}",
             self.socket_dir.display()
         );
         for (k, v) in &self.settings {
@@ -335,7 +418,7 @@ fn make_dir(dir: &Path, owner: Option<(u32, u32)>) -> Result<(), EmbeddedError> 
         let mut p = dir.parent();
         while let Some(parent) = p {
             if let Ok(meta) = fs::metadata(parent) {
-                if meta.permissions().mode() & 0o001 == 0 {
+                if !searchable_by(&meta, uid, gid) {
                     return Err(EmbeddedError::Dir(
                         dir.into(),
                         std::io::Error::new(
@@ -353,6 +436,111 @@ fn make_dir(dir: &Path, owner: Option<(u32, u32)>) -> Result<(), EmbeddedError> 
         }
     }
     Ok(())
+}
+
+/// Whether a directory can be entered by `uid` (in group `gid`).
+fn searchable_by(meta: &fs::Metadata, uid: u32, gid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let mode = meta.mode();
+    if meta.uid() == uid {
+        mode & 0o100 != 0
+    } else if meta.gid() == gid {
+        mode & 0o010 != 0
+    } else {
+        mode & 0o001 != 0
+    }
+}
+
+/// [`make_dir`], then mode 0700: the directory holds the cluster, its socket or
+/// its password, and nobody but its owner (and root) may enter it.
+fn make_private_dir(dir: &Path, owner: Option<(u32, u32)>) -> Result<(), EmbeddedError> {
+    make_dir(dir, owner)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .map_err(|e| EmbeddedError::Dir(dir.into(), e))
+}
+
+/// The socket directory under /tmp (used when the data directory's path is too
+/// long for a socket name): its name is predictable, so anyone could create it
+/// first. It is created owner-only; an existing one is used only if it is a real
+/// directory owned by the cluster's user (then tightened to 0700 if needed).
+fn shared_socket_dir(dir: &Path, owner: Option<(u32, u32)>) -> Result<(), EmbeddedError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let uid = owner
+        .map(|(u, _)| u)
+        .unwrap_or_else(|| unsafe { libc::geteuid() });
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {
+            if let Some((u, g)) = owner {
+                std::os::unix::fs::chown(dir, Some(u), Some(g))
+                    .map_err(|e| EmbeddedError::Dir(dir.into(), e))?;
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(EmbeddedError::Dir(dir.into(), e)),
+    }
+    let meta = fs::symlink_metadata(dir).map_err(|e| EmbeddedError::Dir(dir.into(), e))?;
+    if !meta.file_type().is_dir() {
+        return Err(EmbeddedError::UnsafeSocketDir(
+            dir.into(),
+            "it is not a directory".into(),
+        ));
+    }
+    if meta.uid() != uid {
+        return Err(EmbeddedError::UnsafeSocketDir(
+            dir.into(),
+            format!("it is owned by uid {}, not {uid}", meta.uid()),
+        ));
+    }
+    if meta.mode() & 0o077 != 0 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .map_err(|e| EmbeddedError::Dir(dir.into(), e))?;
+    }
+    Ok(())
+}
+
+/// The password of the cluster's `postgres` role, in the data directory.
+pub const PASSWORD_FILE: &str = "pg-password";
+
+/// The whole `pg_hba.conf`: password connections over the Unix socket only.
+const HBA_CONF: &str = "# Written by klav: SCRAM password connections over the Unix socket only\n\
+# (the password is in the data directory's pg-password; the socket is 0700).\n\
+local all all scram-sha-256\n";
+
+/// Whether `pg_hba.conf` says what [`HBA_CONF`] says (comments aside).
+fn hba_is_current(path: &Path) -> bool {
+    let rules = |text: &str| -> Vec<Vec<String>> {
+        text.lines()
+            .map(|l| l.split('#').next().unwrap_or(""))
+            .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+            .filter(|words| !words.is_empty())
+            .collect()
+    };
+    fs::read_to_string(path).is_ok_and(|text| rules(&text) == rules(HBA_CONF))
+}
+
+/// A new random password (hex), written owner-only for the cluster's user, who
+/// reads it at `initdb`.
+fn write_password(path: &Path, owner: Option<(u32, u32)>) -> Result<String, EmbeddedError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut raw = [0u8; 32];
+    getrandom::fill(&mut raw)
+        .map_err(|e| EmbeddedError::Dir(path.into(), std::io::Error::other(e.to_string())))?;
+    let password: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let dir_err = |e| EmbeddedError::Dir(path.into(), e);
+    let _ = fs::remove_file(path);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(dir_err)?;
+    f.write_all(format!("{password}\n").as_bytes())
+        .map_err(dir_err)?;
+    if let Some((u, g)) = owner {
+        std::os::unix::fs::chown(path, Some(u), Some(g)).map_err(dir_err)?;
+    }
+    Ok(password)
 }
 
 fn lock_dir(data_dir: &Path) -> Result<fs::File, EmbeddedError> {

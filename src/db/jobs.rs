@@ -5,7 +5,6 @@
 
 use std::time::SystemTime;
 
-
 use super::DbError;
 use crate::auth::password::HashOutcome;
 pub use crate::ticket::Ticket;
@@ -203,7 +202,10 @@ impl Job {
             | Job::Leave { username, .. }
             | Job::DeleteOfflineDms { username, .. } => Some(username),
             Job::Follow { from, .. } | Job::Unfollow { from, .. } => Some(from),
-            Job::Dm { to, queue: true, .. } | Job::QueueDm { to, .. } => Some(to),
+            Job::Dm {
+                to, queue: true, ..
+            }
+            | Job::QueueDm { to, .. } => Some(to),
             _ => None,
         }
     }

@@ -53,13 +53,23 @@ pub fn run<C: GenericClient>(c: &mut C, st: &mut Stmts, job: Job) -> Result<Outc
             password_hash,
             nickname,
         } => {
+            // `created` also when the row is already there with this very hash: the
+            // hash carries a fresh random salt, so only this request can have
+            // written it — an earlier attempt of the same job that committed before
+            // its connection broke, which the worker then retried.
             let s = st.get(
                 c,
-                "INSERT INTO users (username, password, nickname, extra, created_at) \
-                 VALUES ($1, $2, $3, '', now()) ON CONFLICT (username) DO NOTHING",
+                "WITH ins AS (\
+                   INSERT INTO users (username, password, nickname, extra, created_at) \
+                   VALUES ($1, $2, $3, '', now()) ON CONFLICT (username) DO NOTHING \
+                   RETURNING 1) \
+                 SELECT EXISTS (SELECT 1 FROM ins) \
+                     OR EXISTS (SELECT 1 FROM users WHERE username = $1 AND password = $2)",
             )?;
-            let n = c.execute(&s, &[&username, &password_hash, &nickname])?;
-            Outcome::Registered { created: n == 1 }
+            let created: bool = c
+                .query_one(&s, &[&username, &password_hash, &nickname])?
+                .get(0);
+            Outcome::Registered { created }
         }
         Job::Credentials { username } => {
             let s = st.get(c, "SELECT password FROM users WHERE username = $1")?;

@@ -8,9 +8,9 @@ use serde_json::Value;
 
 use crate::conn::ConnId;
 use crate::db::{Job, Ticket};
-use crate::state::{ParkedDm, Reach};
-use crate::protocol::{ErrorCode, Event, Request, RequestError};
 use crate::hub::Hub;
+use crate::protocol::{ErrorCode, Event, Request, RequestError};
+use crate::state::{ParkedDm, Reach};
 
 /// `room_dm {"room_id","to","text"}`.
 pub struct RoomDm {
@@ -31,7 +31,14 @@ impl RoomDm {
 
     pub fn apply(self, hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
         if !hub.state.is_member(&cx.user, &self.room) {
-            ack_to(hub, cx.id, &cx.req.req_id, &self.room, &self.to, "SENDER_NOT_IN_ROOM");
+            ack_to(
+                hub,
+                cx.id,
+                &cx.req.req_id,
+                &self.room,
+                &self.to,
+                "SENDER_NOT_IN_ROOM",
+            );
             return Ok(());
         }
         let text = check_text(cx.req)?;
@@ -39,7 +46,14 @@ impl RoomDm {
         let recipient_known = match hub.state.users.get(&self.to) {
             Some(u) if u.loaded => {
                 if !u.rooms.contains(&self.room) {
-                    ack_to(hub, cx.id, &cx.req.req_id, &self.room, &self.to, "RECIPIENT_NOT_IN_ROOM");
+                    ack_to(
+                        hub,
+                        cx.id,
+                        &cx.req.req_id,
+                        &self.room,
+                        &self.to,
+                        "RECIPIENT_NOT_IN_ROOM",
+                    );
                     return Ok(());
                 }
                 true

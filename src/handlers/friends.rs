@@ -6,8 +6,8 @@ use serde_json::{json, Value};
 use super::Ctx;
 use crate::db::jobs::{FollowStatus, UserRef};
 use crate::db::{Job, Ticket};
-use crate::protocol::{ErrorCode, Event, Request, RequestError};
 use crate::hub::Hub;
+use crate::protocol::{ErrorCode, Event, Request, RequestError};
 
 /// `friend_follow {"to"}`.
 pub struct Follow {

@@ -6,8 +6,8 @@ use serde_json::{json, Value};
 use super::Ctx;
 use crate::db::jobs::{ChatEntry, HistoryQuery};
 use crate::db::{Job, Ticket};
-use crate::protocol::{ErrorCode, Event, Request, RequestError};
 use crate::hub::Hub;
+use crate::protocol::{ErrorCode, Event, Request, RequestError};
 
 pub const DEFAULT_LIMIT: i64 = 20;
 pub const MAX_LIMIT: i64 = 200;

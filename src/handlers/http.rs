@@ -4,16 +4,19 @@
 //! Requests on one connection are answered in order: while one waits for a worker,
 //! the next (pipelined) request stays in the buffer.
 
-use std::time::Instant;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::auth::password::{constant_time_eq, is_hashed, HashJob, HashOutcome};
+use crate::auth::password::{check_stored_hash, constant_time_eq, is_hashed, HashJob, HashOutcome};
+use crate::client_addr::client_addr;
+use crate::close::CloseReason;
 use crate::conn::{ConnId, PendingHttp, Phase};
 use crate::db::{DbError, Job, Ticket};
 use crate::http::{self, Request};
-use crate::close::CloseReason;
 use crate::hub::Hub;
+use crate::throttle::RegisterRefusal;
 
 /// Parses and routes every complete request in the connection's buffer.
 pub fn process(hub: &mut Hub, id: ConnId) {
@@ -28,7 +31,7 @@ pub fn process(hub: &mut Hub, id: ConnId) {
         if st.pending.is_some() || st.buf.is_empty() {
             return;
         }
-        match http::parse(&st.buf) {
+        match http::parse_resumable(&st.buf, &mut st.progress) {
             Ok(None) => return,
             Ok(Some((req, used))) => {
                 st.buf.drain(..used);
@@ -107,6 +110,17 @@ fn route(hub: &mut Hub, id: ConnId, req: Request) {
                 hub.history.hits,
                 hub.history.misses,
                 hub.history.total()
+            ));
+            text.push_str(&format!(
+                "# HELP klav_login_throttle_keys (username, address) pairs and addresses with failed logins remembered.\n\
+                 # TYPE klav_login_throttle_keys gauge\nklav_login_throttle_keys {}\n\
+                 # HELP klav_register_budget_keys Client addresses with a partly used registration budget.\n\
+                 # TYPE klav_register_budget_keys gauge\nklav_register_budget_keys {}\n\
+                 # HELP klav_register_hashes_total Passwords hashed for /register (taken names are never hashed).\n\
+                 # TYPE klav_register_hashes_total counter\nklav_register_hashes_total {}\n",
+                hub.login_throttle.keys(),
+                hub.register_budget.keys(),
+                hub.register_budget.hashes_started
             ));
             let resp = http::response(200, "text/plain; version=0.0.4", text.as_bytes(), ka, &[]);
             respond(hub, id, resp, ka);
@@ -207,11 +221,18 @@ fn register(hub: &mut Hub, id: ConnId, req: Request) {
             ka,
         );
     }
-    let job = HashJob::Hash {
-        password: password.to_string(),
+    let Some(addr) = request_addr(hub, id, &req) else {
+        return;
     };
-    if !hub.submit_hash(Ticket::new(id, None), job) {
-        return respond(hub, id, http::error(503, "server busy, try again", ka), ka);
+    if let Err(refusal) = hub.register_budget.admit(addr, Instant::now()) {
+        return respond(hub, id, register_refused(refusal, ka), ka);
+    }
+    // A cheap read first: an existing name is answered without hashing anything.
+    let job = Job::Credentials {
+        username: username.to_string(),
+    };
+    if !hub.submit(Ticket::new(id, None), job) {
+        return respond(hub, id, unhealthy("database queue is full", ka), ka);
     }
     set_pending(
         hub,
@@ -219,9 +240,47 @@ fn register(hub: &mut Hub, id: ConnId, req: Request) {
         PendingHttp::Register {
             username: username.to_string(),
             nickname,
+            password: password.to_string(),
+            addr,
             keep_alive: ka,
         },
     );
+}
+
+/// The address the request counts under (`None`: the connection is gone).
+fn request_addr(hub: &Hub, id: ConnId, req: &Request) -> Option<IpAddr> {
+    let peer = hub.conn(id)?.peer;
+    Some(client_addr(peer, req, &hub.config.trusted_proxies))
+}
+
+/// 429 or 503, with `Retry-After`.
+fn retry_later(status: u16, detail: &str, wait: Duration, ka: bool) -> Vec<u8> {
+    let body = json!({ "detail": detail }).to_string();
+    http::response(
+        status,
+        "application/json",
+        body.as_bytes(),
+        ka,
+        // Whole seconds, rounded up: retrying at the announced time must work.
+        &[(
+            "Retry-After",
+            wait.as_millis().div_ceil(1000).max(1).to_string(),
+        )],
+    )
+}
+
+fn register_refused(refusal: RegisterRefusal, ka: bool) -> Vec<u8> {
+    match refusal {
+        RegisterRefusal::AddressBudget(wait) => retry_later(
+            429,
+            "too many registrations from this address; try again later",
+            wait,
+            ka,
+        ),
+        RegisterRefusal::HashingBusy => {
+            retry_later(503, "server busy, try again", Duration::from_secs(1), ka)
+        }
+    }
 }
 
 fn login(hub: &mut Hub, id: ConnId, req: Request) {
@@ -248,25 +307,19 @@ fn login(hub: &mut Hub, id: ConnId, req: Request) {
             ka,
         );
     }
-    if username.contains('\0') {
-        return respond(hub, id, http::error(401, "not registered", ka), ka);
+    // Only a name that could have been registered becomes a throttle key (or a
+    // query): anything else cannot match a password.
+    if !valid_username(username) {
+        return respond(hub, id, http::error(401, "invalid credentials", ka), ka);
     }
-    let Some(peer) = hub.conn(id).map(|c| c.peer.ip()) else {
+    let Some(addr) = request_addr(hub, id, &req) else {
         return;
     };
     if let Some(wait) = hub
         .login_throttle
-        .retry_after(username, peer, Instant::now())
+        .retry_after(username, addr, Instant::now())
     {
-        let secs = wait.as_secs().max(1);
-        let body = json!({ "detail": "too many failed logins; try again later" }).to_string();
-        let resp = http::response(
-            429,
-            "application/json",
-            body.as_bytes(),
-            ka,
-            &[("Retry-After", secs.to_string())],
-        );
+        let resp = retry_later(429, "too many failed logins; try again later", wait, ka);
         return respond(hub, id, resp, ka);
     }
     let job = Job::Credentials {
@@ -281,6 +334,7 @@ fn login(hub: &mut Hub, id: ConnId, req: Request) {
         PendingHttp::Login {
             username: username.to_string(),
             password: password.to_string(),
+            addr,
             keep_alive: ka,
         },
     );
@@ -322,8 +376,11 @@ pub fn on_hash(hub: &mut Hub, ticket: Ticket, outcome: HashOutcome) {
             Some(PendingHttp::Register {
                 username,
                 nickname,
+                addr,
                 keep_alive,
+                ..
             }) => {
+                hub.register_budget.hash_done();
                 let job = Job::Register {
                     username: username.clone(),
                     password_hash: hash,
@@ -336,6 +393,8 @@ pub fn on_hash(hub: &mut Hub, ticket: Ticket, outcome: HashOutcome) {
                         PendingHttp::Register {
                             username,
                             nickname,
+                            password: String::new(),
+                            addr,
                             keep_alive,
                         },
                     );
@@ -348,19 +407,24 @@ pub fn on_hash(hub: &mut Hub, ticket: Ticket, outcome: HashOutcome) {
                     );
                 }
             }
-            other => restore(hub, id, other),
+            other => {
+                // The connection is gone (or moved on): the slot is free all the same.
+                hub.register_budget.hash_done();
+                restore(hub, id, other)
+            }
         },
         HashOutcome::Verified(ok) => match take_pending(hub, id) {
             Some(PendingHttp::Login {
                 username,
+                addr,
                 keep_alive,
                 ..
             }) => {
                 let resp = if ok {
-                    hub.login_throttle.succeeded(&username);
+                    hub.login_throttle.succeeded(&username, addr);
                     token_response(hub, &username, keep_alive)
                 } else {
-                    login_failed(hub, id, &username);
+                    hub.login_throttle.failed(&username, addr, Instant::now());
                     http::error(401, "invalid credentials", keep_alive)
                 };
                 finish(hub, id, resp, keep_alive);
@@ -392,21 +456,80 @@ pub fn register_done(hub: &mut Hub, id: ConnId, created: bool) {
     }
 }
 
+/// The stored password of `username` arrived: for a login, check it; for a
+/// registration, it says whether the name is taken.
 pub fn credentials_done(hub: &mut Hub, id: ConnId, username: String, stored: Option<String>) {
-    let Some(PendingHttp::Login {
-        password,
-        keep_alive,
-        ..
-    }) = take_pending(hub, id)
-    else {
-        return;
-    };
-    let ka = keep_alive;
+    match take_pending(hub, id) {
+        Some(PendingHttp::Login {
+            password,
+            addr,
+            keep_alive,
+            ..
+        }) => check_login(hub, id, username, password, addr, stored, keep_alive),
+        Some(PendingHttp::Register {
+            username,
+            nickname,
+            password,
+            addr,
+            keep_alive,
+        }) => {
+            let ka = keep_alive;
+            if stored.is_some() {
+                let resp = http::json(200, &json!({ "status": "ALREADY" }), ka);
+                return finish(hub, id, resp, ka);
+            }
+            if let Err(refusal) = hub.register_budget.start_hash() {
+                return finish(hub, id, register_refused(refusal, ka), ka);
+            }
+            if !hub.submit_hash(Ticket::new(id, None), HashJob::Hash { password }) {
+                hub.register_budget.hash_done();
+                let resp = register_refused(RegisterRefusal::HashingBusy, ka);
+                return finish(hub, id, resp, ka);
+            }
+            set_pending(
+                hub,
+                id,
+                PendingHttp::Register {
+                    username,
+                    nickname,
+                    password: String::new(),
+                    addr,
+                    keep_alive: ka,
+                },
+            );
+        }
+        other => restore(hub, id, other),
+    }
+}
+
+fn check_login(
+    hub: &mut Hub,
+    id: ConnId,
+    username: String,
+    password: String,
+    addr: IpAddr,
+    stored: Option<String>,
+    ka: bool,
+) {
+    let now = Instant::now();
     let Some(stored) = stored else {
-        login_failed(hub, id, &username);
+        hub.login_throttle.failed(&username, addr, now);
         return finish(hub, id, http::error(401, "not registered", ka), ka);
     };
     if is_hashed(&stored) {
+        // A stored string whose parameters would make verifying it too costly (or
+        // abort the process) is never verified: nobody can log in with it.
+        if let Err(e) = check_stored_hash(&stored) {
+            if hub.login_throttle.first_report(&username) {
+                crate::log!(
+                    Warn,
+                    "user {username:?} cannot log in: their stored password hash is \
+                     refused ({e})"
+                );
+            }
+            hub.login_throttle.failed(&username, addr, now);
+            return finish(hub, id, http::error(401, "invalid credentials", ka), ka);
+        }
         let job = HashJob::Verify {
             password: password.clone(),
             phc: stored,
@@ -418,11 +541,13 @@ pub fn credentials_done(hub: &mut Hub, id: ConnId, username: String, stored: Opt
                 PendingHttp::Login {
                     username,
                     password,
+                    addr,
                     keep_alive: ka,
                 },
             );
         } else {
-            finish(hub, id, http::error(503, "server busy, try again", ka), ka);
+            let resp = retry_later(503, "server busy, try again", Duration::from_secs(1), ka);
+            finish(hub, id, resp, ka);
         }
         return;
     }
@@ -435,18 +560,12 @@ pub fn credentials_done(hub: &mut Hub, id: ConnId, username: String, stored: Opt
                 legacy: stored,
             },
         );
-        hub.login_throttle.succeeded(&username);
+        hub.login_throttle.succeeded(&username, addr);
         let resp = token_response(hub, &username, ka);
         finish(hub, id, resp, ka);
     } else {
-        login_failed(hub, id, &username);
+        hub.login_throttle.failed(&username, addr, now);
         finish(hub, id, http::error(401, "invalid credentials", ka), ka);
-    }
-}
-
-fn login_failed(hub: &mut Hub, id: ConnId, username: &str) {
-    if let Some(peer) = hub.conn(id).map(|c| c.peer.ip()) {
-        hub.login_throttle.failed(username, peer, Instant::now());
     }
 }
 

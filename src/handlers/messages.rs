@@ -6,8 +6,8 @@ use std::time::SystemTime;
 
 use crate::db::jobs::{ChatEntry, NewMessage};
 use crate::db::Job;
-use crate::protocol::{ErrorCode, Event, Request, RequestError};
 use crate::hub::Hub;
+use crate::protocol::{ErrorCode, Event, Request, RequestError};
 
 /// Longest text accepted, in characters.
 pub const MAX_TEXT: usize = 4000;

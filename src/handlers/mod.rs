@@ -19,13 +19,13 @@ use std::time::Instant;
 
 use tungstenite::Message;
 
+use crate::close::CloseReason;
 use crate::conn::{Admit, ConnId, Phase};
 use crate::db::jobs::Outcome;
 use crate::db::{Completion, DbError, Job, Ticket};
-use crate::ticket::Hold;
-use crate::protocol::{ErrorCode, Request, RequestError};
-use crate::close::CloseReason;
 use crate::hub::Hub;
+use crate::protocol::{ErrorCode, Request, RequestError};
+use crate::ticket::Hold;
 
 /// A request as handlers see it: who sent it, on which connection, with what,
 /// and how its job holds back the connection's later requests.

@@ -7,8 +7,8 @@
 use serde_json::{json, Value};
 
 use super::Ctx;
-use crate::protocol::{Event, RequestError};
 use crate::hub::Hub;
+use crate::protocol::{Event, RequestError};
 
 /// The users `user` follows who are online, sorted by name case-insensitively.
 fn online_friends(hub: &Hub, user: &str) -> Event {

@@ -5,8 +5,8 @@ use serde_json::{json, Value};
 use super::Ctx;
 use crate::db::jobs::{JoinBy, JoinResult, RoomInfo};
 use crate::db::{Job, Ticket};
-use crate::protocol::{ErrorCode, Event, Request, RequestError};
 use crate::hub::Hub;
+use crate::protocol::{ErrorCode, Event, Request, RequestError};
 
 /// Longest room name (the `rooms.name` column).
 const MAX_ROOM_NAME: usize = 255;

@@ -7,8 +7,8 @@ use crate::conn::{ConnId, Phase, RateLimit, WsState};
 use crate::db::jobs::SessionData;
 use crate::db::{DbError, Job, Ticket};
 use crate::http::{self, Request};
-use crate::protocol::Event;
 use crate::hub::Hub;
+use crate::protocol::Event;
 use crate::ws;
 
 use super::http::respond;
@@ -78,7 +78,11 @@ pub fn load(hub: &mut Hub, id: ConnId, username: &str) {
     if hub.submit(Ticket::new(id, None), job) {
         hub.state.load_submitted(username);
     } else {
-        open_failed(hub, id, &DbError::Unavailable("database queue is full".into()));
+        open_failed(
+            hub,
+            id,
+            &DbError::Unavailable("database queue is full".into()),
+        );
     }
 }
 
@@ -144,7 +148,12 @@ pub fn opened(hub: &mut Hub, id: ConnId, username: &str, session: Option<Session
     // Queued DMs, oldest first; deleted once written to the socket. Those that
     // another connection of the user already took are not sent twice.
     if let Some(session) = session {
-        let claimed = &mut hub.state.users.get_mut(username).expect("opened").offline_claimed;
+        let claimed = &mut hub
+            .state
+            .users
+            .get_mut(username)
+            .expect("opened")
+            .offline_claimed;
         let offline: Vec<_> = session
             .offline
             .into_iter()

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{Map, Value};
 
 use super::*;
+use crate::auth::password::check_stored_hash;
 
 /// Everything the three files say, validated.
 pub(super) struct Source {
@@ -312,6 +313,20 @@ pub(super) fn read_users(
             ));
         }
         let password = doc.string(fields.get("password"), &key_path(&path, "password"), None)?;
+        // An argon2 string is stored as it is, so it must be one the server will
+        // verify: out-of-bounds parameters would make every login of this user
+        // fail (and are how a crafted file would try to stall or crash logins).
+        if is_hashed(&password) {
+            if let Err(e) = check_stored_hash(&password) {
+                return Err(ImportError::Json {
+                    file: USERS_FILE,
+                    path: key_path(&path, "password"),
+                    reason: format!(
+                        "user {key:?} has an argon2 password hash the server refuses: {e}"
+                    ),
+                });
+            }
+        }
         if password.is_empty() {
             notes.push(format!(
                 "{USERS_FILE}: {path}.password is empty; {key} cannot log in (empty passwords \

@@ -33,17 +33,17 @@ use slab::Slab;
 
 use crate::auth::jwt::Tokens;
 use crate::auth::password::HashPool;
+use crate::close::CloseReason;
 use crate::config::Config;
 use crate::conn::{Conn, ConnId};
 use crate::db::{Completion, CompletionSink, Db, DbError, DbSettings, Job, Ticket, Wakeup};
 use crate::handlers;
 use crate::history_cache::HistoryCache;
 use crate::http;
+use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::state::State;
-use crate::throttle::LoginThrottle;
-use crate::close::CloseReason;
-use crate::hub::Hub;
+use crate::throttle::{LoginThrottle, RegisterBudget};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
@@ -171,6 +171,7 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
         config.login_max_failures_per_addr,
         config.login_window,
     );
+    let register_budget = RegisterBudget::from_config(&config);
     let per_room = match config.max_logs_per_room {
         0 => crate::handlers::history::MAX_LIMIT as usize,
         n => (n as usize).min(crate::handlers::history::MAX_LIMIT as usize),
@@ -188,6 +189,7 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
             config,
             metrics: Metrics::default(),
             login_throttle,
+            register_budget,
             history,
             dirty: Vec::new(),
             close_soon: Vec::new(),
@@ -392,6 +394,7 @@ impl Server {
     /// Once a second: what is not tied to one connection.
     fn tick(&mut self, now: Instant) {
         self.hub.login_throttle.sweep(now);
+        self.hub.register_budget.sweep(now);
         let members = &self.hub.state.room_members;
         self.hub
             .history

@@ -15,8 +15,8 @@ use std::time::Instant;
 
 use super::Server;
 use crate::close::CloseReason;
-use crate::conn::{Conn, ConnId, Phase};
 use crate::config::Config;
+use crate::conn::{Conn, ConnId, Phase};
 
 #[derive(Default)]
 pub(super) struct Timers {

@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 use tungstenite::protocol::CloseFrame;
 use tungstenite::Message;
 
-pub const SECRET: &str = "it-secret";
+pub const SECRET: &str = "it-secret-long-enough-for-hs256-keys";
 
 /// The shared PostgreSQL for this run.
 pub struct Pg {
@@ -163,6 +163,8 @@ pub fn test_config() -> Config {
     c.db_workers = 2;
     c.hash_workers = 1;
     c.jwt_secret = Some(SECRET.into());
+    // Tests register many users from one address; the budget has its own tests.
+    c.register_per_addr = 1_000_000;
     c
 }
 
@@ -552,7 +554,8 @@ pub fn spawn_klav_with(data_dir: &Path, env: &[(&str, &str)], max_fds: Option<u6
         .env("KLAV_DATA_DIR", data_dir)
         .env("PORT", "0")
         .env("HOST", "127.0.0.1")
-        .env("JWT_SECRET", SECRET);
+        .env("JWT_SECRET", SECRET)
+        .env("KLAV_REGISTER_PER_ADDR", "1000000");
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -5,6 +5,7 @@ mod harness;
 
 mod accounts;
 mod bench_smoke;
+mod budgets;
 mod database;
 mod friends;
 mod fuzz_corpus;

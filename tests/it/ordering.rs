@@ -58,7 +58,10 @@ fn join_then_msg_pipelined_delivers_the_msg() {
             ],
         );
         let joined = a.expect("system");
-        assert_eq!((joined["event"].as_str(), joined["room"].as_str()), (Some("joined"), Some(room.as_str())));
+        assert_eq!(
+            (joined["event"].as_str(), joined["room"].as_str()),
+            (Some("joined"), Some(room.as_str()))
+        );
         let msg = a.recv();
         assert_eq!(msg["type"], "message", "iteration {i}: {msg}");
         assert_eq!(msg["text"], format!("m{i}"));
@@ -88,7 +91,11 @@ fn leave_then_msg_pipelined_is_refused_and_reaches_nobody() {
         assert_eq!(ack["status"], "LEFT", "{ack}");
         let err = a.recv();
         assert_eq!(
-            (err["type"].as_str(), err["code"].as_str(), err["req_id"].as_str()),
+            (
+                err["type"].as_str(),
+                err["code"].as_str(),
+                err["req_id"].as_str()
+            ),
             (Some("error"), Some("NOT_A_MEMBER"), Some("m")),
             "iteration {i}: {err}"
         );
@@ -102,7 +109,10 @@ fn leave_then_msg_pipelined_is_refused_and_reaches_nobody() {
     b.silent();
     let mut db = s.db();
     let n: i64 = db
-        .query_one("SELECT count(*) FROM chat_logs WHERE text LIKE 'after-leave%'", &[])
+        .query_one(
+            "SELECT count(*) FROM chat_logs WHERE text LIKE 'after-leave%'",
+            &[],
+        )
         .unwrap()
         .get(0);
     assert_eq!(n, 0, "nothing was stored");
@@ -124,7 +134,11 @@ fn follow_then_online_friends_pipelined_sees_the_follow() {
         let (ack, _) = until_reply(&mut a, "f");
         assert_eq!(ack["status"], "FOLLOWED", "iteration {i}: {ack}");
         let (list, _) = until_reply(&mut a, "g");
-        assert_eq!(list["users"].as_array().map(Vec::len), Some(1), "iteration {i}: {list}");
+        assert_eq!(
+            list["users"].as_array().map(Vec::len),
+            Some(1),
+            "iteration {i}: {list}"
+        );
         pipeline(
             &mut a,
             &[
@@ -165,15 +179,13 @@ fn join_close_reconnect_msg_works_on_the_new_connection() {
 /// written to it is read.
 fn drain_dms(mut ws: Ws, got: &mut HashMap<String, usize>) {
     let _ = ws.sock.get_mut().shutdown(Shutdown::Write);
-    ws.sock
-        .get_mut()
-        .set_read_timeout(Some(WAIT))
-        .unwrap();
+    ws.sock.get_mut().set_read_timeout(Some(WAIT)).unwrap();
     while let Ok(m) = ws.sock.read() {
         if let Message::Text(t) = m {
             let ev: Value = serde_json::from_str(t.as_str()).unwrap();
             if ev["type"] == "dm" || ev["type"] == "offline_dm" {
-                *got.entry(ev["text"].as_str().unwrap().to_string()).or_default() += 1;
+                *got.entry(ev["text"].as_str().unwrap().to_string())
+                    .or_default() += 1;
             }
         }
     }
@@ -218,7 +230,9 @@ fn each_dm_reaches_a_reconnecting_recipient_exactly_once() {
         pipeline(&mut sender, &reqs);
         for _ in 0..10 {
             let ack = sender.expect("dm_ack");
-            *statuses.entry(ack["status"].as_str().unwrap().to_string()).or_default() += 1;
+            *statuses
+                .entry(ack["status"].as_str().unwrap().to_string())
+                .or_default() += 1;
         }
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -238,14 +252,18 @@ fn each_dm_reaches_a_reconnecting_recipient_exactly_once() {
         if left == 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "{left} DMs stay queued while the recipient is online");
+        assert!(
+            Instant::now() < deadline,
+            "{left} DMs stay queued while the recipient is online"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     drain_dms(last, &mut got);
     let total: usize = statuses.values().sum();
     assert_eq!(total, N, "{statuses:?}");
     assert_eq!(
-        statuses.get("DELIVERED").copied().unwrap_or(0) + statuses.get("QUEUED").copied().unwrap_or(0),
+        statuses.get("DELIVERED").copied().unwrap_or(0)
+            + statuses.get("QUEUED").copied().unwrap_or(0),
         N,
         "{statuses:?}"
     );
@@ -257,7 +275,10 @@ fn each_dm_reaches_a_reconnecting_recipient_exactly_once() {
             None => missing.push(i),
         }
     }
-    assert!(missing.is_empty(), "never arrived: {missing:?} ({statuses:?})");
+    assert!(
+        missing.is_empty(),
+        "never arrived: {missing:?} ({statuses:?})"
+    );
 }
 
 /// Writes `bytes` from a thread (blocking, as a client that does not look at
@@ -328,9 +349,16 @@ fn oversize_frame_close_reaches_a_client_still_sending() {
         // 2 MiB in one frame: the server decides after 64 KiB, the client goes
         // on sending the rest, then reads.
         let sent = ws.sock.send(Message::binary(vec![7u8; 2 << 20]));
-        assert!(sent.is_ok(), "the server kept reading while closing: {sent:?}");
+        assert!(
+            sent.is_ok(),
+            "the server kept reading while closing: {sent:?}"
+        );
         let close = ws.expect_close();
-        assert_eq!(close.as_ref().map(|c| c.code), Some(CloseCode::Size), "{close:?}");
+        assert_eq!(
+            close.as_ref().map(|c| c.code),
+            Some(CloseCode::Size),
+            "{close:?}"
+        );
     }
 }
 
