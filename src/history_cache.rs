@@ -222,7 +222,7 @@ impl HistoryCache {
 }
 
 fn cached(e: ChatEntry) -> Cached {
-    let json = crate::handlers::history::entry_json(&e)
+    let json = crate::protocol::history_item(&e)
         .to_string()
         .into_boxed_str();
     Cached {

@@ -178,6 +178,18 @@ impl Hub {
         }
     }
 
+    /// Queues a final or keep-alive HTTP response; a final one closes the
+    /// connection after it (and nothing further is parsed from it).
+    pub fn respond(&mut self, id: ConnId, bytes: &[u8], keep_alive: bool) {
+        self.send_bytes(id, bytes);
+        if !keep_alive {
+            if let Some(conn) = self.conn_mut(id) {
+                conn.closing = Some(CloseReason::HttpDone);
+            }
+            self.close(id, CloseReason::HttpDone);
+        }
+    }
+
     pub fn close(&mut self, id: ConnId, reason: CloseReason) {
         self.close_soon.push((id, reason));
     }

@@ -7,8 +7,8 @@
 //! - [`hub`]: what handlers work on: connections, memory, pools, and the verbs
 //!   (send, fan out, submit, close).
 //! - [`close`]: why a connection closes and what that means on the wire.
-//! - [`conn`]: one connection's state machine (HTTP → upgrading → WebSocket) and
-//!   its bounded output queue.
+//! - [`conn`]: one connection's state machine (HTTP → upgrading → WebSocket).
+//! - [`out_queue`]: a connection's bounded output queue (shared fan-out frames).
 //! - [`http`]: request parsing with limits, responses.
 //! - [`ws`]: the upgrade response, tungstenite over our own buffers, frame-once.
 //! - [`protocol`]: request decoding, error codes, events.
@@ -37,6 +37,7 @@ pub mod hub;
 pub mod import;
 pub mod log;
 pub mod metrics;
+pub mod out_queue;
 pub mod protocol;
 pub mod server;
 pub mod state;

@@ -252,3 +252,20 @@ mod tests {
         assert!(v["ts"].as_str().unwrap().ends_with("+00:00"));
     }
 }
+
+/// A `chat_logs` row as a `history` item (and a cached one).
+pub fn history_item(e: &crate::db::jobs::ChatEntry) -> Value {
+    let mut v = serde_json::json!({
+        "id": e.id,
+        "ts": crate::time::format_iso(e.ts),
+        "kind": e.kind,
+        "room": e.room,
+        "from": e.from,
+        "from_nickname": e.from_nickname,
+        "text": e.text,
+    });
+    if let Some(to) = &e.to {
+        v["to"] = Value::String(to.clone());
+    }
+    v
+}

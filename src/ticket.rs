@@ -2,6 +2,7 @@
 //! generation) and what to echo back to it. The database and hashing layers carry
 //! tickets without knowing what a connection is; only the loop looks inside.
 
+use std::fmt;
 use std::time::Instant;
 
 use serde_json::Value;
@@ -72,3 +73,15 @@ impl Ticket {
         self
     }
 }
+
+/// A job could not be queued: its queue is full (or its threads have stopped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueFull;
+
+impl fmt::Display for QueueFull {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("queue full")
+    }
+}
+
+impl std::error::Error for QueueFull {}

@@ -12,7 +12,7 @@ use std::io::{self, Read, Write};
 use mio::net::TcpStream;
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 
-use crate::conn::OutQueue;
+use crate::out_queue::OutQueue;
 
 /// Largest frame and message accepted from a client (close 1009 beyond).
 pub const MAX_MESSAGE: usize = 64 * 1024;

@@ -13,7 +13,7 @@ use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, Salt
 use argon2::{Algorithm, Argon2, Params, PasswordVerifier};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
-use crate::db::{Completion, CompletionSink, QueueFull, Ticket};
+use crate::ticket::{QueueFull, Ticket};
 
 /// Work for a hashing thread.
 pub enum HashJob {
@@ -50,12 +50,18 @@ pub struct HashPool {
 }
 
 impl HashPool {
-    pub fn start(threads: usize, sink: CompletionSink) -> HashPool {
+    /// `deliver` hands each result back to whoever waits (the event loop's
+    /// completion channel); the pool knows nothing of it.
+    pub fn start(
+        threads: usize,
+        deliver: impl Fn(Ticket, HashOutcome) + Send + Clone + 'static,
+    ) -> HashPool {
         let (logins, login_rx) = crossbeam_channel::bounded::<(Ticket, HashJob)>(QUEUE_CAPACITY);
         let (others, other_rx) = crossbeam_channel::bounded::<(Ticket, HashJob)>(QUEUE_CAPACITY);
         let threads = (0..threads)
             .map(|i| {
-                let (login_rx, other_rx, sink) = (login_rx.clone(), other_rx.clone(), sink.clone());
+                let (login_rx, other_rx, deliver) =
+                    (login_rx.clone(), other_rx.clone(), deliver.clone());
                 std::thread::Builder::new()
                     .name(format!("klav-hash-{i}"))
                     .spawn(move || {
@@ -74,7 +80,7 @@ impl HashPool {
                                     legacy,
                                 },
                             };
-                            sink.send(Completion::Hash(ticket, outcome));
+                            deliver(ticket, outcome);
                         }
                     })
                     .expect("spawn hashing thread")

@@ -79,17 +79,7 @@ impl From<postgres::Error> for DbError {
     }
 }
 
-/// A job could not be queued: its queue is full (or its threads have stopped).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct QueueFull;
-
-impl fmt::Display for QueueFull {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("queue full")
-    }
-}
-
-impl std::error::Error for QueueFull {}
+pub use crate::ticket::QueueFull;
 
 /// Wakes the event loop when completions are waiting, at most once per drain:
 /// workers set the flag and only the one that flips it pays for the syscall.

@@ -1,13 +1,13 @@
 //! `history`: a member's view of a room's log, newest `limit` entries matching
 //! the filters, oldest first. DMs are visible only to their two parties.
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::Ctx;
 use crate::db::jobs::{ChatEntry, HistoryQuery};
 use crate::db::{Job, Ticket};
 use crate::hub::Hub;
-use crate::protocol::{ErrorCode, Event, Request, RequestError};
+use crate::protocol::{history_item, ErrorCode, Event, Request, RequestError};
 
 pub const DEFAULT_LIMIT: i64 = 20;
 pub const MAX_LIMIT: i64 = 200;
@@ -99,24 +99,8 @@ fn cached_reply(room: &str, items: &[&str], req_id: &Option<Value>) -> Vec<u8> {
     crate::ws::text_frame(json.as_bytes())
 }
 
-pub fn entry_json(e: &ChatEntry) -> Value {
-    let mut v = json!({
-        "id": e.id,
-        "ts": crate::time::format_iso(e.ts),
-        "kind": e.kind,
-        "room": e.room,
-        "from": e.from,
-        "from_nickname": e.from_nickname,
-        "text": e.text,
-    });
-    if let Some(to) = &e.to {
-        v["to"] = Value::String(to.clone());
-    }
-    v
-}
-
 pub fn done(hub: &mut Hub, t: &Ticket, room: String, items: Vec<ChatEntry>) {
-    let items: Vec<Value> = items.iter().map(entry_json).collect();
+    let items: Vec<Value> = items.iter().map(history_item).collect();
     let ev = Event::new("history")
         .with("room", room)
         .with("items", items);

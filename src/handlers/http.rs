@@ -11,7 +11,6 @@ use serde_json::{json, Value};
 
 use crate::auth::password::{check_stored_hash, constant_time_eq, is_hashed, HashJob, HashOutcome};
 use crate::client_addr::client_addr;
-use crate::close::CloseReason;
 use crate::conn::{ConnId, PendingHttp, Phase};
 use crate::db::{DbError, Job, Ticket};
 use crate::http::{self, Request};
@@ -56,13 +55,7 @@ pub fn process(hub: &mut Hub, id: ConnId) {
 
 /// Queues a response; closes the connection after it unless kept alive.
 pub fn respond(hub: &mut Hub, id: ConnId, bytes: Vec<u8>, keep_alive: bool) {
-    hub.send_bytes(id, &bytes);
-    if !keep_alive {
-        if let Some(conn) = hub.conn_mut(id) {
-            conn.closing = Some(CloseReason::HttpDone);
-        }
-        hub.close(id, CloseReason::HttpDone);
-    }
+    hub.respond(id, &bytes, keep_alive);
 }
 
 fn route(hub: &mut Hub, id: ConnId, req: Request) {

@@ -11,8 +11,6 @@ use crate::hub::Hub;
 use crate::protocol::Event;
 use crate::ws;
 
-use super::http::respond;
-
 /// `GET /ws`: validates the upgrade and the token on the loop (an HMAC is cheap),
 /// then asks the database whether the user exists and loads their session. The
 /// 101 goes out only once that answer is in.
@@ -84,6 +82,10 @@ pub fn load(hub: &mut Hub, id: ConnId, username: &str) {
             &DbError::Unavailable("database queue is full".into()),
         );
     }
+}
+
+fn respond(hub: &mut Hub, id: ConnId, bytes: Vec<u8>, keep_alive: bool) {
+    hub.respond(id, &bytes, keep_alive);
 }
 
 /// `Authorization: Bearer <token>`, the scheme compared case-insensitively.

@@ -162,7 +162,9 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
         sink.clone(),
     )
     .map_err(StartError::Db)?;
-    let hasher = HashPool::start(config.hash_workers, sink);
+    let hasher = HashPool::start(config.hash_workers, move |ticket, outcome| {
+        sink.send(Completion::Hash(ticket, outcome))
+    });
     let tokens = Tokens::new(jwt_secret, config.jwt_algorithm, config.jwt_expire_minutes);
 
     let stop = Arc::new(AtomicBool::new(false));
