@@ -30,6 +30,11 @@ pub enum CloseReason {
     Protocol,
     /// Kept flooding past the rate limit for several seconds: close 1008.
     Flood,
+    /// All clients together held more than the buffer budget, and this
+    /// connection held the most: close 1008.
+    Budget,
+    /// A fragmented message (or a frame) was not completed in time: close 1008.
+    Incomplete,
     /// The server is shutting down: close 1001.
     Shutdown,
     /// A socket error.
@@ -59,6 +64,8 @@ impl CloseReason {
             CloseReason::BadUtf8 => "bad_utf8",
             CloseReason::Protocol => "protocol",
             CloseReason::Flood => "flood",
+            CloseReason::Budget => "budget",
+            CloseReason::Incomplete => "incomplete",
             CloseReason::Shutdown => "shutdown",
             CloseReason::Error => "error",
         }
@@ -69,6 +76,8 @@ impl CloseReason {
         let frame = match self {
             SlowConsumer => Some((CloseCode::Policy, "output buffer limit exceeded")),
             Flood => Some((CloseCode::Policy, "request rate limit exceeded")),
+            Budget => Some((CloseCode::Policy, "server buffer budget exceeded")),
+            Incomplete => Some((CloseCode::Policy, "message not completed in time")),
             TooBig => Some((CloseCode::Size, "message too big")),
             BadUtf8 => Some((CloseCode::Invalid, "invalid UTF-8")),
             Protocol => Some((CloseCode::Protocol, "protocol error")),
@@ -77,18 +86,18 @@ impl CloseReason {
             Peer | HttpDone | Error => None,
         };
         let log = match self {
-            SlowConsumer | Flood | TooBig => Some(Level::Warn),
-            Protocol | BadUtf8 | Error => Some(Level::Debug),
+            SlowConsumer | Flood | TooBig | Budget => Some(Level::Warn),
+            Protocol | BadUtf8 | Error | Incomplete => Some(Level::Debug),
             _ => None,
         };
         ClosePlan {
             frame,
-            drop_unsent: self == SlowConsumer,
+            drop_unsent: matches!(self, SlowConsumer | Budget),
             log,
         }
     }
 
-    pub const ALL: [CloseReason; 10] = [
+    pub const ALL: [CloseReason; 12] = [
         CloseReason::Peer,
         CloseReason::HttpDone,
         CloseReason::Timeout,
@@ -97,6 +106,8 @@ impl CloseReason {
         CloseReason::BadUtf8,
         CloseReason::Protocol,
         CloseReason::Flood,
+        CloseReason::Budget,
+        CloseReason::Incomplete,
         CloseReason::Shutdown,
         CloseReason::Error,
     ];

@@ -48,6 +48,20 @@ pub struct Config {
     /// `KLAV_MAX_CONNECTIONS`: open sockets beyond which new HTTP requests get 503
     /// (default 100,000).
     pub max_connections: usize,
+    /// `KLAV_MAX_CONNS_PER_USER`: open WebSockets (and upgrades in progress) per
+    /// user; beyond it the upgrade gets 429 (default 50).
+    pub max_conns_per_user: usize,
+    /// `KLAV_MAX_CONNS_PER_ADDR`: open WebSockets per client address (the
+    /// trusted-proxy rule applies); beyond it the upgrade gets 429 (default 1000).
+    pub max_conns_per_addr: usize,
+    /// `KLAV_MAX_CLIENT_BUFFER_BYTES`: input and output buffered for all clients
+    /// together; beyond it the largest holders are closed first (default 256 MiB).
+    pub max_client_buffer_bytes: usize,
+    /// `KLAV_MAX_ROOMS_PER_USER`: rooms one user may belong to (default 500).
+    pub max_rooms_per_user: usize,
+    /// `KLAV_ROOMS_CREATED_PER_HOUR`: rooms one user may create per hour, a token
+    /// bucket with the same burst (default 60).
+    pub rooms_created_per_hour: u32,
     /// `KLAV_HTTP_TIMEOUT_SECS`: a partial HTTP request is closed after this (default 10).
     pub http_timeout: Duration,
     /// `KLAV_WS_PING_SECS`: idle WebSocket connections are pinged after this long and
@@ -209,6 +223,31 @@ impl Config {
             )? as usize,
             max_connections: positive(get("KLAV_MAX_CONNECTIONS"), "KLAV_MAX_CONNECTIONS", 100_000)?
                 as usize,
+            max_conns_per_user: positive(
+                get("KLAV_MAX_CONNS_PER_USER"),
+                "KLAV_MAX_CONNS_PER_USER",
+                50,
+            )? as usize,
+            max_conns_per_addr: positive(
+                get("KLAV_MAX_CONNS_PER_ADDR"),
+                "KLAV_MAX_CONNS_PER_ADDR",
+                1000,
+            )? as usize,
+            max_client_buffer_bytes: positive(
+                get("KLAV_MAX_CLIENT_BUFFER_BYTES"),
+                "KLAV_MAX_CLIENT_BUFFER_BYTES",
+                256 << 20,
+            )? as usize,
+            max_rooms_per_user: positive(
+                get("KLAV_MAX_ROOMS_PER_USER"),
+                "KLAV_MAX_ROOMS_PER_USER",
+                500,
+            )? as usize,
+            rooms_created_per_hour: positive(
+                get("KLAV_ROOMS_CREATED_PER_HOUR"),
+                "KLAV_ROOMS_CREATED_PER_HOUR",
+                60,
+            )? as u32,
             http_timeout: Duration::from_secs(positive(
                 get("KLAV_HTTP_TIMEOUT_SECS"),
                 "KLAV_HTTP_TIMEOUT_SECS",

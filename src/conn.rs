@@ -1,6 +1,7 @@
 //! One client connection: its socket, where it is in its life
 //! (HTTP → upgrading → WebSocket), and its output queue.
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
@@ -8,10 +9,19 @@ use mio::net::TcpStream;
 use tungstenite::protocol::WebSocketContext;
 
 use crate::close::CloseReason;
+use crate::db::jobs::OfflineDm;
 pub use crate::out_queue::OutQueue;
 use crate::protocol::Request;
 pub use crate::ticket::ConnId;
 use crate::ticket::Hold;
+
+/// A connection stops having its requests read while this much output waits for
+/// it, and reads again once it has drained below: a client that sends requests
+/// and does not read the replies holds at most this plus one reply.
+pub const OUTPUT_PAUSE_BYTES: usize = 64 * 1024;
+
+/// An idle connection's input buffer is given back when it grew past this.
+pub const IDLE_BUFFER_BYTES: usize = 4 * 1024;
 
 /// Where a connection is in its life.
 pub enum Phase {
@@ -179,7 +189,15 @@ pub struct WsState {
     pub ping_sent: Option<Instant>,
     /// Offline DMs to delete once the output reaches this mark.
     pub offline_ack: Option<(u64, Vec<i64>)>,
+    /// Offline DMs loaded and not yet queued (sent in pieces as the socket
+    /// drains).
+    pub offline_pending: VecDeque<OfflineDm>,
     pub seq: Sequencer,
+    /// Bytes of data frames read and not yet part of a complete message (a
+    /// frame or a fragmented message under way), and since when there have been
+    /// any: such a message must be completed in time.
+    pub unfinished: usize,
+    pub unfinished_since: Option<Instant>,
 }
 
 /// A connection klav has decided to close: its last output is being written,
@@ -216,6 +234,8 @@ pub struct Conn {
     pub since: Instant,
     /// When the loop's timer structure will look at this connection next.
     pub wake_at: Option<Instant>,
+    /// The client address this WebSocket (or upgrade) is counted under.
+    pub counted_addr: Option<IpAddr>,
 }
 
 impl Conn {
@@ -232,6 +252,7 @@ impl Conn {
             read_paused: false,
             since: Instant::now(),
             wake_at: None,
+            counted_addr: None,
         }
     }
 }

@@ -11,6 +11,7 @@ use slab::Slab;
 
 use crate::auth::jwt::Tokens;
 use crate::auth::password::{HashJob, HashPool};
+use crate::budget::UserBudget;
 use crate::close::CloseReason;
 use crate::config::Config;
 use crate::conn::{Conn, ConnId, Phase, WsState};
@@ -31,6 +32,8 @@ pub struct Hub {
     pub metrics: Metrics,
     pub login_throttle: LoginThrottle,
     pub register_budget: RegisterBudget,
+    /// Rooms each user may create (`create_room`, `join` by name).
+    pub room_budget: UserBudget,
     pub history: HistoryCache,
     /// Slots with new output, flushed once at the end of the loop turn.
     pub dirty: Vec<usize>,
@@ -80,8 +83,12 @@ impl Hub {
         if conn.closing.is_some() {
             return;
         }
+        // A direct reply counts only what was already waiting: one large reply
+        // (a long history) is fine, and a client that does not read its replies
+        // is stopped long before by the request pause (`OUTPUT_PAUSE_BYTES`).
+        let backlog = conn.out.len();
         conn.out.push(bytes);
-        let over = conn.out.len() > max;
+        let over = backlog > max;
         self.dirty.push(id.slot);
         if over {
             self.close_soon.push((id, CloseReason::SlowConsumer));

@@ -23,8 +23,12 @@
 //! - [`client_addr`]: the address a request is counted under (trusted proxies).
 //! - [`ticket`]: who waits for background work (connection id, `req_id`).
 //! - [`metrics`], [`log`], [`time`]: Prometheus counters, log lines, ISO-8601.
+//! - [`alloc`]: giving freed memory back to the system.
+//! - [`budget`]: per-user budgets (rooms created).
 
+pub mod alloc;
 pub mod auth;
+pub mod budget;
 pub mod client_addr;
 pub mod close;
 pub mod config;

@@ -13,6 +13,12 @@ pub struct Metrics {
     pub ws_open: usize,
     /// Users with at least one open WebSocket.
     pub users_online: usize,
+    /// Upgrades refused by a per-user or per-address connection budget.
+    pub upgrades_refused: u64,
+    /// Connections closed because all clients together held too much buffered.
+    pub budget_closes: u64,
+    /// Bytes buffered for all clients at the last budget check.
+    pub client_buffer_bytes: usize,
     pub messages: u64,
     pub dms: u64,
     pub deliveries: u64,
@@ -78,13 +84,28 @@ impl Metrics {
             "Jobs waiting for a database thread.",
             queue_depth as f64,
         );
+        gauge(
+            "klav_client_buffer_bytes",
+            "Input and output buffered for all clients (at the last budget check).",
+            self.client_buffer_bytes as f64,
+        );
         let _ = writeln!(
             s,
             "# HELP klav_log_lines_dropped_total Log lines dropped because stderr could not keep up.\n\
              # TYPE klav_log_lines_dropped_total counter\nklav_log_lines_dropped_total {}",
             crate::log::dropped()
         );
-        let counters: [(&str, &str, u64); 9] = [
+        let counters: [(&str, &str, u64); 11] = [
+            (
+                "klav_upgrades_refused_total",
+                "WebSocket upgrades refused by a per-user or per-address budget.",
+                self.upgrades_refused,
+            ),
+            (
+                "klav_buffer_budget_closes_total",
+                "Connections closed because all clients together held too much.",
+                self.budget_closes,
+            ),
             (
                 "klav_accepted_total",
                 "Accepted TCP connections.",

@@ -38,6 +38,9 @@ pub struct OutQueue {
     pending: usize,
     /// Bytes ever written to the socket (marks for "written" acknowledgements).
     pub total_written: u64,
+    /// Output up to this mark is never dropped (the 101 that opens a WebSocket:
+    /// without it nothing after makes sense to the client).
+    protected: u64,
 }
 
 impl OutQueue {
@@ -74,13 +77,23 @@ impl OutQueue {
         self.chunks.push_back(Chunk::Shared(frame.clone()));
     }
 
+    /// Keeps everything queued so far from [`OutQueue::truncate_unstarted`].
+    pub fn protect(&mut self) {
+        self.protected = self.mark();
+    }
+
     /// Drops everything not yet started, keeping a partly written chunk so the
-    /// stream stays well-formed (used before a final close frame).
+    /// stream stays well-formed, and anything protected (used before a final
+    /// close frame).
     pub fn truncate_unstarted(&mut self) {
         let keep = if self.head_written > 0 { 1 } else { 0 };
         while self.chunks.len() > keep {
-            let c = self.chunks.pop_back().expect("non-empty");
-            self.pending -= c.bytes().len();
+            let len = self.chunks.back().expect("non-empty").bytes().len();
+            if self.mark() - (len as u64) < self.protected {
+                break;
+            }
+            self.chunks.pop_back();
+            self.pending -= len;
         }
     }
 

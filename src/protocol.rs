@@ -27,6 +27,8 @@ pub enum ErrorCode {
     UnfollowToRequired,
     RateLimited,
     Unavailable,
+    /// The user belongs to `KLAV_MAX_ROOMS_PER_USER` rooms already.
+    TooManyRooms,
 }
 
 impl ErrorCode {
@@ -45,6 +47,7 @@ impl ErrorCode {
             ErrorCode::UnfollowToRequired => "UNFOLLOW_TO_REQUIRED",
             ErrorCode::RateLimited => "RATE_LIMITED",
             ErrorCode::Unavailable => "UNAVAILABLE",
+            ErrorCode::TooManyRooms => "TOO_MANY_ROOMS",
         }
     }
 }

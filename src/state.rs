@@ -15,6 +15,7 @@
 //! the connection when it opens.
 
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::time::SystemTime;
 
 use crate::conn::ConnId;
@@ -79,9 +80,28 @@ pub struct State {
     pub watchers: HashMap<String, HashSet<ConnId>>,
     /// Rooms written to since the last retention pass.
     pub touched_rooms: HashSet<String>,
+    /// Open WebSockets and upgrades per client address (a budget).
+    pub per_addr: HashMap<IpAddr, usize>,
 }
 
 impl State {
+    pub fn addr_conns(&self, addr: IpAddr) -> usize {
+        self.per_addr.get(&addr).copied().unwrap_or(0)
+    }
+
+    pub fn addr_conn_opened(&mut self, addr: IpAddr) {
+        *self.per_addr.entry(addr).or_default() += 1;
+    }
+
+    pub fn addr_conn_closed(&mut self, addr: IpAddr) {
+        if let Some(n) = self.per_addr.get_mut(&addr) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_addr.remove(&addr);
+            }
+        }
+    }
+
     /// An upgrade for `username` starts. True when its session may be loaded now;
     /// false when it waits for the user's writes under way (it is handed back by
     /// [`State::write_done`]).

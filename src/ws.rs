@@ -67,11 +67,25 @@ pub fn text_frame(payload: &[u8]) -> Vec<u8> {
 pub struct Io<'a> {
     pub stream: &'a mut TcpStream,
     pub out: &'a mut OutQueue,
+    /// Bytes read from the socket through this adapter.
+    pub read: usize,
+}
+
+impl<'a> Io<'a> {
+    pub fn new(stream: &'a mut TcpStream, out: &'a mut OutQueue) -> Io<'a> {
+        Io {
+            stream,
+            out,
+            read: 0,
+        }
+    }
 }
 
 impl Read for Io<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.stream.read(buf)
+        let n = self.stream.read(buf)?;
+        self.read += n;
+        Ok(n)
     }
 }
 

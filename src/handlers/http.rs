@@ -11,23 +11,35 @@ use serde_json::{json, Value};
 
 use crate::auth::password::{check_stored_hash, constant_time_eq, is_hashed, HashJob, HashOutcome};
 use crate::client_addr::client_addr;
-use crate::conn::{ConnId, PendingHttp, Phase};
+use crate::conn::{ConnId, PendingHttp, Phase, IDLE_BUFFER_BYTES, OUTPUT_PAUSE_BYTES};
 use crate::db::{DbError, Job, Ticket};
 use crate::http::{self, Request};
 use crate::hub::Hub;
 use crate::throttle::RegisterRefusal;
 
-/// Parses and routes every complete request in the connection's buffer.
+/// Parses and routes the complete requests in the connection's buffer, one at
+/// a time, until one waits for a worker or the responses not yet taken by the
+/// client pass [`OUTPUT_PAUSE_BYTES`] (the rest waits until they drain: a client
+/// that pipelines and never reads holds at most that much).
 pub fn process(hub: &mut Hub, id: ConnId) {
     loop {
         let Some(conn) = hub.conn_mut(id) else { return };
         if conn.closing.is_some() {
             return;
         }
+        if conn.out.len() > OUTPUT_PAUSE_BYTES {
+            // Resumed by the flush that drains it.
+            conn.read_paused = true;
+            return;
+        }
         let Phase::Http(st) = &mut conn.phase else {
             return;
         };
         if st.pending.is_some() || st.buf.is_empty() {
+            if st.buf.is_empty() && st.buf.capacity() > IDLE_BUFFER_BYTES {
+                // Give back what a large request needed.
+                st.buf = Vec::new();
+            }
             return;
         }
         match http::parse_resumable(&st.buf, &mut st.progress) {

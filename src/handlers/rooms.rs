@@ -1,5 +1,7 @@
 //! `create_room`, `join`, `leave`, `my_rooms`.
 
+use std::time::Instant;
+
 use serde_json::{json, Value};
 
 use super::Ctx;
@@ -18,6 +20,21 @@ fn nickname(hub: &Hub, user: &str) -> String {
         .map(|u| u.nickname.clone())
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| user.to_string())
+}
+
+/// Rooms are kept for good: each user may create `KLAV_ROOMS_CREATED_PER_HOUR`
+/// of them an hour (a `join` by name counts, since it may create one).
+fn take_room_token(hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
+    if hub.room_budget.admit(&cx.user, Instant::now()) {
+        return Ok(());
+    }
+    Err(RequestError::with(
+        ErrorCode::RateLimited,
+        format!(
+            "room creation is limited to {} per hour",
+            hub.config.rooms_created_per_hour
+        ),
+    ))
 }
 
 /// `create_room {"name"}`: a fresh room; the creator is not made a member.
@@ -41,6 +58,7 @@ impl CreateRoom {
             hub.reply(cx.id, &cx.req.req_id, ev);
             return Ok(());
         };
+        take_room_token(hub, cx)?;
         let job = Job::CreateRoom {
             creator: cx.user.clone(),
             creator_nickname: nickname(hub, &cx.user),
@@ -94,6 +112,22 @@ impl Join {
                 hub.reply(cx.id, &cx.req.req_id, ev);
                 return Ok(());
             }
+        }
+        // Earlier requests of this connection are done (see `conn::Sequencer`),
+        // so the count in memory is exact.
+        let joined = hub.state.users.get(&cx.user).map_or(0, |u| u.rooms.len());
+        if joined >= hub.config.max_rooms_per_user {
+            return Err(RequestError::with(
+                ErrorCode::TooManyRooms,
+                format!(
+                    "a user belongs to at most {} rooms; leave one first",
+                    hub.config.max_rooms_per_user
+                ),
+            ));
+        }
+        if matches!(self.by, JoinBy::Name(_)) {
+            // Joining by name creates the room when none has that name.
+            take_room_token(hub, cx)?;
         }
         let job = Job::Join {
             username: cx.user.clone(),

@@ -1,10 +1,12 @@
 //! A WebSocket session's life: the authenticated upgrade, opening (offline DMs,
 //! presence online), and closing (presence offline).
 
+use std::collections::VecDeque;
 use std::time::Instant;
 
-use crate::conn::{ConnId, Phase, RateLimit, WsState};
-use crate::db::jobs::SessionData;
+use crate::client_addr::{budget_key, client_addr};
+use crate::conn::{ConnId, Phase, RateLimit, WsState, OUTPUT_PAUSE_BYTES};
+use crate::db::jobs::{OfflineDm, SessionData};
 use crate::db::{DbError, Job, Ticket};
 use crate::http::{self, Request};
 use crate::hub::Hub;
@@ -48,8 +50,27 @@ pub fn upgrade(hub: &mut Hub, id: ConnId, req: Request) {
         Ok(u) => u,
         Err(e) => return refuse(hub, 403, &e.to_string()),
     };
+    // Budgets, checked before any work is done for the connection.
+    let peer = match hub.conn(id) {
+        Some(c) => c.peer,
+        None => return,
+    };
+    let addr = budget_key(client_addr(peer, &req, &hub.config.trusted_proxies));
+    let user_conns = hub
+        .state
+        .users
+        .get(&username)
+        .map_or(0, |u| u.conns.len() + u.opening as usize);
+    if user_conns >= hub.config.max_conns_per_user {
+        return too_many(hub, id, "too many connections for this user");
+    }
+    if hub.state.addr_conns(addr) >= hub.config.max_conns_per_addr {
+        return too_many(hub, id, "too many connections from this address");
+    }
+    hub.state.addr_conn_opened(addr);
     let accept_key = tungstenite::handshake::derive_accept_key(key.as_bytes());
     let Some(conn) = hub.conn_mut(id) else { return };
+    conn.counted_addr = Some(addr);
     let leftover = match &mut conn.phase {
         Phase::Http(st) => std::mem::take(&mut st.buf),
         _ => Vec::new(),
@@ -62,6 +83,20 @@ pub fn upgrade(hub: &mut Hub, id: ConnId, req: Request) {
     if hub.state.begin_open(&username, id) {
         load(hub, id, &username);
     }
+}
+
+/// 429 for an upgrade over a connection budget; the client may retry later.
+fn too_many(hub: &mut Hub, id: ConnId, detail: &str) {
+    hub.metrics.upgrades_refused += 1;
+    let body = serde_json::json!({ "detail": detail }).to_string();
+    let resp = http::response(
+        429,
+        "application/json",
+        body.as_bytes(),
+        false,
+        &[("Retry-After", "10".into())],
+    );
+    hub.respond(id, &resp, false);
 }
 
 /// Submits the session load of an upgrade (now, or once the user's writes that
@@ -129,6 +164,7 @@ pub fn opened(hub: &mut Hub, id: ConnId, username: &str, session: Option<Session
         unreachable!("checked above")
     };
     conn.out.push(&ws::switching_protocols(&accept_key));
+    conn.out.protect();
     let now = Instant::now();
     conn.phase = Phase::Ws(Box::new(WsState {
         ctx: ws::server_context(leftover),
@@ -137,7 +173,10 @@ pub fn opened(hub: &mut Hub, id: ConnId, username: &str, session: Option<Session
         last_frame: now,
         ping_sent: None,
         offline_ack: None,
+        offline_pending: VecDeque::new(),
         seq: Default::default(),
+        unfinished: 0,
+        unfinished_since: None,
     }));
     hub.dirty.push(id.slot);
     hub.metrics.ws_opened += 1;
@@ -147,8 +186,9 @@ pub fn opened(hub: &mut Hub, id: ConnId, username: &str, session: Option<Session
         hub.metrics.users_online += 1;
     }
 
-    // Queued DMs, oldest first; deleted once written to the socket. Those that
-    // another connection of the user already took are not sent twice.
+    // Queued DMs, oldest first, in pieces as the socket takes them (each piece
+    // deleted once written). Those another connection of the user already took
+    // are not sent twice.
     if let Some(session) = session {
         let claimed = &mut hub
             .state
@@ -156,29 +196,15 @@ pub fn opened(hub: &mut Hub, id: ConnId, username: &str, session: Option<Session
             .get_mut(username)
             .expect("opened")
             .offline_claimed;
-        let offline: Vec<_> = session
+        let offline: VecDeque<OfflineDm> = session
             .offline
             .into_iter()
             .filter(|dm| claimed.insert(dm.id))
             .collect();
-        if !offline.is_empty() {
-            let mut ids = Vec::with_capacity(offline.len());
-            for dm in offline {
-                let ev = Event::new("offline_dm")
-                    .with("room", dm.room)
-                    .with("from", dm.from)
-                    .with("from_nickname", dm.from_nickname)
-                    .with("text", dm.text)
-                    .with("at", crate::time::format_iso(dm.at));
-                hub.send_event(id, &ev);
-                ids.push(dm.id);
-            }
-            if let Some(conn) = hub.conn_mut(id) {
-                if let Phase::Ws(ws) = &mut conn.phase {
-                    ws.offline_ack = Some((conn.out.mark(), ids));
-                }
-            }
+        if let Some(ws) = hub.ws_mut(id) {
+            ws.offline_pending = offline;
         }
+        send_offline_piece(hub, id);
     }
     super::dm::deliver_parked(hub, username);
     if first {
@@ -204,7 +230,45 @@ pub fn open_failed(hub: &mut Hub, id: ConnId, e: &DbError) {
     );
 }
 
-/// After a flush: once the offline DMs are written to the socket, delete them.
+/// Queues the next offline DMs, up to [`OUTPUT_PAUSE_BYTES`] of them, unless a
+/// piece is still being written: a full queue of long DMs never makes the
+/// connection a slow consumer.
+fn send_offline_piece(hub: &mut Hub, id: ConnId) {
+    let mut ids = Vec::new();
+    loop {
+        let Some(conn) = hub.conn_mut(id) else { return };
+        let full = conn.out.len() >= OUTPUT_PAUSE_BYTES;
+        let Phase::Ws(ws) = &mut conn.phase else {
+            return;
+        };
+        if ws.offline_ack.is_some() || (full && !ids.is_empty()) {
+            break;
+        }
+        let Some(dm) = ws.offline_pending.pop_front() else {
+            break;
+        };
+        ids.push(dm.id);
+        let ev = Event::new("offline_dm")
+            .with("room", dm.room)
+            .with("from", dm.from)
+            .with("from_nickname", dm.from_nickname)
+            .with("text", dm.text)
+            .with("at", crate::time::format_iso(dm.at));
+        hub.send_event(id, &ev);
+    }
+    if ids.is_empty() {
+        return;
+    }
+    if let Some(conn) = hub.conn_mut(id) {
+        let mark = conn.out.mark();
+        if let Phase::Ws(ws) = &mut conn.phase {
+            ws.offline_ack = Some((mark, ids));
+        }
+    }
+}
+
+/// After a flush: once a piece of offline DMs is written to the socket, delete
+/// it and queue the next.
 pub fn on_flushed(hub: &mut Hub, id: ConnId) {
     let Some(conn) = hub.conn_mut(id) else { return };
     let written = conn.out.total_written;
@@ -221,11 +285,16 @@ pub fn on_flushed(hub: &mut Hub, id: ConnId) {
         // If this fails they are delivered again on the next connect, which is
         // better than losing them.
         hub.submit(Ticket::internal(), Job::DeleteOfflineDms { username, ids });
+        send_offline_piece(hub, id);
     }
 }
 
 /// The connection is closing: release its user accounting exactly once.
 pub fn on_closed(hub: &mut Hub, id: ConnId) {
+    let Some(conn) = hub.conn_mut(id) else { return };
+    if let Some(addr) = conn.counted_addr.take() {
+        hub.state.addr_conn_closed(addr);
+    }
     let Some(conn) = hub.conn_mut(id) else { return };
     match std::mem::replace(&mut conn.phase, Phase::Closed) {
         Phase::Upgrading { username, .. } => {
@@ -233,12 +302,15 @@ pub fn on_closed(hub: &mut Hub, id: ConnId) {
             super::dm::queue_parked(hub, orphaned);
         }
         Phase::Ws(ws) => {
-            if let Some((_, ids)) = &ws.offline_ack {
-                // Not all written: the next connection gets them again.
-                if let Some(user) = hub.state.users.get_mut(&ws.username) {
-                    ids.iter().for_each(|i| {
-                        user.offline_claimed.remove(i);
-                    });
+            // Not all written: the next connection gets them again.
+            if let Some(user) = hub.state.users.get_mut(&ws.username) {
+                let unsent = ws.offline_pending.iter().map(|dm| dm.id);
+                let unwritten = ws
+                    .offline_ack
+                    .iter()
+                    .flat_map(|(_, ids)| ids.iter().copied());
+                for i in unsent.chain(unwritten) {
+                    user.offline_claimed.remove(&i);
                 }
             }
             let name = super::presence::display_name(hub, &ws.username);

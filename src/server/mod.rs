@@ -33,9 +33,10 @@ use slab::Slab;
 
 use crate::auth::jwt::Tokens;
 use crate::auth::password::HashPool;
+use crate::budget::UserBudget;
 use crate::close::CloseReason;
 use crate::config::Config;
-use crate::conn::{Conn, ConnId};
+use crate::conn::{Conn, ConnId, Phase};
 use crate::db::{Completion, CompletionSink, Db, DbError, DbSettings, Job, Ticket, Wakeup};
 use crate::handlers;
 use crate::history_cache::HistoryCache;
@@ -174,6 +175,7 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
         config.login_window,
     );
     let register_budget = RegisterBudget::from_config(&config);
+    let room_budget = UserBudget::new(config.rooms_created_per_hour, Duration::from_secs(3600));
     let per_room = match config.max_logs_per_room {
         0 => crate::handlers::history::MAX_LIMIT as usize,
         n => (n as usize).min(crate::handlers::history::MAX_LIMIT as usize),
@@ -192,6 +194,7 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
             metrics: Metrics::default(),
             login_throttle,
             register_budget,
+            room_budget,
             history,
             dirty: Vec::new(),
             close_soon: Vec::new(),
@@ -206,6 +209,7 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
         accept_paused_until: None,
         timers: timers::Timers::default(),
         draining: false,
+        trim_mark: (0, 0),
     };
     let thread = std::thread::Builder::new()
         .name("klav-loop".into())
@@ -239,6 +243,9 @@ struct Server {
     timers: timers::Timers,
     /// Shutting down: no new requests are read.
     draining: bool,
+    /// Connections and buffered bytes at their highest since memory was last
+    /// given back (see `trim_if_freed`).
+    trim_mark: (usize, usize),
 }
 
 impl Server {
@@ -395,12 +402,70 @@ impl Server {
 
     /// Once a second: what is not tied to one connection.
     fn tick(&mut self, now: Instant) {
+        self.enforce_buffer_budget();
+        self.trim_if_freed();
         self.hub.login_throttle.sweep(now);
         self.hub.register_budget.sweep(now);
+        self.hub.room_budget.sweep(now);
         let members = &self.hub.state.room_members;
         self.hub
             .history
             .retain_rooms(|room| members.contains_key(room));
+    }
+
+    /// Input and output buffered for all clients together stay within
+    /// `KLAV_MAX_CLIENT_BUFFER_BYTES` (Redis's `maxmemory-clients`): per-connection
+    /// limits bound each client, this bounds many of them at once. Over the budget,
+    /// the largest holders are closed first until 90% of it is left. Counted from
+    /// what each connection really holds (buffer capacities included), so no
+    /// running total can drift.
+    fn enforce_buffer_budget(&mut self) {
+        let budget = self.hub.config.max_client_buffer_bytes;
+        let held = |c: &Conn| -> usize {
+            c.out.len()
+                + match &c.phase {
+                    Phase::Http(st) => st.buf.capacity(),
+                    Phase::Upgrading { leftover, .. } => leftover.capacity(),
+                    Phase::Ws(ws) => ws.unfinished,
+                    Phase::Closed => 0,
+                }
+        };
+        let total: usize = self.hub.conns.iter().map(|(_, c)| held(c)).sum();
+        self.hub.metrics.client_buffer_bytes = total;
+        if total <= budget {
+            return;
+        }
+        let mut holders: Vec<(usize, ConnId)> = self
+            .hub
+            .conns
+            .iter()
+            .filter(|(_, c)| c.linger.is_none())
+            .map(|(_, c)| (held(c), c.id))
+            .filter(|(n, _)| *n > 0)
+            .collect();
+        holders.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        let mut left = total;
+        for (n, id) in holders {
+            if left <= budget / 10 * 9 {
+                break;
+            }
+            left -= n;
+            self.hub.metrics.budget_closes += 1;
+            self.close_conn(id, CloseReason::Budget);
+        }
+    }
+
+    /// After many connections or much buffered data went away, what they held
+    /// goes back to the system rather than staying in the heap's free lists.
+    fn trim_if_freed(&mut self) {
+        let now = (self.hub.conns.len(), self.hub.metrics.client_buffer_bytes);
+        let (conns, bytes) = self.trim_mark;
+        if conns.saturating_sub(now.0) >= 1000 || bytes.saturating_sub(now.1) >= 16 << 20 {
+            crate::alloc::trim();
+            self.trim_mark = now;
+        } else {
+            self.trim_mark = (conns.max(now.0), bytes.max(now.1));
+        }
     }
 
     fn retention(&mut self) {

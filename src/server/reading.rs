@@ -10,10 +10,11 @@ use std::time::Instant;
 
 use super::Server;
 use crate::close::CloseReason;
-use crate::conn::{ConnId, Phase};
+use crate::conn::{ConnId, Phase, OUTPUT_PAUSE_BYTES};
 use crate::handlers;
 use crate::http;
 use crate::ws;
+use tungstenite::Message;
 
 /// Complete WebSocket messages handled per connection per turn; the rest waits for
 /// the next turn so one busy client cannot starve the others.
@@ -23,8 +24,6 @@ const DISCARD_BUDGET: usize = 64 * 1024;
 /// Most bytes thrown away from a closing connection before it is dropped anyway
 /// (a refused client may still be sending a large request).
 pub(super) const LINGER_MAX_BYTES: usize = 4 * 1024 * 1024;
-/// Stop reading a connection's requests while this much output is waiting for it.
-pub(super) const READ_PAUSE_BYTES: usize = 256 * 1024;
 /// Read this much at a time from an HTTP connection.
 const HTTP_CHUNK: usize = 16 * 1024;
 
@@ -159,37 +158,54 @@ impl Server {
 
     fn read_ws(&mut self, id: ConnId) {
         let max_output = self.hub.config.max_output_bytes;
-        for _ in 0..READ_BUDGET {
+        let mut rearm = false;
+        let mut budget_left = READ_BUDGET;
+        while budget_left > 0 {
             let Some(conn) = self.hub.conns.get_mut(id.slot).filter(|c| c.id == id) else {
-                return;
+                break;
             };
             if conn.closing.is_some() || conn.read_paused {
-                return;
+                break;
             }
-            if conn.out.len() > READ_PAUSE_BYTES {
+            if conn.out.len() > OUTPUT_PAUSE_BYTES {
                 // Resumed by the flush that drains it.
                 conn.read_paused = true;
-                return;
+                break;
             }
             let Phase::Ws(ws) = &mut conn.phase else {
-                return;
+                break;
             };
             if ws.seq.held.is_some() {
                 // Resumed when the request it waits for is done.
-                return;
+                break;
             }
-            let mut io = ws::Io {
-                stream: &mut conn.stream,
-                out: &mut conn.out,
-            };
+            let mut io = ws::Io::new(&mut conn.stream, &mut conn.out);
             let result = ws.ctx.read(&mut io);
+            ws.unfinished += io.read;
+            match &result {
+                Ok(Message::Text(_) | Message::Binary(_)) => {
+                    ws.unfinished = 0;
+                    ws.unfinished_since = None;
+                }
+                // A control frame: its 6-byte header (masked) and payload.
+                Ok(Message::Ping(p) | Message::Pong(p)) => {
+                    ws.unfinished = ws.unfinished.saturating_sub(6 + p.len());
+                }
+                _ => {}
+            }
+            if ws.unfinished > 0 && ws.unfinished_since.is_none() {
+                ws.unfinished_since = Some(Instant::now());
+                rearm = true;
+            } else if ws.unfinished == 0 {
+                ws.unfinished_since = None;
+            }
             if !conn.out.is_empty() {
                 // tungstenite queued a pong or a close reply: they count too.
                 let over = conn.out.len() > max_output;
                 self.hub.dirty.push(id.slot);
                 if over {
                     self.hub.close(id, CloseReason::SlowConsumer);
-                    return;
+                    break;
                 }
             }
             match result {
@@ -197,14 +213,22 @@ impl Server {
                     handlers::on_ws_message(&mut self.hub, id, msg);
                     if self.hub.close_soon.iter().any(|(c, _)| *c == id) {
                         // Told to close (e.g. a flood): take no further requests.
-                        return;
+                        break;
                     }
                 }
                 Err(e) => {
                     self.on_ws_error(id, e);
-                    return;
+                    break;
                 }
             }
+            budget_left -= 1;
+        }
+        if rearm {
+            // A message under way has a deadline now.
+            self.schedule(id);
+        }
+        if budget_left > 0 {
+            return;
         }
         // Budget spent: input may remain buffered; come back next turn.
         self.hub.again.push(id);

@@ -41,10 +41,14 @@ fn deadline(conn: &Conn, config: &Config) -> Option<Instant> {
     match &conn.phase {
         Phase::Http(st) if st.pending.is_none() => Some(conn.since + config.http_timeout),
         Phase::Http(_) | Phase::Upgrading { .. } | Phase::Closed => None,
-        Phase::Ws(ws) => Some(match ws.ping_sent {
-            Some(sent) => sent + config.ws_ping_interval,
-            None => ws.last_frame + config.ws_ping_interval,
-        }),
+        Phase::Ws(ws) => {
+            let ping = match ws.ping_sent {
+                Some(sent) => sent + config.ws_ping_interval,
+                None => ws.last_frame + config.ws_ping_interval,
+            };
+            let unfinished = ws.unfinished_since.map(|t| t + config.http_timeout);
+            Some(unfinished.map_or(ping, |u| u.min(ping)))
+        }
     }
 }
 
@@ -114,6 +118,14 @@ impl Server {
             // HTTP: nothing complete arrived in time. WebSocket: a ping went
             // unanswered (close 1001).
             Phase::Http(_) => self.hub.close(id, CloseReason::Timeout),
+            // A message started and not finished within the HTTP timeout.
+            Phase::Ws(ws)
+                if ws
+                    .unfinished_since
+                    .is_some_and(|t| now >= t + config.http_timeout) =>
+            {
+                self.hub.close(id, CloseReason::Incomplete)
+            }
             Phase::Ws(ws) if ws.ping_sent.is_some() => self.hub.close(id, CloseReason::Timeout),
             Phase::Ws(ws) => {
                 ws.ping_sent = Some(now);

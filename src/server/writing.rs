@@ -9,10 +9,9 @@ use std::time::{Duration, Instant};
 use mio::{Interest, Token};
 use tungstenite::protocol::CloseFrame;
 
-use super::reading::READ_PAUSE_BYTES;
 use super::Server;
 use crate::close::CloseReason;
-use crate::conn::{ConnId, Linger, Phase};
+use crate::conn::{ConnId, Linger, Phase, OUTPUT_PAUSE_BYTES};
 use crate::handlers;
 use crate::ws;
 
@@ -59,10 +58,7 @@ impl Server {
             if plan.drop_unsent {
                 conn.out.truncate_unstarted();
             }
-            let mut io = ws::Io {
-                stream: &mut conn.stream,
-                out: &mut conn.out,
-            };
+            let mut io = ws::Io::new(&mut conn.stream, &mut conn.out);
             let frame = CloseFrame {
                 code,
                 reason: text.into(),
@@ -133,7 +129,7 @@ impl Server {
                 let resume = !self.draining
                     && conn.read_paused
                     && conn.closing.is_none()
-                    && (all_out || conn.out.len() <= READ_PAUSE_BYTES);
+                    && (all_out || conn.out.len() <= OUTPUT_PAUSE_BYTES);
                 if resume {
                     conn.read_paused = false;
                     self.hub.again.push(id);
