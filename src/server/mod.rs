@@ -257,7 +257,7 @@ impl Server {
         crate::log!(Info, "serving");
         loop {
             let now = Instant::now();
-            let timeout = if !self.hub.again.is_empty() {
+            let timeout = if !self.hub.again.is_empty() || !self.hub.dirty.is_empty() {
                 Duration::ZERO
             } else {
                 let wake = self.timers.next().map_or(next_tick, |t| t.min(next_tick));

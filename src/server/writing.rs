@@ -65,6 +65,10 @@ impl Server {
             };
             let _ = ws.ctx.close(&mut io, Some(frame));
         }
+        if let Phase::Http(st) = &mut conn.phase {
+            // No further request will be read: its input is not needed.
+            st.buf = Vec::new();
+        }
         let reason = *conn.closing.get_or_insert(reason);
         self.hub.metrics.closed(reason);
         let Some(conn) = self.hub.conn_mut(id) else {
@@ -106,7 +110,10 @@ impl Server {
         for slot in dirty.drain(..) {
             self.flush(slot);
         }
-        self.hub.dirty = dirty;
+        // Output queued while flushing (the next piece of an offline queue)
+        // goes out on the next turn, which then does not wait.
+        let queued_meanwhile = std::mem::replace(&mut self.hub.dirty, dirty);
+        self.hub.dirty.extend(queued_meanwhile);
     }
 
     fn flush(&mut self, slot: usize) {

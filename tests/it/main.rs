@@ -11,6 +11,7 @@ mod friends;
 mod fuzz_corpus;
 mod hardening;
 mod import;
+mod memory;
 mod messages;
 mod ordering;
 mod rooms;
