@@ -78,6 +78,10 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// `KLAV_ALLOWED_ORIGINS`: comma-separated origins allowed to upgrade; empty = any.
     pub allowed_origins: Vec<String>,
+    /// `KLAV_METRICS_ADDR`: serve `/metrics` on this address only (e.g.
+    /// `127.0.0.1:9100`), not on the public port (default unset: on the public
+    /// port, as before).
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// `KLAV_LOG`: error, warn, info (default) or debug.
     pub log_level: crate::log::Level,
     /// `KLAV_LOGIN_MAX_FAILURES` (default 5): failed logins for one username from
@@ -299,6 +303,14 @@ impl Config {
                 "KLAV_REGISTER_WINDOW_SECS",
                 600,
             )?),
+            metrics_addr: match get("KLAV_METRICS_ADDR") {
+                None | Some("") => None,
+                Some(a) => Some(a.parse().map_err(|_| ConfigError::Invalid {
+                    var: "KLAV_METRICS_ADDR",
+                    value: a.to_string(),
+                    expected: "an address with a port, e.g. 127.0.0.1:9100",
+                })?),
+            },
             trusted_proxies: match get("KLAV_TRUSTED_PROXIES") {
                 None => TrustedProxies::default(),
                 Some(list) => TrustedProxies::parse(list).map_err(|_| ConfigError::Invalid {

@@ -236,6 +236,8 @@ pub struct Conn {
     pub wake_at: Option<Instant>,
     /// The client address this WebSocket (or upgrade) is counted under.
     pub counted_addr: Option<IpAddr>,
+    /// Accepted on the `KLAV_METRICS_ADDR` listener: only `/metrics` is served.
+    pub metrics_only: bool,
 }
 
 impl Conn {
@@ -253,6 +255,7 @@ impl Conn {
             since: Instant::now(),
             wake_at: None,
             counted_addr: None,
+            metrics_only: false,
         }
     }
 }

@@ -72,6 +72,14 @@ pub fn respond(hub: &mut Hub, id: ConnId, bytes: Vec<u8>, keep_alive: bool) {
 
 fn route(hub: &mut Hub, id: ConnId, req: Request) {
     let ka = req.keep_alive;
+    // With `KLAV_METRICS_ADDR`, `/metrics` lives on its own listener only, and
+    // that listener serves nothing else.
+    let metrics_only = hub.conn(id).is_some_and(|c| c.metrics_only);
+    let metrics_elsewhere = hub.config.metrics_addr.is_some() && !metrics_only;
+    if (metrics_only && req.path != "/metrics") || (metrics_elsewhere && req.path == "/metrics") {
+        respond(hub, id, http::error(404, "not found", ka), ka);
+        return;
+    }
     let allowed = match req.path.as_str() {
         "/register" | "/login" => "POST",
         "/health" | "/metrics" | "/ws" => "GET",

@@ -48,6 +48,7 @@ use crate::throttle::{LoginThrottle, RegisterBudget};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
+const METRICS_LISTENER: Token = Token(usize::MAX - 3);
 
 /// Completions applied per turn before sockets get their turn again.
 const COMPLETION_BUDGET: usize = 8192;
@@ -81,6 +82,8 @@ impl std::error::Error for StartError {}
 /// A server running on its own thread.
 pub struct Running {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served when `KLAV_METRICS_ADDR` is set.
+    pub metrics_addr: Option<SocketAddr>,
     stop: Arc<AtomicBool>,
     wakeup: Arc<Wakeup>,
     thread: Option<JoinHandle<()>>,
@@ -149,6 +152,23 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
     poll.registry()
         .register(&mut listener, LISTENER, Interest::READABLE)
         .map_err(StartError::Io)?;
+    let mut metrics_listener = match config.metrics_addr {
+        None => None,
+        Some(a) => {
+            let l = std::net::TcpListener::bind(a).map_err(|e| StartError::Bind(a, e))?;
+            l.set_nonblocking(true).map_err(StartError::Io)?;
+            Some(TcpListener::from_std(l))
+        }
+    };
+    let metrics_local = match &mut metrics_listener {
+        None => None,
+        Some(l) => {
+            poll.registry()
+                .register(l, METRICS_LISTENER, Interest::READABLE)
+                .map_err(StartError::Io)?;
+            Some(l.local_addr().map_err(StartError::Io)?)
+        }
+    };
     let waker = mio::Waker::new(poll.registry(), WAKER).map_err(StartError::Io)?;
     let wakeup = Arc::new(Wakeup::new(waker));
     let (done_tx, done_rx) = crossbeam_channel::unbounded();
@@ -184,6 +204,7 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
     let server = Server {
         poll,
         listener: Some(listener),
+        metrics_listener,
         hub: Hub {
             conns: Slab::with_capacity(1024),
             state: State::default(),
@@ -217,6 +238,7 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
         .map_err(StartError::Io)?;
     Ok(Running {
         addr: local,
+        metrics_addr: metrics_local,
         stop,
         wakeup,
         thread: Some(thread),
@@ -234,6 +256,8 @@ fn bracket_v6(host: &str) -> String {
 struct Server {
     poll: Poll,
     listener: Option<TcpListener>,
+    /// `KLAV_METRICS_ADDR`: a listener whose connections may only ask `/metrics`.
+    metrics_listener: Option<TcpListener>,
     hub: Hub,
     completions: Receiver<Completion>,
     wakeup: Arc<Wakeup>,
@@ -271,7 +295,8 @@ impl Server {
             }
             for ev in events.iter() {
                 match ev.token() {
-                    LISTENER => self.accept(),
+                    LISTENER => self.accept(false),
+                    METRICS_LISTENER => self.accept(true),
                     WAKER => {}
                     Token(slot) => {
                         if ev.is_writable() {
@@ -307,7 +332,8 @@ impl Server {
             }
             if self.accept_paused_until.is_some_and(|t| now >= t) {
                 self.accept_paused_until = None;
-                self.accept();
+                self.accept(false);
+                self.accept(true);
             }
             if drain_deadline.is_none() && self.stop.load(Ordering::Acquire) {
                 drain_deadline = Some(now + self.hub.config.shutdown_timeout);
@@ -328,11 +354,18 @@ impl Server {
         hasher.shutdown();
     }
 
-    fn accept(&mut self) {
+    /// Accepts every pending connection of one listener (the public one, or the
+    /// metrics one).
+    fn accept(&mut self, metrics: bool) {
         if self.accept_paused_until.is_some() {
             return;
         }
-        let Some(listener) = self.listener.as_ref() else {
+        let listener = if metrics {
+            self.metrics_listener.as_ref()
+        } else {
+            self.listener.as_ref()
+        };
+        let Some(listener) = listener else {
             return;
         };
         let mut accepted = Vec::new();
@@ -356,7 +389,9 @@ impl Server {
                         crate::log!(Warn, "cannot register a connection: {e}");
                         continue;
                     }
-                    entry.insert(Conn::new(id, stream, peer));
+                    let mut conn = Conn::new(id, stream, peer);
+                    conn.metrics_only = metrics;
+                    entry.insert(conn);
                     let over = self.hub.conns.len() > self.hub.config.max_connections;
                     accepted.push((id, over));
                 }
@@ -497,6 +532,9 @@ impl Server {
             "shutting down: no new connections; finishing queued work"
         );
         if let Some(mut l) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut l);
+        }
+        if let Some(mut l) = self.metrics_listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
         }
         // Stop taking requests; what was accepted is finished below.

@@ -177,6 +177,11 @@ pub struct TestServer {
 }
 
 impl TestServer {
+    /// Where `/metrics` is served when `KLAV_METRICS_ADDR` is configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.running.as_ref().and_then(|r| r.metrics_addr)
+    }
+
     pub fn start() -> TestServer {
         TestServer::with(|_| {})
     }

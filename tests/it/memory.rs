@@ -370,3 +370,19 @@ fn rooms_created_and_joined_are_budgeted() {
         .get(0);
     assert_eq!(rooms, 4, "three of roomer's, one of owner's");
 }
+
+/// `/metrics` (an amplifier: one small request, a page of text) can be served on
+/// a listener of its own, e.g. loopback only; the public port then has none.
+#[test]
+fn metrics_can_live_on_their_own_listener() {
+    let s = TestServer::with(|c| c.metrics_addr = Some("127.0.0.1:0".parse().unwrap()));
+    let m = s.metrics_addr().expect("a metrics listener");
+    assert_ne!(m, s.addr);
+    assert_eq!(s.http("GET", "/metrics", None).status, 404);
+    assert_eq!(s.http("GET", "/health", None).status, 200);
+    let r = http_to(m, "GET", "/metrics", None);
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("klav_open_connections"));
+    assert_eq!(http_to(m, "GET", "/health", None).status, 404);
+    assert_eq!(http_to(m, "POST", "/login", Some("{}")).status, 404);
+}
