@@ -478,7 +478,7 @@ impl Server {
             .map(|(_, c)| (held(c), c.id))
             .filter(|(n, _)| *n > 0)
             .collect();
-        holders.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        holders.sort_unstable_by_key(|h| std::cmp::Reverse(h.0));
         let mut left = total;
         for (n, id) in holders {
             if left <= budget / 10 * 9 {
