@@ -131,10 +131,15 @@ impl State {
             return Vec::new();
         };
         user.loads = user.loads.saturating_sub(1);
-        let orphaned = if user.conns.is_empty() && user.opening == 0 {
-            std::mem::take(&mut user.parked_dms)
-        } else {
-            Vec::new()
+        self.take_orphaned_dms(username)
+    }
+
+    /// The parked DMs of a user nothing of whose is open or opening any more,
+    /// then drops the entry if nothing else keeps it.
+    fn take_orphaned_dms(&mut self, username: &str) -> Vec<ParkedDm> {
+        let orphaned = match self.users.get_mut(username) {
+            Some(u) if u.conns.is_empty() && u.opening == 0 => std::mem::take(&mut u.parked_dms),
+            _ => Vec::new(),
         };
         self.maybe_unload(username);
         orphaned
@@ -209,13 +214,7 @@ impl State {
         };
         user.opening = user.opening.saturating_sub(1);
         user.deferred_loads.retain(|c| *c != id);
-        let orphaned = if user.conns.is_empty() && user.opening == 0 {
-            std::mem::take(&mut user.parked_dms)
-        } else {
-            Vec::new()
-        };
-        self.maybe_unload(username);
-        orphaned
+        self.take_orphaned_dms(username)
     }
 
     /// Adds an open connection; true if it is the user's first (they came online).
@@ -419,6 +418,35 @@ mod tests {
         assert!(!s.remove_conn("a", id(1)));
         assert!(s.remove_conn("a", id(2)));
         assert!(s.users.is_empty() && s.room_members.is_empty());
+    }
+
+    #[test]
+    fn loads_wait_for_the_users_writes() {
+        let mut s = State::default();
+        assert!(s.begin_open("a", id(1)));
+        s.load_submitted("a");
+        assert!(s.finish_open("a", Some(&session(&[], &[]))));
+        s.add_conn("a", id(1));
+        s.load_done("a");
+        // A join under way when the only connection closes keeps the entry...
+        s.write_started("a");
+        s.remove_conn("a", id(1));
+        assert!(s.users.contains_key("a"));
+        // ... and a new upgrade waits for it.
+        assert!(!s.begin_open("a", id(2)));
+        assert_eq!(s.reach("a"), Reach::Offline);
+        s.joined("a", "r");
+        assert_eq!(s.write_done("a"), vec![id(2)]);
+        s.load_submitted("a");
+        assert_eq!(s.reach("a"), Reach::Loading);
+        // The join is in memory: the (later) load is ignored.
+        assert!(s.finish_open("a", Some(&session(&[], &[]))));
+        assert!(s.is_member("a", "r"));
+        s.add_conn("a", id(2));
+        s.load_done("a");
+        assert_eq!(s.reach("a"), Reach::Online);
+        assert!(s.remove_conn("a", id(2)));
+        assert!(s.users.is_empty());
     }
 
     #[test]

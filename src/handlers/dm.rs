@@ -30,31 +30,19 @@ impl RoomDm {
     }
 
     pub fn apply(self, hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
+        let refuse = |hub: &mut Hub, status: &str| {
+            ack_to(hub, cx.id, &cx.req.req_id, &self.room, &self.to, status);
+            Ok(())
+        };
         if !hub.state.is_member(&cx.user, &self.room) {
-            ack_to(
-                hub,
-                cx.id,
-                &cx.req.req_id,
-                &self.room,
-                &self.to,
-                "SENDER_NOT_IN_ROOM",
-            );
-            return Ok(());
+            return refuse(hub, "SENDER_NOT_IN_ROOM");
         }
         let text = check_text(cx.req)?;
         // A recipient in memory has exact membership; otherwise the writer checks.
         let recipient_known = match hub.state.users.get(&self.to) {
             Some(u) if u.loaded => {
                 if !u.rooms.contains(&self.room) {
-                    ack_to(
-                        hub,
-                        cx.id,
-                        &cx.req.req_id,
-                        &self.room,
-                        &self.to,
-                        "RECIPIENT_NOT_IN_ROOM",
-                    );
-                    return Ok(());
+                    return refuse(hub, "RECIPIENT_NOT_IN_ROOM");
                 }
                 true
             }
