@@ -1,6 +1,7 @@
-//! A minimal blocking HTTP/1.1 client for `POST /register` and `POST /login` over
-//! keep-alive connections. Blocking threads are fine here: registrations and logins
-//! are bounded by the server's password hashing, never by the number of sockets.
+//! A minimal blocking HTTP/1.1 client for `POST /register`, `POST /login` and
+//! `GET /health` over keep-alive connections. Blocking threads are fine here:
+//! registrations and logins are bounded by the server's password hashing, never by
+//! the number of sockets.
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -102,11 +103,24 @@ impl HttpClient {
     /// `POST path` with a JSON body. A request on a reused connection that the server
     /// had already closed is retried once on a fresh one.
     pub fn post_json(&mut self, path: &str, body: &str) -> Result<Response, HttpError> {
+        self.with_retry(&format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            self.host,
+            body.len()
+        ))
+    }
+
+    /// `GET path`, with the same retry as [`HttpClient::post_json`].
+    pub fn get(&mut self, path: &str) -> Result<Response, HttpError> {
+        self.with_retry(&format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", self.host))
+    }
+
+    fn with_retry(&mut self, request: &str) -> Result<Response, HttpError> {
         let reused = self.stream.is_some();
-        match self.exchange(path, body) {
+        match self.exchange(request) {
             Err(HttpError::Closed) | Err(HttpError::Io(_)) if reused => {
                 self.stream = None;
-                self.exchange(path, body)
+                self.exchange(request)
             }
             other => other,
         }
@@ -127,12 +141,7 @@ impl HttpClient {
         Ok(())
     }
 
-    fn exchange(&mut self, path: &str, body: &str) -> Result<Response, HttpError> {
-        let request = format!(
-            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            self.host,
-            body.len()
-        );
+    fn exchange(&mut self, request: &str) -> Result<Response, HttpError> {
         let result = self.connect().and_then(|_| {
             let stream = self.stream.as_mut().expect("connected");
             stream.write_all(request.as_bytes()).map_err(io_err)?;
