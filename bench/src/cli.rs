@@ -269,7 +269,9 @@ fn attacks(v: &str) -> Result<Vec<Attack>, BenchError> {
         }
     }
     if out.is_empty() {
-        return Err(BenchError::Usage("--attacks needs at least one attack".into()));
+        return Err(BenchError::Usage(
+            "--attacks needs at least one attack".into(),
+        ));
     }
     Ok(out)
 }
@@ -369,7 +371,11 @@ mod tests {
         };
         assert_eq!(a.attacks.len(), 8);
         assert_eq!(a.abusers, 1000);
-        for bad in ["abuse --attacks nope", "abuse --attacks ,", "abuse --wide-rate 0"] {
+        for bad in [
+            "abuse --attacks nope",
+            "abuse --attacks ,",
+            "abuse --wide-rate 0",
+        ] {
             assert!(
                 matches!(parse(&args(bad)), Err(BenchError::Usage(_))),
                 "{bad}"

@@ -112,7 +112,10 @@ impl HttpClient {
 
     /// `GET path`, with the same retry as [`HttpClient::post_json`].
     pub fn get(&mut self, path: &str) -> Result<Response, HttpError> {
-        self.with_retry(&format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", self.host))
+        self.with_retry(&format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n",
+            self.host
+        ))
     }
 
     fn with_retry(&mut self, request: &str) -> Result<Response, HttpError> {

@@ -36,6 +36,9 @@ const MAX_INBOUND: usize = 16 << 20;
 /// reason it closed.
 const LAST_WORD: Duration = Duration::from_secs(1);
 const SCAN_INTERVAL: Duration = Duration::from_millis(100);
+/// Bytes read from one connection per loop turn, so one fast sender cannot keep
+/// the loop from the others and from its timers.
+const READ_BUDGET: usize = 256 * 1024;
 
 /// How a raw connection ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -235,14 +238,14 @@ impl RawNet {
                     Flow::Wake(at) => next_tick = at,
                 }
             }
+            for id in std::mem::take(&mut self.to_read) {
+                self.on_event(id, true, false, true);
+            }
             loop {
                 self.start_queued();
-                for id in std::mem::take(&mut self.to_read) {
-                    self.on_event(id, true, false, false);
-                }
                 self.deliver(driver);
                 self.flush_dirty();
-                if self.notes.is_empty() && self.to_read.is_empty() {
+                if self.notes.is_empty() {
                     break;
                 }
             }
@@ -254,7 +257,11 @@ impl RawNet {
                 self.scan_handshakes(now);
                 next_scan = now + SCAN_INTERVAL;
             }
-            let wake = next_tick.min(next_scan).min(self.deadline);
+            let wake = if self.to_read.is_empty() {
+                next_tick.min(next_scan).min(self.deadline)
+            } else {
+                now
+            };
             match self
                 .poll
                 .poll(&mut events, Some(wake.saturating_duration_since(now)))
@@ -355,7 +362,14 @@ impl RawNet {
                 return;
             }
             Phase::Upgrading => {
-                let (eof, err) = read_available(c);
+                let (eof, err) = loop {
+                    match read_chunk(c) {
+                        Got::Data(_) => {}
+                        Got::Blocked => break (false, None),
+                        Got::Eof => break (true, None),
+                        Got::Failed(label) => break (false, Some(label)),
+                    }
+                };
                 let mut headers = [httparse::EMPTY_HEADER; 32];
                 let mut resp = httparse::Response::new(&mut headers);
                 match resp.parse(&c.inbuf) {
@@ -394,20 +408,32 @@ impl RawNet {
             Phase::Open => {}
         }
         if (readable && c.reading) || gone {
-            let (eof, err) = read_available(c);
-            let end = parse_inbound(c, id, &mut self.notes);
-            if let Some(end) = end {
-                return self.end(id, end);
-            }
-            if eof || err.is_some() {
+            let mut budget = READ_BUDGET;
+            loop {
+                let read = read_chunk(c);
+                if let Some(end) = parse_inbound(c, id, &mut self.notes) {
+                    return self.end(id, end);
+                }
+                let err = match read {
+                    Got::Data(n) => {
+                        budget = budget.saturating_sub(n);
+                        if budget == 0 {
+                            // More may be waiting: go on next turn, after the others.
+                            self.to_read.push(id);
+                            break;
+                        }
+                        continue;
+                    }
+                    Got::Blocked => break,
+                    Got::Eof => None,
+                    Got::Failed(label) => Some(label),
+                };
                 let recent = c
                     .last_status
                     .take()
                     .filter(|(_, at)| at.elapsed() <= LAST_WORD)
                     .map(|(l, _)| l);
-                let label = recent
-                    .or(err)
-                    .unwrap_or_else(|| "eof".to_string());
+                let label = recent.or(err).unwrap_or_else(|| "eof".to_string());
                 return self.end(id, End::ByServer(label));
             }
         }
@@ -469,7 +495,8 @@ impl RawNet {
             .conns
             .iter()
             .filter(|(_, c)| {
-                matches!(c.phase, Phase::Connecting | Phase::Upgrading) && now >= c.started + timeout
+                matches!(c.phase, Phase::Connecting | Phase::Upgrading)
+                    && now >= c.started + timeout
             })
             .map(|(id, c)| (id, c.phase))
             .collect();
@@ -516,23 +543,32 @@ fn event_bits(ev: &MioEvent) -> (RawId, bool, bool, bool) {
     )
 }
 
-/// Reads everything available into the connection's buffer (bounded):
-/// (end of stream seen, the read error's label).
-fn read_available(c: &mut RawConn) -> (bool, Option<String>) {
+enum Got {
+    Data(usize),
+    Blocked,
+    Eof,
+    Failed(String),
+}
+
+/// Reads one chunk into the connection's buffer.
+fn read_chunk(c: &mut RawConn) -> Got {
     let Some(stream) = c.stream.as_mut() else {
-        return (true, None);
+        return Got::Eof;
     };
+    if c.inbuf.len() > MAX_INBOUND {
+        return Got::Failed("response_too_large".into());
+    }
     let mut chunk = [0u8; 16 * 1024];
     loop {
-        if c.inbuf.len() > MAX_INBOUND {
-            return (false, Some("response_too_large".into()));
-        }
         match stream.read(&mut chunk) {
-            Ok(0) => return (true, None),
-            Ok(n) => c.inbuf.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (false, None),
+            Ok(0) => return Got::Eof,
+            Ok(n) => {
+                c.inbuf.extend_from_slice(&chunk[..n]);
+                return Got::Data(n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Got::Blocked,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return (false, Some(io_label(&e))),
+            Err(e) => return Got::Failed(io_label(&e)),
         }
     }
 }
@@ -541,10 +577,11 @@ fn read_available(c: &mut RawConn) -> (bool, Option<String>) {
 /// the server's frames end the connection (a close frame, a broken frame).
 fn parse_inbound(c: &mut RawConn, id: RawId, notes: &mut Vec<Note>) -> Option<End> {
     if c.ws.is_none() {
+        let mut used = 0;
         loop {
             let mut headers = [httparse::EMPTY_HEADER; 32];
             let mut resp = httparse::Response::new(&mut headers);
-            match resp.parse(&c.inbuf) {
+            match resp.parse(&c.inbuf[used..]) {
                 Ok(httparse::Status::Complete(n)) => {
                     let len: usize = resp
                         .headers
@@ -553,21 +590,23 @@ fn parse_inbound(c: &mut RawConn, id: RawId, notes: &mut Vec<Note>) -> Option<En
                         .and_then(|h| std::str::from_utf8(h.value).ok())
                         .and_then(|v| v.trim().parse().ok())
                         .unwrap_or(0);
-                    if c.inbuf.len() < n + len {
-                        return None;
+                    if c.inbuf.len() - used < n + len {
+                        break;
                     }
                     let label = format!("http_{}", resp.code.unwrap_or(0));
-                    c.inbuf.drain(..n + len);
+                    used += n + len;
                     c.last_status = Some((label.clone(), Instant::now()));
                     notes.push(Note::Status(c.tag, label));
                 }
-                Ok(httparse::Status::Partial) => return None,
+                Ok(httparse::Status::Partial) => break,
                 Err(_) => {
-                    c.inbuf.clear();
-                    return None;
+                    used = c.inbuf.len();
+                    break;
                 }
             }
         }
+        c.inbuf.drain(..used);
+        return None;
     }
     let mut used = 0;
     let mut end = None;
@@ -692,7 +731,10 @@ mod tests {
         assert_eq!(f[1], 0x80 | 126);
         assert_eq!(u16::from_be_bytes([f[2], f[3]]), 300);
         let key = &f[4..8];
-        assert!(f[8..].iter().enumerate().all(|(i, b)| b ^ key[i % 4] == b'a'));
+        assert!(f[8..]
+            .iter()
+            .enumerate()
+            .all(|(i, b)| b ^ key[i % 4] == b'a'));
         let f = client_frame(0x9, true, b"");
         assert_eq!((f[0], f[1], f.len()), (0x89, 0x80, 6));
         let f = client_frame(0x1, true, &vec![b'x'; 70_000]);

@@ -250,7 +250,9 @@ fn counts(map: &Counts) -> String {
 }
 
 fn mib(kb: Option<u64>) -> String {
-    kb.map_or("?".to_string(), |kb| format!("{:.1} MiB", kb as f64 / 1024.0))
+    kb.map_or("?".to_string(), |kb| {
+        format!("{:.1} MiB", kb as f64 / 1024.0)
+    })
 }
 
 fn write_abuse(f: &mut fmt::Formatter<'_>, a: &AbuseReport) -> fmt::Result {

@@ -209,10 +209,10 @@ impl AbuseDriver {
                 }
                 ab.next_at = Some(at + every);
             }
-            Attack::UnreadResponses => {
-                if net.pending(id) < p.nope.len() && net.send(id, p.nope.clone()) {
-                    queued += p.nope_requests;
-                }
+            Attack::UnreadResponses
+                if net.pending(id) < p.nope.len() && net.send(id, p.nope.clone()) =>
+            {
+                queued += p.nope_requests;
             }
             Attack::WideJson => {
                 let since = now.saturating_duration_since(ab.opened_at.unwrap_or(now));
@@ -265,7 +265,7 @@ impl RawDriver for AbuseDriver {
                 net.send(id, p.history.clone()) as u64 * HISTORY_REQUESTS as u64
             }
             Attack::IdleBuffers => {
-                let (bytes, next) = if ab.index % 2 == 0 {
+                let (bytes, next) = if ab.index.is_multiple_of(2) {
                     (p.register_big.clone(), Some(now + TRICKLE_EVERY))
                 } else {
                     (p.register_partial.clone(), None)
@@ -772,7 +772,9 @@ pub(crate) fn run(server: &Server, ao: &AbuseOptions) -> Result<Report, BenchErr
     }
     for d in &drivers {
         for (a, t) in &d.tallies {
-            let r = attacks.get_mut(a.name()).expect("every attack has a report");
+            let r = attacks
+                .get_mut(a.name())
+                .expect("every attack has a report");
             r.opened += t.opened;
             r.open_at_end += t.open_at_end;
             r.requests_sent += t.requests_sent;
