@@ -178,7 +178,8 @@ pub struct AttackReport {
     pub attempted: u64,
     /// TCP connected (HTTP attacks) or upgraded with `101` (WebSocket attacks).
     pub opened: u64,
-    /// Never opened, by reason: `http_429`, `http_503`, `connect_refused`, ...
+    /// Never opened, by reason: `http_429`, `http_503`, `connect_refused`,
+    /// `handshake_timeout`, `still_connecting_at_end`, ...
     pub refused: Counts,
     /// Opened, then ended by the server, by how: `close_1008`, `http_413` (the last
     /// response right before the end), `eof`, `reset`.
