@@ -17,7 +17,7 @@ USAGE:
 COMMON FLAGS:
     --addr HOST:PORT          server address (default 127.0.0.1:5000)
     --dest-addrs N            spread WebSockets over N loopback addresses from --addr
-                              (default 1; connect: one per 10,000 connections)
+                              (default 1; connect, abuse: one per 10,000 connections)
     --threads N               client event-loop threads (default: cores)
     --duration SECS           measured time (default 10)
     --warmup SECS             unmeasured time before it (default 0)
