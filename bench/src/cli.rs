@@ -75,6 +75,8 @@ ABUSE:
     --normal-rate R           the normal client's msgs per second (default 20)
     --wide-rate R             wide-json frames per second per connection (default 50)
     --settle SECS             after the abusers leave, wait before reading RSS (default 3)
+    --normal-from IP          the normal client's local address (default on loopback:
+                              127.0.0.254, apart from the abusers' 127.0.0.1)
 ";
 
 /// A parsed command line.
@@ -195,6 +197,12 @@ pub fn parse(args: &[String]) -> Result<Option<Command>, BenchError> {
             "--normal-rate" => abuse.normal_rate = positive(&flag, &value()?)?,
             "--wide-rate" => abuse.wide_rate = positive(&flag, &value()?)?,
             "--settle" => abuse.settle = secs(&flag, &value()?)?,
+            "--normal-from" => {
+                let v = value()?;
+                abuse.normal_from = Some(v.parse().map_err(|_| {
+                    BenchError::Usage(format!("--normal-from {v:?}: expected an IP address"))
+                })?);
+            }
             other => {
                 return Err(BenchError::Usage(format!(
                     "unknown flag {other:?} (see --help)"

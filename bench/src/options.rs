@@ -360,6 +360,11 @@ pub struct AbuseOptions {
     /// After the abusers disconnect, how long the normal client goes on before the
     /// server's memory is read again (what it gives back).
     pub settle: Duration,
+    /// The local address the normal client connects from, so that the server's
+    /// per-address budgets count it apart from the abusers. `None`: `127.0.0.254`
+    /// when the server is on IPv4 loopback (the abusers come from `127.0.0.1`),
+    /// else whatever the kernel picks.
+    pub normal_from: Option<std::net::IpAddr>,
 }
 
 impl Default for AbuseOptions {
@@ -370,6 +375,7 @@ impl Default for AbuseOptions {
             normal_rate: 20.0,
             wide_rate: 50.0,
             settle: Duration::from_secs(3),
+            normal_from: None,
         }
     }
 }

@@ -396,8 +396,17 @@ pub(crate) fn open_blocking_ws(
     server: &Server,
     token: &str,
 ) -> Result<tungstenite::WebSocket<TcpStream>, BenchError> {
+    open_blocking_ws_from(server, token, None)
+}
+
+/// [`open_blocking_ws`] from a chosen local address.
+pub(crate) fn open_blocking_ws_from(
+    server: &Server,
+    token: &str,
+    source: Option<IpAddr>,
+) -> Result<tungstenite::WebSocket<TcpStream>, BenchError> {
     use tungstenite::client::IntoClientRequest;
-    let stream = TcpStream::connect_timeout(&server.http_addr, server.opts.timeout)
+    let stream = crate::http::connect_from(source, server.http_addr, server.opts.timeout)
         .map_err(|e| BenchError::Setup(format!("connecting to {}: {e}", server.http_addr)))?;
     stream
         .set_read_timeout(Some(server.opts.timeout))

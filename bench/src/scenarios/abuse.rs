@@ -10,6 +10,7 @@
 //! so their round trips are never delayed by the bench's own attack loops.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,7 +23,7 @@ use crate::options::{AbuseOptions, Attack};
 use crate::raw::{client_frame, Chunk, End, Proto, RawDriver, RawId, RawNet};
 use crate::report::{AbuseReport, AttackReport, Counts, Report, RequestReport, SetupReport};
 use crate::run::{
-    cpu_secs, open_blocking_ws, panic_text, parse_status_kb, RssPeaks, Server, SetupSocket,
+    cpu_secs, open_blocking_ws_from, panic_text, parse_status_kb, RssPeaks, Server, SetupSocket,
 };
 use crate::scenarios::{bump, merge_counts, rate};
 use crate::stats::LatencyHist;
@@ -398,6 +399,7 @@ struct NormalTally {
 #[allow(clippy::too_many_arguments)]
 fn normal_client(
     server: &Server,
+    source: Option<IpAddr>,
     token: &str,
     user: &str,
     room_id: &str,
@@ -418,7 +420,7 @@ fn normal_client(
         let now = Instant::now();
         let counted = |at: Instant| at >= from && at < until;
         let Some(sock) = ws.as_mut() else {
-            match open_blocking_ws(server, token) {
+            match open_blocking_ws_from(server, token, source) {
                 Ok(s) => {
                     let _ = s.get_ref().set_read_timeout(Some(Duration::from_millis(5)));
                     ws = Some(s);
@@ -520,6 +522,7 @@ fn normal_client(
 /// `GET /health` once a second over a keep-alive connection, timed.
 fn health_client(
     server: &Server,
+    source: Option<IpAddr>,
     from: Instant,
     until: Instant,
     stop: &AtomicBool,
@@ -529,7 +532,8 @@ fn health_client(
         ..Default::default()
     };
     let mut hist = LatencyHist::new();
-    let mut client = HttpClient::new(server.http_addr, &server.host, server.opts.timeout);
+    let mut client =
+        HttpClient::new(server.http_addr, &server.host, server.opts.timeout).with_source(source);
     let mut next = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
@@ -634,6 +638,10 @@ pub(crate) fn run(server: &Server, ao: &AbuseOptions) -> Result<Report, BenchErr
         s.close();
     }
 
+    let normal_from = ao.normal_from.or(match server.http_addr.ip() {
+        IpAddr::V4(ip) if ip.is_loopback() => Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 254))),
+        _ => None,
+    });
     let payloads = Payloads::build(&server.host, &history_room);
     server.log(format!(
         "wide-json frames: {} keys, {} bytes",
@@ -704,6 +712,7 @@ pub(crate) fn run(server: &Server, ao: &AbuseOptions) -> Result<Report, BenchErr
         let normal = s.spawn(|| {
             normal_client(
                 server,
+                normal_from,
                 &users.tokens[0],
                 &users.names[0],
                 &room_id,
@@ -713,7 +722,7 @@ pub(crate) fn run(server: &Server, ao: &AbuseOptions) -> Result<Report, BenchErr
                 &stop,
             )
         });
-        let health = s.spawn(|| health_client(server, t0, attack_end, &stop));
+        let health = s.spawn(|| health_client(server, normal_from, t0, attack_end, &stop));
         let mut handles = Vec::new();
         for mut d in drivers {
             let dests = dests.clone();
