@@ -670,10 +670,12 @@ pub(crate) fn run(server: &Server, ao: &AbuseOptions) -> Result<Report, BenchErr
         refused: AtomicU64::new(0),
         closed: AtomicU64::new(0),
     });
+    // Attacks interleaved, so every attack starts connecting at once; and each
+    // attack's connections spread over every thread.
     let mut all = Vec::with_capacity(total);
     for i in 0..ao.abusers {
-        for a in &ao.attacks {
-            all.push((*a, i));
+        for (k, a) in ao.attacks.iter().enumerate() {
+            all.push((*a, i, (i + k) % threads));
         }
     }
     let mut drivers: Vec<AbuseDriver> = (0..threads)
@@ -686,8 +688,8 @@ pub(crate) fn run(server: &Server, ao: &AbuseOptions) -> Result<Report, BenchErr
             reading_all: false,
         })
         .collect();
-    for (global, (attack, index)) in all.into_iter().enumerate() {
-        drivers[global % threads].abusers.push(Abuser {
+    for (global, (attack, index, thread)) in all.into_iter().enumerate() {
+        drivers[thread].abusers.push(Abuser {
             attack,
             index,
             global,
