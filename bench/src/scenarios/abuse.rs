@@ -164,9 +164,14 @@ struct Abuser {
     id: Option<RawId>,
     open: bool,
     opened_at: Option<Instant>,
+    /// The next trickled byte (`idle-buffers`) or ping (`fragments`).
     next_at: Option<Instant>,
+    /// What this connection sent after its opening: trickled bytes, pings, wide
+    /// frames or `create_room` requests.
     sent: u64,
+    /// `room-spam`: requests without a reply yet.
     in_flight: usize,
+    /// `room-spam`: after `RATE_LIMITED`, nothing before this.
     paused_until: Option<Instant>,
 }
 
