@@ -4,20 +4,20 @@ use std::time::Duration;
 
 use crate::error::BenchError;
 use crate::options::{
-    ChatOptions, ConnectOptions, HistoryOptions, JwtAlg, LoginOptions, Options, PresenceOptions,
-    Scenario,
+    AbuseOptions, Attack, ChatOptions, ConnectOptions, HistoryOptions, JwtAlg, LoginOptions,
+    Options, PresenceOptions, Scenario,
 };
 
 pub const USAGE: &str = "\
 klav-bench: load generator for the Klav chat server
 
 USAGE:
-    klav-bench <chat|fanout|connect|history|login|presence> [FLAGS]
+    klav-bench <chat|fanout|connect|history|login|presence|abuse> [FLAGS]
 
 COMMON FLAGS:
     --addr HOST:PORT          server address (default 127.0.0.1:5000)
     --dest-addrs N            spread WebSockets over N loopback addresses from --addr
-                              (default 1; connect: one per 10,000 connections)
+                              (default 1; connect, abuse: one per 10,000 connections)
     --threads N               client event-loop threads (default: cores)
     --duration SECS           measured time (default 10)
     --warmup SECS             unmeasured time before it (default 0)
@@ -32,7 +32,7 @@ COMMON FLAGS:
     --no-register             users already exist (reused --user-prefix): skip /register
     --register-concurrency N  registrations/logins in flight during setup (default 32)
     --backoff-ms MS           pause after RATE_LIMITED (default 100)
-    --server-pid PID          report the peak VmRSS of this process
+    --server-pid PID          report the peak VmRSS of this process (abuse: also its CPU time)
     --json                    print the report as one JSON object on the last line
     --quiet                   no progress lines on stderr
     --check                   exit with status 3 when the report shows any problem
@@ -66,6 +66,17 @@ PRESENCE:
     --followers F             followers, each following every target (default 20)
     --online-ms MS            time a target stays online per cycle (default 500)
     --offline-ms MS           time a target stays offline per cycle (default 500)
+
+ABUSE:
+    --attacks a,b,...         metrics-pipeline, history-pipeline, idle-buffers,
+                              unread-responses, fragments, many-sockets, wide-json,
+                              room-spam (default: all)
+    --abusers N               connections per attack (default 1000)
+    --normal-rate R           the normal client's msgs per second (default 20)
+    --wide-rate R             wide-json frames per second per connection (default 50)
+    --settle SECS             after the abusers leave, wait before reading RSS (default 3)
+    --normal-from IP          the normal client's local address (default on loopback:
+                              127.0.0.254, apart from the abusers' 127.0.0.1)
 ";
 
 /// A parsed command line.
@@ -98,6 +109,7 @@ pub fn parse(args: &[String]) -> Result<Option<Command>, BenchError> {
     let mut history = HistoryOptions::default();
     let mut login = LoginOptions::default();
     let mut presence = PresenceOptions::default();
+    let mut abuse = AbuseOptions::default();
     let mut json = false;
     let mut check = false;
     let mut window_set = None;
@@ -180,6 +192,17 @@ pub fn parse(args: &[String]) -> Result<Option<Command>, BenchError> {
             "--offline-ms" => {
                 presence.offline = Duration::from_millis(num(&flag, &value()?)? as u64)
             }
+            "--attacks" => abuse.attacks = attacks(&value()?)?,
+            "--abusers" => abuse.abusers = num(&flag, &value()?)?,
+            "--normal-rate" => abuse.normal_rate = positive(&flag, &value()?)?,
+            "--wide-rate" => abuse.wide_rate = positive(&flag, &value()?)?,
+            "--settle" => abuse.settle = secs(&flag, &value()?)?,
+            "--normal-from" => {
+                let v = value()?;
+                abuse.normal_from = Some(v.parse().map_err(|_| {
+                    BenchError::Usage(format!("--normal-from {v:?}: expected an IP address"))
+                })?);
+            }
             other => {
                 return Err(BenchError::Usage(format!(
                     "unknown flag {other:?} (see --help)"
@@ -209,9 +232,10 @@ pub fn parse(args: &[String]) -> Result<Option<Command>, BenchError> {
         "history" => Scenario::History(history),
         "login" => Scenario::Login(login),
         "presence" => Scenario::Presence(presence),
+        "abuse" => Scenario::Abuse(abuse),
         other => {
             return Err(BenchError::Usage(format!(
-                "unknown scenario {other:?}: expected chat, fanout, connect, history, login or presence"
+                "unknown scenario {other:?}: expected chat, fanout, connect, history, login, presence or abuse"
             )))
         }
     };
@@ -226,6 +250,38 @@ fn num(flag: &str, v: &str) -> Result<usize, BenchError> {
     v.replace('_', "")
         .parse()
         .map_err(|_| BenchError::Usage(format!("{flag} {v:?}: expected a whole number")))
+}
+
+fn positive(flag: &str, v: &str) -> Result<f64, BenchError> {
+    v.parse::<f64>()
+        .ok()
+        .filter(|r| *r > 0.0 && r.is_finite())
+        .ok_or_else(|| BenchError::Usage(format!("{flag} {v:?}: expected a positive number")))
+}
+
+/// `--attacks a,b,c`: known names, each once, in the order given.
+fn attacks(v: &str) -> Result<Vec<Attack>, BenchError> {
+    let mut out = Vec::new();
+    for name in v.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        if name == "all" {
+            return Ok(Attack::ALL.to_vec());
+        }
+        let a = Attack::parse(name).ok_or_else(|| {
+            BenchError::Usage(format!(
+                "--attacks: unknown attack {name:?}; expected some of {}",
+                Attack::ALL.map(Attack::name).join(", ")
+            ))
+        })?;
+        if !out.contains(&a) {
+            out.push(a);
+        }
+    }
+    if out.is_empty() {
+        return Err(BenchError::Usage(
+            "--attacks needs at least one attack".into(),
+        ));
+    }
+    Ok(out)
 }
 
 fn secs(flag: &str, v: &str) -> Result<Duration, BenchError> {
@@ -302,6 +358,37 @@ mod tests {
             panic!("not history");
         };
         assert_eq!((h.clients, h.window, h.limit), (3, 2, 10));
+    }
+
+    #[test]
+    fn abuse_flags() {
+        let c = parse(&args(
+            "abuse --attacks wide-json,room-spam,wide-json --abusers 500 --duration 30 --server-pid 42",
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.options.server_pid, Some(42));
+        let Scenario::Abuse(a) = c.options.scenario else {
+            panic!("not abuse");
+        };
+        assert_eq!(a.attacks, vec![Attack::WideJson, Attack::RoomSpam]);
+        assert_eq!(a.abusers, 500);
+        let c = parse(&args("abuse")).unwrap().unwrap();
+        let Scenario::Abuse(a) = c.options.scenario else {
+            panic!("not abuse");
+        };
+        assert_eq!(a.attacks.len(), 8);
+        assert_eq!(a.abusers, 1000);
+        for bad in [
+            "abuse --attacks nope",
+            "abuse --attacks ,",
+            "abuse --wide-rate 0",
+        ] {
+            assert!(
+                matches!(parse(&args(bad)), Err(BenchError::Usage(_))),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -1,10 +1,11 @@
-//! A minimal blocking HTTP/1.1 client for `POST /register` and `POST /login` over
-//! keep-alive connections. Blocking threads are fine here: registrations and logins
-//! are bounded by the server's password hashing, never by the number of sockets.
+//! A minimal blocking HTTP/1.1 client for `POST /register`, `POST /login` and
+//! `GET /health` over keep-alive connections. Blocking threads are fine here:
+//! registrations and logins are bounded by the server's password hashing, never by
+//! the number of sockets.
 
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::Duration;
 
 /// Largest response head or body accepted.
@@ -82,6 +83,8 @@ impl Response {
 /// A keep-alive connection that reconnects by itself when the server closed it.
 pub struct HttpClient {
     addr: SocketAddr,
+    /// Connect from this local address (see [`connect_from`]).
+    source: Option<IpAddr>,
     host: String,
     timeout: Duration,
     stream: Option<TcpStream>,
@@ -92,6 +95,7 @@ impl HttpClient {
     pub fn new(addr: SocketAddr, host: &str, timeout: Duration) -> HttpClient {
         HttpClient {
             addr,
+            source: None,
             host: host.to_string(),
             timeout,
             stream: None,
@@ -99,14 +103,36 @@ impl HttpClient {
         }
     }
 
+    /// Connects from `source` instead of the address the kernel picks.
+    pub fn with_source(mut self, source: Option<IpAddr>) -> HttpClient {
+        self.source = source;
+        self
+    }
+
     /// `POST path` with a JSON body. A request on a reused connection that the server
     /// had already closed is retried once on a fresh one.
     pub fn post_json(&mut self, path: &str, body: &str) -> Result<Response, HttpError> {
+        self.with_retry(&format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            self.host,
+            body.len()
+        ))
+    }
+
+    /// `GET path`, with the same retry as [`HttpClient::post_json`].
+    pub fn get(&mut self, path: &str) -> Result<Response, HttpError> {
+        self.with_retry(&format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n",
+            self.host
+        ))
+    }
+
+    fn with_retry(&mut self, request: &str) -> Result<Response, HttpError> {
         let reused = self.stream.is_some();
-        match self.exchange(path, body) {
+        match self.exchange(request) {
             Err(HttpError::Closed) | Err(HttpError::Io(_)) if reused => {
                 self.stream = None;
-                self.exchange(path, body)
+                self.exchange(request)
             }
             other => other,
         }
@@ -115,7 +141,7 @@ impl HttpClient {
     fn connect(&mut self) -> Result<(), HttpError> {
         if self.stream.is_none() {
             let s =
-                TcpStream::connect_timeout(&self.addr, self.timeout).map_err(HttpError::Connect)?;
+                connect_from(self.source, self.addr, self.timeout).map_err(HttpError::Connect)?;
             s.set_nodelay(true).map_err(HttpError::Io)?;
             s.set_read_timeout(Some(self.timeout))
                 .map_err(HttpError::Io)?;
@@ -127,12 +153,7 @@ impl HttpClient {
         Ok(())
     }
 
-    fn exchange(&mut self, path: &str, body: &str) -> Result<Response, HttpError> {
-        let request = format!(
-            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            self.host,
-            body.len()
-        );
+    fn exchange(&mut self, request: &str) -> Result<Response, HttpError> {
         let result = self.connect().and_then(|_| {
             let stream = self.stream.as_mut().expect("connected");
             stream.write_all(request.as_bytes()).map_err(io_err)?;
@@ -150,6 +171,55 @@ impl HttpClient {
                 Err(e)
             }
         }
+    }
+}
+
+/// A blocking TCP connection to `dest`, from the local address `source` when given
+/// (any port). Servers count budgets per client address; on loopback a client can
+/// pick its own (127.0.0.2, ...) to count apart from others on the same machine.
+pub(crate) fn connect_from(
+    source: Option<IpAddr>,
+    dest: SocketAddr,
+    timeout: Duration,
+) -> io::Result<TcpStream> {
+    let Some(source) = source else {
+        return TcpStream::connect_timeout(&dest, timeout);
+    };
+    let (IpAddr::V4(src), SocketAddr::V4(dst)) = (source, dest) else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a source address needs IPv4 on both sides",
+        ));
+    };
+    let sockaddr = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket calls on a descriptor this function owns; the structs
+    // passed live across each call. The descriptor goes to a TcpStream (which
+    // closes it) right after it is created.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let stream = <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd);
+        let local = sockaddr(src, 0);
+        if libc::bind(fd, &local as *const _ as *const libc::sockaddr, len) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // A blocking connect gives up after SO_SNDTIMEO.
+        stream.set_write_timeout(Some(timeout))?;
+        let remote = sockaddr(*dst.ip(), dst.port());
+        if libc::connect(fd, &remote as *const _ as *const libc::sockaddr, len) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(stream)
     }
 }
 
@@ -323,6 +393,16 @@ mod tests {
             parse("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nWiki\r\n5;x=1\r\npedia\r\n0\r\n\r\n").unwrap();
         assert_eq!(r.body, b"Wikipedia");
         assert!(keep);
+    }
+
+    #[test]
+    fn connects_from_a_chosen_loopback_address() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dest = listener.local_addr().unwrap();
+        let source: IpAddr = "127.0.0.3".parse().unwrap();
+        let _s = connect_from(Some(source), dest, Duration::from_secs(5)).unwrap();
+        let (_, peer) = listener.accept().unwrap();
+        assert_eq!(peer.ip(), source);
     }
 
     #[test]

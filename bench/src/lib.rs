@@ -27,7 +27,8 @@
 //! - [`cli`]: the command line into [`Options`].
 //! - `run`: the runner, start gate, progress and memory sampling.
 //! - `net`: the mio client loop and the WebSocket connection state machine.
-//! - `scenarios`: chat/fanout, connect, history, login, presence.
+//! - `scenarios`: chat/fanout, connect, history, login, presence, abuse.
+//! - `raw`: byte-level HTTP and WebSocket connections for the `abuse` attacks.
 //! - [`stats`]: message stamps, sequence tracking, in-flight windows, histograms.
 //! - `users`, `http`, `jwt`: registering users and getting their tokens.
 //! - `event`: the server's events, parsed without copying.
@@ -39,6 +40,7 @@ mod http;
 mod jwt;
 mod net;
 pub mod options;
+mod raw;
 pub mod report;
 mod run;
 mod scenarios;
@@ -47,11 +49,12 @@ mod users;
 
 pub use error::BenchError;
 pub use options::{
-    ChatOptions, ConnectOptions, HistoryOptions, JwtAlg, LoginOptions, Options, PresenceOptions,
-    Scenario,
+    AbuseOptions, Attack, ChatOptions, ConnectOptions, HistoryOptions, JwtAlg, LoginOptions,
+    Options, PresenceOptions, Scenario,
 };
 pub use report::{
-    ConnectionReport, Counts, MessageReport, PresenceReport, Report, RequestReport, SetupReport,
+    AbuseReport, AttackReport, ConnectionReport, Counts, MessageReport, PresenceReport, Report,
+    RequestReport, SetupReport,
 };
 pub use run::{raise_nofile_limit, run};
 pub use stats::Latency;

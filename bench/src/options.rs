@@ -130,6 +130,8 @@ pub enum Scenario {
     Login(LoginOptions),
     /// Followed users going online and offline; followers count `presence_change`.
     Presence(PresenceOptions),
+    /// Memory and CPU attacks side by side with one normal client.
+    Abuse(AbuseOptions),
 }
 
 impl Scenario {
@@ -141,6 +143,7 @@ impl Scenario {
             Scenario::History(_) => "history",
             Scenario::Login(_) => "login",
             Scenario::Presence(_) => "presence",
+            Scenario::Abuse(_) => "abuse",
         }
     }
 }
@@ -275,6 +278,104 @@ impl Default for PresenceOptions {
             followers: 20,
             online: Duration::from_millis(500),
             offline: Duration::from_millis(500),
+        }
+    }
+}
+
+/// One attack of `abuse`: each is something a client with at most one free account
+/// can do, aimed at the server's memory or its event loop's CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Attack {
+    /// Unauthenticated HTTP: ~72 KiB of pipelined `GET /metrics`, never reading.
+    MetricsPipeline,
+    /// A WebSocket in a room with entries: 64 `history` requests of limit 200,
+    /// never reading.
+    HistoryPipeline,
+    /// HTTP connections holding grown buffers: one maximal rejected `/register`
+    /// then a byte every 8 s, or a partial 64 KiB body that stalls.
+    IdleBuffers,
+    /// HTTP: pipelined `GET /nope` for as long as the server reads, never reading.
+    UnreadResponses,
+    /// WebSockets with an unfinished fragmented message (~60 KiB first fragment),
+    /// then only pings.
+    Fragments,
+    /// One account opening as many WebSockets as it is allowed.
+    ManySockets,
+    /// Frames of one JSON object with ~6,500 keys at the connection's rate limit.
+    WideJson,
+    /// One account creating rooms as fast as it is allowed, over many connections.
+    RoomSpam,
+}
+
+impl Attack {
+    pub const ALL: [Attack; 8] = [
+        Attack::MetricsPipeline,
+        Attack::HistoryPipeline,
+        Attack::IdleBuffers,
+        Attack::UnreadResponses,
+        Attack::Fragments,
+        Attack::ManySockets,
+        Attack::WideJson,
+        Attack::RoomSpam,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Attack::MetricsPipeline => "metrics-pipeline",
+            Attack::HistoryPipeline => "history-pipeline",
+            Attack::IdleBuffers => "idle-buffers",
+            Attack::UnreadResponses => "unread-responses",
+            Attack::Fragments => "fragments",
+            Attack::ManySockets => "many-sockets",
+            Attack::WideJson => "wide-json",
+            Attack::RoomSpam => "room-spam",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Attack> {
+        Attack::ALL.into_iter().find(|a| a.name() == s)
+    }
+
+    /// Whether its connections are WebSockets (else plain HTTP).
+    pub fn is_websocket(self) -> bool {
+        !matches!(
+            self,
+            Attack::MetricsPipeline | Attack::IdleBuffers | Attack::UnreadResponses
+        )
+    }
+}
+
+/// Sizes of `abuse`.
+#[derive(Debug, Clone)]
+pub struct AbuseOptions {
+    /// The attacks run side by side (default: all).
+    pub attacks: Vec<Attack>,
+    /// Connections per attack.
+    pub abusers: usize,
+    /// The normal client's `msg` rate (messages per second, open loop).
+    pub normal_rate: f64,
+    /// `wide-json` frames per second per connection: the server's default
+    /// `KLAV_RATE_PER_SEC`, so the attack stays within what a connection is allowed.
+    pub wide_rate: f64,
+    /// After the abusers disconnect, how long the normal client goes on before the
+    /// server's memory is read again (what it gives back).
+    pub settle: Duration,
+    /// The local address the normal client connects from, so that the server's
+    /// per-address budgets count it apart from the abusers. `None`: `127.0.0.254`
+    /// when the server is on IPv4 loopback (the abusers come from `127.0.0.1`),
+    /// else whatever the kernel picks.
+    pub normal_from: Option<std::net::IpAddr>,
+}
+
+impl Default for AbuseOptions {
+    fn default() -> Self {
+        AbuseOptions {
+            attacks: Attack::ALL.to_vec(),
+            abusers: 1000,
+            normal_rate: 20.0,
+            wide_rate: 50.0,
+            settle: Duration::from_secs(3),
+            normal_from: None,
         }
     }
 }

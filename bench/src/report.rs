@@ -26,8 +26,11 @@ pub struct Report {
     pub presence: Option<PresenceReport>,
     /// `--with-login-clients`: the login load that ran alongside the chat.
     pub background_login: Option<RequestReport>,
+    /// `abuse`: each attack and what the server's memory and CPU did meanwhile.
+    pub abuse: Option<AbuseReport>,
     /// Latency percentiles by what was measured: `delivery`, `ack`, `connect`,
-    /// `history`, `login`, `background_login`, `presence_online`, `presence_offline`.
+    /// `history`, `login`, `background_login`, `presence_online`, `presence_offline`,
+    /// `normal_msg` and `normal_health` (`abuse`).
     pub latency: BTreeMap<String, Latency>,
     /// Peak VmRSS of `--server-pid` while the run went on.
     pub server_peak_rss_kb: Option<u64>,
@@ -142,6 +145,57 @@ pub struct PresenceReport {
     pub events_per_sec: f64,
 }
 
+/// `abuse`: the attacks and the server's memory and CPU while they ran. The normal
+/// client's `msg` round trips are the report's `requests` (latency `normal_msg`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AbuseReport {
+    /// Connections per attack.
+    pub abusers_per_attack: u64,
+    /// By attack name (`metrics-pipeline`, ...).
+    pub attacks: BTreeMap<String, AttackReport>,
+    /// The normal client's `GET /health`, once a second (latency `normal_health`).
+    pub health: RequestReport,
+    /// Server VmRSS before the first abuser connected.
+    pub server_rss_start_kb: Option<u64>,
+    /// Highest server VmRSS sampled (every 100 ms) while the attacks ran.
+    pub server_rss_peak_kb: Option<u64>,
+    /// Server VmHWM (its lifetime peak, as the kernel counts it) when the attacks ended.
+    pub server_hwm_kb: Option<u64>,
+    /// Server VmRSS when the attack time was up, abusers still connected.
+    pub server_rss_end_kb: Option<u64>,
+    /// Server VmRSS `settle` seconds after every abuser disconnected.
+    pub server_rss_after_kb: Option<u64>,
+    /// Server CPU time (user + system) while the attacks ran.
+    pub server_cpu_secs: Option<f64>,
+    /// Wall time the attacks ran (the divisor for the CPU share).
+    pub attack_secs: f64,
+}
+
+/// One attack's connections: how many got in, how the server ended them, what it
+/// answered.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AttackReport {
+    pub attempted: u64,
+    /// TCP connected (HTTP attacks) or upgraded with `101` (WebSocket attacks).
+    pub opened: u64,
+    /// Never opened, by reason: `http_429`, `http_503`, `connect_refused`,
+    /// `handshake_timeout`, `still_connecting_at_end`, ...
+    pub refused: Counts,
+    /// Opened, then ended by the server, by how: `close_1008`, `http_413` (the last
+    /// response right before the end), `eof`, `reset`.
+    pub closed_by_server: Counts,
+    /// Still open when the attack time was up.
+    pub open_at_end: u64,
+    /// Requests or frames written (pipelined requests count once their bytes are
+    /// written).
+    pub requests_sent: u64,
+    pub bytes_sent: u64,
+    /// What the connections read back: HTTP statuses (`http_200`), WebSocket events
+    /// (`create_room_ack:CREATED`, `error:RATE_LIMITED`). Connections that never read
+    /// during the attack are read once at its end.
+    pub responses: Counts,
+}
+
 impl Report {
     /// The report as one line of JSON.
     pub fn to_json(&self) -> String {
@@ -174,7 +228,11 @@ impl Report {
                 && p.repeated_status == 0
                 && p.target_failures.is_empty()
         });
+        let health_ok = self.abuse.as_ref().is_none_or(|a| {
+            a.health.failed.is_empty() && a.health.timed_out == 0 && a.health.sent > 0
+        });
         conns_ok
+            && health_ok
             && msgs_ok
             && req_ok(&self.requests)
             && req_ok(&self.background_login)
@@ -190,6 +248,52 @@ fn counts(map: &Counts) -> String {
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+fn mib(kb: Option<u64>) -> String {
+    kb.map_or("?".to_string(), |kb| {
+        format!("{:.1} MiB", kb as f64 / 1024.0)
+    })
+}
+
+fn write_abuse(f: &mut fmt::Formatter<'_>, a: &AbuseReport) -> fmt::Result {
+    writeln!(f, "attacks ({} connections each):", a.abusers_per_attack)?;
+    for (name, r) in &a.attacks {
+        writeln!(
+            f,
+            "  {name}: attempted {}  opened {}  open at end {}  sent {} ({:.1} MiB)",
+            r.attempted,
+            r.opened,
+            r.open_at_end,
+            r.requests_sent,
+            r.bytes_sent as f64 / (1024.0 * 1024.0)
+        )?;
+        writeln!(f, "    refused:          {}", counts(&r.refused))?;
+        writeln!(f, "    closed by server: {}", counts(&r.closed_by_server))?;
+        writeln!(f, "    responses:        {}", counts(&r.responses))?;
+    }
+    writeln!(
+        f,
+        "server RSS: start {}  peak {} (VmHWM {})  end {}  after abusers left {}",
+        mib(a.server_rss_start_kb),
+        mib(a.server_rss_peak_kb),
+        mib(a.server_hwm_kb),
+        mib(a.server_rss_end_kb),
+        mib(a.server_rss_after_kb)
+    )?;
+    if let Some(cpu) = a.server_cpu_secs {
+        writeln!(
+            f,
+            "server CPU: {cpu:.1} s over {:.1} s of attacks ({:.0}% of one core)",
+            a.attack_secs,
+            if a.attack_secs > 0.0 {
+                100.0 * cpu / a.attack_secs
+            } else {
+                0.0
+            }
+        )?;
+    }
+    write_requests(f, "normal client GET /health:", &a.health)
 }
 
 fn write_requests(f: &mut fmt::Formatter<'_>, title: &str, r: &RequestReport) -> fmt::Result {
@@ -277,6 +381,9 @@ impl fmt::Display for Report {
         }
         if let Some(r) = &self.background_login {
             write_requests(f, "background logins:", r)?;
+        }
+        if let Some(a) = &self.abuse {
+            write_abuse(f, a)?;
         }
         if let Some(p) = &self.presence {
             writeln!(

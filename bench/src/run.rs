@@ -26,6 +26,7 @@ pub fn run(opts: &Options) -> Result<Report, BenchError> {
         Scenario::History(h) => scenarios::history::run(&server, h)?,
         Scenario::Login(l) => scenarios::login::run(&server, l)?,
         Scenario::Presence(p) => scenarios::presence::run(&server, p)?,
+        Scenario::Abuse(a) => scenarios::abuse::run(&server, a)?,
     };
     report.scenario = opts.scenario.name().to_string();
     report.elapsed_secs = server.base.elapsed().as_secs_f64();
@@ -303,11 +304,34 @@ pub(crate) fn vm_rss_kb(path: &str) -> Option<u64> {
 }
 
 pub(crate) fn parse_vm_rss(status: &str) -> Option<u64> {
+    parse_status_kb(status, "VmRSS:")
+}
+
+/// A `kB` field (`VmRSS:`, `VmHWM:`) of a `/proc/<pid>/status` text.
+pub(crate) fn parse_status_kb(status: &str, field: &str) -> Option<u64> {
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
+}
+
+/// CPU time (user + system) a process has used, in seconds, from `/proc/<pid>/stat`.
+pub(crate) fn cpu_secs(pid: u32) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // SAFETY: sysconf only reads a system constant.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    parse_stat_cpu_ticks(&text).map(|t| t as f64 / ticks.max(1) as f64)
+}
+
+/// utime + stime (fields 14 and 15) of a `/proc/<pid>/stat` line; the command name
+/// in parentheses may hold spaces, so fields are counted after its closing `)`.
+pub(crate) fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
 }
 
 /// A blocking WebSocket used for one-off setup steps (creating rooms) before the
@@ -319,39 +343,99 @@ pub(crate) struct SetupSocket {
 
 impl SetupSocket {
     pub fn open(server: &Server, token: &str) -> Result<SetupSocket, BenchError> {
-        use tungstenite::client::IntoClientRequest;
-        let stream = TcpStream::connect_timeout(&server.http_addr, server.opts.timeout)
-            .map_err(|e| BenchError::Setup(format!("connecting to {}: {e}", server.http_addr)))?;
-        stream
-            .set_read_timeout(Some(server.opts.timeout))
-            .and_then(|_| stream.set_write_timeout(Some(server.opts.timeout)))
-            .map_err(|e| BenchError::io("setting socket timeouts", e))?;
-        let mut req = format!("ws://{}/ws", server.host)
-            .into_client_request()
-            .map_err(|e| BenchError::Setup(format!("building the upgrade request: {e}")))?;
-        let auth = format!("Bearer {token}")
-            .parse()
-            .map_err(|_| BenchError::Setup("token is not a valid header value".into()))?;
-        req.headers_mut().insert("Authorization", auth);
-        let (ws, _) = tungstenite::client(req, stream).map_err(|e| match e {
-            tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp)) => {
-                BenchError::Setup(format!(
-                    "WebSocket upgrade refused with HTTP {}: {}",
-                    resp.status().as_u16(),
-                    resp.body()
-                        .as_ref()
-                        .map(|b| String::from_utf8_lossy(b).into_owned())
-                        .unwrap_or_default()
-                ))
-            }
-            other => BenchError::Setup(format!("WebSocket upgrade failed: {other}")),
-        })?;
         Ok(SetupSocket {
-            ws,
+            ws: open_blocking_ws(server, token)?,
             backoff: server.opts.backoff,
         })
     }
 
+    /// Joins a room: done when the server announces our join or says we already are
+    /// a member.
+    pub fn join(&mut self, room_id: &str, user: &str, req_id: u64) -> Result<(), BenchError> {
+        let frame = format!(
+            r#"{{"type":"join","room_id":{},"req_id":{req_id}}}"#,
+            json_str(room_id)
+        );
+        self.ws
+            .send(tungstenite::Message::text(frame))
+            .map_err(|e| BenchError::Setup(format!("sending join: {e}")))?;
+        loop {
+            let msg = self
+                .ws
+                .read()
+                .map_err(|e| BenchError::Setup(format!("waiting for the join: {e}")))?;
+            let tungstenite::Message::Text(text) = msg else {
+                continue;
+            };
+            let Some(ev) = Event::parse(text.as_str()) else {
+                continue;
+            };
+            match ev.kind() {
+                "join_ack" if ev.req_num() == Some(req_id) => return Ok(()),
+                "system"
+                    if Event::field(&ev.event) == Some("joined")
+                        && Event::field(&ev.user) == Some(user) =>
+                {
+                    return Ok(())
+                }
+                "error" if ev.req_num() == Some(req_id) => {
+                    return Err(BenchError::Setup(format!(
+                        "join {room_id} answered with error {}",
+                        ev.error_code()
+                    )))
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// A blocking, authenticated WebSocket to the server's HTTP address, with
+/// `--timeout` on reads and writes.
+pub(crate) fn open_blocking_ws(
+    server: &Server,
+    token: &str,
+) -> Result<tungstenite::WebSocket<TcpStream>, BenchError> {
+    open_blocking_ws_from(server, token, None)
+}
+
+/// [`open_blocking_ws`] from a chosen local address.
+pub(crate) fn open_blocking_ws_from(
+    server: &Server,
+    token: &str,
+    source: Option<IpAddr>,
+) -> Result<tungstenite::WebSocket<TcpStream>, BenchError> {
+    use tungstenite::client::IntoClientRequest;
+    let stream = crate::http::connect_from(source, server.http_addr, server.opts.timeout)
+        .map_err(|e| BenchError::Setup(format!("connecting to {}: {e}", server.http_addr)))?;
+    stream
+        .set_read_timeout(Some(server.opts.timeout))
+        .and_then(|_| stream.set_write_timeout(Some(server.opts.timeout)))
+        .map_err(|e| BenchError::io("setting socket timeouts", e))?;
+    let mut req = format!("ws://{}/ws", server.host)
+        .into_client_request()
+        .map_err(|e| BenchError::Setup(format!("building the upgrade request: {e}")))?;
+    let auth = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| BenchError::Setup("token is not a valid header value".into()))?;
+    req.headers_mut().insert("Authorization", auth);
+    let (ws, _) = tungstenite::client(req, stream).map_err(|e| match e {
+        tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp)) => {
+            BenchError::Setup(format!(
+                "WebSocket upgrade refused with HTTP {}: {}",
+                resp.status().as_u16(),
+                resp.body()
+                    .as_ref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .unwrap_or_default()
+            ))
+        }
+        other => BenchError::Setup(format!("WebSocket upgrade failed: {other}")),
+    })?;
+    Ok(ws)
+}
+
+impl SetupSocket {
     /// Sends `request` (a JSON object without `req_id`) and returns the first reply of
     /// type `reply_type` (or an error) carrying our `req_id`. `RATE_LIMITED` and
     /// `UNAVAILABLE` are retried after a pause.
@@ -462,6 +546,15 @@ mod tests {
         assert_eq!(parse_vm_rss(status), Some(12345));
         assert_eq!(parse_vm_rss("Name: x\n"), None);
         assert!(vm_rss_kb("/proc/self/status").unwrap() > 0);
+    }
+
+    #[test]
+    fn cpu_ticks_are_read_after_the_command_name() {
+        let stat = "1234 (klav (x) y) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 9 0";
+        assert_eq!(parse_stat_cpu_ticks(stat), Some(325));
+        assert!(cpu_secs(std::process::id()).is_some());
+        let status = "VmHWM:\t  2048 kB\nVmRSS:\t 1024 kB\n";
+        assert_eq!(parse_status_kb(status, "VmHWM:"), Some(2048));
     }
 
     #[test]

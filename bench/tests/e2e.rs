@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use fake_server::{FakeServer, Faults};
 use klav_bench::{
-    run, ChatOptions, ConnectOptions, HistoryOptions, LoginOptions, Options, PresenceOptions,
-    Scenario,
+    run, AbuseOptions, Attack, ChatOptions, ConnectOptions, HistoryOptions, LoginOptions, Options,
+    PresenceOptions, Scenario,
 };
 
 fn opts(server: &FakeServer, scenario: Scenario) -> Options {
@@ -287,4 +287,61 @@ fn presence_changes_reach_every_follower() {
     assert_eq!(p.received, p.expected, "{r}");
     assert!(r.latency.contains_key("presence_online"));
     assert!(r.latency.contains_key("presence_offline"));
+}
+
+/// A tiny `abuse` run: every attack starts, the run ends by itself, and the report
+/// has every attack and the normal client's round trips (not how fast they were).
+#[test]
+fn abuse_runs_every_attack_and_reports() {
+    let server = FakeServer::start(Faults::default());
+    let mut o = opts(
+        &server,
+        Scenario::Abuse(AbuseOptions {
+            abusers: 3,
+            settle: Duration::from_millis(300),
+            ..Default::default()
+        }),
+    );
+    o.jwt_secret = Some("secret".into());
+    o.duration = Duration::from_secs(2);
+    o.server_pid = Some(std::process::id());
+    let started = std::time::Instant::now();
+    let r = run(&o).expect("run");
+    assert!(started.elapsed() < Duration::from_secs(30), "{r}");
+    let a = r.abuse.as_ref().expect("an abuse report");
+    assert_eq!(a.attacks.len(), Attack::ALL.len(), "{r}");
+    for attack in Attack::ALL {
+        let t = &a.attacks[attack.name()];
+        assert_eq!(t.attempted, 3, "{}: {r}", attack.name());
+        assert_eq!(t.opened, 3, "{}: {r}", attack.name());
+    }
+    let spam = &a.attacks["room-spam"];
+    assert!(
+        spam.responses
+            .get("create_room_ack:CREATED")
+            .copied()
+            .unwrap_or(0)
+            > 0,
+        "{r}"
+    );
+    let wide = &a.attacks["wide-json"];
+    assert!(
+        wide.responses
+            .get("error:UNKNOWN_TYPE")
+            .copied()
+            .unwrap_or(0)
+            > 0,
+        "{r}"
+    );
+    let normal = r.requests.as_ref().expect("the normal client");
+    assert!(normal.ok > 0, "{r}");
+    assert!(r.latency.contains_key("normal_msg"), "{r}");
+    assert!(a.health.ok > 0, "{r}");
+    assert!(
+        a.server_rss_peak_kb.is_some() && a.server_cpu_secs.is_some(),
+        "{r}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+    assert_eq!(json["scenario"], "abuse");
+    assert_eq!(json["abuse"]["attacks"]["many-sockets"]["opened"], 3);
 }

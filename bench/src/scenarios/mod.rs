@@ -1,6 +1,7 @@
 //! One module per scenario. Each builds its users and rooms, runs its drivers on the
 //! client threads and turns what they counted into a [`Report`](crate::Report).
 
+pub(crate) mod abuse;
 pub(crate) mod chat;
 pub(crate) mod connect;
 pub(crate) mod history;

@@ -1,5 +1,5 @@
 //! A small in-process stand-in for the Klav server, speaking the subset of the protocol
-//! the bench uses (register, login, the WebSocket upgrade, create_room, join, msg,
+//! the bench uses (register, login, health, the WebSocket upgrade, create_room, join, msg,
 //! history, friend_follow, presence), with optional faults so the bench's checks can
 //! be seen to catch them. One thread per connection: only for small runs.
 
@@ -195,6 +195,7 @@ fn serve(
                     respond(&mut stream, 401, &json!({"detail": "not registered"}))?;
                 }
             }
+            "/health" => respond(&mut stream, 200, &json!({"status": "ok"}))?,
             _ => respond(&mut stream, 404, &json!({"detail": "not found"}))?,
         }
     }
