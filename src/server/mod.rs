@@ -145,6 +145,7 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
     unsafe {
         libc::listen(std_listener.as_raw_fd(), 4096);
     }
+    limit_receive_buffer(&std_listener);
     let local = std_listener.local_addr().map_err(StartError::Io)?;
     let mut listener = TcpListener::from_std(std_listener);
 
@@ -243,6 +244,28 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
         wakeup,
         thread: Some(thread),
     })
+}
+
+/// What the kernel buffers for one client's unread requests: set on the listener
+/// (accepted sockets inherit it, and the window is negotiated from it). Without
+/// it, receive autotuning lets a client that pipelines requests and never reads
+/// park megabytes per connection in klav's kernel buffers. Requests are small;
+/// the largest (a 64 KiB body) still fits.
+const RECEIVE_BUFFER_BYTES: libc::c_int = 128 * 1024;
+
+fn limit_receive_buffer(listener: &std::net::TcpListener) {
+    // The kernel doubles the value for its bookkeeping.
+    let size: libc::c_int = RECEIVE_BUFFER_BYTES / 2;
+    // SAFETY: setsockopt on a socket we own, with a valid c_int of the given size.
+    unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
 }
 
 fn bracket_v6(host: &str) -> String {
