@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use klav_bench::{ChatOptions, ConnectOptions, Options, Scenario};
+use klav_bench::{AbuseOptions, ChatOptions, ConnectOptions, Options, Scenario};
 
 use crate::harness::*;
 
@@ -76,4 +76,32 @@ fn connect_smoke_run_accepts_everyone() {
     assert_eq!(c.opened, 300, "{report}");
     assert!(c.failed.is_empty(), "{report}");
     assert!(report.is_clean(), "{report}");
+}
+
+/// A tiny run of every attack beside a normal client: it completes, every attack
+/// is reported, the normal client is served throughout, and the server is alive
+/// and serving afterwards. (Its numbers are measured with the release build, see
+/// the README; here only that it runs against the real server.)
+#[test]
+fn abuse_smoke_run_leaves_the_server_serving() {
+    let s = TestServer::start();
+    let report = klav_bench::run(&options(
+        &s,
+        Scenario::Abuse(AbuseOptions {
+            abusers: 3,
+            settle: Duration::from_millis(300),
+            ..Default::default()
+        }),
+    ))
+    .expect("the abuse run completes");
+    let a = report.abuse.as_ref().expect("an abuse report");
+    assert_eq!(a.attacks.len(), 8, "{report}");
+    assert!(a.attacks.values().all(|r| r.attempted == 3), "{report}");
+    let normal = report
+        .requests
+        .as_ref()
+        .expect("the normal client's messages");
+    assert!(normal.ok > 0, "{report}");
+    assert!(a.health.ok > 0, "{report}");
+    assert_eq!(s.http("GET", "/health", None).status, 200);
 }
