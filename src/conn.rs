@@ -48,6 +48,9 @@ pub struct HttpState {
     /// A request handed to a worker; no further request is parsed until it is
     /// answered (responses go out in request order).
     pub pending: Option<PendingHttp>,
+    /// The connection's request bucket (as for WebSocket requests), made on its
+    /// first request.
+    pub rate: Option<RateLimit>,
 }
 
 /// What an HTTP request waiting for a worker needs to finish.

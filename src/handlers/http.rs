@@ -11,7 +11,9 @@ use serde_json::{json, Value};
 
 use crate::auth::password::{check_stored_hash, constant_time_eq, is_hashed, HashJob, HashOutcome};
 use crate::client_addr::client_addr;
-use crate::conn::{ConnId, PendingHttp, Phase, IDLE_BUFFER_BYTES, OUTPUT_PAUSE_BYTES};
+use crate::conn::{
+    Admit, ConnId, PendingHttp, Phase, RateLimit, IDLE_BUFFER_BYTES, OUTPUT_PAUSE_BYTES,
+};
 use crate::db::{DbError, Job, Ticket};
 use crate::http::{self, Request};
 use crate::hub::Hub;
@@ -22,7 +24,8 @@ use crate::throttle::RegisterRefusal;
 /// client pass [`OUTPUT_PAUSE_BYTES`] (the rest waits until they drain: a client
 /// that pipelines and never reads holds at most that much).
 pub fn process(hub: &mut Hub, id: ConnId) {
-    loop {
+    let (rate, burst) = (hub.config.rate_per_sec, hub.config.rate_burst);
+    for _ in 0..REQUESTS_PER_TURN {
         let Some(conn) = hub.conn_mut(id) else { return };
         if conn.closing.is_some() {
             return;
@@ -46,7 +49,23 @@ pub fn process(hub: &mut Hub, id: ConnId) {
             Ok(None) => return,
             Ok(Some((req, used))) => {
                 st.buf.drain(..used);
-                conn.since = Instant::now();
+                let now = Instant::now();
+                conn.since = now;
+                // Pipelined requests are cheap to send and cost the loop to
+                // answer: past the bucket, the connection is refused and closed.
+                let bucket = st.rate.get_or_insert_with(|| RateLimit::new(burst, now));
+                if bucket.admit(now, rate, burst, u32::MAX) != Admit::Yes {
+                    st.buf.clear();
+                    hub.metrics.rate_limited += 1;
+                    let resp = http::response(
+                        429,
+                        "application/json",
+                        br#"{"detail":"too many requests on this connection"}"#,
+                        false,
+                        &[("Retry-After", "1".into())],
+                    );
+                    return respond(hub, id, resp, false);
+                }
                 route(hub, id, req);
             }
             Err(e) => {
@@ -63,7 +82,13 @@ pub fn process(hub: &mut Hub, id: ConnId) {
             }
         }
     }
+    // Budget spent: the rest waits for the next turn, so one connection's
+    // pipeline cannot hold up everyone else's.
+    hub.again.push(id);
 }
+
+/// Requests answered per connection per loop turn.
+const REQUESTS_PER_TURN: usize = 32;
 
 /// Queues a response; closes the connection after it unless kept alive.
 pub fn respond(hub: &mut Hub, id: ConnId, bytes: Vec<u8>, keep_alive: bool) {
