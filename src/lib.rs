@@ -17,6 +17,7 @@
 //! - [`auth`]: JWTs (on the loop) and argon2id (on hashing threads).
 //! - [`import`]: `klav import-json`, the legacy JSON files into the schema.
 //! - [`throttle`]: failed-login throttling.
+//! - [`web`]: the browser client's files, embedded and served from memory.
 //! - [`metrics`], [`log`], [`time`]: Prometheus counters, log lines, ISO-8601.
 
 pub mod auth;
@@ -34,4 +35,5 @@ pub mod server;
 pub mod state;
 pub mod throttle;
 pub mod time;
+pub mod web;
 pub mod ws;
