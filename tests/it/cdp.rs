@@ -431,23 +431,29 @@ impl Page<'_> {
 
     /// The value of a JavaScript expression (promises awaited).
     pub fn eval(&self, expr: &str) -> Value {
+        self.try_eval(expr).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// As [`Page::eval`], with failures (e.g. during a navigation) as errors.
+    pub fn try_eval(&self, expr: &str) -> Result<Value, String> {
         let r = self
             .call(
                 "Runtime.evaluate",
                 json!({ "expression": expr, "returnByValue": true, "awaitPromise": true }),
             )
-            .unwrap_or_else(|e| panic!("evaluate {expr}: {e}"));
+            .map_err(|e| format!("evaluate {expr}: {e}"))?;
         if let Some(ex) = r.get("exceptionDetails") {
-            panic!("evaluate {expr} threw: {ex}");
+            return Err(format!("evaluate {expr} threw: {ex}"));
         }
-        r["result"]["value"].clone()
+        Ok(r["result"]["value"].clone())
     }
 
     /// Waits until `expr` is truthy; panics naming `what` (and saves a screenshot).
     pub fn wait_for(&self, expr: &str, what: &str) -> Value {
         let deadline = Instant::now() + PAGE_WAIT;
         loop {
-            let v = self.eval(expr);
+            // A page in the middle of loading has no context to evaluate in yet.
+            let v = self.try_eval(expr).unwrap_or(Value::Null);
             let truthy = match &v {
                 Value::Null => false,
                 Value::Bool(b) => *b,
@@ -526,6 +532,20 @@ impl Page<'_> {
                     "nativeVirtualKeyCode": code, "modifiers": modifiers }),
         )
         .unwrap_or_else(|e| panic!("release {key}: {e}"));
+    }
+
+    /// Enter as the page sees it while an IME owns the key: a key-down with no
+    /// character (the IME consumes it), reporting `code` as its key code (13, or
+    /// 229 as some browsers report every key during or ending a composition).
+    pub fn ime_enter(&self, code: u32) {
+        for kind in ["rawKeyDown", "keyUp"] {
+            self.call(
+                "Input.dispatchKeyEvent",
+                json!({ "type": kind, "key": "Enter", "code": "Enter",
+                        "windowsVirtualKeyCode": code, "nativeVirtualKeyCode": code }),
+            )
+            .unwrap_or_else(|e| panic!("IME Enter: {e}"));
+        }
     }
 
     pub fn enter(&self) {

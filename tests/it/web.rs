@@ -549,19 +549,40 @@ fn web_korean_ime_enter_during_composition_does_not_send() {
     register(&p, "sora", "소라");
     join(&p, "한국어방");
     let before = count(&p, "message");
-    p.eval(&format!("{}.focus()", Page::q("message-input")));
+    p.eval(&format!(
+        "(() => {{ const i = {}; i.focus(); i.addEventListener('keydown', \
+         e => {{ if (e.key === 'Enter') window.__composing = e.isComposing; }}, true); }})()",
+        Page::q("message-input")
+    ));
     p.ime_compose("ㅎ");
     p.ime_compose("하");
     p.ime_compose("한");
-    // Enter while the syllable is still being composed: the IME's, not a send.
-    p.enter();
+    assert_eq!(
+        p.eval(&format!("{}.value", Page::q("message-input"))),
+        json!("한")
+    );
+    // Enter while the syllable is still being composed (isComposing): the IME's,
+    // not a send.
+    p.ime_enter(13);
+    assert_eq!(
+        p.eval("window.__composing"),
+        json!(true),
+        "the page saw Enter during a composition"
+    );
+    p.ime_commit("한");
+    // Enter reported as keyCode 229 (how some browsers report the key that ends a
+    // composition): not a send either.
+    p.ime_enter(229);
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
         count(&p, "message"),
         before,
         "Enter during composition sent"
     );
-    p.ime_commit("한");
+    assert_eq!(
+        p.eval(&format!("{}.value", Page::q("message-input"))),
+        json!("한")
+    );
     p.ime_compose("ㄱ");
     p.ime_compose("국");
     p.ime_commit("국어 입력 테스트");
