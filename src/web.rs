@@ -8,6 +8,7 @@
 //! `Content-Security-Policy` names the page's own `ws:`/`wss:` origin (taken from
 //! `Host`), which `connect-src 'self'` does not cover in every browser.
 
+use std::borrow::Cow;
 use std::sync::OnceLock;
 
 use crate::http::Request;
@@ -154,14 +155,15 @@ pub fn is_asset(path: &str) -> bool {
 
 /// The response to a `GET` or `HEAD` of one of the client's files; `None` when the
 /// path is not one (the caller answers 404) — the method is the caller's to check.
-pub fn serve(req: &Request) -> Option<Vec<u8>> {
+/// Borrowed from the prebuilt table except for the page (its policy names `Host`).
+pub fn serve(req: &Request) -> Option<Cow<'static, [u8]>> {
     let asset = table().iter().find(|p| p.path == req.path)?;
     let k = usize::from(!req.keep_alive);
     if req
         .header("if-none-match")
         .is_some_and(|v| etag_matches(v, &asset.etag))
     {
-        return Some(asset.not_modified[k].clone());
+        return Some(Cow::Borrowed(&asset.not_modified[k]));
     }
     let full = &asset.ok[k];
     let end = if req.method == "HEAD" {
@@ -170,7 +172,7 @@ pub fn serve(req: &Request) -> Option<Vec<u8>> {
         full.len()
     };
     if !asset.document {
-        return Some(full[..end].to_vec());
+        return Some(Cow::Borrowed(&full[..end]));
     }
     let split = asset.head_split[k];
     let csp = document_csp(req.header("host"));
@@ -178,7 +180,7 @@ pub fn serve(req: &Request) -> Option<Vec<u8>> {
     out.extend_from_slice(&full[..split]);
     out.extend_from_slice(csp.as_bytes());
     out.extend_from_slice(&full[split..end]);
-    Some(out)
+    Some(Cow::Owned(out))
 }
 
 /// `If-None-Match`: `*` or a list of entity tags, compared weakly (RFC 9110 13.1.2).
@@ -215,7 +217,7 @@ mod tests {
     #[test]
     fn page_carries_policy_for_its_own_origin() {
         let r = serve(&req("GET / HTTP/1.1\r\nHost: chat.example:5000\r\n\r\n")).unwrap();
-        let text = String::from_utf8(r).unwrap();
+        let text = String::from_utf8(r.into_owned()).unwrap();
         assert!(text.starts_with("HTTP/1.1 200 OK\r\n"));
         assert!(
             text.contains("connect-src 'self' ws://chat.example:5000 wss://chat.example:5000\r\n")
@@ -228,7 +230,7 @@ mod tests {
     #[test]
     fn hostile_host_is_left_out_of_the_policy() {
         let r = serve(&req("GET / HTTP/1.1\r\nHost: a b;script-src *\r\n\r\n")).unwrap();
-        let text = String::from_utf8(r).unwrap();
+        let text = String::from_utf8(r.into_owned()).unwrap();
         assert!(text.contains("connect-src 'self'\r\n"), "{text}");
     }
 
@@ -236,7 +238,7 @@ mod tests {
     fn head_and_revalidation() {
         let full = serve(&req("GET /app.js HTTP/1.1\r\n\r\n")).unwrap();
         let head = serve(&req("HEAD /app.js HTTP/1.1\r\nConnection: close\r\n\r\n")).unwrap();
-        let head = String::from_utf8(head).unwrap();
+        let head = String::from_utf8(head.into_owned()).unwrap();
         assert!(head.ends_with("\r\n\r\n") && head.contains("Connection: close"));
         assert!(full.len() > head.len());
         let tag = head
@@ -248,7 +250,7 @@ mod tests {
             "GET /app.js HTTP/1.1\r\nIf-None-Match: \"x\", W/{tag}\r\n\r\n"
         )))
         .unwrap();
-        assert!(String::from_utf8(nm).unwrap().starts_with("HTTP/1.1 304"));
+        assert!(nm.starts_with(b"HTTP/1.1 304"));
         assert!(serve(&req("GET /nope HTTP/1.1\r\n\r\n")).is_none());
     }
 }

@@ -10,6 +10,9 @@
   const CATCHUP = 200;
   const BACKOFF_MIN_MS = 500;
   const BACKOFF_MAX_MS = 15000;
+  /** Refused upgrades in a row, with the server otherwise healthy, after which the
+   * token is taken to be rejected (a browser cannot see the 403 itself). */
+  const REFUSALS_BEFORE_LOGOUT = 3;
   const SESSION_KEY = 'klav.session';
 
   const ERRORS = {
@@ -78,6 +81,10 @@
       connected: false,
       stopped: true,
       attempt: 0,
+      /** Connection attempts in a row that never opened. */
+      refused: 0,
+      /** When /health last answered while upgrades were failing. */
+      healthyAt: 0,
       retryTimer: null,
       nextReq: 1,
       /** req_id → what the request was for, so replies and errors land where asked. */
@@ -239,9 +246,14 @@
     const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
     const ws = new WebSocket(`${scheme}//${location.host}/ws?token=${encodeURIComponent(s.token)}`);
     s.ws = ws;
+    let opened = false;
+    const startedAt = Date.now();
     ws.onopen = () => {
       if (ws !== s.ws) return;
+      opened = true;
       s.attempt = 0;
+      s.refused = 0;
+      s.healthyAt = 0;
       s.connected = true;
       setStatus('online', 'online');
       onConnected();
@@ -265,8 +277,29 @@
         if (room.state === 'loading') room.state = 'new';
         room.loadingOlder = false;
       }
-      if (!s.stopped) retryLater();
+      if (s.stopped) return;
+      s.refused = opened ? 0 : s.refused + 1;
+      if (!opened && s.healthyAt && s.healthyAt < startedAt) {
+        // The server answered its health check, and then refused this upgrade.
+        endSession('The server no longer accepts this session: please log in again.');
+        return;
+      }
+      if (s.refused >= REFUSALS_BEFORE_LOGOUT) checkHealth();
+      retryLater();
     };
+  }
+
+  /** Upgrades keep failing: is the server up? If it is and still refuses the next
+   * upgrade, it is this token it refuses (signed with another secret, or for an
+   * account that is gone), and the person has to log in again. */
+  async function checkHealth() {
+    const session = s;
+    try {
+      const r = await fetch('/health', { cache: 'no-store' });
+      if (r.ok && session === s) s.healthyAt = Date.now();
+    } catch (_) {
+      // Unreachable: keep retrying.
+    }
   }
 
   /** Exponential backoff with jitter, so a restarted server is not hit by every
@@ -277,6 +310,12 @@
     s.attempt += 1;
     setStatus('offline', `offline — retrying in ${Math.max(1, Math.round(delay / 1000))} s`);
     s.retryTimer = setTimeout(connect, delay);
+  }
+
+  /** A line under the composer: an error, or (`info`) a plain note. */
+  function composerNote(text, info = false) {
+    ui.sendError.textContent = text;
+    ui.sendError.classList.toggle('info', info);
   }
 
   function setStatus(kind, text) {
@@ -420,7 +459,7 @@
     const where = (ctx && ctx.place) || 'send';
     if (where === 'room') ui.roomError.textContent = text;
     else if (where === 'friend') ui.friendNote.textContent = text;
-    else ui.sendError.textContent = text;
+    else composerNote(text);
     if (ctx && ctx.kind === 'join') s.joinPending = false;
     if (ctx && ctx.text && !ui.input.value) ui.input.value = ctx.text;
     if (ctx && ctx.room) {
@@ -433,14 +472,14 @@
   function onDmAck(ev, ctx) {
     const status = ev.status;
     if (status === 'DELIVERED' || status === 'QUEUED') {
-      if (status === 'QUEUED') ui.sendError.textContent = `${ev.to} is offline: they will get it when they connect.`;
+      if (status === 'QUEUED') composerNote(`${ev.to} is offline: they will get it when they connect.`, true);
       const room = s.rooms.get(ev.room);
       // The own copy of a DM has no event; history brings it, with its id.
       if (room && room.state === 'ready') catchUp(room);
       return;
     }
     const why = DM_STATUS[status];
-    ui.sendError.textContent = typeof why === 'function' ? why(ev.to) : why || status;
+    composerNote(typeof why === 'function' ? why(ev.to) : why || status);
     if (ctx && ctx.text && !ui.input.value) ui.input.value = ctx.text;
   }
 
@@ -669,7 +708,7 @@
 
   function showRoom(room) {
     ui.messages.replaceChildren();
-    ui.sendError.textContent = '';
+    composerNote('');
     if (!room) {
       s.open = null;
       ui.roomTitle.textContent = 'No room open';
@@ -803,15 +842,15 @@
   // ------------------------------------------------------------------ sending
 
   function sendMessage() {
-    ui.sendError.textContent = '';
+    composerNote('');
     const text = ui.input.value;
     if (!text.trim()) return;
     if (!s.open) {
-      ui.sendError.textContent = 'Open a room first.';
+      composerNote('Open a room first.');
       return;
     }
     if (!s.connected) {
-      ui.sendError.textContent = 'Not connected: the message was not sent.';
+      composerNote('Not connected: the message was not sent.');
       return;
     }
     const to = ui.dmTo.value.trim();

@@ -50,8 +50,8 @@ pub fn process(hub: &mut Hub, id: ConnId) {
 }
 
 /// Queues a response; closes the connection after it unless kept alive.
-pub fn respond(hub: &mut Hub, id: ConnId, bytes: Vec<u8>, keep_alive: bool) {
-    hub.send_bytes(id, &bytes);
+pub fn respond(hub: &mut Hub, id: ConnId, bytes: impl AsRef<[u8]>, keep_alive: bool) {
+    hub.send_bytes(id, bytes.as_ref());
     if !keep_alive {
         if let Some(conn) = hub.conn_mut(id) {
             conn.closing = Some(CloseReason::HttpDone);
@@ -137,13 +137,13 @@ fn web_asset(hub: &mut Hub, id: ConnId, req: &Request) {
     };
     let resp = resp.unwrap_or_else(|| {
         let body = json!({ "detail": "method not allowed" }).to_string();
-        http::response(
+        std::borrow::Cow::Owned(http::response(
             405,
             "application/json",
             body.as_bytes(),
             ka,
             &[("Allow", crate::web::ALLOWED.to_string())],
-        )
+        ))
     });
     respond(hub, id, resp, ka);
 }

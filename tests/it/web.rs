@@ -250,9 +250,9 @@ fn web_two_people_chat_both_ways_unread_and_hostile_text() {
         wait_message(&joon, "안녕하세요, 준!"),
         ("mina".into(), "msg".into())
     );
-    say(&joon, "반가워요 미나 👋");
+    say(&joon, "반가워요 미나 :)");
     assert_eq!(
-        wait_message(&mina, "반가워요 미나 👋"),
+        wait_message(&mina, "반가워요 미나 :)"),
         ("joon".into(), "msg".into())
     );
     // Own messages are told apart.
@@ -304,6 +304,22 @@ fn web_two_people_chat_both_ways_unread_and_hostile_text() {
     ));
     wait_message(&mina, "lobby news");
     assert_eq!(count(&mina, "unread"), 0);
+    mina.eval(&format!("{}.value = ''", Page::q("message-input")));
+    // A DM inside the room, and a followed friend online.
+    joon.fill("dm-to", "mina");
+    say(&joon, "비밀인데, 내일 점심 같이 할래?");
+    assert_eq!(
+        wait_message(&mina, "비밀인데, 내일 점심 같이 할래?"),
+        ("joon".into(), "dm".into())
+    );
+    mina.fill("friend-name", "joon");
+    mina.click("friend-follow");
+    mina.wait_for(
+        "document.querySelector('[data-testid=\"online-friend\"][data-username=\"joon\"]')",
+        "joon among mina's online friends",
+    );
+    say(&mina, "좋아! 12시에 봐요");
+    wait_message(&joon, "좋아! 12시에 봐요");
     assert_ordered_once(&messages(&mina), "mina");
     assert_ordered_once(&messages(&joon), "joon");
 
@@ -650,4 +666,32 @@ fn web_login_errors_throttling_and_expired_session() {
         Value::Bool(true)
     );
     p.assert_clean("dana");
+}
+
+#[test]
+fn web_refused_session_goes_back_to_login() {
+    let s = TestServer::start();
+    let port = s.addr.port();
+    let (_one, b) = browser();
+    let p = open(&b, &s);
+    register(&p, "ghost", "유령");
+    // The account disappears while the server is down: the token is refused after.
+    let db = s.stop();
+    postgres::Client::connect(&db, postgres::NoTls)
+        .unwrap()
+        .execute("DELETE FROM users WHERE username = 'ghost'", &[])
+        .unwrap();
+    let _s2 = TestServer::on_db(&db, |c| c.port = port);
+    p.wait_for(
+        &format!(
+            "{}.textContent.includes('no longer accepts this session')",
+            Page::q("auth-error")
+        ),
+        "the login form, saying the session was refused",
+    );
+    assert_eq!(
+        p.eval("document.getElementById('login-view').hidden"),
+        Value::Bool(false)
+    );
+    p.assert_clean("ghost");
 }
