@@ -709,6 +709,8 @@
   function showRoom(room) {
     ui.messages.replaceChildren();
     composerNote('');
+    document.body.classList.toggle('no-room', !room);
+    ui.composer.hidden = !room;
     if (!room) {
       s.open = null;
       ui.roomTitle.textContent = 'No room open';

@@ -695,3 +695,81 @@ fn web_refused_session_goes_back_to_login() {
     );
     p.assert_clean("ghost");
 }
+
+/// Presses Tab until the element with `testid` has the focus; panics after `max`.
+fn tab_to(p: &Page, testid: &str, max: usize) {
+    let focused = || {
+        p.eval("document.activeElement && document.activeElement.dataset.testid || ''")
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    let mut seen = Vec::new();
+    for _ in 0..max {
+        if focused() == testid {
+            return;
+        }
+        p.press("Tab", 9, 0);
+        seen.push(focused());
+    }
+    assert_eq!(focused(), testid, "Tab order visited {seen:?}");
+}
+
+#[test]
+fn web_phone_width_with_the_keyboard_alone() {
+    let s = TestServer::start();
+    let (_one, b) = browser();
+    let p = b
+        .new_page(390, 780)
+        .unwrap_or_else(|e| panic!("new page: {e}"));
+    p.goto(&format!("http://{}/", s.addr));
+    // The form: the username has the focus; type, Tab, type, Enter.
+    p.wait_for(
+        "document.activeElement && document.activeElement.dataset.testid === 'login-username'",
+        "the username field focused on load",
+    );
+    p.ime_commit("yuna");
+    tab_to(&p, "login-password", 1);
+    p.ime_commit("pw");
+    tab_to(&p, "login-nickname", 1);
+    p.ime_commit("유나");
+    tab_to(&p, "register-submit", 3);
+    p.enter();
+    status_online(&p);
+    p.screenshot("phone-empty");
+    // Rooms are behind the menu button on a narrow screen.
+    tab_to(&p, "menu-toggle", 10);
+    p.enter();
+    tab_to(&p, "room-name", 5);
+    p.ime_commit("모바일");
+    p.enter();
+    p.wait_for(
+        &format!("{}.textContent === '모바일'", Page::q("room-title")),
+        "the room open after joining with Enter",
+    );
+    assert_eq!(
+        p.eval("document.activeElement.dataset.testid"),
+        json!("message-input"),
+        "the composer has the focus once a room opens"
+    );
+    p.ime_commit("키보드만으로 보냈어요");
+    p.enter();
+    assert_eq!(
+        wait_message(&p, "키보드만으로 보냈어요"),
+        ("yuna".into(), "msg".into())
+    );
+    // Nothing wider than the screen.
+    assert_eq!(
+        p.eval("document.documentElement.scrollWidth <= window.innerWidth"),
+        Value::Bool(true)
+    );
+    // Back to the list with the keyboard; the room is there.
+    tab_to(&p, "menu-toggle", 10);
+    p.enter();
+    p.wait_for(
+        "document.querySelector('[data-testid=\"room-item\"] button').getBoundingClientRect().width > 300",
+        "the room list filling the screen",
+    );
+    p.screenshot("phone-rooms");
+    p.assert_clean("yuna");
+}
