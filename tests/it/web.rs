@@ -325,6 +325,22 @@ fn web_two_people_chat_both_ways_unread_and_hostile_text() {
 
     mina.screenshot("chat-room");
     joon.screenshot("chat-room-other-side");
+    // Leaving a room takes it off the list.
+    let quiet = mina.eval(
+        "[...document.querySelectorAll('[data-testid=\"room-item\"]')].find(e => e.textContent.includes('quiet')).dataset.roomId",
+    );
+    mina.click_selector(&format!(
+        "[data-testid=\"room-item\"][data-room-id={quiet}]"
+    ));
+    mina.wait_for(
+        &format!("{}.textContent === 'quiet'", Page::q("room-title")),
+        "quiet open",
+    );
+    mina.click("room-leave");
+    mina.wait_for(
+        "document.querySelectorAll('[data-testid=\"room-item\"]').length === 1",
+        "quiet gone from the list",
+    );
     mina.resize(390, 780).unwrap();
     mina.screenshot("phone-room");
     mina.click("logout");
@@ -479,6 +495,20 @@ fn web_dms_offline_dms_and_live_presence() {
         "alice offline after her page closed",
     );
     bob.screenshot("friends");
+    // Unfollow from the list of followed users.
+    bob.click_selector("#following-box summary");
+    bob.click("friend-unfollow");
+    bob.wait_for(
+        &format!(
+            "{}.textContent.includes('no longer follow alice')",
+            Page::q("friend-error")
+        ),
+        "the unfollow acknowledged",
+    );
+    bob.wait_for(
+        "document.querySelectorAll('[data-testid=\"followed\"]').length === 0",
+        "the followed list emptied",
+    );
     bob.assert_clean("bob");
 }
 
@@ -772,4 +802,59 @@ fn web_phone_width_with_the_keyboard_alone() {
     );
     p.screenshot("phone-rooms");
     p.assert_clean("yuna");
+}
+
+#[test]
+fn web_request_errors_shown_at_the_composer() {
+    let s = TestServer::with(|c| {
+        c.rate_per_sec = 1.0;
+        c.rate_burst = 10.0;
+    });
+    let (_one, b) = browser();
+    let p = open(&b, &s);
+    register(&p, "eun", "은");
+    join(&p, "lobby");
+    // Left from another connection: this page still shows the room.
+    let mut other = s.ws(&s.token("eun"));
+    let room = other.request(json!({"type": "my_rooms"}))["rooms"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ack = other.request(json!({"type": "leave", "room_id": room}));
+    assert_eq!(ack["status"], "LEFT");
+    say(&p, "anyone here?");
+    p.wait_for(
+        &format!(
+            "{}.textContent === 'You are not a member of this room.'",
+            Page::q("send-error")
+        ),
+        "NOT_A_MEMBER under the composer",
+    );
+    // The text is given back, to send once the problem is fixed.
+    assert_eq!(
+        p.eval(&format!("{}.value", Page::q("message-input"))),
+        json!("anyone here?")
+    );
+    // Faster than the connection's request rate allows.
+    other.send(json!({"type": "join", "room_id": room}));
+    p.wait_for(
+        "document.querySelectorAll('[data-kind=\"system\"]').length >= 4",
+        "the re-join as a system entry",
+    );
+    for i in 0..12 {
+        p.eval(&format!(
+            "{}.value = 'burst {i}'; {}.click()",
+            Page::q("message-input"),
+            Page::q("message-send")
+        ));
+    }
+    p.wait_for(
+        &format!(
+            "{}.textContent.includes('Too many requests')",
+            Page::q("send-error")
+        ),
+        "RATE_LIMITED under the composer",
+    );
+    p.screenshot("rate-limited");
+    p.assert_clean("eun");
 }
