@@ -1,7 +1,7 @@
 //! The browser client: the files under `web/`, embedded in the binary and served
 //! from memory by the loop at `/`, `/app.js`, `/app.css` and the favicon.
 //!
-//! Every response is built once (on the first request) with its headers, a strong
+//! Every response is built once (at start, or on the first request) with its headers, a strong
 //! `ETag` (a hash of the bytes) and `Cache-Control: no-cache`, so a page load costs
 //! the loop one copy of prebuilt bytes and a revalidation costs a `304` of a few
 //! hundred bytes. Only the page itself varies per request: its
@@ -93,7 +93,7 @@ struct Prebuilt {
 
 fn table() -> &'static [Prebuilt] {
     static TABLE: OnceLock<Vec<Prebuilt>> = OnceLock::new();
-    TABLE.get_or_init(|| ASSETS.iter().map(prebuild).collect())
+    TABLE.get_or_init(|| ASSETS.iter().map(build_responses).collect())
 }
 
 /// A strong validator: FNV-1a (64 bit) of the bytes, with the length.
@@ -106,7 +106,7 @@ fn etag(bytes: &[u8]) -> String {
     format!("\"{h:016x}-{:x}\"", bytes.len())
 }
 
-fn prebuild(a: &Asset) -> Prebuilt {
+fn build_responses(a: &Asset) -> Prebuilt {
     let etag = etag(a.bytes);
     let build = |keep_alive: bool| {
         let mut head = format!(
@@ -146,6 +146,11 @@ fn prebuild(a: &Asset) -> Prebuilt {
         not_modified: [nm(true), nm(false)],
         etag,
     }
+}
+
+/// Builds every response now (otherwise the first request does).
+pub fn prebuild() {
+    table();
 }
 
 /// Whether `path` is one of the client's files.

@@ -858,3 +858,33 @@ fn web_request_errors_shown_at_the_composer() {
     p.screenshot("rate-limited");
     p.assert_clean("eun");
 }
+
+#[test]
+fn web_binary_serves_the_client_unless_turned_off() {
+    let dir = std::env::temp_dir().join(format!("klav-it-web-{}", std::process::id()));
+    let url = pg().fresh_db();
+    let mut k = spawn_klav(&dir, &[("DATABASE_URL", &url)]);
+    let r = http_to(k.addr, "GET", "/", None);
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("<script src=\"/app.js\" defer></script>"));
+    let announced = format!("web client: http://{}/", k.addr);
+    let deadline = Instant::now() + WAIT;
+    while !k.stderr().contains(&announced) {
+        assert!(
+            Instant::now() < deadline,
+            "no {announced:?} in {}",
+            k.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(k.terminate().success());
+
+    let mut k = spawn_klav(&dir, &[("DATABASE_URL", &url), ("KLAV_WEB", "off")]);
+    for path in ["/", "/app.js", "/app.css", "/favicon.svg"] {
+        assert_eq!(http_to(k.addr, "GET", path, None).status, 404, "{path}");
+    }
+    assert_eq!(http_to(k.addr, "GET", "/health", None).status, 200);
+    assert!(k.terminate().success());
+    assert!(!k.full_stderr().contains("web client"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
