@@ -603,6 +603,8 @@
     const isOpen = s.open === roomId;
     const list = ui.messages;
     const nearEnd = list.scrollHeight - list.scrollTop - list.clientHeight < 80;
+    const newestBefore = newestId(room);
+    let newer = false;
     let changed = false;
     for (const item of items) {
       if (typeof item.id !== 'number') continue;
@@ -619,9 +621,12 @@
       if (keep) {
         room.entries.set(item.id, item);
         if (isOpen) insertMessage(item);
+        if (item.id > newestBefore) newer = true;
       }
     }
-    if (isOpen && live && nearEnd) scrollToEnd();
+    // Follow the conversation when the reader is at its end; never when older
+    // entries come in above.
+    if (isOpen && newer && nearEnd) scrollToEnd();
     if (changed) renderRooms();
   }
 
