@@ -545,7 +545,7 @@ fn web_pages_reconnect_after_restart_and_miss_nothing() {
     }
     mina.screenshot("reconnecting");
     std::thread::sleep(Duration::from_millis(1500));
-    let s2 = TestServer::on_db(&db, |c| c.port = port);
+    let s2 = TestServer::restart_on(&db, port);
     // Sent as soon as the server is back, before or while the pages reconnect.
     let mut carl = s2.ws(&carl_token);
     let room = carl.request(json!({"type": "my_rooms"}))["rooms"][0]
@@ -711,7 +711,7 @@ fn web_refused_session_goes_back_to_login() {
         .unwrap()
         .execute("DELETE FROM users WHERE username = 'ghost'", &[])
         .unwrap();
-    let _s2 = TestServer::on_db(&db, |c| c.port = port);
+    let _s2 = TestServer::restart_on(&db, port);
     p.wait_for(
         &format!(
             "{}.textContent.includes('no longer accepts this session')",
