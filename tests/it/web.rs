@@ -322,6 +322,15 @@ fn web_two_people_chat_both_ways_unread_and_hostile_text() {
     wait_message(&joon, "좋아! 12시에 봐요");
     assert_ordered_once(&messages(&mina), "mina");
     assert_ordered_once(&messages(&joon), "joon");
+    // Every entry carries its time, shown in the browser's local time.
+    assert_eq!(
+        mina.eval(
+            "[...document.querySelectorAll('[data-testid=\"message\"]')].every(e => { \
+             const t = e.querySelector('time'); return t && t.textContent.length > 0 \
+             && !Number.isNaN(Date.parse(t.dateTime)); })"
+        ),
+        json!(true)
+    );
 
     mina.screenshot("chat-room");
     joon.screenshot("chat-room-other-side");
