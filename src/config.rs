@@ -104,6 +104,9 @@ pub struct Config {
     /// `history` (default 200,000; 0 turns the cache off). Each room keeps at most
     /// its newest 200 (or the retention limit, if lower).
     pub history_cache_entries: usize,
+    /// `KLAV_WEB`: serve the browser client at `/` (default `on`); `off` leaves
+    /// only the API, for deployments whose users bring their own client.
+    pub web: bool,
     /// `KLAV_FAULT_INJECTION=1` enables the `__panic` request (for testing the
     /// panic policy only; never set it in production).
     pub fault_injection: bool,
@@ -319,6 +322,17 @@ impl Config {
                     expected: "comma-separated IP addresses or CIDR ranges",
                 })?,
             },
+            web: match get("KLAV_WEB").unwrap_or("on") {
+                "on" => true,
+                "off" => false,
+                other => {
+                    return Err(ConfigError::Invalid {
+                        var: "KLAV_WEB",
+                        value: other.to_string(),
+                        expected: "on or off",
+                    })
+                }
+            },
             fault_injection: get("KLAV_FAULT_INJECTION") == Some("1"),
             history_cache_entries: parse(
                 get("KLAV_HISTORY_CACHE_ENTRIES"),
@@ -471,6 +485,9 @@ mod tests {
         assert!(e.contains("JWT_SECRET") && !e.contains("\"x\""), "{e}");
         m.insert("JWT_SECRET".to_string(), "k".repeat(MIN_JWT_SECRET_BYTES));
         assert!(Config::from_map(&m).is_ok());
+        m.insert("KLAV_WEB".to_string(), "maybe".to_string());
+        let e = Config::from_map(&m).err().unwrap().to_string();
+        assert!(e.contains("KLAV_WEB"), "{e}");
     }
 
     #[test]

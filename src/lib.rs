@@ -22,6 +22,7 @@
 //! - [`throttle`]: budgets of the account endpoints: failed logins, registrations.
 //! - [`client_addr`]: the address a request is counted under (trusted proxies).
 //! - [`ticket`]: who waits for background work (connection id, `req_id`).
+//! - [`web`]: the browser client's files, embedded and served from memory.
 //! - [`metrics`], [`log`], [`time`]: Prometheus counters, log lines, ISO-8601.
 //! - [`alloc`]: giving freed memory back to the system.
 //! - [`budget`]: per-user budgets (rooms created).
@@ -48,4 +49,5 @@ pub mod state;
 pub mod throttle;
 pub mod ticket;
 pub mod time;
+pub mod web;
 pub mod ws;

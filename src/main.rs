@@ -103,6 +103,10 @@ fn run() -> ExitCode {
         config.hash_workers,
         config.max_logs_per_room
     );
+    if config.web {
+        // Before the first page load reaches the loop, not during it.
+        klav::web::prebuild();
+    }
     let running = match klav::server::start(config.clone(), &url, &secret) {
         Ok(r) => r,
         Err(e) => {
@@ -111,6 +115,15 @@ fn run() -> ExitCode {
         }
     };
     log!(Info, "listening on {}", running.addr);
+    if config.web {
+        let addr = running.addr;
+        let host = match addr.ip() {
+            ip if ip.is_unspecified() => "localhost".to_string(),
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        };
+        log!(Info, "web client: http://{host}:{}/", addr.port());
+    }
     while !stop.load(Ordering::Relaxed) && !running.is_finished() {
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -91,8 +91,8 @@ pub fn process(hub: &mut Hub, id: ConnId) {
 const REQUESTS_PER_TURN: usize = 32;
 
 /// Queues a response; closes the connection after it unless kept alive.
-pub fn respond(hub: &mut Hub, id: ConnId, bytes: Vec<u8>, keep_alive: bool) {
-    hub.respond(id, &bytes, keep_alive);
+pub fn respond(hub: &mut Hub, id: ConnId, bytes: impl AsRef<[u8]>, keep_alive: bool) {
+    hub.respond(id, bytes.as_ref(), keep_alive);
 }
 
 fn route(hub: &mut Hub, id: ConnId, req: Request) {
@@ -108,6 +108,9 @@ fn route(hub: &mut Hub, id: ConnId, req: Request) {
     let allowed = match req.path.as_str() {
         "/register" | "/login" => "POST",
         "/health" | "/metrics" | "/ws" => "GET",
+        path if hub.config.web && crate::web::is_asset(path) => {
+            return web_asset(hub, id, &req);
+        }
         _ => {
             respond(hub, id, http::error(404, "not found", ka), ka);
             return;
@@ -165,6 +168,26 @@ fn route(hub: &mut Hub, id: ConnId, req: Request) {
         }
         _ => super::session::upgrade(hub, id, req),
     }
+}
+
+/// The browser client's files (`KLAV_WEB=on`): `GET` and `HEAD` only.
+fn web_asset(hub: &mut Hub, id: ConnId, req: &Request) {
+    let ka = req.keep_alive;
+    let resp = match req.method.as_str() {
+        "GET" | "HEAD" => crate::web::serve(req),
+        _ => None,
+    };
+    let resp = resp.unwrap_or_else(|| {
+        let body = json!({ "detail": "method not allowed" }).to_string();
+        std::borrow::Cow::Owned(http::response(
+            405,
+            "application/json",
+            body.as_bytes(),
+            ka,
+            &[("Allow", crate::web::ALLOWED.to_string())],
+        ))
+    });
+    respond(hub, id, resp, ka);
 }
 
 fn set_pending(hub: &mut Hub, id: ConnId, p: PendingHttp) {

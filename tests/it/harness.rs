@@ -196,13 +196,40 @@ impl TestServer {
     pub fn on_db(db_url: &str, f: impl FnOnce(&mut Config)) -> TestServer {
         let mut config = test_config();
         f(&mut config);
-        let running = klav::server::start(config.clone(), db_url, SECRET.as_bytes())
-            .unwrap_or_else(|e| panic!("server start: {e}"));
-        TestServer {
+        TestServer::try_config(db_url, config).unwrap_or_else(|e| panic!("server start: {e}"))
+    }
+
+    /// On an existing database with a given configuration; the start's error if
+    /// it fails (e.g. the port is taken).
+    pub fn try_config(
+        db_url: &str,
+        config: Config,
+    ) -> Result<TestServer, klav::server::StartError> {
+        let running = klav::server::start(config.clone(), db_url, SECRET.as_bytes())?;
+        Ok(TestServer {
             addr: running.addr,
             db_url: db_url.to_string(),
             config,
             running: Some(running),
+        })
+    }
+
+    /// A restart on the database and port of a server that was stopped, so that
+    /// clients that remember the address (browsers) can come back. The port is
+    /// retried for a while in case a client socket holds it meanwhile.
+    pub fn restart_on(db_url: &str, port: u16) -> TestServer {
+        let mut config = test_config();
+        config.port = port;
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match TestServer::try_config(db_url, config.clone()) {
+                Ok(s) => return s,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("restart on port {port}: {e}; retrying");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("restart on port {port}: {e}"),
+            }
         }
     }
 

@@ -1,6 +1,7 @@
 //! Integration tests: the real server, a real PostgreSQL, real sockets.
 //! One test binary so that one throwaway cluster serves the whole run.
 
+mod cdp;
 mod harness;
 
 mod accounts;
@@ -16,3 +17,4 @@ mod messages;
 mod ordering;
 mod rooms;
 mod upgrade;
+mod web;
