@@ -32,6 +32,8 @@ pub enum CloseReason {
     Flood,
     /// The server is shutting down: close 1001.
     Shutdown,
+    /// Its token expired (`KLAV_WS_TOKEN_EXPIRY=close`): close 1008.
+    TokenExpired,
     /// A socket error.
     Error,
 }
@@ -60,6 +62,7 @@ impl CloseReason {
             CloseReason::Protocol => "protocol",
             CloseReason::Flood => "flood",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::TokenExpired => "token_expired",
             CloseReason::Error => "error",
         }
     }
@@ -69,6 +72,7 @@ impl CloseReason {
         let frame = match self {
             SlowConsumer => Some((CloseCode::Policy, "output buffer limit exceeded")),
             Flood => Some((CloseCode::Policy, "request rate limit exceeded")),
+            TokenExpired => Some((CloseCode::Policy, "token expired")),
             TooBig => Some((CloseCode::Size, "message too big")),
             BadUtf8 => Some((CloseCode::Invalid, "invalid UTF-8")),
             Protocol => Some((CloseCode::Protocol, "protocol error")),
@@ -88,7 +92,7 @@ impl CloseReason {
         }
     }
 
-    pub const ALL: [CloseReason; 10] = [
+    pub const ALL: [CloseReason; 11] = [
         CloseReason::Peer,
         CloseReason::HttpDone,
         CloseReason::Timeout,
@@ -98,6 +102,7 @@ impl CloseReason {
         CloseReason::Protocol,
         CloseReason::Flood,
         CloseReason::Shutdown,
+        CloseReason::TokenExpired,
         CloseReason::Error,
     ];
 }

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use mio::net::TcpStream;
 use tungstenite::protocol::WebSocketContext;
@@ -142,6 +142,8 @@ pub enum Phase {
         username: String,
         accept_key: String,
         leftover: Vec<u8>,
+        /// The token's `exp`.
+        token_expires: SystemTime,
     },
     /// An open WebSocket.
     Ws(Box<WsState>),
@@ -299,6 +301,10 @@ pub struct WsState {
     /// Offline DMs to delete once the output reaches this mark.
     pub offline_ack: Option<(u64, Vec<i64>)>,
     pub seq: Sequencer,
+    /// The `exp` of the token the connection last presented (upgrade or `auth`).
+    pub token_expires: SystemTime,
+    /// `token_expiring` was sent for that token.
+    pub token_warned: bool,
 }
 
 /// A connection klav has decided to close: its last output is being written,

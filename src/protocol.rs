@@ -27,6 +27,9 @@ pub enum ErrorCode {
     UnfollowToRequired,
     RateLimited,
     Unavailable,
+    MessageNotFound,
+    NotAuthor,
+    BadToken,
 }
 
 impl ErrorCode {
@@ -45,6 +48,9 @@ impl ErrorCode {
             ErrorCode::UnfollowToRequired => "UNFOLLOW_TO_REQUIRED",
             ErrorCode::RateLimited => "RATE_LIMITED",
             ErrorCode::Unavailable => "UNAVAILABLE",
+            ErrorCode::MessageNotFound => "MESSAGE_NOT_FOUND",
+            ErrorCode::NotAuthor => "NOT_AUTHOR",
+            ErrorCode::BadToken => "BAD_TOKEN",
         }
     }
 }
@@ -134,6 +140,29 @@ impl Request {
         }
     }
 
+    /// The optional idempotency key of `msg`/`room_dm`: a string of 1..64
+    /// characters; anything else present is `BAD_REQUEST`.
+    pub fn client_id(&self) -> Result<Option<String>, RequestError> {
+        match self.body.get("client_id") {
+            None => Ok(None),
+            Some(Value::String(s))
+                if !s.is_empty() && !s.contains('\0') && s.chars().count() <= 64 =>
+            {
+                Ok(Some(s.clone()))
+            }
+            Some(_) => Err(RequestError::with(
+                ErrorCode::BadRequest,
+                "\"client_id\" must be a string of 1 to 64 characters",
+            )),
+        }
+    }
+
+    /// An entry id (`id`, `read`'s and `edit`'s target): a required integer.
+    pub fn entry_id(&self) -> Result<i64, RequestError> {
+        self.int("id")?
+            .ok_or_else(|| RequestError::with(ErrorCode::BadRequest, "\"id\" is required"))
+    }
+
     /// The room id, from `room_id` or the older `room`.
     pub fn room_id(&self) -> Result<Option<&str>, RequestError> {
         match self.str("room_id")? {
@@ -202,6 +231,14 @@ impl Event {
         serde_json::to_string(&self.0).expect("a JSON map always serializes")
     }
 
+    /// The event serialized with a `req_id` added, from its serialization
+    /// without: the sender's echo of a fan-out costs a copy, not a second encode.
+    pub fn json_with_req_id(json: &str, req_id: &Value) -> String {
+        let body = json.strip_suffix('}').unwrap_or(json);
+        let sep = if body.len() > 1 { "," } else { "" };
+        format!("{body}{sep}\"req_id\":{req_id}}}")
+    }
+
     /// One text frame holding the event.
     pub fn frame(&self) -> Vec<u8> {
         ws::text_frame(self.json().as_bytes())
@@ -239,6 +276,33 @@ mod tests {
         assert_eq!(r.int("limit").unwrap(), Some(5));
         assert!(r.str("t").is_err());
         assert_eq!(r.str("missing").unwrap(), None);
+    }
+
+    #[test]
+    fn req_id_spliced_into_a_serialized_event() {
+        let e = Event::new("message").with("id", 5);
+        let j = Event::json_with_req_id(&e.json(), &Value::from("a\"b"));
+        let v: Value = serde_json::from_str(&j).unwrap();
+        assert_eq!(v["req_id"], "a\"b");
+        assert_eq!(v["id"], 5);
+    }
+
+    #[test]
+    fn client_id_forms() {
+        let ok = Request::decode(r#"{"type":"msg","client_id":"abc"}"#).unwrap();
+        assert_eq!(ok.client_id().unwrap().as_deref(), Some("abc"));
+        let none = Request::decode(r#"{"type":"msg"}"#).unwrap();
+        assert_eq!(none.client_id().unwrap(), None);
+        let long = format!(r#"{{"type":"msg","client_id":"{}"}}"#, "x".repeat(65));
+        for bad in [
+            r#"{"type":"msg","client_id":""}"#,
+            r#"{"type":"msg","client_id":5}"#,
+            r#"{"type":"msg","client_id":null}"#,
+            long.as_str(),
+        ] {
+            let r = Request::decode(bad).unwrap();
+            assert_eq!(r.client_id().unwrap_err().code, ErrorCode::BadRequest, "{bad}");
+        }
     }
 
     #[test]

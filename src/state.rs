@@ -15,7 +15,8 @@
 //! the connection when it opens.
 
 use std::collections::{HashMap, HashSet};
-use std::time::SystemTime;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
 use crate::conn::ConnId;
 use crate::db::jobs::{NewMessage, SessionData};
@@ -70,6 +71,24 @@ pub enum Reach {
     Offline,
 }
 
+/// Live entry events held back from one connection while its `resume` replay is
+/// read, so that replay and live traffic together show each entry once, in id
+/// order (see `handlers/resume.rs`).
+#[derive(Default)]
+pub struct ResumeBuffer {
+    pub rooms: HashSet<String>,
+    /// (room, entry id, frame), in delivery (= id) order per room.
+    pub held: Vec<(String, i64, Arc<[u8]>)>,
+    /// Rooms whose live entries did not all fit: the client must reload them.
+    pub overflowed: HashSet<String>,
+    /// Rooms of the request the user does not belong to.
+    pub refused: Vec<String>,
+}
+
+/// Live entries held per resuming connection at most; past it, the rooms
+/// affected answer `recovered:false`.
+pub const RESUME_BUFFER_CAP: usize = 10_000;
+
 #[derive(Default)]
 pub struct State {
     pub users: HashMap<String, UserState>,
@@ -79,9 +98,61 @@ pub struct State {
     pub watchers: HashMap<String, HashSet<ConnId>>,
     /// Rooms written to since the last retention pass.
     pub touched_rooms: HashSet<String>,
+    /// Room → connections with a `resume` in flight that covers it.
+    pub resuming: HashMap<String, Vec<ConnId>>,
+    pub resume_buffers: HashMap<ConnId, ResumeBuffer>,
+    /// (user, room) → when their last `typing` was forwarded.
+    pub typing: HashMap<(String, String), Instant>,
 }
 
 impl State {
+    /// Starts holding back live entries of `rooms` from connection `id`.
+    pub fn begin_resume(&mut self, id: ConnId, rooms: HashSet<String>, refused: Vec<String>) {
+        for room in &rooms {
+            self.resuming.entry(room.clone()).or_default().push(id);
+        }
+        self.resume_buffers.insert(
+            id,
+            ResumeBuffer {
+                rooms,
+                refused,
+                ..Default::default()
+            },
+        );
+    }
+
+    /// Stops holding back; returns what was held (none if the connection had no
+    /// resume in flight).
+    pub fn end_resume(&mut self, id: ConnId) -> Option<ResumeBuffer> {
+        let buf = self.resume_buffers.remove(&id)?;
+        for room in &buf.rooms {
+            if let Some(conns) = self.resuming.get_mut(room) {
+                conns.retain(|c| *c != id);
+                if conns.is_empty() {
+                    self.resuming.remove(room);
+                }
+            }
+        }
+        Some(buf)
+    }
+
+    /// Holds a live entry back from a resuming connection; false when the
+    /// connection is not resuming that room (send it now).
+    pub fn divert(&mut self, id: ConnId, room: &str, entry: i64, frame: &Arc<[u8]>) -> bool {
+        if !self.resuming.get(room).is_some_and(|c| c.contains(&id)) {
+            return false;
+        }
+        let Some(buf) = self.resume_buffers.get_mut(&id) else {
+            return false;
+        };
+        if buf.held.len() >= RESUME_BUFFER_CAP {
+            buf.overflowed.insert(room.to_string());
+        } else {
+            buf.held.push((room.to_string(), entry, frame.clone()));
+        }
+        true
+    }
+
     /// An upgrade for `username` starts. True when its session may be loaded now;
     /// false when it waits for the user's writes under way (it is handed back by
     /// [`State::write_done`]).

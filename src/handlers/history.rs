@@ -112,6 +112,14 @@ pub fn entry_json(e: &ChatEntry) -> Value {
     if let Some(to) = &e.to {
         v["to"] = Value::String(to.clone());
     }
+    if let Some(c) = &e.client_id {
+        v["client_id"] = Value::String(c.clone());
+    }
+    if e.deleted {
+        v["deleted"] = Value::Bool(true);
+    } else if let Some(at) = e.edited_at {
+        v["edited_at"] = Value::String(crate::time::format_iso(at));
+    }
     v
 }
 

@@ -46,8 +46,8 @@ pub fn upgrade(hub: &mut Hub, id: ConnId, req: Request) {
         }
     }
     let token = bearer_token(&req).or_else(|| req.query_param("token"));
-    let username = match hub.tokens.verify(token.as_deref().unwrap_or("")) {
-        Ok(u) => u,
+    let (username, token_expires) = match hub.tokens.verify_expiry(token.as_deref().unwrap_or("")) {
+        Ok(v) => v,
         Err(e) => return refuse(hub, 403, &e.to_string()),
     };
     let accept_key = tungstenite::handshake::derive_accept_key(key.as_bytes());
@@ -60,6 +60,7 @@ pub fn upgrade(hub: &mut Hub, id: ConnId, req: Request) {
         username: username.clone(),
         accept_key,
         leftover,
+        token_expires,
     };
     if hub.state.begin_open(&username, id) {
         load(hub, id, &username);
@@ -121,6 +122,7 @@ pub fn opened(hub: &mut Hub, id: ConnId, username: &str, session: Option<Session
     let Phase::Upgrading {
         accept_key,
         leftover,
+        token_expires,
         ..
     } = std::mem::replace(&mut conn.phase, Phase::Closed)
     else {
@@ -136,6 +138,8 @@ pub fn opened(hub: &mut Hub, id: ConnId, username: &str, session: Option<Session
         ping_sent: None,
         offline_ack: None,
         seq: Default::default(),
+        token_expires,
+        token_warned: false,
     }));
     hub.dirty.push(id.slot);
     hub.metrics.ws_opened += 1;
@@ -231,6 +235,7 @@ pub fn on_closed(hub: &mut Hub, id: ConnId) {
             super::dm::queue_parked(hub, orphaned);
         }
         Phase::Ws(ws) => {
+            hub.state.end_resume(id);
             if let Some((_, ids)) = &ws.offline_ack {
                 // Not all written: the next connection gets them again.
                 if let Some(user) = hub.state.users.get_mut(&ws.username) {

@@ -11,12 +11,12 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use super::Server;
 use crate::close::CloseReason;
 use crate::config::Config;
-use crate::conn::{Conn, ConnId, Phase};
+use crate::conn::{Conn, ConnId, Phase, WsState};
 
 #[derive(Default)]
 pub(super) struct Timers {
@@ -41,12 +41,41 @@ fn deadline(conn: &Conn, config: &Config) -> Option<Instant> {
     match &conn.phase {
         Phase::Http(st) if st.pending.is_none() => Some(conn.since + config.http_timeout),
         Phase::Http(_) | Phase::Upgrading { .. } | Phase::Closed => None,
-        Phase::Ws(ws) => Some(match ws.ping_sent {
-            Some(sent) => sent + config.ws_ping_interval,
-            None => ws.last_frame + config.ws_ping_interval,
-        }),
+        Phase::Ws(ws) => {
+            let ping = match ws.ping_sent {
+                Some(sent) => sent + config.ws_ping_interval,
+                None => ws.last_frame + config.ws_ping_interval,
+            };
+            Some(match token_deadline(ws, config) {
+                Some(t) => t.min(ping),
+                None => ping,
+            })
+        }
     }
 }
+
+/// A token `token_expiring` is sent this long before it expires.
+pub const TOKEN_WARNING: Duration = Duration::from_secs(60);
+
+/// With `KLAV_WS_TOKEN_EXPIRY=close`: when the token's warning is due (until it
+/// is sent), then when it expires.
+fn token_deadline(ws: &WsState, config: &Config) -> Option<Instant> {
+    if !config.ws_token_expiry_close {
+        return None;
+    }
+    let at = if ws.token_warned {
+        ws.token_expires
+    } else {
+        ws.token_expires.checked_sub(TOKEN_WARNING)?
+    };
+    // Filed a little early: the wall clock and the monotonic one are read at
+    // slightly different moments, and a timer must not come due just short of it.
+    let left = at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
+    Some(Instant::now() + left.saturating_sub(TOKEN_SLACK))
+}
+
+/// See [`token_deadline`]: a token this close to its `exp` counts as expired.
+const TOKEN_SLACK: Duration = Duration::from_millis(20);
 
 impl Server {
     /// Files the connection under its deadline, unless it is already filed at
@@ -110,6 +139,24 @@ impl Server {
         if deadline(conn, &config).is_none_or(|d| now < d) {
             return;
         }
+        if let Phase::Ws(ws) = &mut conn.phase {
+            if token_deadline(ws, &config).is_some_and(|d| now >= d) {
+                let left = ws
+                    .token_expires
+                    .duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO);
+                if left <= TOKEN_SLACK * 2 {
+                    self.hub.close(id, CloseReason::TokenExpired);
+                } else {
+                    ws.token_warned = true;
+                    crate::handlers::tokens::expiring(&mut self.hub, id, left);
+                }
+                return;
+            }
+        }
+        let Some(conn) = self.hub.conn_mut(id) else {
+            return;
+        };
         match &mut conn.phase {
             // HTTP: nothing complete arrived in time. WebSocket: a ping went
             // unanswered (close 1001).

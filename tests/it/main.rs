@@ -15,3 +15,4 @@ mod messages;
 mod ordering;
 mod rooms;
 mod upgrade;
+mod v2;
