@@ -301,8 +301,9 @@ pub struct WsState {
     /// Offline DMs to delete once the output reaches this mark.
     pub offline_ack: Option<(u64, Vec<i64>)>,
     pub seq: Sequencer,
-    /// The `exp` of the token the connection last presented (upgrade or `auth`).
-    pub token_expires: SystemTime,
+    /// When the token the connection last presented (upgrade or `auth`)
+    /// expires, on the loop's clock.
+    pub token_expires: Instant,
     /// `token_expiring` was sent for that token.
     pub token_warned: bool,
 }

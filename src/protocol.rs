@@ -301,7 +301,11 @@ mod tests {
             long.as_str(),
         ] {
             let r = Request::decode(bad).unwrap();
-            assert_eq!(r.client_id().unwrap_err().code, ErrorCode::BadRequest, "{bad}");
+            assert_eq!(
+                r.client_id().unwrap_err().code,
+                ErrorCode::BadRequest,
+                "{bad}"
+            );
         }
     }
 

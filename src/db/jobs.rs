@@ -115,7 +115,7 @@ pub enum EditResult {
     /// Someone else's entry, or a system entry.
     NotAuthor,
     /// The entry as it now stands.
-    Done(ChatEntry),
+    Done(Box<ChatEntry>),
 }
 
 /// How a `read` went.
@@ -326,7 +326,7 @@ pub enum DmResult {
         queued: bool,
     },
     /// The sender already stored an entry with this `client_id`: nothing new.
-    Duplicate(Duplicate),
+    Duplicate(Box<Duplicate>),
 }
 
 /// The entry an earlier send with the same `client_id` stored.
@@ -403,7 +403,7 @@ pub enum Outcome {
         ts: SystemTime,
     },
     /// A `msg` whose `client_id` was already used: the original entry.
-    MsgDuplicate(Duplicate),
+    MsgDuplicate(Box<Duplicate>),
     RoomMembers {
         room: String,
         members: Vec<UserRef>,

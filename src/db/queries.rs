@@ -399,7 +399,10 @@ fn resume<C: GenericClient>(
             .query_opt(&pruned, &[&cursor.room])?
             .and_then(|r| r.get(0));
         let mut items: Vec<ChatEntry> = c
-            .query(&entries, &[&cursor.room, &cursor.after, &username, &(limit + 1)])?
+            .query(
+                &entries,
+                &[&cursor.room, &cursor.after, &username, &(limit + 1)],
+            )?
             .into_iter()
             .map(entry_from_row)
             .collect();

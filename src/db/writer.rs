@@ -43,7 +43,7 @@ enum Written {
         id: i64,
         ts: SystemTime,
     },
-    MsgDuplicate(Duplicate),
+    MsgDuplicate(Box<Duplicate>),
     RoomCreated {
         room: String,
         logged: Vec<ChatEntry>,
@@ -386,7 +386,9 @@ fn insert_messages<'a>(
     }
     for (idx, msg) in duplicates {
         let cid = msg.client_id.as_deref().unwrap_or_default();
-        written[idx] = Some(Written::MsgDuplicate(duplicate(tx, st, &msg.from, cid)?));
+        written[idx] = Some(Written::MsgDuplicate(Box::new(duplicate(
+            tx, st, &msg.from, cid,
+        )?)));
     }
     Ok(())
 }
@@ -407,9 +409,9 @@ fn duplicate(
              FROM chat_logs WHERE from_user = $1 AND client_id = $2"
         ),
     )?;
-    let row = tx.query_opt(&s, &[&from, &client_id])?.ok_or_else(|| {
-        DbError::Query("the entry a client_id conflicted with is gone".into())
-    })?;
+    let row = tx
+        .query_opt(&s, &[&from, &client_id])?
+        .ok_or_else(|| DbError::Query("the entry a client_id conflicted with is gone".into()))?;
     let queued: bool = row.get(11);
     Ok(Duplicate {
         entry: entry_from_row(row),
@@ -458,7 +460,10 @@ fn edit(
                 ),
             )?;
             let row = tx.query_one(&s, &[&id, &text])?;
-            let q = st.get(tx, "UPDATE klav_offline_dms SET text = $2 WHERE log_id = $1")?;
+            let q = st.get(
+                tx,
+                "UPDATE klav_offline_dms SET text = $2 WHERE log_id = $1",
+            )?;
             tx.execute(&q, &[&id, &text])?;
             row
         }
@@ -476,7 +481,7 @@ fn edit(
             row
         }
     };
-    Ok(EditResult::Done(entry_from_row(row)))
+    Ok(EditResult::Done(Box::new(entry_from_row(row))))
 }
 
 /// Moves `username`'s marker in `room` forward to `id`, if the room has that entry.
@@ -693,7 +698,9 @@ fn dm(
     )?;
     let Some(row) = inserted else {
         let cid = msg.client_id.as_deref().unwrap_or_default();
-        return Ok(DmResult::Duplicate(duplicate(tx, st, &msg.from, cid)?));
+        return Ok(DmResult::Duplicate(Box::new(duplicate(
+            tx, st, &msg.from, cid,
+        )?)));
     };
     let (id, ts): (i64, SystemTime) = (row.get(0), row.get(1));
     if queue {

@@ -54,7 +54,7 @@ pub fn done(hub: &mut Hub, t: &Ticket, delete: bool, result: EditResult) {
         EditResult::NotAuthor => {
             return hub.reply_error(t.conn, &t.req_id, ErrorCode::NotAuthor.into())
         }
-        EditResult::Done(e) => e,
+        EditResult::Done(e) => *e,
     };
     let ev = if delete {
         Event::new("message_deleted")

@@ -97,7 +97,7 @@ pub fn stored(hub: &mut Hub, t: &Ticket, msg: NewMessage, id: i64, ts: SystemTim
 
 /// A retried `msg`: its `client_id` was used already. Nothing was stored; the
 /// sending connection alone gets the original entry again.
-pub fn duplicate(hub: &mut Hub, t: &Ticket, d: Duplicate) {
+pub fn duplicate(hub: &mut Hub, t: &Ticket, d: Box<Duplicate>) {
     hub.reply(t.conn, &t.req_id, entry_event(&d.entry));
 }
 
@@ -109,7 +109,9 @@ pub fn entry_event(e: &ChatEntry) -> Event {
         "system" => "system",
         _ => "message",
     };
-    let mut ev = Event::new(kind).with("id", e.id).with("room", e.room.as_str());
+    let mut ev = Event::new(kind)
+        .with("id", e.id)
+        .with("room", e.room.as_str());
     if kind != "system" {
         ev = ev
             .with("from", e.from.as_str())

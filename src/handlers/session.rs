@@ -138,7 +138,7 @@ pub fn opened(hub: &mut Hub, id: ConnId, username: &str, session: Option<Session
         ping_sent: None,
         offline_ack: None,
         seq: Default::default(),
-        token_expires,
+        token_expires: super::tokens::on_loop_clock(token_expires),
         token_warned: false,
     }));
     hub.dirty.push(id.slot);

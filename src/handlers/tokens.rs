@@ -1,7 +1,7 @@
 //! `refresh_token` and `auth`: a long-lived connection gets a fresh token, and
 //! (with `KLAV_WS_TOKEN_EXPIRY=close`) presents it before the old one expires.
 
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use super::Ctx;
 use crate::conn::ConnId;
@@ -31,7 +31,10 @@ impl Auth {
             Ok(Some(t)) => Ok(Auth {
                 token: t.to_string(),
             }),
-            _ => Err(RequestError::with(ErrorCode::BadToken, "\"token\" is required")),
+            _ => Err(RequestError::with(
+                ErrorCode::BadToken,
+                "\"token\" is required",
+            )),
         }
     }
 
@@ -47,7 +50,7 @@ impl Auth {
             Err(e) => return Err(RequestError::with(ErrorCode::BadToken, e.to_string())),
         };
         if let Some(ws) = hub.ws_mut(cx.id) {
-            ws.token_expires = expires;
+            ws.token_expires = on_loop_clock(expires);
             ws.token_warned = false;
         }
         // The deadline may have moved earlier: the loop files it again.
@@ -56,6 +59,15 @@ impl Auth {
         hub.reply(cx.id, &cx.req.req_id, ev);
         Ok(())
     }
+}
+
+/// A token's `exp` as an [`Instant`], read once, so that the deadline the
+/// timers compute from it stays put.
+pub fn on_loop_clock(exp: SystemTime) -> Instant {
+    Instant::now()
+        + exp
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO)
 }
 
 /// The connection's token expires in `left`: tell it (once per token).

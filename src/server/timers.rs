@@ -11,7 +11,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use super::Server;
 use crate::close::CloseReason;
@@ -63,19 +63,14 @@ fn token_deadline(ws: &WsState, config: &Config) -> Option<Instant> {
     if !config.ws_token_expiry_close {
         return None;
     }
-    let at = if ws.token_warned {
+    Some(if ws.token_warned {
         ws.token_expires
     } else {
-        ws.token_expires.checked_sub(TOKEN_WARNING)?
-    };
-    // Filed a little early: the wall clock and the monotonic one are read at
-    // slightly different moments, and a timer must not come due just short of it.
-    let left = at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
-    Some(Instant::now() + left.saturating_sub(TOKEN_SLACK))
+        ws.token_expires
+            .checked_sub(TOKEN_WARNING)
+            .unwrap_or(ws.token_expires)
+    })
 }
-
-/// See [`token_deadline`]: a token this close to its `exp` counts as expired.
-const TOKEN_SLACK: Duration = Duration::from_millis(20);
 
 impl Server {
     /// Files the connection under its deadline, unless it is already filed at
@@ -141,11 +136,8 @@ impl Server {
         }
         if let Phase::Ws(ws) = &mut conn.phase {
             if token_deadline(ws, &config).is_some_and(|d| now >= d) {
-                let left = ws
-                    .token_expires
-                    .duration_since(SystemTime::now())
-                    .unwrap_or(Duration::ZERO);
-                if left <= TOKEN_SLACK * 2 {
+                let left = ws.token_expires.saturating_duration_since(now);
+                if left.is_zero() {
                     self.hub.close(id, CloseReason::TokenExpired);
                 } else {
                     ws.token_warned = true;
