@@ -99,7 +99,6 @@ pub struct ResumeCursor {
 #[derive(Clone, Debug)]
 pub struct RoomReplay {
     pub room: String,
-    pub after: i64,
     pub entries: Vec<ChatEntry>,
     /// Entries after the cursor were pruned by retention.
     pub pruned: bool,

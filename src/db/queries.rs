@@ -413,7 +413,6 @@ fn resume<C: GenericClient>(
         out.push(RoomReplay {
             pruned: upto.is_some_and(|u| u > cursor.after),
             room: cursor.room,
-            after: cursor.after,
             entries: items,
             too_many,
         });

@@ -220,6 +220,14 @@ fn apply<'a>(
     let mut pending: Vec<(usize, &'a NewMessage)> = Vec::new();
     for &job in jobs {
         if let Job::Msg(m) = job {
+            // One INSERT per run of messages alike in having a client_id: those
+            // without one skip the conflict check entirely.
+            if pending
+                .last()
+                .is_some_and(|(_, p)| p.client_id.is_some() != m.client_id.is_some())
+            {
+                insert_messages(tx, st, &mut pending, &mut written, &mut lasts)?;
+            }
             pending.push((written.len(), m));
             written.push(None);
             continue;
@@ -334,16 +342,29 @@ fn insert_messages<'a>(
         .iter()
         .map(|(_, m)| m.client_id.as_deref())
         .collect();
-    let s = st.get(
-        tx,
-        "INSERT INTO chat_logs \
-            (room_id, ts, kind, from_user, from_nickname, to_user, text, client_id) \
-         SELECT r, now(), 'msg', f, n, NULL, t, c \
-         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) \
-              AS u(r, f, n, t, c) \
-         ON CONFLICT (from_user, client_id) WHERE client_id IS NOT NULL DO NOTHING \
-         RETURNING id, ts, from_user, client_id",
-    )?;
+    let keyed = pending.iter().any(|(_, m)| m.client_id.is_some());
+    let s = if keyed {
+        st.get(
+            tx,
+            "INSERT INTO chat_logs \
+                (room_id, ts, kind, from_user, from_nickname, to_user, text, client_id) \
+             SELECT r, now(), 'msg', f, n, NULL, t, c \
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) \
+                  AS u(r, f, n, t, c) \
+             ON CONFLICT (from_user, client_id) WHERE client_id IS NOT NULL DO NOTHING \
+             RETURNING id, ts, from_user, client_id",
+        )?
+    } else {
+        st.get(
+            tx,
+            "INSERT INTO chat_logs \
+                (room_id, ts, kind, from_user, from_nickname, to_user, text, client_id) \
+             SELECT r, now(), 'msg', f, n, NULL, t, c \
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) \
+                  AS u(r, f, n, t, c) \
+             RETURNING id, ts, from_user, client_id",
+        )?
+    };
     let mut rows: Vec<(i64, SystemTime, Option<String>, Option<String>)> = tx
         .query(&s, &[&rooms, &froms, &nicks, &texts, &cids])?
         .into_iter()

@@ -195,9 +195,16 @@ pub enum Command {
 
 impl Command {
     /// How this request's job holds back later requests of its connection.
+    /// `msg` and `room_dm` (with or without `client_id`) may pipeline; `edit`,
+    /// `delete`, `read` and `resume` must see every earlier write of the
+    /// connection. `typing` starts like a message: after earlier membership
+    /// changes (they are exclusive), but without waiting for messages still being
+    /// written — it submits no job, so it holds nothing back, and a sender who
+    /// types between messages would otherwise stall its own pipeline once a
+    /// second. `refresh_token` and `auth`, answered from memory, are rare.
     pub fn hold(&self) -> Hold {
         match self {
-            Command::Msg(_) | Command::RoomDm(_) => Hold::Stream,
+            Command::Msg(_) | Command::RoomDm(_) | Command::Typing(_) => Hold::Stream,
             _ => Hold::Exclusive,
         }
     }

@@ -769,3 +769,39 @@ fn v2_resume_past_retention_or_too_many_is_not_recovered() {
     assert_eq!(ack["type"], "resume_ack", "nothing replayed before the ack");
     assert_eq!(ack["rooms"][&room], json!({"recovered": false, "count": 0}));
 }
+
+/// Pipelined messages with and without `client_id`, and `typing` between them,
+/// keep their order: ids increase in the order sent, for sender and receiver.
+#[test]
+fn v2_mixed_pipelined_messages_keep_their_order() {
+    let s = TestServer::with(|c| {
+        c.rate_burst = 1000.0;
+        c.rate_per_sec = 1000.0;
+    });
+    let (room, mut c) = room_with(&s, &["alice", "bob"]);
+    for i in 0..60 {
+        let mut m = json!({"type": "msg", "room_id": room, "text": format!("{i}")});
+        if i % 3 != 0 {
+            m["client_id"] = json!(format!("mix-{i}"));
+        }
+        if i % 10 == 5 {
+            c[0].send(json!({"type": "typing", "room_id": room}));
+        }
+        c[0].send(m);
+    }
+    for ws in c.iter_mut() {
+        let mut last = 0;
+        let mut texts = Vec::new();
+        while texts.len() < 60 {
+            let ev = ws.recv();
+            if ev["type"] != "message" {
+                assert_eq!(ev["type"], "typing", "{ev}");
+                continue;
+            }
+            assert!(id_of(&ev) > last, "{ev}");
+            last = id_of(&ev);
+            texts.push(ev["text"].as_str().unwrap().parse::<u32>().unwrap());
+        }
+        assert_eq!(texts, (0..60).collect::<Vec<_>>());
+    }
+}

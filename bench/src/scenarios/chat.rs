@@ -41,7 +41,9 @@ struct Plan {
     window: usize,
     rate: Option<f64>,
     msg_size: usize,
-    client_ids: bool,
+    /// `--client-ids`: this run's prefix of every `client_id` (sequence numbers
+    /// restart each run, users may not: keys must not repeat an earlier run's).
+    client_id_prefix: Option<String>,
     typing_every: Option<Duration>,
     timeout: Duration,
     backoff: Duration,
@@ -261,9 +263,9 @@ impl ChatDriver {
             sent_nanos: t,
         }
         .encode(self.plan.msg_size);
-        let frame = if self.plan.client_ids {
+        let frame = if let Some(run) = &self.plan.client_id_prefix {
             format!(
-                r#"{{"type":"msg","room_id":{},"text":"{text}","req_id":{seq},"client_id":"{}-{seq}"}}"#,
+                r#"{{"type":"msg","room_id":{},"text":"{text}","req_id":{seq},"client_id":"{run}-{}-{seq}"}}"#,
                 self.plan.rooms_json[m.room], s.id
             )
         } else {
@@ -694,7 +696,12 @@ pub(crate) fn run(server: &Server, co: &ChatOptions, fanout: bool) -> Result<Rep
         window: co.window,
         rate: co.rate,
         msg_size: co.msg_size,
-        client_ids: co.client_ids,
+        client_id_prefix: co.client_ids.then(|| {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            format!("{nanos:x}")
+        }),
         typing_every: co.typing_every,
         timeout: opts.timeout,
         backoff: opts.backoff,
