@@ -334,6 +334,41 @@ mod tests {
     }
 
     #[test]
+    fn edits_replace_cached_entries_even_while_filling() {
+        let mut c = HistoryCache::new(5, 100);
+        assert!(c.needs_fill("r"));
+        // Edited while the fill runs: the fill may hold the old text.
+        let mut edited = entry(2, "msg", "b", None);
+        edited.text = "new".into();
+        c.replace(edited.clone());
+        c.filled(
+            "r",
+            5,
+            vec![entry(1, "msg", "a", None), entry(2, "msg", "b", None)],
+        );
+        let texts = |c: &mut HistoryCache| -> Vec<String> {
+            c.query(&q("a", 10))
+                .unwrap()
+                .iter()
+                .map(|j| {
+                    serde_json::from_str::<serde_json::Value>(j).unwrap()["text"]
+                        .as_str()
+                        .unwrap()
+                        .to_string()
+                })
+                .collect()
+        };
+        assert_eq!(texts(&mut c), ["t1", "new"]);
+        // Deleted once ready: a tombstone in place.
+        let mut gone = entry(1, "msg", "a", None);
+        gone.text = String::new();
+        gone.deleted = true;
+        c.replace(gone);
+        assert_eq!(texts(&mut c), ["", "new"]);
+        assert_eq!(c.total(), 2);
+    }
+
+    #[test]
     fn budget_drops_least_recently_used() {
         let mut c = HistoryCache::new(10, 4);
         for room in ["r", "s"] {

@@ -473,6 +473,29 @@ mod tests {
     }
 
     #[test]
+    fn resume_holds_back_only_its_rooms_and_bounds_what_it_holds() {
+        let mut s = State::default();
+        let frame: Arc<[u8]> = Arc::from(&b"x"[..]);
+        s.begin_resume(id(1), ["r".to_string()].into(), vec!["q".into()]);
+        assert!(s.divert(id(1), "r", 10, &frame));
+        assert!(
+            !s.divert(id(1), "other", 11, &frame),
+            "not resuming that room"
+        );
+        assert!(!s.divert(id(2), "r", 12, &frame), "another connection");
+        for i in 0..RESUME_BUFFER_CAP {
+            s.divert(id(1), "r", 100 + i as i64, &frame);
+        }
+        let buf = s.end_resume(id(1)).unwrap();
+        assert_eq!(buf.held.len(), RESUME_BUFFER_CAP);
+        assert_eq!(buf.held[0].1, 10);
+        assert!(buf.overflowed.contains("r"));
+        assert_eq!(buf.refused, ["q"]);
+        assert!(s.resuming.is_empty() && s.end_resume(id(1)).is_none());
+        assert!(!s.divert(id(1), "r", 13, &frame));
+    }
+
+    #[test]
     fn watchers_follow_follows() {
         let mut s = State::default();
         s.begin_open("f", id(1));
