@@ -436,6 +436,13 @@ mod tests {
         assert!(e.contains("JWT_SECRET") && !e.contains("\"x\""), "{e}");
         m.insert("JWT_SECRET".to_string(), "k".repeat(MIN_JWT_SECRET_BYTES));
         assert!(Config::from_map(&m).is_ok());
+        m.clear();
+        assert!(!Config::defaults().ws_token_expiry_close);
+        m.insert("KLAV_WS_TOKEN_EXPIRY".to_string(), "close".to_string());
+        assert!(Config::from_map(&m).unwrap().ws_token_expiry_close);
+        m.insert("KLAV_WS_TOKEN_EXPIRY".to_string(), "kick".to_string());
+        let e = Config::from_map(&m).err().unwrap().to_string();
+        assert!(e.contains("KLAV_WS_TOKEN_EXPIRY"), "{e}");
     }
 
     #[test]

@@ -225,7 +225,14 @@ fn apply<'a>(
             written.push(None);
             continue;
         }
-        insert_messages(tx, st, &mut pending, &mut written, &mut lasts, &mut savepoints)?;
+        insert_messages(
+            tx,
+            st,
+            &mut pending,
+            &mut written,
+            &mut lasts,
+            &mut savepoints,
+        )?;
         let w = match job {
             Job::CreateRoom {
                 creator_nickname,
@@ -302,7 +309,14 @@ fn apply<'a>(
         };
         written.push(Some(w));
     }
-    insert_messages(tx, st, &mut pending, &mut written, &mut lasts, &mut savepoints)?;
+    insert_messages(
+        tx,
+        st,
+        &mut pending,
+        &mut written,
+        &mut lasts,
+        &mut savepoints,
+    )?;
     update_lasts(tx, st, lasts)?;
     Ok(written
         .into_iter()
@@ -356,8 +370,7 @@ fn insert_messages<'a>(
               AS u(r, f, n, t, c) \
          RETURNING id, ts, from_user, client_id",
     )?;
-    let params: [&(dyn postgres::types::ToSql + Sync); 5] =
-        [&rooms, &froms, &nicks, &texts, &cids];
+    let params: [&(dyn postgres::types::ToSql + Sync); 5] = [&rooms, &froms, &nicks, &texts, &cids];
     let keyed = cids.iter().any(Option::is_some);
     let found = if !keyed {
         tx.query(&plain, &params)?
