@@ -805,3 +805,27 @@ fn v2_mixed_pipelined_messages_keep_their_order() {
         assert_eq!(texts, (0..60).collect::<Vec<_>>());
     }
 }
+
+/// A resume whose replay cannot be read answers UNAVAILABLE and stops holding
+/// live events back: the connection keeps receiving its rooms' traffic.
+#[test]
+fn v2_failed_resume_releases_live_traffic() {
+    let s = TestServer::start();
+    let (room, mut c) = room_with(&s, &["alice", "bob"]);
+    let cursor = post(&mut c[0], &room, "before");
+    c[1].expect("message");
+    let mut db = s.db();
+    db.batch_execute("ALTER TABLE rooms RENAME COLUMN klav_pruned_upto TO klav_it_hidden")
+        .unwrap();
+    let e = c[1].request(json!({"type": "resume", "rooms": {room.clone(): cursor}}));
+    assert_eq!(e["code"], "UNAVAILABLE", "{e}");
+    db.batch_execute("ALTER TABLE rooms RENAME COLUMN klav_it_hidden TO klav_pruned_upto")
+        .unwrap();
+    let id = post(&mut c[0], &room, "after");
+    assert_eq!(id_of(&c[1].expect("message")), id);
+    // And a resume works again.
+    c[1].send(json!({"type": "resume", "rooms": {room.clone(): cursor}}));
+    assert_eq!(id_of(&c[1].expect("message")), id);
+    let ack = c[1].expect("resume_ack");
+    assert_eq!(ack["rooms"][&room], json!({"recovered": true, "count": 1}));
+}
