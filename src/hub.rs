@@ -172,6 +172,23 @@ impl Hub {
         }
     }
 
+    /// A change to a room's entry (edited, deleted) to `targets`: connections
+    /// resuming the room get it after their replay, in order with the entries
+    /// held back for them.
+    pub fn change_to(&mut self, targets: &[ConnId], room: &str, event: &Event) {
+        if targets.is_empty() {
+            return;
+        }
+        let frame = event.shared();
+        let divert = !self.state.resuming.is_empty() && self.state.resuming.contains_key(room);
+        for &t in targets {
+            if !(divert && self.state.divert(t, room, None, &frame)) {
+                self.send_shared(t, &frame);
+            }
+        }
+        self.metrics.deliveries += targets.len() as u64;
+    }
+
     fn entry_to(
         &mut self,
         targets: &[ConnId],
@@ -192,7 +209,7 @@ impl Hub {
                     let own = Event::json_with_req_id(&json, req_id);
                     self.send_bytes(t, &crate::ws::text_frame(own.as_bytes()));
                 }
-                _ if divert && self.state.divert(t, room, entry, &frame) => {}
+                _ if divert && self.state.divert(t, room, Some(entry), &frame) => {}
                 _ => self.send_shared(t, &frame),
             }
         }

@@ -77,8 +77,9 @@ pub enum Reach {
 #[derive(Default)]
 pub struct ResumeBuffer {
     pub rooms: HashSet<String>,
-    /// (room, entry id, frame), in delivery (= id) order per room.
-    pub held: Vec<(String, i64, Arc<[u8]>)>,
+    /// (room, entry id, frame), in delivery order: entries (by id) and changes
+    /// to entries (`None`: edits and deletes, always passed on).
+    pub held: Vec<(String, Option<i64>, Arc<[u8]>)>,
     /// Rooms whose live entries did not all fit: the client must reload them.
     pub overflowed: HashSet<String>,
     /// Rooms of the request the user does not belong to.
@@ -138,7 +139,13 @@ impl State {
 
     /// Holds a live entry back from a resuming connection; false when the
     /// connection is not resuming that room (send it now).
-    pub fn divert(&mut self, id: ConnId, room: &str, entry: i64, frame: &Arc<[u8]>) -> bool {
+    pub fn divert(
+        &mut self,
+        id: ConnId,
+        room: &str,
+        entry: Option<i64>,
+        frame: &Arc<[u8]>,
+    ) -> bool {
         if !self.resuming.get(room).is_some_and(|c| c.contains(&id)) {
             return false;
         }
@@ -477,22 +484,25 @@ mod tests {
         let mut s = State::default();
         let frame: Arc<[u8]> = Arc::from(&b"x"[..]);
         s.begin_resume(id(1), ["r".to_string()].into(), vec!["q".into()]);
-        assert!(s.divert(id(1), "r", 10, &frame));
+        assert!(s.divert(id(1), "r", Some(10), &frame));
         assert!(
-            !s.divert(id(1), "other", 11, &frame),
+            !s.divert(id(1), "other", Some(11), &frame),
             "not resuming that room"
         );
-        assert!(!s.divert(id(2), "r", 12, &frame), "another connection");
+        assert!(
+            !s.divert(id(2), "r", Some(12), &frame),
+            "another connection"
+        );
         for i in 0..RESUME_BUFFER_CAP {
-            s.divert(id(1), "r", 100 + i as i64, &frame);
+            s.divert(id(1), "r", Some(100 + i as i64), &frame);
         }
         let buf = s.end_resume(id(1)).unwrap();
         assert_eq!(buf.held.len(), RESUME_BUFFER_CAP);
-        assert_eq!(buf.held[0].1, 10);
+        assert_eq!(buf.held[0].1, Some(10));
         assert!(buf.overflowed.contains("r"));
         assert_eq!(buf.refused, ["q"]);
         assert!(s.resuming.is_empty() && s.end_resume(id(1)).is_none());
-        assert!(!s.divert(id(1), "r", 13, &frame));
+        assert!(!s.divert(id(1), "r", Some(13), &frame));
     }
 
     #[test]

@@ -72,9 +72,7 @@ pub fn done(hub: &mut Hub, t: &Ticket, delete: bool, result: EditResult) {
     };
     let audience = audience(hub, &e);
     let others: Vec<ConnId> = audience.into_iter().filter(|c| *c != t.conn).collect();
-    if !others.is_empty() {
-        hub.fan_out(&others, &ev.shared());
-    }
+    hub.change_to(&others, &e.room, &ev);
     // The author's connection gets it as the reply (even if it has since left
     // the room, it asked).
     hub.reply(t.conn, &t.req_id, ev);

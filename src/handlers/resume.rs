@@ -7,7 +7,8 @@
 //! is taken until the replay is sent (`State::begin_resume`; the job is
 //! submitted after that, so its snapshot cannot miss an entry that is not held
 //! back). The held events then follow the replay, minus those the replay
-//! already contained.
+//! already contained. Edits and deletes of entries in those rooms are held in
+//! the same queue, so they never overtake the entry they change.
 
 use std::collections::{HashMap, HashSet};
 
@@ -138,12 +139,16 @@ pub fn abandon(hub: &mut Hub, conn: ConnId) {
 fn flush_held(
     hub: &mut Hub,
     conn: ConnId,
-    held: Vec<(String, i64, std::sync::Arc<[u8]>)>,
+    held: Vec<(String, Option<i64>, std::sync::Arc<[u8]>)>,
     replayed_up_to: &HashMap<String, i64>,
 ) {
     for (room, id, frame) in held {
-        if replayed_up_to.get(&room).is_some_and(|up_to| id <= *up_to) {
-            continue;
+        // An entry the replay contained is dropped; a change to an entry always
+        // follows (the replay may predate it; applying it twice is harmless).
+        if let (Some(id), Some(up_to)) = (id, replayed_up_to.get(&room)) {
+            if id <= *up_to {
+                continue;
+            }
         }
         hub.send_shared(conn, &frame);
     }
