@@ -108,12 +108,38 @@ CREATE TABLE IF NOT EXISTS klav_offline_dms (
 );
 CREATE INDEX IF NOT EXISTS klav_offline_dms_recipient ON klav_offline_dms (recipient, id);
 
+-- Protocol v2 (see the README's "Protocol v2" section).
+-- client_id: the sender's idempotency key. The partial unique index makes a
+-- retried send a no-op in the same INSERT (ON CONFLICT DO NOTHING): no lookup on
+-- the message path, and it holds across restarts and across servers. Once the
+-- entry is pruned, the key may be used again.
+ALTER TABLE chat_logs ADD COLUMN IF NOT EXISTS client_id varchar(64);
+ALTER TABLE chat_logs ADD COLUMN IF NOT EXISTS edited_at timestamptz;
+-- Deleted entries stay as tombstones (text emptied) so cursors and counts hold.
+ALTER TABLE chat_logs ADD COLUMN IF NOT EXISTS deleted boolean NOT NULL DEFAULT false;
+CREATE UNIQUE INDEX IF NOT EXISTS klav_chat_logs_client_id
+    ON chat_logs (from_user, client_id) WHERE client_id IS NOT NULL;
+-- The entry rooms.last_message_* shows, so that my_rooms can show it edited or
+-- deleted; and the newest id retention has pruned, so that resume can tell a
+-- cursor whose successors are gone.
+ALTER TABLE rooms ADD COLUMN IF NOT EXISTS last_message_id bigint;
+ALTER TABLE rooms ADD COLUMN IF NOT EXISTS klav_pruned_upto bigint;
+
+-- Read markers: how far each user has read each room (only moves forward).
+CREATE TABLE IF NOT EXISTS klav_read_markers (
+    username      varchar(100) NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+    room_id       varchar(20) NOT NULL REFERENCES rooms(id) ON DELETE CASCADE,
+    last_read_id  bigint NOT NULL,
+    updated_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (username, room_id)
+);
+
 -- One row: the schema version this database was last brought to.
 CREATE TABLE IF NOT EXISTS klav_schema_version (
     singleton   boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     version     integer NOT NULL,
     applied_at  timestamptz NOT NULL DEFAULT now()
 );
-INSERT INTO klav_schema_version (singleton, version) VALUES (true, 1)
-ON CONFLICT (singleton) DO UPDATE SET version = GREATEST(klav_schema_version.version, 1),
+INSERT INTO klav_schema_version (singleton, version) VALUES (true, 2)
+ON CONFLICT (singleton) DO UPDATE SET version = GREATEST(klav_schema_version.version, 2),
                                       applied_at = now();

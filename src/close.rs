@@ -37,6 +37,8 @@ pub enum CloseReason {
     Incomplete,
     /// The server is shutting down: close 1001.
     Shutdown,
+    /// Its token expired (`KLAV_WS_TOKEN_EXPIRY=close`): close 1008.
+    TokenExpired,
     /// A socket error.
     Error,
 }
@@ -67,6 +69,7 @@ impl CloseReason {
             CloseReason::Budget => "budget",
             CloseReason::Incomplete => "incomplete",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::TokenExpired => "token_expired",
             CloseReason::Error => "error",
         }
     }
@@ -78,6 +81,7 @@ impl CloseReason {
             Flood => Some((CloseCode::Policy, "request rate limit exceeded")),
             Budget => Some((CloseCode::Policy, "server buffer budget exceeded")),
             Incomplete => Some((CloseCode::Policy, "message not completed in time")),
+            TokenExpired => Some((CloseCode::Policy, "token expired")),
             TooBig => Some((CloseCode::Size, "message too big")),
             BadUtf8 => Some((CloseCode::Invalid, "invalid UTF-8")),
             Protocol => Some((CloseCode::Protocol, "protocol error")),
@@ -97,7 +101,7 @@ impl CloseReason {
         }
     }
 
-    pub const ALL: [CloseReason; 12] = [
+    pub const ALL: [CloseReason; 13] = [
         CloseReason::Peer,
         CloseReason::HttpDone,
         CloseReason::Timeout,
@@ -109,6 +113,7 @@ impl CloseReason {
         CloseReason::Budget,
         CloseReason::Incomplete,
         CloseReason::Shutdown,
+        CloseReason::TokenExpired,
         CloseReason::Error,
     ];
 }

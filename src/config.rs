@@ -67,6 +67,11 @@ pub struct Config {
     /// `KLAV_WS_PING_SECS`: idle WebSocket connections are pinged after this long and
     /// dropped if nothing arrives within as long again (default 30).
     pub ws_ping_interval: Duration,
+    /// `KLAV_WS_TOKEN_EXPIRY`: `ignore` (default, as the old server did) keeps a
+    /// WebSocket open past its token's `exp`; `close` warns (`token_expiring`) a
+    /// minute before and closes 1008 at expiry unless the client sends `auth`
+    /// with a newer token.
+    pub ws_token_expiry_close: bool,
     /// `KLAV_RATE_PER_SEC` / `KLAV_RATE_BURST`: per-connection request token bucket
     /// (default 50/s, burst 100).
     pub rate_per_sec: f64,
@@ -265,6 +270,17 @@ impl Config {
                 "KLAV_WS_PING_SECS",
                 30,
             )?),
+            ws_token_expiry_close: match get("KLAV_WS_TOKEN_EXPIRY").unwrap_or("ignore") {
+                "ignore" => false,
+                "close" => true,
+                other => {
+                    return Err(ConfigError::Invalid {
+                        var: "KLAV_WS_TOKEN_EXPIRY",
+                        value: other.to_string(),
+                        expected: "ignore or close",
+                    })
+                }
+            },
             rate_per_sec: positive(get("KLAV_RATE_PER_SEC"), "KLAV_RATE_PER_SEC", 50)? as f64,
             rate_burst: positive(get("KLAV_RATE_BURST"), "KLAV_RATE_BURST", 100)? as f64,
             flood_secs: positive(get("KLAV_FLOOD_SECS"), "KLAV_FLOOD_SECS", 5)? as u32,
@@ -488,6 +504,13 @@ mod tests {
         m.insert("KLAV_WEB".to_string(), "maybe".to_string());
         let e = Config::from_map(&m).err().unwrap().to_string();
         assert!(e.contains("KLAV_WEB"), "{e}");
+        m.clear();
+        assert!(!Config::defaults().ws_token_expiry_close);
+        m.insert("KLAV_WS_TOKEN_EXPIRY".to_string(), "close".to_string());
+        assert!(Config::from_map(&m).unwrap().ws_token_expiry_close);
+        m.insert("KLAV_WS_TOKEN_EXPIRY".to_string(), "kick".to_string());
+        let e = Config::from_map(&m).err().unwrap().to_string();
+        assert!(e.contains("KLAV_WS_TOKEN_EXPIRY"), "{e}");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use mio::net::TcpStream;
 use tungstenite::protocol::WebSocketContext;
@@ -33,6 +33,8 @@ pub enum Phase {
         username: String,
         accept_key: String,
         leftover: Vec<u8>,
+        /// The token's `exp`.
+        token_expires: SystemTime,
     },
     /// An open WebSocket.
     Ws(Box<WsState>),
@@ -201,6 +203,11 @@ pub struct WsState {
     /// any: such a message must be completed in time.
     pub unfinished: usize,
     pub unfinished_since: Option<Instant>,
+    /// When the token the connection last presented (upgrade or `auth`)
+    /// expires, on the loop's clock.
+    pub token_expires: Instant,
+    /// `token_expiring` was sent for that token.
+    pub token_warned: bool,
 }
 
 /// A connection klav has decided to close: its last output is being written,

@@ -104,6 +104,21 @@ impl HistoryCache {
         }
     }
 
+    /// An entry changed in place (edited, deleted): a cached copy is replaced.
+    /// A fill in flight may have read it before the change: the change waits
+    /// with the entries committed meanwhile and is applied over the fill.
+    pub fn replace(&mut self, e: ChatEntry) {
+        match self.rooms.get_mut(&e.room) {
+            None => {}
+            Some(Slot::Filling(pending, _)) => pending.push(e),
+            Some(Slot::Ready(log)) => {
+                if let Ok(i) = log.entries.binary_search_by_key(&e.id, |c| c.id) {
+                    log.entries[i] = cached(e);
+                }
+            }
+        }
+    }
+
     /// Answers `q` from memory, or returns `None` (and the caller asks PostgreSQL;
     /// [`HistoryCache::needs_fill`] tells whether to start loading the room).
     pub fn query(&mut self, q: &HistoryQuery) -> Option<Hit<'_>> {
@@ -163,11 +178,17 @@ impl HistoryCache {
             last_used: self.tick,
         };
         self.total += log.entries.len();
-        // Entries committed while the fill ran (some may also be in it).
-        let max_id = log.entries.back().map_or(i64::MIN, |c| c.id);
-        for e in pending.into_iter().filter(|e| e.id > max_id) {
-            log.entries.push_back(cached(e));
-            self.total += 1;
+        // Entries committed (or changed) while the fill ran; some may also be
+        // in it, as they were or as they are now: the later word wins.
+        for e in pending {
+            match log.entries.binary_search_by_key(&e.id, |c| c.id) {
+                Ok(i) => log.entries[i] = cached(e),
+                Err(i) if i == log.entries.len() => {
+                    log.entries.push_back(cached(e));
+                    self.total += 1;
+                }
+                Err(_) => {}
+            }
         }
         while log.entries.len() > self.per_room {
             log.entries.pop_front();
@@ -250,6 +271,9 @@ mod tests {
             from_nickname: from.into(),
             to: to.map(str::to_string),
             text: format!("t{id}"),
+            client_id: None,
+            edited_at: None,
+            deleted: false,
         }
     }
 
@@ -307,6 +331,41 @@ mod tests {
         assert_eq!(c.total(), 5);
         c.retain_rooms(|_| false);
         assert_eq!(c.total(), 0);
+    }
+
+    #[test]
+    fn edits_replace_cached_entries_even_while_filling() {
+        let mut c = HistoryCache::new(5, 100);
+        assert!(c.needs_fill("r"));
+        // Edited while the fill runs: the fill may hold the old text.
+        let mut edited = entry(2, "msg", "b", None);
+        edited.text = "new".into();
+        c.replace(edited.clone());
+        c.filled(
+            "r",
+            5,
+            vec![entry(1, "msg", "a", None), entry(2, "msg", "b", None)],
+        );
+        let texts = |c: &mut HistoryCache| -> Vec<String> {
+            c.query(&q("a", 10))
+                .unwrap()
+                .iter()
+                .map(|j| {
+                    serde_json::from_str::<serde_json::Value>(j).unwrap()["text"]
+                        .as_str()
+                        .unwrap()
+                        .to_string()
+                })
+                .collect()
+        };
+        assert_eq!(texts(&mut c), ["t1", "new"]);
+        // Deleted once ready: a tombstone in place.
+        let mut gone = entry(1, "msg", "a", None);
+        gone.text = String::new();
+        gone.deleted = true;
+        c.replace(gone);
+        assert_eq!(texts(&mut c), ["", "new"]);
+        assert_eq!(c.total(), 2);
     }
 
     #[test]

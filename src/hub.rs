@@ -144,6 +144,85 @@ impl Hub {
         }
     }
 
+    /// A chat entry's event (it has an `id`) to every connection of the room's
+    /// online members, serialized once. `echo`: the sending connection and its
+    /// request's `req_id`, which that connection alone gets in its own frame.
+    /// Connections resuming the room get it after their replay instead.
+    pub fn entry_to_room(
+        &mut self,
+        room: &str,
+        entry: i64,
+        event: &Event,
+        echo: Option<(ConnId, &Value)>,
+    ) {
+        let targets = self.state.room_conns(room);
+        self.entry_to(&targets, room, entry, event, echo);
+    }
+
+    /// A chat entry's event (a DM) to every connection of a user.
+    pub fn entry_to_user(&mut self, username: &str, room: &str, entry: i64, event: &Event) {
+        let targets = self.state.user_conns(username).to_vec();
+        self.entry_to(&targets, room, entry, event, None);
+    }
+
+    /// An event to `targets` except `except`'s connections (e.g. `typing`,
+    /// which never echoes to the typer), serialized once.
+    pub fn to_others(&mut self, targets: &[ConnId], except: &[ConnId], event: &Event) {
+        let targets: Vec<ConnId> = targets
+            .iter()
+            .copied()
+            .filter(|t| !except.contains(t))
+            .collect();
+        if !targets.is_empty() {
+            let frame = event.shared();
+            self.fan_out(&targets, &frame);
+        }
+    }
+
+    /// A change to a room's entry (edited, deleted) to `targets`: connections
+    /// resuming the room get it after their replay, in order with the entries
+    /// held back for them.
+    pub fn change_to(&mut self, targets: &[ConnId], room: &str, event: &Event) {
+        if targets.is_empty() {
+            return;
+        }
+        let frame = event.shared();
+        let divert = !self.state.resuming.is_empty() && self.state.resuming.contains_key(room);
+        for &t in targets {
+            if !(divert && self.state.divert(t, room, None, &frame)) {
+                self.send_shared(t, &frame);
+            }
+        }
+        self.metrics.deliveries += targets.len() as u64;
+    }
+
+    fn entry_to(
+        &mut self,
+        targets: &[ConnId],
+        room: &str,
+        entry: i64,
+        event: &Event,
+        echo: Option<(ConnId, &Value)>,
+    ) {
+        if targets.is_empty() {
+            return;
+        }
+        let json = event.json();
+        let frame: Arc<[u8]> = crate::ws::text_frame(json.as_bytes()).into();
+        let divert = !self.state.resuming.is_empty() && self.state.resuming.contains_key(room);
+        for &t in targets {
+            match echo {
+                Some((sender, req_id)) if sender == t => {
+                    let own = Event::json_with_req_id(&json, req_id);
+                    self.send_bytes(t, &crate::ws::text_frame(own.as_bytes()));
+                }
+                _ if divert && self.state.divert(t, room, Some(entry), &frame) => {}
+                _ => self.send_shared(t, &frame),
+            }
+        }
+        self.metrics.deliveries += targets.len() as u64;
+    }
+
     /// Every connection of a user gets the event.
     pub fn to_user(&mut self, username: &str, event: &Event) {
         let targets = self.state.user_conns(username).to_vec();

@@ -29,6 +29,9 @@ pub enum ErrorCode {
     Unavailable,
     /// The user belongs to `KLAV_MAX_ROOMS_PER_USER` rooms already.
     TooManyRooms,
+    MessageNotFound,
+    NotAuthor,
+    BadToken,
 }
 
 impl ErrorCode {
@@ -48,6 +51,9 @@ impl ErrorCode {
             ErrorCode::RateLimited => "RATE_LIMITED",
             ErrorCode::Unavailable => "UNAVAILABLE",
             ErrorCode::TooManyRooms => "TOO_MANY_ROOMS",
+            ErrorCode::MessageNotFound => "MESSAGE_NOT_FOUND",
+            ErrorCode::NotAuthor => "NOT_AUTHOR",
+            ErrorCode::BadToken => "BAD_TOKEN",
         }
     }
 }
@@ -240,6 +246,29 @@ impl Request {
         }
     }
 
+    /// The optional idempotency key of `msg`/`room_dm`: a string of 1..64
+    /// characters; anything else present is `BAD_REQUEST`.
+    pub fn client_id(&self) -> Result<Option<String>, RequestError> {
+        match self.body.get("client_id") {
+            None => Ok(None),
+            Some(Value::String(s))
+                if !s.is_empty() && !s.contains('\0') && s.chars().count() <= 64 =>
+            {
+                Ok(Some(s.clone()))
+            }
+            Some(_) => Err(RequestError::with(
+                ErrorCode::BadRequest,
+                "\"client_id\" must be a string of 1 to 64 characters",
+            )),
+        }
+    }
+
+    /// An entry id (`id`, `read`'s and `edit`'s target): a required integer.
+    pub fn entry_id(&self) -> Result<i64, RequestError> {
+        self.int("id")?
+            .ok_or_else(|| RequestError::with(ErrorCode::BadRequest, "\"id\" is required"))
+    }
+
     /// The room id, from `room_id` or the older `room`.
     pub fn room_id(&self) -> Result<Option<&str>, RequestError> {
         match self.str("room_id")? {
@@ -308,6 +337,14 @@ impl Event {
         serde_json::to_string(&self.0).expect("a JSON map always serializes")
     }
 
+    /// The event serialized with a `req_id` added, from its serialization
+    /// without: the sender's echo of a fan-out costs a copy, not a second encode.
+    pub fn json_with_req_id(json: &str, req_id: &Value) -> String {
+        let body = json.strip_suffix('}').unwrap_or(json);
+        let sep = if body.len() > 1 { "," } else { "" };
+        format!("{body}{sep}\"req_id\":{req_id}}}")
+    }
+
     /// One text frame holding the event.
     pub fn frame(&self) -> Vec<u8> {
         ws::text_frame(self.json().as_bytes())
@@ -332,6 +369,14 @@ pub fn history_item(e: &crate::db::jobs::ChatEntry) -> Value {
     });
     if let Some(to) = &e.to {
         v["to"] = Value::String(to.clone());
+    }
+    if let Some(c) = &e.client_id {
+        v["client_id"] = Value::String(c.clone());
+    }
+    if e.deleted {
+        v["deleted"] = Value::Bool(true);
+    } else if let Some(at) = e.edited_at {
+        v["edited_at"] = Value::String(crate::time::format_iso(at));
     }
     v
 }
@@ -364,6 +409,37 @@ mod tests {
         assert_eq!(r.str("missing").unwrap(), None);
         // Unknown fields are skipped, not kept.
         assert!(!r.body.contains_key("junk"));
+    }
+
+    #[test]
+    fn req_id_spliced_into_a_serialized_event() {
+        let e = Event::new("message").with("id", 5);
+        let j = Event::json_with_req_id(&e.json(), &Value::from("a\"b"));
+        let v: Value = serde_json::from_str(&j).unwrap();
+        assert_eq!(v["req_id"], "a\"b");
+        assert_eq!(v["id"], 5);
+    }
+
+    #[test]
+    fn client_id_forms() {
+        let ok = Request::decode(r#"{"type":"msg","client_id":"abc"}"#).unwrap();
+        assert_eq!(ok.client_id().unwrap().as_deref(), Some("abc"));
+        let none = Request::decode(r#"{"type":"msg"}"#).unwrap();
+        assert_eq!(none.client_id().unwrap(), None);
+        let long = format!(r#"{{"type":"msg","client_id":"{}"}}"#, "x".repeat(65));
+        for bad in [
+            r#"{"type":"msg","client_id":""}"#,
+            r#"{"type":"msg","client_id":5}"#,
+            r#"{"type":"msg","client_id":null}"#,
+            long.as_str(),
+        ] {
+            let r = Request::decode(bad).unwrap();
+            assert_eq!(
+                r.client_id().unwrap_err().code,
+                ErrorCode::BadRequest,
+                "{bad}"
+            );
+        }
     }
 
     #[test]

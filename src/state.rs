@@ -16,7 +16,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
-use std::time::SystemTime;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
 use crate::conn::ConnId;
 use crate::db::jobs::{NewMessage, SessionData};
@@ -71,6 +72,25 @@ pub enum Reach {
     Offline,
 }
 
+/// Live entry events held back from one connection while its `resume` replay is
+/// read, so that replay and live traffic together show each entry once, in id
+/// order (see `handlers/resume.rs`).
+#[derive(Default)]
+pub struct ResumeBuffer {
+    pub rooms: HashSet<String>,
+    /// (room, entry id, frame), in delivery order: entries (by id) and changes
+    /// to entries (`None`: edits and deletes, always passed on).
+    pub held: Vec<(String, Option<i64>, Arc<[u8]>)>,
+    /// Rooms whose live entries did not all fit: the client must reload them.
+    pub overflowed: HashSet<String>,
+    /// Rooms of the request the user does not belong to.
+    pub refused: Vec<String>,
+}
+
+/// Live entries held per resuming connection at most; past it, the rooms
+/// affected answer `recovered:false`.
+pub const RESUME_BUFFER_CAP: usize = 10_000;
+
 #[derive(Default)]
 pub struct State {
     pub users: HashMap<String, UserState>,
@@ -82,6 +102,11 @@ pub struct State {
     pub touched_rooms: HashSet<String>,
     /// Open WebSockets and upgrades per client address (a budget).
     pub per_addr: HashMap<IpAddr, usize>,
+    /// Room → connections with a `resume` in flight that covers it.
+    pub resuming: HashMap<String, Vec<ConnId>>,
+    pub resume_buffers: HashMap<ConnId, ResumeBuffer>,
+    /// (user, room) → when their last `typing` was forwarded.
+    pub typing: HashMap<(String, String), Instant>,
 }
 
 impl State {
@@ -100,6 +125,59 @@ impl State {
                 self.per_addr.remove(&addr);
             }
         }
+    }
+
+    /// Starts holding back live entries of `rooms` from connection `id`.
+    pub fn begin_resume(&mut self, id: ConnId, rooms: HashSet<String>, refused: Vec<String>) {
+        for room in &rooms {
+            self.resuming.entry(room.clone()).or_default().push(id);
+        }
+        self.resume_buffers.insert(
+            id,
+            ResumeBuffer {
+                rooms,
+                refused,
+                ..Default::default()
+            },
+        );
+    }
+
+    /// Stops holding back; returns what was held (none if the connection had no
+    /// resume in flight).
+    pub fn end_resume(&mut self, id: ConnId) -> Option<ResumeBuffer> {
+        let buf = self.resume_buffers.remove(&id)?;
+        for room in &buf.rooms {
+            if let Some(conns) = self.resuming.get_mut(room) {
+                conns.retain(|c| *c != id);
+                if conns.is_empty() {
+                    self.resuming.remove(room);
+                }
+            }
+        }
+        Some(buf)
+    }
+
+    /// Holds a live entry back from a resuming connection; false when the
+    /// connection is not resuming that room (send it now).
+    pub fn divert(
+        &mut self,
+        id: ConnId,
+        room: &str,
+        entry: Option<i64>,
+        frame: &Arc<[u8]>,
+    ) -> bool {
+        if !self.resuming.get(room).is_some_and(|c| c.contains(&id)) {
+            return false;
+        }
+        let Some(buf) = self.resume_buffers.get_mut(&id) else {
+            return false;
+        };
+        if buf.held.len() >= RESUME_BUFFER_CAP {
+            buf.overflowed.insert(room.to_string());
+        } else {
+            buf.held.push((room.to_string(), entry, frame.clone()));
+        }
+        true
     }
 
     /// An upgrade for `username` starts. True when its session may be loaded now;
@@ -447,6 +525,32 @@ mod tests {
         assert_eq!(s.reach("a"), Reach::Online);
         assert!(s.remove_conn("a", id(2)));
         assert!(s.users.is_empty());
+    }
+
+    #[test]
+    fn resume_holds_back_only_its_rooms_and_bounds_what_it_holds() {
+        let mut s = State::default();
+        let frame: Arc<[u8]> = Arc::from(&b"x"[..]);
+        s.begin_resume(id(1), ["r".to_string()].into(), vec!["q".into()]);
+        assert!(s.divert(id(1), "r", Some(10), &frame));
+        assert!(
+            !s.divert(id(1), "other", Some(11), &frame),
+            "not resuming that room"
+        );
+        assert!(
+            !s.divert(id(2), "r", Some(12), &frame),
+            "another connection"
+        );
+        for i in 0..RESUME_BUFFER_CAP {
+            s.divert(id(1), "r", Some(100 + i as i64), &frame);
+        }
+        let buf = s.end_resume(id(1)).unwrap();
+        assert_eq!(buf.held.len(), RESUME_BUFFER_CAP);
+        assert_eq!(buf.held[0].1, Some(10));
+        assert!(buf.overflowed.contains("r"));
+        assert_eq!(buf.refused, ["q"]);
+        assert!(s.resuming.is_empty() && s.end_resume(id(1)).is_none());
+        assert!(!s.divert(id(1), "r", Some(13), &frame));
     }
 
     #[test]

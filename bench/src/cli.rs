@@ -45,6 +45,8 @@ CHAT / FANOUT:
     --rate MSGS_PER_SEC       open loop at this aggregate rate instead of closed loop
     --msg-size BYTES          pad message texts to this size (max 4000)
     --with-login-clients N    run N login clients in the background meanwhile
+    --client-ids              give every message a unique client_id (idempotent send)
+    --typing-every-ms MS      every member sends `typing` to its room every MS ms
 
 CONNECT:
     --connections C           connections to open (default 1000)
@@ -180,6 +182,16 @@ pub fn parse(args: &[String]) -> Result<Option<Command>, BenchError> {
             }
             "--msg-size" => chat.msg_size = num(&flag, &value()?)?,
             "--with-login-clients" => chat.with_login_clients = num(&flag, &value()?)?,
+            "--client-ids" => chat.client_ids = true,
+            "--typing-every-ms" => {
+                let ms: usize = num(&flag, &value()?)?;
+                if ms == 0 {
+                    return Err(BenchError::Usage(
+                        "--typing-every-ms must be at least 1".into(),
+                    ));
+                }
+                chat.typing_every = Some(Duration::from_millis(ms as u64));
+            }
             "--connections" => connect.connections = num(&flag, &value()?)?,
             "--users" => users_set = Some(num(&flag, &value()?)?),
             "--hold" => connect.hold = secs(&flag, &value()?)?,

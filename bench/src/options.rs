@@ -166,6 +166,11 @@ pub struct ChatOptions {
     pub msg_size: usize,
     /// Background `POST /login` clients running while the chat is measured.
     pub with_login_clients: usize,
+    /// Every message carries a unique `client_id` (idempotent send).
+    pub client_ids: bool,
+    /// Every member connection sends `typing` to its room this often during the
+    /// run (e.g. 1 s: one per member per second).
+    pub typing_every: Option<Duration>,
 }
 
 impl Default for ChatOptions {
@@ -178,6 +183,8 @@ impl Default for ChatOptions {
             rate: None,
             msg_size: 0,
             with_login_clients: 0,
+            client_ids: false,
+            typing_every: None,
         }
     }
 }

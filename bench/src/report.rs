@@ -105,6 +105,10 @@ pub struct MessageReport {
     pub sent_per_sec: f64,
     pub acked_per_sec: f64,
     pub deliveries_per_sec: f64,
+    /// `--typing-every-ms`: `typing` requests sent, and `typing` events received
+    /// (the server forwards at most one per user and room every 2 s).
+    pub typing_sent: u64,
+    pub typing_received: u64,
 }
 
 /// Request/reply loops: `history`, `login`.
@@ -375,6 +379,13 @@ impl fmt::Display for Report {
                 "  throughput: {:.1} msgs/s sent, {:.1} msgs/s acked, {:.1} deliveries/s",
                 m.sent_per_sec, m.acked_per_sec, m.deliveries_per_sec
             )?;
+            if m.typing_sent > 0 {
+                writeln!(
+                    f,
+                    "  typing: {} sent, {} received",
+                    m.typing_sent, m.typing_received
+                )?;
+            }
         }
         if let Some(r) = &self.requests {
             write_requests(f, &format!("{} requests:", self.scenario), r)?;

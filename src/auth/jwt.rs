@@ -78,11 +78,19 @@ impl Tokens {
     /// The username a valid token was issued for. Only the configured algorithm
     /// is accepted (so `alg: none` and algorithm swaps are refused).
     pub fn verify(&self, token: &str) -> Result<String, TokenError> {
+        self.verify_expiry(token).map(|(sub, _)| sub)
+    }
+
+    /// The username and the expiry (`exp`) of a valid token.
+    pub fn verify_expiry(&self, token: &str) -> Result<(String, SystemTime), TokenError> {
         if token.is_empty() {
             return Err(TokenError::Missing);
         }
         match decode::<Claims>(token, &self.decoding, &self.validation) {
-            Ok(data) if !data.claims.sub.is_empty() => Ok(data.claims.sub),
+            Ok(data) if !data.claims.sub.is_empty() => Ok((
+                data.claims.sub,
+                UNIX_EPOCH + std::time::Duration::from_secs(data.claims.exp),
+            )),
             Ok(_) => Err(TokenError::Invalid),
             Err(e) => match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => Err(TokenError::Expired),

@@ -22,6 +22,9 @@ pub struct NewMessage {
     pub from: String,
     pub from_nickname: String,
     pub text: String,
+    /// The sender's idempotency key: a second entry with the same key from the
+    /// same sender is never stored (the database's unique index decides).
+    pub client_id: Option<String>,
 }
 
 /// A persisted `chat_logs` row, as `history` returns it.
@@ -35,6 +38,10 @@ pub struct ChatEntry {
     pub from_nickname: String,
     pub to: Option<String>,
     pub text: String,
+    pub client_id: Option<String>,
+    pub edited_at: Option<SystemTime>,
+    /// A tombstone: the author deleted it (its text is empty).
+    pub deleted: bool,
 }
 
 /// A queued DM for a user who was offline.
@@ -59,6 +66,11 @@ pub struct SessionData {
 
 #[derive(Clone, Debug)]
 pub struct LastMessage {
+    /// The entry shown (unknown for rows the old server wrote).
+    pub id: Option<i64>,
+    /// That entry is now a tombstone (its text is empty).
+    pub deleted: bool,
+    pub edited_at: Option<SystemTime>,
     pub text: String,
     pub from: String,
     pub kind: String,
@@ -70,6 +82,48 @@ pub struct RoomInfo {
     pub id: String,
     pub name: String,
     pub last: Option<LastMessage>,
+    /// The user's read marker (0: none).
+    pub read_id: i64,
+    /// `msg` entries of others, not deleted, above the marker, among those kept.
+    pub unread: i64,
+}
+
+/// One room of a `resume`: where the client stands.
+#[derive(Clone, Debug)]
+pub struct ResumeCursor {
+    pub room: String,
+    pub after: i64,
+}
+
+/// One room's replay, oldest first.
+#[derive(Clone, Debug)]
+pub struct RoomReplay {
+    pub room: String,
+    pub entries: Vec<ChatEntry>,
+    /// Entries after the cursor were pruned by retention.
+    pub pruned: bool,
+    /// More entries than the replay limit: none are replayed.
+    pub too_many: bool,
+}
+
+/// How an `edit` or `delete` went.
+#[derive(Clone, Debug)]
+pub enum EditResult {
+    /// No such entry, not visible to the user, or already deleted.
+    NotFound,
+    /// Someone else's entry, or a system entry.
+    NotAuthor,
+    /// The entry as it now stands.
+    Done(Box<ChatEntry>),
+}
+
+/// How a `read` went.
+#[derive(Clone, Debug)]
+pub enum ReadResult {
+    /// The room has no entry with that id.
+    NotFound,
+    /// The stored marker; `moved` when this request advanced it.
+    Marker { id: i64, moved: bool },
 }
 
 #[derive(Clone, Debug)]
@@ -153,6 +207,17 @@ pub enum Job {
         from: String,
         to: String,
     },
+    /// Every member of a room, sorted by username.
+    RoomMembers {
+        room: String,
+    },
+    /// The entries after each cursor a user may see, at most `limit` + 1 per room
+    /// (one more tells "too many").
+    Resume {
+        username: String,
+        rooms: Vec<ResumeCursor>,
+        limit: i64,
+    },
     /// Retention: keep the newest `keep` entries of each room.
     Prune {
         rooms: Vec<String>,
@@ -183,6 +248,19 @@ pub enum Job {
         to: String,
         recipient_known: bool,
         queue: bool,
+    },
+    /// `edit` (`text`) or `delete` (`text: None`) of the user's own entry:
+    /// ordered with the messages it changes.
+    Edit {
+        username: String,
+        id: i64,
+        text: Option<String>,
+    },
+    /// Moves a user's read marker forward.
+    Read {
+        username: String,
+        room: String,
+        id: i64,
     },
     /// Queues an already-logged DM whose recipient went offline before delivery.
     QueueDm {
@@ -224,6 +302,8 @@ impl Job {
                 | Job::Msg(_)
                 | Job::Dm { .. }
                 | Job::QueueDm { .. }
+                | Job::Edit { .. }
+                | Job::Read { .. }
         )
     }
 }
@@ -244,6 +324,16 @@ pub enum DmResult {
         ts: SystemTime,
         queued: bool,
     },
+    /// The sender already stored an entry with this `client_id`: nothing new.
+    Duplicate(Box<Duplicate>),
+}
+
+/// The entry an earlier send with the same `client_id` stored.
+#[derive(Clone, Debug)]
+pub struct Duplicate {
+    pub entry: ChatEntry,
+    /// A DM still waiting in its recipient's offline queue.
+    pub queued: bool,
 }
 
 /// A job's result. Variants mirror [`Job`]'s.
@@ -310,6 +400,22 @@ pub enum Outcome {
         msg: NewMessage,
         id: i64,
         ts: SystemTime,
+    },
+    /// A `msg` whose `client_id` was already used: the original entry.
+    MsgDuplicate(Box<Duplicate>),
+    RoomMembers {
+        room: String,
+        members: Vec<UserRef>,
+    },
+    Resume(Vec<RoomReplay>),
+    Edit {
+        delete: bool,
+        result: EditResult,
+    },
+    Read {
+        username: String,
+        room: String,
+        result: ReadResult,
     },
     Dm {
         msg: NewMessage,

@@ -13,6 +13,15 @@
 //!   and lets it group-commit: it takes every pending job from its queue and writes
 //!   them in one transaction (consecutive messages in one multi-row INSERT).
 
+/// The columns [`queries::entry_from_row`] reads, in its order (a macro so that
+/// statements stay `&'static str` for the prepared-statement cache).
+macro_rules! entry_columns {
+    () => {
+        "id, ts, kind, room_id, from_user, from_nickname, to_user, text, \
+         client_id, edited_at, deleted"
+    };
+}
+
 pub mod embedded;
 pub mod jobs;
 pub mod queries;

@@ -95,8 +95,11 @@ pub fn run<C: GenericClient>(c: &mut C, st: &mut Stmts, job: Job) -> Result<Outc
         Job::HistoryFill { room, limit } => {
             let s = st.get(
                 c,
-                "SELECT id, ts, kind, room_id, from_user, from_nickname, to_user, text \
-                 FROM chat_logs WHERE room_id = $1 ORDER BY id DESC LIMIT $2",
+                concat!(
+                    "SELECT ",
+                    entry_columns!(),
+                    " FROM chat_logs WHERE room_id = $1 ORDER BY id DESC LIMIT $2"
+                ),
             )?;
             let mut items: Vec<ChatEntry> = c
                 .query(&s, &[&room, &limit])?
@@ -165,6 +168,15 @@ pub fn run<C: GenericClient>(c: &mut C, st: &mut Stmts, job: Job) -> Result<Outc
             Outcome::Unfollow { from, to, removed }
         }
         Job::Prune { rooms, keep } => Outcome::Pruned(prune(c, st, &rooms, keep)?),
+        Job::RoomMembers { room } => {
+            let members = room_members(c, st, &room)?;
+            Outcome::RoomMembers { room, members }
+        }
+        Job::Resume {
+            username,
+            rooms,
+            limit,
+        } => Outcome::Resume(resume(c, st, &username, rooms, limit)?),
         other => {
             return Err(DbError::Query(format!(
                 "ordered write sent to a general worker: {other:?}"
@@ -240,15 +252,18 @@ fn history<C: GenericClient>(
 ) -> Result<Vec<ChatEntry>, DbError> {
     let s = st.get(
         c,
-        "SELECT id, ts, kind, room_id, from_user, from_nickname, to_user, text \
-         FROM chat_logs \
+        concat!(
+            "SELECT ",
+            entry_columns!(),
+            " FROM chat_logs \
          WHERE room_id = $1 \
            AND (kind IS DISTINCT FROM 'dm' OR from_user = $2 OR to_user = $2) \
            AND ($3::timestamptz IS NULL OR ts < $3) \
            AND ($4::timestamptz IS NULL OR ts > $4) \
            AND ($5::int8 IS NULL OR id < $5) \
            AND ($6::int8 IS NULL OR id > $6) \
-         ORDER BY id DESC LIMIT $7",
+         ORDER BY id DESC LIMIT $7"
+        ),
     )?;
     let rows = c.query(
         &s,
@@ -267,9 +282,8 @@ fn history<C: GenericClient>(
     Ok(items)
 }
 
-/// A `chat_logs` row selected as `id, ts, kind, room_id, from_user,
-/// from_nickname, to_user, text` (old rows may have NULLs).
-fn entry_from_row(r: postgres::Row) -> ChatEntry {
+/// A `chat_logs` row selected as `entry_columns!()` (old rows may have NULLs).
+pub fn entry_from_row(r: postgres::Row) -> ChatEntry {
     let from: Option<String> = r.get(4);
     let from = from.unwrap_or_default();
     let nick: Option<String> = r.get(5);
@@ -285,6 +299,9 @@ fn entry_from_row(r: postgres::Row) -> ChatEntry {
         from,
         to: r.get(6),
         text: text.unwrap_or_default(),
+        client_id: r.get(8),
+        edited_at: r.get(9),
+        deleted: r.get(10),
     }
 }
 
@@ -293,11 +310,20 @@ fn my_rooms<C: GenericClient>(
     st: &mut Stmts,
     username: &str,
 ) -> Result<Vec<RoomInfo>, DbError> {
+    // `unread` walks (room_id, id) over at most what retention keeps per room.
     let s = st.get(
         c,
         "SELECT r.id, r.name, r.last_message_text, r.last_message_from, \
-                r.last_message_kind, r.last_message_ts \
+                r.last_message_kind, r.last_message_ts, r.last_message_id, \
+                l.deleted, l.edited_at, l.text, \
+                COALESCE(k.last_read_id, 0), \
+                (SELECT count(*) FROM chat_logs u \
+                 WHERE u.room_id = r.id AND u.id > COALESCE(k.last_read_id, 0) \
+                   AND u.kind = 'msg' AND u.from_user IS DISTINCT FROM $1 \
+                   AND NOT u.deleted) \
          FROM room_members m JOIN rooms r ON r.id = m.room_id \
+         LEFT JOIN chat_logs l ON l.id = r.last_message_id \
+         LEFT JOIN klav_read_markers k ON k.username = $1 AND k.room_id = r.id \
          WHERE m.username = $1 \
          ORDER BY r.last_message_ts DESC NULLS LAST, r.created_at DESC, r.id",
     )?;
@@ -309,8 +335,14 @@ fn my_rooms<C: GenericClient>(
             let last = if text.is_none() && ts.is_none() {
                 None
             } else {
+                // The entry as it stands now, when it is still kept.
+                let deleted: Option<bool> = r.get(7);
+                let current: Option<String> = r.get(9);
                 Some(LastMessage {
-                    text: text.unwrap_or_default(),
+                    id: r.get(6),
+                    deleted: deleted.unwrap_or(false),
+                    edited_at: r.get(8),
+                    text: current.or(text).unwrap_or_default(),
                     from: r.get::<_, Option<String>>(3).unwrap_or_default(),
                     kind: r.get::<_, Option<String>>(4).unwrap_or_default(),
                     ts,
@@ -320,9 +352,72 @@ fn my_rooms<C: GenericClient>(
                 id: r.get(0),
                 name: r.get(1),
                 last,
+                read_id: r.get(10),
+                unread: r.get(11),
             }
         })
         .collect())
+}
+
+fn room_members<C: GenericClient>(
+    c: &mut C,
+    st: &mut Stmts,
+    room: &str,
+) -> Result<Vec<UserRef>, DbError> {
+    let s = st.get(
+        c,
+        "SELECT u.username, u.nickname FROM room_members m \
+         JOIN users u ON u.username = m.username \
+         WHERE m.room_id = $1 ORDER BY u.username",
+    )?;
+    Ok(user_refs(c.query(&s, &[&room])?))
+}
+
+/// Each room's entries after its cursor that `username` may see, oldest first.
+fn resume<C: GenericClient>(
+    c: &mut C,
+    st: &mut Stmts,
+    username: &str,
+    rooms: Vec<ResumeCursor>,
+    limit: i64,
+) -> Result<Vec<RoomReplay>, DbError> {
+    let pruned = st.get(c, "SELECT klav_pruned_upto FROM rooms WHERE id = $1")?;
+    let entries = st.get(
+        c,
+        concat!(
+            "SELECT ",
+            entry_columns!(),
+            " FROM chat_logs \
+             WHERE room_id = $1 AND id > $2 \
+               AND (kind IS DISTINCT FROM 'dm' OR from_user = $3 OR to_user = $3) \
+             ORDER BY id LIMIT $4"
+        ),
+    )?;
+    let mut out = Vec::with_capacity(rooms.len());
+    for cursor in rooms {
+        let upto: Option<i64> = c
+            .query_opt(&pruned, &[&cursor.room])?
+            .and_then(|r| r.get(0));
+        let mut items: Vec<ChatEntry> = c
+            .query(
+                &entries,
+                &[&cursor.room, &cursor.after, &username, &(limit + 1)],
+            )?
+            .into_iter()
+            .map(entry_from_row)
+            .collect();
+        let too_many = items.len() as i64 > limit;
+        if too_many {
+            items.clear();
+        }
+        out.push(RoomReplay {
+            pruned: upto.is_some_and(|u| u > cursor.after),
+            room: cursor.room,
+            entries: items,
+            too_many,
+        });
+    }
+    Ok(out)
 }
 
 fn prune<C: GenericClient>(
@@ -331,15 +426,25 @@ fn prune<C: GenericClient>(
     rooms: &[String],
     keep: u64,
 ) -> Result<u64, DbError> {
+    // The room remembers the newest id pruned, so `resume` can tell a client
+    // that entries after its cursor are gone.
     let s = st.get(
         c,
-        "DELETE FROM chat_logs WHERE room_id = $1 AND id <= \
-         (SELECT id FROM chat_logs WHERE room_id = $1 ORDER BY id DESC OFFSET $2 LIMIT 1)",
+        "WITH gone AS (\
+            DELETE FROM chat_logs WHERE room_id = $1 AND id <= \
+            (SELECT id FROM chat_logs WHERE room_id = $1 ORDER BY id DESC OFFSET $2 LIMIT 1) \
+            RETURNING id), \
+         mark AS (\
+            UPDATE rooms SET klav_pruned_upto = \
+                GREATEST(COALESCE(klav_pruned_upto, 0), (SELECT max(id) FROM gone)) \
+            WHERE id = $1 AND EXISTS (SELECT 1 FROM gone)) \
+         SELECT count(*) FROM gone",
     )?;
     let keep = keep as i64;
     let mut deleted = 0;
     for room in rooms {
-        deleted += c.execute(&s, &[room, &keep])?;
+        let n: i64 = c.query_one(&s, &[room, &keep])?.get(0);
+        deleted += n as u64;
     }
     Ok(deleted)
 }

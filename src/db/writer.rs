@@ -20,7 +20,7 @@ use postgres::{GenericClient, NoTls, Transaction};
 use r2d2_postgres::PostgresConnectionManager;
 
 use super::jobs::*;
-use super::queries::{Stmts, OFFLINE_QUEUE_CAP};
+use super::queries::{entry_from_row, Stmts, OFFLINE_QUEUE_CAP};
 use super::{CompletionSink, DbError, Health, Pool};
 
 type Conn = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
@@ -28,6 +28,7 @@ type Conn = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
 /// A room's newest entry in this batch, written to `rooms.last_message_*` at the
 /// end. Borrowed from the batch's jobs where it can be: a message costs no copy.
 struct Last<'a> {
+    id: i64,
     text: Cow<'a, str>,
     from: &'a str,
     kind: &'static str,
@@ -42,6 +43,7 @@ enum Written {
         id: i64,
         ts: SystemTime,
     },
+    MsgDuplicate(Box<Duplicate>),
     RoomCreated {
         room: String,
         logged: Vec<ChatEntry>,
@@ -62,6 +64,7 @@ impl Written {
     fn into_outcome(self, job: Job) -> Outcome {
         match (self, job) {
             (Written::Msg { id, ts }, Job::Msg(msg)) => Outcome::Msg { msg, id, ts },
+            (Written::MsgDuplicate(d), Job::Msg(_)) => Outcome::MsgDuplicate(d),
             (Written::RoomCreated { room, logged }, Job::CreateRoom { name, .. }) => {
                 Outcome::RoomCreated { room, name, logged }
             }
@@ -215,13 +218,21 @@ fn apply<'a>(
     let mut lasts: Lasts<'a> = HashMap::new();
     // Consecutive messages waiting for their multi-row INSERT: (index, message).
     let mut pending: Vec<(usize, &'a NewMessage)> = Vec::new();
+    let mut savepoints = 0;
     for &job in jobs {
         if let Job::Msg(m) = job {
             pending.push((written.len(), m));
             written.push(None);
             continue;
         }
-        insert_messages(tx, st, &mut pending, &mut written, &mut lasts)?;
+        insert_messages(
+            tx,
+            st,
+            &mut pending,
+            &mut written,
+            &mut lasts,
+            &mut savepoints,
+        )?;
         let w = match job {
             Job::CreateRoom {
                 creator_nickname,
@@ -276,6 +287,16 @@ fn apply<'a>(
                     to: to.clone(),
                 })
             }
+            Job::Edit { username, id, text } => {
+                let delete = text.is_none();
+                let result = edit(tx, st, username, *id, text.as_deref())?;
+                Written::Ready(Outcome::Edit { delete, result })
+            }
+            Job::Read { username, room, id } => Written::Ready(Outcome::Read {
+                username: username.clone(),
+                room: room.clone(),
+                result: read_marker(tx, st, username, room, *id)?,
+            }),
             // Small and rare: the shared SQL takes its job by value.
             Job::Follow { .. } | Job::Unfollow { .. } => {
                 Written::Ready(super::queries::run(tx, st, job.clone())?)
@@ -288,7 +309,14 @@ fn apply<'a>(
         };
         written.push(Some(w));
     }
-    insert_messages(tx, st, &mut pending, &mut written, &mut lasts)?;
+    insert_messages(
+        tx,
+        st,
+        &mut pending,
+        &mut written,
+        &mut lasts,
+        &mut savepoints,
+    )?;
     update_lasts(tx, st, lasts)?;
     Ok(written
         .into_iter()
@@ -296,13 +324,28 @@ fn apply<'a>(
         .collect())
 }
 
+/// Savepoints one batch may take for messages with a `client_id` (see
+/// [`insert_messages`]); past it, the conflict check is made row by row.
+/// PostgreSQL keeps a transaction's subtransactions in a 64-entry cache per
+/// backend; overflowing it slows every other snapshot.
+const MAX_SAVEPOINTS: u32 = 32;
+
 /// One INSERT for all pending messages; their ids come back in input order.
+///
+/// A message whose `client_id` its sender already used is refused by the unique
+/// index in the same statement — no lookup first. Messages with a key are
+/// inserted plainly inside a savepoint, because `ON CONFLICT DO NOTHING` costs
+/// every row a speculative insertion (about two thirds more per row, measured);
+/// only when the index does refuse one is the run rolled back to the savepoint
+/// and inserted again with `ON CONFLICT DO NOTHING`, and only then is the
+/// original read back, for the retrying client.
 fn insert_messages<'a>(
     tx: &mut Transaction<'_>,
     st: &mut Stmts,
     pending: &mut Vec<(usize, &'a NewMessage)>,
     written: &mut [Option<Written>],
     lasts: &mut Lasts<'a>,
+    savepoints: &mut u32,
 ) -> Result<(), DbError> {
     if pending.is_empty() {
         return Ok(());
@@ -314,29 +357,84 @@ fn insert_messages<'a>(
         .map(|(_, m)| m.from_nickname.as_str())
         .collect();
     let texts: Vec<&str> = pending.iter().map(|(_, m)| m.text.as_str()).collect();
-    let s = st.get(
-        tx,
-        "INSERT INTO chat_logs (room_id, ts, kind, from_user, from_nickname, to_user, text) \
-         SELECT r, now(), 'msg', f, n, NULL, t \
-         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS u(r, f, n, t) \
-         RETURNING id, ts",
-    )?;
-    let mut rows: Vec<(i64, SystemTime)> = tx
-        .query(&s, &[&rooms, &froms, &nicks, &texts])?
-        .into_iter()
-        .map(|r| (r.get(0), r.get(1)))
+    let cids: Vec<Option<&str>> = pending
+        .iter()
+        .map(|(_, m)| m.client_id.as_deref())
         .collect();
-    if rows.len() != pending.len() {
-        return Err(DbError::Query(
-            "message insert returned a short row set".into(),
-        ));
-    }
-    // Rows are inserted in input order, so sorted ids map back one to one.
+    let plain = st.get(
+        tx,
+        "INSERT INTO chat_logs \
+            (room_id, ts, kind, from_user, from_nickname, to_user, text, client_id) \
+         SELECT r, now(), 'msg', f, n, NULL, t, c \
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) \
+              AS u(r, f, n, t, c) \
+         RETURNING id, ts, from_user, client_id",
+    )?;
+    let params: [&(dyn postgres::types::ToSql + Sync); 5] = [&rooms, &froms, &nicks, &texts, &cids];
+    let keyed = cids.iter().any(Option::is_some);
+    let found = if !keyed {
+        tx.query(&plain, &params)?
+    } else {
+        let skipping = st.get(
+            tx,
+            "INSERT INTO chat_logs \
+                (room_id, ts, kind, from_user, from_nickname, to_user, text, client_id) \
+             SELECT r, now(), 'msg', f, n, NULL, t, c \
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) \
+                  AS u(r, f, n, t, c) \
+             ON CONFLICT (from_user, client_id) WHERE client_id IS NOT NULL DO NOTHING \
+             RETURNING id, ts, from_user, client_id",
+        )?;
+        if *savepoints < MAX_SAVEPOINTS {
+            *savepoints += 1;
+            tx.batch_execute("SAVEPOINT klav_keyed")?;
+            match tx.query(&plain, &params) {
+                Ok(rows) => {
+                    tx.batch_execute("RELEASE SAVEPOINT klav_keyed")?;
+                    rows
+                }
+                Err(e) if e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION) => {
+                    tx.batch_execute("ROLLBACK TO SAVEPOINT klav_keyed")?;
+                    tx.query(&skipping, &params)?
+                }
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            tx.query(&skipping, &params)?
+        }
+    };
+    let mut rows: Vec<(i64, SystemTime, Option<String>, Option<String>)> = found
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    // Rows are inserted in input order, so sorted ids map back one to one; a
+    // skipped message has no row, and a row with a client_id belongs to the first
+    // pending message with that sender and key (the index allows only one).
     rows.sort_unstable_by_key(|r| r.0);
-    for ((idx, msg), (id, ts)) in pending.drain(..).zip(rows) {
+    let mut rows = rows.into_iter().peekable();
+    let mut duplicates = Vec::new();
+    for (idx, msg) in pending.drain(..) {
+        let inserted = match (&msg.client_id, rows.peek()) {
+            (None, Some(_)) => true,
+            (Some(c), Some(r)) => {
+                r.3.as_deref() == Some(c.as_str()) && r.2.as_deref() == Some(msg.from.as_str())
+            }
+            (Some(_), None) => false,
+            (None, None) => {
+                return Err(DbError::Query(
+                    "message insert returned a short row set".into(),
+                ))
+            }
+        };
+        if !inserted {
+            duplicates.push((idx, msg));
+            continue;
+        }
+        let (id, ts, _, _) = rows.next().expect("peeked");
         lasts.insert(
             Cow::Borrowed(msg.room.as_str()),
             Last {
+                id,
                 text: Cow::Borrowed(msg.text.as_str()),
                 from: msg.from.as_str(),
                 kind: "msg",
@@ -344,7 +442,141 @@ fn insert_messages<'a>(
         );
         written[idx] = Some(Written::Msg { id, ts });
     }
+    for (idx, msg) in duplicates {
+        let cid = msg.client_id.as_deref().unwrap_or_default();
+        written[idx] = Some(Written::MsgDuplicate(Box::new(duplicate(
+            tx, st, &msg.from, cid,
+        )?)));
+    }
     Ok(())
+}
+
+/// The entry `from` stored earlier with `client_id` (it conflicted just now).
+fn duplicate(
+    tx: &mut Transaction<'_>,
+    st: &mut Stmts,
+    from: &str,
+    client_id: &str,
+) -> Result<Duplicate, DbError> {
+    let s = st.get(
+        tx,
+        concat!(
+            "SELECT ",
+            entry_columns!(),
+            ", EXISTS (SELECT 1 FROM klav_offline_dms o WHERE o.log_id = chat_logs.id) \
+             FROM chat_logs WHERE from_user = $1 AND client_id = $2"
+        ),
+    )?;
+    let row = tx
+        .query_opt(&s, &[&from, &client_id])?
+        .ok_or_else(|| DbError::Query("the entry a client_id conflicted with is gone".into()))?;
+    let queued: bool = row.get(11);
+    Ok(Duplicate {
+        entry: entry_from_row(row),
+        queued,
+    })
+}
+
+/// `edit` / `delete` (`text: None`), after the checks the protocol promises.
+fn edit(
+    tx: &mut Transaction<'_>,
+    st: &mut Stmts,
+    username: &str,
+    id: i64,
+    text: Option<&str>,
+) -> Result<EditResult, DbError> {
+    let s = st.get(
+        tx,
+        "SELECT c.kind, c.from_user, c.to_user, c.deleted, \
+                EXISTS (SELECT 1 FROM room_members m \
+                        WHERE m.room_id = c.room_id AND m.username = $2) \
+         FROM chat_logs c WHERE c.id = $1 FOR UPDATE",
+    )?;
+    let Some(row) = tx.query_opt(&s, &[&id, &username])? else {
+        return Ok(EditResult::NotFound);
+    };
+    let kind: Option<String> = row.get(0);
+    let from: Option<String> = row.get(1);
+    let to: Option<String> = row.get(2);
+    let (deleted, member): (bool, bool) = (row.get(3), row.get(4));
+    let is_dm = kind.as_deref() == Some("dm");
+    let visible =
+        member && (!is_dm || from.as_deref() == Some(username) || to.as_deref() == Some(username));
+    if !visible || deleted {
+        return Ok(EditResult::NotFound);
+    }
+    if !matches!(kind.as_deref(), Some("msg" | "dm")) || from.as_deref() != Some(username) {
+        return Ok(EditResult::NotAuthor);
+    }
+    let row = match text {
+        Some(text) => {
+            let s = st.get(
+                tx,
+                concat!(
+                    "UPDATE chat_logs SET text = $2, edited_at = now() WHERE id = $1 RETURNING ",
+                    entry_columns!()
+                ),
+            )?;
+            let row = tx.query_one(&s, &[&id, &text])?;
+            let q = st.get(
+                tx,
+                "UPDATE klav_offline_dms SET text = $2 WHERE log_id = $1",
+            )?;
+            tx.execute(&q, &[&id, &text])?;
+            row
+        }
+        None => {
+            let s = st.get(
+                tx,
+                concat!(
+                    "UPDATE chat_logs SET text = '', deleted = true WHERE id = $1 RETURNING ",
+                    entry_columns!()
+                ),
+            )?;
+            let row = tx.query_one(&s, &[&id])?;
+            let q = st.get(tx, "DELETE FROM klav_offline_dms WHERE log_id = $1")?;
+            tx.execute(&q, &[&id])?;
+            row
+        }
+    };
+    Ok(EditResult::Done(Box::new(entry_from_row(row))))
+}
+
+/// Moves `username`'s marker in `room` forward to `id`, if the room has that entry.
+fn read_marker(
+    tx: &mut Transaction<'_>,
+    st: &mut Stmts,
+    username: &str,
+    room: &str,
+    id: i64,
+) -> Result<ReadResult, DbError> {
+    let s = st.get(tx, "SELECT 1 FROM chat_logs WHERE id = $1 AND room_id = $2")?;
+    if tx.query_opt(&s, &[&id, &room])?.is_none() {
+        return Ok(ReadResult::NotFound);
+    }
+    let s = st.get(
+        tx,
+        "INSERT INTO klav_read_markers (username, room_id, last_read_id) VALUES ($1, $2, $3) \
+         ON CONFLICT (username, room_id) DO UPDATE \
+            SET last_read_id = EXCLUDED.last_read_id, updated_at = now() \
+            WHERE klav_read_markers.last_read_id < EXCLUDED.last_read_id \
+         RETURNING last_read_id",
+    )?;
+    if let Some(r) = tx.query_opt(&s, &[&username, &room, &id])? {
+        return Ok(ReadResult::Marker {
+            id: r.get(0),
+            moved: true,
+        });
+    }
+    let s = st.get(
+        tx,
+        "SELECT last_read_id FROM klav_read_markers WHERE username = $1 AND room_id = $2",
+    )?;
+    let marker: i64 = tx.query_one(&s, &[&username, &room])?.get(0);
+    Ok(ReadResult::Marker {
+        id: marker,
+        moved: false,
+    })
 }
 
 fn update_lasts(tx: &mut Transaction<'_>, st: &mut Stmts, lasts: Lasts<'_>) -> Result<(), DbError> {
@@ -352,11 +584,13 @@ fn update_lasts(tx: &mut Transaction<'_>, st: &mut Stmts, lasts: Lasts<'_>) -> R
         return Ok(());
     }
     let mut ids = Vec::with_capacity(lasts.len());
+    let mut entry_ids = Vec::with_capacity(lasts.len());
     let mut texts = Vec::with_capacity(lasts.len());
     let mut froms = Vec::with_capacity(lasts.len());
     let mut kinds = Vec::with_capacity(lasts.len());
     for (id, l) in &lasts {
         ids.push(id.as_ref());
+        entry_ids.push(l.id);
         texts.push(l.text.as_ref());
         froms.push(l.from);
         kinds.push(l.kind);
@@ -364,11 +598,12 @@ fn update_lasts(tx: &mut Transaction<'_>, st: &mut Stmts, lasts: Lasts<'_>) -> R
     let s = st.get(
         tx,
         "UPDATE rooms SET last_message_text = u.t, last_message_from = u.f, \
-                last_message_kind = u.k, last_message_ts = now() \
-         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS u(id, t, f, k) \
+                last_message_kind = u.k, last_message_ts = now(), last_message_id = u.e \
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[]) \
+              AS u(id, t, f, k, e) \
          WHERE rooms.id = u.id",
     )?;
-    tx.execute(&s, &[&ids, &texts, &froms, &kinds])?;
+    tx.execute(&s, &[&ids, &texts, &froms, &kinds, &entry_ids])?;
     Ok(())
 }
 
@@ -386,16 +621,18 @@ fn system_entry(
          VALUES ($1, now(), 'system', 'system', 'system', NULL, $2) RETURNING id, ts",
     )?;
     let row = tx.query_one(&s, &[&room, &text])?;
+    let id: i64 = row.get(0);
     lasts.insert(
         Cow::Owned(room.to_string()),
         Last {
+            id,
             text: Cow::Owned(text.clone()),
             from: "system",
             kind: "system",
         },
     );
     logged.push(ChatEntry {
-        id: row.get(0),
+        id,
         ts: row.get(1),
         kind: "system".into(),
         room: room.to_string(),
@@ -403,6 +640,9 @@ fn system_entry(
         from_nickname: "system".into(),
         to: None,
         text,
+        client_id: None,
+        edited_at: None,
+        deleted: false,
     });
     Ok(())
 }
@@ -497,13 +737,29 @@ fn dm(
     }
     let s = st.get(
         tx,
-        "INSERT INTO chat_logs (room_id, ts, kind, from_user, from_nickname, to_user, text) \
-         VALUES ($1, now(), 'dm', $2, $3, $4, $5) RETURNING id, ts",
+        "INSERT INTO chat_logs \
+            (room_id, ts, kind, from_user, from_nickname, to_user, text, client_id) \
+         VALUES ($1, now(), 'dm', $2, $3, $4, $5, $6) \
+         ON CONFLICT (from_user, client_id) WHERE client_id IS NOT NULL DO NOTHING \
+         RETURNING id, ts",
     )?;
-    let row = tx.query_one(
+    let inserted = tx.query_opt(
         &s,
-        &[&msg.room, &msg.from, &msg.from_nickname, &to, &msg.text],
+        &[
+            &msg.room,
+            &msg.from,
+            &msg.from_nickname,
+            &to,
+            &msg.text,
+            &msg.client_id,
+        ],
     )?;
+    let Some(row) = inserted else {
+        let cid = msg.client_id.as_deref().unwrap_or_default();
+        return Ok(DmResult::Duplicate(Box::new(duplicate(
+            tx, st, &msg.from, cid,
+        )?)));
+    };
     let (id, ts): (i64, SystemTime) = (row.get(0), row.get(1));
     if queue {
         queue_dm(tx, st, msg, to, id, ts)?;

@@ -12,10 +12,11 @@ use crate::hub::Hub;
 use crate::protocol::{ErrorCode, Event, Request, RequestError};
 use crate::state::{ParkedDm, Reach};
 
-/// `room_dm {"room_id","to","text"}`.
+/// `room_dm {"room_id","to","text","client_id"?}`.
 pub struct RoomDm {
     room: String,
     to: String,
+    client_id: Option<String>,
 }
 
 impl RoomDm {
@@ -24,6 +25,7 @@ impl RoomDm {
             (Some(room), Some(to)) => Ok(RoomDm {
                 room: room.to_string(),
                 to: to.to_string(),
+                client_id: req.client_id()?,
             }),
             _ => Err(ErrorCode::RoomIdAndToRequired.into()),
         }
@@ -59,6 +61,7 @@ impl RoomDm {
                 from: cx.user.clone(),
                 from_nickname,
                 text,
+                client_id: self.client_id,
             },
             to: self.to,
             recipient_known,
@@ -83,13 +86,17 @@ pub fn ack(hub: &mut Hub, t: &Ticket, room: &str, to: &str, status: &str) {
 }
 
 fn dm_event(msg: &NewMessage, to: &str, id: i64) -> Event {
-    Event::new("dm")
+    let ev = Event::new("dm")
         .with("id", id)
         .with("room", msg.room.as_str())
         .with("from", msg.from.as_str())
         .with("from_nickname", msg.from_nickname.as_str())
         .with("to", to)
-        .with("text", msg.text.as_str())
+        .with("text", msg.text.as_str());
+    match &msg.client_id {
+        Some(c) => ev.with("client_id", c.as_str()),
+        None => ev,
+    }
 }
 
 /// The DM has committed: deliver it to the recipient's open connections, hand it
@@ -100,6 +107,12 @@ pub fn stored(hub: &mut Hub, t: &Ticket, msg: NewMessage, to: String, result: Dm
             return ack(hub, t, &msg.room, &to, "RECIPIENT_NOT_IN_ROOM");
         }
         DmResult::Stored { id, ts, queued } => (id, ts, queued),
+        DmResult::Duplicate(d) => {
+            // A retry: the original stands, and its sender hears how it went.
+            let status = if d.queued { "QUEUED" } else { "DELIVERED" };
+            let to = d.entry.to.clone().unwrap_or(to);
+            return ack(hub, t, &d.entry.room, &to, status);
+        }
     };
     hub.metrics.dms += 1;
     hub.history.append(ChatEntry {
@@ -111,13 +124,16 @@ pub fn stored(hub: &mut Hub, t: &Ticket, msg: NewMessage, to: String, result: Dm
         from_nickname: msg.from_nickname.clone(),
         to: Some(to.clone()),
         text: msg.text.clone(),
+        client_id: msg.client_id.clone(),
+        edited_at: None,
+        deleted: false,
     });
     if queued {
         return ack(hub, t, &msg.room, &to, "QUEUED");
     }
     match hub.state.reach(&to) {
         Reach::Online => {
-            hub.to_user(&to, &dm_event(&msg, &to, id));
+            hub.entry_to_user(&to, &msg.room, id, &dm_event(&msg, &to, id));
             ack(hub, t, &msg.room, &to, "DELIVERED");
         }
         Reach::Loading => {
@@ -184,7 +200,7 @@ pub fn deliver_parked(hub: &mut Hub, to: &str) {
         None => return,
     };
     for p in parked {
-        hub.to_user(to, &dm_event(&p.msg, to, p.id));
+        hub.entry_to_user(to, &p.msg.room, p.id, &dm_event(&p.msg, to, p.id));
         ack(hub, &p.ticket, &p.msg.room, to, "DELIVERED");
     }
 }

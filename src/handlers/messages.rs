@@ -4,8 +4,8 @@
 use super::Ctx;
 use std::time::SystemTime;
 
-use crate::db::jobs::{ChatEntry, NewMessage};
-use crate::db::Job;
+use crate::db::jobs::{ChatEntry, Duplicate, NewMessage};
+use crate::db::{Job, Ticket};
 use crate::hub::Hub;
 use crate::protocol::{ErrorCode, Event, Request, RequestError};
 
@@ -25,9 +25,10 @@ pub fn check_text(req: &Request) -> Result<String, RequestError> {
     Ok(text.to_string())
 }
 
-/// `msg {"room_id","text"}`.
+/// `msg {"room_id","text","client_id"?}`.
 pub struct Msg {
     room: String,
+    client_id: Option<String>,
 }
 
 impl Msg {
@@ -35,6 +36,7 @@ impl Msg {
         let room = req.room_id()?.ok_or(ErrorCode::RoomIdRequired)?;
         Ok(Msg {
             room: room.to_string(),
+            client_id: req.client_id()?,
         })
     }
 
@@ -53,22 +55,28 @@ impl Msg {
             from: cx.user.clone(),
             from_nickname,
             text,
+            client_id: self.client_id,
         });
         cx.submit(hub, job);
         Ok(())
     }
 }
 
-/// Committed: now every member's connections get it, in commit (= id) order.
-pub fn stored(hub: &mut Hub, msg: NewMessage, id: i64, ts: SystemTime) {
+/// Committed: now every member's connections get it, in commit (= id) order;
+/// the sending connection's copy carries its request's `req_id`.
+pub fn stored(hub: &mut Hub, t: &Ticket, msg: NewMessage, id: i64, ts: SystemTime) {
     hub.metrics.messages += 1;
-    let ev = Event::new("message")
+    let mut ev = Event::new("message")
         .with("id", id)
         .with("room", msg.room.as_str())
         .with("from", msg.from.as_str())
         .with("from_nickname", msg.from_nickname.as_str())
         .with("text", msg.text.as_str());
-    hub.to_room(&msg.room, &ev);
+    if let Some(c) = &msg.client_id {
+        ev = ev.with("client_id", c.as_str());
+    }
+    let echo = t.req_id.as_ref().map(|r| (t.conn, r));
+    hub.entry_to_room(&msg.room, id, &ev, echo);
     if !hub.state.touched_rooms.contains(&msg.room) {
         hub.state.touched_rooms.insert(msg.room.clone());
     }
@@ -81,5 +89,46 @@ pub fn stored(hub: &mut Hub, msg: NewMessage, id: i64, ts: SystemTime) {
         from_nickname: msg.from_nickname,
         to: None,
         text: msg.text,
+        client_id: msg.client_id,
+        edited_at: None,
+        deleted: false,
     });
+}
+
+/// A retried `msg`: its `client_id` was used already. Nothing was stored; the
+/// sending connection alone gets the original entry again.
+pub fn duplicate(hub: &mut Hub, t: &Ticket, d: Box<Duplicate>) {
+    hub.reply(t.conn, &t.req_id, entry_event(&d.entry));
+}
+
+/// A stored entry as the live event that delivers it (`message`, `dm` or
+/// `system`), with what has happened to it since (edited, deleted).
+pub fn entry_event(e: &ChatEntry) -> Event {
+    let kind = match e.kind.as_str() {
+        "dm" => "dm",
+        "system" => "system",
+        _ => "message",
+    };
+    let mut ev = Event::new(kind)
+        .with("id", e.id)
+        .with("room", e.room.as_str());
+    if kind != "system" {
+        ev = ev
+            .with("from", e.from.as_str())
+            .with("from_nickname", e.from_nickname.as_str());
+    }
+    if let Some(to) = &e.to {
+        ev = ev.with("to", to.as_str());
+    }
+    ev = ev.with("text", e.text.as_str());
+    if let Some(c) = &e.client_id {
+        ev = ev.with("client_id", c.as_str());
+    }
+    if let Some(at) = e.edited_at.filter(|_| !e.deleted) {
+        ev = ev.with("edited_at", crate::time::format_iso(at));
+    }
+    if e.deleted {
+        ev = ev.with("deleted", true);
+    }
+    ev
 }

@@ -7,13 +7,19 @@
 //! the same module's `*_done` functions.
 
 pub mod dm;
+pub mod edits;
 pub mod friends;
 pub mod history;
 pub mod http;
+pub mod members;
 pub mod messages;
 pub mod presence;
+pub mod reads;
+pub mod resume;
 pub mod rooms;
 pub mod session;
+pub mod tokens;
+pub mod typing;
 
 use std::time::Instant;
 
@@ -38,21 +44,23 @@ pub struct Ctx<'a> {
 
 impl Ctx<'_> {
     /// Queues the request's database job; if the queue is full the client gets
-    /// `UNAVAILABLE` at once. Until the job is done, the connection's later
-    /// requests wait as the request's [`Hold`] says.
-    pub fn submit(&self, hub: &mut Hub, job: Job) {
+    /// `UNAVAILABLE` at once (and this returns false). Until the job is done, the
+    /// connection's later requests wait as the request's [`Hold`] says.
+    pub fn submit(&self, hub: &mut Hub, job: Job) -> bool {
         let mut ticket = Ticket::new(self.id, self.req.req_id.clone());
         ticket.hold = self.hold;
         if hub.submit(ticket, job) {
             if let Some(ws) = hub.ws_mut(self.id) {
                 ws.seq.started(self.hold);
             }
+            true
         } else {
             hub.reply_error(
                 self.id,
                 &self.req.req_id,
                 RequestError::with(ErrorCode::Unavailable, "database queue is full"),
             );
+            false
         }
     }
 }
@@ -176,13 +184,27 @@ pub enum Command {
     GetOnlineFriends,
     PresenceSubscribe,
     PresenceUnsubscribe,
+    RoomMembers(members::RoomMembers),
+    Typing(typing::Typing),
+    Read(reads::Read),
+    Edit(edits::Edit),
+    Resume(resume::Resume),
+    RefreshToken,
+    Auth(tokens::Auth),
 }
 
 impl Command {
     /// How this request's job holds back later requests of its connection.
+    /// `msg` and `room_dm` (with or without `client_id`) may pipeline; `edit`,
+    /// `delete`, `read` and `resume` must see every earlier write of the
+    /// connection. `typing` starts like a message: after earlier membership
+    /// changes (they are exclusive), but without waiting for messages still being
+    /// written — it submits no job, so it holds nothing back, and a sender who
+    /// types between messages would otherwise stall its own pipeline once a
+    /// second. `refresh_token` and `auth`, answered from memory, are rare.
     pub fn hold(&self) -> Hold {
         match self {
-            Command::Msg(_) | Command::RoomDm(_) => Hold::Stream,
+            Command::Msg(_) | Command::RoomDm(_) | Command::Typing(_) => Hold::Stream,
             _ => Hold::Exclusive,
         }
     }
@@ -204,6 +226,14 @@ impl Command {
             "get_online_friends" => Command::GetOnlineFriends,
             "presence_friends_subscribe" => Command::PresenceSubscribe,
             "presence_friends_unsubscribe" => Command::PresenceUnsubscribe,
+            "room_members" => Command::RoomMembers(members::RoomMembers::parse(req)?),
+            "typing" => Command::Typing(typing::Typing::parse(req)?),
+            "read" => Command::Read(reads::Read::parse(req)?),
+            "edit" => Command::Edit(edits::Edit::parse_edit(req)?),
+            "delete" => Command::Edit(edits::Edit::parse_delete(req)?),
+            "resume" => Command::Resume(resume::Resume::parse(req)?),
+            "refresh_token" => Command::RefreshToken,
+            "auth" => Command::Auth(tokens::Auth::parse(req)?),
             other => {
                 return Err(RequestError::with(
                     ErrorCode::UnknownType,
@@ -229,6 +259,13 @@ impl Command {
             Command::GetOnlineFriends => presence::get_online_friends(hub, cx),
             Command::PresenceSubscribe => presence::subscribe(hub, cx),
             Command::PresenceUnsubscribe => presence::unsubscribe(hub, cx),
+            Command::RoomMembers(c) => c.apply(hub, cx),
+            Command::Typing(c) => c.apply(hub, cx),
+            Command::Read(c) => c.apply(hub, cx),
+            Command::Edit(c) => c.apply(hub, cx),
+            Command::Resume(c) => c.apply(hub, cx),
+            Command::RefreshToken => tokens::refresh(hub, cx),
+            Command::Auth(c) => c.apply(hub, cx),
         }
     }
 }
@@ -293,6 +330,15 @@ fn on_outcome(hub: &mut Hub, t: crate::db::Ticket, outcome: Outcome) {
         Outcome::Unfollow { from, to, removed } => {
             friends::unfollow_done(hub, &t, from, to, removed)
         }
+        Outcome::RoomMembers { room, members } => members::done(hub, &t, room, members),
+        Outcome::Resume(rooms) => resume::done(hub, &t, rooms),
+        Outcome::Edit { delete, result } => edits::done(hub, &t, delete, result),
+        Outcome::Read {
+            username,
+            room,
+            result,
+        } => reads::done(hub, &t, &username, room, result),
+        Outcome::MsgDuplicate(d) => messages::duplicate(hub, &t, d),
         Outcome::RoomCreated { room, name, logged } => {
             logged.into_iter().for_each(|e| hub.history.append(e));
             rooms::created(hub, &t, room, name)
@@ -303,8 +349,9 @@ fn on_outcome(hub: &mut Hub, t: crate::db::Ticket, outcome: Outcome) {
             result,
             logged,
         } => {
+            let entry = logged.last().map(|e| e.id);
             logged.into_iter().for_each(|e| hub.history.append(e));
-            rooms::join_done(hub, &t, username, nickname, result)
+            rooms::join_done(hub, &t, username, nickname, result, entry)
         }
         Outcome::Leave {
             username,
@@ -313,10 +360,11 @@ fn on_outcome(hub: &mut Hub, t: crate::db::Ticket, outcome: Outcome) {
             was_member,
             logged,
         } => {
+            let entry = logged.last().map(|e| e.id);
             logged.into_iter().for_each(|e| hub.history.append(e));
-            rooms::leave_done(hub, &t, username, nickname, room, was_member)
+            rooms::leave_done(hub, &t, username, nickname, room, was_member, entry)
         }
-        Outcome::Msg { msg, id, ts } => messages::stored(hub, msg, id, ts),
+        Outcome::Msg { msg, id, ts } => messages::stored(hub, &t, msg, id, ts),
         Outcome::Dm { msg, to, result } => dm::stored(hub, &t, msg, to, result),
         Outcome::DmQueued { room, to } => dm::ack(hub, &t, &room, &to, "QUEUED"),
     }
@@ -337,14 +385,18 @@ fn on_db_error(hub: &mut Hub, t: crate::db::Ticket, e: DbError) {
     match &conn.phase {
         Phase::Http(_) => http::db_failed(hub, t.conn, &e),
         Phase::Upgrading { .. } => session::open_failed(hub, t.conn, &e),
-        Phase::Ws(_) => hub.reply_error(
-            t.conn,
-            &t.req_id,
-            RequestError::with(
-                ErrorCode::Unavailable,
-                "database unavailable; nothing was stored",
-            ),
-        ),
+        Phase::Ws(_) => {
+            hub.reply_error(
+                t.conn,
+                &t.req_id,
+                RequestError::with(
+                    ErrorCode::Unavailable,
+                    "database unavailable; nothing was stored",
+                ),
+            );
+            // A resume whose replay failed: what it held back goes out now.
+            resume::abandon(hub, t.conn);
+        }
         Phase::Closed => {}
     }
 }

@@ -139,7 +139,16 @@ impl Join {
     }
 }
 
-pub fn join_done(hub: &mut Hub, t: &Ticket, username: String, nickname: String, r: JoinResult) {
+/// `entry`: the id of the system entry the join wrote (live `system` events
+/// carry it, so a client can resume from it).
+pub fn join_done(
+    hub: &mut Hub,
+    t: &Ticket,
+    username: String,
+    nickname: String,
+    r: JoinResult,
+    entry: Option<i64>,
+) {
     match r {
         JoinResult::NotFound => {
             hub.reply_error(t.conn, &t.req_id, ErrorCode::RoomNotFound.into());
@@ -160,7 +169,7 @@ pub fn join_done(hub: &mut Hub, t: &Ticket, username: String, nickname: String, 
                 .with("event", "joined")
                 .with("user", username)
                 .with("user_nickname", nickname);
-            hub.to_room(&room, &ev);
+            system_to_room(hub, &room, ev, entry);
         }
     }
 }
@@ -203,6 +212,7 @@ pub fn leave_done(
     nickname: String,
     room: String,
     was_member: bool,
+    entry: Option<i64>,
 ) {
     if was_member {
         hub.state.left(&username, &room);
@@ -212,13 +222,20 @@ pub fn leave_done(
             .with("event", "left")
             .with("user", username)
             .with("user_nickname", nickname);
-        hub.to_room(&room, &ev);
+        system_to_room(hub, &room, ev, entry);
     }
     let status = if was_member { "LEFT" } else { "NOT_A_MEMBER" };
     let ev = Event::new("leave_ack")
         .with("room", room)
         .with("status", status);
     hub.reply(t.conn, &t.req_id, ev);
+}
+
+fn system_to_room(hub: &mut Hub, room: &str, ev: Event, entry: Option<i64>) {
+    match entry {
+        Some(id) => hub.entry_to_room(room, id, &ev.with("id", id), None),
+        None => hub.to_room(room, &ev),
+    }
 }
 
 /// `my_rooms {}`.
@@ -237,14 +254,31 @@ pub fn my_rooms_done(hub: &mut Hub, t: &Ticket, rooms: Vec<RoomInfo>) {
         .map(|r| {
             let last = match r.last {
                 None => Value::Null,
-                Some(l) => json!({
-                    "text": l.text,
-                    "from": l.from,
-                    "kind": l.kind,
-                    "ts": l.ts.map(crate::time::format_iso),
-                }),
+                Some(l) => {
+                    let mut v = json!({
+                        "text": if l.deleted { String::new() } else { l.text },
+                        "from": l.from,
+                        "kind": l.kind,
+                        "ts": l.ts.map(crate::time::format_iso),
+                    });
+                    if let Some(id) = l.id {
+                        v["id"] = id.into();
+                    }
+                    if l.deleted {
+                        v["deleted"] = true.into();
+                    } else if let Some(at) = l.edited_at {
+                        v["edited_at"] = crate::time::format_iso(at).into();
+                    }
+                    v
+                }
             };
-            json!({ "id": r.id, "name": r.name, "last": last })
+            json!({
+                "id": r.id,
+                "name": r.name,
+                "last": last,
+                "read_id": r.read_id,
+                "unread": r.unread,
+            })
         })
         .collect();
     let ev = Event::new("my_rooms")

@@ -46,8 +46,8 @@ pub fn upgrade(hub: &mut Hub, id: ConnId, req: Request) {
         }
     }
     let token = bearer_token(&req).or_else(|| req.query_param("token"));
-    let username = match hub.tokens.verify(token.as_deref().unwrap_or("")) {
-        Ok(u) => u,
+    let (username, token_expires) = match hub.tokens.verify_expiry(token.as_deref().unwrap_or("")) {
+        Ok(v) => v,
         Err(e) => return refuse(hub, 403, &e.to_string()),
     };
     // Budgets, checked before any work is done for the connection.
@@ -79,6 +79,7 @@ pub fn upgrade(hub: &mut Hub, id: ConnId, req: Request) {
         username: username.clone(),
         accept_key,
         leftover,
+        token_expires,
     };
     if hub.state.begin_open(&username, id) {
         load(hub, id, &username);
@@ -158,6 +159,7 @@ pub fn opened(hub: &mut Hub, id: ConnId, username: &str, session: Option<Session
     let Phase::Upgrading {
         accept_key,
         leftover,
+        token_expires,
         ..
     } = std::mem::replace(&mut conn.phase, Phase::Closed)
     else {
@@ -177,6 +179,8 @@ pub fn opened(hub: &mut Hub, id: ConnId, username: &str, session: Option<Session
         seq: Default::default(),
         unfinished: 0,
         unfinished_since: None,
+        token_expires: super::tokens::on_loop_clock(token_expires),
+        token_warned: false,
     }));
     hub.dirty.push(id.slot);
     hub.metrics.ws_opened += 1;
@@ -302,6 +306,7 @@ pub fn on_closed(hub: &mut Hub, id: ConnId) {
             super::dm::queue_parked(hub, orphaned);
         }
         Phase::Ws(ws) => {
+            hub.state.end_resume(id);
             // Not all written: the next connection gets them again.
             if let Some(user) = hub.state.users.get_mut(&ws.username) {
                 let unsent = ws.offline_pending.iter().map(|dm| dm.id);

@@ -11,12 +11,12 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::Server;
 use crate::close::CloseReason;
 use crate::config::Config;
-use crate::conn::{Conn, ConnId, Phase};
+use crate::conn::{Conn, ConnId, Phase, WsState};
 
 #[derive(Default)]
 pub(super) struct Timers {
@@ -47,9 +47,33 @@ fn deadline(conn: &Conn, config: &Config) -> Option<Instant> {
                 None => ws.last_frame + config.ws_ping_interval,
             };
             let unfinished = ws.unfinished_since.map(|t| t + config.http_timeout);
-            Some(unfinished.map_or(ping, |u| u.min(ping)))
+            let token = token_deadline(ws, config);
+            Some(
+                [unfinished, token]
+                    .into_iter()
+                    .flatten()
+                    .fold(ping, Instant::min),
+            )
         }
     }
+}
+
+/// A token `token_expiring` is sent this long before it expires.
+pub const TOKEN_WARNING: Duration = Duration::from_secs(60);
+
+/// With `KLAV_WS_TOKEN_EXPIRY=close`: when the token's warning is due (until it
+/// is sent), then when it expires.
+fn token_deadline(ws: &WsState, config: &Config) -> Option<Instant> {
+    if !config.ws_token_expiry_close {
+        return None;
+    }
+    Some(if ws.token_warned {
+        ws.token_expires
+    } else {
+        ws.token_expires
+            .checked_sub(TOKEN_WARNING)
+            .unwrap_or(ws.token_expires)
+    })
 }
 
 impl Server {
@@ -114,6 +138,21 @@ impl Server {
         if deadline(conn, &config).is_none_or(|d| now < d) {
             return;
         }
+        if let Phase::Ws(ws) = &mut conn.phase {
+            if token_deadline(ws, &config).is_some_and(|d| now >= d) {
+                let left = ws.token_expires.saturating_duration_since(now);
+                if left.is_zero() {
+                    self.hub.close(id, CloseReason::TokenExpired);
+                } else {
+                    ws.token_warned = true;
+                    crate::handlers::tokens::expiring(&mut self.hub, id, left);
+                }
+                return;
+            }
+        }
+        let Some(conn) = self.hub.conn_mut(id) else {
+            return;
+        };
         match &mut conn.phase {
             // HTTP: nothing complete arrived in time. WebSocket: a ping went
             // unanswered (close 1001).

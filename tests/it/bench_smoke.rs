@@ -60,6 +60,44 @@ fn chat_smoke_run_loses_nothing() {
     );
 }
 
+/// The v2 chat: a `client_id` on every message and `typing` from every member;
+/// nothing lost, every message stored once with its key, typing forwarded.
+#[test]
+fn chat_with_client_ids_and_typing_loses_nothing() {
+    let s = fast_server();
+    let report = klav_bench::run(&options(
+        &s,
+        Scenario::Chat(ChatOptions {
+            rooms: 2,
+            members: 4,
+            senders: 2,
+            window: 4,
+            client_ids: true,
+            typing_every: Some(Duration::from_millis(500)),
+            ..Default::default()
+        }),
+    ))
+    .expect("the chat run completes");
+    let m = report.messages.as_ref().expect("a message report");
+    assert!(m.acked > 0, "{report}");
+    assert_eq!(m.missing, 0, "{report}");
+    assert_eq!(m.duplicates, 0, "{report}");
+    assert!(report.is_clean(), "{report}");
+    assert!(m.typing_sent > 0 && m.typing_received > 0, "{report}");
+    let (stored, keys): (i64, i64) = {
+        let r = s
+            .db()
+            .query_one(
+                "SELECT count(*), count(DISTINCT client_id) FROM chat_logs WHERE kind = 'msg'",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(stored, keys, "one entry per client_id");
+    assert!(stored as u64 >= m.acked);
+}
+
 #[test]
 fn connect_smoke_run_accepts_everyone() {
     let s = fast_server();

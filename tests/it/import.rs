@@ -166,7 +166,7 @@ fn sample_imports_and_serves_over_the_protocol() {
         by_id("r_955219ce"),
         json!({"id": "r_955219ce", "name": "대화방1", "last": {
             "text": "안뇽하세요 저도", "from": "user2", "kind": "msg",
-            "ts": "2025-10-21T09:27:17.705068+00:00"}})
+            "ts": "2025-10-21T09:27:17.705068+00:00"}, "read_id": 0, "unread": 1})
     );
     // A room with only system entries shows the newest one.
     assert_eq!(
@@ -486,9 +486,10 @@ fn name_keyed_layout_mints_ids_and_maps_names_on_reimport() {
         rooms["rooms_info"],
         json!([
             {"id": quiet, "name": "조용한 방", "last": {"text": "앨리스 님이 입장하셨습니다",
-             "from": "system", "kind": "system", "ts": "2024-05-02T09:00:00.000000+00:00"}},
+             "from": "system", "kind": "system", "ts": "2024-05-02T09:00:00.000000+00:00"},
+             "read_id": 0, "unread": 0},
             {"id": lobby, "name": "lobby", "last": {"text": "hi alice", "from": "bob", "kind": "msg",
-             "ts": "2024-05-01T08:00:02.500000+00:00"}}
+             "ts": "2024-05-01T08:00:02.500000+00:00"}, "read_id": 0, "unread": 1}
         ])
     );
     let h = ws.request(json!({"type": "history", "room_id": lobby}));

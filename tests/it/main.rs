@@ -17,4 +17,5 @@ mod messages;
 mod ordering;
 mod rooms;
 mod upgrade;
+mod v2;
 mod web;

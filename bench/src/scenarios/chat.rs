@@ -41,6 +41,10 @@ struct Plan {
     window: usize,
     rate: Option<f64>,
     msg_size: usize,
+    /// `--client-ids`: this run's prefix of every `client_id` (sequence numbers
+    /// restart each run, users may not: keys must not repeat an earlier run's).
+    client_id_prefix: Option<String>,
+    typing_every: Option<Duration>,
     timeout: Duration,
     backoff: Duration,
     warmup: Duration,
@@ -86,6 +90,8 @@ struct Member {
     lost: bool,
     tracks: Vec<SeqTrack>,
     sender: Option<SenderState>,
+    /// `--typing-every-ms`: when this member sends its next `typing`.
+    next_typing: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -105,6 +111,8 @@ struct Tally {
     lost: Counts,
     opened: u64,
     not_ready: u64,
+    typing_sent: u64,
+    typing_received: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,6 +173,7 @@ impl ChatDriver {
                 lost: false,
                 tracks: (0..plan.senders).map(|_| SeqTrack::new()).collect(),
                 sender,
+                next_typing: None,
             });
         }
         ChatDriver {
@@ -254,10 +263,17 @@ impl ChatDriver {
             sent_nanos: t,
         }
         .encode(self.plan.msg_size);
-        let frame = format!(
-            r#"{{"type":"msg","room_id":{},"text":"{text}","req_id":{seq}}}"#,
-            self.plan.rooms_json[m.room]
-        );
+        let frame = if let Some(run) = &self.plan.client_id_prefix {
+            format!(
+                r#"{{"type":"msg","room_id":{},"text":"{text}","req_id":{seq},"client_id":"{run}-{}-{seq}"}}"#,
+                self.plan.rooms_json[m.room], s.id
+            )
+        } else {
+            format!(
+                r#"{{"type":"msg","room_id":{},"text":"{text}","req_id":{seq}}}"#,
+                self.plan.rooms_json[m.room]
+            )
+        };
         if !net.send(conn, frame) {
             return false;
         }
@@ -294,6 +310,35 @@ impl ChatDriver {
                 return;
             }
         }
+    }
+
+    /// `--typing-every-ms`: each ready member sends `typing` on its own schedule
+    /// (spread over the interval so they do not all fire at once).
+    fn send_typing(&mut self, net: &mut Net, now: Instant) -> Option<Instant> {
+        let every = self.plan.typing_every?;
+        let mut next = None::<Instant>;
+        for mi in 0..self.members.len() {
+            let m = &mut self.members[mi];
+            let (Some(conn), Phase::Ready, false) = (m.conn, m.phase, m.lost) else {
+                continue;
+            };
+            let due = *m
+                .next_typing
+                .get_or_insert_with(|| now + every.mul_f64((m.user % 97) as f64 / 97.0));
+            if now >= due {
+                let frame = format!(
+                    r#"{{"type":"typing","room_id":{}}}"#,
+                    self.plan.rooms_json[m.room]
+                );
+                if net.send(conn, frame) {
+                    self.tally.typing_sent += 1;
+                }
+                m.next_typing = Some(due + every);
+            }
+            let at = m.next_typing.expect("set above");
+            next = Some(next.map_or(at, |n: Instant| n.min(at)));
+        }
+        next
     }
 
     /// Open loop: sends whatever the schedule says is due by now.
@@ -466,6 +511,10 @@ impl Driver for ChatDriver {
     }
 
     fn on_text(&mut self, net: &mut Net, _id: ConnId, tag: usize, text: &str, now: Instant) {
+        if text.contains("\"typing\"") {
+            self.tally.typing_received += 1;
+            return;
+        }
         // In a big room most frames during setup are other members' `joined`
         // events; once joined, a member only cares about messages and errors.
         if self.members[tag].phase != Phase::Joining
@@ -556,6 +605,9 @@ impl Driver for ChatDriver {
                 let send_until = times.send_until;
                 self.expire(now);
                 let mut wake = (now + Duration::from_millis(20)).min(send_until);
+                if let Some(next) = self.send_typing(net, now) {
+                    wake = wake.min(next);
+                }
                 if self.plan.rate.is_some() {
                     if let Some(next) = self.pace(net, now) {
                         wake = wake.min(next);
@@ -644,6 +696,13 @@ pub(crate) fn run(server: &Server, co: &ChatOptions, fanout: bool) -> Result<Rep
         window: co.window,
         rate: co.rate,
         msg_size: co.msg_size,
+        client_id_prefix: co.client_ids.then(|| {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            format!("{nanos:x}")
+        }),
+        typing_every: co.typing_every,
         timeout: opts.timeout,
         backoff: opts.backoff,
         warmup: opts.warmup,
@@ -809,6 +868,8 @@ fn merge(
         msgs.duplicates += t.duplicates;
         msgs.order_violations += t.order_violations;
         msgs.foreign += t.foreign;
+        msgs.typing_sent += t.typing_sent;
+        msgs.typing_received += t.typing_received;
         sent_in_window += t.sent_in_window;
         acked_in_window += t.acked_in_window;
         deliveries_in_window += t.deliveries_in_window;

@@ -1,0 +1,93 @@
+//! `edit` and `delete`: the author changes or removes their own `msg`/`dm`
+//! entry; everyone who could see it is told once, and history keeps a tombstone.
+
+use super::messages::check_text;
+use super::Ctx;
+use crate::conn::ConnId;
+use crate::db::jobs::{ChatEntry, EditResult};
+use crate::db::{Job, Ticket};
+use crate::hub::Hub;
+use crate::protocol::{ErrorCode, Event, Request, RequestError};
+
+/// `edit {"id","text"}` or `delete {"id"}` (`text: None`).
+pub struct Edit {
+    id: i64,
+    text: Option<String>,
+}
+
+impl Edit {
+    pub fn parse_edit(req: &Request) -> Result<Edit, RequestError> {
+        Ok(Edit {
+            id: req.entry_id()?,
+            text: Some(check_text(req)?),
+        })
+    }
+
+    pub fn parse_delete(req: &Request) -> Result<Edit, RequestError> {
+        Ok(Edit {
+            id: req.entry_id()?,
+            text: None,
+        })
+    }
+
+    pub fn apply(self, hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
+        if self.id <= 0 {
+            return Err(ErrorCode::MessageNotFound.into());
+        }
+        // The writer checks visibility and authorship under a row lock, in order
+        // with the messages (and other edits) of the same entry.
+        let job = Job::Edit {
+            username: cx.user.clone(),
+            id: self.id,
+            text: self.text,
+        };
+        cx.submit(hub, job);
+        Ok(())
+    }
+}
+
+pub fn done(hub: &mut Hub, t: &Ticket, delete: bool, result: EditResult) {
+    let e = match result {
+        EditResult::NotFound => {
+            return hub.reply_error(t.conn, &t.req_id, ErrorCode::MessageNotFound.into())
+        }
+        EditResult::NotAuthor => {
+            return hub.reply_error(t.conn, &t.req_id, ErrorCode::NotAuthor.into())
+        }
+        EditResult::Done(e) => *e,
+    };
+    let ev = if delete {
+        Event::new("message_deleted")
+            .with("id", e.id)
+            .with("room", e.room.as_str())
+    } else {
+        Event::new("message_edited")
+            .with("id", e.id)
+            .with("room", e.room.as_str())
+            .with("text", e.text.as_str())
+            .with(
+                "edited_at",
+                e.edited_at.map(crate::time::format_iso).unwrap_or_default(),
+            )
+    };
+    let audience = audience(hub, &e);
+    let others: Vec<ConnId> = audience.into_iter().filter(|c| *c != t.conn).collect();
+    hub.change_to(&others, &e.room, &ev);
+    // The author's connection gets it as the reply (even if it has since left
+    // the room, it asked).
+    hub.reply(t.conn, &t.req_id, ev);
+    hub.history.replace(e);
+}
+
+/// Every connection that could see the entry: a room message's members, a DM's
+/// two parties; each once.
+fn audience(hub: &Hub, e: &ChatEntry) -> Vec<ConnId> {
+    if e.kind != "dm" {
+        return hub.state.room_conns(&e.room);
+    }
+    let mut out = hub.state.user_conns(&e.from).to_vec();
+    if let Some(to) = e.to.as_deref().filter(|to| *to != e.from) {
+        out.extend_from_slice(hub.state.user_conns(to));
+    }
+    out
+}

@@ -1,0 +1,47 @@
+//! `room_members`: who belongs to a room, and who of them is online now.
+
+use serde_json::{json, Value};
+
+use super::Ctx;
+use crate::db::jobs::UserRef;
+use crate::db::{Job, Ticket};
+use crate::hub::Hub;
+use crate::protocol::{ErrorCode, Event, Request, RequestError};
+
+/// `room_members {"room_id"}`.
+pub struct RoomMembers {
+    room: String,
+}
+
+impl RoomMembers {
+    pub fn parse(req: &Request) -> Result<RoomMembers, RequestError> {
+        let room = req.room_id()?.ok_or(ErrorCode::RoomIdRequired)?;
+        Ok(RoomMembers {
+            room: room.to_string(),
+        })
+    }
+
+    pub fn apply(self, hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
+        if !hub.state.is_member(&cx.user, &self.room) {
+            return Err(ErrorCode::NotAMember.into());
+        }
+        cx.submit(hub, Job::RoomMembers { room: self.room });
+        Ok(())
+    }
+}
+
+/// The list is read from the database (members who are offline are not in
+/// memory); `online` is from memory when the answer arrives.
+pub fn done(hub: &mut Hub, t: &Ticket, room: String, members: Vec<UserRef>) {
+    let members: Vec<Value> = members
+        .into_iter()
+        .map(|m| {
+            let online = hub.state.is_online(&m.username);
+            json!({"username": m.username, "nickname": m.nickname, "online": online})
+        })
+        .collect();
+    let ev = Event::new("room_members")
+        .with("room", room)
+        .with("members", members);
+    hub.reply(t.conn, &t.req_id, ev);
+}

@@ -1,0 +1,77 @@
+//! `refresh_token` and `auth`: a long-lived connection gets a fresh token, and
+//! (with `KLAV_WS_TOKEN_EXPIRY=close`) presents it before the old one expires.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use super::Ctx;
+use crate::conn::ConnId;
+use crate::hub::Hub;
+use crate::protocol::{ErrorCode, Event, Request, RequestError};
+
+/// `refresh_token {}`: a fresh token for the same user. It does not extend the
+/// connection by itself (send `auth` with it).
+pub fn refresh(hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
+    let token = hub.tokens.issue(&cx.user);
+    let ev = Event::new("token")
+        .with("access_token", token)
+        .with("expires_in_minutes", hub.tokens.expire_minutes)
+        .with("token_type", "bearer");
+    hub.reply(cx.id, &cx.req.req_id, ev);
+    Ok(())
+}
+
+/// `auth {"token"}`.
+pub struct Auth {
+    token: String,
+}
+
+impl Auth {
+    pub fn parse(req: &Request) -> Result<Auth, RequestError> {
+        match req.str("token") {
+            Ok(Some(t)) => Ok(Auth {
+                token: t.to_string(),
+            }),
+            _ => Err(RequestError::with(
+                ErrorCode::BadToken,
+                "\"token\" is required",
+            )),
+        }
+    }
+
+    pub fn apply(self, hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
+        let expires = match hub.tokens.verify_expiry(&self.token) {
+            Ok((user, exp)) if user == cx.user => exp,
+            Ok(_) => {
+                return Err(RequestError::with(
+                    ErrorCode::BadToken,
+                    "the token is for another user",
+                ))
+            }
+            Err(e) => return Err(RequestError::with(ErrorCode::BadToken, e.to_string())),
+        };
+        if let Some(ws) = hub.ws_mut(cx.id) {
+            ws.token_expires = on_loop_clock(expires);
+            ws.token_warned = false;
+        }
+        // The deadline may have moved earlier: the loop files it again.
+        hub.again.push(cx.id);
+        let ev = Event::new("auth_ack").with("expires_at", crate::time::format_iso(expires));
+        hub.reply(cx.id, &cx.req.req_id, ev);
+        Ok(())
+    }
+}
+
+/// A token's `exp` as an [`Instant`], read once, so that the deadline the
+/// timers compute from it stays put.
+pub fn on_loop_clock(exp: SystemTime) -> Instant {
+    Instant::now()
+        + exp
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO)
+}
+
+/// The connection's token expires in `left`: tell it (once per token).
+pub fn expiring(hub: &mut Hub, id: ConnId, left: Duration) {
+    let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+    hub.send_event(id, &Event::new("token_expiring").with("in_seconds", secs));
+}
