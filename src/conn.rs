@@ -133,6 +133,16 @@ pub enum Admit {
     Flood,
 }
 
+/// Frame bytes one request token pays for: a request costs one token per started
+/// 4 KiB, so a connection's budget bounds the bytes the loop parses for it, not
+/// only how many requests (a 64 KiB frame of JSON costs sixteen normal ones).
+pub const BYTES_PER_TOKEN: usize = 4096;
+
+/// The tokens a frame of `len` bytes costs.
+pub fn request_cost(len: usize) -> f64 {
+    len.div_ceil(BYTES_PER_TOKEN).max(1) as f64
+}
+
 /// A connection's request token bucket, and the rule for closing a flooder.
 /// Refusing a request is cheap, so a burst over the limit only costs the client
 /// its refused requests; a connection is closed only when it is refused more than
@@ -141,7 +151,7 @@ pub struct RateLimit {
     tokens: f64,
     at: Instant,
     window_start: Instant,
-    refused_in_window: u32,
+    refused_in_window: f64,
     flooding_secs: u32,
 }
 
@@ -151,31 +161,40 @@ impl RateLimit {
             tokens: burst,
             at: now,
             window_start: now,
-            refused_in_window: 0,
+            refused_in_window: 0.0,
             flooding_secs: 0,
         }
     }
 
-    pub fn admit(&mut self, now: Instant, rate: f64, burst: f64, flood_secs: u32) -> Admit {
+    /// Takes `cost` tokens (a request costs one per started
+    /// [`BYTES_PER_TOKEN`] of its frame: parsing is paid per byte).
+    pub fn admit(
+        &mut self,
+        now: Instant,
+        cost: f64,
+        rate: f64,
+        burst: f64,
+        flood_secs: u32,
+    ) -> Admit {
         let window = now.duration_since(self.window_start).as_secs_f64();
         if window >= 1.0 {
             // A full second just ended: did it count as flooding? A quiet second
             // in between (the window ran over two seconds) breaks the run.
-            if window < 2.0 && self.refused_in_window as f64 > rate {
+            if window < 2.0 && self.refused_in_window > rate {
                 self.flooding_secs += 1;
             } else {
                 self.flooding_secs = 0;
             }
             self.window_start = now;
-            self.refused_in_window = 0;
+            self.refused_in_window = 0.0;
         }
         self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * rate).min(burst);
         self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.tokens >= cost {
+            self.tokens -= cost;
             return Admit::Yes;
         }
-        self.refused_in_window += 1;
+        self.refused_in_window += cost;
         if self.flooding_secs >= flood_secs {
             Admit::Flood
         } else {

@@ -54,7 +54,7 @@ pub fn process(hub: &mut Hub, id: ConnId) {
                 // Pipelined requests are cheap to send and cost the loop to
                 // answer: past the bucket, the connection is refused and closed.
                 let bucket = st.rate.get_or_insert_with(|| RateLimit::new(burst, now));
-                if bucket.admit(now, rate, burst, u32::MAX) != Admit::Yes {
+                if bucket.admit(now, 1.0, rate, burst, u32::MAX) != Admit::Yes {
                     st.buf.clear();
                     hub.metrics.rate_limited += 1;
                     let resp = http::response(

@@ -26,7 +26,7 @@ use std::time::Instant;
 use tungstenite::Message;
 
 use crate::close::CloseReason;
-use crate::conn::{Admit, ConnId, Phase};
+use crate::conn::{request_cost, Admit, ConnId, Phase, BYTES_PER_TOKEN};
 use crate::db::jobs::Outcome;
 use crate::db::{Completion, DbError, Job, Ticket};
 use crate::hub::Hub;
@@ -77,7 +77,8 @@ pub fn on_ws_message(hub: &mut Hub, id: ConnId, msg: Message) {
             return;
         }
     };
-    let Some(admit) = admit(hub, id) else {
+    let len = text.as_ref().map_or(0, |t| t.len());
+    let Some(admit) = admit(hub, id, request_cost(len)) else {
         return;
     };
     let Some(text) = text else {
@@ -89,17 +90,21 @@ pub fn on_ws_message(hub: &mut Hub, id: ConnId, msg: Message) {
         return;
     };
     hub.metrics.requests += 1;
-    let decoded = Request::decode(text.as_str());
     if admit != Admit::Yes {
         hub.metrics.rate_limited += 1;
-        let req_id = decoded.ok().and_then(|r| r.req_id);
+        // A refusal must stay cheap: only a small frame is parsed for its req_id.
+        let req_id = if len <= BYTES_PER_TOKEN {
+            Request::decode(text.as_str()).ok().and_then(|r| r.req_id)
+        } else {
+            None
+        };
         hub.reply_error(id, &req_id, RequestError::new(ErrorCode::RateLimited));
         if admit == Admit::Flood {
             hub.close(id, CloseReason::Flood);
         }
         return;
     }
-    match decoded {
+    match Request::decode(text.as_str()) {
         Ok(req) => start_or_hold(hub, id, Box::new(req)),
         Err((e, req_id)) => hub.reply_error(id, &req_id, e),
     }
@@ -153,8 +158,8 @@ fn touch(hub: &mut Hub, id: ConnId) {
     }
 }
 
-/// Marks the connection alive and takes a token from its request bucket.
-fn admit(hub: &mut Hub, id: ConnId) -> Option<Admit> {
+/// Marks the connection alive and takes `cost` tokens from its request bucket.
+fn admit(hub: &mut Hub, id: ConnId, cost: f64) -> Option<Admit> {
     let now = Instant::now();
     let (rate, burst, flood) = (
         hub.config.rate_per_sec,
@@ -164,7 +169,7 @@ fn admit(hub: &mut Hub, id: ConnId) -> Option<Admit> {
     let ws = hub.ws_mut(id)?;
     ws.last_frame = now;
     ws.ping_sent = None;
-    Some(ws.rate.admit(now, rate, burst, flood))
+    Some(ws.rate.admit(now, cost, rate, burst, flood))
 }
 
 /// A decoded WebSocket request: every type the protocol knows, each parsed from

@@ -145,7 +145,11 @@ fn idle_connections_give_back_their_buffers() {
 /// recipient is not kicked, and the queue is emptied.
 #[test]
 fn a_large_offline_queue_is_delivered_in_pieces() {
-    let s = TestServer::start();
+    // Long frames cost more of the request budget: raised so the sender is quick.
+    let s = TestServer::with(|c| {
+        c.rate_per_sec = 10_000.0;
+        c.rate_burst = 10_000.0;
+    });
     let mut a = s.client("dm-big-sender");
     let bt = s.user("dm-big-recipient");
     let room = a.create_room("big");
