@@ -42,6 +42,10 @@ pub struct Hub {
     pub close_soon: Vec<(ConnId, CloseReason)>,
     /// Connections with input left over from a budget-limited read.
     pub again: Vec<ConnId>,
+    /// HTTP requests that may still be answered this turn, all connections
+    /// together: a storm of pipelined requests on thousands of connections
+    /// spreads over turns instead of making one turn (and everyone's wait) long.
+    pub http_turn_left: usize,
     /// Jobs submitted and not yet completed.
     pub outstanding: usize,
     pub started: Instant,

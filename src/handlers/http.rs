@@ -26,6 +26,9 @@ use crate::throttle::RegisterRefusal;
 pub fn process(hub: &mut Hub, id: ConnId) {
     let (rate, burst) = (hub.config.rate_per_sec, hub.config.rate_burst);
     for _ in 0..REQUESTS_PER_TURN {
+        if hub.http_turn_left == 0 {
+            break;
+        }
         let Some(conn) = hub.conn_mut(id) else { return };
         if conn.closing.is_some() {
             return;
@@ -66,6 +69,7 @@ pub fn process(hub: &mut Hub, id: ConnId) {
                     );
                     return respond(hub, id, resp, false);
                 }
+                hub.http_turn_left -= 1;
                 route(hub, id, req);
             }
             Err(e) => {
@@ -89,6 +93,9 @@ pub fn process(hub: &mut Hub, id: ConnId) {
 
 /// Requests answered per connection per loop turn.
 const REQUESTS_PER_TURN: usize = 32;
+
+/// HTTP requests answered per loop turn, all connections together.
+pub const HTTP_REQUESTS_PER_TURN: usize = 2048;
 
 /// Queues a response; closes the connection after it unless kept alive.
 pub fn respond(hub: &mut Hub, id: ConnId, bytes: impl AsRef<[u8]>, keep_alive: bool) {

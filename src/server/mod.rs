@@ -221,6 +221,7 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
             dirty: Vec::new(),
             close_soon: Vec::new(),
             again: Vec::new(),
+            http_turn_left: handlers::http::HTTP_REQUESTS_PER_TURN,
             outstanding: 0,
             started: Instant::now(),
         },
@@ -232,6 +233,9 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
         timers: timers::Timers::default(),
         draining: false,
         trim_mark: (0, 0),
+        discard_left: reading::DISCARD_TURN_BUDGET,
+        http_read_left: reading::HTTP_READ_TURN_BUDGET,
+        accept_more: false,
     };
     let thread = std::thread::Builder::new()
         .name("klav-loop".into())
@@ -293,6 +297,12 @@ struct Server {
     /// Connections and buffered bytes at their highest since memory was last
     /// given back (see `trim_if_freed`).
     trim_mark: (usize, usize),
+    /// What closing connections may still have thrown away this turn.
+    discard_left: usize,
+    /// What HTTP connections may still have read this turn.
+    http_read_left: usize,
+    /// The listener had more to accept when a turn's share ran out.
+    accept_more: bool,
 }
 
 impl Server {
@@ -304,12 +314,16 @@ impl Server {
         crate::log!(Info, "serving");
         loop {
             let now = Instant::now();
-            let timeout = if !self.hub.again.is_empty() || !self.hub.dirty.is_empty() {
+            let busy = !self.hub.again.is_empty() || !self.hub.dirty.is_empty() || self.accept_more;
+            let timeout = if busy {
                 Duration::ZERO
             } else {
                 let wake = self.timers.next().map_or(next_tick, |t| t.min(next_tick));
                 wake.saturating_duration_since(now)
             };
+            self.discard_left = reading::DISCARD_TURN_BUDGET;
+            self.http_read_left = reading::HTTP_READ_TURN_BUDGET;
+            self.hub.http_turn_left = handlers::http::HTTP_REQUESTS_PER_TURN;
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     crate::log!(Error, "poll failed: {e}");
@@ -333,8 +347,14 @@ impl Server {
                     }
                 }
             }
+            if std::mem::take(&mut self.accept_more) {
+                self.accept(false);
+            }
             self.drain_completions();
-            let again = std::mem::take(&mut self.hub.again);
+            let mut again = std::mem::take(&mut self.hub.again);
+            // Several reasons may have asked for the same connection.
+            again.sort_unstable_by_key(|c| (c.slot, c.gen));
+            again.dedup();
             for id in again {
                 self.on_readable(id);
                 // Whatever put it on the list may have moved its deadline.
@@ -393,6 +413,11 @@ impl Server {
         };
         let mut accepted = Vec::new();
         loop {
+            if accepted.len() >= reading::ACCEPTS_PER_TURN {
+                // Edge-triggered: no new event comes for those still waiting.
+                self.accept_more = !metrics;
+                break;
+            }
             match listener.accept() {
                 Ok((mut stream, peer)) => {
                     self.hub.metrics.accepted += 1;

@@ -21,11 +21,21 @@ use tungstenite::Message;
 const READ_BUDGET: usize = 64;
 /// Bytes thrown away per turn from a connection that is closing.
 const DISCARD_BUDGET: usize = 64 * 1024;
+/// Bytes thrown away per turn from all closing connections together: thousands
+/// of refused clients that keep sending must not make one turn long (those left
+/// over wait for the next turn, or their linger deadline).
+pub(super) const DISCARD_TURN_BUDGET: usize = 1024 * 1024;
 /// Most bytes thrown away from a closing connection before it is dropped anyway
 /// (a refused client may still be sending a large request).
 pub(super) const LINGER_MAX_BYTES: usize = 4 * 1024 * 1024;
 /// Read this much at a time from an HTTP connection.
 const HTTP_CHUNK: usize = 16 * 1024;
+/// Chunks read from one HTTP connection per turn.
+const HTTP_CHUNKS_PER_TURN: usize = 1;
+/// Bytes read from all HTTP connections together per turn (see `DISCARD_TURN_BUDGET`).
+pub(super) const HTTP_READ_TURN_BUDGET: usize = 4 * 1024 * 1024;
+/// Connections accepted per turn: a connect storm is spread over turns.
+pub(super) const ACCEPTS_PER_TURN: usize = 512;
 
 impl Server {
     pub(super) fn on_readable(&mut self, id: ConnId) {
@@ -55,7 +65,7 @@ impl Server {
         let mut sink = [0u8; 8192];
         let mut read = 0;
         let done = loop {
-            if read >= DISCARD_BUDGET {
+            if read >= DISCARD_BUDGET || self.discard_left == 0 {
                 self.hub.again.push(id);
                 break false;
             }
@@ -64,6 +74,7 @@ impl Server {
                 Ok(0) => break conn.out.is_empty() || conn.linger.is_none(),
                 Ok(n) => {
                     read += n;
+                    self.discard_left = self.discard_left.saturating_sub(n);
                     if let Some(l) = &mut conn.linger {
                         l.discarded += n;
                         if l.discarded > LINGER_MAX_BYTES {
@@ -91,9 +102,15 @@ impl Server {
         let mut eof = false;
         let mut drained = false;
         let mut chunk = [0u8; HTTP_CHUNK];
-        // Read no more than one maximal request ahead; the rest stays in the
-        // kernel until the buffered requests are answered.
-        while st.buf.len() <= http::MAX_HEAD + http::MAX_BODY {
+        // Read no more than one maximal request ahead (the rest stays in the
+        // kernel until the buffered requests are answered), and a few chunks a
+        // turn: thousands of connections sending at once each get a short turn.
+        let mut chunks = 0;
+        while st.buf.len() <= http::MAX_HEAD + http::MAX_BODY
+            && chunks < HTTP_CHUNKS_PER_TURN
+            && self.http_read_left > 0
+        {
+            chunks += 1;
             match conn.stream.read(&mut chunk) {
                 Ok(0) => {
                     eof = true;
@@ -104,6 +121,7 @@ impl Server {
                         conn.since = Instant::now();
                     }
                     st.buf.extend_from_slice(&chunk[..n]);
+                    self.http_read_left = self.http_read_left.saturating_sub(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     drained = true;
