@@ -485,11 +485,16 @@ impl Server {
 
     /// Once a second: what is not tied to one connection.
     fn tick(&mut self, now: Instant) {
+        let started = Instant::now();
         self.enforce_buffer_budget();
         self.trim_if_freed();
         self.hub.login_throttle.sweep(now);
         self.hub.register_budget.sweep(now);
         self.hub.room_budget.sweep(now);
+        let took = started.elapsed();
+        if took > Duration::from_millis(20) {
+            crate::log!(Debug, "housekeeping took {took:?}");
+        }
         let members = &self.hub.state.room_members;
         self.hub
             .history
@@ -544,7 +549,13 @@ impl Server {
         let now = (self.hub.conns.len(), self.hub.metrics.client_buffer_bytes);
         let (conns, bytes) = self.trim_mark;
         if conns.saturating_sub(now.0) >= 1000 || bytes.saturating_sub(now.1) >= 16 << 20 {
+            let started = Instant::now();
             crate::alloc::trim();
+            crate::log!(
+                Debug,
+                "returned freed memory to the system in {:?}",
+                started.elapsed()
+            );
             self.trim_mark = now;
         } else {
             self.trim_mark = (conns.max(now.0), bytes.max(now.1));
