@@ -56,5 +56,6 @@ pub use report::{
     AbuseReport, AttackReport, ConnectionReport, Counts, MessageReport, PresenceReport, Report,
     RequestReport, SetupReport,
 };
-pub use run::{raise_nofile_limit, run};
+pub use run::raise_nofile_limit;
+pub use scenarios::run;
 pub use stats::Latency;

@@ -10,29 +10,8 @@ use std::time::{Duration, Instant};
 use crate::error::BenchError;
 use crate::event::{json_str, Event};
 use crate::net::{Driver, Net, NetConfig};
-use crate::options::{Options, Scenario};
+use crate::options::Options;
 use crate::report::Report;
-use crate::scenarios;
-use crate::users::fresh_prefix;
-
-/// Runs one scenario against a live server and reports what happened.
-pub fn run(opts: &Options) -> Result<Report, BenchError> {
-    raise_nofile_limit();
-    let server = Server::new(opts)?;
-    let mut report = match &opts.scenario {
-        Scenario::Chat(c) => scenarios::chat::run(&server, c, false)?,
-        Scenario::Fanout(c) => scenarios::chat::run(&server, c, true)?,
-        Scenario::Connect(c) => scenarios::connect::run(&server, c)?,
-        Scenario::History(h) => scenarios::history::run(&server, h)?,
-        Scenario::Login(l) => scenarios::login::run(&server, l)?,
-        Scenario::Presence(p) => scenarios::presence::run(&server, p)?,
-        Scenario::Abuse(a) => scenarios::abuse::run(&server, a)?,
-    };
-    report.scenario = opts.scenario.name().to_string();
-    report.elapsed_secs = server.base.elapsed().as_secs_f64();
-    report.setup.user_prefix = server.prefix.clone();
-    Ok(report)
-}
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit: the `connect` scenario holds
 /// one descriptor per connection.
@@ -72,7 +51,7 @@ pub(crate) struct Server {
 }
 
 impl Server {
-    fn new(opts: &Options) -> Result<Server, BenchError> {
+    pub(crate) fn new(opts: &Options) -> Result<Server, BenchError> {
         let addrs: Vec<SocketAddr> = opts
             .addr
             .to_socket_addrs()
@@ -511,6 +490,36 @@ impl SetupSocket {
         let _ = self.ws.close(None);
         let _ = self.ws.flush();
     }
+}
+
+/// A prefix unique to this run: time, process id and a per-process counter (runs in
+/// one test process may start within the same millisecond), in base 36 to stay short.
+pub(crate) fn fresh_prefix() -> String {
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    format!(
+        "kb{}{}x{}",
+        base36(millis % 36u64.pow(7)),
+        base36(u64::from(std::process::id()) % 1296),
+        base36(RUNS.fetch_add(1, Ordering::Relaxed) as u64)
+    )
+}
+
+pub(crate) fn base36(mut n: u64) -> String {
+    const DIGITS: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    loop {
+        out.push(DIGITS[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).expect("ascii")
 }
 
 #[cfg(test)]

@@ -36,36 +36,6 @@ pub(crate) fn user_name(prefix: &str, i: usize) -> String {
     format!("{prefix}_{i}")
 }
 
-/// A prefix unique to this run: time, process id and a per-process counter (runs in
-/// one test process may start within the same millisecond), in base 36 to stay short.
-pub(crate) fn fresh_prefix() -> String {
-    static RUNS: AtomicUsize = AtomicUsize::new(0);
-    let millis = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    format!(
-        "kb{}{}x{}",
-        base36(millis % 36u64.pow(7)),
-        base36(u64::from(std::process::id()) % 1296),
-        base36(RUNS.fetch_add(1, Ordering::Relaxed) as u64)
-    )
-}
-
-fn base36(mut n: u64) -> String {
-    const DIGITS: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
-    let mut out = Vec::new();
-    loop {
-        out.push(DIGITS[(n % 36) as usize]);
-        n /= 36;
-        if n == 0 {
-            break;
-        }
-    }
-    out.reverse();
-    String::from_utf8(out).expect("ascii")
-}
-
 /// Registers (unless told not to) `count` users and, if `need_tokens`, obtains a
 /// token for each.
 pub(crate) fn provision(
@@ -282,13 +252,13 @@ mod tests {
 
     #[test]
     fn names_are_valid_usernames() {
-        let p = fresh_prefix();
-        assert_ne!(p, fresh_prefix());
+        let p = crate::run::fresh_prefix();
+        assert_ne!(p, crate::run::fresh_prefix());
         let name = user_name(&p, 12345);
         assert!(name.len() <= 100);
         assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
-        assert_eq!(base36(0), "0");
-        assert_eq!(base36(35), "z");
-        assert_eq!(base36(36), "10");
+        assert_eq!(crate::run::base36(0), "0");
+        assert_eq!(crate::run::base36(35), "z");
+        assert_eq!(crate::run::base36(36), "10");
     }
 }

@@ -8,7 +8,29 @@ pub(crate) mod history;
 pub(crate) mod login;
 pub(crate) mod presence;
 
-use crate::report::Counts;
+use crate::error::BenchError;
+use crate::options::{Options, Scenario};
+use crate::report::{Counts, Report};
+use crate::run::{raise_nofile_limit, Server};
+
+/// Runs one scenario against a live server and reports what happened.
+pub fn run(opts: &Options) -> Result<Report, BenchError> {
+    raise_nofile_limit();
+    let server = Server::new(opts)?;
+    let mut report = match &opts.scenario {
+        Scenario::Chat(c) => chat::run(&server, c, false)?,
+        Scenario::Fanout(c) => chat::run(&server, c, true)?,
+        Scenario::Connect(c) => connect::run(&server, c)?,
+        Scenario::History(h) => history::run(&server, h)?,
+        Scenario::Login(l) => login::run(&server, l)?,
+        Scenario::Presence(p) => presence::run(&server, p)?,
+        Scenario::Abuse(a) => abuse::run(&server, a)?,
+    };
+    report.scenario = opts.scenario.name().to_string();
+    report.elapsed_secs = server.base.elapsed().as_secs_f64();
+    report.setup.user_prefix = server.prefix.clone();
+    Ok(report)
+}
 
 pub(crate) fn bump(map: &mut Counts, key: impl Into<String>) {
     *map.entry(key.into()).or_insert(0) += 1;
