@@ -105,14 +105,14 @@ pub fn on_ws_message(hub: &mut Hub, id: ConnId, msg: Message) {
         return;
     }
     match Request::decode(text.as_str()) {
-        Ok(req) => start_or_hold(hub, id, Box::new(req)),
+        Ok(req) => start_or_hold(hub, id, req),
         Err((e, req_id)) => hub.reply_error(id, &req_id, e),
     }
 }
 
 /// Applies a request now if the jobs it may depend on are done; otherwise holds
 /// it (and reading stops) until they are.
-fn start_or_hold(hub: &mut Hub, id: ConnId, req: Box<Request>) {
+fn start_or_hold(hub: &mut Hub, id: ConnId, req: Request) {
     if req.kind == "__panic" && hub.config.fault_injection {
         panic!("fault injection: __panic request");
     }
@@ -123,7 +123,9 @@ fn start_or_hold(hub: &mut Hub, id: ConnId, req: Box<Request>) {
     let hold = cmd.hold();
     let Some(ws) = hub.ws_mut(id) else { return };
     if !ws.seq.can_start(hold) {
-        ws.seq.held = Some((hold, req));
+        // Boxed only here: the common case, a request that starts at once,
+        // allocates nothing for it.
+        ws.seq.held = Some((hold, Box::new(req)));
         return;
     }
     let cx = Ctx {
@@ -145,7 +147,7 @@ fn job_finished(hub: &mut Hub, id: ConnId, hold: Hold) {
     let Some((_, req)) = ws.seq.release() else {
         return;
     };
-    start_or_hold(hub, id, req);
+    start_or_hold(hub, id, *req);
     if hub.ws_mut(id).is_some_and(|ws| ws.seq.held.is_none()) {
         hub.again.push(id);
     }
