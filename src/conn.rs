@@ -44,7 +44,7 @@ pub enum Phase {
 
 #[derive(Default)]
 pub struct HttpState {
-    pub buf: Vec<u8>,
+    pub buf: crate::in_buf::InputBuf,
     /// How far parsing of the request at the front of `buf` got.
     pub progress: crate::http::ParseProgress,
     /// A request handed to a worker; no further request is parsed until it is

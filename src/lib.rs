@@ -40,6 +40,7 @@ pub mod history_cache;
 pub mod http;
 pub mod hub;
 pub mod import;
+pub mod in_buf;
 pub mod log;
 pub mod metrics;
 pub mod out_queue;

@@ -44,14 +44,14 @@ pub fn process(hub: &mut Hub, id: ConnId) {
         if st.pending.is_some() || st.buf.is_empty() {
             if st.buf.is_empty() && st.buf.capacity() > IDLE_BUFFER_BYTES {
                 // Give back what a large request needed.
-                st.buf = Vec::new();
+                st.buf.release();
             }
             return;
         }
-        match http::parse_resumable(&st.buf, &mut st.progress) {
+        match http::parse_resumable(st.buf.unread(), &mut st.progress) {
             Ok(None) => return,
             Ok(Some((req, used))) => {
-                st.buf.drain(..used);
+                st.buf.consume(used);
                 let now = Instant::now();
                 conn.since = now;
                 // Pipelined requests are cheap to send and cost the loop to

@@ -72,7 +72,7 @@ pub fn upgrade(hub: &mut Hub, id: ConnId, req: Request) {
     let Some(conn) = hub.conn_mut(id) else { return };
     conn.counted_addr = Some(addr);
     let leftover = match &mut conn.phase {
-        Phase::Http(st) => std::mem::take(&mut st.buf),
+        Phase::Http(st) => st.buf.take(),
         _ => Vec::new(),
     };
     conn.phase = Phase::Upgrading {

@@ -120,7 +120,7 @@ impl Server {
                     if st.buf.is_empty() && st.pending.is_none() {
                         conn.since = Instant::now();
                     }
-                    st.buf.extend_from_slice(&chunk[..n]);
+                    st.buf.extend(&chunk[..n]);
                     self.http_read_left = self.http_read_left.saturating_sub(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {

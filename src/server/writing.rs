@@ -67,7 +67,7 @@ impl Server {
         }
         if let Phase::Http(st) = &mut conn.phase {
             // No further request will be read: its input is not needed.
-            st.buf = Vec::new();
+            st.buf.release();
         }
         let reason = *conn.closing.get_or_insert(reason);
         self.hub.metrics.closed(reason);
