@@ -1,7 +1,7 @@
 //! One client connection: its socket, where it is in its life
 //! (HTTP → upgrading → WebSocket), and its output queue.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Instant, SystemTime};
 
@@ -12,6 +12,7 @@ use crate::close::CloseReason;
 use crate::db::jobs::OfflineDm;
 pub use crate::out_queue::OutQueue;
 use crate::protocol::Request;
+use crate::state::Held;
 pub use crate::ticket::ConnId;
 use crate::ticket::Hold;
 
@@ -227,6 +228,36 @@ pub struct WsState {
     pub token_expires: Instant,
     /// `token_expiring` was sent for that token.
     pub token_warned: bool,
+    /// Room → id of the first entry event this connection was sent live. A
+    /// room's entries reach a connection in id order, so it has been sent every
+    /// later one too: a `resume` replays only what lies below, and never an
+    /// entry the connection already got.
+    pub first_live: HashMap<Box<str>, i64>,
+    /// Live entry events held back since the connection opened (see
+    /// [`OpeningHold`]); `None` once its first request started or the hold ran
+    /// out.
+    pub opening: Option<OpeningHold>,
+}
+
+impl WsState {
+    /// A live entry event of `room` went out to this connection. Runs per
+    /// recipient of every fan-out: after the room's first entry it is one
+    /// lookup and allocates nothing.
+    pub fn note_live(&mut self, room: &str, id: i64) {
+        if !self.first_live.contains_key(room) {
+            self.first_live.insert(room.into(), id);
+        }
+    }
+}
+
+/// A fresh connection's live entry events are held back until its first
+/// request starts, or until `until`: a client that opens with `resume` then
+/// sees nothing live that its replay will also contain (the held events of the
+/// resumed rooms follow the replay instead), and any other client gets them
+/// in order right away.
+pub struct OpeningHold {
+    pub until: Instant,
+    pub held: Held,
 }
 
 /// A connection klav has decided to close: its last output is being written,

@@ -151,7 +151,8 @@ impl Hub {
     /// A chat entry's event (it has an `id`) to every connection of the room's
     /// online members, serialized once. `echo`: the sending connection and its
     /// request's `req_id`, which that connection alone gets in its own frame.
-    /// Connections resuming the room get it after their replay instead.
+    /// Connections resuming the room get it after their replay instead, and
+    /// connections just opened after their first request has started.
     pub fn entry_to_room(
         &mut self,
         room: &str,
@@ -184,8 +185,8 @@ impl Hub {
     }
 
     /// A change to a room's entry (edited, deleted) to `targets`: connections
-    /// resuming the room get it after their replay, in order with the entries
-    /// held back for them.
+    /// resuming the room (or just opened) get it after their replay (or first
+    /// request), in order with the entries held back for them.
     pub fn change_to(&mut self, targets: &[ConnId], room: &str, event: &Event) {
         if targets.is_empty() {
             return;
@@ -194,7 +195,7 @@ impl Hub {
         let divert = !self.state.resuming.is_empty() && self.state.resuming.contains_key(room);
         for &t in targets {
             if !(divert && self.state.divert(t, room, None, &frame)) {
-                self.send_shared(t, &frame);
+                self.deliver(t, room, None, &frame);
             }
         }
         self.metrics.deliveries += targets.len() as u64;
@@ -219,12 +220,45 @@ impl Hub {
                 Some((sender, req_id)) if sender == t => {
                     let own = Event::json_with_req_id(&json, req_id);
                     self.send_bytes(t, &crate::ws::text_frame(own.as_bytes()));
+                    if let Some(ws) = self.ws_mut(t) {
+                        ws.note_live(room, entry);
+                    }
                 }
                 _ if divert && self.state.divert(t, room, Some(entry), &frame) => {}
-                _ => self.send_shared(t, &frame),
+                _ => self.deliver(t, room, Some(entry), &frame),
             }
         }
         self.metrics.deliveries += targets.len() as u64;
+    }
+
+    /// A live entry event (`entry`: its id; `None`: a change to an entry) to one
+    /// WebSocket: held back while the connection's opening hold lasts, otherwise
+    /// queued like [`Hub::send_shared`], noting the room's first live entry (see
+    /// `WsState::first_live`). One slab lookup per recipient, as a plain send.
+    pub fn deliver(&mut self, t: ConnId, room: &str, entry: Option<i64>, frame: &Arc<[u8]>) {
+        let max = self.config.max_output_bytes;
+        let Some(conn) = self.conn_mut(t) else {
+            return;
+        };
+        if conn.closing.is_some() {
+            return;
+        }
+        let Phase::Ws(ws) = &mut conn.phase else {
+            return;
+        };
+        if let Some(hold) = &mut ws.opening {
+            hold.held.push(room, entry, frame);
+            return;
+        }
+        if let Some(id) = entry {
+            ws.note_live(room, id);
+        }
+        conn.out.push_shared(frame);
+        let over = conn.out.len() > max;
+        self.dirty.push(t.slot);
+        if over {
+            self.close_soon.push((t, CloseReason::SlowConsumer));
+        }
     }
 
     /// Every connection of a user gets the event.

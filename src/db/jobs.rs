@@ -93,6 +93,10 @@ pub struct RoomInfo {
 pub struct ResumeCursor {
     pub room: String,
     pub after: i64,
+    /// The first entry of the room the connection was sent live, if any: it
+    /// already has that one and every later one, so only the user's own DMs
+    /// (which are never sent back to their sender live) are replayed above it.
+    pub before: Option<i64>,
 }
 
 /// One room's replay, oldest first.

@@ -373,7 +373,9 @@ fn room_members<C: GenericClient>(
     Ok(user_refs(c.query(&s, &[&room])?))
 }
 
-/// Each room's entries after its cursor that `username` may see, oldest first.
+/// Each room's entries after its cursor that `username` may see, oldest first:
+/// below the cursor's `before`, when it has one, except the user's DMs to
+/// others (the connection never got those live).
 fn resume<C: GenericClient>(
     c: &mut C,
     st: &mut Stmts,
@@ -390,6 +392,8 @@ fn resume<C: GenericClient>(
             " FROM chat_logs \
              WHERE room_id = $1 AND id > $2 \
                AND (kind IS DISTINCT FROM 'dm' OR from_user = $3 OR to_user = $3) \
+               AND ($5::bigint IS NULL OR id < $5 \
+                    OR (kind = 'dm' AND from_user = $3 AND to_user IS DISTINCT FROM $3)) \
              ORDER BY id LIMIT $4"
         ),
     )?;
@@ -401,7 +405,13 @@ fn resume<C: GenericClient>(
         let mut items: Vec<ChatEntry> = c
             .query(
                 &entries,
-                &[&cursor.room, &cursor.after, &username, &(limit + 1)],
+                &[
+                    &cursor.room,
+                    &cursor.after,
+                    &username,
+                    &(limit + 1),
+                    &cursor.before,
+                ],
             )?
             .into_iter()
             .map(entry_from_row)

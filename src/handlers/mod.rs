@@ -116,7 +116,7 @@ fn start_or_hold(hub: &mut Hub, id: ConnId, req: Request) {
     if req.kind == "__panic" && hub.config.fault_injection {
         panic!("fault injection: __panic request");
     }
-    let cmd = match Command::parse(&req) {
+    let mut cmd = match Command::parse(&req) {
         Ok(c) => c,
         Err(e) => return hub.reply_error(id, &req.req_id, e),
     };
@@ -128,9 +128,22 @@ fn start_or_hold(hub: &mut Hub, id: ConnId, req: Request) {
         ws.seq.held = Some((hold, Box::new(req)));
         return;
     }
+    let user = ws.username.clone();
+    // The connection's first request starts: its opening hold ends. A `resume`
+    // keeps holding what belongs to its rooms until its replay is sent.
+    if let Some(opening) = ws.opening.take() {
+        match &mut cmd {
+            Command::Resume(r) => r.carry(opening.held),
+            _ => {
+                if !resume::release(hub, id, opening.held) {
+                    return;
+                }
+            }
+        }
+    }
     let cx = Ctx {
         id,
-        user: ws.username.clone(),
+        user,
         req: &req,
         hold,
     };

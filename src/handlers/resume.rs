@@ -1,36 +1,55 @@
 //! `resume`: after a reconnect, everything the client missed in its rooms since
 //! the last id it saw, then `resume_ack`.
 //!
-//! Live traffic keeps flowing while the replay is read. So that the client sees
-//! each entry above its cursors exactly once and in id order, the connection's
-//! live entry events of those rooms are held back from the moment the request
-//! is taken until the replay is sent (`State::begin_resume`; the job is
-//! submitted after that, so its snapshot cannot miss an entry that is not held
-//! back). The held events then follow the replay, minus those the replay
-//! already contained. Edits and deletes of entries in those rooms are held in
-//! the same queue, so they never overtake the entry they change.
+//! Live traffic keeps flowing while the replay is read, and the client must see
+//! each entry above its cursors exactly once and in id order. Three rules give
+//! that:
+//! - While a resume is answered, the connection's live entry events of its
+//!   rooms are held back (`State::begin_resume`; the job is submitted after
+//!   that, so its snapshot cannot miss an entry that is not held back). They
+//!   then follow the replay, minus those the replay already contained. Edits
+//!   and deletes of entries in those rooms are held in the same queue, so they
+//!   never overtake the entry they change.
+//! - A fresh connection holds back all its live entry events until its first
+//!   request starts, or [`OPENING_HOLD`] passes (`conn::OpeningHold`): a client
+//!   that opens with `resume` is sent nothing live before the request is taken,
+//!   and what was held for the resumed rooms carries over into the resume.
+//! - The replay never contains what the connection was already sent live: it
+//!   stops below the first entry of the room the connection got live
+//!   (`WsState::first_live`), since every later entry was sent too. Live events
+//!   that overtook a later `resume` keep their place.
 
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
 use super::messages::entry_event;
 use super::Ctx;
+use crate::close::CloseReason;
 use crate::conn::ConnId;
 use crate::db::jobs::{ResumeCursor, RoomReplay};
 use crate::db::{Job, Ticket};
 use crate::hub::Hub;
 use crate::protocol::{ErrorCode, Event, Request, RequestError};
+use crate::state::Held;
 
 /// Rooms one `resume` may name.
 pub const MAX_ROOMS: usize = 100;
 /// Entries replayed per room at most; with more, the room is not replayed
 /// (`recovered:false`) and the client reloads it with `history`.
 pub const MAX_REPLAY: i64 = 1000;
+/// How long a fresh connection's live entry events wait for its first request
+/// at most: long enough for a client's `resume` sent right after the upgrade to
+/// arrive, short enough that a client that sends nothing barely notices.
+pub const OPENING_HOLD: Duration = Duration::from_secs(1);
 
 /// `resume {"rooms":{"<room id>": <last id seen>, …}}`.
 pub struct Resume {
     rooms: Vec<ResumeCursor>,
+    /// When this is the connection's first request: what its opening hold
+    /// kept back.
+    opening: Option<Held>,
 }
 
 fn bad(detail: &str) -> RequestError {
@@ -57,19 +76,43 @@ impl Resume {
             out.push(ResumeCursor {
                 room: room.clone(),
                 after,
+                before: None,
             });
         }
-        Ok(Resume { rooms: out })
+        Ok(Resume {
+            rooms: out,
+            opening: None,
+        })
+    }
+
+    /// This is the connection's first request: it takes over what the opening
+    /// hold kept back.
+    pub fn carry(&mut self, held: Held) {
+        self.opening = Some(held);
     }
 
     pub fn apply(self, hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
-        let (mine, refused): (Vec<ResumeCursor>, Vec<ResumeCursor>) = self
+        let (mut mine, refused): (Vec<ResumeCursor>, Vec<ResumeCursor>) = self
             .rooms
             .into_iter()
             .partition(|c| hub.state.is_member(&cx.user, &c.room));
         let refused: Vec<String> = refused.into_iter().map(|c| c.room).collect();
         let rooms: HashSet<String> = mine.iter().map(|c| c.room.clone()).collect();
-        hub.state.begin_resume(cx.id, rooms, refused);
+        // The opening hold's events of these rooms stay held until the replay
+        // (which will contain them); the others go out now.
+        let mut carried = Held::default();
+        if let Some(mut held) = self.opening {
+            carried = held.split_off(&rooms);
+            if !release(hub, cx.id, held) {
+                return Ok(());
+            }
+        }
+        if let Some(ws) = hub.ws_mut(cx.id) {
+            for c in &mut mine {
+                c.before = ws.first_live.get(c.room.as_str()).copied();
+            }
+        }
+        hub.state.begin_resume(cx.id, rooms, refused, carried);
         if mine.is_empty() {
             finish(hub, cx.id, &cx.req.req_id, Vec::new());
             return Ok(());
@@ -100,12 +143,12 @@ fn finish(hub: &mut Hub, conn: ConnId, req_id: &Option<Value>, rooms: Vec<RoomRe
     let budget = hub.config.max_output_bytes / 2;
     let mut used = 0;
     let mut acks = Map::new();
-    let mut replayed_up_to: HashMap<String, i64> = HashMap::new();
+    let mut replayed: HashMap<String, Vec<i64>> = HashMap::new();
     for r in rooms {
         let frames: Vec<Vec<u8>> = r.entries.iter().map(|e| entry_event(e).frame()).collect();
         let size: usize = frames.iter().map(Vec::len).sum();
         let fits = used + size <= budget;
-        let recovered = fits && !r.pruned && !r.too_many && !buf.overflowed.contains(&r.room);
+        let recovered = fits && !r.pruned && !r.too_many && !buf.held.overflowed.contains(&r.room);
         let mut count = 0;
         if fits {
             used += size;
@@ -113,8 +156,8 @@ fn finish(hub: &mut Hub, conn: ConnId, req_id: &Option<Value>, rooms: Vec<RoomRe
                 hub.send_bytes(conn, f);
             }
             count = frames.len();
-            if let Some(last) = r.entries.last() {
-                replayed_up_to.insert(r.room.clone(), last.id);
+            if !r.entries.is_empty() {
+                replayed.insert(r.room.clone(), r.entries.iter().map(|e| e.id).collect());
             }
         }
         acks.insert(r.room, json!({"recovered": recovered, "count": count}));
@@ -126,30 +169,67 @@ fn finish(hub: &mut Hub, conn: ConnId, req_id: &Option<Value>, rooms: Vec<RoomRe
         );
     }
     hub.reply(conn, req_id, Event::new("resume_ack").with("rooms", acks));
-    flush_held(hub, conn, buf.held, &replayed_up_to);
+    flush_held(hub, conn, buf.held, &replayed);
 }
 
-/// The resume failed (its job could not run): the events held back go out.
+/// The resume failed (its job could not run): the events held back go out, as
+/// [`release`] says.
 pub fn abandon(hub: &mut Hub, conn: ConnId) {
     if let Some(buf) = hub.state.end_resume(conn) {
-        flush_held(hub, conn, buf.held, &HashMap::new());
+        release(hub, conn, buf.held);
     }
 }
 
-fn flush_held(
-    hub: &mut Hub,
-    conn: ConnId,
-    held: Vec<(String, Option<i64>, std::sync::Arc<[u8]>)>,
-    replayed_up_to: &HashMap<String, i64>,
-) {
-    for (room, id, frame) in held {
-        // An entry the replay contained is dropped; a change to an entry always
-        // follows (the replay may predate it; applying it twice is harmless).
-        if let (Some(id), Some(up_to)) = (id, replayed_up_to.get(&room)) {
-            if id <= *up_to {
+/// Held events end without a replay to follow: a fresh connection's first
+/// request is not `resume` (or none came in time), or a resume failed.
+/// Everything held goes out, in order. Unless some of it was dropped past the
+/// cap: no answer can tell the client which entries it is missing, so it is
+/// disconnected as a slow consumer and resumes on its next connection (returns
+/// false then).
+pub fn release(hub: &mut Hub, conn: ConnId, held: Held) -> bool {
+    if !held.overflowed.is_empty() {
+        hub.close(conn, CloseReason::SlowConsumer);
+        return false;
+    }
+    flush_held(hub, conn, held, &HashMap::new());
+    true
+}
+
+/// The connection closes while its opening hold lasts: what was held goes out
+/// ahead of the close, as it would have without the hold (a DM among it was
+/// answered `DELIVERED` to its sender). Called only for closes that keep unsent
+/// output.
+pub fn flush_opening_on_close(hub: &mut Hub, id: ConnId) {
+    let Some(opening) = hub.ws_mut(id).and_then(|ws| ws.opening.take()) else {
+        return;
+    };
+    let Some(conn) = hub.conn_mut(id) else {
+        return;
+    };
+    for (_, _, frame) in &opening.held.events {
+        conn.out.push_shared(frame);
+    }
+    hub.dirty.push(id.slot);
+}
+
+/// Sends what was held back, minus the entries the replay contained (`replayed`:
+/// each room's replayed ids, ascending). The events of rooms that overflowed
+/// are dropped: they are incomplete, and those rooms answered
+/// `recovered:false` (the client reloads them with `history`); a room with
+/// nothing sent live yet so stays without a first live entry, and a later
+/// resume still replays it from its cursor.
+fn flush_held(hub: &mut Hub, conn: ConnId, held: Held, replayed: &HashMap<String, Vec<i64>>) {
+    for (room, id, frame) in held.events {
+        if held.overflowed.contains(&room) {
+            continue;
+        }
+        // A change to an entry always follows (the replay may predate it;
+        // applying it twice is harmless).
+        if let (Some(id), Some(ids)) = (id, replayed.get(&room)) {
+            if ids.binary_search(&id).is_ok() {
                 continue;
             }
         }
-        hub.send_shared(conn, &frame);
+        hub.deliver(conn, &room, id, &frame);
     }
 }

@@ -1,16 +1,17 @@
 //! A WebSocket session's life: the authenticated upgrade, opening (offline DMs,
 //! presence online), and closing (presence offline).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 use crate::client_addr::{budget_key, client_addr};
-use crate::conn::{ConnId, Phase, RateLimit, WsState, OUTPUT_PAUSE_BYTES};
+use crate::conn::{ConnId, OpeningHold, Phase, RateLimit, WsState, OUTPUT_PAUSE_BYTES};
 use crate::db::jobs::{OfflineDm, SessionData};
 use crate::db::{DbError, Job, Ticket};
 use crate::http::{self, Request};
 use crate::hub::Hub;
 use crate::protocol::Event;
+use crate::state::Held;
 use crate::ws;
 
 /// `GET /ws`: validates the upgrade and the token on the loop (an HMAC is cheap),
@@ -181,6 +182,11 @@ pub fn opened(hub: &mut Hub, id: ConnId, username: &str, session: Option<Session
         unfinished_since: None,
         token_expires: super::tokens::on_loop_clock(token_expires),
         token_warned: false,
+        first_live: HashMap::new(),
+        opening: Some(OpeningHold {
+            until: now + super::resume::OPENING_HOLD,
+            held: Held::default(),
+        }),
     }));
     hub.dirty.push(id.slot);
     hub.metrics.ws_opened += 1;
@@ -306,6 +312,8 @@ pub fn on_closed(hub: &mut Hub, id: ConnId) {
             super::dm::queue_parked(hub, orphaned);
         }
         Phase::Ws(ws) => {
+            // What was held back for it (a resume's buffer here, its opening
+            // hold in `ws`) goes with it.
             hub.state.end_resume(id);
             // Not all written: the next connection gets them again.
             if let Some(user) = hub.state.users.get_mut(&ws.username) {

@@ -1,6 +1,6 @@
 //! Per-connection deadlines — the HTTP timeout, the WebSocket ping and its
-//! answer, the end of a lingering close — kept in one min-heap instead of a walk
-//! over every connection.
+//! answer, the end of a fresh WebSocket's opening hold, the end of a lingering
+//! close — kept in one min-heap instead of a walk over every connection.
 //!
 //! Deadlines move later all the time (every frame from a client pushes its ping
 //! back), so the heap is lazy: an entry is only a time to look at a connection
@@ -48,8 +48,9 @@ fn deadline(conn: &Conn, config: &Config) -> Option<Instant> {
             };
             let unfinished = ws.unfinished_since.map(|t| t + config.http_timeout);
             let token = token_deadline(ws, config);
+            let opening = ws.opening.as_ref().map(|h| h.until);
             Some(
-                [unfinished, token]
+                [unfinished, token, opening]
                     .into_iter()
                     .flatten()
                     .fold(ping, Instant::min),
@@ -139,6 +140,13 @@ impl Server {
             return;
         }
         if let Phase::Ws(ws) = &mut conn.phase {
+            // No first request came in time: what the connection's opening hold
+            // kept back goes out.
+            if ws.opening.as_ref().is_some_and(|h| now >= h.until) {
+                let held = ws.opening.take().expect("checked").held;
+                crate::handlers::resume::release(&mut self.hub, id, held);
+                return;
+            }
             if token_deadline(ws, &config).is_some_and(|d| now >= d) {
                 let left = ws.token_expires.saturating_duration_since(now);
                 if left.is_zero() {

@@ -54,6 +54,12 @@ impl Server {
                 );
             }
         }
+        if !plan.drop_unsent {
+            handlers::resume::flush_opening_on_close(&mut self.hub, id);
+        }
+        let Some(conn) = self.hub.conn_mut(id) else {
+            return;
+        };
         if let (Phase::Ws(ws), Some((code, text))) = (&mut conn.phase, plan.frame) {
             if plan.drop_unsent {
                 conn.out.truncate_unstarted();

@@ -633,26 +633,15 @@ fn v2_resume_replays_in_order_with_the_documented_errors() {
     assert_eq!(ev["type"], "message");
 }
 
-/// Messages are posted continuously while a client resumes from an old cursor:
-/// counting the replay and the live events after it, every id above the cursor
-/// arrives exactly once and in order.
-#[test]
-fn v2_resume_during_live_traffic_loses_and_doubles_nothing() {
-    let s = TestServer::with(|c| {
-        c.rate_burst = 10_000.0;
-        c.rate_per_sec = 10_000.0;
-        c.max_logs_per_room = 0;
-        // The poster does not read its own echoes.
-        c.max_output_bytes = 256 << 20;
-    });
-    let (room, mut c) = room_with(&s, &["alice", "bob"]);
+/// A room with `cursor` and 300 entries after it, and a thread posting to it
+/// every 2 ms until the returned flag is set (then it hands back the poster).
+fn room_with_live_traffic(s: &TestServer) -> (String, i64, Arc<AtomicBool>, Poster) {
+    let (room, mut c) = room_with(s, &["alice", "bob"]);
     let cursor = post(&mut c[1], &room, "before");
     for i in 0..300 {
         c[1].send(json!({"type": "msg", "room_id": room, "text": format!("old {i}")}));
     }
-    let bob = c.remove(1);
-    drop(bob);
-    let bob_token = s.token("bob");
+    drop(c.remove(1));
     let mut poster = c.remove(0);
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
@@ -667,61 +656,196 @@ fn v2_resume_during_live_traffic_loses_and_doubles_nothing() {
         poster
     });
     std::thread::sleep(Duration::from_millis(100));
-    for _round in 0..2 {
-        let mut bob = s.ws(&bob_token);
-        // Events that reach the connection before the server takes the
-        // request are not counted (the client drops what it already has).
-        bob.send(json!({"type": "resume", "req_id": "R", "rooms": {room.clone(): cursor}}));
-        let mut got: Vec<i64> = Vec::new();
-        let mut acked = false;
-        let mut after_ack = 0;
-        while after_ack < 100 {
-            let ev = bob.recv();
-            match ev["type"].as_str().unwrap() {
-                "message" => {
-                    got.push(id_of(&ev));
-                    if acked {
-                        after_ack += 1;
-                    }
+    (room, cursor, stop, posting)
+}
+
+type Poster = std::thread::JoinHandle<Ws>;
+
+/// The ids of a room's entries in `(after, upto]`, ascending.
+fn ids_between(s: &TestServer, room: &str, after: i64, upto: i64) -> Vec<i64> {
+    s.db()
+        .query(
+            "SELECT id FROM chat_logs WHERE room_id = $1 AND id > $2 AND id <= $3 ORDER BY id",
+            &[&room, &after, &upto],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// Reads until `resume_ack` (which must say `recovered`) and `after_ack`
+/// messages past it; returns every message id in arrival order.
+fn messages_through_resume(ws: &mut Ws, room: &str, after_ack: usize) -> Vec<i64> {
+    let mut got = Vec::new();
+    let mut acked = false;
+    let mut past = 0;
+    while past < after_ack {
+        let ev = ws.recv();
+        match ev["type"].as_str().unwrap() {
+            "message" => {
+                got.push(id_of(&ev));
+                if acked {
+                    past += 1;
                 }
-                "resume_ack" => {
-                    assert_eq!(ev["rooms"][&room]["recovered"], true, "{ev}");
-                    acked = true;
-                }
-                _ => {}
             }
+            "resume_ack" => {
+                assert_eq!(ev["rooms"][room]["recovered"], true, "{ev}");
+                acked = true;
+            }
+            _ => {}
         }
-        // Drop a leading run of live events that overtook the request: the
-        // replay starts at the first id above the cursor.
-        let first: i64 = s
-            .db()
-            .query_one(
-                "SELECT min(id) FROM chat_logs WHERE room_id = $1 AND id > $2",
-                &[&room, &cursor],
-            )
-            .unwrap()
-            .get(0);
-        let start = got.iter().position(|&i| i == first).expect("the replay");
-        let got = &got[start..];
+    }
+    got
+}
+
+/// Messages are posted continuously while a client reconnects and resumes from
+/// an old cursor as its first request: everything the connection receives —
+/// replay and live events alike — is every id above the cursor exactly once, in
+/// id order, with nothing before it.
+#[test]
+fn v2_resume_during_live_traffic_loses_and_doubles_nothing() {
+    let s = TestServer::with(|c| {
+        c.rate_burst = 10_000.0;
+        c.rate_per_sec = 10_000.0;
+        c.max_logs_per_room = 0;
+        // The poster does not read its own echoes.
+        c.max_output_bytes = 256 << 20;
+    });
+    let (room, cursor, stop, posting) = room_with_live_traffic(&s);
+    let bob_token = s.token("bob");
+    // At once, and after a pause that live traffic would fill were it not held
+    // back until the first request.
+    for pause in [0, 100] {
+        let mut bob = s.ws(&bob_token);
+        std::thread::sleep(Duration::from_millis(pause));
+        bob.send(json!({"type": "resume", "req_id": "R", "rooms": {room.clone(): cursor}}));
+        let got = messages_through_resume(&mut bob, &room, 100);
         assert!(
             got.windows(2).all(|w| w[0] < w[1]),
-            "out of order or doubled"
+            "out of order or doubled: {got:?}"
         );
-        let last = *got.last().unwrap();
-        let want: Vec<i64> = s
-            .db()
-            .query(
-                "SELECT id FROM chat_logs WHERE room_id = $1 AND id > $2 AND id <= $3 ORDER BY id",
-                &[&room, &cursor, &last],
-            )
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        assert_eq!(got, want.as_slice(), "every id exactly once, in order");
+        let want = ids_between(&s, &room, cursor, *got.last().unwrap());
+        assert_eq!(got, want, "every id exactly once, in order");
     }
     stop.store(true, Ordering::Relaxed);
     posting.join().unwrap();
+}
+
+/// A connection that first asks something else receives live entries for a
+/// while, then resumes from an old cursor: the replay fills in only what it did
+/// not get live, so every id above the cursor arrives exactly once.
+#[test]
+fn v2_resume_after_live_entries_replays_only_what_was_not_sent() {
+    let s = TestServer::with(|c| {
+        c.rate_burst = 10_000.0;
+        c.rate_per_sec = 10_000.0;
+        c.max_logs_per_room = 0;
+        c.max_output_bytes = 256 << 20;
+    });
+    let (room, cursor, stop, posting) = room_with_live_traffic(&s);
+    let bob_token = s.token("bob");
+    for first in ["my_rooms", "history"] {
+        let mut bob = s.ws(&bob_token);
+        let mut got: Vec<i64> = Vec::new();
+        bob.send(json!({"type": first, "room_id": room, "req_id": "F"}));
+        // The reply, then some live traffic.
+        let mut replied = false;
+        let mut live = 0;
+        while !replied || live < 50 {
+            let ev = bob.recv();
+            if ev["req_id"] == "F" {
+                replied = true;
+            } else if ev["type"] == "message" {
+                got.push(id_of(&ev));
+                live += 1;
+            }
+        }
+        bob.send(json!({"type": "resume", "req_id": "R", "rooms": {room.clone(): cursor}}));
+        got.extend(messages_through_resume(&mut bob, &room, 100));
+        let mut sorted = got.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), got.len(), "an id arrived twice: {got:?}");
+        let want = ids_between(&s, &room, cursor, *sorted.last().unwrap());
+        assert_eq!(sorted, want, "every id above the cursor exactly once");
+    }
+    stop.store(true, Ordering::Relaxed);
+    posting.join().unwrap();
+}
+
+/// The user's own DMs never reach their connections live (`dm_ack` answers
+/// them), so a resume replays them even above the first entry the connection
+/// got live.
+#[test]
+fn v2_resume_replays_own_dms_above_the_first_live_entry() {
+    let s = TestServer::start();
+    let (room, mut c) = room_with(&s, &["alice", "bob"]);
+    let cursor = post(&mut c[0], &room, "seen");
+    c[1].expect("message");
+    let live = post(&mut c[0], &room, "live");
+    assert_eq!(id_of(&c[1].expect("message")), live);
+    // From bob's other device, and from this one.
+    let mut other = s.ws(&s.token("bob"));
+    let ack =
+        other.request(json!({"type": "room_dm", "room_id": room, "to": "alice", "text": "a"}));
+    assert_eq!(ack["status"], "DELIVERED");
+    let ack = c[1].request(json!({"type": "room_dm", "room_id": room, "to": "alice", "text": "b"}));
+    assert_eq!(ack["status"], "DELIVERED");
+    c[1].send(json!({"type": "resume", "req_id": "R", "rooms": {room.clone(): cursor}}));
+    let a = c[1].expect("dm");
+    let b = c[1].expect("dm");
+    assert_eq!((&a["text"], &b["text"]), (&json!("a"), &json!("b")));
+    assert!(live < id_of(&a) && id_of(&a) < id_of(&b));
+    let ack = c[1].expect("resume_ack");
+    assert_eq!(ack["rooms"][&room], json!({"recovered": true, "count": 2}));
+    c[1].silent();
+}
+
+/// A fresh connection's live entries wait for its first request, but never
+/// for long: one that sends nothing still gets them (in order, none missing),
+/// and one whose first request is not `resume` gets them at once, before that
+/// request's reply.
+#[test]
+fn v2_fresh_connection_gets_live_entries_without_a_resume() {
+    let s = TestServer::start();
+    let (room, mut c) = room_with(&s, &["alice", "bob"]);
+    let token = s.token("bob");
+
+    let mut quiet = s.ws(&token);
+    let mut sent: Vec<i64> = (0..5)
+        .map(|i| post(&mut c[0], &room, &format!("q{i}")))
+        .collect();
+    // Past the hold: live as usual.
+    std::thread::sleep(Duration::from_millis(1200));
+    sent.extend((5..10).map(|i| post(&mut c[0], &room, &format!("q{i}"))));
+    let got: Vec<i64> = (0..10).map(|_| id_of(&quiet.expect("message"))).collect();
+    assert_eq!(got, sent);
+    quiet.silent();
+
+    let mut asking = s.ws(&token);
+    let sent: Vec<i64> = (0..5)
+        .map(|i| post(&mut c[0], &room, &format!("a{i}")))
+        .collect();
+    let edited = c[0].request(json!({"type": "edit", "id": sent[1], "text": "changed"}));
+    assert_eq!(edited["type"], "message_edited");
+    asking.send(json!({"type": "my_rooms", "req_id": "F"}));
+    let got: Vec<i64> = (0..5).map(|_| id_of(&asking.expect("message"))).collect();
+    assert_eq!(got, sent);
+    let ev = asking.expect("message_edited");
+    assert_eq!(id_of(&ev), sent[1]);
+    assert_eq!(asking.expect("my_rooms")["req_id"], "F");
+    // And live afterwards.
+    let id = post(&mut c[0], &room, "after");
+    assert_eq!(id_of(&asking.expect("message")), id);
+    // The earlier connections got everything once too.
+    let mut all = Vec::new();
+    while let Some(ev) = c[1].try_recv(QUIET) {
+        if ev["type"] == "message" {
+            all.push(id_of(&ev));
+        }
+    }
+    assert_eq!(all.len(), 16);
 }
 
 #[test]
@@ -747,7 +871,9 @@ fn v2_resume_past_retention_or_too_many_is_not_recovered() {
         assert!(Instant::now() < deadline, "retention did not run");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let ack = c[0].request(json!({"type": "resume", "rooms": {room.clone(): cursor}}));
+    // A reconnect (this connection already got them all live).
+    let mut again = s.ws(&s.token("alice"));
+    let ack = again.request(json!({"type": "resume", "rooms": {room.clone(): cursor}}));
     assert_eq!(ack["type"], "resume_ack");
     assert_eq!(ack["rooms"][&room]["recovered"], false);
     assert_eq!(ack["rooms"][&room]["count"], 5);
@@ -765,7 +891,9 @@ fn v2_resume_past_retention_or_too_many_is_not_recovered() {
     for _ in 0..1001 {
         c[0].expect("message");
     }
-    let ack = c[0].request(json!({"type": "resume", "rooms": {room.clone(): 0}}));
+    let mut again = s.ws(&s.token("alice"));
+    again.send(json!({"type": "resume", "req_id": "R", "rooms": {room.clone(): 0}}));
+    let ack = again.recv();
     assert_eq!(ack["type"], "resume_ack", "nothing replayed before the ack");
     assert_eq!(ack["rooms"][&room], json!({"recovered": false, "count": 0}));
 }
@@ -823,9 +951,14 @@ fn v2_failed_resume_releases_live_traffic() {
         .unwrap();
     let id = post(&mut c[0], &room, "after");
     assert_eq!(id_of(&c[1].expect("message")), id);
-    // And a resume works again.
+    // And a resume works again: this connection got that entry live already...
     c[1].send(json!({"type": "resume", "rooms": {room.clone(): cursor}}));
-    assert_eq!(id_of(&c[1].expect("message")), id);
     let ack = c[1].expect("resume_ack");
+    assert_eq!(ack["rooms"][&room], json!({"recovered": true, "count": 0}));
+    // ... a new one gets it replayed.
+    let mut again = s.ws(&s.token("bob"));
+    again.send(json!({"type": "resume", "rooms": {room.clone(): cursor}}));
+    assert_eq!(id_of(&again.expect("message")), id);
+    let ack = again.expect("resume_ack");
     assert_eq!(ack["rooms"][&room], json!({"recovered": true, "count": 1}));
 }
