@@ -134,12 +134,41 @@ CREATE TABLE IF NOT EXISTS klav_read_markers (
     PRIMARY KEY (username, room_id)
 );
 
+-- Cluster (see the README's "Running a cluster").
+-- The newest entry of any kind (messages, system entries, DMs) in each room. Every
+-- transaction that adds entries to a room locks the room's row first and moves
+-- this forward, so that within a room ids commit in order, and each batch of
+-- entries names the entry before it: a node that receives a batch whose
+-- predecessor it has not seen knows it missed something and reads it back.
+ALTER TABLE rooms ADD COLUMN IF NOT EXISTS klav_last_entry_id bigint;
+-- Live nodes: each beats every few seconds; one whose heartbeat is older than
+-- KLAV_NODE_TIMEOUT_SECS is dead, and any live node removes it and its presence.
+-- `incarnation` changes at every start, so a restarted node is a new life.
+CREATE TABLE IF NOT EXISTS klav_nodes (
+    name          varchar(64) PRIMARY KEY,
+    incarnation   bigint NOT NULL,
+    started_at    timestamptz NOT NULL DEFAULT now(),
+    heartbeat_at  timestamptz NOT NULL DEFAULT now()
+);
+-- Open connections per user per node: a user is online while any row exists.
+CREATE TABLE IF NOT EXISTS klav_presence (
+    node      varchar(64) NOT NULL,
+    username  varchar(100) NOT NULL,
+    conns     integer NOT NULL,
+    PRIMARY KEY (username, node)
+);
+CREATE INDEX IF NOT EXISTS klav_presence_node ON klav_presence (node);
+-- An offline DM handed to a connection is claimed by its node (name:incarnation),
+-- so that two nodes opening the recipient's connections at once do not both
+-- deliver it; a claim by a node that is gone may be taken again.
+ALTER TABLE klav_offline_dms ADD COLUMN IF NOT EXISTS klav_claimed_by varchar(100);
+
 -- One row: the schema version this database was last brought to.
 CREATE TABLE IF NOT EXISTS klav_schema_version (
     singleton   boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     version     integer NOT NULL,
     applied_at  timestamptz NOT NULL DEFAULT now()
 );
-INSERT INTO klav_schema_version (singleton, version) VALUES (true, 2)
-ON CONFLICT (singleton) DO UPDATE SET version = GREATEST(klav_schema_version.version, 2),
+INSERT INTO klav_schema_version (singleton, version) VALUES (true, 3)
+ON CONFLICT (singleton) DO UPDATE SET version = GREATEST(klav_schema_version.version, 3),
                                       applied_at = now();

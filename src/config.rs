@@ -112,6 +112,17 @@ pub struct Config {
     /// `KLAV_WEB`: serve the browser client at `/` (default `on`); `off` leaves
     /// only the API, for deployments whose users bring their own client.
     pub web: bool,
+    /// `KLAV_NODE_NAME`: this node's name in a cluster (logs, `/metrics`, the
+    /// `klav_nodes` table). Default: the host name and the port.
+    pub node_name: Option<String>,
+    /// `KLAV_CLUSTER` (default `on`): with `DATABASE_URL`, every node on the same
+    /// database forms one cluster (see the README's "Running a cluster"); `off`
+    /// runs this node alone, without the bus (only safe when no other node uses
+    /// the database). The embedded database is always single-node.
+    pub cluster: bool,
+    /// `KLAV_NODE_TIMEOUT_SECS` (default 10): a node whose heartbeat is older than
+    /// this is dead for the others; its users go offline.
+    pub node_timeout: Duration,
     /// `KLAV_FAULT_INJECTION=1` enables the `__panic` request (for testing the
     /// panic policy only; never set it in production).
     pub fault_injection: bool,
@@ -161,6 +172,12 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl Config {
+    /// Whether this node shares its database with other nodes: only with
+    /// `DATABASE_URL` (nobody else can reach the embedded database).
+    pub fn clustered(&self) -> bool {
+        self.cluster && self.database_url.is_some()
+    }
+
     /// Reads the process environment, with `.env` (if present in the working
     /// directory) filling in variables the environment does not set.
     pub fn from_env() -> Result<Config, ConfigError> {
@@ -350,6 +367,32 @@ impl Config {
                 }
             },
             fault_injection: get("KLAV_FAULT_INJECTION") == Some("1"),
+            node_name: match get("KLAV_NODE_NAME") {
+                Some(n) if n.len() > 64 || n.contains(|c: char| c.is_control()) => {
+                    return Err(ConfigError::Invalid {
+                        var: "KLAV_NODE_NAME",
+                        value: n.to_string(),
+                        expected: "at most 64 printable characters",
+                    })
+                }
+                n => n.map(str::to_string),
+            },
+            cluster: match get("KLAV_CLUSTER").unwrap_or("on") {
+                "on" => true,
+                "off" => false,
+                other => {
+                    return Err(ConfigError::Invalid {
+                        var: "KLAV_CLUSTER",
+                        value: other.to_string(),
+                        expected: "on or off",
+                    })
+                }
+            },
+            node_timeout: Duration::from_secs(positive(
+                get("KLAV_NODE_TIMEOUT_SECS"),
+                "KLAV_NODE_TIMEOUT_SECS",
+                10,
+            )?),
             history_cache_entries: parse(
                 get("KLAV_HISTORY_CACHE_ENTRIES"),
                 "KLAV_HISTORY_CACHE_ENTRIES",

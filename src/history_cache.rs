@@ -218,6 +218,13 @@ impl HistoryCache {
         self.total -= freed;
     }
 
+    /// Drops one room (its entries could go stale: see `cluster`).
+    pub fn forget(&mut self, room: &str) {
+        if let Some(Slot::Ready(log)) = self.rooms.remove(room) {
+            self.total -= log.entries.len();
+        }
+    }
+
     /// Least recently used rooms go first when over the total budget.
     fn enforce_budget(&mut self) {
         while self.total > self.max_entries {

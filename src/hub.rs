@@ -49,6 +49,8 @@ pub struct Hub {
     /// Jobs submitted and not yet completed.
     pub outstanding: usize,
     pub started: Instant,
+    /// This node's place in a cluster (and its rooms' entry chains).
+    pub cluster: crate::cluster::Cluster,
 }
 
 impl Hub {

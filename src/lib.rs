@@ -32,6 +32,7 @@ pub mod auth;
 pub mod budget;
 pub mod client_addr;
 pub mod close;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod db;

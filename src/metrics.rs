@@ -20,6 +20,10 @@ pub struct Metrics {
     /// Bytes buffered for all clients at the last budget check.
     pub client_buffer_bytes: usize,
     pub messages: u64,
+    /// Messages another node stored, delivered here.
+    pub messages_remote: u64,
+    /// Events received from other nodes (and this node's presence decisions).
+    pub bus_events: u64,
     pub dms: u64,
     pub deliveries: u64,
     pub requests: u64,

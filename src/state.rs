@@ -520,6 +520,7 @@ mod tests {
         SessionData {
             nickname: "N".into(),
             rooms: rooms.iter().map(|s| s.to_string()).collect(),
+            last_entries: vec![0; rooms.len()],
             following: following.iter().map(|s| s.to_string()).collect(),
             offline: vec![],
         }

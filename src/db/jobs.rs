@@ -12,7 +12,14 @@ pub use crate::ticket::Ticket;
 /// A finished job, delivered to the loop.
 pub enum Completion {
     Db(Ticket, Result<Outcome, DbError>),
+    /// A committed job that added entries to a room: delivered in the room's
+    /// order (see `cluster::chain`).
+    Chained(Ticket, Outcome, ChainLink),
     Hash(Ticket, HashOutcome),
+    /// Events another node committed (see `bus`).
+    Bus(Vec<super::bus::BusEvent>),
+    /// The bus listener (re)connected: anything may have been missed before.
+    BusConnected,
 }
 
 /// A chat message or DM on its way into `chat_logs`.
@@ -27,8 +34,42 @@ pub struct NewMessage {
     pub client_id: Option<String>,
 }
 
+/// Where a job's entries sit in their room's order: the room's entry before
+/// the first of them, and the last of them. The loop delivers a room's entries
+/// only in this order (see `cluster::chain`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainLink {
+    pub room: String,
+    pub prev: i64,
+    pub last: i64,
+}
+
+/// One room's entries after a node's cursor.
+#[derive(Clone, Debug, Default)]
+pub struct RoomCatchUp {
+    pub room: String,
+    pub entries: Vec<ChatEntry>,
+    /// Ids of the DMs among them that went to an offline queue.
+    pub queued: Vec<i64>,
+    /// The room's members now.
+    pub members: Vec<String>,
+}
+
+/// What [`Job::CatchUp`] found.
+#[derive(Clone, Debug, Default)]
+pub struct CaughtUp {
+    pub rooms: Vec<RoomCatchUp>,
+    /// (user, room, the room's newest entry id) for every membership of the
+    /// users asked.
+    pub memberships: Vec<(String, String, i64)>,
+    /// (follower, followee) for the users asked.
+    pub follows: Vec<(String, String)>,
+    /// (user, nickname) of the watched users online anywhere.
+    pub online: Vec<(String, String)>,
+}
+
 /// A persisted `chat_logs` row, as `history` returns it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ChatEntry {
     pub id: i64,
     pub ts: SystemTime,
@@ -60,6 +101,8 @@ pub struct OfflineDm {
 pub struct SessionData {
     pub nickname: String,
     pub rooms: Vec<String>,
+    /// Each room's newest entry id when it was read (see `cluster::chain`).
+    pub last_entries: Vec<i64>,
     pub following: Vec<String>,
     pub offline: Vec<OfflineDm>,
 }
@@ -180,7 +223,52 @@ pub enum Job {
         legacy: String,
         new_hash: String,
     },
+    /// A user's memberships, follows and offline queue; the queued DMs not
+    /// claimed by another live node are claimed for `claim` (this node).
     OpenSession {
+        username: String,
+        claim: String,
+    },
+    /// Offline DMs claimed by this node but not written: another node may take them.
+    ReleaseOfflineClaims {
+        ids: Vec<i64>,
+        claim: String,
+    },
+    /// This node's count of `user`'s connections (0: none), and whether that
+    /// made them online or offline in the whole cluster (see `cluster`).
+    Presence {
+        node: String,
+        user: String,
+        nickname: String,
+        conns: u32,
+    },
+    /// Keeps this node alive in `klav_nodes` and removes dead nodes and their
+    /// presence (announcing who went offline).
+    Heartbeat {
+        node: String,
+        incarnation: i64,
+        timeout_secs: i64,
+    },
+    /// Entries of a room after `after` (up to `upto`), and its members now: what a
+    /// node missed. Runs on the writer, after every write submitted before it.
+    ReadEntries {
+        room: String,
+        after: i64,
+        upto: Option<i64>,
+    },
+    /// After the bus was lost: entries of every tracked room after its cursor, the
+    /// memberships and follows of `users`, and which of `watched` are online.
+    CatchUp {
+        rooms: Vec<(String, i64)>,
+        users: Vec<String>,
+        watched: Vec<String>,
+    },
+    /// One entry as it is now (an edit that was too large to notify).
+    EntryById {
+        id: i64,
+    },
+    /// The users `username` follows who are online anywhere in the cluster.
+    OnlineFriends {
         username: String,
     },
     /// The newest `limit` entries of a room, of every kind, to fill the history cache.
@@ -211,9 +299,11 @@ pub enum Job {
         from: String,
         to: String,
     },
-    /// Every member of a room, sorted by username.
+    /// Every member of a room, sorted by username; with `cluster`, each with
+    /// whether they have a connection on any node.
     RoomMembers {
         room: String,
+        cluster: bool,
     },
     /// The entries after each cursor a user may see, at most `limit` + 1 per room
     /// (one more tells "too many").
@@ -283,6 +373,7 @@ impl Job {
             Job::Join { username, .. }
             | Job::Leave { username, .. }
             | Job::DeleteOfflineDms { username, .. } => Some(username),
+            Job::Presence { user, .. } => Some(user),
             Job::Follow { from, .. } | Job::Unfollow { from, .. } => Some(from),
             Job::Dm {
                 to, queue: true, ..
@@ -308,6 +399,8 @@ impl Job {
                 | Job::QueueDm { .. }
                 | Job::Edit { .. }
                 | Job::Read { .. }
+                | Job::ReadEntries { .. }
+                | Job::CatchUp { .. }
         )
     }
 }
@@ -327,6 +420,8 @@ pub enum DmResult {
         id: i64,
         ts: SystemTime,
         queued: bool,
+        /// The recipient has a connection on another node (which delivers it).
+        elsewhere: bool,
     },
     /// The sender already stored an entry with this `client_id`: nothing new.
     Duplicate(Box<Duplicate>),
@@ -410,8 +505,29 @@ pub enum Outcome {
     RoomMembers {
         room: String,
         members: Vec<UserRef>,
+        /// Members online anywhere (only asked in a cluster).
+        online: Option<Vec<String>>,
     },
     Resume(Vec<RoomReplay>),
+    Presence {
+        user: String,
+    },
+    Heartbeat {
+        /// This node had been declared dead (its presence removed): it must
+        /// write its users' presence again.
+        rejoined: bool,
+    },
+    Entries {
+        room: String,
+        entries: Vec<ChatEntry>,
+        /// Ids of those entries that are DMs put into an offline queue.
+        queued: Vec<i64>,
+        members: Vec<String>,
+    },
+    CaughtUp(Box<CaughtUp>),
+    Entry(Option<ChatEntry>),
+    /// (username, nickname, connections in the cluster), any order.
+    OnlineFriends(Vec<(String, String, i64)>),
     Edit {
         delete: bool,
         result: EditResult,

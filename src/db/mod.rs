@@ -22,8 +22,11 @@ macro_rules! entry_columns {
     };
 }
 
+pub mod bus;
 pub mod embedded;
 pub mod jobs;
+pub mod listener;
+pub mod nodes;
 pub mod queries;
 mod worker;
 mod writer;
@@ -233,18 +236,16 @@ pub struct DbSettings {
     pub url: String,
     pub workers: usize,
     pub batch: usize,
+    /// This node's name when it shares the database with other nodes: its
+    /// writes then notify them (see `bus`).
+    pub node: Option<String>,
 }
 
 impl Db {
     /// Applies the schema (failing start-up clearly if PostgreSQL is unreachable),
     /// then starts the workers and the writer.
     pub fn start(settings: &DbSettings, sink: CompletionSink) -> Result<Db, DbError> {
-        let mut pg: postgres::Config = settings
-            .url
-            .parse()
-            .map_err(|e: postgres::Error| DbError::Query(e.to_string()))?;
-        pg.connect_timeout(CONNECT_TIMEOUT * 2);
-        pg.application_name("klav");
+        let pg = pg_config(&settings.url)?;
         apply_schema(&pg)?;
 
         let manager = PostgresConnectionManager::new(pg, NoTls);
@@ -275,12 +276,13 @@ impl Db {
             );
         }
         let batch = settings.batch;
+        let node = settings.node.clone();
         let health_for_db = health.clone();
         let writer_rx: Receiver<(Ticket, Job)> = writer_rx;
         threads.push(
             std::thread::Builder::new()
                 .name("klav-db-writer".into())
-                .spawn(move || writer::run(pool, writer_rx, sink, health, batch))
+                .spawn(move || writer::run(pool, writer_rx, sink, health, batch, node))
                 .expect("spawn database writer"),
         );
         Ok(Db {
@@ -320,6 +322,19 @@ impl Db {
             let _ = t.join();
         }
     }
+}
+
+/// The connection settings every klav connection uses: a bounded connect, and
+/// TCP keepalives so that a connection to a vanished server is noticed.
+pub fn pg_config(url: &str) -> Result<postgres::Config, DbError> {
+    let mut pg: postgres::Config = url
+        .parse()
+        .map_err(|e: postgres::Error| DbError::Query(e.to_string()))?;
+    pg.connect_timeout(CONNECT_TIMEOUT * 2);
+    pg.application_name("klav");
+    pg.keepalives(true);
+    pg.keepalives_idle(Duration::from_secs(5));
+    Ok(pg)
 }
 
 /// Runs `schema.sql` in one transaction.

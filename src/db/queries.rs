@@ -88,10 +88,42 @@ pub fn run<C: GenericClient>(c: &mut C, st: &mut Stmts, job: Job) -> Result<Outc
             c.execute(&s, &[&username, &new_hash, &legacy])?;
             Outcome::Done
         }
-        Job::OpenSession { username } => {
-            let session = open_session(c, st, &username)?;
+        Job::OpenSession { username, claim } => {
+            let session = open_session(c, st, &username, &claim)?;
             Outcome::Session { username, session }
         }
+        Job::ReleaseOfflineClaims { ids, claim } => {
+            let s = st.get(
+                c,
+                "UPDATE klav_offline_dms SET klav_claimed_by = NULL \
+                 WHERE id = ANY($1) AND klav_claimed_by = $2",
+            )?;
+            c.execute(&s, &[&ids, &claim])?;
+            Outcome::Done
+        }
+        Job::Presence {
+            node,
+            user,
+            nickname,
+            conns,
+        } => {
+            let mut tx = c.transaction()?;
+            super::nodes::presence(&mut tx, st, &node, &user, &nickname, conns)?;
+            tx.commit()?;
+            Outcome::Presence { user }
+        }
+        Job::Heartbeat {
+            node,
+            incarnation,
+            timeout_secs,
+        } => {
+            let mut tx = c.transaction()?;
+            let rejoined = super::nodes::heartbeat(&mut tx, st, &node, incarnation, timeout_secs)?;
+            tx.commit()?;
+            Outcome::Heartbeat { rejoined }
+        }
+        Job::EntryById { id } => super::nodes::entry_by_id(c, st, id)?,
+        Job::OnlineFriends { username } => super::nodes::online_friends(c, st, &username)?,
         Job::HistoryFill { room, limit } => {
             let s = st.get(
                 c,
@@ -168,9 +200,17 @@ pub fn run<C: GenericClient>(c: &mut C, st: &mut Stmts, job: Job) -> Result<Outc
             Outcome::Unfollow { from, to, removed }
         }
         Job::Prune { rooms, keep } => Outcome::Pruned(prune(c, st, &rooms, keep)?),
-        Job::RoomMembers { room } => {
+        Job::RoomMembers { room, cluster } => {
             let members = room_members(c, st, &room)?;
-            Outcome::RoomMembers { room, members }
+            let online = match cluster {
+                true => Some(super::nodes::online_members(c, st, &room)?),
+                false => None,
+            };
+            Outcome::RoomMembers {
+                room,
+                members,
+                online,
+            }
         }
         Job::Resume {
             username,
@@ -199,18 +239,24 @@ fn open_session<C: GenericClient>(
     c: &mut C,
     st: &mut Stmts,
     username: &str,
+    claim: &str,
 ) -> Result<Option<SessionData>, DbError> {
     let s = st.get(c, "SELECT nickname FROM users WHERE username = $1")?;
     let nickname = match c.query_opt(&s, &[&username])? {
         None => return Ok(None),
         Some(r) => display_nickname(username, r.get(0)),
     };
-    let s = st.get(c, "SELECT room_id FROM room_members WHERE username = $1")?;
-    let rooms = c
+    let s = st.get(
+        c,
+        "SELECT m.room_id, COALESCE(r.klav_last_entry_id, \
+                (SELECT max(l.id) FROM chat_logs l WHERE l.room_id = r.id), 0) \
+         FROM room_members m JOIN rooms r ON r.id = m.room_id WHERE m.username = $1",
+    )?;
+    let (rooms, last_entries) = c
         .query(&s, &[&username])?
         .into_iter()
-        .map(|r| r.get(0))
-        .collect();
+        .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
+        .unzip();
     let s = st.get(
         c,
         "SELECT followee_username FROM follows WHERE follower_username = $1",
@@ -220,13 +266,19 @@ fn open_session<C: GenericClient>(
         .into_iter()
         .map(|r| r.get(0))
         .collect();
+    // Claimed for this node, unless another live node holds them (it is
+    // delivering them to a connection of this user right now).
     let s = st.get(
         c,
-        "SELECT id, room_id, from_user, from_nickname, text, sent_at \
-         FROM klav_offline_dms WHERE recipient = $1 ORDER BY id",
+        "UPDATE klav_offline_dms o SET klav_claimed_by = $2 \
+         WHERE o.recipient = $1 AND (o.klav_claimed_by IS NULL OR o.klav_claimed_by = $2 \
+            OR NOT EXISTS (SELECT 1 FROM klav_nodes n \
+                           WHERE n.name || ':' || n.incarnation = o.klav_claimed_by)) \
+         RETURNING id, room_id, from_user, from_nickname, text, sent_at",
     )?;
-    let offline = c
-        .query(&s, &[&username])?
+    let mut rows = c.query(&s, &[&username, &claim])?;
+    rows.sort_unstable_by_key(|r| r.get::<_, i64>(0));
+    let offline = rows
         .into_iter()
         .map(|r| OfflineDm {
             id: r.get(0),
@@ -240,6 +292,7 @@ fn open_session<C: GenericClient>(
     Ok(Some(SessionData {
         nickname,
         rooms,
+        last_entries,
         following,
         offline,
     }))

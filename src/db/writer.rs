@@ -11,7 +11,7 @@
 //! is retried in its own transaction so one bad job cannot fail its neighbours.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -19,6 +19,7 @@ use crossbeam_channel::Receiver;
 use postgres::{GenericClient, NoTls, Transaction};
 use r2d2_postgres::PostgresConnectionManager;
 
+use super::bus::{self, EntryRef, MemberOp, Payloads};
 use super::jobs::*;
 use super::queries::{entry_from_row, Stmts, OFFLINE_QUEUE_CAP};
 use super::{CompletionSink, DbError, Health, Pool};
@@ -35,6 +36,58 @@ struct Last<'a> {
 }
 
 type Lasts<'a> = HashMap<Cow<'a, str>, Last<'a>>;
+
+/// A job's result and, if it added entries, where they sit in their room.
+type Linked = (Written, Option<ChainLink>);
+
+/// Per batch: each room's newest entry id as entries are added (the room's row
+/// is locked first, see [`lock_rooms`]), what changed, and the notifications
+/// for the other nodes (`None` when this node runs alone).
+struct Chain {
+    last: HashMap<String, i64>,
+    /// Entry id → the entry before it in its room, for this batch's entries.
+    prevs: HashMap<i64, i64>,
+    moved: HashSet<String>,
+    notes: Option<Payloads>,
+    /// This node's name, in a cluster.
+    node: Option<String>,
+}
+
+impl Chain {
+    /// Records an entry added to `room`: returns the entry before it, and
+    /// queues the entry's notification.
+    fn append(&mut self, e: &EntryRef<'_>, op: Option<&MemberOp>, queued: bool) -> i64 {
+        let last = self.last.entry(e.room.to_string()).or_insert(0);
+        let prev = *last;
+        *last = e.id;
+        self.prevs.insert(e.id, prev);
+        if !self.moved.contains(e.room) {
+            self.moved.insert(e.room.to_string());
+        }
+        if let Some(notes) = &mut self.notes {
+            notes.push(bus::encode_entry(e, prev, op, queued), || {
+                bus::encode_entry_ref(e.room, prev, e.id, op)
+            });
+        }
+        prev
+    }
+
+    /// The link of the entries one job wrote (all in one room).
+    fn link(&self, logged: &[ChatEntry]) -> Option<ChainLink> {
+        let (first, last) = (logged.first()?, logged.last()?);
+        Some(ChainLink {
+            room: first.room.clone(),
+            prev: *self.prevs.get(&first.id)?,
+            last: last.id,
+        })
+    }
+
+    fn note(&mut self, event: impl FnOnce() -> String) {
+        if let Some(notes) = &mut self.notes {
+            notes.push(event(), || unreachable!("small events always fit"));
+        }
+    }
+}
 
 /// What the database produced for one job; joined with the job itself (moved,
 /// never copied) into its [`Outcome`] once the batch has committed.
@@ -106,7 +159,9 @@ pub(super) fn run(
     sink: CompletionSink,
     health: Arc<Health>,
     max_batch: usize,
+    node: Option<String>,
 ) {
+    let node = node.as_deref();
     let mut conn: Option<(Conn, Stmts)> = None;
     let mut batch: Vec<(Ticket, Job)> = Vec::with_capacity(max_batch);
     while let Ok(first) = rx.recv() {
@@ -121,8 +176,8 @@ pub(super) fn run(
             }
         }
         let jobs: Vec<&Job> = batch.iter().map(|(_, j)| j).collect();
-        let results: Vec<Result<Written, DbError>> =
-            match write_batch(&pool, &health, &mut conn, &jobs) {
+        let results: Vec<Result<(Written, Option<ChainLink>), DbError>> =
+            match write_batch(&pool, &health, &mut conn, &jobs, node) {
                 Ok(written) => written.into_iter().map(Ok).collect(),
                 Err(DbError::Query(why)) if batch.len() > 1 => {
                     crate::log!(
@@ -131,7 +186,7 @@ pub(super) fn run(
                     );
                     jobs.iter()
                         .map(|j| {
-                            write_batch(&pool, &health, &mut conn, &[j])
+                            write_batch(&pool, &health, &mut conn, &[j], node)
                                 .map(|mut v| v.pop().expect("one result per job"))
                         })
                         .collect()
@@ -142,8 +197,13 @@ pub(super) fn run(
                 }
             };
         for ((ticket, job), result) in batch.drain(..).zip(results) {
-            let result = result.map(|w| w.into_outcome(job));
-            sink.send(Completion::Db(ticket, result));
+            match result {
+                Ok((w, Some(link))) => {
+                    sink.send(Completion::Chained(ticket, w.into_outcome(job), link))
+                }
+                Ok((w, None)) => sink.send(Completion::Db(ticket, Ok(w.into_outcome(job)))),
+                Err(e) => sink.send(Completion::Db(ticket, Err(e))),
+            }
         }
     }
 }
@@ -160,7 +220,8 @@ fn write_batch(
     health: &Health,
     conn: &mut Option<(Conn, Stmts)>,
     jobs: &[&Job],
-) -> Result<Vec<Written>, DbError> {
+    node: Option<&str>,
+) -> Result<Vec<(Written, Option<ChainLink>)>, DbError> {
     let mut reused = true;
     loop {
         if conn.as_ref().is_none_or(|(c, _)| c.is_closed()) {
@@ -168,12 +229,12 @@ fn write_batch(
             reused = false;
         }
         // Outer `Err`: BEGIN failed, nothing of the batch was sent.
-        let attempt: Result<Result<Vec<Written>, DbError>, DbError> = {
+        let attempt: Result<Result<Vec<Linked>, DbError>, DbError> = {
             let (c, st) = conn.as_mut().expect("connection just ensured");
             match c.transaction() {
                 Err(e) => Err(e.into()),
                 Ok(mut tx) => {
-                    let result = apply(&mut tx, st, jobs).and_then(|outcomes| {
+                    let result = apply(&mut tx, st, jobs, node).and_then(|outcomes| {
                         tx.commit()?;
                         Ok(outcomes)
                     });
@@ -213,9 +274,19 @@ fn apply<'a>(
     tx: &mut Transaction<'_>,
     st: &mut Stmts,
     jobs: &[&'a Job],
-) -> Result<Vec<Written>, DbError> {
+    node: Option<&str>,
+) -> Result<Vec<(Written, Option<ChainLink>)>, DbError> {
     let mut written: Vec<Option<Written>> = Vec::with_capacity(jobs.len());
+    let mut links: Vec<Option<ChainLink>> = vec![None; jobs.len()];
     let mut lasts: Lasts<'a> = HashMap::new();
+    let mut chain = Chain {
+        last: HashMap::new(),
+        prevs: HashMap::new(),
+        moved: HashSet::new(),
+        notes: node.map(Payloads::new),
+        node: node.map(str::to_string),
+    };
+    lock_rooms(tx, st, &entry_rooms(jobs), &mut chain)?;
     // Consecutive messages waiting for their multi-row INSERT: (index, message).
     let mut pending: Vec<(usize, &'a NewMessage)> = Vec::new();
     let mut savepoints = 0;
@@ -230,83 +301,160 @@ fn apply<'a>(
             st,
             &mut pending,
             &mut written,
+            &mut links,
             &mut lasts,
+            &mut chain,
             &mut savepoints,
         )?;
-        let w = match job {
-            Job::CreateRoom {
-                creator_nickname,
-                name,
-                ..
-            } => {
-                let mut logged = Vec::new();
-                let room = create_room(tx, st, name, creator_nickname, &mut lasts, &mut logged)?;
-                Written::RoomCreated { room, logged }
-            }
-            Job::Join {
-                username,
-                nickname,
-                by,
-            } => {
-                let mut logged = Vec::new();
-                let result = join(tx, st, username, nickname, by, &mut lasts, &mut logged)?;
-                Written::Join { result, logged }
-            }
-            Job::Leave {
-                username,
-                nickname,
-                room,
-            } => {
-                let s = st.get(
-                    tx,
-                    "DELETE FROM room_members WHERE room_id = $1 AND username = $2",
-                )?;
-                let was_member = tx.execute(&s, &[room, username])? > 0;
-                let mut logged = Vec::new();
-                if was_member {
-                    let text = format!("{nickname} 님이 나가셨습니다");
-                    system_entry(tx, st, room, text, &mut lasts, &mut logged)?;
+        let idx = written.len();
+        let w =
+            match job {
+                Job::CreateRoom {
+                    creator_nickname,
+                    name,
+                    ..
+                } => {
+                    let mut logged = Vec::new();
+                    let room = create_room(
+                        tx,
+                        st,
+                        name,
+                        creator_nickname,
+                        &mut lasts,
+                        &mut chain,
+                        &mut logged,
+                    )?;
+                    links[idx] = chain.link(&logged);
+                    Written::RoomCreated { room, logged }
                 }
-                Written::Leave { was_member, logged }
-            }
-            Job::Dm {
-                msg,
-                to,
-                recipient_known,
-                queue,
-            } => Written::Dm(dm(tx, st, msg, to, *recipient_known, *queue)?),
-            Job::QueueDm {
-                msg,
-                to,
-                log_id,
-                at,
-            } => {
-                queue_dm(tx, st, msg, to, *log_id, *at)?;
-                Written::Ready(Outcome::DmQueued {
-                    room: msg.room.clone(),
-                    to: to.clone(),
-                })
-            }
-            Job::Edit { username, id, text } => {
-                let delete = text.is_none();
-                let result = edit(tx, st, username, *id, text.as_deref())?;
-                Written::Ready(Outcome::Edit { delete, result })
-            }
-            Job::Read { username, room, id } => Written::Ready(Outcome::Read {
-                username: username.clone(),
-                room: room.clone(),
-                result: read_marker(tx, st, username, room, *id)?,
-            }),
-            // Small and rare: the shared SQL takes its job by value.
-            Job::Follow { .. } | Job::Unfollow { .. } => {
-                Written::Ready(super::queries::run(tx, st, job.clone())?)
-            }
-            other => {
-                return Err(DbError::Query(format!(
-                    "unordered job sent to the writer: {other:?}"
-                )))
-            }
-        };
+                Job::Join {
+                    username,
+                    nickname,
+                    by,
+                } => {
+                    let mut logged = Vec::new();
+                    let result = join(
+                        tx,
+                        st,
+                        username,
+                        nickname,
+                        by,
+                        &mut lasts,
+                        &mut chain,
+                        &mut logged,
+                    )?;
+                    links[idx] = chain.link(&logged);
+                    Written::Join { result, logged }
+                }
+                Job::Leave {
+                    username,
+                    nickname,
+                    room,
+                } => {
+                    let s = st.get(
+                        tx,
+                        "DELETE FROM room_members WHERE room_id = $1 AND username = $2",
+                    )?;
+                    let was_member = tx.execute(&s, &[room, username])? > 0;
+                    let mut logged = Vec::new();
+                    if was_member {
+                        let text = format!("{nickname} 님이 나가셨습니다");
+                        let op = MemberOp {
+                            joined: false,
+                            user: username.clone(),
+                            nickname: nickname.clone(),
+                        };
+                        system_entry(
+                            tx,
+                            st,
+                            room,
+                            text,
+                            &mut lasts,
+                            &mut chain,
+                            Some(&op),
+                            &mut logged,
+                        )?;
+                    }
+                    links[idx] = chain.link(&logged);
+                    Written::Leave { was_member, logged }
+                }
+                Job::Dm {
+                    msg,
+                    to,
+                    recipient_known,
+                    queue,
+                } => {
+                    let (result, link) = dm(tx, st, msg, to, *recipient_known, *queue, &mut chain)?;
+                    links[idx] = link;
+                    Written::Dm(result)
+                }
+                Job::QueueDm {
+                    msg,
+                    to,
+                    log_id,
+                    at,
+                } => {
+                    queue_dm(tx, st, msg, to, *log_id, *at)?;
+                    Written::Ready(Outcome::DmQueued {
+                        room: msg.room.clone(),
+                        to: to.clone(),
+                    })
+                }
+                Job::Edit { username, id, text } => {
+                    let delete = text.is_none();
+                    let result = edit(tx, st, username, *id, text.as_deref())?;
+                    if let EditResult::Done(entry) = &result {
+                        if let Some(notes) = &mut chain.notes {
+                            notes.push(bus::encode_change(entry), || {
+                                bus::encode_change_ref(&entry.room, entry.id)
+                            });
+                        }
+                    }
+                    Written::Ready(Outcome::Edit { delete, result })
+                }
+                Job::ReadEntries { room, after, upto } => Written::Ready(
+                    super::nodes::read_entries(tx, st, room.clone(), *after, *upto)?,
+                ),
+                Job::CatchUp {
+                    rooms,
+                    users,
+                    watched,
+                } => Written::Ready(super::nodes::catch_up(
+                    tx,
+                    st,
+                    rooms.clone(),
+                    users.clone(),
+                    watched.clone(),
+                )?),
+                Job::Read { username, room, id } => Written::Ready(Outcome::Read {
+                    username: username.clone(),
+                    room: room.clone(),
+                    result: read_marker(tx, st, username, room, *id)?,
+                }),
+                // Small and rare: the shared SQL takes its job by value.
+                Job::Follow { .. } | Job::Unfollow { .. } => {
+                    let outcome = super::queries::run(tx, st, job.clone())?;
+                    match &outcome {
+                        Outcome::Follow {
+                            from,
+                            to,
+                            status: FollowStatus::Followed,
+                        } => chain.note(|| bus::encode_follow(from, to, true)),
+                        Outcome::Unfollow {
+                            from,
+                            to,
+                            removed: true,
+                        } => chain.note(|| bus::encode_follow(from, to, false)),
+                        _ => {}
+                    }
+                    Written::Ready(outcome)
+                }
+                other => {
+                    return Err(DbError::Query(format!(
+                        "unordered job sent to the writer: {other:?}"
+                    )))
+                }
+            };
         written.push(Some(w));
     }
     insert_messages(
@@ -314,14 +462,93 @@ fn apply<'a>(
         st,
         &mut pending,
         &mut written,
+        &mut links,
         &mut lasts,
+        &mut chain,
         &mut savepoints,
     )?;
     update_lasts(tx, st, lasts)?;
+    finish_chain(tx, st, chain)?;
     Ok(written
         .into_iter()
         .map(|w| w.expect("every job has a result"))
+        .zip(links)
         .collect())
+}
+
+/// The existing rooms the batch's jobs add entries to (a room found by name or
+/// created during the batch is locked when it is found).
+fn entry_rooms(jobs: &[&Job]) -> Vec<String> {
+    let mut rooms: Vec<String> = jobs
+        .iter()
+        .filter_map(|j| match j {
+            Job::Msg(m) => Some(m.room.clone()),
+            Job::Dm { msg, .. } => Some(msg.room.clone()),
+            Job::Leave { room, .. } => Some(room.clone()),
+            Job::Join {
+                by: JoinBy::Id(id), ..
+            } => Some(id.clone()),
+            _ => None,
+        })
+        .collect();
+    rooms.sort_unstable();
+    rooms.dedup();
+    rooms
+}
+
+/// Locks the rooms' rows in id order (every writer of every node takes them in
+/// the same order, so two batches cannot deadlock) and reads each room's newest
+/// entry id. While a room is locked, no other transaction adds entries to it, so
+/// its ids commit in order: every node sees one order per room.
+fn lock_rooms(
+    tx: &mut Transaction<'_>,
+    st: &mut Stmts,
+    rooms: &[String],
+    chain: &mut Chain,
+) -> Result<(), DbError> {
+    if rooms.is_empty() {
+        return Ok(());
+    }
+    let s = st.get(
+        tx,
+        "SELECT id, COALESCE(klav_last_entry_id, \
+                (SELECT max(c.id) FROM chat_logs c WHERE c.room_id = rooms.id), 0) \
+         FROM rooms WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
+    )?;
+    for row in tx.query(&s, &[&rooms])? {
+        chain.last.insert(row.get(0), row.get(1));
+    }
+    Ok(())
+}
+
+/// Stores each room's newest entry id and sends the batch's notifications;
+/// both take effect at COMMIT, together with the entries.
+fn finish_chain(tx: &mut Transaction<'_>, st: &mut Stmts, chain: Chain) -> Result<(), DbError> {
+    if !chain.moved.is_empty() {
+        let (rooms, ids): (Vec<&str>, Vec<i64>) = chain
+            .moved
+            .iter()
+            .map(|r| (r.as_str(), chain.last[r]))
+            .unzip();
+        let s = st.get(
+            tx,
+            "UPDATE rooms SET klav_last_entry_id = u.e \
+             FROM unnest($1::text[], $2::int8[]) AS u(id, e) WHERE rooms.id = u.id",
+        )?;
+        tx.execute(&s, &[&rooms, &ids])?;
+    }
+    if let Some(notes) = chain.notes {
+        if !notes.is_empty() {
+            let payloads = notes.finish();
+            let s = st.get(
+                tx,
+                "SELECT pg_notify('klav', p) FROM unnest($1::text[]) WITH ORDINALITY AS t(p, n) \
+                 ORDER BY n",
+            )?;
+            tx.query(&s, &[&payloads])?;
+        }
+    }
+    Ok(())
 }
 
 /// Savepoints one batch may take for messages with a `client_id` (see
@@ -339,12 +566,15 @@ const MAX_SAVEPOINTS: u32 = 32;
 /// only when the index does refuse one is the run rolled back to the savepoint
 /// and inserted again with `ON CONFLICT DO NOTHING`, and only then is the
 /// original read back, for the retrying client.
+#[allow(clippy::too_many_arguments)]
 fn insert_messages<'a>(
     tx: &mut Transaction<'_>,
     st: &mut Stmts,
     pending: &mut Vec<(usize, &'a NewMessage)>,
     written: &mut [Option<Written>],
+    links: &mut [Option<ChainLink>],
     lasts: &mut Lasts<'a>,
+    chain: &mut Chain,
     savepoints: &mut u32,
 ) -> Result<(), DbError> {
     if pending.is_empty() {
@@ -431,6 +661,26 @@ fn insert_messages<'a>(
             continue;
         }
         let (id, ts, _, _) = rows.next().expect("peeked");
+        let prev = chain.append(
+            &EntryRef {
+                id,
+                ts,
+                kind: "msg",
+                room: &msg.room,
+                from: &msg.from,
+                from_nickname: &msg.from_nickname,
+                to: None,
+                text: &msg.text,
+                client_id: msg.client_id.as_deref(),
+            },
+            None,
+            false,
+        );
+        links[idx] = Some(ChainLink {
+            room: msg.room.clone(),
+            prev,
+            last: id,
+        });
         lasts.insert(
             Cow::Borrowed(msg.room.as_str()),
             Last {
@@ -607,12 +857,15 @@ fn update_lasts(tx: &mut Transaction<'_>, st: &mut Stmts, lasts: Lasts<'_>) -> R
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn system_entry(
     tx: &mut Transaction<'_>,
     st: &mut Stmts,
     room: &str,
     text: String,
     lasts: &mut Lasts<'_>,
+    chain: &mut Chain,
+    op: Option<&MemberOp>,
     logged: &mut Vec<ChatEntry>,
 ) -> Result<(), DbError> {
     let s = st.get(
@@ -631,7 +884,7 @@ fn system_entry(
             kind: "system",
         },
     );
-    logged.push(ChatEntry {
+    let entry = ChatEntry {
         id,
         ts: row.get(1),
         kind: "system".into(),
@@ -643,7 +896,9 @@ fn system_entry(
         client_id: None,
         edited_at: None,
         deleted: false,
-    });
+    };
+    chain.append(&EntryRef::of(&entry), op, false);
+    logged.push(entry);
     Ok(())
 }
 
@@ -660,6 +915,7 @@ fn create_room(
     name: &str,
     creator_nickname: &str,
     lasts: &mut Lasts<'_>,
+    chain: &mut Chain,
     logged: &mut Vec<ChatEntry>,
 ) -> Result<String, DbError> {
     let s = st.get(
@@ -671,12 +927,15 @@ fn create_room(
         let id = new_room_id();
         if tx.execute(&s, &[&id, &name])? == 1 {
             let text = format!("대화방 \"{name}\"을 {creator_nickname} 님이 만들었습니다");
-            system_entry(tx, st, &id, text, lasts, logged)?;
+            // A new room: nobody else can add to it before this commits.
+            chain.last.insert(id.clone(), 0);
+            system_entry(tx, st, &id, text, lasts, chain, None, logged)?;
             return Ok(id);
         }
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn join(
     tx: &mut Transaction<'_>,
     st: &mut Stmts,
@@ -684,6 +943,7 @@ fn join(
     nickname: &str,
     by: &JoinBy,
     lasts: &mut Lasts<'_>,
+    chain: &mut Chain,
     logged: &mut Vec<ChatEntry>,
 ) -> Result<JoinResult, DbError> {
     let room = match by {
@@ -700,8 +960,17 @@ fn join(
                 "SELECT id FROM rooms WHERE name = $1 ORDER BY created_at, id LIMIT 1",
             )?;
             match tx.query_opt(&s, &[name])? {
-                Some(r) => r.get(0),
-                None => create_room(tx, st, name, nickname, lasts, logged)?,
+                Some(r) => {
+                    let id: String = r.get(0);
+                    if !chain.last.contains_key(&id) {
+                        // Found by name mid-batch: locked out of order. A
+                        // deadlock with another node is detected by PostgreSQL
+                        // and fails this batch, whose jobs are retried alone.
+                        lock_rooms(tx, st, std::slice::from_ref(&id), chain)?;
+                    }
+                    id
+                }
+                None => create_room(tx, st, name, nickname, lasts, chain, logged)?,
             }
         }
     };
@@ -714,7 +983,12 @@ fn join(
         return Ok(JoinResult::Already { room });
     }
     let text = format!("{nickname} 님이 입장하셨습니다");
-    system_entry(tx, st, &room, text, lasts, logged)?;
+    let op = MemberOp {
+        joined: true,
+        user: username.to_string(),
+        nickname: nickname.to_string(),
+    };
+    system_entry(tx, st, &room, text, lasts, chain, Some(&op), logged)?;
     Ok(JoinResult::Joined { room })
 }
 
@@ -725,14 +999,15 @@ fn dm(
     to: &str,
     recipient_known: bool,
     queue: bool,
-) -> Result<DmResult, DbError> {
+    chain: &mut Chain,
+) -> Result<(DmResult, Option<ChainLink>), DbError> {
     if !recipient_known {
         let s = st.get(
             tx,
             "SELECT 1 FROM room_members WHERE room_id = $1 AND username = $2",
         )?;
         if tx.query_opt(&s, &[&msg.room, &to])?.is_none() {
-            return Ok(DmResult::RecipientNotInRoom);
+            return Ok((DmResult::RecipientNotInRoom, None));
         }
     }
     let s = st.get(
@@ -756,19 +1031,50 @@ fn dm(
     )?;
     let Some(row) = inserted else {
         let cid = msg.client_id.as_deref().unwrap_or_default();
-        return Ok(DmResult::Duplicate(Box::new(duplicate(
-            tx, st, &msg.from, cid,
-        )?)));
+        let d = duplicate(tx, st, &msg.from, cid)?;
+        return Ok((DmResult::Duplicate(Box::new(d)), None));
     };
     let (id, ts): (i64, SystemTime) = (row.get(0), row.get(1));
+    // Offline here: in a cluster, a connection on another live node takes it
+    // (decided under the recipient's presence lock, so it cannot close unseen).
+    let mut elsewhere = false;
+    if let (true, Some(node)) = (queue, chain.node.as_deref()) {
+        super::nodes::lock_user(tx, st, to)?;
+        elsewhere = super::nodes::elsewhere(tx, st, to, node)?;
+    }
+    let queue = queue && !elsewhere;
+    let prev = chain.append(
+        &EntryRef {
+            id,
+            ts,
+            kind: "dm",
+            room: &msg.room,
+            from: &msg.from,
+            from_nickname: &msg.from_nickname,
+            to: Some(to),
+            text: &msg.text,
+            client_id: msg.client_id.as_deref(),
+        },
+        None,
+        queue,
+    );
     if queue {
         queue_dm(tx, st, msg, to, id, ts)?;
     }
-    Ok(DmResult::Stored {
-        id,
-        ts,
-        queued: queue,
-    })
+    let link = ChainLink {
+        room: msg.room.clone(),
+        prev,
+        last: id,
+    };
+    Ok((
+        DmResult::Stored {
+            id,
+            ts,
+            queued: queue,
+            elsewhere,
+        },
+        Some(link),
+    ))
 }
 
 fn queue_dm<C: GenericClient>(

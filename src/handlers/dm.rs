@@ -106,7 +106,20 @@ pub fn stored(hub: &mut Hub, t: &Ticket, msg: NewMessage, to: String, result: Dm
         DmResult::RecipientNotInRoom => {
             return ack(hub, t, &msg.room, &to, "RECIPIENT_NOT_IN_ROOM");
         }
-        DmResult::Stored { id, ts, queued } => (id, ts, queued),
+        DmResult::Stored {
+            id,
+            ts,
+            queued,
+            elsewhere,
+        } => {
+            if elsewhere {
+                // Another node has the recipient's connection and delivers it.
+                hub.metrics.dms += 1;
+                remember(hub, &msg, &to, id, ts);
+                return ack(hub, t, &msg.room, &to, "DELIVERED");
+            }
+            (id, ts, queued)
+        }
         DmResult::Duplicate(d) => {
             // A retry: the original stands, and its sender hears how it went.
             let status = if d.queued { "QUEUED" } else { "DELIVERED" };
@@ -115,19 +128,7 @@ pub fn stored(hub: &mut Hub, t: &Ticket, msg: NewMessage, to: String, result: Dm
         }
     };
     hub.metrics.dms += 1;
-    hub.history.append(ChatEntry {
-        id,
-        ts,
-        kind: "dm".into(),
-        room: msg.room.clone(),
-        from: msg.from.clone(),
-        from_nickname: msg.from_nickname.clone(),
-        to: Some(to.clone()),
-        text: msg.text.clone(),
-        client_id: msg.client_id.clone(),
-        edited_at: None,
-        deleted: false,
-    });
+    remember(hub, &msg, &to, id, ts);
     if queued {
         return ack(hub, t, &msg.room, &to, "QUEUED");
     }
@@ -164,6 +165,23 @@ pub fn stored(hub: &mut Hub, t: &Ticket, msg: NewMessage, to: String, result: Dm
             );
         }
     }
+}
+
+/// Keeps the history cache exact.
+fn remember(hub: &mut Hub, msg: &NewMessage, to: &str, id: i64, ts: std::time::SystemTime) {
+    hub.history.append(ChatEntry {
+        id,
+        ts,
+        kind: "dm".into(),
+        room: msg.room.clone(),
+        from: msg.from.clone(),
+        from_nickname: msg.from_nickname.clone(),
+        to: Some(to.to_string()),
+        text: msg.text.clone(),
+        client_id: msg.client_id.clone(),
+        edited_at: None,
+        deleted: false,
+    });
 }
 
 /// Puts committed DMs into their recipient's offline queue; each sender is

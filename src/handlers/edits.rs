@@ -56,7 +56,18 @@ pub fn done(hub: &mut Hub, t: &Ticket, delete: bool, result: EditResult) {
         }
         EditResult::Done(e) => *e,
     };
-    let ev = if delete {
+    let ev = change_event(&e, delete);
+    let audience = audience(hub, &e);
+    let others: Vec<ConnId> = audience.into_iter().filter(|c| *c != t.conn).collect();
+    hub.change_to(&others, &e.room, &ev);
+    // The author's connection gets it as the reply (even if it has since left
+    // the room, it asked).
+    hub.reply(t.conn, &t.req_id, ev);
+    hub.history.replace(e);
+}
+
+fn change_event(e: &ChatEntry, delete: bool) -> Event {
+    if delete {
         Event::new("message_deleted")
             .with("id", e.id)
             .with("room", e.room.as_str())
@@ -69,13 +80,14 @@ pub fn done(hub: &mut Hub, t: &Ticket, delete: bool, result: EditResult) {
                 "edited_at",
                 e.edited_at.map(crate::time::format_iso).unwrap_or_default(),
             )
-    };
+    }
+}
+
+/// Another node edited or deleted an entry: its audience here gets the change.
+pub fn changed(hub: &mut Hub, e: ChatEntry) {
+    let ev = change_event(&e, e.deleted);
     let audience = audience(hub, &e);
-    let others: Vec<ConnId> = audience.into_iter().filter(|c| *c != t.conn).collect();
-    hub.change_to(&others, &e.room, &ev);
-    // The author's connection gets it as the reply (even if it has since left
-    // the room, it asked).
-    hub.reply(t.conn, &t.req_id, ev);
+    hub.change_to(&audience, &e.room, &ev);
     hub.history.replace(e);
 }
 

@@ -25,18 +25,32 @@ impl RoomMembers {
         if !hub.state.is_member(&cx.user, &self.room) {
             return Err(ErrorCode::NotAMember.into());
         }
-        cx.submit(hub, Job::RoomMembers { room: self.room });
+        let job = Job::RoomMembers {
+            room: self.room,
+            cluster: hub.cluster.enabled,
+        };
+        cx.submit(hub, job);
         Ok(())
     }
 }
 
 /// The list is read from the database (members who are offline are not in
-/// memory); `online` is from memory when the answer arrives.
-pub fn done(hub: &mut Hub, t: &Ticket, room: String, members: Vec<UserRef>) {
+/// memory); `online` is from memory when the answer arrives, or, in a cluster,
+/// from the database (connections on any node).
+pub fn done(
+    hub: &mut Hub,
+    t: &Ticket,
+    room: String,
+    members: Vec<UserRef>,
+    online: Option<Vec<String>>,
+) {
     let members: Vec<Value> = members
         .into_iter()
         .map(|m| {
-            let online = hub.state.is_online(&m.username);
+            let online = match &online {
+                Some(list) => list.contains(&m.username),
+                None => hub.state.is_online(&m.username),
+            };
             json!({"username": m.username, "nickname": m.nickname, "online": online})
         })
         .collect();

@@ -306,24 +306,33 @@ pub fn decode_frame(text: &str) -> Result<Command, RequestError> {
 pub fn on_completion(hub: &mut Hub, c: Completion) {
     match c {
         Completion::Hash(ticket, outcome) => http::on_hash(hub, ticket, outcome),
-        Completion::Db(mut ticket, result) => {
-            hub.metrics
-                .job_done(ticket.at.elapsed().as_secs_f64() * 1000.0);
-            let (conn, hold) = (ticket.conn, ticket.hold);
-            let writer = ticket.writes_for.take();
-            match result {
-                Err(e) => on_db_error(hub, ticket, e),
-                Ok(outcome) => on_outcome(hub, ticket, outcome),
-            }
-            // Memory is up to date with the job now; what waited for it may go.
-            if hold != Hold::Nothing {
-                job_finished(hub, conn, hold);
-            }
-            if let Some(user) = writer {
-                for waiting in hub.state.write_done(&user) {
-                    session::load(hub, waiting, &user);
-                }
-            }
+        Completion::Chained(ticket, outcome, link) => {
+            crate::cluster::on_chained(hub, ticket, outcome, link)
+        }
+        Completion::Bus(events) => crate::cluster::on_bus(hub, events),
+        Completion::BusConnected => crate::cluster::on_connected(hub),
+        Completion::Db(ticket, result) => finish_job(hub, ticket, result),
+    }
+}
+
+/// A finished database job: its outcome applied, and whatever waited for it
+/// (the connection's next request, a session load) released.
+pub fn finish_job(hub: &mut Hub, mut ticket: crate::db::Ticket, result: Result<Outcome, DbError>) {
+    hub.metrics
+        .job_done(ticket.at.elapsed().as_secs_f64() * 1000.0);
+    let (conn, hold) = (ticket.conn, ticket.hold);
+    let writer = ticket.writes_for.take();
+    match result {
+        Err(e) => on_db_error(hub, ticket, e, writer.as_deref()),
+        Ok(outcome) => on_outcome(hub, ticket, outcome),
+    }
+    // Memory is up to date with the job now; what waited for it may go.
+    if hold != Hold::Nothing {
+        job_finished(hub, conn, hold);
+    }
+    if let Some(user) = writer {
+        for waiting in hub.state.write_done(&user) {
+            session::load(hub, waiting, &user);
         }
     }
 }
@@ -337,6 +346,9 @@ fn on_outcome(hub: &mut Hub, t: crate::db::Ticket, outcome: Outcome) {
         }
         Outcome::Done | Outcome::Pruned(_) => {}
         Outcome::Session { username, session } => {
+            if let Some(s) = &session {
+                crate::cluster::session_rooms(hub, &s.rooms, &s.last_entries);
+            }
             session::opened(hub, t.conn, &username, session);
             let orphaned = hub.state.load_done(&username);
             dm::queue_parked(hub, orphaned);
@@ -350,7 +362,26 @@ fn on_outcome(hub: &mut Hub, t: crate::db::Ticket, outcome: Outcome) {
         Outcome::Unfollow { from, to, removed } => {
             friends::unfollow_done(hub, &t, from, to, removed)
         }
-        Outcome::RoomMembers { room, members } => members::done(hub, &t, room, members),
+        Outcome::RoomMembers {
+            room,
+            members,
+            online,
+        } => members::done(hub, &t, room, members, online),
+        Outcome::Presence { user } => crate::cluster::presence_written(hub, &user, true),
+        Outcome::Heartbeat { rejoined } => crate::cluster::heartbeat_done(hub, Some(rejoined)),
+        Outcome::Entries {
+            room,
+            entries,
+            queued,
+            members,
+        } => crate::cluster::entries_read(hub, room, entries, queued, members),
+        Outcome::CaughtUp(c) => crate::cluster::caught_up(hub, *c),
+        Outcome::Entry(e) => {
+            if let Some(e) = e {
+                edits::changed(hub, e);
+            }
+        }
+        Outcome::OnlineFriends(users) => presence::online_friends_done(hub, &t, users),
         Outcome::Resume(rooms) => resume::done(hub, &t, rooms),
         Outcome::Edit { delete, result } => edits::done(hub, &t, delete, result),
         Outcome::Read {
@@ -391,7 +422,7 @@ fn on_outcome(hub: &mut Hub, t: crate::db::Ticket, outcome: Outcome) {
 }
 
 /// A job failed: whoever waits for it learns that nothing was stored.
-fn on_db_error(hub: &mut Hub, t: crate::db::Ticket, e: DbError) {
+fn on_db_error(hub: &mut Hub, t: crate::db::Ticket, e: DbError, writer: Option<&str>) {
     hub.metrics.db_errors += 1;
     if let DbError::Query(why) = &e {
         crate::log!(Error, "database error: {why}");
@@ -399,6 +430,11 @@ fn on_db_error(hub: &mut Hub, t: crate::db::Ticket, e: DbError) {
     let Some(conn) = hub.conn(t.conn) else {
         if t.conn == ConnId::NONE {
             crate::log!(Warn, "background job failed: {e}");
+            // A presence write or a heartbeat: tried again by the next tick.
+            if let Some(user) = writer {
+                crate::cluster::presence_written(hub, user, false);
+            }
+            crate::cluster::background_failed(hub);
         }
         return;
     };

@@ -7,6 +7,7 @@
 use serde_json::{json, Value};
 
 use super::Ctx;
+use crate::db::{Job, Ticket};
 use crate::hub::Hub;
 use crate::protocol::{Event, RequestError};
 
@@ -36,20 +37,15 @@ fn online_friends(hub: &Hub, user: &str) -> Event {
     friends.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(b.1)));
     let users: Vec<Value> = friends
         .into_iter()
-        .map(|(_, username, nickname, n)| {
-            json!({
-                "id": username,
-                "username": username,
-                "name": nickname,
-                "nickname": nickname,
-                "connections": n,
-            })
-        })
+        .map(|(_, username, nickname, n)| friend_json(username, nickname, n))
         .collect();
     Event::new("online_friends").with("users", users)
 }
 
 pub fn get_online_friends(hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
+    if hub.cluster.enabled {
+        return ask_cluster(hub, cx);
+    }
     let ev = online_friends(hub, &cx.user);
     hub.reply(cx.id, &cx.req.req_id, ev);
     Ok(())
@@ -57,9 +53,51 @@ pub fn get_online_friends(hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
 
 pub fn subscribe(hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
     hub.state.subscribe(&cx.user, cx.id);
+    if hub.cluster.enabled {
+        return ask_cluster(hub, cx);
+    }
     let ev = online_friends(hub, &cx.user);
     hub.reply(cx.id, &cx.req.req_id, ev);
     Ok(())
+}
+
+/// In a cluster, who is online (and with how many connections) is known to the
+/// database, which counts every node's connections.
+fn ask_cluster(hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
+    let job = Job::OnlineFriends {
+        username: cx.user.clone(),
+    };
+    cx.submit(hub, job);
+    Ok(())
+}
+
+pub fn online_friends_done(hub: &mut Hub, t: &Ticket, users: Vec<(String, String, i64)>) {
+    crate::cluster::seen_online(hub, users.iter().map(|u| u.0.as_str()));
+    let mut users = users;
+    users.sort_by(|a, b| {
+        a.1.to_lowercase()
+            .cmp(&b.1.to_lowercase())
+            .then(a.0.cmp(&b.0))
+    });
+    let users: Vec<Value> = users
+        .into_iter()
+        .map(|(username, nickname, n)| friend_json(&username, &nickname, n as usize))
+        .collect();
+    hub.reply(
+        t.conn,
+        &t.req_id,
+        Event::new("online_friends").with("users", users),
+    );
+}
+
+fn friend_json(username: &str, nickname: &str, connections: usize) -> Value {
+    json!({
+        "id": username,
+        "username": username,
+        "name": nickname,
+        "nickname": nickname,
+        "connections": connections,
+    })
 }
 
 pub fn unsubscribe(hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {

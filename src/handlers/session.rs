@@ -82,8 +82,16 @@ pub fn upgrade(hub: &mut Hub, id: ConnId, req: Request) {
         leftover,
         token_expires,
     };
-    if hub.state.begin_open(&username, id) {
-        load(hub, id, &username);
+    let now = hub.state.begin_open(&username, id);
+    // In a cluster the user's presence is written before their session is
+    // read (the load waits for the write), so a DM committed meanwhile either
+    // sees them connected or is in the queue the load reads.
+    crate::cluster::presence_changed(hub, &username);
+    if now {
+        match hub.state.users.get_mut(&username) {
+            Some(u) if u.writes > 0 => u.deferred_loads.push(id),
+            _ => load(hub, id, &username),
+        }
     }
 }
 
@@ -109,6 +117,7 @@ pub fn load(hub: &mut Hub, id: ConnId, username: &str) {
     }
     let job = Job::OpenSession {
         username: username.to_string(),
+        claim: hub.cluster.claim(),
     };
     if hub.submit(Ticket::new(id, None), job) {
         hub.state.load_submitted(username);
@@ -217,7 +226,7 @@ pub fn opened(hub: &mut Hub, id: ConnId, username: &str, session: Option<Session
         send_offline_piece(hub, id);
     }
     super::dm::deliver_parked(hub, username);
-    if first {
+    if first && !hub.cluster.enabled {
         let name = super::presence::display_name(hub, username);
         super::presence::announce(hub, username, name, "online");
     }
@@ -231,6 +240,7 @@ pub fn open_failed(hub: &mut Hub, id: ConnId, e: &DbError) {
     if let Phase::Upgrading { username, .. } = std::mem::replace(&mut conn.phase, Phase::Closed) {
         let orphaned = hub.state.cancel_open(&username, id);
         super::dm::queue_parked(hub, orphaned);
+        crate::cluster::presence_changed(hub, &username);
     }
     respond(
         hub,
@@ -310,28 +320,45 @@ pub fn on_closed(hub: &mut Hub, id: ConnId) {
         Phase::Upgrading { username, .. } => {
             let orphaned = hub.state.cancel_open(&username, id);
             super::dm::queue_parked(hub, orphaned);
+            crate::cluster::presence_changed(hub, &username);
         }
         Phase::Ws(ws) => {
             // What was held back for it (a resume's buffer here, its opening
             // hold in `ws`) goes with it.
             hub.state.end_resume(id);
             // Not all written: the next connection gets them again.
+            let unsent: Vec<i64> = ws
+                .offline_pending
+                .iter()
+                .map(|dm| dm.id)
+                .chain(
+                    ws.offline_ack
+                        .iter()
+                        .flat_map(|(_, ids)| ids.iter().copied()),
+                )
+                .collect();
             if let Some(user) = hub.state.users.get_mut(&ws.username) {
-                let unsent = ws.offline_pending.iter().map(|dm| dm.id);
-                let unwritten = ws
-                    .offline_ack
-                    .iter()
-                    .flat_map(|(_, ids)| ids.iter().copied());
-                for i in unsent.chain(unwritten) {
-                    user.offline_claimed.remove(&i);
+                for i in &unsent {
+                    user.offline_claimed.remove(i);
                 }
+            }
+            if !unsent.is_empty() {
+                // Another node may hand them to a connection of this user.
+                let job = Job::ReleaseOfflineClaims {
+                    ids: unsent,
+                    claim: hub.cluster.claim(),
+                };
+                hub.submit(Ticket::internal(), job);
             }
             let name = super::presence::display_name(hub, &ws.username);
             hub.metrics.ws_open -= 1;
             if hub.state.remove_conn(&ws.username, id) {
                 hub.metrics.users_online -= 1;
-                super::presence::announce(hub, &ws.username, name, "offline");
+                if !hub.cluster.enabled {
+                    super::presence::announce(hub, &ws.username, name, "offline");
+                }
             }
+            crate::cluster::presence_changed(hub, &ws.username);
         }
         Phase::Http(st) => {
             // Keep an HTTP connection's phase: it may still flush a response.

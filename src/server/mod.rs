@@ -56,6 +56,9 @@ const COMPLETION_BUDGET: usize = 8192;
 /// loop does not spin on a listener it cannot serve.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 const TICK: Duration = Duration::from_secs(1);
+/// The cluster's clock: gaps in a room's entries are read back after
+/// `cluster::chain::GAP_WAIT`, so it looks more often than the main tick.
+const CLUSTER_TICK: Duration = Duration::from_millis(50);
 
 /// Why the server could not start.
 #[derive(Debug)]
@@ -175,21 +178,57 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
     let (done_tx, done_rx) = crossbeam_channel::unbounded();
     let sink = CompletionSink::new(done_tx, wakeup.clone());
 
+    let node = config
+        .node_name
+        .clone()
+        .unwrap_or_else(|| crate::cluster::default_node_name(local.port()));
+    let mut seed = [0u8; 8];
+    getrandom::fill(&mut seed).expect("the OS random source failed");
+    let incarnation = i64::from_le_bytes(seed) & i64::MAX;
+    let clustered = config.clustered();
     let db = Db::start(
         &DbSettings {
             url: database_url.to_string(),
             workers: config.db_workers,
             batch: config.db_batch,
+            node: clustered.then(|| node.clone()),
         },
         sink.clone(),
     )
     .map_err(StartError::Db)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let bus = if clustered {
+        let pg = crate::db::pg_config(database_url).map_err(StartError::Db)?;
+        crate::db::listener::probe(&pg).map_err(StartError::Db)?;
+        let mut client = pg
+            .connect(postgres::NoTls)
+            .map_err(|e| StartError::Db(e.into()))?;
+        let timeout = config.node_timeout.as_secs() as i64;
+        if crate::db::nodes::register(&mut client, &node, incarnation, timeout)
+            .map_err(StartError::Db)?
+        {
+            crate::log!(
+                Warn,
+                "a node named {node} beat less than {timeout} s ago: taking its name over \
+                 (right after a crash that is this node's previous life; otherwise give \
+                 each node its own KLAV_NODE_NAME)"
+            );
+        }
+        crate::log!(Info, "cluster node {node}: listening for the other nodes");
+        Some(crate::db::listener::start(
+            pg,
+            node.clone(),
+            sink.clone(),
+            stop.clone(),
+        ))
+    } else {
+        None
+    };
     let hasher = HashPool::start(config.hash_workers, move |ticket, outcome| {
         sink.send(Completion::Hash(ticket, outcome))
     });
     let tokens = Tokens::new(jwt_secret, config.jwt_algorithm, config.jwt_expire_minutes);
 
-    let stop = Arc::new(AtomicBool::new(false));
     let login_throttle = LoginThrottle::new(
         config.login_max_failures,
         config.login_max_failures_per_addr,
@@ -224,7 +263,10 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
             http_turn_left: handlers::http::HTTP_REQUESTS_PER_TURN,
             outstanding: 0,
             started: Instant::now(),
+            cluster: crate::cluster::Cluster::new(clustered, node, incarnation),
         },
+        bus,
+        database_url: database_url.to_string(),
         completions: done_rx,
         wakeup: wakeup.clone(),
         stop: stop.clone(),
@@ -303,12 +345,16 @@ struct Server {
     http_read_left: usize,
     /// The listener had more to accept when a turn's share ran out.
     accept_more: bool,
+    /// The bus listener thread, in a cluster.
+    bus: Option<std::thread::JoinHandle<()>>,
+    database_url: String,
 }
 
 impl Server {
     fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         let mut next_tick = Instant::now() + TICK;
+        let mut next_cluster_tick = Instant::now();
         let mut next_prune = Instant::now() + self.hub.config.retention_interval;
         let mut drain_deadline: Option<Instant> = None;
         crate::log!(Info, "serving");
@@ -318,7 +364,11 @@ impl Server {
             let timeout = if busy {
                 Duration::ZERO
             } else {
-                let wake = self.timers.next().map_or(next_tick, |t| t.min(next_tick));
+                let wake = self
+                    .timers
+                    .next()
+                    .map_or(next_tick, |t| t.min(next_tick))
+                    .min(next_cluster_tick);
                 wake.saturating_duration_since(now)
             };
             self.discard_left = reading::DISCARD_TURN_BUDGET;
@@ -365,6 +415,10 @@ impl Server {
 
             let now = Instant::now();
             self.fire_timers(now);
+            if now >= next_cluster_tick {
+                next_cluster_tick = now + CLUSTER_TICK;
+                crate::cluster::on_tick(&mut self.hub, now);
+            }
             if now >= next_tick {
                 next_tick = now + TICK;
                 self.tick(now);
@@ -391,10 +445,32 @@ impl Server {
         }
         crate::log!(Info, "event loop stopped");
         // Workers finish what is queued (the writer commits it), then stop.
-        let Server { hub, .. } = self;
-        let Hub { db, hasher, .. } = hub;
+        let Server {
+            hub,
+            bus,
+            database_url,
+            ..
+        } = self;
+        let Hub {
+            db,
+            hasher,
+            cluster,
+            ..
+        } = hub;
         db.shutdown();
         hasher.shutdown();
+        if let Some(bus) = bus {
+            // Leave the cluster: this node's users go offline for the others
+            // now, not after the node timeout.
+            match crate::db::pg_config(&database_url)
+                .and_then(|pg| pg.connect(postgres::NoTls).map_err(Into::into))
+                .and_then(|mut c| crate::db::nodes::unregister(&mut c, &cluster.node))
+            {
+                Ok(()) => crate::log!(Info, "left the cluster"),
+                Err(e) => crate::log!(Warn, "could not leave the cluster cleanly: {e}"),
+            }
+            let _ = bus.join();
+        }
     }
 
     /// Accepts every pending connection of one listener (the public one, or the
