@@ -39,8 +39,8 @@ pub enum Held {
     Local(Box<(Ticket, Outcome, ChainLink)>),
     /// Another node's entry.
     Remote(Box<RemoteEntry>),
-    /// Another node's entry too large to notify: it is read back.
-    Reference,
+    /// Another node's entry (this id) too large to notify: it is read back.
+    Reference(i64),
 }
 
 pub struct RemoteEntry {
@@ -194,7 +194,20 @@ fn release(hub: &mut Hub, room: &str) {
                 deliver_remote(hub, *r);
                 advance(hub, room, id);
             }
-            Held::Remote(_) | Held::Reference => {}
+            Held::Reference(id) if !seen => {
+                // Its turn, not read yet (a read for an earlier one was under
+                // way when it came): read it now, the rest waits.
+                let after = hub.cluster.chains.last(room).unwrap_or(0);
+                let now = Instant::now();
+                hub.cluster
+                    .chains
+                    .hold(room, after, Held::Reference(id), now);
+                if hub.cluster.chains.read_now(room, now) {
+                    read_entries(hub, room.to_string(), after, Some(id));
+                }
+                return;
+            }
+            Held::Remote(_) | Held::Reference(_) => {}
         }
     }
 }
@@ -337,7 +350,9 @@ pub fn on_bus(hub: &mut Hub, events: Vec<BusEvent>) {
                 if hub.cluster.chains.gate(&room, prev, id) == Gate::Seen {
                     continue;
                 }
-                hub.cluster.chains.hold(&room, prev, Held::Reference, now);
+                hub.cluster
+                    .chains
+                    .hold(&room, prev, Held::Reference(id), now);
                 if hub.cluster.chains.read_now(&room, now) {
                     let after = hub.cluster.chains.last(&room).unwrap_or(prev);
                     read_entries(hub, room, after, Some(id));

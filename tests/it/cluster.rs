@@ -1,0 +1,551 @@
+//! Several klav processes on one PostgreSQL: one chat. Real processes, real
+//! sockets, one fresh database per test.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::harness::*;
+
+/// `n` nodes on one fresh database, named `n0`, `n1`, …
+struct Nodes {
+    db: String,
+    nodes: Vec<Option<Klav>>,
+    dir: std::path::PathBuf,
+}
+
+const NODE_TIMEOUT_SECS: &str = "3";
+
+fn node_env(db: &str, name: &str) -> Vec<(String, String)> {
+    vec![
+        ("DATABASE_URL".into(), db.into()),
+        ("KLAV_NODE_NAME".into(), name.into()),
+        ("KLAV_NODE_TIMEOUT_SECS".into(), NODE_TIMEOUT_SECS.into()),
+        ("KLAV_RATE_PER_SEC".into(), "100000".into()),
+        ("KLAV_RATE_BURST".into(), "100000".into()),
+        ("KLAV_MAX_OUTPUT_BYTES".into(), (64 << 20).to_string()),
+        ("KLAV_DB_WORKERS".into(), "2".into()),
+    ]
+}
+
+impl Nodes {
+    fn start(n: usize) -> Nodes {
+        let db = pg().fresh_db();
+        let dir = std::env::temp_dir().join(format!(
+            "klav-cluster-{}-{}",
+            std::process::id(),
+            db.rsplit('/').next().unwrap_or("x").replace('?', "_")
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut nodes = Nodes {
+            db,
+            nodes: Vec::new(),
+            dir,
+        };
+        for i in 0..n {
+            let k = nodes.spawn(i);
+            nodes.nodes.push(Some(k));
+        }
+        nodes
+    }
+
+    fn spawn(&self, i: usize) -> Klav {
+        let env = node_env(&self.db, &format!("n{i}"));
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        spawn_klav(&self.dir.join(format!("n{i}")), &env)
+    }
+
+    fn node(&self, i: usize) -> &Klav {
+        self.nodes[i].as_ref().expect("node running")
+    }
+
+    fn addr(&self, i: usize) -> std::net::SocketAddr {
+        self.node(i).addr
+    }
+
+    fn db(&self) -> postgres::Client {
+        postgres::Client::connect(&self.db, postgres::NoTls).unwrap()
+    }
+
+    /// A user straight into the database (no password hash), and a token.
+    fn user(&self, name: &str) -> String {
+        self.db()
+            .execute(
+                "INSERT INTO users (username, password, nickname) VALUES ($1, 'x', $2)",
+                &[&name, &format!("{name}-nick")],
+            )
+            .unwrap();
+        token(name)
+    }
+
+    fn ws(&self, node: usize, token: &str) -> Ws {
+        Ws::connect(self.addr(node), token)
+            .unwrap_or_else(|(s, b)| panic!("upgrade refused by n{node}: {s} {b}"))
+    }
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        self.nodes.clear();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn token(user: &str) -> String {
+    klav::auth::jwt::Tokens::new(SECRET.as_bytes(), jsonwebtoken::Algorithm::HS256, 60).issue(user)
+}
+
+/// The next event of `kind`, skipping others (presence, system events …).
+fn next_of(ws: &mut Ws, kind: &str) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ev = ws
+            .try_recv(left)
+            .unwrap_or_else(|| panic!("no {kind} event within the wait"));
+        if ev["type"] == kind {
+            return ev;
+        }
+    }
+}
+
+/// Nothing of `kind` arrives for a short while.
+fn none_of(ws: &mut Ws, kind: &str) {
+    let deadline = Instant::now() + QUIET;
+    while let Some(ev) = ws.try_recv(deadline.saturating_duration_since(Instant::now())) {
+        assert_ne!(ev["type"], kind, "unexpected {ev}");
+    }
+}
+
+fn presence_of(ws: &mut Ws, user: &str, status: &str, wait: Duration) {
+    let deadline = Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ev = ws
+            .try_recv(left)
+            .unwrap_or_else(|| panic!("no presence_change {status} for {user}"));
+        if ev["type"] == "presence_change" && ev["user"] == user {
+            assert_eq!(ev["status"], status, "{ev}");
+            return;
+        }
+    }
+}
+
+#[test]
+fn cluster_rooms_dms_follows_edits_and_presence_cross_nodes() {
+    let c = Nodes::start(2);
+    let (alice, bob, carol, dave) = (
+        c.user("alice"),
+        c.user("bob"),
+        c.user("carol"),
+        c.user("dave"),
+    );
+    let mut a = c.ws(0, &alice);
+    let mut b = c.ws(1, &bob);
+    let mut outsider = c.ws(1, &dave);
+
+    // A room made on n0, joined on n1: the joined event crosses.
+    let room = a.create_room("crossing");
+    a.join(&room);
+    b.join(&room);
+    let joined = next_of(&mut a, "system");
+    assert_eq!(
+        (joined["event"].as_str(), joined["user"].as_str()),
+        (Some("joined"), Some("bob"))
+    );
+
+    // Messages both ways, same ids everywhere; the outsider on n1 sees none.
+    a.send(json!({"type": "msg", "room_id": room, "text": "from n0"}));
+    let at_a = next_of(&mut a, "message");
+    let at_b = next_of(&mut b, "message");
+    assert_eq!(at_a["id"], at_b["id"]);
+    assert_eq!(at_b["text"], "from n0");
+    assert_eq!(at_b["from_nickname"], "alice-nick");
+    b.send(json!({"type": "msg", "room_id": room, "text": "from n1"}));
+    let back = next_of(&mut a, "message");
+    assert_eq!(back["text"], "from n1");
+    assert!(back["id"].as_i64() > at_a["id"].as_i64());
+    none_of(&mut outsider, "message");
+
+    // An edit on n0 reaches n1.
+    let edited = a.request(json!({"type": "edit", "id": at_a["id"], "text": "fixed"}));
+    assert_eq!(edited["type"], "message_edited", "{edited}");
+    let ev = next_of(&mut b, "message_edited");
+    assert_eq!(
+        (ev["id"].clone(), ev["text"].as_str()),
+        (at_a["id"].clone(), Some("fixed"))
+    );
+
+    // A DM to a recipient connected only on the other node: DELIVERED there.
+    let ack = a.request(json!({"type": "room_dm", "room_id": room, "to": "bob", "text": "psst"}));
+    assert_eq!(ack["status"], "DELIVERED", "{ack}");
+    let dm = next_of(&mut b, "dm");
+    assert_eq!(dm["text"], "psst");
+    none_of(&mut outsider, "dm");
+
+    // Follows cross nodes; presence follows connections in the whole cluster.
+    let mut cw = c.ws(0, &carol);
+    let ack = cw.request(json!({"type": "friend_follow", "to": "bob"}));
+    assert_eq!(ack["status"], "FOLLOWED", "{ack}");
+    let nf = next_of(&mut b, "notify_followed");
+    assert_eq!(nf["from"], "carol");
+    let snap = cw.request(json!({"type": "presence_friends_subscribe"}));
+    let users = snap["users"].as_array().unwrap();
+    assert_eq!(users.len(), 1, "{snap}");
+    assert_eq!(
+        (
+            users[0]["username"].as_str(),
+            users[0]["connections"].as_i64()
+        ),
+        (Some("bob"), Some(1))
+    );
+    // A second connection of bob on n0: still one user online, two connections.
+    let b2 = c.ws(0, &bob);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let snap = cw.request(json!({"type": "get_online_friends"}));
+        if snap["users"][0]["connections"] == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "connections never counted 2: {snap}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    b2.close();
+    b.close();
+    presence_of(&mut cw, "bob", "offline", WAIT);
+    let snap = cw.request(json!({"type": "get_online_friends"}));
+    assert_eq!(snap["users"], json!([]), "{snap}");
+
+    // Offline everywhere: QUEUED, and flushed on the next connection (n0).
+    let ack = a.request(json!({"type": "room_dm", "room_id": room, "to": "bob", "text": "later"}));
+    assert_eq!(ack["status"], "QUEUED", "{ack}");
+    let mut b = c.ws(0, &bob);
+    let off = next_of(&mut b, "offline_dm");
+    assert_eq!(off["text"], "later");
+    presence_of(&mut cw, "bob", "online", WAIT);
+    // A leave on n0 reaches the member on n0 and no more messages go to bob.
+    drop(outsider);
+    let ack = b.request(json!({"type": "leave", "room_id": room}));
+    assert_eq!(ack["status"], "LEFT", "{ack}");
+    a.send(json!({"type": "msg", "room_id": room, "text": "after leave"}));
+    next_of(&mut a, "message");
+    none_of(&mut b, "message");
+}
+
+#[test]
+fn cluster_two_nodes_writing_one_room_give_every_receiver_one_order() {
+    let c = Nodes::start(2);
+    let writers: Vec<String> = (0..2).map(|i| c.user(&format!("w{i}"))).collect();
+    let readers: Vec<String> = (0..4).map(|i| c.user(&format!("r{i}"))).collect();
+    let mut w0 = c.ws(0, &writers[0]);
+    let room = w0.create_room("hammered");
+    w0.join(&room);
+    let mut w1 = c.ws(1, &writers[1]);
+    w1.join(&room);
+    let mut rs: Vec<Ws> = readers
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let mut ws = c.ws(i % 2, t);
+            ws.join(&room);
+            ws
+        })
+        .collect();
+    const EACH: usize = 300;
+    let r2 = room.clone();
+    let t0 = std::thread::spawn(move || {
+        for i in 0..EACH {
+            w0.send(json!({"type": "msg", "room_id": r2, "text": format!("a{i}")}));
+        }
+        w0
+    });
+    let r3 = room.clone();
+    let t1 = std::thread::spawn(move || {
+        for i in 0..EACH {
+            w1.send(json!({"type": "msg", "room_id": r3, "text": format!("b{i}")}));
+        }
+        w1
+    });
+    let _w0 = t0.join().unwrap();
+    let _w1 = t1.join().unwrap();
+    let mut seqs: Vec<Vec<i64>> = Vec::new();
+    for r in &mut rs {
+        let mut ids = Vec::new();
+        while ids.len() < 2 * EACH {
+            let ev = r.recv();
+            if ev["type"] == "message" {
+                ids.push(ev["id"].as_i64().unwrap());
+            }
+        }
+        none_of(r, "message");
+        seqs.push(ids);
+    }
+    let want: Vec<i64> = c
+        .db()
+        .query(
+            "SELECT id FROM chat_logs WHERE room_id = $1 AND kind = 'msg' ORDER BY id",
+            &[&room],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(want.len(), 2 * EACH);
+    for (i, s) in seqs.iter().enumerate() {
+        assert_eq!(s, &want, "receiver {i} (on n{}) saw another order", i % 2);
+    }
+}
+
+#[test]
+fn cluster_offline_queue_is_flushed_once_when_two_nodes_open_at_once() {
+    let c = Nodes::start(2);
+    let (alice, bob) = (c.user("alice"), c.user("bob"));
+    let mut a = c.ws(0, &alice);
+    let room = a.create_room("queue");
+    a.join(&room);
+    let mut b = c.ws(1, &bob);
+    b.join(&room);
+    b.close();
+    for round in 0..3 {
+        for i in 0..20 {
+            let ack = a.request(json!({"type": "room_dm", "room_id": room, "to": "bob", "text": format!("{round}-{i}")}));
+            assert_eq!(ack["status"], "QUEUED", "{ack}");
+        }
+        // Both nodes open a connection of bob at the same moment.
+        let t = bob.clone();
+        let addr1 = c.addr(1);
+        let other = std::thread::spawn(move || Ws::connect(addr1, &t).ok().unwrap());
+        let mut on0 = c.ws(0, &bob);
+        let mut on1 = other.join().unwrap();
+        let mut got = Vec::new();
+        for ws in [&mut on0, &mut on1] {
+            while let Some(ev) = ws.try_recv(Duration::from_millis(700)) {
+                if ev["type"] == "offline_dm" {
+                    got.push(ev["text"].as_str().unwrap().to_string());
+                }
+            }
+        }
+        got.sort();
+        let mut want: Vec<String> = (0..20).map(|i| format!("{round}-{i}")).collect();
+        want.sort();
+        assert_eq!(got, want, "round {round}: each queued DM exactly once");
+        on0.close();
+        on1.close();
+        // Wait until bob is offline everywhere before queueing again.
+        let deadline = Instant::now() + WAIT;
+        while c
+            .db()
+            .query_one(
+                "SELECT count(*) FROM klav_presence WHERE username = 'bob'",
+                &[],
+            )
+            .unwrap()
+            .get::<_, i64>(0)
+            > 0
+        {
+            assert!(Instant::now() < deadline, "bob stayed present");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let left: i64 = c
+        .db()
+        .query_one("SELECT count(*) FROM klav_offline_dms", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "delivered DMs leave the queue");
+}
+
+#[test]
+fn cluster_large_entries_travel_by_reference() {
+    let c = Nodes::start(2);
+    let (alice, bob) = (c.user("alice"), c.user("bob"));
+    let mut a = c.ws(0, &alice);
+    let room = a.create_room("big");
+    a.join(&room);
+    let mut b = c.ws(1, &bob);
+    b.join(&room);
+    // 4,000 control characters escape to 24 KB: over a notification's limit.
+    let big = "\u{1}".repeat(4000);
+    for i in 0..5 {
+        a.send(json!({"type": "msg", "room_id": room, "text": if i % 2 == 0 { big.clone() } else { format!("small {i}") }}));
+    }
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let Some(ev) = (0..50).find_map(|_| {
+            b.try_recv(Duration::from_millis(200))
+                .filter(|e| e["type"] == "message")
+        }) else {
+            panic!(
+                "message {i} missing; n0: {}\nn1: {}",
+                c.node(0).stderr(),
+                c.node(1).stderr()
+            );
+        };
+        let want = if i % 2 == 0 {
+            big.clone()
+        } else {
+            format!("small {i}")
+        };
+        assert_eq!(ev["text"].as_str().unwrap(), want, "message {i}");
+        ids.push(ev["id"].as_i64().unwrap());
+    }
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    none_of(&mut b, "message");
+}
+
+#[test]
+fn cluster_listener_terminated_under_load_catches_up_without_gap_or_double() {
+    let c = Nodes::start(2);
+    let (alice, bob) = (c.user("alice"), c.user("bob"));
+    let mut a = c.ws(0, &alice);
+    let room = a.create_room("cut");
+    a.join(&room);
+    let mut b = c.ws(1, &bob);
+    b.join(&room);
+    let r2 = room.clone();
+    let sender = std::thread::spawn(move || {
+        for i in 0..400 {
+            a.send(json!({"type": "msg", "room_id": r2, "text": format!("m{i}")}));
+            std::thread::sleep(Duration::from_millis(3));
+        }
+        a
+    });
+    // Cut n1's listener twice while messages flow.
+    let mut admin = c.db();
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_millis(300));
+        let n: i64 = admin
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND query LIKE 'LISTEN klav%' \
+                   AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert!(n >= 1, "found no listener to cut");
+    }
+    let _a = sender.join().unwrap();
+    let mut ids = Vec::new();
+    while ids.len() < 400 {
+        let ev = b.recv();
+        if ev["type"] == "message" {
+            ids.push(ev["id"].as_i64().unwrap());
+        }
+    }
+    none_of(&mut b, "message");
+    let want: Vec<i64> = c
+        .db()
+        .query(
+            "SELECT id FROM chat_logs WHERE room_id = $1 AND kind = 'msg' ORDER BY id",
+            &[&room],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids, want, "every message once, in order, across two cuts");
+}
+
+#[test]
+fn cluster_killed_node_goes_offline_and_is_not_resurrected() {
+    let mut c = Nodes::start(2);
+    let (carol, bob, alice) = (c.user("carol"), c.user("bob"), c.user("alice"));
+    let mut cw = c.ws(0, &carol);
+    assert_eq!(
+        cw.request(json!({"type": "friend_follow", "to": "bob"}))["status"],
+        "FOLLOWED"
+    );
+    assert_eq!(
+        cw.request(json!({"type": "friend_follow", "to": "alice"}))["status"],
+        "FOLLOWED"
+    );
+    cw.request(json!({"type": "presence_friends_subscribe"}));
+    let _b = c.ws(1, &bob);
+    presence_of(&mut cw, "bob", "online", WAIT);
+    // alice is on both nodes: she stays online when n1 dies.
+    let _a0 = c.ws(0, &alice);
+    let _a1 = c.ws(1, &alice);
+    presence_of(&mut cw, "alice", "online", WAIT);
+    c.nodes[1].as_ref().unwrap().signal(libc::SIGKILL);
+    c.nodes[1]
+        .as_mut()
+        .unwrap()
+        .wait_exit(WAIT)
+        .expect("killed");
+    // Within the node timeout (3 s) plus a heartbeat: generous here, measured
+    // nowhere.
+    presence_of(&mut cw, "bob", "offline", Duration::from_secs(20));
+    let snap = cw.request(json!({"type": "get_online_friends"}));
+    let names: Vec<&str> = snap["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["username"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["alice"], "{snap}");
+    // The node comes back under its name: bob is not back with it.
+    let k = c.spawn(1);
+    c.nodes[1] = Some(k);
+    let snap = cw.request(json!({"type": "get_online_friends"}));
+    let names: HashSet<&str> = snap["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["username"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, HashSet::from(["alice"]), "{snap}");
+    let rows: i64 = c
+        .db()
+        .query_one("SELECT count(*) FROM klav_presence WHERE node = 'n1'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 0, "no presence of n1's previous life");
+}
+
+#[test]
+fn cluster_stopped_node_closes_1001_and_history_after_id_misses_nothing() {
+    let mut c = Nodes::start(2);
+    let (alice, bob) = (c.user("alice"), c.user("bob"));
+    let mut a = c.ws(0, &alice);
+    let room = a.create_room("moving");
+    a.join(&room);
+    let mut b = c.ws(1, &bob);
+    b.join(&room);
+    a.send(json!({"type": "msg", "room_id": room, "text": "before"}));
+    let seen = next_of(&mut b, "message")["id"].as_i64().unwrap();
+    // n1 stops; its client is told 1001 and moves to n0.
+    c.nodes[1].as_mut().unwrap().signal(libc::SIGTERM);
+    let close = b.expect_close().expect("a close frame");
+    assert_eq!(u16::from(close.code), 1001);
+    c.nodes[1]
+        .as_mut()
+        .unwrap()
+        .wait_exit(Duration::from_secs(30))
+        .expect("exited");
+    for i in 0..5 {
+        a.send(json!({"type": "msg", "room_id": room, "text": format!("while away {i}")}));
+    }
+    for _ in 0..5 {
+        next_of(&mut a, "message");
+    }
+    let mut b = c.ws(0, &bob);
+    let page = b.request(json!({"type": "history", "room_id": room, "after_id": seen}));
+    let texts: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        texts,
+        (0..5)
+            .map(|i| format!("while away {i}"))
+            .collect::<Vec<_>>(),
+        "{page}"
+    );
+}
