@@ -15,9 +15,13 @@ USAGE:
     klav-bench <chat|fanout|connect|history|login|presence|abuse> [FLAGS]
 
 COMMON FLAGS:
-    --addr HOST:PORT          server address (default 127.0.0.1:5000)
-    --dest-addrs N            spread WebSockets over N loopback addresses from --addr
-                              (default 1; connect, abuse: one per 10,000 connections)
+    --addr HOST:PORT[,HOST:PORT...]
+                              server address (default 127.0.0.1:5000), or several
+                              cluster nodes: WebSockets are spread over them, HTTP
+                              setup goes to the first (abuse: one address only)
+    --dest-addrs N            spread each node's WebSockets over N loopback addresses
+                              from its address (default 1; connect, abuse: one per
+                              10,000 connections)
     --threads N               client event-loop threads (default: cores)
     --duration SECS           measured time (default 10)
     --warmup SECS             unmeasured time before it (default 0)
@@ -144,7 +148,11 @@ pub fn parse(args: &[String]) -> Result<Option<Command>, BenchError> {
             "--quiet" => opts.progress = false,
             "--check" => check = true,
             "--no-register" => opts.skip_register = true,
-            "--addr" => opts.addr = value()?,
+            "--addr" => {
+                opts.addr = crate::nodes::parse_addr_list(&value()?)
+                    .map_err(BenchError::Usage)?
+                    .join(",")
+            }
             "--dest-addrs" => opts.dest_addrs = Some(num(&flag, &value()?)?),
             "--threads" => opts.threads = num(&flag, &value()?)?,
             "--duration" => opts.duration = secs(&flag, &value()?)?,
@@ -331,6 +339,40 @@ mod tests {
             (5, 7, 3, 4)
         );
         assert_eq!(chat.rate, Some(250.5));
+    }
+
+    #[test]
+    fn addr_takes_one_address_or_a_list_of_nodes() {
+        let c = parse(&args("chat --addr 127.0.0.1:5000")).unwrap().unwrap();
+        assert_eq!(c.options.addr, "127.0.0.1:5000");
+        let c = parse(&args(
+            "chat --addr 127.0.0.1:5001,127.0.0.1:5002,127.0.0.1:5003 --dest-addrs 2",
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            c.options.addr,
+            "127.0.0.1:5001,127.0.0.1:5002,127.0.0.1:5003"
+        );
+        assert_eq!(c.options.dest_addrs, Some(2));
+        // `=` form, and blanks around entries (a quoted list) are dropped.
+        let c = parse(&[
+            "fanout".to_string(),
+            "--addr=127.0.0.1:5001, 127.0.0.2:5001".to_string(),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.options.addr, "127.0.0.1:5001,127.0.0.2:5001");
+        for bad in [
+            "chat --addr 127.0.0.1:5001,",
+            "chat --addr ,127.0.0.1:5001",
+            "chat --addr 127.0.0.1:5001,,127.0.0.1:5002",
+        ] {
+            assert!(
+                matches!(parse(&args(bad)), Err(BenchError::Usage(_))),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

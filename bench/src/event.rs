@@ -108,6 +108,10 @@ pub struct Event<'a> {
     pub event: Option<Str<'a>>,
     #[serde(default)]
     pub req_id: Option<ReqId>,
+    /// A `message`'s server id (read as leniently as `req_id`: any other event may
+    /// carry an `id` of another kind).
+    #[serde(default)]
+    pub id: Option<ReqId>,
     /// `history` items, counted but not kept.
     #[serde(default)]
     pub items: Option<Vec<IgnoredAny>>,
@@ -128,6 +132,14 @@ impl<'a> Event<'a> {
 
     pub fn req_num(&self) -> Option<u64> {
         match self.req_id {
+            Some(ReqId::Num(n)) => Some(n),
+            _ => None,
+        }
+    }
+
+    /// A numeric `id` (a `message`'s server id).
+    pub fn id_num(&self) -> Option<u64> {
+        match self.id {
             Some(ReqId::Num(n)) => Some(n),
             _ => None,
         }
@@ -157,6 +169,10 @@ mod tests {
         assert_eq!(Event::field(&ev.text), Some("b:1:2:3"));
         assert!(matches!(ev.text.as_ref().unwrap().0, Cow::Borrowed(_)));
         assert_eq!(ev.req_num(), None);
+        assert_eq!(ev.id_num(), Some(7));
+        // An `id` of another kind does not spoil the event.
+        let ev = Event::parse(r#"{"type":"x","id":"abc"}"#).unwrap();
+        assert_eq!(ev.id_num(), None);
     }
 
     #[test]

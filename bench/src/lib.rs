@@ -27,6 +27,7 @@
 //! - [`cli`]: the command line into [`Options`].
 //! - `run`: the runner, start gate, progress and memory sampling.
 //! - `net`: the mio client loop and the WebSocket connection state machine.
+//! - `nodes`: several server nodes (`--addr a,b,c`): which connection goes where.
 //! - `scenarios`: chat/fanout, connect, history, login, presence, abuse.
 //! - `raw`: byte-level HTTP and WebSocket connections for the `abuse` attacks.
 //! - [`stats`]: message stamps, sequence tracking, in-flight windows, histograms.
@@ -39,6 +40,7 @@ mod event;
 mod http;
 mod jwt;
 mod net;
+mod nodes;
 pub mod options;
 mod raw;
 pub mod report;
@@ -53,8 +55,8 @@ pub use options::{
     Options, PresenceOptions, Scenario,
 };
 pub use report::{
-    AbuseReport, AttackReport, ConnectionReport, Counts, MessageReport, PresenceReport, Report,
-    RequestReport, SetupReport,
+    AbuseReport, AttackReport, ConnectionReport, Counts, MessageReport, NodeReport, PresenceReport,
+    Report, RequestReport, SetupReport,
 };
 pub use run::raise_nofile_limit;
 pub use scenarios::run;

@@ -24,6 +24,8 @@ use tungstenite::handshake::derive_accept_key;
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 use tungstenite::{Message, Utf8Bytes};
 
+use crate::nodes::Dests;
+
 /// Index of a connection inside its thread's [`Net`].
 pub(crate) type ConnId = usize;
 
@@ -132,10 +134,9 @@ pub(crate) trait Driver {
 /// Where and how a thread connects.
 #[derive(Debug, Clone)]
 pub(crate) struct NetConfig {
-    /// WebSocket destinations; a connection picks one by the index it is given.
-    pub dests: Arc<Vec<SocketAddr>>,
-    /// `Host` header value.
-    pub host: String,
+    /// WebSocket destinations (with each one's `Host` header); a connection picks
+    /// one by the index it is given.
+    pub dests: Arc<Dests>,
     /// Connects and handshakes in progress at once on this thread.
     pub max_handshakes: usize,
     pub handshake_timeout: Duration,
@@ -163,6 +164,8 @@ enum State {
 struct Conn {
     tag: usize,
     dest: SocketAddr,
+    /// `Host` header of the upgrade request: the node's address as given.
+    host: Arc<str>,
     token: Arc<str>,
     started: Instant,
     stream: Option<TcpStream>,
@@ -246,14 +249,16 @@ impl Net {
         })
     }
 
-    /// Queues a WebSocket connection to destination `dest % dests` authenticated by
-    /// `token`. The attempt starts as soon as fewer than `max_handshakes` are in
-    /// progress; its outcome arrives as `on_open` or `on_closed(Failed)`.
+    /// Queues a WebSocket connection to destination `dest` (a flat index into the
+    /// destination table, see [`Dests::pick`]) authenticated by `token`. The attempt
+    /// starts as soon as fewer than `max_handshakes` are in progress; its outcome
+    /// arrives as `on_open` or `on_closed(Failed)`.
     pub fn connect(&mut self, dest: usize, token: Arc<str>, tag: usize) -> ConnId {
-        let dest = self.cfg.dests[dest % self.cfg.dests.len()];
+        let (dest, host) = self.cfg.dests.get(dest);
         let id = self.conns.insert(Conn {
             tag,
             dest,
+            host,
             token,
             started: Instant::now(),
             stream: None,
@@ -433,7 +438,7 @@ impl Net {
             return;
         };
         let outcome = match conn.state {
-            State::Connecting => check_connected(conn, &self.cfg.host),
+            State::Connecting => check_connected(conn),
             State::Handshake { .. } => None,
             State::Ws { .. } => read_ws(conn, id, &mut self.notes),
             State::Queued | State::Gone => return,
@@ -577,7 +582,7 @@ impl Net {
 
 /// After a writability (or error) event on a connecting socket: connected → send the
 /// upgrade request; refused → the failure; not yet → nothing.
-fn check_connected(conn: &mut Conn, host: &str) -> Option<Closed> {
+fn check_connected(conn: &mut Conn) -> Option<Closed> {
     let stream = conn.stream.as_mut()?;
     match stream.take_error() {
         Ok(Some(e)) | Err(e) => return Some(Closed::Failed(Failure::from_io(&e))),
@@ -591,9 +596,9 @@ fn check_connected(conn: &mut Conn, host: &str) -> Option<Closed> {
     let key = generate_key();
     let accept = derive_accept_key(key.as_bytes());
     let request = format!(
-        "GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer {}\r\n\r\n",
-        conn.token
+        conn.host, conn.token
     );
     conn.out.extend_from_slice(request.as_bytes());
     conn.state = State::Handshake {

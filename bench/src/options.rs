@@ -7,13 +7,17 @@ use std::time::Duration;
 /// Options shared by every scenario.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// The server, `host:port` (default `127.0.0.1:5000`). Only this address (and, with
-    /// `dest_addrs > 1`, the next loopback addresses after it) is ever connected to.
+    /// The server, `host:port` (default `127.0.0.1:5000`), or the nodes of a cluster
+    /// as a comma-separated list (`127.0.0.1:5001,127.0.0.1:5002`): WebSockets are
+    /// spread over the nodes (see the README), HTTP setup goes to the first. Only
+    /// these addresses (and, with `dest_addrs > 1`, the next loopback addresses after
+    /// each) are ever connected to.
     pub addr: String,
-    /// How many consecutive loopback destination addresses to spread WebSocket
-    /// connections over (`127.0.0.1`, `127.0.0.2`, ...), so more connections fit than
-    /// one address pair's ephemeral ports allow. `None`: 1, except `connect`, which
-    /// uses one address per 10,000 connections. Ignored for non-loopback addresses.
+    /// How many consecutive loopback destination addresses to spread each node's
+    /// WebSocket connections over (`127.0.0.1`, `127.0.0.2`, ...), so more connections
+    /// fit than one address pair's ephemeral ports allow. `None`: 1, except `connect`
+    /// and `abuse`, which use one address per 10,000 connections (per node).
+    /// Ignored for non-loopback addresses.
     pub dest_addrs: Option<usize>,
     /// Client event-loop threads, each owning one poller and many connections
     /// (default: the number of cores).

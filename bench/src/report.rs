@@ -36,6 +36,46 @@ pub struct Report {
     pub server_peak_rss_kb: Option<u64>,
     /// Peak VmRSS of the bench itself.
     pub bench_peak_rss_kb: Option<u64>,
+    /// Per server node (`--addr a,b,c`), in the order given: one entry for a single
+    /// server; empty for `abuse`.
+    pub nodes: Vec<NodeReport>,
+}
+
+/// One server node: what the run put on it and what its clients received, so a run
+/// shows whether the traffic really crossed nodes. Fields that do not apply to the
+/// scenario stay 0.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NodeReport {
+    /// The node's address as given in `--addr`.
+    pub addr: String,
+    /// Connections assigned to it: WebSockets (`presence`: followers; the followed
+    /// users are `presence_targets`), or `login`'s keep-alive HTTP clients.
+    pub connections: u64,
+    /// Of them, opened (`101`; `login`: answered at least once).
+    pub opened: u64,
+    /// `chat`/`fanout`: messages sent by senders connected to it.
+    pub messages_sent: u64,
+    /// `chat`/`fanout`: acknowledged messages × its member connections that were
+    /// ready at the start.
+    pub deliveries_expected: u64,
+    /// `chat`/`fanout`: distinct deliveries of acknowledged messages to its members.
+    pub deliveries_received: u64,
+    pub missing: u64,
+    /// Of `deliveries_received`, messages whose sender is connected to another node.
+    pub deliveries_from_other_nodes: u64,
+    pub duplicates: u64,
+    /// Out of order by the sender's sequence number.
+    pub order_violations: u64,
+    /// Out of order by the server's message `id`.
+    pub id_order_violations: u64,
+    /// `presence`: followed users connecting to it.
+    pub presence_targets: u64,
+    /// `presence`: `presence_change` events its followers received.
+    pub presence_events: u64,
+    /// Of `presence_events`, those about a user connected to another node.
+    pub presence_events_from_other_nodes: u64,
+    /// `history`, `login`: successful requests over its connections.
+    pub requests_ok: u64,
 }
 
 /// Users and setup time.
@@ -98,6 +138,10 @@ pub struct MessageReport {
     pub duplicates: u64,
     /// A message from a sender arriving after a higher sequence number from it.
     pub order_violations: u64,
+    /// A message whose server `id` is not above every id its receiver got before in
+    /// the room: ids must increase at every receiver, whichever node it is on and
+    /// whichever node the sender is on.
+    pub id_order_violations: u64,
     /// Deliveries of messages whose sender never got the echo.
     pub unacked_deliveries: u64,
     /// `message` events that are not ours (other clients in the room).
@@ -218,6 +262,7 @@ impl Report {
             m.missing == 0
                 && m.duplicates == 0
                 && m.order_violations == 0
+                && m.id_order_violations == 0
                 && m.failed.is_empty()
                 && m.timed_out == 0
                 && m.skipped == 0
@@ -317,6 +362,46 @@ fn write_requests(f: &mut fmt::Formatter<'_>, title: &str, r: &RequestReport) ->
     Ok(())
 }
 
+impl Report {
+    /// The per-node section: one line per node with what applies to the scenario.
+    fn write_nodes(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "nodes: {}", self.nodes.len())?;
+        for n in &self.nodes {
+            write!(
+                f,
+                "  {}: connections {}  opened {}",
+                n.addr, n.connections, n.opened
+            )?;
+            if self.messages.is_some() {
+                write!(
+                    f,
+                    "  sent {}  deliveries expected {}  received {} ({} from other nodes)  missing {}  dup {}  order {}/{}",
+                    n.messages_sent,
+                    n.deliveries_expected,
+                    n.deliveries_received,
+                    n.deliveries_from_other_nodes,
+                    n.missing,
+                    n.duplicates,
+                    n.order_violations,
+                    n.id_order_violations
+                )?;
+            }
+            if self.presence.is_some() {
+                write!(
+                    f,
+                    "  targets {}  presence_change received {} ({} from other nodes)",
+                    n.presence_targets, n.presence_events, n.presence_events_from_other_nodes
+                )?;
+            }
+            if self.requests.is_some() {
+                write!(f, "  requests ok {}", n.requests_ok)?;
+            }
+            writeln!(f)?;
+        }
+        Ok(())
+    }
+}
+
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
@@ -364,8 +449,8 @@ impl fmt::Display for Report {
             }
             writeln!(
                 f,
-                "  deliveries expected {}  received {}  MISSING {}  DUPLICATES {}  ORDER VIOLATIONS {}",
-                m.deliveries_expected, m.deliveries_received, m.missing, m.duplicates, m.order_violations
+                "  deliveries expected {}  received {}  MISSING {}  DUPLICATES {}  ORDER VIOLATIONS {} (by server id {})",
+                m.deliveries_expected, m.deliveries_received, m.missing, m.duplicates, m.order_violations, m.id_order_violations
             )?;
             if m.unacked_deliveries > 0 || m.foreign > 0 {
                 writeln!(
@@ -414,6 +499,9 @@ impl fmt::Display for Report {
                 "  presence_change expected {}  received {}  MISSING {}  unexpected {}  repeated status {}  ({:.1} events/s)",
                 p.expected, p.received, p.missing, p.unexpected, p.repeated_status, p.events_per_sec
             )?;
+        }
+        if self.nodes.len() > 1 {
+            self.write_nodes(f)?;
         }
         if !self.latency.is_empty() {
             writeln!(
@@ -488,6 +576,45 @@ mod tests {
         assert!(text.contains("MISSING 0"), "{text}");
         assert!(text.contains("delivery"), "{text}");
         assert!(text.ends_with("result: CLEAN"));
+    }
+
+    #[test]
+    fn nodes_are_listed_in_json_and_text() {
+        let mut r = Report {
+            scenario: "chat".into(),
+            messages: Some(MessageReport::default()),
+            nodes: vec![
+                NodeReport {
+                    addr: "127.0.0.1:5001".into(),
+                    connections: 4,
+                    opened: 4,
+                    deliveries_received: 40,
+                    deliveries_from_other_nodes: 30,
+                    ..Default::default()
+                },
+                NodeReport {
+                    addr: "127.0.0.1:5002".into(),
+                    connections: 3,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(v["nodes"][0]["addr"], "127.0.0.1:5001");
+        assert_eq!(v["nodes"][0]["deliveries_from_other_nodes"], 30);
+        assert_eq!(v["nodes"][1]["connections"], 3);
+        let text = r.to_string();
+        assert!(text.contains("nodes: 2"), "{text}");
+        assert!(text.contains("127.0.0.1:5002: connections 3"), "{text}");
+        assert!(text.contains("received 40 (30 from other nodes)"), "{text}");
+        // One node: no per-node section in the text (the JSON still has it).
+        r.nodes.truncate(1);
+        assert!(!r.to_string().contains("nodes:"));
+        // Out of order by server id is a problem.
+        assert!(r.is_clean());
+        r.messages.as_mut().unwrap().id_order_violations = 1;
+        assert!(!r.is_clean());
     }
 
     #[test]

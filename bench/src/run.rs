@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use crate::error::BenchError;
 use crate::event::{json_str, Event};
 use crate::net::{Driver, Net, NetConfig};
+use crate::nodes::{parse_addr_list, Dests, Node};
 use crate::options::Options;
-use crate::report::Report;
+use crate::report::{NodeReport, Report};
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit: the `connect` scenario holds
 /// one descriptor per connection.
@@ -41,9 +42,11 @@ pub fn raise_nofile_limit() -> u64 {
 /// The server under test and what every scenario shares about the run.
 pub(crate) struct Server {
     pub opts: Options,
-    /// Where HTTP requests (and setup WebSockets) go.
+    /// Every node of `--addr`, in the order given (one for a single server).
+    pub nodes: Vec<Node>,
+    /// Where HTTP setup requests (and setup WebSockets) go: the first node.
     pub http_addr: SocketAddr,
-    /// `Host` header value.
+    /// `Host` header value for `http_addr`.
     pub host: String,
     pub prefix: String,
     /// All latencies and message stamps count from here.
@@ -52,40 +55,55 @@ pub(crate) struct Server {
 
 impl Server {
     pub(crate) fn new(opts: &Options) -> Result<Server, BenchError> {
-        let addrs: Vec<SocketAddr> = opts
-            .addr
-            .to_socket_addrs()
-            .map_err(|source| BenchError::Resolve {
-                addr: opts.addr.clone(),
-                source,
-            })?
-            .collect();
-        let http_addr = addrs
-            .iter()
-            .find(|a| a.is_ipv4())
-            .or(addrs.first())
-            .copied()
-            .ok_or_else(|| {
-                BenchError::Usage(format!("--addr {:?} resolves to nothing", opts.addr))
-            })?;
+        let names = parse_addr_list(&opts.addr).map_err(BenchError::Usage)?;
+        let mut nodes = Vec::with_capacity(names.len());
+        for name in names {
+            let addrs: Vec<SocketAddr> = name
+                .to_socket_addrs()
+                .map_err(|source| BenchError::Resolve {
+                    addr: name.clone(),
+                    source,
+                })?
+                .collect();
+            let addr = addrs
+                .iter()
+                .find(|a| a.is_ipv4())
+                .or(addrs.first())
+                .copied()
+                .ok_or_else(|| BenchError::Usage(format!("--addr {name:?} resolves to nothing")))?;
+            nodes.push(Node { name, addr });
+        }
         if opts.threads == 0 {
             return Err(BenchError::Usage("--threads must be at least 1".into()));
         }
         Ok(Server {
             opts: opts.clone(),
-            http_addr,
-            host: opts.addr.clone(),
+            http_addr: nodes[0].addr,
+            host: nodes[0].name.clone(),
+            nodes,
             prefix: opts.user_prefix.clone().unwrap_or_else(fresh_prefix),
             base: Instant::now(),
         })
     }
 
-    /// WebSocket destinations: `n` consecutive loopback addresses starting at the
-    /// server's (`127.0.0.1:P`, `127.0.0.2:P`, ...), or just the server's address
-    /// when it is not IPv4 loopback.
-    pub fn dests(&self, default_count: usize) -> Arc<Vec<SocketAddr>> {
-        let n = self.opts.dest_addrs.unwrap_or(default_count).max(1);
-        Arc::new(spread_loopback(self.http_addr, n))
+    /// WebSocket destinations: for every node, `n` consecutive loopback addresses
+    /// starting at the node's (`127.0.0.1:P`, `127.0.0.2:P`, ...), or just the node's
+    /// address when it is not IPv4 loopback. `n` is `--dest-addrs`, else
+    /// `default_per_node`.
+    pub fn dests(&self, default_per_node: usize) -> Arc<Dests> {
+        let n = self.opts.dest_addrs.unwrap_or(default_per_node).max(1);
+        Arc::new(Dests::new(&self.nodes, n))
+    }
+
+    /// An empty per-node section for the report, one entry per node.
+    pub fn node_reports(&self) -> Vec<NodeReport> {
+        self.nodes
+            .iter()
+            .map(|n| NodeReport {
+                addr: n.name.clone(),
+                ..Default::default()
+            })
+            .collect()
     }
 
     /// The thread count for `conns` connections (never more threads than connections).
@@ -100,15 +118,9 @@ impl Server {
         start + o.setup_timeout + o.warmup + o.duration + o.drain + Duration::from_secs(30)
     }
 
-    pub fn net_config(
-        &self,
-        dests: Arc<Vec<SocketAddr>>,
-        threads: usize,
-        deadline: Instant,
-    ) -> NetConfig {
+    pub fn net_config(&self, dests: Arc<Dests>, threads: usize, deadline: Instant) -> NetConfig {
         NetConfig {
             dests,
-            host: self.host.clone(),
             max_handshakes: self.opts.connect_concurrency.div_ceil(threads).max(1),
             handshake_timeout: self.opts.timeout,
             close_timeout: Duration::from_secs(2),

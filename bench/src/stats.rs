@@ -117,6 +117,27 @@ impl SeqTrack {
     }
 }
 
+/// The server's message ids one receiver got in one room, in arrival order: each
+/// must be above every id before it (the server's order is the order of ids, at every
+/// receiver, whichever node it is connected to).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IdOrder {
+    max: Option<u64>,
+}
+
+impl IdOrder {
+    /// Records one delivery's id; false if it is not above every earlier one.
+    pub fn record(&mut self, id: u64) -> bool {
+        match self.max {
+            Some(max) if id <= max => false,
+            _ => {
+                self.max = Some(id);
+                true
+            }
+        }
+    }
+}
+
 /// Messages (or requests) sent and not yet answered, oldest first, keyed by a
 /// sequence number that grows by one per send: completion and expiry are O(1).
 #[derive(Debug, Default)]
@@ -301,6 +322,13 @@ mod tests {
         assert_eq!(t.record(200), Seen::New);
         assert_eq!(t.count(), 5);
         assert!(t.contains(200) && t.contains(2) && !t.contains(4) && !t.contains(10_000));
+    }
+
+    #[test]
+    fn id_order_wants_every_id_above_the_ones_before() {
+        let mut o = IdOrder::default();
+        let got: Vec<bool> = [3, 5, 4, 6, 6, 9].iter().map(|&id| o.record(id)).collect();
+        assert_eq!(got, vec![true, true, false, true, false, true]);
     }
 
     #[test]

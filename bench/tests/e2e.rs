@@ -345,3 +345,179 @@ fn abuse_runs_every_attack_and_reports() {
     assert_eq!(json["scenario"], "abuse");
     assert_eq!(json["abuse"]["attacks"]["many-sockets"]["opened"], 3);
 }
+
+/// Two nodes sharing one state (a cluster): members of every room are on both, and
+/// every delivery is still accounted for, per receiver and per node.
+#[test]
+fn chat_over_two_nodes_accounts_for_every_delivery() {
+    let server = FakeServer::start_nodes(2, Faults::default());
+    let o = opts(
+        &server,
+        Scenario::Chat(ChatOptions {
+            rooms: 3,
+            members: 4,
+            senders: 2,
+            window: 2,
+            ..Default::default()
+        }),
+    );
+    assert!(o.addr.contains(','), "{}", o.addr);
+    let r = run(&o).expect("run");
+    let m = r.messages.as_ref().unwrap();
+    assert!(r.is_clean(), "{r}");
+    assert!(m.acked > 10, "{r}");
+    assert_eq!(m.deliveries_received, m.deliveries_expected, "{r}");
+    assert_eq!(m.id_order_violations, 0, "{r}");
+    assert_eq!(r.nodes.len(), 2, "{r}");
+    // Members 0 and 2 of each room on node 0, 1 and 3 on node 1.
+    for n in &r.nodes {
+        assert_eq!((n.connections, n.opened), (6, 6), "{r}");
+        assert_eq!(n.missing, 0, "{r}");
+        assert!(n.messages_sent > 0, "{r}");
+        // Senders are members 0 and 1: half of what each node receives comes from
+        // the other node.
+        assert!(n.deliveries_from_other_nodes > 0, "{r}");
+        assert!(n.deliveries_from_other_nodes < n.deliveries_received, "{r}");
+    }
+    let per_node: u64 = r.nodes.iter().map(|n| n.deliveries_received).sum();
+    assert_eq!(per_node, m.deliveries_received, "{r}");
+    let sent: u64 = r.nodes.iter().map(|n| n.messages_sent).sum();
+    assert_eq!(sent, m.sent, "{r}");
+    // The server saw the same split (node 0 also had the room-creating socket).
+    assert_eq!(server.websockets(0), 7);
+    assert_eq!(server.websockets(1), 6);
+    assert!(r.to_string().contains("nodes: 2"), "{r}");
+    let json: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+    assert_eq!(json["nodes"][1]["addr"], server.addrs[1].to_string());
+}
+
+#[test]
+fn fanout_over_three_nodes_spreads_receivers_and_senders() {
+    let server = FakeServer::start_nodes(3, Faults::default());
+    let mut o = opts(
+        &server,
+        Scenario::Fanout(ChatOptions {
+            rooms: 1,
+            members: 7,
+            senders: 3,
+            ..Default::default()
+        }),
+    );
+    o.jwt_secret = Some("secret".into());
+    let r = run(&o).expect("run");
+    let m = r.messages.as_ref().unwrap();
+    assert!(r.is_clean(), "{r}");
+    assert_eq!(m.deliveries_received, m.deliveries_expected, "{r}");
+    let conns: Vec<u64> = r.nodes.iter().map(|n| n.connections).collect();
+    assert_eq!(conns, vec![3, 2, 2], "{r}");
+    for n in &r.nodes {
+        // One sender per node: two thirds of every node's deliveries cross nodes.
+        assert!(n.messages_sent > 0, "{r}");
+        assert!(n.deliveries_from_other_nodes > 0, "{r}");
+    }
+}
+
+#[test]
+fn presence_over_two_nodes_crosses_nodes() {
+    let server = FakeServer::start_nodes(2, Faults::default());
+    let mut o = opts(
+        &server,
+        Scenario::Presence(PresenceOptions {
+            targets: 2,
+            followers: 3,
+            online: Duration::from_millis(100),
+            offline: Duration::from_millis(100),
+        }),
+    );
+    o.duration = Duration::from_secs(1);
+    let r = run(&o).expect("run");
+    let p = r.presence.as_ref().unwrap();
+    assert!(r.is_clean(), "{r}");
+    assert_eq!(p.received, p.expected, "{r}");
+    // Targets on node 0, followers on node 1: every event crossed.
+    assert_eq!(r.nodes[0].presence_targets, 2, "{r}");
+    assert_eq!(r.nodes[0].connections, 0, "{r}");
+    assert_eq!(r.nodes[1].connections, 3, "{r}");
+    assert_eq!(r.nodes[1].presence_events, p.received, "{r}");
+    assert_eq!(
+        r.nodes[1].presence_events_from_other_nodes, p.received,
+        "{r}"
+    );
+}
+
+#[test]
+fn connect_history_and_login_spread_round_robin() {
+    let server = FakeServer::start_nodes(2, Faults::default());
+    let mut o = opts(
+        &server,
+        Scenario::Connect(ConnectOptions {
+            connections: 11,
+            users: Some(2),
+            hold: Duration::from_millis(100),
+        }),
+    );
+    o.jwt_secret = Some("secret".into());
+    let r = run(&o).expect("run");
+    assert!(r.is_clean(), "{r}");
+    let opened: Vec<(u64, u64)> = r.nodes.iter().map(|n| (n.connections, n.opened)).collect();
+    assert_eq!(opened, vec![(6, 6), (5, 5)], "{r}");
+
+    o.scenario = Scenario::History(HistoryOptions {
+        clients: 4,
+        limit: 5,
+        preload: 10,
+        window: 1,
+    });
+    let r = run(&o).expect("run");
+    assert!(r.is_clean(), "{r}");
+    for n in &r.nodes {
+        assert_eq!((n.connections, n.opened), (2, 2), "{r}");
+        assert!(n.requests_ok > 0, "{r}");
+    }
+
+    o.scenario = Scenario::Login(LoginOptions {
+        clients: 2,
+        users: Some(2),
+    });
+    o.jwt_secret = None;
+    let r = run(&o).expect("run");
+    assert!(r.is_clean(), "{r}");
+    for n in &r.nodes {
+        assert_eq!((n.connections, n.opened), (1, 1), "{r}");
+        assert!(n.requests_ok > 0, "{r}");
+    }
+}
+
+#[test]
+fn abuse_wants_a_single_node() {
+    let server = FakeServer::start_nodes(2, Faults::default());
+    let o = opts(&server, Scenario::Abuse(AbuseOptions::default()));
+    assert!(matches!(run(&o), Err(klav_bench::BenchError::Usage(_))));
+}
+
+/// Server ids must increase at every receiver: an id going backwards is caught even
+/// when every sender's own sequence is in order.
+#[test]
+fn server_ids_going_backwards_are_order_violations() {
+    let server = FakeServer::start(Faults {
+        id_backwards_every: Some(5),
+        ..Default::default()
+    });
+    let r = run(&opts(
+        &server,
+        Scenario::Chat(ChatOptions {
+            rooms: 1,
+            members: 3,
+            senders: 2,
+            ..Default::default()
+        }),
+    ))
+    .expect("run");
+    let m = r.messages.as_ref().unwrap();
+    assert_eq!(m.order_violations, 0, "{r}");
+    assert_eq!(m.missing, 0, "{r}");
+    assert!(m.id_order_violations > 0, "{r}");
+    assert!(!r.is_clean(), "{r}");
+    let per_node: u64 = r.nodes.iter().map(|n| n.id_order_violations).sum();
+    assert_eq!(per_node, m.id_order_violations, "{r}");
+}

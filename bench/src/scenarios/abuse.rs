@@ -579,6 +579,11 @@ pub(crate) fn run(server: &Server, ao: &AbuseOptions) -> Result<Report, BenchErr
             "abuse needs at least one attack and --abusers of at least 1".into(),
         ));
     }
+    if server.nodes.len() > 1 {
+        return Err(BenchError::Usage(
+            "abuse attacks one node: give --addr a single address".into(),
+        ));
+    }
     let total = ao.attacks.len() * ao.abusers;
     let limit = crate::run::raise_nofile_limit();
     if limit > 0 && (total as u64) + 64 > limit {
@@ -653,7 +658,12 @@ pub(crate) fn run(server: &Server, ao: &AbuseOptions) -> Result<Report, BenchErr
         payloads.wide_keys,
         payloads.wide.len()
     ));
-    let dests = server.dests(total.div_ceil(CONNS_PER_DEST));
+    let dests = Arc::new(
+        server
+            .dests(total.div_ceil(CONNS_PER_DEST))
+            .addrs()
+            .to_vec(),
+    );
     let threads = server.threads_for(total);
     let pid = opts.server_pid;
     let rss_start = rss_kb(pid, "VmRSS:");

@@ -3,7 +3,9 @@
 //! server acknowledged (echoed to its sender) is checked to have reached every member.
 //!
 //! Member `m` of room `r` is user `r * members + m`; members `0..senders` of a room
-//! send, as sender `r * senders + m`. Connections are spread over threads round-robin.
+//! send, as sender `r * senders + m`. Connections are spread over threads round-robin,
+//! and over the server's nodes by member index (member `m` of every room on node
+//! `m mod N`), so every room of at least N members spans every node.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -12,12 +14,13 @@ use std::time::{Duration, Instant};
 use crate::error::BenchError;
 use crate::event::{json_str, Event};
 use crate::net::{Closed, ConnId, Driver, Flow, Net};
+use crate::nodes::{member_node, Dests};
 use crate::options::ChatOptions;
-use crate::report::{ConnectionReport, Counts, MessageReport, Report, SetupReport};
+use crate::report::{ConnectionReport, Counts, MessageReport, NodeReport, Report, SetupReport};
 use crate::run::{run_threads, Gate, RssPeaks, Server, SetupSocket};
 use crate::scenarios::login::{LoginLoad, LoginTiming};
 use crate::scenarios::{bump, merge_counts, rate};
-use crate::stats::{InFlight, LatencyHist, MsgStamp, Seen, SeqTrack, MAX_TRACKED_SEQ};
+use crate::stats::{IdOrder, InFlight, LatencyHist, MsgStamp, Seen, SeqTrack, MAX_TRACKED_SEQ};
 use crate::users::provision;
 
 /// `req_id` of a member's `join` (message `req_id`s are sequence numbers, far below).
@@ -51,7 +54,19 @@ struct Plan {
     duration: Duration,
     drain: Duration,
     base: Instant,
-    dests: usize,
+    dests: Arc<Dests>,
+}
+
+impl Plan {
+    /// The node of a member connection: by its index in its room.
+    fn node_of_user(&self, user: usize) -> usize {
+        member_node(user % self.members, self.dests.nodes())
+    }
+
+    /// The node of sender `j` of any room (member `j` of the room).
+    fn node_of_sender(&self, j: usize) -> usize {
+        member_node(j, self.dests.nodes())
+    }
 }
 
 struct Shared {
@@ -84,11 +99,19 @@ struct SenderState {
 struct Member {
     room: usize,
     user: usize,
+    /// The server node it connects to.
+    node: usize,
     conn: Option<ConnId>,
+    opened: bool,
     phase: Phase,
     join_retry: Option<Instant>,
     lost: bool,
     tracks: Vec<SeqTrack>,
+    /// The server ids of its room's messages, which must only grow.
+    ids: IdOrder,
+    duplicates: u64,
+    order_violations: u64,
+    id_order_violations: u64,
     sender: Option<SenderState>,
     /// `--typing-every-ms`: when this member sends its next `typing`.
     next_typing: Option<Instant>,
@@ -106,6 +129,7 @@ struct Tally {
     skipped: u64,
     duplicates: u64,
     order_violations: u64,
+    id_order_violations: u64,
     foreign: u64,
     setup_failed: Counts,
     lost: Counts,
@@ -167,11 +191,17 @@ impl ChatDriver {
             members.push(Member {
                 room,
                 user: k,
+                node: plan.node_of_user(k),
                 conn: None,
+                opened: false,
                 phase: Phase::Connecting,
                 join_retry: None,
                 lost: false,
                 tracks: (0..plan.senders).map(|_| SeqTrack::new()).collect(),
+                ids: IdOrder::default(),
+                duplicates: 0,
+                order_violations: 0,
+                id_order_violations: 0,
                 sender,
                 next_typing: None,
             });
@@ -417,10 +447,20 @@ impl ChatDriver {
         match m.tracks[stamp.sender as usize % senders].record(stamp.seq) {
             Seen::Duplicate => {
                 self.tally.duplicates += 1;
+                m.duplicates += 1;
                 return;
             }
-            Seen::OutOfOrder => self.tally.order_violations += 1,
+            Seen::OutOfOrder => {
+                self.tally.order_violations += 1;
+                m.order_violations += 1;
+            }
             Seen::New => {}
+        }
+        if let Some(id) = ev.id_num() {
+            if !m.ids.record(id) {
+                self.tally.id_order_violations += 1;
+                m.id_order_violations += 1;
+            }
         }
         if m.phase == Phase::Ready {
             self.shared.outstanding.fetch_sub(1, Ordering::AcqRel);
@@ -504,6 +544,7 @@ impl Driver for ChatDriver {
     fn on_open(&mut self, net: &mut Net, _id: ConnId, tag: usize, _took: Duration, _now: Instant) {
         self.tally.opened += 1;
         let m = &mut self.members[tag];
+        m.opened = true;
         if m.phase == Phase::Connecting {
             m.phase = Phase::Joining;
             self.send_join(net, tag);
@@ -566,10 +607,11 @@ impl Driver for ChatDriver {
         match self.stage {
             Stage::Start => {
                 self.connects_started_at = Some(now);
+                let nodes = self.plan.dests.nodes();
                 for mi in 0..self.members.len() {
-                    let user = self.members[mi].user;
-                    let id =
-                        net.connect(user % self.plan.dests, self.plan.tokens[user].clone(), mi);
+                    let (user, node) = (self.members[mi].user, self.members[mi].node);
+                    let dest = self.plan.dests.pick(node, user / nodes);
+                    let id = net.connect(dest, self.plan.tokens[user].clone(), mi);
                     self.members[mi].conn = Some(id);
                 }
                 self.stage = Stage::Setup;
@@ -709,7 +751,7 @@ pub(crate) fn run(server: &Server, co: &ChatOptions, fanout: bool) -> Result<Rep
         duration: opts.duration,
         drain: opts.drain,
         base: server.base,
-        dests: dests.len(),
+        dests: dests.clone(),
     });
     let now = Instant::now();
     let shared = Arc::new(Shared {
@@ -805,7 +847,9 @@ pub(crate) fn run(server: &Server, co: &ChatOptions, fanout: bool) -> Result<Rep
         },
         ..Default::default()
     };
-    let (conns, msgs, delivery, ack) = merge(&plan, rooms, drivers, start, measured);
+    report.nodes = server.node_reports();
+    let (conns, msgs, delivery, ack) =
+        merge(&plan, rooms, drivers, start, measured, &mut report.nodes);
     report.connections = Some(conns);
     report.messages = Some(msgs);
     if let Some(l) = delivery.summary() {
@@ -815,7 +859,7 @@ pub(crate) fn run(server: &Server, co: &ChatOptions, fanout: bool) -> Result<Rep
         report.latency.insert("ack".into(), l);
     }
     if let Some(load) = login {
-        let (r, hist) = load.finish(measured)?;
+        let (r, hist) = load.finish(measured, None)?;
         report.background_login = Some(r);
         if let Some(l) = hist.summary() {
             report.latency.insert("background_login".into(), l);
@@ -827,13 +871,15 @@ pub(crate) fn run(server: &Server, co: &ChatOptions, fanout: bool) -> Result<Rep
 
 /// Combines the threads' counts and computes missing deliveries: for each sender,
 /// its acknowledged set is what its own connection received of its messages; every
-/// member that was ready at the start should hold exactly that set.
+/// member that was ready at the start should hold exactly that set. The same counts
+/// go to each member's node in `nodes`.
 fn merge(
     plan: &Plan,
     rooms: usize,
     drivers: Vec<ChatDriver>,
     start: Option<Instant>,
     measured: f64,
+    nodes: &mut [NodeReport],
 ) -> (ConnectionReport, MessageReport, LatencyHist, LatencyHist) {
     let mut conns = ConnectionReport {
         attempted: (rooms * plan.members) as u64,
@@ -867,6 +913,7 @@ fn merge(
         msgs.skipped += t.skipped;
         msgs.duplicates += t.duplicates;
         msgs.order_violations += t.order_violations;
+        msgs.id_order_violations += t.id_order_violations;
         msgs.foreign += t.foreign;
         msgs.typing_sent += t.typing_sent;
         msgs.typing_received += t.typing_received;
@@ -882,6 +929,14 @@ fn merge(
             (a, None) => a,
         };
         for m in d.members {
+            if let Some(n) = nodes.get_mut(m.node) {
+                n.connections += 1;
+                n.opened += u64::from(m.opened);
+                n.messages_sent += m.sender.as_ref().map_or(0, |s| s.next_seq);
+                n.duplicates += m.duplicates;
+                n.order_violations += m.order_violations;
+                n.id_order_violations += m.id_order_violations;
+            }
             if m.phase == Phase::Ready {
                 by_room[m.room].push(m);
             }
@@ -900,16 +955,27 @@ fn merge(
             let acked = acked.unwrap_or(&empty);
             msgs.acked += acked.count();
             msgs.deliveries_expected += acked.count() * ready;
+            let sender_node = plan.node_of_sender(j);
             for m in members.iter() {
                 let common = m.tracks[j].count_common(acked);
                 msgs.deliveries_received += common;
                 msgs.unacked_deliveries += m.tracks[j].count() - common;
+                if let Some(n) = nodes.get_mut(m.node) {
+                    n.deliveries_expected += acked.count();
+                    n.deliveries_received += common;
+                    if m.node != sender_node {
+                        n.deliveries_from_other_nodes += common;
+                    }
+                }
             }
         }
     }
     msgs.missing = msgs
         .deliveries_expected
         .saturating_sub(msgs.deliveries_received);
+    for n in nodes.iter_mut() {
+        n.missing = n.deliveries_expected.saturating_sub(n.deliveries_received);
+    }
     msgs.sent_per_sec = rate(sent_in_window, measured);
     msgs.acked_per_sec = rate(acked_in_window, measured);
     msgs.deliveries_per_sec = rate(deliveries_in_window, measured);

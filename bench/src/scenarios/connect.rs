@@ -1,6 +1,7 @@
 //! `connect`: opens many idle authenticated WebSockets as fast as the handshake
 //! concurrency allows, holds them, and reports how many opened, why the others did
 //! not, how long a handshake took, and how much memory the server needed.
+//! Connection `k` goes to node `k mod N` of the server's nodes.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::BenchError;
 use crate::net::{Closed, ConnId, Driver, Flow, Net};
+use crate::nodes::{round_robin, Dests};
 use crate::options::ConnectOptions;
 use crate::report::{ConnectionReport, Counts, Report, SetupReport};
 use crate::run::{run_threads, Gate, RssPeaks, Server};
@@ -30,20 +32,30 @@ struct ConnectDriver {
     /// Global connection indexes of this thread.
     conns: Vec<usize>,
     tokens: Arc<Vec<Arc<str>>>,
-    dests: usize,
+    dests: Arc<Dests>,
     hold: Duration,
     started: bool,
     hold_until: Option<Instant>,
     first_attempt: Option<Instant>,
     opened: u64,
+    /// Opened connections by node.
+    opened_by_node: Vec<u64>,
     failed: Counts,
     lost: Counts,
     hist: LatencyHist,
 }
 
+impl ConnectDriver {
+    fn node_of(&self, k: usize) -> usize {
+        round_robin(k, self.dests.nodes())
+    }
+}
+
 impl Driver for ConnectDriver {
-    fn on_open(&mut self, _net: &mut Net, _id: ConnId, _tag: usize, took: Duration, _now: Instant) {
+    fn on_open(&mut self, _net: &mut Net, _id: ConnId, tag: usize, took: Duration, _now: Instant) {
         self.opened += 1;
+        let node = self.node_of(self.conns[tag]);
+        self.opened_by_node[node] += 1;
         self.hist.record_nanos(took.as_nanos() as u64);
         self.shared.open.fetch_add(1, Ordering::Relaxed);
         self.shared.gate.settle();
@@ -71,12 +83,10 @@ impl Driver for ConnectDriver {
         if !self.started {
             self.started = true;
             self.first_attempt = Some(now);
+            let nodes = self.dests.nodes();
             for (tag, &k) in self.conns.iter().enumerate() {
-                net.connect(
-                    k % self.dests,
-                    self.tokens[k % self.tokens.len()].clone(),
-                    tag,
-                );
+                let dest = self.dests.pick(self.node_of(k), k / nodes);
+                net.connect(dest, self.tokens[k % self.tokens.len()].clone(), tag);
             }
         }
         if let Some(until) = self.hold_until {
@@ -119,7 +129,8 @@ pub(crate) fn run(server: &Server, co: &ConnectOptions) -> Result<Report, BenchE
     ));
     let (set, prov) = provision(server, users, true)?;
     let tokens = Arc::new(set.tokens);
-    let dests = server.dests(co.connections.div_ceil(CONNS_PER_DEST));
+    let per_node = co.connections.div_ceil(server.nodes.len());
+    let dests = server.dests(per_node.div_ceil(CONNS_PER_DEST));
     let threads = server.threads_for(co.connections);
     let now = Instant::now();
     let shared = Arc::new(Shared {
@@ -133,12 +144,13 @@ pub(crate) fn run(server: &Server, co: &ConnectOptions) -> Result<Report, BenchE
             shared: shared.clone(),
             conns: (t..co.connections).step_by(threads).collect(),
             tokens: tokens.clone(),
-            dests: dests.len(),
+            dests: dests.clone(),
             hold: co.hold,
             started: false,
             hold_until: None,
             first_attempt: None,
             opened: 0,
+            opened_by_node: vec![0; server.nodes.len()],
             failed: Counts::new(),
             lost: Counts::new(),
             hist: LatencyHist::new(),
@@ -147,6 +159,7 @@ pub(crate) fn run(server: &Server, co: &ConnectOptions) -> Result<Report, BenchE
     server.log(format!(
         "destinations: {}",
         dests
+            .addrs()
             .iter()
             .map(|d| d.to_string())
             .collect::<Vec<_>>()
@@ -187,8 +200,16 @@ pub(crate) fn run(server: &Server, co: &ConnectOptions) -> Result<Report, BenchE
     };
     let mut hist = LatencyHist::new();
     let mut first = None;
+    let mut nodes = server.node_reports();
+    let node_count = nodes.len();
+    for k in 0..co.connections {
+        nodes[round_robin(k, node_count)].connections += 1;
+    }
     for d in &drivers {
         conns.opened += d.opened;
+        for (n, opened) in nodes.iter_mut().zip(&d.opened_by_node) {
+            n.opened += opened;
+        }
         merge_counts(&mut conns.failed, &d.failed);
         merge_counts(&mut conns.lost, &d.lost);
         hist.merge(&d.hist);
@@ -216,6 +237,7 @@ pub(crate) fn run(server: &Server, co: &ConnectOptions) -> Result<Report, BenchE
             ..Default::default()
         },
         connections: Some(conns),
+        nodes,
         ..Default::default()
     };
     if let Some(l) = hist.summary() {

@@ -1,6 +1,7 @@
 //! `history`: clients in one room, preloaded with messages (sent by the clients
 //! themselves, each its share, within a window), then closed-loop `history`
-//! requests: requests per second and reply latency.
+//! requests: requests per second and reply latency. Client `k` connects to node
+//! `k mod N` of the server's nodes.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 use crate::error::BenchError;
 use crate::event::{json_str, Event};
 use crate::net::{Closed, ConnId, Driver, Flow, Net};
+use crate::nodes::{round_robin, Dests};
 use crate::options::HistoryOptions;
 use crate::report::{ConnectionReport, Counts, Report, RequestReport, SetupReport};
 use crate::run::{run_threads, Gate, RssPeaks, Server, SetupSocket};
@@ -35,7 +37,7 @@ struct Plan {
     duration: Duration,
     drain: Duration,
     base: Instant,
-    dests: usize,
+    dests: Arc<Dests>,
 }
 
 struct Shared {
@@ -56,7 +58,12 @@ enum Phase {
 
 struct Client {
     user: usize,
+    /// The server node it connects to.
+    node: usize,
     conn: Option<ConnId>,
+    opened: bool,
+    /// Successful `history` replies.
+    ok: u64,
     phase: Phase,
     retry_at: Option<Instant>,
     preload_left: usize,
@@ -194,6 +201,7 @@ impl HistoryDriver {
 impl Driver for HistoryDriver {
     fn on_open(&mut self, net: &mut Net, _id: ConnId, tag: usize, _took: Duration, _now: Instant) {
         self.tally.opened += 1;
+        self.clients[tag].opened = true;
         if self.clients[tag].phase == Phase::Connecting {
             self.clients[tag].phase = Phase::Joining;
             self.send_join(net, tag);
@@ -234,6 +242,7 @@ impl Driver for HistoryDriver {
                 };
                 if let Some(sent) = self.clients[tag].in_flight.complete(req) {
                     self.tally.ok += 1;
+                    self.clients[tag].ok += 1;
                     self.shared.ok.fetch_add(1, Ordering::Relaxed);
                     self.tally.items += ev.items.as_ref().map_or(0, |i| i.len() as u64);
                     if self.in_window(sent) {
@@ -303,9 +312,11 @@ impl Driver for HistoryDriver {
     fn on_tick(&mut self, net: &mut Net, now: Instant) -> Flow {
         if !self.started {
             self.started = true;
+            let nodes = self.plan.dests.nodes();
             for ci in 0..self.clients.len() {
-                let user = self.clients[ci].user;
-                let id = net.connect(user % self.plan.dests, self.plan.tokens[user].clone(), ci);
+                let (user, node) = (self.clients[ci].user, self.clients[ci].node);
+                let dest = self.plan.dests.pick(node, user / nodes);
+                let id = net.connect(dest, self.plan.tokens[user].clone(), ci);
                 self.clients[ci].conn = Some(id);
             }
         }
@@ -393,7 +404,7 @@ pub(crate) fn run(server: &Server, ho: &HistoryOptions) -> Result<Report, BenchE
         duration: opts.duration,
         drain: opts.drain,
         base: server.base,
-        dests: dests.len(),
+        dests: dests.clone(),
     });
     let now = Instant::now();
     let shared = Arc::new(Shared {
@@ -411,7 +422,10 @@ pub(crate) fn run(server: &Server, ho: &HistoryOptions) -> Result<Report, BenchE
                 .step_by(threads)
                 .map(|k| Client {
                     user: k,
+                    node: round_robin(k, server.nodes.len()),
                     conn: None,
+                    opened: false,
+                    ok: 0,
                     phase: Phase::Connecting,
                     retry_at: None,
                     // Client k sends its share of the preload.
@@ -471,7 +485,14 @@ pub(crate) fn run(server: &Server, ho: &HistoryOptions) -> Result<Report, BenchE
     let mut hist = LatencyHist::new();
     let mut ok_in_window = 0;
     let mut items = 0;
+    let mut nodes = server.node_reports();
     for d in &drivers {
+        for c in &d.clients {
+            let n = &mut nodes[c.node];
+            n.connections += 1;
+            n.opened += u64::from(c.opened);
+            n.requests_ok += c.ok;
+        }
         let t = &d.tally;
         conns.opened += t.opened;
         conns.not_ready += t.not_ready;
@@ -507,6 +528,7 @@ pub(crate) fn run(server: &Server, ho: &HistoryOptions) -> Result<Report, BenchE
         },
         connections: Some(conns),
         requests: Some(req),
+        nodes,
         ..Default::default()
     };
     if let Some(l) = hist.summary() {

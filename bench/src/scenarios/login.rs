@@ -1,6 +1,7 @@
 //! `login`: closed-loop `POST /login` over keep-alive connections, one blocking
 //! thread each (the server's password hashing, not the socket count, is what is
-//! measured). Also runs in the background of `chat --with-login-clients`.
+//! measured). Also runs in the background of `chat --with-login-clients`. Client `c`
+//! connects to node `c mod N` of the server's nodes.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -10,8 +11,9 @@ use std::time::{Duration, Instant};
 use crate::error::BenchError;
 use crate::event::json_str;
 use crate::http::{HttpClient, HttpError};
+use crate::nodes::round_robin;
 use crate::options::LoginOptions;
-use crate::report::{Counts, Report, RequestReport, SetupReport};
+use crate::report::{Counts, NodeReport, Report, RequestReport, SetupReport};
 use crate::run::{panic_text, RssPeaks, Server};
 use crate::scenarios::{bump, merge_counts, rate};
 use crate::stats::LatencyHist;
@@ -33,6 +35,10 @@ pub(crate) struct LoginProgress {
 
 #[derive(Default)]
 struct ThreadOut {
+    /// The server node this client talks to.
+    node: usize,
+    /// Got at least one HTTP response.
+    answered: bool,
     sent: u64,
     ok: u64,
     ok_in_window: u64,
@@ -63,12 +69,20 @@ impl LoginLoad {
             let timing = timing.clone();
             let progress = progress.clone();
             let password = password.clone();
-            let mut http = HttpClient::new(server.http_addr, &server.host, server.opts.timeout);
+            let node = round_robin(c, server.nodes.len());
+            let mut http = HttpClient::new(
+                server.nodes[node].addr,
+                &server.nodes[node].name,
+                server.opts.timeout,
+            );
             let h = std::thread::Builder::new()
                 .name(format!("klav-login-{c}"))
                 .stack_size(256 * 1024)
                 .spawn(move || {
-                    let mut out = ThreadOut::default();
+                    let mut out = ThreadOut {
+                        node,
+                        ..Default::default()
+                    };
                     let (measure_from, until) = loop {
                         if let Some(w) = (timing.window)() {
                             break w;
@@ -88,6 +102,7 @@ impl LoginLoad {
                         out.sent += 1;
                         let result = http.post_json("/login", &body);
                         let took = started.elapsed();
+                        out.answered |= result.is_ok();
                         match result {
                             Ok(resp) if resp.status == 200 => {
                                 out.ok += 1;
@@ -129,8 +144,13 @@ impl LoginLoad {
         self.handles.iter().all(|h| h.is_finished())
     }
 
-    /// Waits for every thread; returns the report section and the latency histogram.
-    pub fn finish(self, measured_secs: f64) -> Result<(RequestReport, LatencyHist), BenchError> {
+    /// Waits for every thread; returns the report section and the latency histogram,
+    /// and counts each client under its node in `nodes` when given.
+    pub fn finish(
+        self,
+        measured_secs: f64,
+        mut nodes: Option<&mut [NodeReport]>,
+    ) -> Result<(RequestReport, LatencyHist), BenchError> {
         let mut r = RequestReport {
             clients: self.clients as u64,
             ..Default::default()
@@ -139,6 +159,11 @@ impl LoginLoad {
         let mut ok_in_window = 0;
         for h in self.handles {
             let out = h.join().map_err(|p| BenchError::Worker(panic_text(&p)))?;
+            if let Some(n) = nodes.as_mut().and_then(|n| n.get_mut(out.node)) {
+                n.connections += 1;
+                n.opened += u64::from(out.answered);
+                n.requests_ok += out.ok;
+            }
             r.sent += out.sent;
             r.ok += out.ok;
             r.timed_out += out.timed_out;
@@ -183,7 +208,8 @@ pub(crate) fn run(server: &Server, lo: &LoginOptions) -> Result<Report, BenchErr
         }
     }
     let measured = server.opts.duration.as_secs_f64();
-    let (req, hist) = load.finish(measured)?;
+    let mut nodes = server.node_reports();
+    let (req, hist) = load.finish(measured, Some(&mut nodes))?;
     let mut report = Report {
         measured_secs: measured,
         setup: SetupReport {
@@ -194,6 +220,7 @@ pub(crate) fn run(server: &Server, lo: &LoginOptions) -> Result<Report, BenchErr
             ..Default::default()
         },
         requests: Some(req),
+        nodes,
         ..Default::default()
     };
     if let Some(l) = hist.summary() {

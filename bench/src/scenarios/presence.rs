@@ -5,6 +5,9 @@
 //!
 //! Latency of `online` counts from the start of the target's TCP connect (the server
 //! cannot announce it earlier); of `offline`, from when the target sent its close.
+//!
+//! With several server nodes, the targets connect to node 0 and the followers are
+//! spread over the other nodes, so that every event crosses nodes.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
@@ -14,6 +17,7 @@ use std::time::{Duration, Instant};
 use crate::error::BenchError;
 use crate::event::{json_str, Event};
 use crate::net::{Closed, ConnId, Driver, Flow, Net};
+use crate::nodes::{presence_follower_node, presence_target_node, Dests};
 use crate::options::PresenceOptions;
 use crate::report::{ConnectionReport, Counts, PresenceReport, Report, SetupReport};
 use crate::run::{run_threads, Gate, RssPeaks, Server};
@@ -40,7 +44,13 @@ struct Plan {
     duration: Duration,
     drain: Duration,
     base: Instant,
-    dests: usize,
+    dests: Arc<Dests>,
+}
+
+impl Plan {
+    fn target_node(&self, t: usize) -> usize {
+        presence_target_node(t, self.dests.nodes())
+    }
 }
 
 struct Shared {
@@ -65,7 +75,15 @@ enum FPhase {
 
 struct Follower {
     user: usize,
+    /// Its index among the followers.
+    k: usize,
+    /// The server node it connects to.
+    node: usize,
     conn: Option<ConnId>,
+    opened: bool,
+    /// `presence_change` events received, and of them about targets on other nodes.
+    events: u64,
+    events_from_other_nodes: u64,
     phase: FPhase,
     to_follow: VecDeque<usize>,
     follows_in_flight: usize,
@@ -204,7 +222,12 @@ impl PresenceDriver {
                     Some("offline") => false,
                     _ => return,
                 };
+                let target_node = self.plan.target_node(t);
                 let f = &mut self.followers[fi];
+                f.events += 1;
+                if f.node != target_node {
+                    f.events_from_other_nodes += 1;
+                }
                 if f.last[t] == Some(online) {
                     self.tally.repeated += 1;
                 }
@@ -295,11 +318,8 @@ impl PresenceDriver {
                     } else if next_at.is_none_or(|at| now >= at) {
                         let t = self.targets[ti].t;
                         self.shared.online_base[t].store(self.nanos(now), Ordering::Release);
-                        let id = net.connect(
-                            t % self.plan.dests,
-                            self.plan.tokens[t].clone(),
-                            target_tag(ti),
-                        );
+                        let dest = self.plan.dests.pick(self.plan.target_node(t), t);
+                        let id = net.connect(dest, self.plan.tokens[t].clone(), target_tag(ti));
                         self.targets[ti].conn = Some(id);
                         self.targets[ti].state = TState::Connecting;
                     } else if let Some(at) = next_at {
@@ -329,6 +349,7 @@ impl Driver for PresenceDriver {
         self.tally.opened += 1;
         if is_follower(tag) {
             let fi = tag / 2;
+            self.followers[fi].opened = true;
             if self.followers[fi].phase == FPhase::Connecting {
                 self.followers[fi].phase = FPhase::Following;
                 self.follow_more(net, fi, now);
@@ -390,13 +411,12 @@ impl Driver for PresenceDriver {
     fn on_tick(&mut self, net: &mut Net, now: Instant) -> Flow {
         if !self.started {
             self.started = true;
+            // Followers share the nodes other than the targets' one.
+            let per_node = self.plan.dests.nodes().saturating_sub(1).max(1);
             for fi in 0..self.followers.len() {
-                let user = self.followers[fi].user;
-                let id = net.connect(
-                    user % self.plan.dests,
-                    self.plan.tokens[user].clone(),
-                    follower_tag(fi),
-                );
+                let f = &self.followers[fi];
+                let dest = self.plan.dests.pick(f.node, f.k / per_node);
+                let id = net.connect(dest, self.plan.tokens[f.user].clone(), follower_tag(fi));
                 self.followers[fi].conn = Some(id);
             }
         }
@@ -478,7 +498,7 @@ pub(crate) fn run(server: &Server, po: &PresenceOptions) -> Result<Report, Bench
         duration: opts.duration,
         drain: opts.drain,
         base: server.base,
-        dests: dests.len(),
+        dests: dests.clone(),
     });
     let now = Instant::now();
     let shared = Arc::new(Shared {
@@ -500,7 +520,12 @@ pub(crate) fn run(server: &Server, po: &PresenceOptions) -> Result<Report, Bench
                 .step_by(threads)
                 .map(|k| Follower {
                     user: po.targets + k,
+                    k,
+                    node: presence_follower_node(k, server.nodes.len()),
                     conn: None,
+                    opened: false,
+                    events: 0,
+                    events_from_other_nodes: 0,
                     phase: FPhase::Connecting,
                     to_follow: (0..po.targets).collect(),
                     follows_in_flight: 0,
@@ -566,7 +591,18 @@ pub(crate) fn run(server: &Server, po: &PresenceOptions) -> Result<Report, Bench
     let mut online = LatencyHist::new();
     let mut offline = LatencyHist::new();
     let mut in_window = 0;
+    let mut nodes = server.node_reports();
+    for t in 0..po.targets {
+        nodes[plan.target_node(t)].presence_targets += 1;
+    }
     for d in &drivers {
+        for f in &d.followers {
+            let n = &mut nodes[f.node];
+            n.connections += 1;
+            n.opened += u64::from(f.opened);
+            n.presence_events += f.events;
+            n.presence_events_from_other_nodes += f.events_from_other_nodes;
+        }
         let t = &d.tally;
         conns.opened += t.opened;
         conns.not_ready += t.not_ready;
@@ -603,6 +639,7 @@ pub(crate) fn run(server: &Server, po: &PresenceOptions) -> Result<Report, Bench
         },
         connections: Some(conns),
         presence: Some(p),
+        nodes,
         ..Default::default()
     };
     if let Some(l) = online.summary() {

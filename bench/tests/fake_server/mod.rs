@@ -2,6 +2,10 @@
 //! the bench uses (register, login, health, the WebSocket upgrade, create_room, join, msg,
 //! history, friend_follow, presence), with optional faults so the bench's checks can
 //! be seen to catch them. One thread per connection: only for small runs.
+//!
+//! [`FakeServer::start_nodes`] listens on several ports sharing one state: a cluster
+//! of nodes that see each other's events, as Klav's nodes will through their shared
+//! database.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
@@ -27,6 +31,9 @@ pub struct Faults {
     pub duplicate_every: Option<u64>,
     /// Answer every Nth `msg` with `RATE_LIMITED` instead of delivering it.
     pub rate_limit_every: Option<u64>,
+    /// Give every Nth message the id 1, below the ids delivered before it (its
+    /// sender's sequence stays in order).
+    pub id_backwards_every: Option<u64>,
 }
 
 #[derive(Default)]
@@ -50,54 +57,80 @@ struct State {
 }
 
 pub struct FakeServer {
-    pub addr: SocketAddr,
+    /// Every node's address.
+    pub addrs: Vec<SocketAddr>,
     state: Arc<Mutex<State>>,
     stop: Arc<AtomicBool>,
     pub logins: Arc<AtomicU64>,
+    /// WebSocket upgrades accepted, by node.
+    pub websockets: Arc<Vec<AtomicU64>>,
 }
 
 impl FakeServer {
     pub fn start(faults: Faults) -> FakeServer {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().unwrap();
+        FakeServer::start_nodes(1, faults)
+    }
+
+    /// `nodes` listeners (each its own port) sharing one state.
+    pub fn start_nodes(nodes: usize, faults: Faults) -> FakeServer {
+        let listeners: Vec<TcpListener> = (0..nodes)
+            .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
+            .collect();
+        let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
         let server = FakeServer {
-            addr,
+            addrs,
             state: Arc::new(Mutex::new(State::default())),
             stop: Arc::new(AtomicBool::new(false)),
             logins: Arc::new(AtomicU64::new(0)),
+            websockets: Arc::new((0..nodes).map(|_| AtomicU64::new(0)).collect()),
         };
-        let state = server.state.clone();
-        let stop = server.stop.clone();
-        let logins = server.logins.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                if stop.load(Ordering::Relaxed) {
-                    break;
+        for (node, listener) in listeners.into_iter().enumerate() {
+            let state = server.state.clone();
+            let stop = server.stop.clone();
+            let logins = server.logins.clone();
+            let websockets = server.websockets.clone();
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let Ok(stream) = stream else { continue };
+                    let state = state.clone();
+                    let logins = logins.clone();
+                    let stop = stop.clone();
+                    let websockets = websockets.clone();
+                    std::thread::Builder::new()
+                        .stack_size(256 * 1024)
+                        .spawn(move || {
+                            let _ = serve(stream, state, faults, logins, stop, &websockets[node]);
+                        })
+                        .expect("spawn");
                 }
-                let Ok(stream) = stream else { continue };
-                let state = state.clone();
-                let logins = logins.clone();
-                let stop = stop.clone();
-                std::thread::Builder::new()
-                    .stack_size(256 * 1024)
-                    .spawn(move || {
-                        let _ = serve(stream, state, faults, logins, stop);
-                    })
-                    .expect("spawn");
-            }
-        });
+            });
+        }
         server
     }
 
+    /// The `--addr` value: one address, or the nodes' comma-separated.
     pub fn addr(&self) -> String {
-        self.addr.to_string()
+        self.addrs
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn websockets(&self, node: usize) -> u64 {
+        self.websockets[node].load(Ordering::Relaxed)
     }
 }
 
 impl Drop for FakeServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        let _ = TcpStream::connect(self.addr);
+        for a in &self.addrs {
+            let _ = TcpStream::connect(a);
+        }
     }
 }
 
@@ -126,6 +159,7 @@ fn serve(
     faults: Faults,
     logins: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
+    websockets: &AtomicU64,
 ) -> io::Result<()> {
     let mut buf = Vec::new();
     loop {
@@ -160,7 +194,7 @@ fn serve(
         };
         buf.drain(..head_len);
         if method == "GET" && path.starts_with("/ws") {
-            return websocket(stream, buf, headers, state, faults, stop);
+            return websocket(stream, buf, headers, state, faults, stop, websockets);
         }
         let len: usize = headers
             .get("content-length")
@@ -233,6 +267,7 @@ fn websocket(
     state: Arc<Mutex<State>>,
     faults: Faults,
     stop: Arc<AtomicBool>,
+    websockets: &AtomicU64,
 ) -> io::Result<()> {
     let token = headers
         .get("authorization")
@@ -246,6 +281,7 @@ fn websocket(
         .get("sec-websocket-key")
         .cloned()
         .unwrap_or_default();
+    websockets.fetch_add(1, Ordering::Relaxed);
     write!(
         stream,
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
@@ -377,7 +413,15 @@ fn handle(
                 return reply(json!({"type": "error", "code": "NOT_A_MEMBER"}));
             }
             st.next_msg += 1;
-            let item = json!({"type": "message", "id": st.next_msg, "room": room_id, "from": user,
+            let id = if faults
+                .id_backwards_every
+                .is_some_and(|n| st.next_msg.is_multiple_of(n))
+            {
+                1
+            } else {
+                st.next_msg
+            };
+            let item = json!({"type": "message", "id": id, "room": room_id, "from": user,
                               "from_nickname": user, "text": req["text"], "ts": "2025-01-01T00:00:00.000000+00:00"});
             let frame = item.to_string();
             let members: Vec<String> = st.rooms[&room_id].members.iter().cloned().collect();
