@@ -53,6 +53,9 @@ pub struct ClosePlan {
     pub drop_unsent: bool,
     /// The log level of the "closing a connection" line (none: not logged).
     pub log: Option<Level>,
+    /// The close was earned by abuse: what the client still sends is read for
+    /// a short while only (see `server::reading::ABUSIVE_LINGER_BYTES`).
+    pub abusive: bool,
 }
 
 impl CloseReason {
@@ -98,6 +101,7 @@ impl CloseReason {
             frame,
             drop_unsent: matches!(self, SlowConsumer | Budget),
             log,
+            abusive: matches!(self, SlowConsumer | Budget | Flood | Incomplete),
         }
     }
 

@@ -144,6 +144,10 @@ pub fn request_cost(len: usize) -> f64 {
     len.div_ceil(BYTES_PER_TOKEN).max(1) as f64
 }
 
+/// Refused frame bytes in one second past which a connection is not read for
+/// the rest of that second (see [`RateLimit::refused`]).
+pub const THROTTLE_REFUSED_BYTES: usize = 256 * 1024;
+
 /// A connection's request token bucket, and the rule for closing a flooder.
 /// Refusing a request is cheap, so a burst over the limit only costs the client
 /// its refused requests; a connection is closed only when it is refused more than
@@ -153,6 +157,8 @@ pub struct RateLimit {
     at: Instant,
     window_start: Instant,
     refused_in_window: f64,
+    /// Bytes of the frames refused in the current second.
+    refused_bytes: usize,
     flooding_secs: u32,
 }
 
@@ -163,6 +169,7 @@ impl RateLimit {
             at: now,
             window_start: now,
             refused_in_window: 0.0,
+            refused_bytes: 0,
             flooding_secs: 0,
         }
     }
@@ -188,6 +195,7 @@ impl RateLimit {
             }
             self.window_start = now;
             self.refused_in_window = 0.0;
+            self.refused_bytes = 0;
         }
         self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * rate).min(burst);
         self.at = now;
@@ -201,6 +209,17 @@ impl RateLimit {
         } else {
             Admit::Refused
         }
+    }
+
+    /// Records a refused frame of `len` bytes; when this second's refused
+    /// frames pass [`THROTTLE_REFUSED_BYTES`], returns the end of the second:
+    /// the connection is not read until then. (A burst of small requests is
+    /// only refused; a flood of large frames is held back by TCP instead of
+    /// being read, unmasked and validated only to be refused.)
+    pub fn refused(&mut self, len: usize) -> Option<Instant> {
+        self.refused_bytes += len;
+        (self.refused_bytes > THROTTLE_REFUSED_BYTES)
+            .then(|| self.window_start + std::time::Duration::from_secs(1))
     }
 }
 
@@ -237,6 +256,10 @@ pub struct WsState {
     /// [`OpeningHold`]); `None` once its first request started or the hold ran
     /// out.
     pub opening: Option<OpeningHold>,
+    /// Refused more than its rate this second: nothing more is read from it
+    /// until then (TCP holds the rest back), so a flooder costs the loop about
+    /// twice its rate, not whatever it can send.
+    pub throttled_until: Option<Instant>,
 }
 
 impl WsState {
@@ -273,6 +296,8 @@ pub struct Linger {
     pub shut: bool,
     /// Bytes read and thrown away so far.
     pub discarded: usize,
+    /// Most bytes thrown away before the connection is dropped anyway.
+    pub max_discard: usize,
 }
 
 /// One client connection.
@@ -298,6 +323,8 @@ pub struct Conn {
     pub counted_addr: Option<IpAddr>,
     /// Accepted on the `KLAV_METRICS_ADDR` listener: only `/metrics` is served.
     pub metrics_only: bool,
+    /// Refused for flooding: its close reads little of what it still sends.
+    pub abusive: bool,
 }
 
 impl Conn {
@@ -316,6 +343,28 @@ impl Conn {
             wake_at: None,
             counted_addr: None,
             metrics_only: false,
+            abusive: false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_of_refused_large_frames_pauses_reading_but_small_bursts_do_not() {
+        let now = Instant::now();
+        let mut r = RateLimit::new(5.0, now);
+        // 300 small requests refused in one second: only refused.
+        for _ in 0..300 {
+            assert_eq!(r.refused(60), None);
+        }
+        let mut big = RateLimit::new(5.0, now);
+        let mut paused = None;
+        for _ in 0..5 {
+            paused = paused.or(big.refused(64 * 1024));
+        }
+        assert_eq!(paused, Some(now + std::time::Duration::from_secs(1)));
     }
 }

@@ -51,6 +51,8 @@ pub struct Hub {
     pub started: Instant,
     /// This node's place in a cluster (and its rooms' entry chains).
     pub cluster: crate::cluster::Cluster,
+    /// `/metrics` as rendered this loop turn (see `handlers::http`).
+    pub metrics_text: Option<String>,
 }
 
 impl Hub {

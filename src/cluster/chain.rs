@@ -59,6 +59,15 @@ impl<H> Chains<H> {
         self.last.get(room).copied()
     }
 
+    /// Rooms tracked.
+    pub fn len(&self) -> usize {
+        self.last.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.last.is_empty()
+    }
+
     pub fn is_tracked(&self, room: &str) -> bool {
         self.last.contains_key(room)
     }

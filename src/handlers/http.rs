@@ -59,6 +59,7 @@ pub fn process(hub: &mut Hub, id: ConnId) {
                 let bucket = st.rate.get_or_insert_with(|| RateLimit::new(burst, now));
                 if bucket.admit(now, 1.0, rate, burst, u32::MAX) != Admit::Yes {
                     st.buf.clear();
+                    conn.abusive = true;
                     hub.metrics.rate_limited += 1;
                     let resp = http::response(
                         429,
@@ -146,35 +147,60 @@ fn route(hub: &mut Hub, id: ConnId, req: Request) {
             }
         }
         "/metrics" => {
-            // Gauges kept as counters: rendering is O(1) however many connect.
-            let mut text = hub.metrics.render(hub.conns.len(), hub.db.queue_depth());
-            text.push_str(&format!(
-                "# HELP klav_history_cache_hits_total history requests answered from memory.\n\
-                 # TYPE klav_history_cache_hits_total counter\nklav_history_cache_hits_total {}\n\
-                 # HELP klav_history_cache_misses_total history requests sent to PostgreSQL.\n\
-                 # TYPE klav_history_cache_misses_total counter\nklav_history_cache_misses_total {}\n\
-                 # HELP klav_history_cache_entries Log entries held in memory.\n\
-                 # TYPE klav_history_cache_entries gauge\nklav_history_cache_entries {}\n",
-                hub.history.hits,
-                hub.history.misses,
-                hub.history.total()
-            ));
-            text.push_str(&format!(
-                "# HELP klav_login_throttle_keys (username, address) pairs and addresses with failed logins remembered.\n\
-                 # TYPE klav_login_throttle_keys gauge\nklav_login_throttle_keys {}\n\
-                 # HELP klav_register_budget_keys Client addresses with a partly used registration budget.\n\
-                 # TYPE klav_register_budget_keys gauge\nklav_register_budget_keys {}\n\
-                 # HELP klav_register_hashes_total Passwords hashed for /register (taken names are never hashed).\n\
-                 # TYPE klav_register_hashes_total counter\nklav_register_hashes_total {}\n",
-                hub.login_throttle.keys(),
-                hub.register_budget.keys(),
-                hub.register_budget.hashes_started
-            ));
+            if hub.metrics_text.is_none() {
+                hub.metrics_text = Some(metrics_text(hub));
+            }
+            let text = hub.metrics_text.as_deref().expect("just rendered");
             let resp = http::response(200, "text/plain; version=0.0.4", text.as_bytes(), ka, &[]);
             respond(hub, id, resp, ka);
         }
         _ => super::session::upgrade(hub, id, req),
     }
+}
+
+/// The `/metrics` text. Gauges are kept as counters: rendering is O(1) however
+/// many connect; and it is rendered once per loop turn, so a burst of requests
+/// (a pipelining client, many scrapers) costs one rendering.
+fn metrics_text(hub: &Hub) -> String {
+    let mut text = hub.metrics.render(hub.conns.len(), hub.db.queue_depth());
+    text.push_str(&format!(
+        "# HELP klav_history_cache_hits_total history requests answered from memory.\n\
+         # TYPE klav_history_cache_hits_total counter\nklav_history_cache_hits_total {}\n\
+         # HELP klav_history_cache_misses_total history requests sent to PostgreSQL.\n\
+         # TYPE klav_history_cache_misses_total counter\nklav_history_cache_misses_total {}\n\
+         # HELP klav_history_cache_entries Log entries held in memory.\n\
+         # TYPE klav_history_cache_entries gauge\nklav_history_cache_entries {}\n",
+        hub.history.hits,
+        hub.history.misses,
+        hub.history.total()
+    ));
+    text.push_str(&format!(
+        "# HELP klav_login_throttle_keys (username, address) pairs and addresses with failed logins remembered.\n\
+         # TYPE klav_login_throttle_keys gauge\nklav_login_throttle_keys {}\n\
+         # HELP klav_register_budget_keys Client addresses with a partly used registration budget.\n\
+         # TYPE klav_register_budget_keys gauge\nklav_register_budget_keys {}\n\
+         # HELP klav_register_hashes_total Passwords hashed for /register (taken names are never hashed).\n\
+         # TYPE klav_register_hashes_total counter\nklav_register_hashes_total {}\n",
+        hub.login_throttle.keys(),
+        hub.register_budget.keys(),
+        hub.register_budget.hashes_started
+    ));
+    text.push_str(&format!(
+        "# HELP klav_node_info This node's name, and whether it shares its database with other nodes.\n\
+         # TYPE klav_node_info gauge\nklav_node_info{{node=\"{}\",cluster=\"{}\"}} 1\n\
+         # HELP klav_bus_events_total Events received from other nodes (and this node's presence decisions).\n\
+         # TYPE klav_bus_events_total counter\nklav_bus_events_total {}\n\
+         # HELP klav_messages_remote_total Room messages stored by other nodes and delivered here.\n\
+         # TYPE klav_messages_remote_total counter\nklav_messages_remote_total {}\n\
+         # HELP klav_cluster_rooms_tracked Rooms whose entries this node follows (members connected here).\n\
+         # TYPE klav_cluster_rooms_tracked gauge\nklav_cluster_rooms_tracked {}\n",
+        hub.cluster.node.replace(['\\', '"', '\n'], "_"),
+        hub.cluster.enabled,
+        hub.metrics.bus_events,
+        hub.metrics.messages_remote,
+        hub.cluster.tracked_rooms(),
+    ));
+    text
 }
 
 /// The browser client's files (`KLAV_WEB=on`): `GET` and `HEAD` only.

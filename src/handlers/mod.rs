@@ -101,6 +101,8 @@ pub fn on_ws_message(hub: &mut Hub, id: ConnId, msg: Message) {
         hub.reply_error(id, &req_id, RequestError::new(ErrorCode::RateLimited));
         if admit == Admit::Flood {
             hub.close(id, CloseReason::Flood);
+        } else if let Some(ws) = hub.ws_mut(id) {
+            ws.throttled_until = ws.rate.refused(len);
         }
         return;
     }

@@ -192,6 +192,7 @@ pub fn opened(hub: &mut Hub, id: ConnId, username: &str, session: Option<Session
         token_expires: super::tokens::on_loop_clock(token_expires),
         token_warned: false,
         first_live: HashMap::new(),
+        throttled_until: None,
         opening: Some(OpeningHold {
             until: now + super::resume::OPENING_HOLD,
             held: Held::default(),

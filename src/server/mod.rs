@@ -148,7 +148,7 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
     unsafe {
         libc::listen(std_listener.as_raw_fd(), 4096);
     }
-    limit_receive_buffer(&std_listener);
+    limit_socket_buffers(&std_listener);
     let local = std_listener.local_addr().map_err(StartError::Io)?;
     let mut listener = TcpListener::from_std(std_listener);
 
@@ -264,6 +264,7 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
             outstanding: 0,
             started: Instant::now(),
             cluster: crate::cluster::Cluster::new(clustered, node, incarnation),
+            metrics_text: None,
         },
         bus,
         database_url: database_url.to_string(),
@@ -299,18 +300,30 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
 /// the largest (a 64 KiB body) still fits.
 const RECEIVE_BUFFER_BYTES: libc::c_int = 128 * 1024;
 
-fn limit_receive_buffer(listener: &std::net::TcpListener) {
-    // The kernel doubles the value for its bookkeeping.
-    let size: libc::c_int = RECEIVE_BUFFER_BYTES / 2;
-    // SAFETY: setsockopt on a socket we own, with a valid c_int of the given size.
-    unsafe {
-        libc::setsockopt(
-            listener.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&size as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
+/// What the kernel buffers for one client's unread output, likewise. Send
+/// autotuning would give each socket up to `tcp_wmem`'s maximum (4 MiB by
+/// default): a client that never reads would have klav copy that much into the
+/// kernel for it before its output backs up in klav's own (capped) queue.
+/// 256 KiB still covers a fast client's bandwidth-delay product.
+const SEND_BUFFER_BYTES: libc::c_int = 256 * 1024;
+
+fn limit_socket_buffers(listener: &std::net::TcpListener) {
+    for (option, bytes) in [
+        (libc::SO_RCVBUF, RECEIVE_BUFFER_BYTES),
+        (libc::SO_SNDBUF, SEND_BUFFER_BYTES),
+    ] {
+        // The kernel doubles the value for its bookkeeping.
+        let size: libc::c_int = bytes / 2;
+        // SAFETY: setsockopt on a socket we own, with a valid c_int of the given size.
+        unsafe {
+            libc::setsockopt(
+                listener.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
     }
 }
 
@@ -374,6 +387,7 @@ impl Server {
             self.discard_left = reading::DISCARD_TURN_BUDGET;
             self.http_read_left = reading::HTTP_READ_TURN_BUDGET;
             self.hub.http_turn_left = handlers::http::HTTP_REQUESTS_PER_TURN;
+            self.hub.metrics_text = None;
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     crate::log!(Error, "poll failed: {e}");

@@ -28,6 +28,10 @@ pub(super) const DISCARD_TURN_BUDGET: usize = 1024 * 1024;
 /// Most bytes thrown away from a closing connection before it is dropped anyway
 /// (a refused client may still be sending a large request).
 pub(super) const LINGER_MAX_BYTES: usize = 4 * 1024 * 1024;
+/// The same for a connection closed for abuse (flooding, the buffer budget, a
+/// slow consumer): enough for its close to be seen by a client that only
+/// overran a little, without reading megabytes a flooder keeps pushing.
+pub(super) const ABUSIVE_LINGER_BYTES: usize = 64 * 1024;
 /// Read this much at a time from an HTTP connection.
 const HTTP_CHUNK: usize = 16 * 1024;
 /// Chunks read from one HTTP connection per turn.
@@ -77,7 +81,7 @@ impl Server {
                     self.discard_left = self.discard_left.saturating_sub(n);
                     if let Some(l) = &mut conn.linger {
                         l.discarded += n;
-                        if l.discarded > LINGER_MAX_BYTES {
+                        if l.discarded > l.max_discard {
                             break true;
                         }
                     }
@@ -193,6 +197,11 @@ impl Server {
             let Phase::Ws(ws) = &mut conn.phase else {
                 break;
             };
+            if ws.throttled_until.is_some() {
+                // Read again when its timer fires.
+                rearm = true;
+                break;
+            }
             if ws.seq.held.is_some() {
                 // Resumed when the request it waits for is done.
                 break;

@@ -50,7 +50,7 @@ fn deadline(conn: &Conn, config: &Config) -> Option<Instant> {
             let token = token_deadline(ws, config);
             let opening = ws.opening.as_ref().map(|h| h.until);
             Some(
-                [unfinished, token, opening]
+                [unfinished, token, opening, ws.throttled_until]
                     .into_iter()
                     .flatten()
                     .fold(ping, Instant::min),
@@ -140,6 +140,12 @@ impl Server {
             return;
         }
         if let Phase::Ws(ws) = &mut conn.phase {
+            if ws.throttled_until.is_some_and(|t| now >= t) {
+                // Its second of flooding is over: read it again.
+                ws.throttled_until = None;
+                self.hub.again.push(id);
+                return;
+            }
             // No first request came in time: what the connection's opening hold
             // kept back goes out.
             if ws.opening.as_ref().is_some_and(|h| now >= h.until) {

@@ -80,10 +80,16 @@ impl Server {
         let Some(conn) = self.hub.conn_mut(id) else {
             return;
         };
+        let max_discard = if conn.abusive || reason.plan().abusive {
+            super::reading::ABUSIVE_LINGER_BYTES
+        } else {
+            super::reading::LINGER_MAX_BYTES
+        };
         conn.linger = Some(Linger {
             until: Instant::now() + CLOSE_LINGER,
             shut: false,
             discarded: 0,
+            max_discard,
         });
         handlers::session::on_closed(&mut self.hub, id);
         if reason == CloseReason::Error {
