@@ -223,12 +223,26 @@ impl Health {
     }
 }
 
+/// What the writer has done, for `/metrics` (and the cluster's cost).
+#[derive(Default)]
+pub struct WriterStats {
+    /// Transactions committed.
+    pub batches: AtomicU64,
+    /// Jobs in them.
+    pub jobs: AtomicU64,
+    /// The most jobs one batch held.
+    pub largest: AtomicU64,
+    /// `pg_notify` payloads sent (one per ~7,800 bytes of a batch's events).
+    pub notifications: AtomicU64,
+}
+
 /// The loop's handle on the database threads.
 pub struct Db {
     general: Sender<(Ticket, Job)>,
     writer: Sender<(Ticket, Job)>,
     threads: Vec<JoinHandle<()>>,
     health: Arc<Health>,
+    pub stats: Arc<WriterStats>,
 }
 
 /// Settings for [`Db::start`].
@@ -277,12 +291,16 @@ impl Db {
         }
         let batch = settings.batch;
         let node = settings.node.clone();
+        let stats = Arc::new(WriterStats::default());
+        let writer_stats = stats.clone();
         let health_for_db = health.clone();
         let writer_rx: Receiver<(Ticket, Job)> = writer_rx;
         threads.push(
             std::thread::Builder::new()
                 .name("klav-db-writer".into())
-                .spawn(move || writer::run(pool, writer_rx, sink, health, batch, node))
+                .spawn(move || {
+                    writer::run(pool, writer_rx, sink, health, batch, node, writer_stats)
+                })
                 .expect("spawn database writer"),
         );
         Ok(Db {
@@ -290,6 +308,7 @@ impl Db {
             writer: writer_tx,
             threads,
             health: health_for_db,
+            stats,
         })
     }
 

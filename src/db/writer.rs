@@ -12,6 +12,7 @@
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -160,6 +161,7 @@ pub(super) fn run(
     health: Arc<Health>,
     max_batch: usize,
     node: Option<String>,
+    stats: Arc<super::WriterStats>,
 ) {
     let node = node.as_deref();
     let mut conn: Option<(Conn, Stmts)> = None;
@@ -176,8 +178,12 @@ pub(super) fn run(
             }
         }
         let jobs: Vec<&Job> = batch.iter().map(|(_, j)| j).collect();
+        let n = jobs.len() as u64;
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        stats.jobs.fetch_add(n, Ordering::Relaxed);
+        stats.largest.fetch_max(n, Ordering::Relaxed);
         let results: Vec<Result<(Written, Option<ChainLink>), DbError>> =
-            match write_batch(&pool, &health, &mut conn, &jobs, node) {
+            match write_batch(&pool, &health, &mut conn, &jobs, node, &stats) {
                 Ok(written) => written.into_iter().map(Ok).collect(),
                 Err(DbError::Query(why)) if batch.len() > 1 => {
                     crate::log!(
@@ -186,7 +192,7 @@ pub(super) fn run(
                     );
                     jobs.iter()
                         .map(|j| {
-                            write_batch(&pool, &health, &mut conn, &[j], node)
+                            write_batch(&pool, &health, &mut conn, &[j], node, &stats)
                                 .map(|mut v| v.pop().expect("one result per job"))
                         })
                         .collect()
@@ -221,6 +227,7 @@ fn write_batch(
     conn: &mut Option<(Conn, Stmts)>,
     jobs: &[&Job],
     node: Option<&str>,
+    stats: &super::WriterStats,
 ) -> Result<Vec<(Written, Option<ChainLink>)>, DbError> {
     let mut reused = true;
     loop {
@@ -234,7 +241,7 @@ fn write_batch(
             match c.transaction() {
                 Err(e) => Err(e.into()),
                 Ok(mut tx) => {
-                    let result = apply(&mut tx, st, jobs, node).and_then(|outcomes| {
+                    let result = apply(&mut tx, st, jobs, node, stats).and_then(|outcomes| {
                         tx.commit()?;
                         Ok(outcomes)
                     });
@@ -275,6 +282,7 @@ fn apply<'a>(
     st: &mut Stmts,
     jobs: &[&'a Job],
     node: Option<&str>,
+    stats: &super::WriterStats,
 ) -> Result<Vec<(Written, Option<ChainLink>)>, DbError> {
     let mut written: Vec<Option<Written>> = Vec::with_capacity(jobs.len());
     let mut links: Vec<Option<ChainLink>> = vec![None; jobs.len()];
@@ -468,7 +476,7 @@ fn apply<'a>(
         &mut savepoints,
     )?;
     update_lasts(tx, st, lasts)?;
-    finish_chain(tx, st, chain)?;
+    finish_chain(tx, st, chain, stats)?;
     Ok(written
         .into_iter()
         .map(|w| w.expect("every job has a result"))
@@ -523,7 +531,12 @@ fn lock_rooms(
 
 /// Stores each room's newest entry id and sends the batch's notifications;
 /// both take effect at COMMIT, together with the entries.
-fn finish_chain(tx: &mut Transaction<'_>, st: &mut Stmts, chain: Chain) -> Result<(), DbError> {
+fn finish_chain(
+    tx: &mut Transaction<'_>,
+    st: &mut Stmts,
+    chain: Chain,
+    stats: &super::WriterStats,
+) -> Result<(), DbError> {
     if !chain.moved.is_empty() {
         let (rooms, ids): (Vec<&str>, Vec<i64>) = chain
             .moved
@@ -540,6 +553,9 @@ fn finish_chain(tx: &mut Transaction<'_>, st: &mut Stmts, chain: Chain) -> Resul
     if let Some(notes) = chain.notes {
         if !notes.is_empty() {
             let payloads = notes.finish();
+            stats
+                .notifications
+                .fetch_add(payloads.len() as u64, Ordering::Relaxed);
             let s = st.get(
                 tx,
                 "SELECT pg_notify('klav', p) FROM unnest($1::text[]) WITH ORDINALITY AS t(p, n) \

@@ -162,6 +162,7 @@ fn route(hub: &mut Hub, id: ConnId, req: Request) {
 /// many connect; and it is rendered once per loop turn, so a burst of requests
 /// (a pipelining client, many scrapers) costs one rendering.
 fn metrics_text(hub: &Hub) -> String {
+    use std::sync::atomic::Ordering::Relaxed;
     let mut text = hub.metrics.render(hub.conns.len(), hub.db.queue_depth());
     text.push_str(&format!(
         "# HELP klav_history_cache_hits_total history requests answered from memory.\n\
@@ -193,12 +194,24 @@ fn metrics_text(hub: &Hub) -> String {
          # HELP klav_messages_remote_total Room messages stored by other nodes and delivered here.\n\
          # TYPE klav_messages_remote_total counter\nklav_messages_remote_total {}\n\
          # HELP klav_cluster_rooms_tracked Rooms whose entries this node follows (members connected here).\n\
-         # TYPE klav_cluster_rooms_tracked gauge\nklav_cluster_rooms_tracked {}\n",
+         # TYPE klav_cluster_rooms_tracked gauge\nklav_cluster_rooms_tracked {}\n\
+         # HELP klav_writer_batches_total Transactions the writer committed (each notifies other nodes once per 7,800 bytes of events).\n\
+         # TYPE klav_writer_batches_total counter\nklav_writer_batches_total {}\n\
+         # HELP klav_writer_jobs_total Writes in those transactions.\n\
+         # TYPE klav_writer_jobs_total counter\nklav_writer_jobs_total {}\n\
+         # HELP klav_writer_largest_batch The most writes one transaction held.\n\
+         # TYPE klav_writer_largest_batch gauge\nklav_writer_largest_batch {}\n\
+         # HELP klav_bus_notifications_total Notification payloads this node's writer sent to the others.\n\
+         # TYPE klav_bus_notifications_total counter\nklav_bus_notifications_total {}\n",
         hub.cluster.node.replace(['\\', '"', '\n'], "_"),
         hub.cluster.enabled,
         hub.metrics.bus_events,
         hub.metrics.messages_remote,
         hub.cluster.tracked_rooms(),
+        hub.db.stats.batches.load(Relaxed),
+        hub.db.stats.jobs.load(Relaxed),
+        hub.db.stats.largest.load(Relaxed),
+        hub.db.stats.notifications.load(Relaxed),
     ));
     text
 }

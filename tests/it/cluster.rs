@@ -31,7 +31,10 @@ fn node_env(db: &str, name: &str) -> Vec<(String, String)> {
 
 impl Nodes {
     fn start(n: usize) -> Nodes {
-        let db = pg().fresh_db();
+        Nodes::on(pg().fresh_db(), n)
+    }
+
+    fn on(db: String, n: usize) -> Nodes {
         let dir = std::env::temp_dir().join(format!(
             "klav-cluster-{}-{}",
             std::process::id(),
@@ -548,4 +551,98 @@ fn cluster_stopped_node_closes_1001_and_history_after_id_misses_nothing() {
             .collect::<Vec<_>>(),
         "{page}"
     );
+}
+
+#[test]
+fn cluster_of_three_survives_a_postgres_restart() {
+    if std::env::var("DATABASE_URL").is_ok_and(|u| !u.is_empty()) {
+        // This test needs a PostgreSQL of its own to restart.
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("klav-it-restart3-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    watchdog(&dir);
+    let mut pg = klav::db::embedded::Cluster::start(&dir, &test_cluster_options()).unwrap();
+    let c = Nodes::on(pg.url("postgres"), 3);
+    let names = ["alice", "bob", "carol"];
+    let tokens: Vec<String> = names.iter().map(|n| c.user(n)).collect();
+    let mut ws: Vec<Ws> = (0..3).map(|i| c.ws(i, &tokens[i])).collect();
+    let room = ws[0].create_room("restart");
+    for w in &mut ws {
+        w.join(&room);
+    }
+    let send_round = |ws: &mut Vec<Ws>, tag: &str| {
+        for (i, w) in ws.iter_mut().enumerate() {
+            w.send(json!({"type": "msg", "room_id": room, "text": format!("{tag} from {i}")}));
+        }
+    };
+    let collect = |w: &mut Ws, n: usize| -> Vec<i64> {
+        let mut ids = Vec::new();
+        while ids.len() < n {
+            let ev = w.recv();
+            if ev["type"] == "message" {
+                ids.push(ev["id"].as_i64().unwrap());
+            }
+        }
+        ids
+    };
+    send_round(&mut ws, "before");
+    let before: Vec<Vec<i64>> = ws.iter_mut().map(|w| collect(w, 3)).collect();
+    pg.stop().unwrap();
+    pg.restart().unwrap();
+    // Writes fail (UNAVAILABLE) until each node's connections come back.
+    for (i, w) in ws.iter_mut().enumerate() {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = w.request(json!({"type": "msg", "room_id": room, "text": "probe"}));
+            if r["type"] == "message" {
+                break;
+            }
+            assert_eq!(r["code"], "UNAVAILABLE", "{r}");
+            assert!(
+                Instant::now() < deadline,
+                "PostgreSQL did not come back for n{i}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    for w in &mut ws {
+        while w.try_recv(QUIET).is_some() {}
+    }
+    let mark: i64 = c
+        .db()
+        .query_one("SELECT max(id) FROM chat_logs", &[])
+        .unwrap()
+        .get(0);
+    send_round(&mut ws, "after");
+    let after: Vec<Vec<i64>> = ws.iter_mut().map(|w| collect(w, 3)).collect();
+    let ids = |q: &str, p: &[&(dyn postgres::types::ToSql + Sync)]| -> Vec<i64> {
+        c.db()
+            .query(q, p)
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    let first = ids(
+        "SELECT id FROM chat_logs WHERE room_id = $1 AND kind = 'msg' ORDER BY id LIMIT 3",
+        &[&room],
+    );
+    let want = ids(
+        "SELECT id FROM chat_logs WHERE room_id = $1 AND kind = 'msg' AND id > $2 ORDER BY id",
+        &[&room, &mark],
+    );
+    assert_eq!(want.len(), 3);
+    for (i, got) in before.iter().enumerate() {
+        assert_eq!(got, &first, "receiver {i} before the restart");
+    }
+    // After the restart, the three nodes hear each other again: one order.
+    for (i, got) in after.iter().enumerate() {
+        assert_eq!(got, &want, "n{i} after the restart");
+        none_of(&mut ws[i], "message");
+    }
+    drop(ws);
+    drop(c);
+    pg.stop().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
 }
