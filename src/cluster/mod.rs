@@ -73,6 +73,8 @@ pub struct Cluster {
     online: HashSet<String>,
     next_beat: Instant,
     beat_busy: bool,
+    /// Ephemeral events (typing) to notify on the next tick, in one job.
+    outbox: Option<crate::db::bus::Payloads>,
     /// Whether the bus has connected once (the first connect needs no catch-up).
     connected_once: bool,
     catching_up: bool,
@@ -96,6 +98,7 @@ impl Cluster {
             connected_once: false,
             catching_up: false,
             catch_up_due: false,
+            outbox: None,
         }
     }
 
@@ -380,6 +383,28 @@ pub fn on_bus(hub: &mut Hub, events: Vec<BusEvent>) {
                 nickname,
                 online,
             } => presence_event(hub, &user, nickname, online),
+            BusEvent::ReadMarker { user, room, id } => {
+                let conns = hub.state.user_conns(&user).to_vec();
+                if !conns.is_empty() {
+                    let ev = Event::new("read_marker").with("room", room).with("id", id);
+                    hub.fan_out(&conns, &ev.shared());
+                }
+            }
+            BusEvent::Typing {
+                room,
+                user,
+                nickname,
+            } => {
+                let targets = hub.state.room_conns(&room);
+                if !targets.is_empty() {
+                    let own = hub.state.user_conns(&user).to_vec();
+                    let ev = Event::new("typing")
+                        .with("room", room.as_str())
+                        .with("user", user.as_str())
+                        .with("user_nickname", nickname);
+                    hub.to_others(&targets, &own, &ev);
+                }
+            }
             BusEvent::Follow { from, to, on } => {
                 if on {
                     hub.state.followed(&from, &to);
@@ -581,6 +606,21 @@ pub fn caught_up(hub: &mut Hub, c: CaughtUp) {
     }
 }
 
+/// `typing` in a room: the other nodes hear it within a cluster tick (typing
+/// events of one tick travel in one notification).
+pub fn typing(hub: &mut Hub, room: &str, user: &str, nickname: &str) {
+    if !hub.cluster.enabled {
+        return;
+    }
+    let node = &hub.cluster.node;
+    hub.cluster
+        .outbox
+        .get_or_insert_with(|| crate::db::bus::Payloads::new(node))
+        .push(crate::db::bus::encode_typing(room, user, nickname), || {
+            unreachable!("a typing event is small")
+        });
+}
+
 // ---------------------------------------------------------------- presence
 
 fn presence_event(hub: &mut Hub, user: &str, nickname: String, online: bool) {
@@ -695,6 +735,12 @@ pub fn on_tick(hub: &mut Hub, now: Instant) {
     }
     if !hub.cluster.enabled {
         return;
+    }
+    if let Some(outbox) = hub.cluster.outbox.take() {
+        let job = Job::Notify {
+            payloads: outbox.finish(),
+        };
+        hub.submit(Ticket::internal(), job);
     }
     if hub.cluster.catch_up_due && !hub.cluster.catching_up {
         catch_up(hub);

@@ -61,6 +61,14 @@ pub enum BusEvent {
     },
     /// `from` followed (`on`) or unfollowed `to`.
     Follow { from: String, to: String, on: bool },
+    /// A user's read marker in a room moved (their other connections hear it).
+    ReadMarker { user: String, room: String, id: i64 },
+    /// Someone is typing in a room (ephemeral: never stored).
+    Typing {
+        room: String,
+        user: String,
+        nickname: String,
+    },
 }
 
 /// Packs encoded events into payloads of at most [`MAX_PAYLOAD`] bytes.
@@ -206,6 +214,14 @@ pub fn encode_change_ref(room: &str, id: i64) -> String {
     serde_json::json!(["x", room, id]).to_string()
 }
 
+pub fn encode_read_marker(user: &str, room: &str, id: i64) -> String {
+    serde_json::json!(["m", user, room, id]).to_string()
+}
+
+pub fn encode_typing(room: &str, user: &str, nickname: &str) -> String {
+    serde_json::json!(["t", room, user, nickname]).to_string()
+}
+
 pub fn encode_presence(user: &str, nickname: &str, online: bool) -> String {
     serde_json::json!(["p", user, nickname, online]).to_string()
 }
@@ -235,7 +251,7 @@ pub fn decode(payload: &str) -> Result<(String, Vec<BusEvent>), BadPayload> {
             events.push(ev);
         } else if matches!(
             f.first().and_then(Value::as_str),
-            Some("e" | "r" | "c" | "x" | "p" | "f")
+            Some("e" | "r" | "c" | "x" | "p" | "f" | "m" | "t")
         ) {
             return Err(BadPayload);
         }
@@ -320,6 +336,16 @@ fn decode_event(f: &[Value]) -> Option<BusEvent> {
             room: s(f.get(1))?,
             id: i(2)?,
         }),
+        "m" => Some(BusEvent::ReadMarker {
+            user: s(f.get(1))?,
+            room: s(f.get(2))?,
+            id: i(3)?,
+        }),
+        "t" => Some(BusEvent::Typing {
+            room: s(f.get(1))?,
+            user: s(f.get(2))?,
+            nickname: s(f.get(3))?,
+        }),
         "p" => Some(BusEvent::Presence {
             user: s(f.get(1))?,
             nickname: s(f.get(2))?,
@@ -372,6 +398,8 @@ mod tests {
         );
         p.push(encode_presence("bob", "밥", true), || unreachable!());
         p.push(encode_follow("a", "b", false), || unreachable!());
+        p.push(encode_read_marker("a", "r", 9), || unreachable!());
+        p.push(encode_typing("r", "a", "A"), || unreachable!());
         let mut changed = entry(7, "");
         changed.deleted = true;
         changed.edited_at = Some(from_micros(1_700_000_001_000_000));
@@ -398,6 +426,16 @@ mod tests {
                     from: "a".into(),
                     to: "b".into(),
                     on: false
+                },
+                BusEvent::ReadMarker {
+                    user: "a".into(),
+                    room: "r".into(),
+                    id: 9
+                },
+                BusEvent::Typing {
+                    room: "r".into(),
+                    user: "a".into(),
+                    nickname: "A".into()
                 },
                 BusEvent::Change { entry: changed },
             ]

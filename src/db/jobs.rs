@@ -271,6 +271,10 @@ pub enum Job {
     OnlineFriends {
         username: String,
     },
+    /// Ephemeral events (typing) for the other nodes: notified, never stored.
+    Notify {
+        payloads: Vec<String>,
+    },
     /// The newest `limit` entries of a room, of every kind, to fill the history cache.
     HistoryFill {
         room: String,

@@ -123,6 +123,15 @@ pub fn run<C: GenericClient>(c: &mut C, st: &mut Stmts, job: Job) -> Result<Outc
             Outcome::Heartbeat { rejoined }
         }
         Job::EntryById { id } => super::nodes::entry_by_id(c, st, id)?,
+        Job::Notify { payloads } => {
+            let s = st.get(
+                c,
+                "SELECT pg_notify('klav', p) FROM unnest($1::text[]) WITH ORDINALITY AS t(p, n) \
+                 ORDER BY n",
+            )?;
+            c.query(&s, &[&payloads])?;
+            Outcome::Done
+        }
         Job::OnlineFriends { username } => super::nodes::online_friends(c, st, &username)?,
         Job::HistoryFill { room, limit } => {
             let s = st.get(

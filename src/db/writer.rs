@@ -434,11 +434,17 @@ fn apply<'a>(
                     users.clone(),
                     watched.clone(),
                 )?),
-                Job::Read { username, room, id } => Written::Ready(Outcome::Read {
-                    username: username.clone(),
-                    room: room.clone(),
-                    result: read_marker(tx, st, username, room, *id)?,
-                }),
+                Job::Read { username, room, id } => {
+                    let result = read_marker(tx, st, username, room, *id)?;
+                    if let ReadResult::Marker { id, moved: true } = result {
+                        chain.note(|| bus::encode_read_marker(username, room, id));
+                    }
+                    Written::Ready(Outcome::Read {
+                        username: username.clone(),
+                        room: room.clone(),
+                        result,
+                    })
+                }
                 // Small and rare: the shared SQL takes its job by value.
                 Job::Follow { .. } | Job::Unfollow { .. } => {
                     let outcome = super::queries::run(tx, st, job.clone())?;

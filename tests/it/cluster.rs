@@ -646,3 +646,60 @@ fn cluster_of_three_survives_a_postgres_restart() {
     pg.stop().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn cluster_v2_typing_read_markers_and_a_client_id_retried_on_another_node() {
+    let c = Nodes::start(2);
+    let (alice, bob) = (c.user("alice"), c.user("bob"));
+    let mut a0 = c.ws(0, &alice);
+    let room = a0.create_room("v2");
+    a0.join(&room);
+    let mut b1 = c.ws(1, &bob);
+    b1.join(&room);
+    next_of(&mut a0, "system");
+
+    // Typing crosses nodes and never echoes to the typer.
+    a0.send(json!({"type": "typing", "room_id": room}));
+    let t = next_of(&mut b1, "typing");
+    assert_eq!(
+        (t["user"].as_str(), t["room"].as_str()),
+        (Some("alice"), Some(room.as_str()))
+    );
+    none_of(&mut a0, "typing");
+
+    // A send retried with the same client_id on the other node: the original
+    // stands, only the retrying connection hears it again.
+    let first =
+        a0.request(json!({"type": "msg", "room_id": room, "text": "once", "client_id": "c-1"}));
+    assert_eq!(first["type"], "message", "{first}");
+    let seen = next_of(&mut b1, "message");
+    assert_eq!(seen["id"], first["id"]);
+    let mut a1 = c.ws(1, &alice);
+    let again =
+        a1.request(json!({"type": "msg", "room_id": room, "text": "twice?", "client_id": "c-1"}));
+    assert_eq!(
+        (again["id"].clone(), again["text"].as_str()),
+        (first["id"].clone(), Some("once"))
+    );
+    none_of(&mut b1, "message");
+    none_of(&mut a0, "message");
+    let n: i64 = c
+        .db()
+        .query_one(
+            "SELECT count(*) FROM chat_logs WHERE client_id = 'c-1'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+
+    // A read marker moved on n0 reaches alice's connection on n1.
+    let ack = a0.request(json!({"type": "read", "room_id": room, "id": first["id"]}));
+    assert_eq!(ack["type"], "read_ack", "{ack}");
+    let m = next_of(&mut a1, "read_marker");
+    assert_eq!(
+        (m["room"].as_str(), m["id"].clone()),
+        (Some(room.as_str()), first["id"].clone())
+    );
+    none_of(&mut b1, "read_marker");
+}

@@ -27,11 +27,7 @@ fn js(s: &str) -> String {
 }
 
 fn open<'b>(b: &'b Browser, s: &TestServer) -> Page<'b> {
-    let p = b
-        .new_page(1100, 720)
-        .unwrap_or_else(|e| panic!("new page: {e}"));
-    p.goto(&format!("http://{}/", s.addr));
-    p
+    page_at(b, s.addr)
 }
 
 fn status_online(p: &Page) {
@@ -912,5 +908,75 @@ fn web_binary_serves_the_client_unless_turned_off() {
     assert_eq!(http_to(k.addr, "GET", "/health", None).status, 200);
     assert!(k.terminate().success());
     assert!(!k.full_stderr().contains("web client"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn page_at(b: &Browser, addr: std::net::SocketAddr) -> Page<'_> {
+    let p = b
+        .new_page(1100, 720)
+        .unwrap_or_else(|e| panic!("new page: {e}"));
+    p.goto(&format!("http://{addr}/"));
+    p
+}
+
+/// Two klav nodes on one database, a page on each: presence, messages and the
+/// friends list cross nodes in the browser.
+#[test]
+fn web_pages_on_two_nodes_see_each_other() {
+    let db = pg().fresh_db();
+    let dir = std::env::temp_dir().join(format!("klav-it-webcluster-{}", std::process::id()));
+    let spawn = |i: usize| {
+        let name = format!("w{i}");
+        spawn_klav(
+            &dir.join(&name),
+            &[
+                ("DATABASE_URL", db.as_str()),
+                ("KLAV_NODE_NAME", name.as_str()),
+                ("KLAV_NODE_TIMEOUT_SECS", "3"),
+            ],
+        )
+    };
+    let (n0, n1) = (spawn(0), spawn(1));
+    let _ = user_at(n1.addr, "alice");
+
+    let (_one, b) = browser();
+    let bob = page_at(&b, n0.addr);
+    register(&bob, "bob", "밥");
+    status_online(&bob);
+    join(&bob, "lobby");
+    bob.fill("friend-name", "alice");
+    bob.click("friend-follow");
+    bob.wait_for(
+        &format!(
+            "{}.textContent.includes('You follow alice')",
+            Page::q("friend-error")
+        ),
+        "the follow acknowledged",
+    );
+    assert_eq!(count(&bob, "online-friend"), 0);
+
+    // Alice logs in on the other node: bob's page (node 0) shows her online.
+    let alice = page_at(&b, n1.addr);
+    login(&alice, "alice", "pw");
+    status_online(&alice);
+    bob.wait_for(
+        "document.querySelector('[data-testid=\"online-friend\"][data-username=\"alice\"]')",
+        "alice (on node 1) online in bob's friends (node 0)",
+    );
+    // A message from node 1 reaches the page on node 0, and back.
+    join(&alice, "lobby");
+    say(&alice, "안녕, from node 1");
+    assert_eq!(wait_message(&bob, "안녕, from node 1").0, "alice");
+    say(&bob, "hello from node 0");
+    assert_eq!(wait_message(&alice, "hello from node 0").0, "bob");
+    bob.screenshot("two-nodes-bob");
+    // Alice leaves (her page closes): bob sees her go, within the presence write.
+    alice.close();
+    bob.wait_for(
+        "!document.querySelector('[data-testid=\"online-friend\"][data-username=\"alice\"]')",
+        "alice offline in bob's friends",
+    );
+    bob.assert_clean("two-nodes-bob");
+    drop((n0, n1));
     let _ = std::fs::remove_dir_all(&dir);
 }
