@@ -179,6 +179,19 @@ fn cluster_rooms_dms_follows_edits_and_presence_cross_nodes() {
         (ev["id"].clone(), ev["text"].as_str()),
         (at_a["id"].clone(), Some("fixed"))
     );
+    // n1's history (its cache follows other nodes' writes) has both, edited.
+    let page = b.request(json!({"type": "history", "room_id": room, "limit": 2}));
+    let items: Vec<(i64, &str)> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| (i["id"].as_i64().unwrap(), i["text"].as_str().unwrap()))
+        .collect();
+    let want = vec![
+        (at_a["id"].as_i64().unwrap(), "fixed"),
+        (back["id"].as_i64().unwrap(), "from n1"),
+    ];
+    assert_eq!(items, want, "{page}");
 
     // A DM to a recipient connected only on the other node: DELIVERED there.
     let ack = a.request(json!({"type": "room_dm", "room_id": room, "to": "bob", "text": "psst"}));
@@ -468,21 +481,98 @@ fn cluster_killed_node_goes_offline_and_is_not_resurrected() {
         "FOLLOWED"
     );
     cw.request(json!({"type": "presence_friends_subscribe"}));
-    let _b = c.ws(1, &bob);
+    let mut b = c.ws(1, &bob);
     presence_of(&mut cw, "bob", "online", WAIT);
     // alice is on both nodes: she stays online when n1 dies.
     let _a0 = c.ws(0, &alice);
     let _a1 = c.ws(1, &alice);
     presence_of(&mut cw, "alice", "online", WAIT);
+    // A room with a member on each node; bob (on n1) sends until n1 dies.
+    let room = cw.create_room("doomed");
+    cw.join(&room);
+    b.join(&room);
+    next_of(&mut cw, "system");
+    let r2 = room.clone();
+    let sender = std::thread::spawn(move || {
+        use std::io::ErrorKind::{TimedOut, WouldBlock};
+        // Acknowledged: the sender's own echo came back with its req_id.
+        let mut acked = Vec::new();
+        b.sock
+            .get_mut()
+            .set_read_timeout(Some(Duration::from_millis(2)))
+            .unwrap();
+        for i in 0u64.. {
+            let req = json!({"type": "msg", "room_id": r2, "text": format!("m{i}"), "req_id": i});
+            if b.sock
+                .send(tungstenite::Message::text(req.to_string()))
+                .is_err()
+            {
+                break;
+            }
+            loop {
+                match b.sock.read() {
+                    Ok(tungstenite::Message::Text(t)) => {
+                        let ev: Value = serde_json::from_str(t.as_str()).unwrap();
+                        if ev["type"] == "message" && ev["req_id"].is_number() {
+                            acked.push(ev["id"].as_i64().unwrap());
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(tungstenite::Error::Io(e)) if matches!(e.kind(), WouldBlock | TimedOut) => {
+                        break
+                    }
+                    Err(_) => return acked,
+                }
+            }
+        }
+        acked
+    });
+    std::thread::sleep(Duration::from_millis(500));
     c.nodes[1].as_ref().unwrap().signal(libc::SIGKILL);
     c.nodes[1]
         .as_mut()
         .unwrap()
         .wait_exit(WAIT)
         .expect("killed");
+    let acked = sender.join().unwrap();
+    assert!(
+        !acked.is_empty(),
+        "nothing was acknowledged before the kill"
+    );
+    // Everything n1 acknowledged reached carol on n0, once and in order.
+    let mut got = Vec::new();
+    let mut bob_offline = false;
+    while let Some(ev) = cw.try_recv(Duration::from_secs(1)) {
+        if ev["type"] == "message" {
+            got.push(ev["id"].as_i64().unwrap());
+        }
+        if ev["type"] == "presence_change" && ev["user"] == "bob" {
+            assert_eq!(ev["status"], "offline", "{ev}");
+            bob_offline = true;
+        }
+    }
+    assert!(got.windows(2).all(|w| w[0] < w[1]), "in order, once");
+    let missing: Vec<&i64> = acked.iter().filter(|id| !got.contains(id)).collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged but not delivered: {missing:?}"
+    );
+    let stored: Vec<i64> = c
+        .db()
+        .query(
+            "SELECT id FROM chat_logs WHERE room_id = $1 AND kind = 'msg' ORDER BY id",
+            &[&room],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(got, stored, "carol got exactly what was stored");
     // Within the node timeout (3 s) plus a heartbeat: generous here, measured
     // nowhere.
-    presence_of(&mut cw, "bob", "offline", Duration::from_secs(20));
+    if !bob_offline {
+        presence_of(&mut cw, "bob", "offline", Duration::from_secs(20));
+    }
     let snap = cw.request(json!({"type": "get_online_friends"}));
     let names: Vec<&str> = snap["users"]
         .as_array()
