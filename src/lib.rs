@@ -16,7 +16,11 @@
 //! - [`state`]: online users, room members and presence watchers in memory.
 //! - [`history_cache`]: the newest entries of active rooms, for `history`.
 //! - [`db`]: typed jobs, the workers and the single ordered writer, SQL, schema,
-//!   the embedded PostgreSQL cluster.
+//!   the embedded PostgreSQL cluster; the bus between nodes (notifications, the
+//!   listener thread, node liveness and presence in the database).
+//! - [`cluster`]: the loop's side of a cluster: each room's entries in one order
+//!   on every node, other nodes' events, presence writes, heartbeats.
+//! - [`in_buf`]: a connection's unparsed input (consumed by moving a cursor).
 //! - [`auth`]: JWTs (on the loop) and argon2id (on hashing threads).
 //! - [`import`]: `klav import-json`, the legacy JSON files into the schema.
 //! - [`throttle`]: budgets of the account endpoints: failed logins, registrations.
