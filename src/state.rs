@@ -19,8 +19,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use crate::conn::ConnId;
 use crate::db::jobs::{NewMessage, SessionData};
+use crate::ticket::ConnId;
 use crate::ticket::Ticket;
 
 /// A DM committed while its recipient's only connection was still loading.

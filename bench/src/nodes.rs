@@ -13,10 +13,8 @@
 //! - `connect`, `history`, `login`: connection `i` goes to node `i mod N`.
 //! - HTTP setup (`/register`, `/login` for tokens) and room creation go to node 0.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-
-use crate::run::spread_loopback;
 
 /// Splits `--addr`: one address or a comma-separated list. Blanks around entries
 /// are ignored; an empty entry is an error.
@@ -119,6 +117,31 @@ impl Dests {
     /// Every destination address, node after node.
     pub fn addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+}
+
+/// `n` consecutive loopback addresses from `addr` (same port), for more
+/// ephemeral ports than one address pair has; other addresses as they are.
+pub(crate) fn spread_loopback(addr: SocketAddr, n: usize) -> Vec<SocketAddr> {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_loopback() && n > 1 => {
+            let first = u32::from(ip);
+            // Stay inside 127.0.0.0/8 and skip .0 and .255 host parts.
+            let mut out = Vec::with_capacity(n);
+            let mut cur = first;
+            while out.len() < n && cur < u32::from(Ipv4Addr::new(127, 255, 255, 255)) {
+                let last = cur & 0xff;
+                if last != 0 && last != 255 {
+                    out.push(SocketAddr::new(
+                        IpAddr::V4(Ipv4Addr::from(cur)),
+                        addr.port(),
+                    ));
+                }
+                cur += 1;
+            }
+            out
+        }
+        _ => vec![addr],
     }
 }
 

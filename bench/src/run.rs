@@ -2,7 +2,7 @@
 //! the client threads, a start gate they all wait on, progress lines and memory
 //! sampling while they run.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -136,29 +136,6 @@ impl Server {
                 msg.as_ref()
             );
         }
-    }
-}
-
-pub(crate) fn spread_loopback(addr: SocketAddr, n: usize) -> Vec<SocketAddr> {
-    match addr.ip() {
-        IpAddr::V4(ip) if ip.is_loopback() && n > 1 => {
-            let first = u32::from(ip);
-            // Stay inside 127.0.0.0/8 and skip .0 and .255 host parts.
-            let mut out = Vec::with_capacity(n);
-            let mut cur = first;
-            while out.len() < n && cur < u32::from(Ipv4Addr::new(127, 255, 255, 255)) {
-                let last = cur & 0xff;
-                if last != 0 && last != 255 {
-                    out.push(SocketAddr::new(
-                        IpAddr::V4(Ipv4Addr::from(cur)),
-                        addr.port(),
-                    ));
-                }
-                cur += 1;
-            }
-            out
-        }
-        _ => vec![addr],
     }
 }
 
@@ -537,6 +514,7 @@ pub(crate) fn base36(mut n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nodes::spread_loopback;
 
     #[test]
     fn loopback_spread_skips_network_and_broadcast_parts() {

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-use crate::db::jobs::ChatEntry;
+use super::entry::ChatEntry;
 
 /// The channel every node listens on.
 pub const CHANNEL: &str = "klav";

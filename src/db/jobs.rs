@@ -68,22 +68,7 @@ pub struct CaughtUp {
     pub online: Vec<(String, String)>,
 }
 
-/// A persisted `chat_logs` row, as `history` returns it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ChatEntry {
-    pub id: i64,
-    pub ts: SystemTime,
-    pub kind: String,
-    pub room: String,
-    pub from: String,
-    pub from_nickname: String,
-    pub to: Option<String>,
-    pub text: String,
-    pub client_id: Option<String>,
-    pub edited_at: Option<SystemTime>,
-    /// A tombstone: the author deleted it (its text is empty).
-    pub deleted: bool,
-}
+pub use super::entry::ChatEntry;
 
 /// A queued DM for a user who was offline.
 #[derive(Clone, Debug)]

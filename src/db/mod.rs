@@ -24,10 +24,12 @@ macro_rules! entry_columns {
 
 pub mod bus;
 pub mod embedded;
+pub mod entry;
 pub mod jobs;
 pub mod listener;
 pub mod nodes;
 pub mod queries;
+pub mod rows;
 mod worker;
 mod writer;
 

@@ -11,7 +11,7 @@ use postgres::{GenericClient, Transaction};
 
 use super::bus::{self, Payloads};
 use super::jobs::*;
-use super::queries::{display_nickname, entry_from_row, Stmts};
+use super::rows::{display_nickname, entry_from_row, Stmts};
 use super::DbError;
 
 /// First key of the advisory lock per user (the second is the name's hash).

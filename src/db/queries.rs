@@ -3,43 +3,16 @@
 //! Statements are prepared once per connection and cached ([`Stmts`]): a job then
 //! costs one round trip instead of two.
 
-use std::collections::HashMap;
 use std::time::SystemTime;
 
-use postgres::{GenericClient, Statement};
+use postgres::GenericClient;
 
 use super::jobs::*;
+pub use super::rows::{display_nickname, entry_from_row, Stmts};
 use super::DbError;
-
-/// Prepared statements of one connection, keyed by their SQL text.
-#[derive(Default)]
-pub struct Stmts(HashMap<&'static str, Statement>);
-
-impl Stmts {
-    pub fn get<C: GenericClient>(
-        &mut self,
-        c: &mut C,
-        sql: &'static str,
-    ) -> Result<Statement, postgres::Error> {
-        if let Some(s) = self.0.get(sql) {
-            return Ok(s.clone());
-        }
-        let s = c.prepare(sql)?;
-        self.0.insert(sql, s.clone());
-        Ok(s)
-    }
-}
 
 /// Offline DMs kept per recipient; older ones are dropped.
 pub const OFFLINE_QUEUE_CAP: i64 = 100;
-
-/// The nickname to show: the stored one, or the username when it is empty.
-pub fn display_nickname(username: &str, nickname: Option<String>) -> String {
-    match nickname {
-        Some(n) if !n.is_empty() => n,
-        _ => username.to_string(),
-    }
-}
 
 /// Runs a general (unordered) job.
 pub fn run<C: GenericClient>(c: &mut C, st: &mut Stmts, job: Job) -> Result<Outcome, DbError> {
@@ -342,29 +315,6 @@ fn history<C: GenericClient>(
     let mut items: Vec<ChatEntry> = rows.into_iter().map(entry_from_row).collect();
     items.reverse();
     Ok(items)
-}
-
-/// A `chat_logs` row selected as `entry_columns!()` (old rows may have NULLs).
-pub fn entry_from_row(r: postgres::Row) -> ChatEntry {
-    let from: Option<String> = r.get(4);
-    let from = from.unwrap_or_default();
-    let nick: Option<String> = r.get(5);
-    let ts: Option<SystemTime> = r.get(1);
-    let kind: Option<String> = r.get(2);
-    let text: Option<String> = r.get(7);
-    ChatEntry {
-        id: r.get(0),
-        ts: ts.unwrap_or(std::time::UNIX_EPOCH),
-        kind: kind.unwrap_or_else(|| "msg".into()),
-        room: r.get(3),
-        from_nickname: display_nickname(&from, nick),
-        from,
-        to: r.get(6),
-        text: text.unwrap_or_default(),
-        client_id: r.get(8),
-        edited_at: r.get(9),
-        deleted: r.get(10),
-    }
 }
 
 fn my_rooms<C: GenericClient>(

@@ -6,6 +6,7 @@
 //! (`parse`) and applies itself to the hub (`apply`); replies to jobs arrive in
 //! the same module's `*_done` functions.
 
+pub mod cluster;
 pub mod dm;
 pub mod edits;
 pub mod friends;
@@ -309,10 +310,10 @@ pub fn on_completion(hub: &mut Hub, c: Completion) {
     match c {
         Completion::Hash(ticket, outcome) => http::on_hash(hub, ticket, outcome),
         Completion::Chained(ticket, outcome, link) => {
-            crate::cluster::on_chained(hub, ticket, outcome, link)
+            crate::handlers::cluster::on_chained(hub, ticket, outcome, link)
         }
-        Completion::Bus(events) => crate::cluster::on_bus(hub, events),
-        Completion::BusConnected => crate::cluster::on_connected(hub),
+        Completion::Bus(events) => crate::handlers::cluster::on_bus(hub, events),
+        Completion::BusConnected => crate::handlers::cluster::on_connected(hub),
         Completion::Db(ticket, result) => finish_job(hub, ticket, result),
     }
 }
@@ -349,7 +350,7 @@ fn on_outcome(hub: &mut Hub, t: crate::db::Ticket, outcome: Outcome) {
         Outcome::Done | Outcome::Pruned(_) => {}
         Outcome::Session { username, session } => {
             if let Some(s) = &session {
-                crate::cluster::session_rooms(hub, &s.rooms, &s.last_entries);
+                crate::handlers::cluster::session_rooms(hub, &s.rooms, &s.last_entries);
             }
             session::opened(hub, t.conn, &username, session);
             let orphaned = hub.state.load_done(&username);
@@ -369,15 +370,17 @@ fn on_outcome(hub: &mut Hub, t: crate::db::Ticket, outcome: Outcome) {
             members,
             online,
         } => members::done(hub, &t, room, members, online),
-        Outcome::Presence { user } => crate::cluster::presence_written(hub, &user, true),
-        Outcome::Heartbeat { rejoined } => crate::cluster::heartbeat_done(hub, Some(rejoined)),
+        Outcome::Presence { user } => crate::handlers::cluster::presence_written(hub, &user, true),
+        Outcome::Heartbeat { rejoined } => {
+            crate::handlers::cluster::heartbeat_done(hub, Some(rejoined))
+        }
         Outcome::Entries {
             room,
             entries,
             queued,
             members,
-        } => crate::cluster::entries_read(hub, room, entries, queued, members),
-        Outcome::CaughtUp(c) => crate::cluster::caught_up(hub, *c),
+        } => crate::handlers::cluster::entries_read(hub, room, entries, queued, members),
+        Outcome::CaughtUp(c) => crate::handlers::cluster::caught_up(hub, *c),
         Outcome::Entry(e) => {
             if let Some(e) = e {
                 edits::changed(hub, e);
@@ -434,9 +437,9 @@ fn on_db_error(hub: &mut Hub, t: crate::db::Ticket, e: DbError, writer: Option<&
             crate::log!(Warn, "background job failed: {e}");
             // A presence write or a heartbeat: tried again by the next tick.
             if let Some(user) = writer {
-                crate::cluster::presence_written(hub, user, false);
+                crate::handlers::cluster::presence_written(hub, user, false);
             }
-            crate::cluster::background_failed(hub);
+            crate::handlers::cluster::background_failed(hub);
         }
         return;
     };

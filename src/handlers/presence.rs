@@ -72,7 +72,10 @@ fn ask_cluster(hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
 }
 
 pub fn online_friends_done(hub: &mut Hub, t: &Ticket, users: Vec<(String, String, i64)>) {
-    crate::cluster::seen_online(hub, users.iter().map(|u| u.0.as_str()));
+    // So that the next change is announced, and a repeat is not.
+    for (user, _, _) in &users {
+        hub.cluster.online.insert(user.clone());
+    }
     let mut users = users;
     users.sort_by(|a, b| {
         a.1.to_lowercase()

@@ -431,7 +431,7 @@ impl Server {
             self.fire_timers(now);
             if now >= next_cluster_tick {
                 next_cluster_tick = now + CLUSTER_TICK;
-                crate::cluster::on_tick(&mut self.hub, now);
+                crate::handlers::cluster::on_tick(&mut self.hub, now);
             }
             if now >= next_tick {
                 next_tick = now + TICK;

@@ -1,0 +1,59 @@
+//! Helpers every database thread shares: the per-connection statement cache,
+//! and turning rows into entries and names.
+
+use std::collections::HashMap;
+use std::time::SystemTime;
+
+use postgres::{GenericClient, Statement};
+
+use super::entry::ChatEntry;
+
+/// Prepared statements of one connection, keyed by their SQL text.
+#[derive(Default)]
+pub struct Stmts(HashMap<&'static str, Statement>);
+
+impl Stmts {
+    pub fn get<C: GenericClient>(
+        &mut self,
+        c: &mut C,
+        sql: &'static str,
+    ) -> Result<Statement, postgres::Error> {
+        if let Some(s) = self.0.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = c.prepare(sql)?;
+        self.0.insert(sql, s.clone());
+        Ok(s)
+    }
+}
+
+/// The nickname to show: the stored one, or the username when it is empty.
+pub fn display_nickname(username: &str, nickname: Option<String>) -> String {
+    match nickname {
+        Some(n) if !n.is_empty() => n,
+        _ => username.to_string(),
+    }
+}
+
+/// A `chat_logs` row selected as `entry_columns!()` (old rows may have NULLs).
+pub fn entry_from_row(r: postgres::Row) -> ChatEntry {
+    let from: Option<String> = r.get(4);
+    let from = from.unwrap_or_default();
+    let nick: Option<String> = r.get(5);
+    let ts: Option<SystemTime> = r.get(1);
+    let kind: Option<String> = r.get(2);
+    let text: Option<String> = r.get(7);
+    ChatEntry {
+        id: r.get(0),
+        ts: ts.unwrap_or(std::time::UNIX_EPOCH),
+        kind: kind.unwrap_or_else(|| "msg".into()),
+        room: r.get(3),
+        from_nickname: display_nickname(&from, nick),
+        from,
+        to: r.get(6),
+        text: text.unwrap_or_default(),
+        client_id: r.get(8),
+        edited_at: r.get(9),
+        deleted: r.get(10),
+    }
+}
