@@ -136,6 +136,10 @@ impl<H> Chains<H> {
     /// last delivered entry, or one whose entries were all delivered already
     /// (`true`: seen, to be dropped or answered without delivery).
     pub fn next_ready(&mut self, room: &str) -> Option<(H, bool)> {
+        if self.held.is_empty() {
+            // The common case: nothing held anywhere.
+            return None;
+        }
         let seen = *self.last.get(room)?;
         let held = self.held.get_mut(room)?;
         let out = match held.first_key_value() {

@@ -287,24 +287,32 @@ fn op(v: Option<&Value>) -> Option<Option<MemberOp>> {
     }
 }
 
+/// An entry's fields as `encode_entry` and `encode_change` lay them out: the
+/// room first, then from `at` on its id, time, kind, sender, nickname,
+/// recipient, text and client id.
+fn entry_at(f: &[Value], at: usize) -> Option<ChatEntry> {
+    let i = |n: usize| f.get(n).and_then(Value::as_i64);
+    Some(ChatEntry {
+        room: s(f.get(1))?,
+        id: i(at)?,
+        ts: from_micros(i(at + 1)?),
+        kind: s(f.get(at + 2))?,
+        from: s(f.get(at + 3))?,
+        from_nickname: s(f.get(at + 4))?,
+        to: opt_s(f.get(at + 5))?,
+        text: s(f.get(at + 6))?,
+        client_id: opt_s(f.get(at + 7))?,
+        edited_at: None,
+        deleted: false,
+    })
+}
+
 fn decode_event(f: &[Value]) -> Option<BusEvent> {
     let i = |n: usize| f.get(n).and_then(Value::as_i64);
     match f.first()?.as_str()? {
         "e" => Some(BusEvent::Entry {
             prev: i(2)?,
-            entry: ChatEntry {
-                room: s(f.get(1))?,
-                id: i(3)?,
-                ts: from_micros(i(4)?),
-                kind: s(f.get(5))?,
-                from: s(f.get(6))?,
-                from_nickname: s(f.get(7))?,
-                to: opt_s(f.get(8))?,
-                text: s(f.get(9))?,
-                client_id: opt_s(f.get(10))?,
-                edited_at: None,
-                deleted: false,
-            },
+            entry: entry_at(f, 3)?,
             op: op(f.get(11))?,
             queued: f.get(12)?.as_bool()?,
         }),
@@ -316,20 +324,12 @@ fn decode_event(f: &[Value]) -> Option<BusEvent> {
         }),
         "c" => Some(BusEvent::Change {
             entry: ChatEntry {
-                room: s(f.get(1))?,
-                id: i(2)?,
-                ts: from_micros(i(3)?),
-                kind: s(f.get(4))?,
-                from: s(f.get(5))?,
-                from_nickname: s(f.get(6))?,
-                to: opt_s(f.get(7))?,
-                text: s(f.get(8))?,
-                client_id: opt_s(f.get(9))?,
                 edited_at: match f.get(10)? {
                     Value::Null => None,
                     v => Some(from_micros(v.as_i64()?)),
                 },
                 deleted: f.get(11)?.as_bool()?,
+                ..entry_at(f, 2)?
             },
         }),
         "x" => Some(BusEvent::ChangeRef {

@@ -54,7 +54,16 @@ fn notify<C: GenericClient>(c: &mut C, st: &mut Stmts, notes: Payloads) -> Resul
     if notes.is_empty() {
         return Ok(());
     }
-    let payloads = notes.finish();
+    send(c, st, &notes.finish())
+}
+
+/// Sends payloads on the bus channel, in order; they reach the other nodes
+/// when (and only if) the transaction commits.
+pub fn send<C: GenericClient>(
+    c: &mut C,
+    st: &mut Stmts,
+    payloads: &[String],
+) -> Result<(), DbError> {
     let s = st.get(
         c,
         "SELECT pg_notify('klav', p) FROM unnest($1::text[]) WITH ORDINALITY AS t(p, n) \

@@ -97,12 +97,7 @@ pub fn run<C: GenericClient>(c: &mut C, st: &mut Stmts, job: Job) -> Result<Outc
         }
         Job::EntryById { id } => super::nodes::entry_by_id(c, st, id)?,
         Job::Notify { payloads } => {
-            let s = st.get(
-                c,
-                "SELECT pg_notify('klav', p) FROM unnest($1::text[]) WITH ORDINALITY AS t(p, n) \
-                 ORDER BY n",
-            )?;
-            c.query(&s, &[&payloads])?;
+            super::nodes::send(c, st, &payloads)?;
             Outcome::Done
         }
         Job::OnlineFriends { username } => super::nodes::online_friends(c, st, &username)?,

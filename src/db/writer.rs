@@ -562,12 +562,7 @@ fn finish_chain(
             stats
                 .notifications
                 .fetch_add(payloads.len() as u64, Ordering::Relaxed);
-            let s = st.get(
-                tx,
-                "SELECT pg_notify('klav', p) FROM unnest($1::text[]) WITH ORDINALITY AS t(p, n) \
-                 ORDER BY n",
-            )?;
-            tx.query(&s, &[&payloads])?;
+            super::nodes::send(tx, st, &payloads)?;
         }
     }
     Ok(())

@@ -171,6 +171,10 @@ fn deliver_remote_dm(hub: &mut Hub, e: &ChatEntry) {
 
 /// Changes (edits, deletes) of entries delivered here by now go out.
 fn flush_changes(hub: &mut Hub, room: &str) {
+    if hub.cluster.waiting_changes.is_empty() {
+        // The common case: one check per delivered batch.
+        return;
+    }
     let Some(last) = hub.cluster.chains.last(room) else {
         hub.cluster.waiting_changes.remove(room);
         return;
@@ -432,9 +436,7 @@ pub fn caught_up(hub: &mut Hub, c: CaughtUp) {
     let mut rooms: HashMap<&str, HashSet<&str>> = HashMap::new();
     for (user, room, last) in &c.memberships {
         rooms.entry(user).or_default().insert(room);
-        if !hub.cluster.chains.is_tracked(room) {
-            hub.cluster.chains.track(room, *last);
-        }
+        hub.cluster.chains.track(room, *last);
     }
     let mut follows: HashMap<&str, HashSet<&str>> = HashMap::new();
     for (from, to) in &c.follows {
@@ -581,8 +583,8 @@ pub fn presence_written(hub: &mut Hub, user: &str, ok: bool) {
 
 // ---------------------------------------------------------------- the clock
 
-/// Heartbeats, gaps that waited long enough, presence writes to retry, and
-/// rooms nobody here belongs to any more.
+/// The cluster's fast tick: gaps that waited long enough, typing to notify, a
+/// catch-up to retry, heartbeats.
 pub fn on_tick(hub: &mut Hub, now: Instant) {
     for (room, after, upto) in hub.cluster.chains.overdue(now) {
         crate::log!(
@@ -591,8 +593,39 @@ pub fn on_tick(hub: &mut Hub, now: Instant) {
         );
         read_entries(hub, room, after, Some(upto));
     }
-    // Stop tracking rooms without members here: their history cache would go
-    // stale with other nodes' writes.
+    if !hub.cluster.enabled {
+        return;
+    }
+    if let Some(outbox) = hub.cluster.outbox.take() {
+        let job = Job::Notify {
+            payloads: outbox.finish(),
+        };
+        hub.submit(Ticket::internal(), job);
+    }
+    if hub.cluster.catch_up_due && !hub.cluster.catching_up {
+        catch_up(hub);
+    }
+    if now >= hub.cluster.next_beat && !hub.cluster.beat_busy {
+        let every = (hub.config.node_timeout / 4).max(Duration::from_secs(1));
+        hub.cluster.next_beat = now + every;
+        hub.cluster.beat_busy = true;
+        let job = Job::Heartbeat {
+            node: hub.cluster.node.clone(),
+            incarnation: hub.cluster.incarnation,
+            timeout_secs: hub.config.node_timeout.as_secs() as i64,
+        };
+        if !hub.submit(Ticket::internal(), job) {
+            hub.cluster.beat_busy = false;
+        }
+    }
+}
+
+/// Once a second (walks every tracked room and presence entry, so not on the
+/// cluster's fast tick): rooms nobody here belongs to any more stop being
+/// tracked, and presence writes that failed are tried again.
+pub fn sweep(hub: &mut Hub) {
+    // A room without members here: its history cache would go stale with
+    // other nodes' writes.
     let unused: Vec<String> = hub
         .cluster
         .chains
@@ -613,15 +646,6 @@ pub fn on_tick(hub: &mut Hub, now: Instant) {
     if !hub.cluster.enabled {
         return;
     }
-    if let Some(outbox) = hub.cluster.outbox.take() {
-        let job = Job::Notify {
-            payloads: outbox.finish(),
-        };
-        hub.submit(Ticket::internal(), job);
-    }
-    if hub.cluster.catch_up_due && !hub.cluster.catching_up {
-        catch_up(hub);
-    }
     let retry: Vec<String> = hub
         .cluster
         .presence
@@ -632,40 +656,24 @@ pub fn on_tick(hub: &mut Hub, now: Instant) {
     for user in retry {
         presence_changed(hub, &user);
     }
-    if now >= hub.cluster.next_beat && !hub.cluster.beat_busy {
-        let every = (hub.config.node_timeout / 4).max(Duration::from_secs(1));
-        hub.cluster.next_beat = now + every;
-        hub.cluster.beat_busy = true;
-        let job = Job::Heartbeat {
-            node: hub.cluster.node.clone(),
-            incarnation: hub.cluster.incarnation,
-            timeout_secs: hub.config.node_timeout.as_secs() as i64,
-        };
-        if !hub.submit(Ticket::internal(), job) {
-            hub.cluster.beat_busy = false;
-        }
-    }
 }
 
-pub fn heartbeat_done(hub: &mut Hub, rejoined: Option<bool>) {
+pub fn heartbeat_done(hub: &mut Hub, rejoined: bool) {
     hub.cluster.beat_busy = false;
-    match rejoined {
-        None => {}
-        Some(false) => {}
-        Some(true) => {
-            crate::log!(
-                Warn,
-                "this node had been declared dead; writing its presence again"
-            );
-            for p in hub.cluster.presence.values_mut() {
-                p.written = None;
-            }
-            let users: Vec<String> = hub.state.users.keys().cloned().collect();
-            for u in users {
-                hub.cluster.presence.entry(u.clone()).or_default().written = None;
-                presence_changed(hub, &u);
-            }
-        }
+    if !rejoined {
+        return;
+    }
+    crate::log!(
+        Warn,
+        "this node had been declared dead; writing its presence again"
+    );
+    for p in hub.cluster.presence.values_mut() {
+        p.written = None;
+    }
+    let users: Vec<String> = hub.state.users.keys().cloned().collect();
+    for u in users {
+        hub.cluster.presence.entry(u.clone()).or_default().written = None;
+        presence_changed(hub, &u);
     }
 }
 

@@ -371,9 +371,7 @@ fn on_outcome(hub: &mut Hub, t: crate::db::Ticket, outcome: Outcome) {
             online,
         } => members::done(hub, &t, room, members, online),
         Outcome::Presence { user } => crate::handlers::cluster::presence_written(hub, &user, true),
-        Outcome::Heartbeat { rejoined } => {
-            crate::handlers::cluster::heartbeat_done(hub, Some(rejoined))
-        }
+        Outcome::Heartbeat { rejoined } => crate::handlers::cluster::heartbeat_done(hub, rejoined),
         Outcome::Entries {
             room,
             entries,

@@ -57,7 +57,9 @@ const COMPLETION_BUDGET: usize = 8192;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 const TICK: Duration = Duration::from_secs(1);
 /// The cluster's clock: gaps in a room's entries are read back after
-/// `cluster::chain::GAP_WAIT`, so it looks more often than the main tick.
+/// `cluster::chain::GAP_WAIT`, so it looks more often than the main tick. (A
+/// node alone can see a gap too: a room tracked again from a session read
+/// before the room's last entries.)
 const CLUSTER_TICK: Duration = Duration::from_millis(50);
 
 /// Why the server could not start.
@@ -589,6 +591,7 @@ impl Server {
         self.hub
             .history
             .retain_rooms(|room| members.contains_key(room));
+        handlers::cluster::sweep(&mut self.hub);
     }
 
     /// Input and output buffered for all clients together stay within

@@ -71,6 +71,21 @@ impl Nodes {
         postgres::Client::connect(&self.db, postgres::NoTls).unwrap()
     }
 
+    /// The ids of a room's messages after `after`, as stored: the order every
+    /// receiver must see.
+    fn msg_ids(&self, room: &str, after: i64) -> Vec<i64> {
+        self.db()
+            .query(
+                "SELECT id FROM chat_logs WHERE room_id = $1 AND kind = 'msg' AND id > $2 \
+                 ORDER BY id",
+                &[&room, &after],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+
     /// A user straight into the database (no password hash), and a token.
     fn user(&self, name: &str) -> String {
         self.db()
@@ -300,16 +315,7 @@ fn cluster_two_nodes_writing_one_room_give_every_receiver_one_order() {
         none_of(r, "message");
         seqs.push(ids);
     }
-    let want: Vec<i64> = c
-        .db()
-        .query(
-            "SELECT id FROM chat_logs WHERE room_id = $1 AND kind = 'msg' ORDER BY id",
-            &[&room],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let want: Vec<i64> = c.msg_ids(&room, 0);
     assert_eq!(want.len(), 2 * EACH);
     for (i, s) in seqs.iter().enumerate() {
         assert_eq!(s, &want, "receiver {i} (on n{}) saw another order", i % 2);
@@ -454,16 +460,7 @@ fn cluster_listener_terminated_under_load_catches_up_without_gap_or_double() {
         }
     }
     none_of(&mut b, "message");
-    let want: Vec<i64> = c
-        .db()
-        .query(
-            "SELECT id FROM chat_logs WHERE room_id = $1 AND kind = 'msg' ORDER BY id",
-            &[&room],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let want: Vec<i64> = c.msg_ids(&room, 0);
     assert_eq!(ids, want, "every message once, in order, across two cuts");
 }
 
@@ -557,16 +554,7 @@ fn cluster_killed_node_goes_offline_and_is_not_resurrected() {
         missing.is_empty(),
         "acknowledged but not delivered: {missing:?}"
     );
-    let stored: Vec<i64> = c
-        .db()
-        .query(
-            "SELECT id FROM chat_logs WHERE room_id = $1 AND kind = 'msg' ORDER BY id",
-            &[&room],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let stored: Vec<i64> = c.msg_ids(&room, 0);
     assert_eq!(got, stored, "carol got exactly what was stored");
     // Within the node timeout (3 s) plus a heartbeat: generous here, measured
     // nowhere.
@@ -706,22 +694,8 @@ fn cluster_of_three_survives_a_postgres_restart() {
         .get(0);
     send_round(&mut ws, "after");
     let after: Vec<Vec<i64>> = ws.iter_mut().map(|w| collect(w, 3)).collect();
-    let ids = |q: &str, p: &[&(dyn postgres::types::ToSql + Sync)]| -> Vec<i64> {
-        c.db()
-            .query(q, p)
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect()
-    };
-    let first = ids(
-        "SELECT id FROM chat_logs WHERE room_id = $1 AND kind = 'msg' ORDER BY id LIMIT 3",
-        &[&room],
-    );
-    let want = ids(
-        "SELECT id FROM chat_logs WHERE room_id = $1 AND kind = 'msg' AND id > $2 ORDER BY id",
-        &[&room, &mark],
-    );
+    let first: Vec<i64> = c.msg_ids(&room, 0).into_iter().take(3).collect();
+    let want = c.msg_ids(&room, mark);
     assert_eq!(want.len(), 3);
     for (i, got) in before.iter().enumerate() {
         assert_eq!(got, &first, "receiver {i} before the restart");

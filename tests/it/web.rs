@@ -67,6 +67,19 @@ fn join(p: &Page, room: &str) {
     );
 }
 
+/// Follows `user` from the friends panel and waits for the acknowledgement.
+fn follow(p: &Page, user: &str) {
+    p.fill("friend-name", user);
+    p.click("friend-follow");
+    p.wait_for(
+        &format!(
+            "{}.textContent.includes('You follow {user}')",
+            Page::q("friend-error")
+        ),
+        "the follow acknowledged",
+    );
+}
+
 fn say(p: &Page, text: &str) {
     p.fill("message-input", text);
     p.enter();
@@ -423,15 +436,7 @@ fn web_dms_offline_dms_and_live_presence() {
     let bob = open(&b, &s);
     register(&bob, "bob", "밥");
     join(&bob, "lobby");
-    bob.fill("friend-name", "alice");
-    bob.click("friend-follow");
-    bob.wait_for(
-        &format!(
-            "{}.textContent.includes('You follow alice')",
-            Page::q("friend-error")
-        ),
-        "the follow acknowledged",
-    );
+    follow(&bob, "alice");
     assert_eq!(count(&bob, "online-friend"), 0);
 
     // A DM to someone offline is queued…
@@ -944,15 +949,7 @@ fn web_pages_on_two_nodes_see_each_other() {
     register(&bob, "bob", "밥");
     status_online(&bob);
     join(&bob, "lobby");
-    bob.fill("friend-name", "alice");
-    bob.click("friend-follow");
-    bob.wait_for(
-        &format!(
-            "{}.textContent.includes('You follow alice')",
-            Page::q("friend-error")
-        ),
-        "the follow acknowledged",
-    );
+    follow(&bob, "alice");
     assert_eq!(count(&bob, "online-friend"), 0);
 
     // Alice logs in on the other node: bob's page (node 0) shows her online.
