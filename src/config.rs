@@ -87,6 +87,12 @@ pub struct Config {
     /// `127.0.0.1:9100`), not on the public port (default unset: on the public
     /// port, as before).
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// `KLAV_METRICS_PER_ADDR_PER_SEC` (default 1): `/metrics` answers per client
+    /// address per second on the public port, with a burst of ten times that;
+    /// beyond it 429 and the connection closes. Each answer is kilobytes for a
+    /// few bytes asked; a scraper asks every few seconds. `KLAV_METRICS_ADDR`
+    /// has no such limit.
+    pub metrics_per_addr_per_sec: u32,
     /// `KLAV_LOG`: error, warn, info (default) or debug.
     pub log_level: crate::log::Level,
     /// `KLAV_LOGIN_MAX_FAILURES` (default 5): failed logins for one username from
@@ -120,6 +126,10 @@ pub struct Config {
     /// runs this node alone, without the bus (only safe when no other node uses
     /// the database). The embedded database is always single-node.
     pub cluster: bool,
+    /// How long a loop turn reads before putting further reads off to the
+    /// next turn (see `server::reading`). Not an environment setting: 4 ms;
+    /// tests set zero so that every read goes through the put-off queues.
+    pub turn_work: Duration,
     /// `KLAV_NODE_TIMEOUT_SECS` (default 10): a node whose heartbeat is older than
     /// this is dead for the others; its users go offline.
     pub node_timeout: Duration,
@@ -339,6 +349,11 @@ impl Config {
                 "KLAV_REGISTER_WINDOW_SECS",
                 600,
             )?),
+            metrics_per_addr_per_sec: positive(
+                get("KLAV_METRICS_PER_ADDR_PER_SEC"),
+                "KLAV_METRICS_PER_ADDR_PER_SEC",
+                1,
+            )? as u32,
             metrics_addr: match get("KLAV_METRICS_ADDR") {
                 None | Some("") => None,
                 Some(a) => Some(a.parse().map_err(|_| ConfigError::Invalid {
@@ -399,6 +414,7 @@ impl Config {
                 200_000,
                 "a whole number (0 = no cache)",
             )?,
+            turn_work: Duration::from_millis(4),
             log_level: match get("KLAV_LOG").unwrap_or("info") {
                 "error" => crate::log::Level::Error,
                 "warn" => crate::log::Level::Warn,

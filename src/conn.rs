@@ -325,9 +325,18 @@ pub struct Conn {
     pub metrics_only: bool,
     /// Refused for flooding: its close reads little of what it still sends.
     pub abusive: bool,
+    /// Waits in one of the loop's queues of reads put off to a later turn
+    /// (see `server::reading`).
+    pub put_off: bool,
 }
 
 impl Conn {
+    /// An open WebSocket of a user already let in (served before new
+    /// connections and HTTP when a turn is short of time).
+    pub fn is_session(&self) -> bool {
+        matches!(self.phase, Phase::Ws(_)) && self.closing.is_none()
+    }
+
     pub fn new(id: ConnId, stream: TcpStream, peer: SocketAddr) -> Conn {
         Conn {
             id,
@@ -344,6 +353,7 @@ impl Conn {
             counted_addr: None,
             metrics_only: false,
             abusive: false,
+            put_off: false,
         }
     }
 }

@@ -20,7 +20,7 @@ use crate::history_cache::HistoryCache;
 use crate::metrics::Metrics;
 use crate::protocol::{Event, RequestError};
 use crate::state::State;
-use crate::throttle::{LoginThrottle, RegisterBudget};
+use crate::throttle::{AddrBuckets, LoginThrottle, RegisterBudget};
 
 pub struct Hub {
     pub conns: Slab<Conn>,
@@ -32,6 +32,10 @@ pub struct Hub {
     pub metrics: Metrics,
     pub login_throttle: LoginThrottle,
     pub register_budget: RegisterBudget,
+    /// `/metrics` on the public listener, per client address
+    /// (`KLAV_METRICS_PER_ADDR_PER_SEC`): each answer is kilobytes for a few
+    /// bytes asked, so anonymous clients get only a scraper's share.
+    pub public_metrics_budget: AddrBuckets,
     /// Rooms each user may create (`create_room`, `join` by name).
     pub room_budget: UserBudget,
     pub history: HistoryCache,
@@ -40,12 +44,20 @@ pub struct Hub {
     /// Connections to close after this batch of events (handlers never remove
     /// slab entries themselves).
     pub close_soon: Vec<(ConnId, CloseReason)>,
-    /// Connections with input left over from a budget-limited read.
+    /// Connections to read again this turn: what stopped their reading is over
+    /// (a held request finished, output drained, a session opened).
     pub again: Vec<ConnId>,
+    /// Connections that used their share of a turn with input left over: read
+    /// again after everyone else (see `server::reading`).
+    pub busy: Vec<ConnId>,
     /// HTTP requests that may still be answered this turn, all connections
     /// together: a storm of pipelined requests on thousands of connections
     /// spreads over turns instead of making one turn (and everyone's wait) long.
     pub http_turn_left: usize,
+    /// HTTP response bytes that may still be queued this turn, all connections
+    /// together: what a turn costs is mostly copying responses, so large ones
+    /// (`/metrics`, web assets) spread over turns too.
+    pub http_bytes_left: usize,
     /// Jobs submitted and not yet completed.
     pub outstanding: usize,
     pub started: Instant,
@@ -308,7 +320,14 @@ impl Hub {
 
     /// Queues a final or keep-alive HTTP response; a final one closes the
     /// connection after it (and nothing further is parsed from it).
+    /// Whether this turn's HTTP budget (requests or response bytes) is spent:
+    /// the connections still waiting are answered next turn.
+    pub fn http_turn_spent(&self) -> bool {
+        self.http_turn_left == 0 || self.http_bytes_left == 0
+    }
+
     pub fn respond(&mut self, id: ConnId, bytes: &[u8], keep_alive: bool) {
+        self.http_bytes_left = self.http_bytes_left.saturating_sub(bytes.len());
         self.send_bytes(id, bytes);
         if !keep_alive {
             if let Some(conn) = self.conn_mut(id) {

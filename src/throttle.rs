@@ -194,44 +194,28 @@ pub enum RegisterRefusal {
     HashingBusy,
 }
 
-pub struct RegisterBudget {
+/// Token buckets keyed by client address (IPv6 per /64), at most [`MAX_KEYS`]
+/// of them: full buckets are forgotten by `sweep`, and past the bound the oldest
+/// tenth goes.
+pub struct AddrBuckets {
     buckets: HashMap<IpAddr, Bucket>,
     burst: f64,
     per_sec: f64,
-    /// Registration hashes queued or running.
-    hashing: usize,
-    max_hashing: usize,
-    /// Registration hashes ever started (for `/metrics`).
-    pub hashes_started: u64,
 }
 
-impl RegisterBudget {
-    /// `per_window` registrations per address per `window` (also the burst);
-    /// at most `max_hashing` registration hashes queued or running.
-    pub fn new(per_window: u32, window: Duration, max_hashing: usize) -> RegisterBudget {
-        RegisterBudget {
+impl AddrBuckets {
+    /// `burst` tokens per address, refilled at `per_sec`.
+    pub fn new(burst: f64, per_sec: f64) -> AddrBuckets {
+        AddrBuckets {
             buckets: HashMap::new(),
-            burst: per_window as f64,
-            per_sec: per_window as f64 / window.as_secs_f64(),
-            hashing: 0,
-            max_hashing: max_hashing.max(1),
-            hashes_started: 0,
+            burst,
+            per_sec,
         }
     }
 
-    /// [`REGISTER_HASHES_PER_THREAD`] registration hashes per hashing thread may
-    /// wait or run. Logins are served first whatever waits, so this bounds how
-    /// long a registration can wait (about a second), not how long a login does.
-    pub fn from_config(config: &Config) -> RegisterBudget {
-        RegisterBudget::new(
-            config.register_per_addr,
-            config.register_window,
-            REGISTER_HASHES_PER_THREAD * config.hash_workers,
-        )
-    }
-
-    /// Takes one registration from the address's bucket.
-    pub fn admit(&mut self, addr: IpAddr, now: Instant) -> Result<(), RegisterRefusal> {
+    /// Takes one token from the address's bucket, or says how long until one is
+    /// there (whole seconds, at least one).
+    pub fn take(&mut self, addr: IpAddr, now: Instant) -> Result<(), Duration> {
         let addr = budget_key(addr);
         if !self.buckets.contains_key(&addr) && self.buckets.len() >= MAX_KEYS {
             self.sweep(now);
@@ -253,10 +237,61 @@ impl RegisterBudget {
             Ok(())
         } else {
             let wait = (1.0 - b.tokens) / per_sec;
-            Err(RegisterRefusal::AddressBudget(Duration::from_secs_f64(
-                wait.ceil().max(1.0),
-            )))
+            Err(Duration::from_secs_f64(wait.ceil().max(1.0)))
         }
+    }
+
+    /// Addresses held (for `/metrics`).
+    pub fn keys(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// Forgets full buckets (called once a second).
+    pub fn sweep(&mut self, now: Instant) {
+        let (burst, per_sec) = (self.burst, self.per_sec);
+        self.buckets.retain(|_, b| {
+            b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * per_sec < burst
+        });
+    }
+}
+
+pub struct RegisterBudget {
+    addrs: AddrBuckets,
+    /// Registration hashes queued or running.
+    hashing: usize,
+    max_hashing: usize,
+    /// Registration hashes ever started (for `/metrics`).
+    pub hashes_started: u64,
+}
+
+impl RegisterBudget {
+    /// `per_window` registrations per address per `window` (also the burst);
+    /// at most `max_hashing` registration hashes queued or running.
+    pub fn new(per_window: u32, window: Duration, max_hashing: usize) -> RegisterBudget {
+        RegisterBudget {
+            addrs: AddrBuckets::new(per_window as f64, per_window as f64 / window.as_secs_f64()),
+            hashing: 0,
+            max_hashing: max_hashing.max(1),
+            hashes_started: 0,
+        }
+    }
+
+    /// [`REGISTER_HASHES_PER_THREAD`] registration hashes per hashing thread may
+    /// wait or run. Logins are served first whatever waits, so this bounds how
+    /// long a registration can wait (about a second), not how long a login does.
+    pub fn from_config(config: &Config) -> RegisterBudget {
+        RegisterBudget::new(
+            config.register_per_addr,
+            config.register_window,
+            REGISTER_HASHES_PER_THREAD * config.hash_workers,
+        )
+    }
+
+    /// Takes one registration from the address's bucket.
+    pub fn admit(&mut self, addr: IpAddr, now: Instant) -> Result<(), RegisterRefusal> {
+        self.addrs
+            .take(addr, now)
+            .map_err(RegisterRefusal::AddressBudget)
     }
 
     /// Reserves a hashing slot for a registration; the caller submits the hash
@@ -276,15 +311,12 @@ impl RegisterBudget {
 
     /// Addresses held (for `/metrics`).
     pub fn keys(&self) -> usize {
-        self.buckets.len()
+        self.addrs.keys()
     }
 
     /// Forgets full buckets (called once a second).
     pub fn sweep(&mut self, now: Instant) {
-        let (burst, per_sec) = (self.burst, self.per_sec);
-        self.buckets.retain(|_, b| {
-            b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * per_sec < burst
-        });
+        self.addrs.sweep(now);
     }
 }
 

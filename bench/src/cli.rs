@@ -81,6 +81,9 @@ ABUSE:
     --normal-rate R           the normal client's msgs per second (default 20)
     --wide-rate R             wide-json frames per second per connection (default 50)
     --settle SECS             after the abusers leave, wait before reading RSS (default 3)
+    --attack-nice N           nice value (0..19) of the attack threads (default 0); on one
+                              machine, 19 gives the server's cores to the server first,
+                              as when the attacker is another machine
     --normal-from IP          the normal client's local address (default on loopback:
                               127.0.0.254, apart from the abusers' 127.0.0.1)
 ";
@@ -215,6 +218,17 @@ pub fn parse(args: &[String]) -> Result<Option<Command>, BenchError> {
             "--attacks" => abuse.attacks = attacks(&value()?)?,
             "--abusers" => abuse.abusers = num(&flag, &value()?)?,
             "--normal-rate" => abuse.normal_rate = positive(&flag, &value()?)?,
+            "--attack-nice" => {
+                let v = value()?;
+                abuse.attack_nice = match v.parse::<i32>() {
+                    Ok(n) if (0..=19).contains(&n) => n,
+                    _ => {
+                        return Err(BenchError::Usage(format!(
+                            "--attack-nice {v:?}: expected 0..19"
+                        )))
+                    }
+                };
+            }
             "--wide-rate" => abuse.wide_rate = positive(&flag, &value()?)?,
             "--settle" => abuse.settle = secs(&flag, &value()?)?,
             "--normal-from" => {

@@ -376,6 +376,11 @@ pub struct AbuseOptions {
     /// when the server is on IPv4 loopback (the abusers come from `127.0.0.1`),
     /// else whatever the kernel picks.
     pub normal_from: Option<std::net::IpAddr>,
+    /// The nice value of the attack threads (0: as the rest of the bench). On
+    /// one machine the attacks' own CPU (mostly kernel sends) is taken from the
+    /// server's cores; a raised value gives the server and the normal client
+    /// the CPU first, as when the attacker is another machine.
+    pub attack_nice: i32,
 }
 
 impl Default for AbuseOptions {
@@ -387,6 +392,7 @@ impl Default for AbuseOptions {
             wide_rate: 50.0,
             settle: Duration::from_secs(3),
             normal_from: None,
+            attack_nice: 0,
         }
     }
 }

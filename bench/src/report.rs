@@ -217,6 +217,11 @@ pub struct AbuseReport {
     pub server_cpu_secs: Option<f64>,
     /// Wall time the attacks ran (the divisor for the CPU share).
     pub attack_secs: f64,
+    /// Server CPU seconds used in each second of the attack.
+    pub server_cpu_by_second: Vec<f64>,
+    /// The normal client's slowest `msg` round trip (ms) per second of the attack,
+    /// by when the message was sent.
+    pub normal_worst_by_second: Vec<f64>,
 }
 
 /// One attack's connections: how many got in, how the server ended them, what it
@@ -342,7 +347,30 @@ fn write_abuse(f: &mut fmt::Formatter<'_>, a: &AbuseReport) -> fmt::Result {
             }
         )?;
     }
+    if !a.server_cpu_by_second.is_empty() {
+        writeln!(
+            f,
+            "server CPU per second (s): {}",
+            series(&a.server_cpu_by_second, 2)
+        )?;
+    }
+    if !a.normal_worst_by_second.is_empty() {
+        writeln!(
+            f,
+            "normal msg slowest round trip per second (ms): {}",
+            series(&a.normal_worst_by_second, 0)
+        )?;
+    }
     write_requests(f, "normal client GET /health:", &a.health)
+}
+
+/// Numbers on one line, each with `decimals` places.
+fn series(values: &[f64], decimals: usize) -> String {
+    values
+        .iter()
+        .map(|v| format!("{v:.decimals$}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn write_requests(f: &mut fmt::Formatter<'_>, title: &str, r: &RequestReport) -> fmt::Result {

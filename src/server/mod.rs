@@ -44,7 +44,8 @@ use crate::http;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::state::State;
-use crate::throttle::{LoginThrottle, RegisterBudget};
+use crate::throttle::{AddrBuckets, LoginThrottle, RegisterBudget};
+use reading::PutOff;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
@@ -237,6 +238,8 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
         config.login_window,
     );
     let register_budget = RegisterBudget::from_config(&config);
+    let metrics_rate = config.metrics_per_addr_per_sec as f64;
+    let public_metrics_budget = AddrBuckets::new(10.0 * metrics_rate, metrics_rate);
     let room_budget = UserBudget::new(config.rooms_created_per_hour, Duration::from_secs(3600));
     let per_room = match config.max_logs_per_room {
         0 => crate::handlers::history::MAX_LIMIT as usize,
@@ -257,12 +260,15 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
             metrics: Metrics::default(),
             login_throttle,
             register_budget,
+            public_metrics_budget,
             room_budget,
             history,
             dirty: Vec::new(),
             close_soon: Vec::new(),
             again: Vec::new(),
+            busy: Vec::new(),
             http_turn_left: handlers::http::HTTP_REQUESTS_PER_TURN,
+            http_bytes_left: handlers::http::HTTP_RESPONSE_BYTES_PER_TURN,
             outstanding: 0,
             started: Instant::now(),
             cluster: crate::cluster::Cluster::new(clustered, node, incarnation),
@@ -281,6 +287,9 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
         discard_left: reading::DISCARD_TURN_BUDGET,
         http_read_left: reading::HTTP_READ_TURN_BUDGET,
         accept_more: false,
+        put_off: PutOff::default(),
+        turn_deadline: Instant::now(),
+        others_ready: Vec::new(),
     };
     let thread = std::thread::Builder::new()
         .name("klav-loop".into())
@@ -360,6 +369,13 @@ struct Server {
     http_read_left: usize,
     /// The listener had more to accept when a turn's share ran out.
     accept_more: bool,
+    /// Reads put off to later turns (see `reading`), oldest first.
+    put_off: PutOff,
+    /// When this turn's reading should stop (`Config::turn_work`).
+    turn_deadline: Instant,
+    /// This turn's readable connections that are not open sessions (kept to
+    /// reuse its allocation).
+    others_ready: Vec<ConnId>,
     /// The bus listener thread, in a cluster.
     bus: Option<std::thread::JoinHandle<()>>,
     database_url: String,
@@ -375,7 +391,10 @@ impl Server {
         crate::log!(Info, "serving");
         loop {
             let now = Instant::now();
-            let busy = !self.hub.again.is_empty() || !self.hub.dirty.is_empty() || self.accept_more;
+            let busy = !self.hub.again.is_empty()
+                || !self.hub.dirty.is_empty()
+                || !self.put_off.is_empty()
+                || self.accept_more;
             let timeout = if busy {
                 Duration::ZERO
             } else {
@@ -389,6 +408,7 @@ impl Server {
             self.discard_left = reading::DISCARD_TURN_BUDGET;
             self.http_read_left = reading::HTTP_READ_TURN_BUDGET;
             self.hub.http_turn_left = handlers::http::HTTP_REQUESTS_PER_TURN;
+            self.hub.http_bytes_left = handlers::http::HTTP_RESPONSE_BYTES_PER_TURN;
             self.hub.metrics_text = None;
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
@@ -396,36 +416,11 @@ impl Server {
                     break;
                 }
             }
-            for ev in events.iter() {
-                match ev.token() {
-                    LISTENER => self.accept(false),
-                    METRICS_LISTENER => self.accept(true),
-                    WAKER => {}
-                    Token(slot) => {
-                        if ev.is_writable() {
-                            self.hub.dirty.push(slot);
-                        }
-                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                            if let Some(id) = self.hub.conns.get(slot).map(|c| c.id) {
-                                self.on_readable(id);
-                            }
-                        }
-                    }
-                }
-            }
-            if std::mem::take(&mut self.accept_more) {
-                self.accept(false);
-            }
+            self.turn_deadline = Instant::now() + self.hub.config.turn_work;
+            self.read_events(&events);
             self.drain_completions();
-            let mut again = std::mem::take(&mut self.hub.again);
-            // Several reasons may have asked for the same connection.
-            again.sort_unstable_by_key(|c| (c.slot, c.gen));
-            again.dedup();
-            for id in again {
-                self.on_readable(id);
-                // Whatever put it on the list may have moved its deadline.
-                self.schedule(id);
-            }
+            self.read_again();
+            self.read_busy();
             self.process_closes();
             self.flush_dirty();
 
@@ -505,7 +500,10 @@ impl Server {
         };
         let mut accepted = Vec::new();
         loop {
-            if accepted.len() >= reading::ACCEPTS_PER_TURN {
+            if accepted.len() >= reading::ACCEPTS_PER_TURN
+                || (accepted.len() >= reading::ACCEPTS_MIN_PER_TURN
+                    && Instant::now() >= self.turn_deadline)
+            {
                 // Edge-triggered: no new event comes for those still waiting.
                 self.accept_more = !metrics;
                 break;
@@ -582,6 +580,7 @@ impl Server {
         self.trim_if_freed();
         self.hub.login_throttle.sweep(now);
         self.hub.register_budget.sweep(now);
+        self.hub.public_metrics_budget.sweep(now);
         self.hub.room_budget.sweep(now);
         let took = started.elapsed();
         if took > Duration::from_millis(20) {

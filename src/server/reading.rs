@@ -5,10 +5,13 @@
 //! request waiting for a worker) is put back on that list by whatever ends the
 //! reason, since no new readiness event will come for bytes already waiting.
 
+use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::time::Instant;
 
-use super::Server;
+use mio::{Events, Token};
+
+use super::{Server, LISTENER, METRICS_LISTENER, WAKER};
 use crate::close::CloseReason;
 use crate::conn::{ConnId, Phase, OUTPUT_PAUSE_BYTES};
 use crate::handlers;
@@ -39,9 +42,195 @@ const HTTP_CHUNKS_PER_TURN: usize = 1;
 /// Bytes read from all HTTP connections together per turn (see `DISCARD_TURN_BUDGET`).
 pub(super) const HTTP_READ_TURN_BUDGET: usize = 4 * 1024 * 1024;
 /// Connections accepted per turn: a connect storm is spread over turns.
-pub(super) const ACCEPTS_PER_TURN: usize = 512;
+pub(super) const ACCEPTS_PER_TURN: usize = 128;
+/// Connections accepted per turn even when the turn's time is up.
+pub(super) const ACCEPTS_MIN_PER_TURN: usize = 16;
+/// Busy connections read per turn even when others used the turn's time, so
+/// that they always move.
+const BUSY_MIN_PER_TURN: usize = 4;
+
+/// Reads put off to later turns, in three queues, each oldest first.
+///
+/// A turn reads for `Config::turn_work` (4 ms), then puts further reads off.
+/// Whatever a client asks waits for the turn under way to end, then for its
+/// own turn, then (for a database round trip) for the turn that delivers the
+/// answer: short turns keep that wait short when thousands of connections are
+/// busy at once.
+///
+/// Each turn serves, while it has time: open sessions (WebSockets of users
+/// already let in) whose reads were put off, then this turn's session events;
+/// then everything else put off (new connections, HTTP, closing sockets), then
+/// this turn's other events; last, connections that used a whole share of an
+/// earlier turn (a per-connection budget) with input left, at least
+/// [`BUSY_MIN_PER_TURN`] of them. What the time limit leaves is put off to the
+/// back of its queue. A signed-in user sending one request at a time thus
+/// never waits behind a connect storm or a flooder's backlog, and nobody waits
+/// behind a flooder.
+#[derive(Default)]
+pub(super) struct PutOff {
+    sessions: VecDeque<ConnId>,
+    others: VecDeque<ConnId>,
+    busy: VecDeque<ConnId>,
+}
+
+/// Which of [`PutOff`]'s queues.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Queue {
+    Sessions,
+    Others,
+    Busy,
+}
+
+impl PutOff {
+    pub(super) fn is_empty(&self) -> bool {
+        self.sessions.is_empty() && self.others.is_empty() && self.busy.is_empty()
+    }
+
+    fn queue(&mut self, q: Queue) -> &mut VecDeque<ConnId> {
+        match q {
+            Queue::Sessions => &mut self.sessions,
+            Queue::Others => &mut self.others,
+            Queue::Busy => &mut self.busy,
+        }
+    }
+}
 
 impl Server {
+    /// This turn's readiness events, with what earlier turns put off: open
+    /// sessions first, then everything else (new connections, HTTP, closing
+    /// sockets), then accepts (see [`PutOff`]).
+    pub(super) fn read_events(&mut self, events: &Events) {
+        self.read_put_off(Queue::Sessions);
+        let mut others = std::mem::take(&mut self.others_ready);
+        let mut accept_main = std::mem::take(&mut self.accept_more);
+        let mut accept_metrics = false;
+        for ev in events.iter() {
+            match ev.token() {
+                LISTENER => accept_main = true,
+                METRICS_LISTENER => accept_metrics = true,
+                WAKER => {}
+                Token(slot) => {
+                    if ev.is_writable() {
+                        self.hub.dirty.push(slot);
+                    }
+                    if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                        match self.hub.conns.get(slot) {
+                            Some(c) if c.is_session() => self.read_or_put_off(c.id),
+                            Some(c) => others.push(c.id),
+                            None => {}
+                        }
+                    }
+                }
+            }
+        }
+        self.read_put_off(Queue::Others);
+        for id in others.drain(..) {
+            self.read_or_put_off(id);
+        }
+        self.others_ready = others;
+        if accept_main {
+            self.accept(false);
+        }
+        if accept_metrics {
+            self.accept(true);
+        }
+    }
+
+    /// A readiness event: read now, or, once this turn's time is up, put the
+    /// read off to the next turn (edge-triggered: the event will not come again).
+    pub(super) fn read_or_put_off(&mut self, id: ConnId) {
+        if Instant::now() < self.turn_deadline {
+            self.on_readable(id);
+        } else {
+            self.put_off(id, false);
+        }
+    }
+
+    /// Adds the connection to the back of its queue, unless it waits in one.
+    fn put_off(&mut self, id: ConnId, busy: bool) {
+        let Some(conn) = self.hub.conn_mut(id) else {
+            return;
+        };
+        if conn.put_off {
+            return;
+        }
+        conn.put_off = true;
+        let q = if busy {
+            Queue::Busy
+        } else if conn.is_session() {
+            Queue::Sessions
+        } else {
+            Queue::Others
+        };
+        self.put_off.queue(q).push_back(id);
+    }
+
+    /// Takes the next connection of a queue, if it is still there.
+    fn take_put_off(&mut self, q: Queue) -> Option<Option<ConnId>> {
+        let id = self.put_off.queue(q).pop_front()?;
+        Some(self.hub.conn_mut(id).map(|conn| {
+            conn.put_off = false;
+            id
+        }))
+    }
+
+    /// Reads of open sessions (or of the others) put off by earlier turns'
+    /// time limit, oldest first, while the turn has time (at least one, so the
+    /// queue always moves).
+    fn read_put_off(&mut self, q: Queue) {
+        let mut served = 0;
+        while served == 0 || Instant::now() < self.turn_deadline {
+            let Some(next) = self.take_put_off(q) else {
+                break;
+            };
+            if let Some(id) = next {
+                served += 1;
+                self.on_readable(id);
+                self.schedule(id);
+            }
+        }
+    }
+
+    /// Connections asked to be read again this turn (a held request finished,
+    /// output drained): read while the turn has time, the rest put off.
+    pub(super) fn read_again(&mut self) {
+        let mut again = std::mem::take(&mut self.hub.again);
+        // Several reasons may have asked for the same connection.
+        again.sort_unstable_by_key(|c| (c.slot, c.gen));
+        again.dedup();
+        for id in again {
+            if Instant::now() < self.turn_deadline {
+                self.on_readable(id);
+            } else {
+                self.put_off(id, false);
+            }
+            // Whatever put it on the list may have moved its deadline.
+            self.schedule(id);
+        }
+    }
+
+    /// Connections that used their share of earlier turns, oldest first, while
+    /// the turn has time (and at least a few); then this turn's busy ones join
+    /// the queue's back.
+    pub(super) fn read_busy(&mut self) {
+        let mut served = 0;
+        let queued = self.put_off.busy.len();
+        while served < queued && (served < BUSY_MIN_PER_TURN || Instant::now() < self.turn_deadline)
+        {
+            let Some(next) = self.take_put_off(Queue::Busy) else {
+                break;
+            };
+            served += 1;
+            if let Some(id) = next {
+                self.on_readable(id);
+                self.schedule(id);
+            }
+        }
+        for id in std::mem::take(&mut self.hub.busy) {
+            self.put_off(id, true);
+        }
+    }
+
     pub(super) fn on_readable(&mut self, id: ConnId) {
         let Some(conn) = self.hub.conn_mut(id) else {
             return;
@@ -70,7 +259,7 @@ impl Server {
         let mut read = 0;
         let done = loop {
             if read >= DISCARD_BUDGET || self.discard_left == 0 {
-                self.hub.again.push(id);
+                self.hub.busy.push(id);
                 break false;
             }
             match conn.stream.read(&mut sink) {
@@ -97,6 +286,11 @@ impl Server {
     }
 
     fn read_http(&mut self, id: ConnId) {
+        if self.hub.http_turn_spent() {
+            // Nothing more is answered this turn: reading ahead would only copy.
+            self.hub.busy.push(id);
+            return;
+        }
         let Some(conn) = self.hub.conn_mut(id) else {
             return;
         };
@@ -149,7 +343,7 @@ impl Server {
             if let Some(conn) = self.hub.conn(id) {
                 if let Phase::Http(st) = &conn.phase {
                     if st.pending.is_none() && conn.closing.is_none() {
-                        self.hub.again.push(id);
+                        self.hub.busy.push(id);
                     }
                 }
             }
@@ -258,7 +452,7 @@ impl Server {
             return;
         }
         // Budget spent: input may remain buffered; come back next turn.
-        self.hub.again.push(id);
+        self.hub.busy.push(id);
     }
 
     fn on_ws_error(&mut self, id: ConnId, e: tungstenite::Error) {

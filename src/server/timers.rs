@@ -141,9 +141,9 @@ impl Server {
         }
         if let Phase::Ws(ws) = &mut conn.phase {
             if ws.throttled_until.is_some_and(|t| now >= t) {
-                // Its second of flooding is over: read it again.
+                // Its second of flooding is over: read it again (after others).
                 ws.throttled_until = None;
-                self.hub.again.push(id);
+                self.hub.busy.push(id);
                 return;
             }
             // No first request came in time: what the connection's opening hold

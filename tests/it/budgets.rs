@@ -536,3 +536,112 @@ fn tmp_socket_dir_is_owner_only_and_checked() {
     let _ = std::fs::remove_dir_all(&socket_dir);
     let _ = std::fs::remove_dir_all(&base);
 }
+
+/// `/metrics` is kilobytes of text for a few bytes asked: on the public port
+/// each client address gets a scraper's share (a burst of ten, then one a
+/// second); past it 429 with `Retry-After` and the connection closes, so a
+/// pipeline of them costs one refusal. Another address keeps its own share.
+#[test]
+fn public_metrics_have_a_budget_per_address() {
+    let s = TestServer::with(|c| c.metrics_per_addr_per_sec = 1);
+    let get = b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n";
+    let mut p = connect_from([127, 0, 0, 2], s.addr);
+    p.write_all(&get.repeat(40)).unwrap();
+    let mut statuses = Vec::new();
+    while let Some(r) = read_response(&mut p) {
+        if r.status == 429 {
+            assert!(r.header("retry-after").is_some(), "{r:?}");
+            assert!(r.detail().contains("KLAV_METRICS_ADDR"), "{r:?}");
+        } else {
+            assert!(r.body.contains("klav_open_connections"), "{r:?}");
+        }
+        statuses.push(r.status);
+    }
+    let mut expected = vec![200; 10];
+    expected.push(429);
+    assert_eq!(statuses, expected);
+    assert!(closed_within(&mut p, WAIT), "closed after the refusal");
+
+    for _ in 0..3 {
+        let mut c = connect_from([127, 0, 0, 3], s.addr);
+        c.write_all(get).unwrap();
+        assert_eq!(read_response(&mut c).unwrap().status, 200);
+    }
+    let mut again = connect_from([127, 0, 0, 2], s.addr);
+    again.write_all(get).unwrap();
+    let r = read_response(&mut again).unwrap();
+    // Its bucket refills at one a second: at most one more got through.
+    assert!(r.status == 429 || r.status == 200, "{r:?}");
+}
+
+/// With no time to read in a turn, every read goes through the queues of reads
+/// put off to later turns (open sessions, everything else, connections that
+/// used their share): nothing is lost, doubled or reordered. Readiness is
+/// edge-triggered and comes once, so an entry dropped from a queue would stall
+/// its connection for good.
+#[test]
+fn reads_put_off_to_later_turns_lose_nothing() {
+    let s = TestServer::with(|c| {
+        c.turn_work = Duration::ZERO;
+        c.rate_per_sec = 100_000.0;
+        c.rate_burst = 100_000.0;
+    });
+    const SENDERS: usize = 3;
+    const EACH: usize = 150;
+    let mut members: Vec<Ws> = (0..SENDERS).map(|i| s.client(&format!("q{i}"))).collect();
+    let room = members[0].create_room("queues");
+    for m in &mut members {
+        m.join(&room);
+    }
+    // HTTP clients pipelining at the same time (each answered in order).
+    let nope = b"GET /nope HTTP/1.1\r\nHost: t\r\n\r\n";
+    let mut pipelines: Vec<TcpStream> = (0..40)
+        .map(|_| {
+            let mut c = connect(s.addr);
+            c.write_all(&nope.repeat(30)).unwrap();
+            c
+        })
+        .collect();
+    // Each member sends more at once than a connection reads in one turn (64).
+    for (i, m) in members.iter_mut().enumerate() {
+        for k in 0..EACH {
+            let text = format!("{i}:{k}");
+            m.sock
+                .write(tungstenite::Message::text(
+                    json!({"type": "msg", "room_id": room, "text": text}).to_string(),
+                ))
+                .unwrap();
+        }
+        m.sock.flush().unwrap();
+    }
+    for (who, m) in members.iter_mut().enumerate() {
+        let mut next = [0usize; SENDERS];
+        let mut last_id = 0i64;
+        let mut got = 0;
+        while got < SENDERS * EACH {
+            let ev = m.recv();
+            if ev["type"] != "message" {
+                continue;
+            }
+            got += 1;
+            let id = ev["id"].as_i64().expect("an id");
+            assert!(
+                id > last_id,
+                "member {who}: ids in order: {id} after {last_id}"
+            );
+            last_id = id;
+            let text = ev["text"].as_str().unwrap();
+            let (i, k) = text.split_once(':').unwrap();
+            let (i, k): (usize, usize) = (i.parse().unwrap(), k.parse().unwrap());
+            assert_eq!(k, next[i], "member {who}: sender {i}'s messages in order");
+            next[i] += 1;
+        }
+        assert_eq!(next, [EACH; SENDERS]);
+        m.silent();
+    }
+    for p in &mut pipelines {
+        for _ in 0..30 {
+            assert_eq!(read_response(p).expect("every answer").status, 404);
+        }
+    }
+}

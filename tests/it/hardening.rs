@@ -9,7 +9,6 @@
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::os::unix::io::FromRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -75,40 +74,6 @@ fn ensure_fd_limit(n: libc::rlim_t) {
             lim.rlim_cur = n.min(lim.rlim_max);
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
-    }
-}
-
-/// A TCP connection to `addr` from a chosen loopback source address (all of
-/// 127.0.0.0/8 is local), to act as different clients.
-fn connect_from(src: [u8; 4], addr: SocketAddr) -> TcpStream {
-    let SocketAddr::V4(dst) = addr else {
-        panic!("IPv4 expected")
-    };
-    // SAFETY: plain socket calls on a descriptor we own; it is handed to TcpStream.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0);
-        let mut sa: libc::sockaddr_in = std::mem::zeroed();
-        sa.sin_family = libc::AF_INET as libc::sa_family_t;
-        sa.sin_addr.s_addr = u32::from_ne_bytes(src);
-        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        assert_eq!(
-            libc::bind(fd, &sa as *const _ as *const libc::sockaddr, len),
-            0,
-            "bind"
-        );
-        let mut da: libc::sockaddr_in = std::mem::zeroed();
-        da.sin_family = libc::AF_INET as libc::sa_family_t;
-        da.sin_port = dst.port().to_be();
-        da.sin_addr.s_addr = u32::from_ne_bytes(dst.ip().octets());
-        assert_eq!(
-            libc::connect(fd, &da as *const _ as *const libc::sockaddr, len),
-            0,
-            "connect"
-        );
-        let s = TcpStream::from_raw_fd(fd);
-        s.set_read_timeout(Some(WAIT)).unwrap();
-        s
     }
 }
 

@@ -165,6 +165,8 @@ pub fn test_config() -> Config {
     c.jwt_secret = Some(SECRET.into());
     // Tests register many users from one address; the budget has its own tests.
     c.register_per_addr = 1_000_000;
+    // Tests read counters from `/metrics` often; the budget has its own test.
+    c.metrics_per_addr_per_sec = 1_000_000;
     c
 }
 
@@ -302,6 +304,40 @@ impl Drop for TestServer {
         if let Some(r) = self.running.take() {
             r.stop();
         }
+    }
+}
+
+/// A TCP connection to `addr` from a chosen loopback source address (all of
+/// 127.0.0.0/8 is local), to act as different clients.
+pub fn connect_from(src: [u8; 4], addr: SocketAddr) -> TcpStream {
+    let SocketAddr::V4(dst) = addr else {
+        panic!("IPv4 expected")
+    };
+    // SAFETY: plain socket calls on a descriptor we own; it is handed to TcpStream.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0);
+        let mut sa: libc::sockaddr_in = std::mem::zeroed();
+        sa.sin_family = libc::AF_INET as libc::sa_family_t;
+        sa.sin_addr.s_addr = u32::from_ne_bytes(src);
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        assert_eq!(
+            libc::bind(fd, &sa as *const _ as *const libc::sockaddr, len),
+            0,
+            "bind"
+        );
+        let mut da: libc::sockaddr_in = std::mem::zeroed();
+        da.sin_family = libc::AF_INET as libc::sa_family_t;
+        da.sin_port = dst.port().to_be();
+        da.sin_addr.s_addr = u32::from_ne_bytes(dst.ip().octets());
+        assert_eq!(
+            libc::connect(fd, &da as *const _ as *const libc::sockaddr, len),
+            0,
+            "connect"
+        );
+        let s = <TcpStream as std::os::unix::io::FromRawFd>::from_raw_fd(fd);
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        s
     }
 }
 
@@ -587,7 +623,8 @@ pub fn spawn_klav_with(data_dir: &Path, env: &[(&str, &str)], max_fds: Option<u6
         .env("PORT", "0")
         .env("HOST", "127.0.0.1")
         .env("JWT_SECRET", SECRET)
-        .env("KLAV_REGISTER_PER_ADDR", "1000000");
+        .env("KLAV_REGISTER_PER_ADDR", "1000000")
+        .env("KLAV_METRICS_PER_ADDR_PER_SEC", "1000000");
     for (k, v) in env {
         cmd.env(k, v);
     }

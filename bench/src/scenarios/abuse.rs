@@ -394,6 +394,9 @@ struct NormalTally {
     failed: Counts,
     timed_out: u64,
     hist: LatencyHist,
+    /// The slowest round trip (ms) of the messages sent in each second of the
+    /// attack: where in the storm the slow ones fall.
+    worst_by_second: Vec<f64>,
 }
 
 /// A normal user in the room: sends `msg` at `rate` per second (open loop) and times
@@ -478,6 +481,13 @@ fn normal_client(
                                             t.timed_out += 1;
                                         }
                                         t.hist.record_nanos(took.as_nanos() as u64);
+                                        let second = (sent - from).as_secs() as usize;
+                                        if t.worst_by_second.len() <= second {
+                                            t.worst_by_second.resize(second + 1, 0.0);
+                                        }
+                                        let ms = took.as_secs_f64() * 1e3;
+                                        let w = &mut t.worst_by_second[second];
+                                        *w = w.max(ms);
                                     }
                                 }
                             }
@@ -722,6 +732,7 @@ pub(crate) fn run(server: &Server, ao: &AbuseOptions) -> Result<Report, BenchErr
     let mut rss_end = None;
     let mut hwm = None;
     let mut cpu_end = None;
+    let mut cpu_by_second = Vec::new();
     let max_handshakes = opts.connect_concurrency.div_ceil(threads).max(1);
     let deadline = plan.read_end + Duration::from_secs(30);
 
@@ -745,13 +756,23 @@ pub(crate) fn run(server: &Server, ao: &AbuseOptions) -> Result<Report, BenchErr
             let dests = dests.clone();
             let host = server.host.clone();
             let timeout = opts.timeout;
+            let nice = ao.attack_nice;
             handles.push(s.spawn(move || -> Result<AbuseDriver, std::io::Error> {
+                if nice > 0 {
+                    // This thread only (a thread id is a process id to setpriority).
+                    // SAFETY: plain system calls on the calling thread.
+                    unsafe {
+                        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+                        libc::setpriority(libc::PRIO_PROCESS, tid, nice);
+                    }
+                }
                 let mut net = RawNet::new(dests, host, max_handshakes, timeout, deadline)?;
                 net.run(&mut d)?;
                 Ok(d)
             }));
         }
         let mut last = Instant::now();
+        let mut cpu_last = cpu_start;
         while !handles.iter().all(|h| h.is_finished()) {
             std::thread::sleep(Duration::from_millis(100));
             let now = Instant::now();
@@ -764,6 +785,13 @@ pub(crate) fn run(server: &Server, ao: &AbuseOptions) -> Result<Report, BenchErr
             }
             if last.elapsed() >= Duration::from_secs(1) {
                 last = now;
+                if now <= attack_end {
+                    let cpu = pid.and_then(cpu_secs);
+                    if let (Some(a), Some(b)) = (cpu_last, cpu) {
+                        cpu_by_second.push(b - a);
+                    }
+                    cpu_last = cpu;
+                }
                 server.log(format!(
                     "abusers open {} refused {} closed by server {}",
                     shared.open.load(Ordering::Relaxed),
@@ -859,6 +887,8 @@ pub(crate) fn run(server: &Server, ao: &AbuseOptions) -> Result<Report, BenchErr
             server_rss_end_kb: rss_end,
             server_rss_after_kb: rss_after,
             server_cpu_secs: cpu_start.zip(cpu_end).map(|(a, b)| b - a),
+            server_cpu_by_second: cpu_by_second,
+            normal_worst_by_second: normal.worst_by_second,
             attack_secs: measured,
         }),
         ..Default::default()
