@@ -35,6 +35,13 @@ pub struct Metrics {
     pub job_latency: [u64; LATENCY_BOUNDS_MS.len() + 1],
     pub job_latency_sum_ms: f64,
     pub job_count: u64,
+    /// Reads a turn's time limit put off to a later turn.
+    pub reads_put_off: u64,
+    /// Times a connection used a whole share of a turn with input left.
+    pub reads_busy: u64,
+    /// Reads waiting in the loop's queues (sessions, others, busy), as of the
+    /// last turn.
+    pub reads_waiting: [usize; 3],
 }
 
 /// Upper bounds (milliseconds) of the job latency histogram's buckets.
@@ -99,7 +106,28 @@ impl Metrics {
              # TYPE klav_log_lines_dropped_total counter\nklav_log_lines_dropped_total {}",
             crate::log::dropped()
         );
-        let counters: [(&str, &str, u64); 11] = [
+        let _ = writeln!(
+            s,
+            "# HELP klav_reads_waiting Reads put off to later turns, waiting, by queue.\n\
+             # TYPE klav_reads_waiting gauge"
+        );
+        for (queue, n) in ["sessions", "others", "busy"]
+            .iter()
+            .zip(self.reads_waiting)
+        {
+            let _ = writeln!(s, "klav_reads_waiting{{queue=\"{queue}\"}} {n}");
+        }
+        let counters: [(&str, &str, u64); 13] = [
+            (
+                "klav_reads_put_off_total",
+                "Reads a loop turn's time limit put off to a later turn.",
+                self.reads_put_off,
+            ),
+            (
+                "klav_reads_busy_total",
+                "Times a connection used a whole share of a loop turn with input left.",
+                self.reads_busy,
+            ),
             (
                 "klav_upgrades_refused_total",
                 "WebSocket upgrades refused by a per-user or per-address budget.",

@@ -163,6 +163,11 @@ impl Server {
             Queue::Others
         };
         self.put_off.queue(q).push_back(id);
+        if busy {
+            self.hub.metrics.reads_busy += 1;
+        } else {
+            self.hub.metrics.reads_put_off += 1;
+        }
     }
 
     /// Takes the next connection of a queue, if it is still there.
@@ -229,6 +234,8 @@ impl Server {
         for id in std::mem::take(&mut self.hub.busy) {
             self.put_off(id, true);
         }
+        let p = &self.put_off;
+        self.hub.metrics.reads_waiting = [p.sessions.len(), p.others.len(), p.busy.len()];
     }
 
     pub(super) fn on_readable(&mut self, id: ConnId) {

@@ -581,8 +581,22 @@ fn public_metrics_have_a_budget_per_address() {
 /// its connection for good.
 #[test]
 fn reads_put_off_to_later_turns_lose_nothing() {
+    many_clients_at_once_lose_nothing(Duration::ZERO);
+}
+
+/// The same with the usual turn: 600 pipelined answers of a 32 KB web asset
+/// pass a turn's 256 KiB of HTTP responses many times over, and each
+/// connection's 150 messages its share of a turn.
+#[test]
+fn per_turn_budgets_lose_nothing() {
+    many_clients_at_once_lose_nothing(klav::config::Config::defaults().turn_work);
+}
+
+/// Three members each send 150 messages at once while 40 HTTP clients pipeline
+/// 30 requests each; everyone gets everything, in order.
+fn many_clients_at_once_lose_nothing(turn_work: Duration) {
     let s = TestServer::with(|c| {
-        c.turn_work = Duration::ZERO;
+        c.turn_work = turn_work;
         c.rate_per_sec = 100_000.0;
         c.rate_burst = 100_000.0;
     });
@@ -593,12 +607,20 @@ fn reads_put_off_to_later_turns_lose_nothing() {
     for m in &mut members {
         m.join(&room);
     }
-    // HTTP clients pipelining at the same time (each answered in order).
-    let nope = b"GET /nope HTTP/1.1\r\nHost: t\r\n\r\n";
+    // HTTP clients pipelining at the same time (each answered in order), half
+    // of them asking for a web asset: more than a turn's 256 KiB of responses.
+    let script_len = s.http("GET", "/app.js", None).body.len();
+    assert!(script_len > 8 * 1024, "{script_len}");
+    let pipeline = |i: usize| -> Vec<u8> {
+        let path = if i % 2 == 0 { "/nope" } else { "/app.js" };
+        format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n")
+            .repeat(30)
+            .into_bytes()
+    };
     let mut pipelines: Vec<TcpStream> = (0..40)
-        .map(|_| {
+        .map(|i| {
             let mut c = connect(s.addr);
-            c.write_all(&nope.repeat(30)).unwrap();
+            c.write_all(&pipeline(i)).unwrap();
             c
         })
         .collect();
@@ -639,9 +661,27 @@ fn reads_put_off_to_later_turns_lose_nothing() {
         assert_eq!(next, [EACH; SENDERS]);
         m.silent();
     }
-    for p in &mut pipelines {
+    for (i, p) in pipelines.iter_mut().enumerate() {
         for _ in 0..30 {
-            assert_eq!(read_response(p).expect("every answer").status, 404);
+            let r = read_response(p).expect("every answer");
+            if i % 2 == 0 {
+                assert_eq!(r.status, 404);
+            } else {
+                assert_eq!((r.status, r.body.len()), (200, script_len));
+            }
+        }
+    }
+    assert!(
+        metric(s.addr, "klav_reads_busy_total") > 0,
+        "150 messages at once"
+    );
+    if turn_work.is_zero() {
+        // Every read went through the queues, and they are empty now (but for
+        // the read of this `/metrics` request itself).
+        assert!(metric(s.addr, "klav_reads_put_off_total") > 0);
+        for (queue, most) in [("sessions", 0), ("others", 1), ("busy", 0)] {
+            let name = format!("klav_reads_waiting{{queue=\"{queue}\"}}");
+            assert!(metric(s.addr, &name) <= most, "{name}");
         }
     }
 }
