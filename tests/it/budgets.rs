@@ -612,7 +612,11 @@ fn many_clients_at_once_lose_nothing(turn_work: Duration) {
     let script_len = s.http("GET", "/app.js", None).body.len();
     assert!(script_len > 8 * 1024, "{script_len}");
     let pipeline = |i: usize| -> Vec<u8> {
-        let path = if i % 2 == 0 { "/nope" } else { "/app.js" };
+        let path = if i.is_multiple_of(2) {
+            "/nope"
+        } else {
+            "/app.js"
+        };
         format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n")
             .repeat(30)
             .into_bytes()
@@ -664,7 +668,7 @@ fn many_clients_at_once_lose_nothing(turn_work: Duration) {
     for (i, p) in pipelines.iter_mut().enumerate() {
         for _ in 0..30 {
             let r = read_response(p).expect("every answer");
-            if i % 2 == 0 {
+            if i.is_multiple_of(2) {
                 assert_eq!(r.status, 404);
             } else {
                 assert_eq!((r.status, r.body.len()), (200, script_len));
