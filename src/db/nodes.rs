@@ -11,7 +11,7 @@ use postgres::{GenericClient, Transaction};
 
 use super::bus::{self, Payloads};
 use super::jobs::*;
-use super::rows::{display_nickname, entry_from_row, Stmts};
+use super::rows::{display_nickname, entry_from_row, room_newest_entry, Stmts};
 use super::DbError;
 
 /// First key of the advisory lock per user (the second is the name's hash).
@@ -336,9 +336,11 @@ pub fn catch_up<C: GenericClient>(
     }
     let s = st.get(
         c,
-        "SELECT m.username, m.room_id, COALESCE(r.klav_last_entry_id, \
-                (SELECT max(l.id) FROM chat_logs l WHERE l.room_id = r.id), 0) \
-         FROM room_members m JOIN rooms r ON r.id = m.room_id WHERE m.username = ANY($1)",
+        concat!(
+            "SELECT m.username, m.room_id, ",
+            room_newest_entry!("r"),
+            " FROM room_members m JOIN rooms r ON r.id = m.room_id WHERE m.username = ANY($1)"
+        ),
     )?;
     out.memberships = c
         .query(&s, &[&users])?

@@ -8,6 +8,7 @@ use std::time::SystemTime;
 use postgres::GenericClient;
 
 use super::jobs::*;
+use super::rows::room_newest_entry;
 pub use super::rows::{display_nickname, entry_from_row, Stmts};
 use super::DbError;
 
@@ -225,9 +226,11 @@ fn open_session<C: GenericClient>(
     };
     let s = st.get(
         c,
-        "SELECT m.room_id, COALESCE(r.klav_last_entry_id, \
-                (SELECT max(l.id) FROM chat_logs l WHERE l.room_id = r.id), 0) \
-         FROM room_members m JOIN rooms r ON r.id = m.room_id WHERE m.username = $1",
+        concat!(
+            "SELECT m.room_id, ",
+            room_newest_entry!("r"),
+            " FROM room_members m JOIN rooms r ON r.id = m.room_id WHERE m.username = $1"
+        ),
     )?;
     let (rooms, last_entries) = c
         .query(&s, &[&username])?

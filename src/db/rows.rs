@@ -8,6 +8,23 @@ use postgres::{GenericClient, Statement};
 
 use super::entry::ChatEntry;
 
+/// SQL for the id of a room's newest entry, for the `rooms` row named `$r`:
+/// `klav_last_entry_id`, which the writer keeps; for a room it has not written
+/// to yet (the old server's rooms) the largest id in its log; 0 for an empty
+/// room. A literal, so that statements built with it stay `&'static str`.
+macro_rules! room_newest_entry {
+    ($r:literal) => {
+        concat!(
+            "COALESCE(",
+            $r,
+            ".klav_last_entry_id, (SELECT max(l.id) FROM chat_logs l WHERE l.room_id = ",
+            $r,
+            ".id), 0)"
+        )
+    };
+}
+pub(crate) use room_newest_entry;
+
 /// Prepared statements of one connection, keyed by their SQL text.
 #[derive(Default)]
 pub struct Stmts(HashMap<&'static str, Statement>);

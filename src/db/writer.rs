@@ -23,6 +23,7 @@ use r2d2_postgres::PostgresConnectionManager;
 use super::bus::{self, EntryRef, MemberOp, Payloads};
 use super::jobs::*;
 use super::queries::{entry_from_row, Stmts, OFFLINE_QUEUE_CAP};
+use super::rows::room_newest_entry;
 use super::{CompletionSink, DbError, Health, Pool};
 
 type Conn = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
@@ -37,6 +38,13 @@ struct Last<'a> {
 }
 
 type Lasts<'a> = HashMap<Cow<'a, str>, Last<'a>>;
+
+/// What a batch's writes add to as they go: each room's newest entry (stored in
+/// `rooms` once, at the end) and the rooms' entry chains.
+struct Batch<'a> {
+    lasts: Lasts<'a>,
+    chain: Chain,
+}
 
 /// A job's result and, if it added entries, where they sit in their room.
 type Linked = (Written, Option<ChainLink>);
@@ -286,15 +294,17 @@ fn apply<'a>(
 ) -> Result<Vec<(Written, Option<ChainLink>)>, DbError> {
     let mut written: Vec<Option<Written>> = Vec::with_capacity(jobs.len());
     let mut links: Vec<Option<ChainLink>> = vec![None; jobs.len()];
-    let mut lasts: Lasts<'a> = HashMap::new();
-    let mut chain = Chain {
-        last: HashMap::new(),
-        prevs: HashMap::new(),
-        moved: HashSet::new(),
-        notes: node.map(Payloads::new),
-        node: node.map(str::to_string),
+    let mut b = Batch {
+        lasts: HashMap::new(),
+        chain: Chain {
+            last: HashMap::new(),
+            prevs: HashMap::new(),
+            moved: HashSet::new(),
+            notes: node.map(Payloads::new),
+            node: node.map(str::to_string),
+        },
     };
-    lock_rooms(tx, st, &entry_rooms(jobs), &mut chain)?;
+    lock_rooms(tx, st, &entry_rooms(jobs), &mut b.chain)?;
     // Consecutive messages waiting for their multi-row INSERT: (index, message).
     let mut pending: Vec<(usize, &'a NewMessage)> = Vec::new();
     let mut savepoints = 0;
@@ -310,8 +320,7 @@ fn apply<'a>(
             &mut pending,
             &mut written,
             &mut links,
-            &mut lasts,
-            &mut chain,
+            &mut b,
             &mut savepoints,
         )?;
         let idx = written.len();
@@ -323,16 +332,8 @@ fn apply<'a>(
                     ..
                 } => {
                     let mut logged = Vec::new();
-                    let room = create_room(
-                        tx,
-                        st,
-                        name,
-                        creator_nickname,
-                        &mut lasts,
-                        &mut chain,
-                        &mut logged,
-                    )?;
-                    links[idx] = chain.link(&logged);
+                    let room = create_room(tx, st, name, creator_nickname, &mut b, &mut logged)?;
+                    links[idx] = b.chain.link(&logged);
                     Written::RoomCreated { room, logged }
                 }
                 Job::Join {
@@ -341,17 +342,8 @@ fn apply<'a>(
                     by,
                 } => {
                     let mut logged = Vec::new();
-                    let result = join(
-                        tx,
-                        st,
-                        username,
-                        nickname,
-                        by,
-                        &mut lasts,
-                        &mut chain,
-                        &mut logged,
-                    )?;
-                    links[idx] = chain.link(&logged);
+                    let result = join(tx, st, username, nickname, by, &mut b, &mut logged)?;
+                    links[idx] = b.chain.link(&logged);
                     Written::Join { result, logged }
                 }
                 Job::Leave {
@@ -372,18 +364,9 @@ fn apply<'a>(
                             user: username.clone(),
                             nickname: nickname.clone(),
                         };
-                        system_entry(
-                            tx,
-                            st,
-                            room,
-                            text,
-                            &mut lasts,
-                            &mut chain,
-                            Some(&op),
-                            &mut logged,
-                        )?;
+                        system_entry(tx, st, room, text, &mut b, Some(&op), &mut logged)?;
                     }
-                    links[idx] = chain.link(&logged);
+                    links[idx] = b.chain.link(&logged);
                     Written::Leave { was_member, logged }
                 }
                 Job::Dm {
@@ -392,7 +375,8 @@ fn apply<'a>(
                     recipient_known,
                     queue,
                 } => {
-                    let (result, link) = dm(tx, st, msg, to, *recipient_known, *queue, &mut chain)?;
+                    let (result, link) =
+                        dm(tx, st, msg, to, *recipient_known, *queue, &mut b.chain)?;
                     links[idx] = link;
                     Written::Dm(result)
                 }
@@ -412,7 +396,7 @@ fn apply<'a>(
                     let delete = text.is_none();
                     let result = edit(tx, st, username, *id, text.as_deref())?;
                     if let EditResult::Done(entry) = &result {
-                        if let Some(notes) = &mut chain.notes {
+                        if let Some(notes) = &mut b.chain.notes {
                             notes.push(bus::encode_change(entry), || {
                                 bus::encode_change_ref(&entry.room, entry.id)
                             });
@@ -437,7 +421,7 @@ fn apply<'a>(
                 Job::Read { username, room, id } => {
                     let result = read_marker(tx, st, username, room, *id)?;
                     if let ReadResult::Marker { id, moved: true } = result {
-                        chain.note(|| bus::encode_read_marker(username, room, id));
+                        b.chain.note(|| bus::encode_read_marker(username, room, id));
                     }
                     Written::Ready(Outcome::Read {
                         username: username.clone(),
@@ -453,12 +437,12 @@ fn apply<'a>(
                             from,
                             to,
                             status: FollowStatus::Followed,
-                        } => chain.note(|| bus::encode_follow(from, to, true)),
+                        } => b.chain.note(|| bus::encode_follow(from, to, true)),
                         Outcome::Unfollow {
                             from,
                             to,
                             removed: true,
-                        } => chain.note(|| bus::encode_follow(from, to, false)),
+                        } => b.chain.note(|| bus::encode_follow(from, to, false)),
                         _ => {}
                     }
                     Written::Ready(outcome)
@@ -477,12 +461,11 @@ fn apply<'a>(
         &mut pending,
         &mut written,
         &mut links,
-        &mut lasts,
-        &mut chain,
+        &mut b,
         &mut savepoints,
     )?;
-    update_lasts(tx, st, lasts)?;
-    finish_chain(tx, st, chain, stats)?;
+    update_lasts(tx, st, b.lasts)?;
+    finish_chain(tx, st, b.chain, stats)?;
     Ok(written
         .into_iter()
         .map(|w| w.expect("every job has a result"))
@@ -525,9 +508,11 @@ fn lock_rooms(
     }
     let s = st.get(
         tx,
-        "SELECT id, COALESCE(klav_last_entry_id, \
-                (SELECT max(c.id) FROM chat_logs c WHERE c.room_id = rooms.id), 0) \
-         FROM rooms WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
+        concat!(
+            "SELECT id, ",
+            room_newest_entry!("rooms"),
+            " FROM rooms WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE"
+        ),
     )?;
     for row in tx.query(&s, &[&rooms])? {
         chain.last.insert(row.get(0), row.get(1));
@@ -583,15 +568,13 @@ const MAX_SAVEPOINTS: u32 = 32;
 /// only when the index does refuse one is the run rolled back to the savepoint
 /// and inserted again with `ON CONFLICT DO NOTHING`, and only then is the
 /// original read back, for the retrying client.
-#[allow(clippy::too_many_arguments)]
 fn insert_messages<'a>(
     tx: &mut Transaction<'_>,
     st: &mut Stmts,
     pending: &mut Vec<(usize, &'a NewMessage)>,
     written: &mut [Option<Written>],
     links: &mut [Option<ChainLink>],
-    lasts: &mut Lasts<'a>,
-    chain: &mut Chain,
+    b: &mut Batch<'a>,
     savepoints: &mut u32,
 ) -> Result<(), DbError> {
     if pending.is_empty() {
@@ -678,7 +661,7 @@ fn insert_messages<'a>(
             continue;
         }
         let (id, ts, _, _) = rows.next().expect("peeked");
-        let prev = chain.append(
+        let prev = b.chain.append(
             &EntryRef {
                 id,
                 ts,
@@ -698,7 +681,7 @@ fn insert_messages<'a>(
             prev,
             last: id,
         });
-        lasts.insert(
+        b.lasts.insert(
             Cow::Borrowed(msg.room.as_str()),
             Last {
                 id,
@@ -874,14 +857,12 @@ fn update_lasts(tx: &mut Transaction<'_>, st: &mut Stmts, lasts: Lasts<'_>) -> R
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
 fn system_entry(
     tx: &mut Transaction<'_>,
     st: &mut Stmts,
     room: &str,
     text: String,
-    lasts: &mut Lasts<'_>,
-    chain: &mut Chain,
+    b: &mut Batch<'_>,
     op: Option<&MemberOp>,
     logged: &mut Vec<ChatEntry>,
 ) -> Result<(), DbError> {
@@ -892,7 +873,7 @@ fn system_entry(
     )?;
     let row = tx.query_one(&s, &[&room, &text])?;
     let id: i64 = row.get(0);
-    lasts.insert(
+    b.lasts.insert(
         Cow::Owned(room.to_string()),
         Last {
             id,
@@ -914,7 +895,7 @@ fn system_entry(
         edited_at: None,
         deleted: false,
     };
-    chain.append(&EntryRef::of(&entry), op, false);
+    b.chain.append(&EntryRef::of(&entry), op, false);
     logged.push(entry);
     Ok(())
 }
@@ -931,8 +912,7 @@ fn create_room(
     st: &mut Stmts,
     name: &str,
     creator_nickname: &str,
-    lasts: &mut Lasts<'_>,
-    chain: &mut Chain,
+    b: &mut Batch<'_>,
     logged: &mut Vec<ChatEntry>,
 ) -> Result<String, DbError> {
     let s = st.get(
@@ -945,22 +925,20 @@ fn create_room(
         if tx.execute(&s, &[&id, &name])? == 1 {
             let text = format!("대화방 \"{name}\"을 {creator_nickname} 님이 만들었습니다");
             // A new room: nobody else can add to it before this commits.
-            chain.last.insert(id.clone(), 0);
-            system_entry(tx, st, &id, text, lasts, chain, None, logged)?;
+            b.chain.last.insert(id.clone(), 0);
+            system_entry(tx, st, &id, text, b, None, logged)?;
             return Ok(id);
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn join(
     tx: &mut Transaction<'_>,
     st: &mut Stmts,
     username: &str,
     nickname: &str,
     by: &JoinBy,
-    lasts: &mut Lasts<'_>,
-    chain: &mut Chain,
+    b: &mut Batch<'_>,
     logged: &mut Vec<ChatEntry>,
 ) -> Result<JoinResult, DbError> {
     let room = match by {
@@ -979,15 +957,15 @@ fn join(
             match tx.query_opt(&s, &[name])? {
                 Some(r) => {
                     let id: String = r.get(0);
-                    if !chain.last.contains_key(&id) {
+                    if !b.chain.last.contains_key(&id) {
                         // Found by name mid-batch: locked out of order. A
                         // deadlock with another node is detected by PostgreSQL
                         // and fails this batch, whose jobs are retried alone.
-                        lock_rooms(tx, st, std::slice::from_ref(&id), chain)?;
+                        lock_rooms(tx, st, std::slice::from_ref(&id), &mut b.chain)?;
                     }
                     id
                 }
-                None => create_room(tx, st, name, nickname, lasts, chain, logged)?,
+                None => create_room(tx, st, name, nickname, b, logged)?,
             }
         }
     };
@@ -1005,7 +983,7 @@ fn join(
         user: username.to_string(),
         nickname: nickname.to_string(),
     };
-    system_entry(tx, st, &room, text, lasts, chain, Some(&op), logged)?;
+    system_entry(tx, st, &room, text, b, Some(&op), logged)?;
     Ok(JoinResult::Joined { room })
 }
 

@@ -386,6 +386,20 @@ impl RawDriver for AbuseDriver {
     }
 }
 
+/// Who the normal client is and what it does.
+#[derive(Clone, Copy)]
+struct Normal<'a> {
+    /// The local address it connects from.
+    source: Option<IpAddr>,
+    token: &'a str,
+    user: &'a str,
+    room_id: &'a str,
+    rate_per_sec: f64,
+    /// Only messages sent in `[from, until)` are counted.
+    from: Instant,
+    until: Instant,
+}
+
 /// What the normal client saw.
 #[derive(Default)]
 struct NormalTally {
@@ -404,18 +418,16 @@ struct NormalTally {
 /// counts as timed out but its latency is still recorded: under attack the worst
 /// case is the finding. Reconnects when it is cut off. Only messages sent in
 /// `[from, until)` are counted.
-#[allow(clippy::too_many_arguments)]
-fn normal_client(
-    server: &Server,
-    source: Option<IpAddr>,
-    token: &str,
-    user: &str,
-    room_id: &str,
-    rate_per_sec: f64,
-    from: Instant,
-    until: Instant,
-    stop: &AtomicBool,
-) -> NormalTally {
+fn normal_client(server: &Server, n: &Normal<'_>, stop: &AtomicBool) -> NormalTally {
+    let Normal {
+        source,
+        token,
+        user,
+        room_id,
+        rate_per_sec,
+        from,
+        until,
+    } = *n;
     let mut t = NormalTally::default();
     let interval = Duration::from_secs_f64(1.0 / rate_per_sec);
     let timeout = server.opts.timeout;
@@ -738,17 +750,16 @@ pub(crate) fn run(server: &Server, ao: &AbuseOptions) -> Result<Report, BenchErr
 
     let (drivers, normal, health, rss_after) = std::thread::scope(|s| {
         let normal = s.spawn(|| {
-            normal_client(
-                server,
-                normal_from,
-                &users.tokens[0],
-                &users.names[0],
-                &room_id,
-                ao.normal_rate,
-                t0,
-                attack_end,
-                &stop,
-            )
+            let plan = Normal {
+                source: normal_from,
+                token: &users.tokens[0],
+                user: &users.names[0],
+                room_id: &room_id,
+                rate_per_sec: ao.normal_rate,
+                from: t0,
+                until: attack_end,
+            };
+            normal_client(server, &plan, &stop)
         });
         let health = s.spawn(|| health_client(server, normal_from, t0, attack_end, &stop));
         let mut handles = Vec::new();
