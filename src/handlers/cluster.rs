@@ -13,7 +13,7 @@ use crate::db::{Job, Ticket};
 use crate::handlers;
 use crate::hub::Hub;
 use crate::protocol::Event;
-use crate::state::{ParkedDm, Reach};
+use crate::state::{ParkedDm, Reach, State};
 
 // ---------------------------------------------------------------- entries
 
@@ -451,26 +451,29 @@ pub fn caught_up(hub: &mut Hub, c: CaughtUp) {
         .collect();
     let empty = HashSet::new();
     for user in loaded {
+        let u = &hub.state.users[&user];
+        let (in_rooms, following): (Vec<String>, Vec<String>) = (
+            u.rooms.iter().cloned().collect(),
+            u.following.iter().cloned().collect(),
+        );
         let want = rooms.get(user.as_str()).unwrap_or(&empty);
-        let have: Vec<String> = hub.state.users[&user].rooms.iter().cloned().collect();
-        for r in &have {
-            if !want.contains(r.as_str()) {
-                hub.state.left(&user, r);
-            }
-        }
-        for r in want {
-            hub.state.joined(&user, r);
-        }
+        reconcile(
+            &mut hub.state,
+            &user,
+            in_rooms,
+            want,
+            State::left,
+            State::joined,
+        );
         let want = follows.get(user.as_str()).unwrap_or(&empty);
-        let have: Vec<String> = hub.state.users[&user].following.iter().cloned().collect();
-        for f in &have {
-            if !want.contains(f.as_str()) {
-                hub.state.unfollowed(&user, f);
-            }
-        }
-        for f in want {
-            hub.state.followed(&user, f);
-        }
+        reconcile(
+            &mut hub.state,
+            &user,
+            following,
+            want,
+            State::unfollowed,
+            State::followed,
+        );
     }
     // Presence of watched users that changed meanwhile.
     let online: HashMap<&str, &str> = c
@@ -490,6 +493,26 @@ pub fn caught_up(hub: &mut Hub, c: CaughtUp) {
             }
             _ => {}
         }
+    }
+}
+
+/// Brings one of a user's sets in memory (rooms, follows) to what the database
+/// holds: `remove` what it no longer has, `add` what it has (both idempotent).
+fn reconcile(
+    state: &mut State,
+    user: &str,
+    have: Vec<String>,
+    want: &HashSet<&str>,
+    remove: fn(&mut State, &str, &str),
+    add: fn(&mut State, &str, &str),
+) {
+    for h in &have {
+        if !want.contains(h.as_str()) {
+            remove(state, user, h);
+        }
+    }
+    for w in want {
+        add(state, user, w);
     }
 }
 

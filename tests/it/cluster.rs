@@ -464,6 +464,89 @@ fn cluster_listener_terminated_under_load_catches_up_without_gap_or_double() {
     assert_eq!(ids, want, "every message once, in order, across two cuts");
 }
 
+/// What a node did not hear while its listener was down (new connections to the
+/// database refused meanwhile, so it cannot come back early) is taken from the
+/// tables when it catches up: a room its user left on another node stops
+/// reaching the user's connection here, a room joined there (which this node
+/// did not follow) starts reaching it, and a follow made there brings that
+/// user's presence here.
+#[test]
+fn cluster_catch_up_reconciles_memberships_and_follows_missed_during_an_outage() {
+    let c = Nodes::start(2);
+    let (alice, bob, carol) = (c.user("alice"), c.user("bob"), c.user("carol"));
+    let mut a = c.ws(0, &alice);
+    let gone = a.create_room("gone");
+    a.join(&gone);
+    let kept = a.create_room("kept");
+    a.join(&kept);
+    let new = a.create_room("new");
+    a.join(&new);
+    let mut b0 = c.ws(0, &bob);
+    let mut b1 = c.ws(1, &bob);
+    b1.join(&gone);
+    b1.join(&kept);
+    b1.request(json!({"type": "presence_friends_subscribe"}));
+    a.request(json!({"type": "msg", "room_id": gone, "text": "before"}));
+    assert_eq!(next_of(&mut b1, "message")["text"], "before");
+
+    let mut admin = c.db();
+    let db: String = admin
+        .query_one("SELECT current_database()", &[])
+        .unwrap()
+        .get(0);
+    // A database cannot refuse connections from a session of its own.
+    let mut other =
+        postgres::Client::connect(&with_dbname(&c.db, "postgres"), postgres::NoTls).unwrap();
+    other
+        .batch_execute(&format!("ALTER DATABASE {db} ALLOW_CONNECTIONS false"))
+        .unwrap();
+    let cut: i64 = admin
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = current_database() AND query LIKE 'LISTEN klav%' \
+               AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(cut >= 1, "found no listener to cut");
+    let ack = b0.request(json!({"type": "leave", "room_id": gone}));
+    assert_eq!(ack["type"], "leave_ack", "{ack}");
+    b0.join(&new);
+    let ack = b0.request(json!({"type": "friend_follow", "to": "carol"}));
+    assert_eq!(ack["status"], "FOLLOWED", "{ack}");
+    a.request(json!({"type": "msg", "room_id": kept, "text": "sentinel"}));
+    std::thread::sleep(Duration::from_millis(500));
+    other
+        .batch_execute(&format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true"))
+        .unwrap();
+
+    // The catch-up delivers what was missed, then reconciles, in one go.
+    loop {
+        let ev = next_of(&mut b1, "message");
+        if ev["text"] == "sentinel" {
+            break;
+        }
+    }
+    a.request(json!({"type": "msg", "room_id": gone, "text": "after"}));
+    let deadline = Instant::now() + QUIET;
+    while let Some(ev) = b1.try_recv(deadline.saturating_duration_since(Instant::now())) {
+        assert_ne!(
+            ev["text"], "after",
+            "a room bob left still reaches him: {ev}"
+        );
+    }
+    a.request(json!({"type": "msg", "room_id": new, "text": "welcome"}));
+    loop {
+        let ev = next_of(&mut b1, "message");
+        if ev["text"] == "welcome" {
+            break;
+        }
+    }
+    let _carol = c.ws(0, &carol);
+    presence_of(&mut b1, "carol", "online", WAIT);
+}
+
 #[test]
 fn cluster_killed_node_goes_offline_and_is_not_resurrected() {
     let mut c = Nodes::start(2);
