@@ -128,6 +128,20 @@ fn next_of(ws: &mut Ws, kind: &str) -> Value {
     }
 }
 
+/// Terminates the nodes' notification listeners (their database sessions).
+fn cut_listeners(admin: &mut postgres::Client) {
+    let n: i64 = admin
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = current_database() AND query LIKE 'LISTEN klav%' \
+               AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(n >= 1, "found no listener to cut");
+}
+
 /// Nothing of `kind` arrives for a short while.
 fn none_of(ws: &mut Ws, kind: &str) {
     let deadline = Instant::now() + QUIET;
@@ -440,16 +454,7 @@ fn cluster_listener_terminated_under_load_catches_up_without_gap_or_double() {
     let mut admin = c.db();
     for _ in 0..2 {
         std::thread::sleep(Duration::from_millis(300));
-        let n: i64 = admin
-            .query_one(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-                 WHERE datname = current_database() AND query LIKE 'LISTEN klav%' \
-                   AND pid <> pg_backend_pid()",
-                &[],
-            )
-            .unwrap()
-            .get(0);
-        assert!(n >= 1, "found no listener to cut");
+        cut_listeners(&mut admin);
     }
     let _a = sender.join().unwrap();
     let mut ids = Vec::new();
@@ -500,16 +505,7 @@ fn cluster_catch_up_reconciles_memberships_and_follows_missed_during_an_outage()
     other
         .batch_execute(&format!("ALTER DATABASE {db} ALLOW_CONNECTIONS false"))
         .unwrap();
-    let cut: i64 = admin
-        .query_one(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-             WHERE datname = current_database() AND query LIKE 'LISTEN klav%' \
-               AND pid <> pg_backend_pid()",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    assert!(cut >= 1, "found no listener to cut");
+    cut_listeners(&mut admin);
     let ack = b0.request(json!({"type": "leave", "room_id": gone}));
     assert_eq!(ack["type"], "leave_ack", "{ack}");
     b0.join(&new);
