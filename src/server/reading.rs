@@ -294,8 +294,9 @@ impl Server {
 
     fn read_http(&mut self, id: ConnId) {
         if self.hub.http_turn_spent() {
-            // Nothing more is answered this turn: reading ahead would only copy.
-            self.hub.busy.push(id);
+            // Nothing more is answered this turn (reading ahead would only
+            // copy): first in the next, as this connection had no share yet.
+            self.put_off(id, false);
             return;
         }
         let Some(conn) = self.hub.conn_mut(id) else {
