@@ -1,8 +1,9 @@
 //! Readiness → bytes → requests. mio is edge-triggered: a readable socket is read
-//! until it would block, or until a budget is spent and the connection is put on
-//! the `again` list for the next turn. A connection that is not read for a reason
+//! until it would block, or until its share of a turn is spent (it then waits in
+//! the `busy` queue), or until the turn's time is up (the read waits in a queue
+//! for the next turn: see [`PutOff`]). A connection that is not read for a reason
 //! of its own (output backing up, a request held for an earlier one, an HTTP
-//! request waiting for a worker) is put back on that list by whatever ends the
+//! request waiting for a worker) is put on the `again` list by whatever ends the
 //! reason, since no new readiness event will come for bytes already waiting.
 
 use std::collections::VecDeque;
