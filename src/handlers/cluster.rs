@@ -211,6 +211,7 @@ pub fn on_bus(hub: &mut Hub, events: Vec<BusEvent>) {
             } => {
                 let room = entry.room.clone();
                 if !concerns_here(hub, &room, op.as_ref()) {
+                    hub.cluster.passed_over.note(&room, entry.id, now);
                     continue;
                 }
                 if op.is_some() && !hub.cluster.chains.is_tracked(&room) {
@@ -231,6 +232,7 @@ pub fn on_bus(hub: &mut Hub, events: Vec<BusEvent>) {
             }
             BusEvent::EntryRef { room, prev, id, op } => {
                 if !concerns_here(hub, &room, op.as_ref()) {
+                    hub.cluster.passed_over.note(&room, id, now);
                     continue;
                 }
                 if op.is_some() && !hub.cluster.chains.is_tracked(&room) {
@@ -647,6 +649,7 @@ pub fn on_tick(hub: &mut Hub, now: Instant) {
 /// cluster's fast tick): rooms nobody here belongs to any more stop being
 /// tracked, and presence writes that failed are tried again.
 pub fn sweep(hub: &mut Hub) {
+    hub.cluster.passed_over.sweep(Instant::now());
     // A room without members here: its history cache would go stale with
     // other nodes' writes.
     let unused: Vec<String> = hub
@@ -700,9 +703,19 @@ pub fn heartbeat_done(hub: &mut Hub, rejoined: bool) {
     }
 }
 
-/// A session loaded: its rooms are tracked from the entries it saw.
+/// A session loaded: its rooms are tracked from the entries it saw, and what
+/// this node passed over in them since is read back (see `PassedOver`).
 pub fn session_rooms(hub: &mut Hub, rooms: &[String], lasts: &[i64]) {
-    for (room, last) in rooms.iter().zip(lasts) {
-        hub.cluster.chains.track(room, *last);
+    let now = Instant::now();
+    for (room, &last) in rooms.iter().zip(lasts) {
+        if hub.cluster.chains.is_tracked(room) {
+            continue;
+        }
+        hub.cluster.chains.track(room, last);
+        if let Some(newest) = hub.cluster.passed_over.take_after(room, last) {
+            if hub.cluster.chains.read_now(room, now) {
+                read_entries(hub, room.clone(), last, Some(newest));
+            }
+        }
     }
 }

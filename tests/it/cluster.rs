@@ -543,6 +543,64 @@ fn cluster_catch_up_reconciles_memberships_and_follows_missed_during_an_outage()
     presence_of(&mut b1, "carol", "online", WAIT);
 }
 
+/// An entry committed after a connection's session was read, but heard by its
+/// node before the node followed the room (nobody there was a member yet),
+/// still reaches the connection live, with no later entry to reveal the gap.
+/// The window is made wide by holding the user's queued DM, which the session
+/// read claims after reading the user's rooms.
+#[test]
+fn cluster_entry_between_session_read_and_following_the_room_is_delivered() {
+    let c = Nodes::start(2);
+    let (alice, bob) = (c.user("alice"), c.user("bob"));
+    let mut a = c.ws(0, &alice);
+    let room = a.create_room("window");
+    a.join(&room);
+    let mut b0 = c.ws(0, &bob);
+    b0.join(&room);
+    b0.close();
+    std::thread::sleep(Duration::from_millis(300));
+    let ack = a.request(json!({"type": "room_dm", "room_id": room, "to": "bob", "text": "queued"}));
+    assert_eq!(ack["status"], "QUEUED", "{ack}");
+
+    let mut admin = c.db();
+    let mut hold = admin.transaction().unwrap();
+    let held = hold
+        .query(
+            "SELECT id FROM klav_offline_dms WHERE recipient = 'bob' FOR UPDATE",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(held.len(), 1);
+    let addr = c.addr(1);
+    let opening = std::thread::spawn(move || Ws::connect(addr, &bob).expect("bob connects"));
+    // The session read waits for the held row, its rooms already read.
+    let mut watch = c.db();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let waiting: i64 = watch
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                 AND query LIKE '%klav_offline_dms%'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the session read never waited");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    a.request(json!({"type": "msg", "room_id": room, "text": "between"}));
+    // Heard (and, with no member there yet, passed over) by the other node.
+    std::thread::sleep(Duration::from_millis(500));
+    hold.rollback().unwrap();
+    let mut b1 = opening.join().unwrap();
+    let ev = next_of(&mut b1, "message");
+    assert_eq!(ev["text"], "between", "{ev}");
+    none_of(&mut b1, "message");
+}
+
 #[test]
 fn cluster_killed_node_goes_offline_and_is_not_resurrected() {
     let mut c = Nodes::start(2);
