@@ -27,7 +27,10 @@ pub fn process(hub: &mut Hub, id: ConnId) {
     let (rate, burst) = (hub.config.rate_per_sec, hub.config.rate_burst);
     for _ in 0..REQUESTS_PER_TURN {
         if hub.http_turn_spent() {
-            break;
+            // Everyone's HTTP share of this turn is spent, not this
+            // connection's: it is read first in line next turn.
+            hub.again.push(id);
+            return;
         }
         let Some(conn) = hub.conn_mut(id) else { return };
         if conn.closing.is_some() {
@@ -87,8 +90,8 @@ pub fn process(hub: &mut Hub, id: ConnId) {
             }
         }
     }
-    // Budget spent: the rest waits for the next turn, so one connection's
-    // pipeline cannot hold up everyone else's.
+    // This connection's share spent: the rest waits until others had theirs,
+    // so one connection's pipeline cannot hold up everyone else's.
     hub.busy.push(id);
 }
 
