@@ -396,6 +396,15 @@ impl State {
     }
 
     /// Records a committed join, if the user is in memory.
+    /// Users whose session is loaded (their memberships and follows are in memory).
+    pub fn loaded_users(&self) -> Vec<String> {
+        self.users
+            .iter()
+            .filter(|(_, u)| u.loaded)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
     pub fn joined(&mut self, username: &str, room: &str) {
         if let Some(user) = self.users.get_mut(username) {
             if user.loaded {

@@ -393,13 +393,7 @@ fn catch_up(hub: &mut Hub) {
         .tracked()
         .map(|(r, l)| (r.clone(), *l))
         .collect();
-    let users: Vec<String> = hub
-        .state
-        .users
-        .iter()
-        .filter(|(_, u)| u.loaded)
-        .map(|(n, _)| n.clone())
-        .collect();
+    let users: Vec<String> = hub.state.loaded_users();
     let watched: Vec<String> = hub.state.watchers.keys().cloned().collect();
     crate::log!(
         Info,
@@ -444,13 +438,7 @@ pub fn caught_up(hub: &mut Hub, c: CaughtUp) {
     for (from, to) in &c.follows {
         follows.entry(from).or_default().insert(to);
     }
-    let loaded: Vec<String> = hub
-        .state
-        .users
-        .iter()
-        .filter(|(_, u)| u.loaded)
-        .map(|(n, _)| n.clone())
-        .collect();
+    let loaded: Vec<String> = hub.state.loaded_users();
     let empty = HashSet::new();
     for user in loaded {
         let u = &hub.state.users[&user];

@@ -633,6 +633,17 @@ fn v2_resume_replays_in_order_with_the_documented_errors() {
     assert_eq!(ev["type"], "message");
 }
 
+/// A server for [`room_with_live_traffic`]: no rate limit or retention in the
+/// way, and room for the poster, which does not read its own echoes.
+fn live_traffic_server() -> TestServer {
+    TestServer::with(|c| {
+        c.rate_burst = 10_000.0;
+        c.rate_per_sec = 10_000.0;
+        c.max_logs_per_room = 0;
+        c.max_output_bytes = 256 << 20;
+    })
+}
+
 /// A room with `cursor` and 300 entries after it, and a thread posting to it
 /// every 2 ms until the returned flag is set (then it hands back the poster).
 fn room_with_live_traffic(s: &TestServer) -> (String, i64, Arc<AtomicBool>, Poster) {
@@ -705,13 +716,7 @@ fn messages_through_resume(ws: &mut Ws, room: &str, after_ack: usize) -> Vec<i64
 /// id order, with nothing before it.
 #[test]
 fn v2_resume_during_live_traffic_loses_and_doubles_nothing() {
-    let s = TestServer::with(|c| {
-        c.rate_burst = 10_000.0;
-        c.rate_per_sec = 10_000.0;
-        c.max_logs_per_room = 0;
-        // The poster does not read its own echoes.
-        c.max_output_bytes = 256 << 20;
-    });
+    let s = live_traffic_server();
     let (room, cursor, stop, posting) = room_with_live_traffic(&s);
     let bob_token = s.token("bob");
     // At once, and after a pause that live traffic would fill were it not held
@@ -737,12 +742,7 @@ fn v2_resume_during_live_traffic_loses_and_doubles_nothing() {
 /// not get live, so every id above the cursor arrives exactly once.
 #[test]
 fn v2_resume_after_live_entries_replays_only_what_was_not_sent() {
-    let s = TestServer::with(|c| {
-        c.rate_burst = 10_000.0;
-        c.rate_per_sec = 10_000.0;
-        c.max_logs_per_room = 0;
-        c.max_output_bytes = 256 << 20;
-    });
+    let s = live_traffic_server();
     let (room, cursor, stop, posting) = room_with_live_traffic(&s);
     let bob_token = s.token("bob");
     for first in ["my_rooms", "history"] {
