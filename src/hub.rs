@@ -318,14 +318,15 @@ impl Hub {
         }
     }
 
-    /// Queues a final or keep-alive HTTP response; a final one closes the
-    /// connection after it (and nothing further is parsed from it).
     /// Whether this turn's HTTP budget (requests or response bytes) is spent:
     /// the connections still waiting are answered next turn.
     pub fn http_turn_spent(&self) -> bool {
         self.http_turn_left == 0 || self.http_bytes_left == 0
     }
 
+    /// Queues a final or keep-alive HTTP response; a final one closes the
+    /// connection after it (and nothing further is parsed from it). It counts
+    /// against this turn's HTTP response bytes.
     pub fn respond(&mut self, id: ConnId, bytes: &[u8], keep_alive: bool) {
         self.http_bytes_left = self.http_bytes_left.saturating_sub(bytes.len());
         self.send_bytes(id, bytes);
