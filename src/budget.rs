@@ -1,12 +1,48 @@
-//! Per-user budgets for requests that make klav hold something for good (rooms):
-//! a token bucket per user, kept in memory while it is not full.
+//! Per-user budgets for requests whose cost the per-connection rate limit does
+//! not bound (rooms created, rows replayed, unknown names looked up, sessions
+//! opened): a token bucket per user, kept in memory while it is not full.
 //!
-//! The per-connection rate limit does not bound these: more connections, or a
-//! reconnect, would reset it. So the buckets are keyed by user and outlive the
-//! user's connections, until they have refilled.
+//! More connections, or a reconnect, would reset a per-connection bucket. So
+//! these are keyed by user and outlive the user's connections, until they have
+//! refilled.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
+
+/// Rows the database may examine per user per second for requests whose cost
+/// grows with what the user has (`resume` replays, `my_rooms` unread counts),
+/// all their connections together, and the burst (`Hub::rows_budget`). A user
+/// reconnecting now and then never notices; one asking in a loop is answered
+/// `recovered:false` or `RATE_LIMITED` until the budget refills.
+pub const DB_ROWS_PER_SEC: u32 = 2_000;
+pub const DB_ROWS_BURST: u32 = 4_000;
+
+/// Unknown usernames one user may look up per minute, and the burst: enough
+/// for a person mistyping a name now and then, far too few to test a list of
+/// names for accounts.
+pub const UNKNOWN_LOOKUPS_PER_MIN: u32 = 10;
+pub const UNKNOWN_LOOKUPS_BURST: u32 = 10;
+
+/// The per-user budget of unknown names looked up.
+pub fn unknown_lookups() -> UserBudget {
+    UserBudget::new(UNKNOWN_LOOKUPS_BURST, Duration::from_secs(60))
+        .with_rate(f64::from(UNKNOWN_LOOKUPS_PER_MIN) / 60.0)
+}
+
+/// The per-user budget of WebSocket upgrades (`KLAV_WS_OPENS_PER_USER_PER_MIN`,
+/// after a burst of [`crate::config::WS_OPENS_BURST`]).
+pub fn ws_opens(config: &crate::config::Config) -> UserBudget {
+    UserBudget::new(crate::config::WS_OPENS_BURST, Duration::from_secs(60))
+        .with_rate(f64::from(config.ws_opens_per_user_per_min) / 60.0)
+}
+
+/// The per-user budget of rows examined (see [`DB_ROWS_PER_SEC`]).
+pub fn db_rows() -> UserBudget {
+    UserBudget::new(
+        DB_ROWS_BURST,
+        Duration::from_secs_f64(f64::from(DB_ROWS_BURST) / f64::from(DB_ROWS_PER_SEC)),
+    )
+}
 
 struct Bucket {
     tokens: f64,
@@ -29,6 +65,12 @@ impl UserBudget {
         }
     }
 
+    /// The same burst, refilled at `per_sec` instead.
+    pub fn with_rate(mut self, per_sec: f64) -> UserBudget {
+        self.per_sec = per_sec;
+        self
+    }
+
     fn refill(&self, b: &mut Bucket, now: Instant) {
         b.tokens = (b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * self.per_sec)
             .min(self.burst);
@@ -48,6 +90,51 @@ impl UserBudget {
         }
         self.buckets.insert(user.to_string(), b);
         ok
+    }
+
+    /// Whether the user's bucket holds a whole token, without taking it.
+    pub fn has(&mut self, user: &str, now: Instant) -> bool {
+        self.available(user, now) >= 1.0
+    }
+
+    /// The tokens the user's bucket holds now.
+    pub fn available(&mut self, user: &str, now: Instant) -> f64 {
+        match self.buckets.get_mut(user) {
+            None => self.burst,
+            Some(b) => {
+                let tokens = (b.tokens
+                    + now.saturating_duration_since(b.at).as_secs_f64() * self.per_sec)
+                    .min(self.burst);
+                b.tokens = tokens;
+                b.at = now;
+                tokens
+            }
+        }
+    }
+
+    /// Takes `n` tokens for work already done, whatever is left (the bucket
+    /// may go below zero, down to minus one burst: the user then waits). A
+    /// negative `n` gives back what a reservation did not use.
+    pub fn charge(&mut self, user: &str, n: f64, now: Instant) {
+        let burst = self.burst;
+        let tokens = self.available(user, now);
+        self.buckets.insert(
+            user.to_string(),
+            Bucket {
+                tokens: (tokens - n).clamp(-burst, burst),
+                at: now,
+            },
+        );
+    }
+
+    /// How long until the user's bucket holds a whole token again.
+    pub fn wait(&mut self, user: &str, now: Instant) -> Duration {
+        let missing = 1.0 - self.available(user, now);
+        if missing <= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(missing / self.per_sec)
+        }
     }
 
     /// Forgets the buckets that have refilled (they would start full anyway).
@@ -82,5 +169,17 @@ mod tests {
         assert!(b.admit("u", t0 + Duration::from_millis(1100)));
         b.sweep(t0 + Duration::from_secs(10));
         assert!(b.is_empty());
+    }
+
+    #[test]
+    fn charges_go_into_debt_and_are_waited_out() {
+        let mut b = UserBudget::new(10, Duration::from_secs(1));
+        let t0 = Instant::now();
+        assert_eq!(b.available("u", t0), 10.0);
+        b.charge("u", 25.0, t0);
+        assert_eq!(b.available("u", t0), -10.0, "debt bounded by one burst");
+        assert!(!b.has("u", t0));
+        assert_eq!(b.wait("u", t0), Duration::from_millis(1100));
+        assert!(b.has("u", t0 + Duration::from_millis(1100)));
     }
 }

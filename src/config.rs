@@ -51,6 +51,12 @@ pub struct Config {
     /// `KLAV_MAX_CONNS_PER_USER`: open WebSockets (and upgrades in progress) per
     /// user; beyond it the upgrade gets 429 (default 50).
     pub max_conns_per_user: usize,
+    /// `KLAV_WS_OPENS_PER_USER_PER_MIN` (default 60): WebSocket upgrades one user
+    /// may start per minute on a node, after a burst of
+    /// [`WS_OPENS_BURST`]; beyond it the upgrade gets 429 with `Retry-After`.
+    /// Each open and close is a presence transaction and an event to every
+    /// subscribed follower, so reconnecting in a loop must not be free.
+    pub ws_opens_per_user_per_min: u32,
     /// `KLAV_MAX_CONNS_PER_ADDR`: open WebSockets per client address (the
     /// trusted-proxy rule applies); beyond it the upgrade gets 429 (default 1000).
     pub max_conns_per_addr: usize,
@@ -115,6 +121,10 @@ pub struct Config {
     /// `history` (default 200,000; 0 turns the cache off). Each room keeps at most
     /// its newest 200 (or the retention limit, if lower).
     pub history_cache_entries: usize,
+    /// `KLAV_HISTORY_CACHE_BYTES`: memory those entries may hold, counted as
+    /// stored (serialized, escapes included) (default 32 MiB; 0 turns the
+    /// cache off). Least recently used rooms are dropped first.
+    pub history_cache_bytes: usize,
     /// `KLAV_WEB`: serve the browser client at `/` (default `on`); `off` leaves
     /// only the API, for deployments whose users bring their own client.
     pub web: bool,
@@ -137,6 +147,10 @@ pub struct Config {
     /// panic policy only; never set it in production).
     pub fault_injection: bool,
 }
+
+/// WebSocket upgrades one user may start at once before
+/// `KLAV_WS_OPENS_PER_USER_PER_MIN` applies (a page reload on a few devices).
+pub const WS_OPENS_BURST: u32 = 20;
 
 /// A configuration value that cannot be used.
 #[derive(Debug)]
@@ -267,6 +281,11 @@ impl Config {
                 "KLAV_MAX_CONNS_PER_USER",
                 50,
             )? as usize,
+            ws_opens_per_user_per_min: positive(
+                get("KLAV_WS_OPENS_PER_USER_PER_MIN"),
+                "KLAV_WS_OPENS_PER_USER_PER_MIN",
+                60,
+            )? as u32,
             max_conns_per_addr: positive(
                 get("KLAV_MAX_CONNS_PER_ADDR"),
                 "KLAV_MAX_CONNS_PER_ADDR",
@@ -413,6 +432,12 @@ impl Config {
                 "KLAV_HISTORY_CACHE_ENTRIES",
                 200_000,
                 "a whole number (0 = no cache)",
+            )?,
+            history_cache_bytes: parse(
+                get("KLAV_HISTORY_CACHE_BYTES"),
+                "KLAV_HISTORY_CACHE_BYTES",
+                32 << 20,
+                "a number of bytes (0 = no cache)",
             )?,
             turn_work: Duration::from_millis(4),
             log_level: match get("KLAV_LOG").unwrap_or("info") {

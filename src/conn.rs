@@ -144,6 +144,21 @@ pub fn request_cost(len: usize) -> f64 {
     len.div_ceil(BYTES_PER_TOKEN).max(1) as f64
 }
 
+/// Reply bytes one request token pays for. Replies are built from memory and
+/// copied, which is cheaper per byte than parsing, but a client asking for
+/// megabytes (a long cached history, a large replay) must not get them at the
+/// price of a small request: past the first [`REPLY_BYTES_PER_TOKEN`], each
+/// started 16 KiB of a reply costs a token.
+pub const REPLY_BYTES_PER_TOKEN: usize = 16 * 1024;
+
+/// The tokens a reply of `len` bytes costs on top of its request.
+pub fn reply_cost(len: usize) -> f64 {
+    (len / REPLY_BYTES_PER_TOKEN) as f64
+}
+
+/// How deep into debt (in bursts) large replies may take a bucket.
+const MAX_DEBT_BURSTS: f64 = 4.0;
+
 /// Refused frame bytes in one second past which a connection is not read for
 /// the rest of that second (see [`RateLimit::refused`]).
 pub const THROTTLE_REFUSED_BYTES: usize = 256 * 1024;
@@ -209,6 +224,14 @@ impl RateLimit {
         } else {
             Admit::Refused
         }
+    }
+
+    /// Takes `cost` tokens for work already done (a large reply), whatever is
+    /// left: the bucket may go into debt, so the client's next requests wait
+    /// until it has paid. The debt is bounded, so one huge reply cannot lock a
+    /// client out for long.
+    pub fn charge(&mut self, cost: f64, burst: f64) {
+        self.tokens = (self.tokens - cost).max(-MAX_DEBT_BURSTS * burst);
     }
 
     /// Records a refused frame of `len` bytes; when this second's refused

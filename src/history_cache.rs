@@ -9,8 +9,11 @@
 //! before. Entries are kept pre-serialized, so a cached answer is a concatenation.
 //!
 //! Bounds: at most `per_room` entries per room (never more than retention keeps, so
-//! a pruned entry cannot be served), at most `max_entries` in all (least recently
-//! used rooms are dropped), and only for rooms with online members.
+//! a pruned entry cannot be served), at most `max_entries` entries and
+//! `max_bytes` bytes in all (least recently used rooms are dropped), and only for
+//! rooms with online members. The bytes are what the entries really hold (their
+//! serialized form, which escaping can make six times the text, and their
+//! names), so the cache's memory is bounded whatever members write.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
@@ -18,6 +21,8 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::db::jobs::{ChatEntry, HistoryQuery};
 
 struct Cached {
+    /// Bytes this entry holds in memory (see [`Cached::size`]).
+    bytes: usize,
     id: i64,
     ts: SystemTime,
     is_dm: bool,
@@ -47,7 +52,10 @@ pub struct HistoryCache {
     rooms: HashMap<String, Slot>,
     per_room: usize,
     max_entries: usize,
+    max_bytes: usize,
     total: usize,
+    /// Bytes held by the entries of ready rooms.
+    bytes: usize,
     tick: u64,
     pub hits: u64,
     pub misses: u64,
@@ -57,12 +65,14 @@ pub struct HistoryCache {
 pub type Hit<'a> = Vec<&'a str>;
 
 impl HistoryCache {
-    pub fn new(per_room: usize, max_entries: usize) -> HistoryCache {
+    pub fn new(per_room: usize, max_entries: usize, max_bytes: usize) -> HistoryCache {
         HistoryCache {
             rooms: HashMap::new(),
             per_room,
             max_entries,
+            max_bytes,
             total: 0,
+            bytes: 0,
             tick: 0,
             hits: 0,
             misses: 0,
@@ -75,7 +85,7 @@ impl HistoryCache {
     }
 
     pub fn enabled(&self) -> bool {
-        self.per_room > 0 && self.max_entries > 0
+        self.per_room > 0 && self.max_entries > 0 && self.max_bytes > 0
     }
 
     /// A committed entry; kept if its room is cached (or being filled).
@@ -93,13 +103,18 @@ impl HistoryCache {
                 if log.entries.back().is_some_and(|last| last.id >= e.id) {
                     return;
                 }
-                log.entries.push_back(cached(e));
+                let c = cached(e);
+                self.bytes += c.bytes;
+                log.entries.push_back(c);
                 self.total += 1;
                 if log.entries.len() > self.per_room {
-                    log.entries.pop_front();
+                    if let Some(old) = log.entries.pop_front() {
+                        self.bytes -= old.bytes;
+                    }
                     log.whole = false;
                     self.total -= 1;
                 }
+                self.enforce_budget();
             }
         }
     }
@@ -113,7 +128,10 @@ impl HistoryCache {
             Some(Slot::Filling(pending, _)) => pending.push(e),
             Some(Slot::Ready(log)) => {
                 if let Ok(i) = log.entries.binary_search_by_key(&e.id, |c| c.id) {
-                    log.entries[i] = cached(e);
+                    let c = cached(e);
+                    self.bytes = self.bytes + c.bytes - log.entries[i].bytes;
+                    log.entries[i] = c;
+                    self.enforce_budget();
                 }
             }
         }
@@ -177,24 +195,21 @@ impl HistoryCache {
             whole,
             last_used: self.tick,
         };
-        self.total += log.entries.len();
         // Entries committed (or changed) while the fill ran; some may also be
         // in it, as they were or as they are now: the later word wins.
         for e in pending {
             match log.entries.binary_search_by_key(&e.id, |c| c.id) {
                 Ok(i) => log.entries[i] = cached(e),
-                Err(i) if i == log.entries.len() => {
-                    log.entries.push_back(cached(e));
-                    self.total += 1;
-                }
+                Err(i) if i == log.entries.len() => log.entries.push_back(cached(e)),
                 Err(_) => {}
             }
         }
         while log.entries.len() > self.per_room {
             log.entries.pop_front();
             log.whole = false;
-            self.total -= 1;
         }
+        self.total += log.entries.len();
+        self.bytes += log.bytes();
         self.rooms.insert(room.to_string(), Slot::Ready(log));
         self.enforce_budget();
     }
@@ -202,7 +217,7 @@ impl HistoryCache {
     /// Drops rooms nobody online belongs to, and fills that never came back
     /// (called once a second).
     pub fn retain_rooms(&mut self, mut keep: impl FnMut(&str) -> bool) {
-        let mut freed = 0;
+        let (mut freed, mut freed_bytes) = (0, 0);
         self.rooms.retain(|room, slot| {
             let k = match slot {
                 Slot::Filling(_, since) => since.elapsed() < FILL_TIMEOUT && keep(room),
@@ -211,41 +226,62 @@ impl HistoryCache {
             if !k {
                 if let Slot::Ready(log) = slot {
                     freed += log.entries.len();
+                    freed_bytes += log.bytes();
                 }
             }
             k
         });
         self.total -= freed;
+        self.bytes -= freed_bytes;
     }
 
     /// Drops one room (its entries could go stale: see `cluster`).
     pub fn forget(&mut self, room: &str) {
         if let Some(Slot::Ready(log)) = self.rooms.remove(room) {
             self.total -= log.entries.len();
+            self.bytes -= log.bytes();
         }
     }
 
-    /// Least recently used rooms go first when over the total budget.
+    /// Least recently used rooms go first when over a budget, until a tenth of
+    /// it is free again: the walk over the rooms that finds them is then paid
+    /// once per tenth of the budget written, not once per entry.
     fn enforce_budget(&mut self) {
-        while self.total > self.max_entries {
-            let victim = self
-                .rooms
-                .iter()
-                .filter_map(|(k, s)| match s {
-                    Slot::Ready(log) => Some((log.last_used, k.clone())),
-                    Slot::Filling(..) => None,
-                })
-                .min();
-            let Some((_, room)) = victim else { return };
-            if let Some(Slot::Ready(log)) = self.rooms.remove(&room) {
-                self.total -= log.entries.len();
+        if self.total <= self.max_entries && self.bytes <= self.max_bytes {
+            return;
+        }
+        let (entries, bytes) = (self.max_entries / 10 * 9, self.max_bytes / 10 * 9);
+        let mut by_age: Vec<(u64, String)> = self
+            .rooms
+            .iter()
+            .filter_map(|(k, s)| match s {
+                Slot::Ready(log) => Some((log.last_used, k.clone())),
+                Slot::Filling(..) => None,
+            })
+            .collect();
+        by_age.sort_unstable();
+        for (_, room) in by_age {
+            if self.total <= entries && self.bytes <= bytes {
+                break;
             }
+            self.forget(&room);
         }
     }
 
     /// Entries held in memory (for metrics).
     pub fn total(&self) -> usize {
         self.total
+    }
+
+    /// Bytes those entries hold (for metrics).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl RoomLog {
+    fn bytes(&self) -> usize {
+        self.entries.iter().map(|c| c.bytes).sum()
     }
 }
 
@@ -254,6 +290,10 @@ fn cached(e: ChatEntry) -> Cached {
         .to_string()
         .into_boxed_str();
     Cached {
+        bytes: std::mem::size_of::<Cached>()
+            + json.len()
+            + e.from.len()
+            + e.to.as_ref().map_or(0, String::len),
         id: e.id,
         ts: e.ts,
         is_dm: e.kind == "dm",
@@ -308,7 +348,7 @@ mod tests {
 
     #[test]
     fn fill_merge_and_queries() {
-        let mut c = HistoryCache::new(5, 100);
+        let mut c = HistoryCache::new(5, 100, 1 << 20);
         assert!(c.query(&q("a", 3)).is_none());
         assert!(c.needs_fill("r"));
         assert!(!c.needs_fill("r"));
@@ -342,7 +382,7 @@ mod tests {
 
     #[test]
     fn edits_replace_cached_entries_even_while_filling() {
-        let mut c = HistoryCache::new(5, 100);
+        let mut c = HistoryCache::new(5, 100, 1 << 20);
         assert!(c.needs_fill("r"));
         // Edited while the fill runs: the fill may hold the old text.
         let mut edited = entry(2, "msg", "b", None);
@@ -377,7 +417,7 @@ mod tests {
 
     #[test]
     fn budget_drops_least_recently_used() {
-        let mut c = HistoryCache::new(10, 4);
+        let mut c = HistoryCache::new(10, 4, 1 << 20);
         for room in ["r", "s"] {
             assert!(c.needs_fill(room));
             let mut items = vec![
@@ -392,5 +432,34 @@ mod tests {
         }
         assert!(c.total() <= 4);
         assert!(c.query(&q("a", 1)).is_none(), "r was least recently used");
+    }
+
+    #[test]
+    fn budget_counts_bytes_on_append_and_fill() {
+        // Room for about three entries of 16 KB of text each.
+        let mut c = HistoryCache::new(200, 1000, 50_000);
+        let big = |id: i64, room: &str| {
+            let mut e = entry(id, "msg", "a", None);
+            e.room = room.into();
+            e.text = "x".repeat(16_000);
+            e
+        };
+        assert!(c.needs_fill("r"));
+        c.filled("r", 200, vec![big(1, "r")]);
+        for id in 2..=10 {
+            c.append(big(id, "r"));
+            assert!(c.bytes() <= 50_000, "{} bytes after entry {id}", c.bytes());
+        }
+        assert!(c.total() < 10);
+        // Control characters escape to six bytes each: counted as stored.
+        assert!(c.needs_fill("s"));
+        let mut ctl = entry(1, "msg", "a", None);
+        ctl.room = "s".into();
+        ctl.text = "\u{1}".repeat(4000);
+        c.filled("s", 200, vec![ctl]);
+        assert!(c.bytes() >= 24_000, "{}", c.bytes());
+        assert!(c.bytes() <= 50_000);
+        c.retain_rooms(|_| false);
+        assert_eq!((c.total(), c.bytes()), (0, 0));
     }
 }

@@ -38,6 +38,15 @@ pub struct Hub {
     pub public_metrics_budget: AddrBuckets,
     /// Rooms each user may create (`create_room`, `join` by name).
     pub room_budget: UserBudget,
+    /// WebSocket upgrades each user may start (`KLAV_WS_OPENS_PER_USER_PER_MIN`).
+    pub ws_open_budget: UserBudget,
+    /// Unknown usernames each user may look up (`friend_follow`): answering
+    /// `NOT_REGISTERED` tells whether an account exists, so it must not come
+    /// at the request rate.
+    pub lookup_budget: UserBudget,
+    /// Rows each user's requests may have the database examine (`resume`,
+    /// `my_rooms`): see [`crate::budget::DB_ROWS_PER_SEC`].
+    pub rows_budget: UserBudget,
     pub history: HistoryCache,
     /// Slots with new output, flushed once at the end of the loop turn.
     pub dirty: Vec<usize>,
@@ -65,6 +74,10 @@ pub struct Hub {
     pub cluster: crate::cluster::Cluster,
     /// `/metrics` as rendered this loop turn (see `handlers::http`).
     pub metrics_text: Option<String>,
+    /// Bytes of large replies queued since freed memory was last given back
+    /// (see `server::Server::trim_if_freed`): they come and go within a second,
+    /// so the once-a-second look at buffered bytes would miss them.
+    pub large_reply_bytes: usize,
 }
 
 impl Hub {
@@ -137,9 +150,30 @@ impl Hub {
         self.send_bytes(id, &event.frame());
     }
 
-    /// A direct reply: echoes the request's `req_id`.
+    /// A direct reply: echoes the request's `req_id`. A large one is charged to
+    /// the connection's request bucket (see [`Hub::send_reply`]).
     pub fn reply(&mut self, id: ConnId, req_id: &Option<Value>, event: Event) {
-        self.send_event(id, &event.reply_to(req_id));
+        self.send_reply(id, &event.reply_to(req_id).frame());
+    }
+
+    /// Queues a reply frame built by its handler, charging the connection's
+    /// request bucket for its size ([`crate::conn::reply_cost`]): what a
+    /// request makes klav copy is paid for like what it makes klav parse.
+    pub fn send_reply(&mut self, id: ConnId, frame: &[u8]) {
+        self.charge_reply(id, frame.len());
+        self.send_bytes(id, frame);
+    }
+
+    /// Charges the connection's request bucket for `len` bytes of reply.
+    pub fn charge_reply(&mut self, id: ConnId, len: usize) {
+        let cost = crate::conn::reply_cost(len);
+        if cost > 0.0 {
+            let burst = self.config.rate_burst;
+            if let Some(ws) = self.ws_mut(id) {
+                ws.rate.charge(cost, burst);
+            }
+            self.large_reply_bytes += len;
+        }
     }
 
     pub fn reply_error(&mut self, id: ConnId, req_id: &Option<Value>, err: RequestError) {

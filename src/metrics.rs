@@ -28,6 +28,11 @@ pub struct Metrics {
     pub deliveries: u64,
     pub requests: u64,
     pub rate_limited: u64,
+    /// Pings and pongs received from clients (charged like requests).
+    pub control_frames: u64,
+    /// Rows the database examined for requests paid from the users' row
+    /// budgets (`resume`, `my_rooms`).
+    pub budgeted_rows: u64,
     pub db_rejected: u64,
     pub db_errors: u64,
     pub closed: [u64; CloseReason::ALL.len()],
@@ -117,7 +122,7 @@ impl Metrics {
         {
             let _ = writeln!(s, "klav_reads_waiting{{queue=\"{queue}\"}} {n}");
         }
-        let counters: [(&str, &str, u64); 13] = [
+        let counters: [(&str, &str, u64); 15] = [
             (
                 "klav_reads_put_off_total",
                 "Reads a loop turn's time limit put off to a later turn.",
@@ -166,8 +171,18 @@ impl Metrics {
             ),
             (
                 "klav_rate_limited_total",
-                "Requests refused by the rate limit.",
+                "Requests (and pings) refused by the rate limit.",
                 self.rate_limited,
+            ),
+            (
+                "klav_budgeted_rows_total",
+                "Rows the database examined for resume and my_rooms (paid from per-user budgets).",
+                self.budgeted_rows,
+            ),
+            (
+                "klav_control_frames_total",
+                "Pings and pongs received from WebSocket clients.",
+                self.control_frames,
             ),
             (
                 "klav_db_rejected_total",

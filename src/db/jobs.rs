@@ -112,8 +112,14 @@ pub struct RoomInfo {
     pub last: Option<LastMessage>,
     /// The user's read marker (0: none).
     pub read_id: i64,
-    /// `msg` entries of others, not deleted, above the marker, among those kept.
+    /// `msg` entries of others, not deleted, above the marker, among those kept
+    /// — counted among the first [`super::queries::UNREAD_WINDOW`] entries
+    /// after the marker.
     pub unread: i64,
+    /// The count stopped at that window: there may be more.
+    pub unread_more: bool,
+    /// Rows the count looked at (charged to the user's budget).
+    pub examined: i64,
 }
 
 /// One room of a `resume`: where the client stands.
@@ -136,6 +142,21 @@ pub struct RoomReplay {
     pub pruned: bool,
     /// More entries than the replay limit: none are replayed.
     pub too_many: bool,
+    /// The request's row or byte budget ran out before this room: none are
+    /// replayed (the client reloads the room with `history`).
+    pub over_budget: bool,
+}
+
+/// A `resume`'s replay and the rows it examined (charged to the user's replay
+/// budget).
+#[derive(Clone, Debug)]
+pub struct Replay {
+    /// Whose budget pays for the rows examined.
+    pub username: String,
+    pub rooms: Vec<RoomReplay>,
+    pub examined: i64,
+    /// The rows reserved for it (the job's `rows`).
+    pub reserved: i64,
 }
 
 /// How an `edit` or `delete` went.
@@ -294,12 +315,16 @@ pub enum Job {
         room: String,
         cluster: bool,
     },
-    /// The entries after each cursor a user may see, at most `limit` + 1 per room
-    /// (one more tells "too many").
+    /// The entries after each cursor a user may see, at most `limit` per room,
+    /// within a budget fixed before anything is read: at most `rows` rows
+    /// examined in all (ids and sizes only), and text loaded only for entries
+    /// whose rooms fit in `bytes` of reply.
     Resume {
         username: String,
         rooms: Vec<ResumeCursor>,
         limit: i64,
+        rows: i64,
+        bytes: usize,
     },
     /// Retention: keep the newest `keep` entries of each room.
     Prune {
@@ -450,7 +475,11 @@ pub enum Outcome {
         limit: i64,
         items: Vec<ChatEntry>,
     },
-    MyRooms(Vec<RoomInfo>),
+    /// `username`: whose budget pays for the rows read.
+    MyRooms {
+        username: String,
+        rooms: Vec<RoomInfo>,
+    },
     Following(Vec<UserRef>),
     Followers(Vec<UserRef>),
     Follow {
@@ -497,7 +526,7 @@ pub enum Outcome {
         /// Members online anywhere (only asked in a cluster).
         online: Option<Vec<String>>,
     },
-    Resume(Vec<RoomReplay>),
+    Resume(Replay),
     Presence {
         user: String,
     },

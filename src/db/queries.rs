@@ -15,6 +15,10 @@ use super::DbError;
 /// Offline DMs kept per recipient; older ones are dropped.
 pub const OFFLINE_QUEUE_CAP: i64 = 100;
 
+/// Entries after a room's read marker that `my_rooms` looks at to count the
+/// unread ones: the count is exact up to there, and says "more" beyond.
+pub const UNREAD_WINDOW: i64 = 100;
+
 /// Runs a general (unordered) job.
 pub fn run<C: GenericClient>(c: &mut C, st: &mut Stmts, job: Job) -> Result<Outcome, DbError> {
     Ok(match job {
@@ -131,7 +135,10 @@ pub fn run<C: GenericClient>(c: &mut C, st: &mut Stmts, job: Job) -> Result<Outc
                 items,
             }
         }
-        Job::MyRooms { username } => Outcome::MyRooms(my_rooms(c, st, &username)?),
+        Job::MyRooms { username } => Outcome::MyRooms {
+            rooms: my_rooms(c, st, &username)?,
+            username,
+        },
         Job::Following { username } => {
             let s = st.get(
                 c,
@@ -194,7 +201,15 @@ pub fn run<C: GenericClient>(c: &mut C, st: &mut Stmts, job: Job) -> Result<Outc
             username,
             rooms,
             limit,
-        } => Outcome::Resume(resume(c, st, &username, rooms, limit)?),
+            rows,
+            bytes,
+        } => Outcome::Resume(resume(
+            c,
+            st,
+            &username,
+            rooms,
+            ReplayBudget { limit, rows, bytes },
+        )?),
         other => {
             return Err(DbError::Query(format!(
                 "ordered write sent to a general worker: {other:?}"
@@ -320,24 +335,30 @@ fn my_rooms<C: GenericClient>(
     st: &mut Stmts,
     username: &str,
 ) -> Result<Vec<RoomInfo>, DbError> {
-    // `unread` walks (room_id, id) over at most what retention keeps per room.
+    // `unread` looks at no more than the first UNREAD_WINDOW entries after the
+    // marker of each room (one index descent for a room read to its end): a
+    // user in hundreds of busy rooms costs a bounded number of rows, counted
+    // in `examined` and charged to the user's budget.
     let s = st.get(
         c,
         "SELECT r.id, r.name, r.last_message_text, r.last_message_from, \
                 r.last_message_kind, r.last_message_ts, r.last_message_id, \
                 l.deleted, l.edited_at, l.text, \
-                COALESCE(k.last_read_id, 0), \
-                (SELECT count(*) FROM chat_logs u \
-                 WHERE u.room_id = r.id AND u.id > COALESCE(k.last_read_id, 0) \
-                   AND u.kind = 'msg' AND u.from_user IS DISTINCT FROM $1 \
-                   AND NOT u.deleted) \
+                COALESCE(k.last_read_id, 0), w.unread, w.seen \
          FROM room_members m JOIN rooms r ON r.id = m.room_id \
          LEFT JOIN chat_logs l ON l.id = r.last_message_id \
          LEFT JOIN klav_read_markers k ON k.username = $1 AND k.room_id = r.id \
+         CROSS JOIN LATERAL (\
+             SELECT count(*) FILTER (WHERE u.kind = 'msg' \
+                        AND u.from_user IS DISTINCT FROM $1 AND NOT u.deleted) AS unread, \
+                    count(*) AS seen \
+             FROM (SELECT kind, from_user, deleted FROM chat_logs \
+                   WHERE room_id = r.id AND id > COALESCE(k.last_read_id, 0) \
+                   ORDER BY id LIMIT $2) u) w \
          WHERE m.username = $1 \
          ORDER BY r.last_message_ts DESC NULLS LAST, r.created_at DESC, r.id",
     )?;
-    Ok(c.query(&s, &[&username])?
+    Ok(c.query(&s, &[&username, &UNREAD_WINDOW])?
         .into_iter()
         .map(|r| {
             let text: Option<String> = r.get(2);
@@ -358,12 +379,15 @@ fn my_rooms<C: GenericClient>(
                     ts,
                 })
             };
+            let seen: i64 = r.get(12);
             RoomInfo {
                 id: r.get(0),
                 name: r.get(1),
                 last,
                 read_id: r.get(10),
                 unread: r.get(11),
+                unread_more: seen >= UNREAD_WINDOW,
+                examined: seen + 1,
             }
         })
         .collect())
@@ -383,61 +407,154 @@ fn room_members<C: GenericClient>(
     Ok(user_refs(c.query(&s, &[&room])?))
 }
 
+/// What one `resume` may cost the database and the reply.
+struct ReplayBudget {
+    /// Entries replayed per room at most.
+    limit: i64,
+    /// Rows examined in all.
+    rows: i64,
+    /// Reply bytes (estimated from the stored sizes).
+    bytes: usize,
+}
+
+/// What a replayed entry adds to its event beyond its text, nickname, sender
+/// and client id (field names, id, room, time): an estimate, checked again
+/// against the real frames on the loop.
+const ENTRY_EVENT_OVERHEAD: usize = 160;
+
+/// Rows a room with new entries costs the budget on top of its entries: the
+/// query that counts them is a round trip and an index descent of its own.
+pub const ROOM_LOOKUP_ROWS: i64 = 4;
+
 /// Each room's entries after its cursor that `username` may see, oldest first:
 /// below the cursor's `before`, when it has one, except the user's DMs to
 /// others (the connection never got those live).
+///
+/// Paid for before it is done: one query finds the rooms with anything new at
+/// all; each of those is then counted (ids and stored sizes, never text), room
+/// by room, until the row budget is spent; only the rooms whose entries fit the
+/// byte budget have their entries loaded, in one query. Rooms past either
+/// budget are answered `over_budget` and the client pages them with `history`.
 fn resume<C: GenericClient>(
     c: &mut C,
     st: &mut Stmts,
     username: &str,
     rooms: Vec<ResumeCursor>,
-    limit: i64,
-) -> Result<Vec<RoomReplay>, DbError> {
-    let pruned = st.get(c, "SELECT klav_pruned_upto FROM rooms WHERE id = $1")?;
-    let entries = st.get(
+    budget: ReplayBudget,
+) -> Result<Replay, DbError> {
+    let ids: Vec<&str> = rooms.iter().map(|r| r.room.as_str()).collect();
+    let heads = st.get(
         c,
         concat!(
-            "SELECT ",
-            entry_columns!(),
-            " FROM chat_logs \
-             WHERE room_id = $1 AND id > $2 \
-               AND (kind IS DISTINCT FROM 'dm' OR from_user = $3 OR to_user = $3) \
-               AND ($5::bigint IS NULL OR id < $5 \
-                    OR (kind = 'dm' AND from_user = $3 AND to_user IS DISTINCT FROM $3)) \
-             ORDER BY id LIMIT $4"
+            "SELECT id, klav_pruned_upto, ",
+            room_newest_entry!("rooms"),
+            " FROM rooms WHERE id = ANY($1)"
         ),
     )?;
+    let mut newest: std::collections::HashMap<String, (Option<i64>, i64)> = c
+        .query(&heads, &[&ids])?
+        .into_iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .collect();
+    let sizes = st.get(
+        c,
+        "SELECT id, octet_length(text) + octet_length(from_nickname) \
+                + octet_length(from_user) + COALESCE(octet_length(client_id), 0) \
+         FROM chat_logs \
+         WHERE room_id = $1 AND id > $2 \
+           AND (kind IS DISTINCT FROM 'dm' OR from_user = $3 OR to_user = $3) \
+           AND ($5::bigint IS NULL OR id < $5 \
+                OR (kind = 'dm' AND from_user = $3 AND to_user IS DISTINCT FROM $3)) \
+         ORDER BY id LIMIT $4",
+    )?;
+    // The first query looks at one row per room named.
+    let mut examined = rooms.len() as i64;
+    let mut rows_left = budget.rows - examined;
+    let mut bytes_left = budget.bytes;
+    let mut load: Vec<i64> = Vec::new();
     let mut out = Vec::with_capacity(rooms.len());
     for cursor in rooms {
-        let upto: Option<i64> = c
-            .query_opt(&pruned, &[&cursor.room])?
-            .and_then(|r| r.get(0));
-        let mut items: Vec<ChatEntry> = c
+        let (pruned_upto, last) = newest.remove(&cursor.room).unwrap_or((None, 0));
+        let mut replay = RoomReplay {
+            pruned: pruned_upto.is_some_and(|u| u > cursor.after),
+            room: cursor.room,
+            entries: Vec::new(),
+            too_many: false,
+            over_budget: false,
+        };
+        if last <= cursor.after {
+            // Nothing after the cursor: nothing to count.
+            out.push(replay);
+            continue;
+        }
+        if rows_left <= 0 {
+            replay.over_budget = true;
+            out.push(replay);
+            continue;
+        }
+        let take = (budget.limit + 1).min(rows_left);
+        let found: Vec<(i64, i32)> = c
             .query(
-                &entries,
+                &sizes,
                 &[
-                    &cursor.room,
+                    &replay.room,
                     &cursor.after,
                     &username,
-                    &(limit + 1),
+                    &take,
                     &cursor.before,
                 ],
             )?
             .into_iter()
-            .map(entry_from_row)
+            .map(|r| (r.get(0), r.get::<_, Option<i32>>(1).unwrap_or(0)))
             .collect();
-        let too_many = items.len() as i64 > limit;
-        if too_many {
-            items.clear();
+        let n = found.len() as i64;
+        rows_left -= n + ROOM_LOOKUP_ROWS;
+        examined += n + ROOM_LOOKUP_ROWS;
+        if n > budget.limit {
+            replay.too_many = true;
+        } else if n == take && take <= budget.limit {
+            // Counting stopped at the row budget: more may follow.
+            replay.over_budget = true;
+        } else {
+            let size: usize = found
+                .iter()
+                .map(|(_, len)| *len as usize + ENTRY_EVENT_OVERHEAD)
+                .sum();
+            if size > bytes_left {
+                replay.over_budget = true;
+            } else {
+                bytes_left -= size;
+                load.extend(found.iter().map(|(id, _)| *id));
+            }
         }
-        out.push(RoomReplay {
-            pruned: upto.is_some_and(|u| u > cursor.after),
-            room: cursor.room,
-            entries: items,
-            too_many,
-        });
+        out.push(replay);
     }
-    Ok(out)
+    if !load.is_empty() {
+        let s = st.get(
+            c,
+            concat!(
+                "SELECT ",
+                entry_columns!(),
+                " FROM chat_logs WHERE id = ANY($1) ORDER BY id"
+            ),
+        )?;
+        let mut by_room: std::collections::HashMap<String, Vec<ChatEntry>> =
+            std::collections::HashMap::new();
+        for e in c.query(&s, &[&load])?.into_iter().map(entry_from_row) {
+            by_room.entry(e.room.clone()).or_default().push(e);
+        }
+        for r in &mut out {
+            if let Some(entries) = by_room.remove(&r.room) {
+                r.entries = entries;
+            }
+        }
+    }
+    Ok(Replay {
+        username: username.to_string(),
+        rooms: out,
+        examined,
+        reserved: budget.rows,
+    })
 }
 
 fn prune<C: GenericClient>(

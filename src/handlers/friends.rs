@@ -1,6 +1,8 @@
 //! One-way follows: `friend_follow`, `friend_unfollow`, `following_list`,
 //! `followers_list`, and the `notify_followed` event.
 
+use std::time::Instant;
+
 use serde_json::{json, Value};
 
 use super::Ctx;
@@ -28,16 +30,41 @@ impl Follow {
             hub.reply(cx.id, &cx.req.req_id, ev);
             return Ok(());
         }
+        // A lookup that may find no account is paid for before it is made
+        // (so concurrent ones cannot overdraw the budget); the token comes
+        // back when the name exists.
+        let now = Instant::now();
+        if !hub.lookup_budget.has(&cx.user, now) {
+            return Err(unknown_names_limited(hub, &cx.user, now));
+        }
+        hub.lookup_budget.charge(&cx.user, 1.0, now);
         let job = Job::Follow {
             from: cx.user.clone(),
             to: self.to,
         };
-        cx.submit(hub, job);
+        if !cx.submit(hub, job) {
+            hub.lookup_budget.charge(&cx.user, -1.0, now);
+        }
         Ok(())
     }
 }
 
+/// `RATE_LIMITED` for a user out of unknown-name lookups.
+pub fn unknown_names_limited(hub: &mut Hub, user: &str, now: Instant) -> RequestError {
+    let wait = hub.lookup_budget.wait(user, now);
+    RequestError::with(
+        ErrorCode::RateLimited,
+        format!(
+            "too many lookups of unknown usernames; retry in {} s",
+            wait.as_millis().div_ceil(1000).max(1)
+        ),
+    )
+}
+
 pub fn follow_done(hub: &mut Hub, t: &Ticket, from: String, to: String, status: FollowStatus) {
+    if status != FollowStatus::NotRegistered {
+        hub.lookup_budget.charge(&from, -1.0, Instant::now());
+    }
     let status = match status {
         FollowStatus::NotRegistered => "NOT_REGISTERED",
         FollowStatus::Already => {

@@ -59,7 +59,7 @@ impl History {
             .query(&self.query)
             .map(|items| cached_reply(&self.query.room, &items, &cx.req.req_id));
         if let Some(frame) = cached {
-            hub.send_bytes(cx.id, &frame);
+            hub.send_reply(cx.id, &frame);
             return Ok(());
         }
         if hub.history.needs_fill(&self.query.room) {

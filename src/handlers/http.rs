@@ -195,10 +195,13 @@ fn metrics_text(hub: &Hub) -> String {
          # HELP klav_history_cache_misses_total history requests sent to PostgreSQL.\n\
          # TYPE klav_history_cache_misses_total counter\nklav_history_cache_misses_total {}\n\
          # HELP klav_history_cache_entries Log entries held in memory.\n\
-         # TYPE klav_history_cache_entries gauge\nklav_history_cache_entries {}\n",
+         # TYPE klav_history_cache_entries gauge\nklav_history_cache_entries {}\n\
+         # HELP klav_history_cache_bytes Bytes those entries hold (KLAV_HISTORY_CACHE_BYTES bounds it).\n\
+         # TYPE klav_history_cache_bytes gauge\nklav_history_cache_bytes {}\n",
         hub.history.hits,
         hub.history.misses,
-        hub.history.total()
+        hub.history.total(),
+        hub.history.bytes()
     ));
     text.push_str(&format!(
         "# HELP klav_login_throttle_keys (username, address) pairs and addresses with failed logins remembered.\n\

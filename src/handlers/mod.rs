@@ -71,8 +71,16 @@ pub fn on_ws_message(hub: &mut Hub, id: ConnId, msg: Message) {
     let text = match msg {
         Message::Text(t) => Some(t),
         Message::Binary(_) => None,
-        // Pings are answered by tungstenite; a close is answered by it too and
-        // ends the connection on the next read. Any complete frame shows life.
+        // Pings are answered by tungstenite (the pong is already queued), but
+        // each one still costs a read, a parse and a reply: they pay from the
+        // same bucket as requests and fall under the same flood rule, or a
+        // client could keep the loop busy echoing pings forever.
+        Message::Ping(p) | Message::Pong(p) => {
+            control_frame(hub, id, p.len());
+            return;
+        }
+        // A close is answered by tungstenite and ends the connection on the
+        // next read. Any complete frame shows life.
         _ => {
             touch(hub, id);
             return;
@@ -166,6 +174,27 @@ fn job_finished(hub: &mut Hub, id: ConnId, hold: Hold) {
     start_or_hold(hub, id, *req);
     if hub.ws_mut(id).is_some_and(|ws| ws.seq.held.is_none()) {
         hub.again.push(id);
+    }
+}
+
+/// A ping or an unsolicited pong of `len` payload bytes: charged like a
+/// request; refused ones are not answered with an error (there is no request to
+/// answer), only counted towards the throttle and the flood rule.
+fn control_frame(hub: &mut Hub, id: ConnId, len: usize) {
+    // The frame's header (up to 6 bytes from a client) is read too.
+    let len = len + 6;
+    let Some(admit) = admit(hub, id, request_cost(len)) else {
+        return;
+    };
+    hub.metrics.control_frames += 1;
+    if admit == Admit::Yes {
+        return;
+    }
+    hub.metrics.rate_limited += 1;
+    if admit == Admit::Flood {
+        hub.close(id, CloseReason::Flood);
+    } else if let Some(ws) = hub.ws_mut(id) {
+        ws.throttled_until = ws.rate.refused(len);
     }
 }
 
@@ -358,7 +387,7 @@ fn on_outcome(hub: &mut Hub, t: crate::db::Ticket, outcome: Outcome) {
         }
         Outcome::History { room, items } => history::done(hub, &t, room, items),
         Outcome::HistoryFill { room, limit, items } => hub.history.filled(&room, limit, items),
-        Outcome::MyRooms(rooms) => rooms::my_rooms_done(hub, &t, rooms),
+        Outcome::MyRooms { username, rooms } => rooms::my_rooms_done(hub, &t, &username, rooms),
         Outcome::Following(users) => friends::list_done(hub, &t, "following", users),
         Outcome::Followers(users) => friends::list_done(hub, &t, "followers", users),
         Outcome::Follow { from, to, status } => friends::follow_done(hub, &t, from, to, status),
@@ -385,7 +414,7 @@ fn on_outcome(hub: &mut Hub, t: crate::db::Ticket, outcome: Outcome) {
             }
         }
         Outcome::OnlineFriends(users) => presence::online_friends_done(hub, &t, users),
-        Outcome::Resume(rooms) => resume::done(hub, &t, rooms),
+        Outcome::Resume(replay) => resume::done(hub, &t, replay),
         Outcome::Edit { delete, result } => edits::done(hub, &t, delete, result),
         Outcome::Read {
             username,

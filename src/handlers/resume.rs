@@ -20,7 +20,7 @@
 //!   that overtook a later `resume` keep their place.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 
@@ -28,7 +28,7 @@ use super::messages::entry_event;
 use super::Ctx;
 use crate::close::CloseReason;
 use crate::conn::ConnId;
-use crate::db::jobs::{ResumeCursor, RoomReplay};
+use crate::db::jobs::{Replay, ResumeCursor, RoomReplay};
 use crate::db::{Job, Ticket};
 use crate::hub::Hub;
 use crate::protocol::{ErrorCode, Event, Request, RequestError};
@@ -39,6 +39,9 @@ pub const MAX_ROOMS: usize = 100;
 /// Entries replayed per room at most; with more, the room is not replayed
 /// (`recovered:false`) and the client reloads it with `history`.
 pub const MAX_REPLAY: i64 = 1000;
+/// Rows one `resume` may have the database examine (entries counted, rooms
+/// looked up): with more, the rooms past it answer `recovered:false`.
+pub const ROWS_PER_REQUEST: i64 = 2_000;
 /// How long a fresh connection's live entry events wait for its first request
 /// at most: long enough for a client's `resume` sent right after the upgrade to
 /// arrive, short enough that a client that sends nothing barely notices.
@@ -117,37 +120,95 @@ impl Resume {
             finish(hub, cx.id, &cx.req.req_id, Vec::new());
             return Ok(());
         }
+        // What the replay may cost is fixed before anything is read: the
+        // user's row budget, at most a request's share of it.
+        let rows = hub
+            .rows_budget
+            .available(&cx.user, Instant::now())
+            .min(ROWS_PER_REQUEST as f64) as i64;
+        if rows < mine.len() as i64 {
+            // Not even the rooms can be looked up: every one is reloaded.
+            let rooms = mine.into_iter().map(|c| over_budget(c.room)).collect();
+            finish(hub, cx.id, &cx.req.req_id, rooms);
+            return Ok(());
+        }
+        // Reserved now, so that the user's other connections cannot spend
+        // it at the same time; what the job did not use is given back.
+        hub.rows_budget
+            .charge(&cx.user, rows as f64, Instant::now());
         let job = Job::Resume {
             username: cx.user.clone(),
             rooms: mine,
             limit: MAX_REPLAY,
+            rows,
+            bytes: replay_bytes(hub),
         };
         if !cx.submit(hub, job) {
+            hub.rows_budget
+                .charge(&cx.user, -(rows as f64), Instant::now());
             abandon(hub, cx.id);
         }
         Ok(())
     }
 }
 
-pub fn done(hub: &mut Hub, t: &Ticket, rooms: Vec<RoomReplay>) {
-    finish(hub, t.conn, &t.req_id, rooms);
+/// A room the budget did not reach: `recovered:false`, nothing replayed.
+fn over_budget(room: String) -> RoomReplay {
+    RoomReplay {
+        room,
+        entries: Vec::new(),
+        pruned: false,
+        too_many: false,
+        over_budget: true,
+    }
+}
+
+/// The most a replay may queue: a larger one would only get the client
+/// dropped as a slow consumer. Rooms past it answer `recovered:false` and are
+/// reloaded with `history`.
+fn replay_bytes(hub: &Hub) -> usize {
+    hub.config.max_output_bytes / 2
+}
+
+pub fn done(hub: &mut Hub, t: &Ticket, replay: Replay) {
+    // What the job reserved and did not use goes back. Settled even when the
+    // connection is gone: closing it early must not make the replay free.
+    hub.metrics.budgeted_rows += replay.examined as u64;
+    hub.rows_budget.charge(
+        &replay.username,
+        (replay.examined - replay.reserved) as f64,
+        Instant::now(),
+    );
+    finish(hub, t.conn, &t.req_id, replay.rooms);
 }
 
 /// The replay, then `resume_ack`, then the live events held back meanwhile.
+/// Frames are built a room at a time and only while they fit the reply's
+/// budget (the database sized the rooms from their stored text; escaping can
+/// make the frames larger).
 fn finish(hub: &mut Hub, conn: ConnId, req_id: &Option<Value>, rooms: Vec<RoomReplay>) {
     let Some(buf) = hub.state.end_resume(conn) else {
         return;
     };
-    // A replay larger than this would only get the client dropped as a slow
-    // consumer: rooms past it answer `recovered:false` and are reloaded.
-    let budget = hub.config.max_output_bytes / 2;
+    let budget = replay_bytes(hub);
     let mut used = 0;
     let mut acks = Map::new();
     let mut replayed: HashMap<String, Vec<i64>> = HashMap::new();
+    let mut frames: Vec<Vec<u8>> = Vec::new();
     for r in rooms {
-        let frames: Vec<Vec<u8>> = r.entries.iter().map(|e| entry_event(e).frame()).collect();
-        let size: usize = frames.iter().map(Vec::len).sum();
-        let fits = used + size <= budget;
+        frames.clear();
+        let mut size = 0;
+        let mut fits = !r.over_budget;
+        for e in &r.entries {
+            let f = entry_event(e).frame();
+            size += f.len();
+            if used + size > budget {
+                fits = false;
+                frames.clear();
+                break;
+            }
+            frames.push(f);
+        }
         let recovered = fits && !r.pruned && !r.too_many && !buf.held.overflowed.contains(&r.room);
         let mut count = 0;
         if fits {
@@ -162,6 +223,9 @@ fn finish(hub: &mut Hub, conn: ConnId, req_id: &Option<Value>, rooms: Vec<RoomRe
         }
         acks.insert(r.room, json!({"recovered": recovered, "count": count}));
     }
+    drop(frames);
+    // The replay is a reply: its size is charged like one.
+    hub.charge_reply(conn, used);
     for room in buf.refused {
         acks.insert(
             room,

@@ -238,16 +238,49 @@ fn system_to_room(hub: &mut Hub, room: &str, ev: Event, entry: Option<i64>) {
     }
 }
 
-/// `my_rooms {}`.
+/// `my_rooms {}`. Its unread counts read rows in every room of the user, so it
+/// is paid from the user's budget of rows examined: refused while the budget
+/// is in debt, and charged what it read once it is done.
 pub fn my_rooms(hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
+    let now = Instant::now();
+    if !hub.rows_budget.has(&cx.user, now) {
+        let wait = hub.rows_budget.wait(&cx.user, now);
+        return Err(RequestError::with(
+            ErrorCode::RateLimited,
+            format!(
+                "my_rooms is limited by the rows it reads; retry in {} ms",
+                wait.as_millis().max(1)
+            ),
+        ));
+    }
+    // Reserved now (the least it reads: a row per room), so that the user's
+    // other connections see it spent; the rest is charged when it is done.
+    let reserved = my_rooms_reservation(hub, &cx.user);
+    hub.rows_budget.charge(&cx.user, reserved, now);
     let job = Job::MyRooms {
         username: cx.user.clone(),
     };
-    cx.submit(hub, job);
+    if !cx.submit(hub, job) {
+        hub.rows_budget.charge(&cx.user, -reserved, now);
+    }
     Ok(())
 }
 
-pub fn my_rooms_done(hub: &mut Hub, t: &Ticket, rooms: Vec<RoomInfo>) {
+fn my_rooms_reservation(hub: &Hub, user: &str) -> f64 {
+    hub.state
+        .users
+        .get(user)
+        .map_or(1, |u| u.rooms.len().max(1)) as f64
+}
+
+pub fn my_rooms_done(hub: &mut Hub, t: &Ticket, user: &str, rooms: Vec<RoomInfo>) {
+    // Settled even when the connection is gone: closing it early must not
+    // make the read free.
+    let examined: i64 = rooms.iter().map(|r| r.examined).sum();
+    hub.metrics.budgeted_rows += examined as u64;
+    let reserved = my_rooms_reservation(hub, user);
+    hub.rows_budget
+        .charge(user, examined as f64 - reserved, Instant::now());
     let ids: Vec<Value> = rooms.iter().map(|r| Value::from(r.id.as_str())).collect();
     let info: Vec<Value> = rooms
         .into_iter()
@@ -272,13 +305,17 @@ pub fn my_rooms_done(hub: &mut Hub, t: &Ticket, rooms: Vec<RoomInfo>) {
                     v
                 }
             };
-            json!({
+            let mut v = json!({
                 "id": r.id,
                 "name": r.name,
                 "last": last,
                 "read_id": r.read_id,
                 "unread": r.unread,
-            })
+            });
+            if r.unread_more {
+                v["unread_more"] = true.into();
+            }
+            v
         })
         .collect();
     let ev = Event::new("my_rooms")

@@ -68,6 +68,11 @@ pub fn upgrade(hub: &mut Hub, id: ConnId, req: Request) {
     if hub.state.addr_conns(addr) >= hub.config.max_conns_per_addr {
         return too_many(hub, id, "too many connections from this address");
     }
+    let at = Instant::now();
+    if !hub.ws_open_budget.admit(&username, at) {
+        let wait = hub.ws_open_budget.wait(&username, at);
+        return too_many_for(hub, id, "too many connections opened by this user", wait);
+    }
     hub.state.addr_conn_opened(addr);
     let accept_key = tungstenite::handshake::derive_accept_key(key.as_bytes());
     let Some(conn) = hub.conn_mut(id) else { return };
@@ -97,14 +102,20 @@ pub fn upgrade(hub: &mut Hub, id: ConnId, req: Request) {
 
 /// 429 for an upgrade over a connection budget; the client may retry later.
 fn too_many(hub: &mut Hub, id: ConnId, detail: &str) {
+    too_many_for(hub, id, detail, std::time::Duration::from_secs(10));
+}
+
+/// 429 with `Retry-After: wait` (whole seconds, rounded up).
+fn too_many_for(hub: &mut Hub, id: ConnId, detail: &str, wait: std::time::Duration) {
     hub.metrics.upgrades_refused += 1;
     let body = serde_json::json!({ "detail": detail }).to_string();
+    let secs = wait.as_millis().div_ceil(1000).max(1);
     let resp = http::response(
         429,
         "application/json",
         body.as_bytes(),
         false,
-        &[("Retry-After", "10".into())],
+        &[("Retry-After", secs.to_string())],
     );
     hub.respond(id, &resp, false);
 }

@@ -240,12 +240,17 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
     let register_budget = RegisterBudget::from_config(&config);
     let metrics_rate = config.metrics_per_addr_per_sec as f64;
     let public_metrics_budget = AddrBuckets::new(10.0 * metrics_rate, metrics_rate);
+    let ws_open_budget = crate::budget::ws_opens(&config);
     let room_budget = UserBudget::new(config.rooms_created_per_hour, Duration::from_secs(3600));
     let per_room = match config.max_logs_per_room {
         0 => crate::handlers::history::MAX_LIMIT as usize,
         n => (n as usize).min(crate::handlers::history::MAX_LIMIT as usize),
     };
-    let history = HistoryCache::new(per_room, config.history_cache_entries);
+    let history = HistoryCache::new(
+        per_room,
+        config.history_cache_entries,
+        config.history_cache_bytes,
+    );
     let server = Server {
         poll,
         listener: Some(listener),
@@ -262,6 +267,9 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
             register_budget,
             public_metrics_budget,
             room_budget,
+            rows_budget: crate::budget::db_rows(),
+            ws_open_budget,
+            lookup_budget: crate::budget::unknown_lookups(),
             history,
             dirty: Vec::new(),
             close_soon: Vec::new(),
@@ -273,6 +281,7 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
             started: Instant::now(),
             cluster: crate::cluster::Cluster::new(clustered, node, incarnation),
             metrics_text: None,
+            large_reply_bytes: 0,
         },
         bus,
         database_url: database_url.to_string(),
@@ -582,6 +591,9 @@ impl Server {
         self.hub.register_budget.sweep(now);
         self.hub.public_metrics_budget.sweep(now);
         self.hub.room_budget.sweep(now);
+        self.hub.rows_budget.sweep(now);
+        self.hub.ws_open_budget.sweep(now);
+        self.hub.lookup_budget.sweep(now);
         let took = started.elapsed();
         if took > Duration::from_millis(20) {
             crate::log!(Debug, "housekeeping took {took:?}");
@@ -640,7 +652,11 @@ impl Server {
     fn trim_if_freed(&mut self) {
         let now = (self.hub.conns.len(), self.hub.metrics.client_buffer_bytes);
         let (conns, bytes) = self.trim_mark;
-        if conns.saturating_sub(now.0) >= 1000 || bytes.saturating_sub(now.1) >= 16 << 20 {
+        let replies = self.hub.large_reply_bytes;
+        if conns.saturating_sub(now.0) >= 1000
+            || bytes.saturating_sub(now.1) >= 16 << 20
+            || replies >= 16 << 20
+        {
             let started = Instant::now();
             crate::alloc::trim();
             crate::log!(
@@ -649,6 +665,7 @@ impl Server {
                 started.elapsed()
             );
             self.trim_mark = now;
+            self.hub.large_reply_bytes = 0;
         } else {
             self.trim_mark = (conns.max(now.0), bytes.max(now.1));
         }

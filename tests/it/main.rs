@@ -8,6 +8,7 @@ mod accounts;
 mod bench_smoke;
 mod budgets;
 mod cluster;
+mod costs;
 mod database;
 mod friends;
 mod fuzz_corpus;
