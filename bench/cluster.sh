@@ -26,7 +26,8 @@
 #   any other KLAV_*   passed to every node as is. The raised limits
 #                      (KLAV_RATE_PER_SEC, KLAV_RATE_BURST, KLAV_REGISTER_PER_ADDR,
 #                      KLAV_MAX_CONNS_PER_USER, KLAV_MAX_CONNS_PER_ADDR,
-#                      KLAV_ROOMS_CREATED_PER_HOUR: 1000000 each) are defaults
+#                      KLAV_ROOMS_CREATED_PER_HOUR, KLAV_WS_OPENS_PER_USER_PER_MIN:
+#                      1000000 each) are defaults
 #                      that the environment overrides.
 #
 # As root, PostgreSQL (which refuses to run as root) runs as the `postgres` user in
@@ -240,6 +241,7 @@ start_node() {
             KLAV_MAX_CONNS_PER_USER="${KLAV_MAX_CONNS_PER_USER:-1000000}" \
             KLAV_MAX_CONNS_PER_ADDR="${KLAV_MAX_CONNS_PER_ADDR:-1000000}" \
             KLAV_ROOMS_CREATED_PER_HOUR="${KLAV_ROOMS_CREATED_PER_HOUR:-1000000}" \
+            KLAV_WS_OPENS_PER_USER_PER_MIN="${KLAV_WS_OPENS_PER_USER_PER_MIN:-1000000}" \
             "$KLAV_BIN" </dev/null >"$DIR/node$i.log" 2>&1 9>&-
     ) &
     echo $! >"$DIR/node$i.pid"
