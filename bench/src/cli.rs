@@ -76,7 +76,11 @@ PRESENCE:
 ABUSE:
     --attacks a,b,...         metrics-pipeline, history-pipeline, idle-buffers,
                               unread-responses, fragments, many-sockets, wide-json,
-                              room-spam (default: all)
+                              room-spam, resume-replay, my-rooms, history-fill, pings,
+                              churn (default: all)
+    --filled-rooms N          rooms filled for resume-replay, my-rooms, history-fill
+                              (default 50)
+    --filled-entries N        entries of 4,000 control characters in each (default 40)
     --abusers N               connections per attack (default 1000)
     --normal-rate R           the normal client's msgs per second (default 20)
     --wide-rate R             wide-json frames per second per connection (default 50)
@@ -230,6 +234,8 @@ pub fn parse(args: &[String]) -> Result<Option<Command>, BenchError> {
                 };
             }
             "--wide-rate" => abuse.wide_rate = positive(&flag, &value()?)?,
+            "--filled-rooms" => abuse.filled_rooms = num(&flag, &value()?)?,
+            "--filled-entries" => abuse.filled_entries = num(&flag, &value()?)?,
             "--settle" => abuse.settle = secs(&flag, &value()?)?,
             "--normal-from" => {
                 let v = value()?;
@@ -445,7 +451,7 @@ mod tests {
         let Scenario::Abuse(a) = c.options.scenario else {
             panic!("not abuse");
         };
-        assert_eq!(a.attacks.len(), 8);
+        assert_eq!(a.attacks.len(), Attack::ALL.len());
         assert_eq!(a.abusers, 1000);
         for bad in [
             "abuse --attacks nope",

@@ -316,10 +316,22 @@ pub enum Attack {
     WideJson,
     /// One account creating rooms as fast as it is allowed, over many connections.
     RoomSpam,
+    /// One account in the filled rooms, `resume` naming all of them from cursor 0,
+    /// again as soon as each is answered.
+    ResumeReplay,
+    /// One account in the filled rooms, `my_rooms` again as soon as it is answered.
+    MyRooms,
+    /// One account in the filled rooms, `history` limit 200 of each in turn, again
+    /// as soon as it is answered: the history cache fills with their entries.
+    HistoryFill,
+    /// WebSockets writing pings as fast as the server reads them, reading the pongs.
+    Pings,
+    /// One account opening a WebSocket and dropping it at once, in a loop.
+    Churn,
 }
 
 impl Attack {
-    pub const ALL: [Attack; 8] = [
+    pub const ALL: [Attack; 13] = [
         Attack::MetricsPipeline,
         Attack::HistoryPipeline,
         Attack::IdleBuffers,
@@ -328,6 +340,11 @@ impl Attack {
         Attack::ManySockets,
         Attack::WideJson,
         Attack::RoomSpam,
+        Attack::ResumeReplay,
+        Attack::MyRooms,
+        Attack::HistoryFill,
+        Attack::Pings,
+        Attack::Churn,
     ];
 
     pub fn name(self) -> &'static str {
@@ -340,11 +357,24 @@ impl Attack {
             Attack::ManySockets => "many-sockets",
             Attack::WideJson => "wide-json",
             Attack::RoomSpam => "room-spam",
+            Attack::ResumeReplay => "resume-replay",
+            Attack::MyRooms => "my-rooms",
+            Attack::HistoryFill => "history-fill",
+            Attack::Pings => "pings",
+            Attack::Churn => "churn",
         }
     }
 
     pub fn parse(s: &str) -> Option<Attack> {
         Attack::ALL.into_iter().find(|a| a.name() == s)
+    }
+
+    /// Whether it works in the filled rooms (see [`AbuseOptions::filled_rooms`]).
+    pub fn uses_filled_rooms(self) -> bool {
+        matches!(
+            self,
+            Attack::ResumeReplay | Attack::MyRooms | Attack::HistoryFill
+        )
     }
 
     /// Whether its connections are WebSockets (else plain HTTP).
@@ -365,6 +395,11 @@ pub struct AbuseOptions {
     pub abusers: usize,
     /// The normal client's `msg` rate (messages per second, open loop).
     pub normal_rate: f64,
+    /// Rooms made and filled for `resume-replay`, `my-rooms` and `history-fill`
+    /// (their accounts join every one), and entries of 4,000 control characters
+    /// (24 KB each once escaped) in each.
+    pub filled_rooms: usize,
+    pub filled_entries: usize,
     /// `wide-json` frames per second per connection: the server's default
     /// `KLAV_RATE_PER_SEC`, so the attack stays within what a connection is allowed.
     pub wide_rate: f64,
@@ -390,6 +425,8 @@ impl Default for AbuseOptions {
             abusers: 1000,
             normal_rate: 20.0,
             wide_rate: 50.0,
+            filled_rooms: 50,
+            filled_entries: 40,
             settle: Duration::from_secs(3),
             normal_from: None,
             attack_nice: 0,

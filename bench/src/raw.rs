@@ -208,6 +208,11 @@ impl RawNet {
         }
     }
 
+    /// Drops one connection (no closing handshake); its end is reported as ours.
+    pub fn close(&mut self, id: RawId) {
+        self.end(id, End::ByUs);
+    }
+
     /// Drops every connection at once (no closing handshake): the abuser leaves.
     pub fn drop_all(&mut self) {
         let ids: Vec<RawId> = self.conns.iter().map(|(id, _)| id).collect();

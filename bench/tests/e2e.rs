@@ -299,6 +299,8 @@ fn abuse_runs_every_attack_and_reports() {
         Scenario::Abuse(AbuseOptions {
             abusers: 3,
             settle: Duration::from_millis(300),
+            filled_rooms: 2,
+            filled_entries: 2,
             ..Default::default()
         }),
     );
@@ -313,7 +315,12 @@ fn abuse_runs_every_attack_and_reports() {
     for attack in Attack::ALL {
         let t = &a.attacks[attack.name()];
         assert_eq!(t.attempted, 3, "{}: {r}", attack.name());
-        assert_eq!(t.opened, 3, "{}: {r}", attack.name());
+        if attack == Attack::Churn {
+            // Each of its connections comes back as soon as it is dropped.
+            assert!(t.opened > 3, "{}: {r}", attack.name());
+        } else {
+            assert_eq!(t.opened, 3, "{}: {r}", attack.name());
+        }
     }
     let spam = &a.attacks["room-spam"];
     assert!(

@@ -131,12 +131,18 @@ fn abuse_smoke_run_leaves_the_server_serving() {
         Scenario::Abuse(AbuseOptions {
             abusers: 3,
             settle: Duration::from_millis(300),
+            filled_rooms: 4,
+            filled_entries: 3,
             ..Default::default()
         }),
     ))
     .expect("the abuse run completes");
     let a = report.abuse.as_ref().expect("an abuse report");
-    assert_eq!(a.attacks.len(), 8, "{report}");
+    assert_eq!(
+        a.attacks.len(),
+        klav_bench::options::Attack::ALL.len(),
+        "{report}"
+    );
     assert!(a.attacks.values().all(|r| r.attempted == 3), "{report}");
     let normal = report
         .requests

@@ -55,6 +55,18 @@ const PING_EVERY: Duration = Duration::from_secs(5);
 const SPAM_WINDOW: usize = 4;
 /// `unread-responses`: bytes of pipelined `GET /nope` per refill.
 const NOPE_CHUNK: usize = 64 * 1024;
+/// `pings`: pings per chunk written (each 125 bytes of payload, the most a
+/// control frame may carry), and chunks kept queued per connection.
+const PINGS_PER_CHUNK: usize = 64;
+const PING_CHUNKS_QUEUED: usize = 2;
+/// The filled rooms' entries: 4,000 control characters, six bytes each once
+/// escaped: the largest an entry gets in a `history` reply or in the cache.
+const FILL_TEXT_CHARS: usize = 4000;
+/// Sockets the filling account writes the entries over (each has its own
+/// request bucket; fewer than the server's burst of opens per user).
+const FILL_SOCKETS: usize = 12;
+/// `req_id` of the one request in flight on a request-loop connection.
+const LOOP_REQ: u64 = 7;
 
 /// The bytes the attacks send, built once and shared by every connection.
 struct Payloads {
@@ -69,10 +81,16 @@ struct Payloads {
     ping: Chunk,
     wide: Chunk,
     wide_keys: usize,
+    /// `resume` naming every filled room from cursor 0.
+    resume: Chunk,
+    my_rooms: Chunk,
+    /// `history` limit 200 of each filled room.
+    history_fill: Vec<Chunk>,
+    pings: Chunk,
 }
 
 impl Payloads {
-    fn build(host: &str, room_id: &str) -> Payloads {
+    fn build(host: &str, room_id: &str, filled: &[String]) -> Payloads {
         let metrics_req = format!("GET /metrics HTTP/1.1\r\nHost: {host}\r\n\r\n");
         let metrics_requests = METRICS_PIPELINE_BYTES.div_ceil(metrics_req.len());
         let nope_req = format!("GET /nope HTTP/1.1\r\nHost: {host}\r\n\r\n");
@@ -105,7 +123,31 @@ impl Payloads {
             "u".repeat(MAX_BODY - 14)
         );
         let (wide_text, wide_keys) = wide_object(MAX_MESSAGE - 64);
+        let cursors: Vec<String> = filled
+            .iter()
+            .map(|r| format!("{}:0", json_str(r)))
+            .collect();
+        let resume = format!(
+            r#"{{"type":"resume","rooms":{{{}}},"req_id":{LOOP_REQ}}}"#,
+            cursors.join(",")
+        );
+        let my_rooms = format!(r#"{{"type":"my_rooms","req_id":{LOOP_REQ}}}"#);
+        let history_fill = filled
+            .iter()
+            .map(|r| {
+                let text = format!(
+                    r#"{{"type":"history","room_id":{},"limit":200,"req_id":{LOOP_REQ}}}"#,
+                    json_str(r)
+                );
+                Arc::from(client_frame(0x1, true, text.as_bytes()))
+            })
+            .collect();
+        let ping = client_frame(0x9, true, &[b'p'; 125]);
         Payloads {
+            resume: Arc::from(client_frame(0x1, true, resume.as_bytes())),
+            my_rooms: Arc::from(client_frame(0x1, true, my_rooms.as_bytes())),
+            history_fill,
+            pings: Arc::from(ping.repeat(PINGS_PER_CHUNK)),
             metrics: Arc::from(metrics_req.repeat(metrics_requests).into_bytes()),
             metrics_requests: metrics_requests as u64,
             history: Arc::from(history),
@@ -231,6 +273,30 @@ impl AbuseDriver {
                     queued += 1;
                 }
             }
+            Attack::ResumeReplay | Attack::MyRooms | Attack::HistoryFill => {
+                if ab.in_flight > 0 || ab.paused_until.is_some_and(|t| now < t) {
+                    return;
+                }
+                ab.paused_until = None;
+                let frame = match ab.attack {
+                    Attack::ResumeReplay => p.resume.clone(),
+                    Attack::MyRooms => p.my_rooms.clone(),
+                    _ => p.history_fill[ab.sent as usize % p.history_fill.len()].clone(),
+                };
+                if net.send(id, frame) {
+                    ab.sent += 1;
+                    ab.in_flight = 1;
+                    queued = 1;
+                }
+            }
+            Attack::Pings => {
+                while net.pending(id) < PING_CHUNKS_QUEUED * p.pings.len() {
+                    if !net.send(id, p.pings.clone()) {
+                        break;
+                    }
+                    queued += PINGS_PER_CHUNK as u64;
+                }
+            }
             Attack::RoomSpam => {
                 if ab.paused_until.is_some_and(|t| now < t) {
                     return;
@@ -283,6 +349,11 @@ impl RawDriver for AbuseDriver {
                 ab.next_at = Some(now + PING_EVERY);
                 net.send(id, p.fragment.clone()) as u64
             }
+            Attack::Churn => {
+                // In and out at once: every cycle is a session opened and closed.
+                net.close(id);
+                1
+            }
             _ => 0,
         };
         let t = self.tally(attack);
@@ -307,6 +378,19 @@ impl RawDriver for AbuseDriver {
         };
         let attack = self.abusers[tag].attack;
         bump(&mut self.tally(attack).responses, label);
+        if attack.uses_filled_rooms() && ev.req_num() == Some(LOOP_REQ) {
+            let ab = &mut self.abusers[tag];
+            ab.in_flight = 0;
+            if ev.kind() == "error" {
+                // Refused (`RATE_LIMITED`, or not understood): as a client
+                // would, wait a little before asking again.
+                ab.paused_until = Some(now + self.plan.backoff);
+            }
+            if now < self.plan.attack_end {
+                self.act(net, tag, now);
+            }
+            return;
+        }
         if attack == Attack::RoomSpam
             && matches!(ev.kind(), "create_room_ack" | "error")
             && ev.req_num().is_some()
@@ -327,11 +411,25 @@ impl RawDriver for AbuseDriver {
         bump(&mut self.tally(attack).responses, label);
     }
 
-    fn on_end(&mut self, _net: &mut RawNet, tag: usize, end: End, sent: u64, _now: Instant) {
+    fn on_end(&mut self, net: &mut RawNet, tag: usize, end: End, sent: u64, now: Instant) {
         let ab = &mut self.abusers[tag];
         let was_open = std::mem::replace(&mut ab.open, false);
         ab.id = None;
         let attack = ab.attack;
+        if attack == Attack::Churn && now < self.plan.attack_end {
+            // Straight back in, whether it was let in or refused.
+            let proto = Proto::Ws(self.plan.tokens[&attack].clone());
+            ab.id = Some(net.connect(ab.global % self.plan.dests, proto, true, tag));
+            if was_open {
+                self.shared.open.fetch_sub(1, Ordering::Relaxed);
+            }
+            let t = self.tally(attack);
+            t.bytes_sent += sent;
+            if let End::NotOpened(label) = end {
+                bump(&mut t.refused, label);
+            }
+            return;
+        }
         let t = self.tally(attack);
         t.bytes_sent += sent;
         match end {
@@ -589,6 +687,76 @@ fn health_client(
     (r, hist)
 }
 
+/// Makes `--filled-rooms` rooms with `--filled-entries` entries of
+/// [`FILL_TEXT_CHARS`] control characters each, filler `k` making and filling
+/// every `fillers.len()`-th room over its own socket (in parallel); then every
+/// joiner joins every room. Returns the rooms' ids.
+fn fill_rooms(
+    server: &Server,
+    ao: &AbuseOptions,
+    tokens: &[Arc<str>],
+    names: &[String],
+    joiners: &[(&str, &str)],
+) -> Result<Vec<String>, BenchError> {
+    server.log(format!(
+        "filling {} rooms with {} entries of {FILL_TEXT_CHARS} control characters",
+        ao.filled_rooms, ao.filled_entries
+    ));
+    let text = json_str(&"\u{1}".repeat(FILL_TEXT_CHARS));
+    let rooms_of = |k: usize| (k..ao.filled_rooms).step_by(tokens.len()).count();
+    let results: Vec<Result<Vec<String>, BenchError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = tokens
+            .iter()
+            .zip(names)
+            .enumerate()
+            .map(|(k, (token, name))| {
+                let text = &text;
+                s.spawn(move || -> Result<Vec<String>, BenchError> {
+                    let mut sock = SetupSocket::open(server, token)?;
+                    let names: Vec<String> = (0..rooms_of(k))
+                        .map(|i| format!("{}-filled-{k}-{i}", server.prefix))
+                        .collect();
+                    let rooms = sock.create_rooms(&names)?;
+                    let mut req = 1_000_000u64;
+                    for room in &rooms {
+                        req += 1;
+                        sock.join(room, name, req)?;
+                        for _ in 0..ao.filled_entries {
+                            req += 1;
+                            sock.request(
+                                &format!(
+                                    r#"{{"type":"msg","room_id":{},"text":{text}}}"#,
+                                    json_str(room)
+                                ),
+                                "message",
+                                req,
+                            )?;
+                        }
+                    }
+                    sock.close();
+                    Ok(rooms)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().map_err(|p| BenchError::Worker(panic_text(&p)))?)
+            .collect()
+    });
+    let mut rooms = Vec::new();
+    for r in results {
+        rooms.extend(r?);
+    }
+    for (token, name) in joiners {
+        let mut sock = SetupSocket::open(server, token)?;
+        for (i, room) in rooms.iter().enumerate() {
+            sock.join(room, name, 3_000_000 + i as u64)?;
+        }
+        sock.close();
+    }
+    Ok(rooms)
+}
+
 fn rss_kb(pid: Option<u32>, field: &str) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{}/status", pid?)).ok()?;
     parse_status_kb(&text, field)
@@ -630,7 +798,15 @@ pub(crate) fn run(server: &Server, ao: &AbuseOptions) -> Result<Report, BenchErr
             .collect::<Vec<_>>()
             .join(", ")
     ));
-    let (users, prov) = provision(server, 1 + ws_attacks.len(), true)?;
+    // After them, the accounts that make and fill the rooms of the attacks that
+    // work in filled rooms (each fills its own rooms over its own socket, so no
+    // entry fans out to the other filling sockets).
+    let fillers = if ao.attacks.iter().any(|a| a.uses_filled_rooms()) {
+        FILL_SOCKETS.min(ao.filled_rooms).max(1)
+    } else {
+        0
+    };
+    let (users, prov) = provision(server, 1 + ws_attacks.len() + fillers, true)?;
     let tokens: BTreeMap<Attack, Arc<str>> = ws_attacks
         .iter()
         .enumerate()
@@ -670,11 +846,30 @@ pub(crate) fn run(server: &Server, ao: &AbuseOptions) -> Result<Report, BenchErr
         s.close();
     }
 
+    let filled = if fillers > 0 {
+        let first = 1 + ws_attacks.len();
+        let joiners: Vec<(&str, &str)> = ws_attacks
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| a.uses_filled_rooms())
+            .map(|(k, _)| (&*users.tokens[k + 1], users.names[k + 1].as_str()))
+            .collect();
+        fill_rooms(
+            server,
+            ao,
+            &users.tokens[first..first + fillers],
+            &users.names[first..first + fillers],
+            &joiners,
+        )?
+    } else {
+        Vec::new()
+    };
+
     let normal_from = ao.normal_from.or(match server.http_addr.ip() {
         IpAddr::V4(ip) if ip.is_loopback() => Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 254))),
         _ => None,
     });
-    let payloads = Payloads::build(&server.host, &history_room);
+    let payloads = Payloads::build(&server.host, &history_room, &filled);
     server.log(format!(
         "wide-json frames: {} keys, {} bytes",
         payloads.wide_keys,
@@ -920,7 +1115,7 @@ mod tests {
 
     #[test]
     fn payloads_stay_within_the_server_limits() {
-        let p = Payloads::build("127.0.0.1:5000", "r_0123abcd");
+        let p = Payloads::build("127.0.0.1:5000", "r_0123abcd", &["r_00000001".into()]);
         assert!(p.wide_keys > 6_000, "{} keys", p.wide_keys);
         // Frame header: 2 + 8 (length) + 4 (mask).
         assert!(p.wide.len() - 14 <= MAX_MESSAGE);
