@@ -16,6 +16,7 @@ mod import;
 mod memory;
 mod messages;
 mod ordering;
+mod queue;
 mod rooms;
 mod upgrade;
 mod v2;
