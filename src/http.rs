@@ -1,6 +1,7 @@
-//! HTTP/1.1 as far as Klav needs it: a request head parsed with `httparse`, a
-//! `Content-Length` body, keep-alive and pipelining, JSON responses, and the limits
-//! (8 KiB of headers, 64 KiB of body).
+//! HTTP/1.1 as far as Klav needs it: a request head parsed with `httparse` (CRLF
+//! line ends only), a `Content-Length` body (`Expect: 100-continue` honoured),
+//! keep-alive and pipelining, JSON responses, and the limits (8 KiB of headers,
+//! 64 KiB of body).
 
 use std::fmt;
 
@@ -40,10 +41,7 @@ impl fmt::Display for HttpError {
             HttpError::BodyTooLarge => write!(f, "request body too large (limit {MAX_BODY} bytes)"),
             HttpError::Malformed(why) => write!(f, "malformed request: {why}"),
             HttpError::Expectation => {
-                write!(
-                    f,
-                    "unsupported expectation (only \"Expect: 100-continue\" is)"
-                )
+                write!(f, "unsupported Expect (only 100-continue is supported)")
             }
         }
     }
