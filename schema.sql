@@ -94,8 +94,9 @@ CREATE INDEX IF NOT EXISTS klav_chat_logs_room_id ON chat_logs (room_id, id);
 CREATE INDEX IF NOT EXISTS klav_rooms_name_created ON rooms (name, created_at, id);
 
 -- Direct messages waiting for an offline recipient (the old server kept these in
--- memory and lost them on restart). At most 100 rows per recipient are kept; the
--- oldest are dropped first. A row is deleted once written to a recipient socket.
+-- memory and lost them on restart). At most 100 rows per recipient are kept, at
+-- most 20 of them from one sender (see src/db/offline_queue.rs for which go). A
+-- row is deleted once written to a recipient socket.
 CREATE TABLE IF NOT EXISTS klav_offline_dms (
     id             bigserial PRIMARY KEY,
     recipient      varchar(100) NOT NULL REFERENCES users(username) ON DELETE CASCADE,
@@ -162,6 +163,13 @@ CREATE INDEX IF NOT EXISTS klav_presence_node ON klav_presence (node);
 -- so that two nodes opening the recipient's connections at once do not both
 -- deliver it; a claim by a node that is gone may be taken again.
 ALTER TABLE klav_offline_dms ADD COLUMN IF NOT EXISTS klav_claimed_by varchar(100);
+
+-- Offline DMs dropped from each recipient's full queue, until their next connection is told.
+CREATE TABLE IF NOT EXISTS klav_offline_dropped (
+    recipient        varchar(100) PRIMARY KEY REFERENCES users(username) ON DELETE CASCADE,
+    dropped          bigint NOT NULL DEFAULT 0,
+    klav_claimed_by  varchar(100)
+);
 
 -- One row: the schema version this database was last brought to.
 CREATE TABLE IF NOT EXISTS klav_schema_version (

@@ -246,6 +246,14 @@ impl RateLimit {
     }
 }
 
+/// A piece of the offline queue queued on a connection: once the output reaches
+/// `mark`, its DMs are deleted and the `dropped` it told of are subtracted.
+pub struct OfflinePiece {
+    pub mark: u64,
+    pub ids: Vec<i64>,
+    pub dropped: i64,
+}
+
 /// An open WebSocket's state.
 pub struct WsState {
     pub ctx: WebSocketContext,
@@ -254,11 +262,14 @@ pub struct WsState {
     /// When a complete frame (of any kind) last arrived.
     pub last_frame: Instant,
     pub ping_sent: Option<Instant>,
-    /// Offline DMs to delete once the output reaches this mark.
-    pub offline_ack: Option<(u64, Vec<i64>)>,
+    /// The piece of the offline queue being written.
+    pub offline_ack: Option<OfflinePiece>,
     /// Offline DMs loaded and not yet queued (sent in pieces as the socket
     /// drains).
     pub offline_pending: VecDeque<OfflineDm>,
+    /// How many DMs were dropped from the user's full queue, told after the
+    /// queued ones (`offline_dm_dropped`); 0 once told, or when nothing was.
+    pub offline_dropped: i64,
     pub seq: Sequencer,
     /// Bytes of data frames read and not yet part of a complete message (a
     /// frame or a fragmented message under way), and since when there have been

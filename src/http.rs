@@ -1,6 +1,7 @@
-//! HTTP/1.1 as far as Klav needs it: a request head parsed with `httparse`, a
-//! `Content-Length` body, keep-alive and pipelining, JSON responses, and the limits
-//! (8 KiB of headers, 64 KiB of body).
+//! HTTP/1.1 as far as Klav needs it: a request head parsed with `httparse` (CRLF
+//! line ends only), a `Content-Length` body (`Expect: 100-continue` honoured),
+//! keep-alive and pipelining, JSON responses, and the limits (8 KiB of headers,
+//! 64 KiB of body).
 
 use std::fmt;
 
@@ -16,6 +17,8 @@ pub enum HttpError {
     HeadTooLarge,
     BodyTooLarge,
     Malformed(&'static str),
+    /// An `Expect` other than `100-continue`.
+    Expectation,
 }
 
 impl HttpError {
@@ -24,6 +27,7 @@ impl HttpError {
             HttpError::HeadTooLarge => 431,
             HttpError::BodyTooLarge => 413,
             HttpError::Malformed(_) => 400,
+            HttpError::Expectation => 417,
         }
     }
 }
@@ -36,6 +40,9 @@ impl fmt::Display for HttpError {
             }
             HttpError::BodyTooLarge => write!(f, "request body too large (limit {MAX_BODY} bytes)"),
             HttpError::Malformed(why) => write!(f, "malformed request: {why}"),
+            HttpError::Expectation => {
+                write!(f, "unsupported Expect (only 100-continue is supported)")
+            }
         }
     }
 }
@@ -94,16 +101,24 @@ impl Request {
 pub fn parse(buf: &[u8]) -> Result<Option<(Request, usize)>, HttpError> {
     Ok(match parse_step(buf)? {
         Step::Done(req, used) => Some((req, used)),
-        Step::Partial | Step::NeedBytes(_) => None,
+        Step::Partial | Step::NeedBytes { .. } => None,
     })
 }
+
+/// The interim response that tells a client sending `Expect: 100-continue` to
+/// go on with its body.
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// How far a parse of the front of a buffer got.
 enum Step {
     /// The head is not complete.
     Partial,
-    /// The head is complete; the whole request needs this many bytes.
-    NeedBytes(usize),
+    /// The head is complete; the whole request needs this many bytes, and the
+    /// client waits for [`CONTINUE`] before sending the rest.
+    NeedBytes {
+        needed: usize,
+        expects_continue: bool,
+    },
     Done(Request, usize),
 }
 
@@ -120,6 +135,16 @@ pub struct ParseProgress {
     needed: Option<usize>,
     /// Times the head parser ran for the current request (for tests).
     runs: u32,
+    /// The head asked for `100 Continue` and it has not been handed out yet.
+    continue_due: bool,
+}
+
+impl ParseProgress {
+    /// Whether `100 Continue` is due now: once per request, when its head is
+    /// complete and acceptable and its body is awaited.
+    pub fn take_continue(&mut self) -> bool {
+        std::mem::take(&mut self.continue_due)
+    }
 }
 
 /// [`parse`], resuming from `progress` (which must belong to the same buffer and
@@ -150,8 +175,12 @@ pub fn parse_resumable(
     progress.runs += 1;
     match parse_step(buf) {
         Ok(Step::Partial) => Ok(None),
-        Ok(Step::NeedBytes(n)) => {
-            progress.needed = Some(n);
+        Ok(Step::NeedBytes {
+            needed,
+            expects_continue,
+        }) => {
+            progress.needed = Some(needed);
+            progress.continue_due = expects_continue;
             Ok(None)
         }
         Ok(Step::Done(req, used)) => {
@@ -174,6 +203,7 @@ fn parse_step(buf: &[u8]) -> Result<Step, HttpError> {
             if buf.len() > MAX_HEAD {
                 return Err(HttpError::HeadTooLarge);
             }
+            check_line_ends(buf)?;
             return Ok(Step::Partial);
         }
         Err(httparse::Error::TooManyHeaders) => return Err(HttpError::HeadTooLarge),
@@ -182,6 +212,7 @@ fn parse_step(buf: &[u8]) -> Result<Step, HttpError> {
     if head_len > MAX_HEAD {
         return Err(HttpError::HeadTooLarge);
     }
+    check_line_ends(&buf[..head_len])?;
     let method = req.method.unwrap_or("").to_string();
     let target = req.path.unwrap_or("/");
     let (path, query) = match target.split_once('?') {
@@ -190,6 +221,7 @@ fn parse_step(buf: &[u8]) -> Result<Step, HttpError> {
     };
     let version = req.version.unwrap_or(1);
     let mut content_length: Option<usize> = None;
+    let mut expects_continue = false;
     let mut keep_alive = version == 1;
     let mut out_headers = Vec::with_capacity(req.headers.len());
     for h in req.headers.iter() {
@@ -214,6 +246,12 @@ fn parse_step(buf: &[u8]) -> Result<Step, HttpError> {
             // Only Content-Length bodies are supported; accepting chunked framing
             // we do not parse would desynchronise the connection.
             return Err(HttpError::Malformed("Transfer-Encoding is not supported"));
+        } else if h.name.eq_ignore_ascii_case("expect") && version == 1 {
+            // HTTP/1.0 predates `Expect`: a 1.0 request's is ignored (RFC 9110).
+            if !value.eq_ignore_ascii_case("100-continue") {
+                return Err(HttpError::Expectation);
+            }
+            expects_continue = true;
         } else if h.name.eq_ignore_ascii_case("connection") {
             for t in value.split(',') {
                 let t = t.trim();
@@ -231,7 +269,12 @@ fn parse_step(buf: &[u8]) -> Result<Step, HttpError> {
         return Err(HttpError::BodyTooLarge);
     }
     if buf.len() < head_len + body_len {
-        return Ok(Step::NeedBytes(head_len + body_len));
+        // A client that sent part of its body already has stopped waiting;
+        // the interim response is harmless to it all the same.
+        return Ok(Step::NeedBytes {
+            needed: head_len + body_len,
+            expects_continue,
+        });
     }
     let body = buf[head_len..head_len + body_len].to_vec();
     Ok(Step::Done(
@@ -245,6 +288,23 @@ fn parse_step(buf: &[u8]) -> Result<Step, HttpError> {
         },
         head_len + body_len,
     ))
+}
+
+/// Refuses a head with a line ended by a bare LF. httparse accepts them (as
+/// RFC 9112 allows a recipient to), but a proxy in front may not split the
+/// lines the same way; with both reading one head differently, a request can
+/// be smuggled past it.
+fn check_line_ends(head: &[u8]) -> Result<(), HttpError> {
+    let mut prev = 0u8;
+    for &b in head {
+        if b == b'\n' && prev != b'\r' {
+            return Err(HttpError::Malformed(
+                "bare LF line ending (lines must end with CRLF)",
+            ));
+        }
+        prev = b;
+    }
+    Ok(())
 }
 
 /// What must hold for any input to [`parse`] (used by the fuzz target and its
@@ -273,7 +333,7 @@ pub fn check_parse_invariants(data: &[u8]) {
                 return;
             }
             Err(e) => {
-                assert!(matches!(e.status(), 400 | 413 | 431));
+                assert!(matches!(e.status(), 400 | 413 | 417 | 431));
                 return;
             }
         }
@@ -291,6 +351,7 @@ fn reason(status: u16) -> &'static str {
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         413 => "Payload Too Large",
+        417 => "Expectation Failed",
         422 => "Unprocessable Entity",
         426 => "Upgrade Required",
         429 => "Too Many Requests",
@@ -459,6 +520,70 @@ mod tests {
         );
         let mut progress = ParseProgress::default();
         assert!(parse_resumable(b"\x00\x01", &mut progress).is_err());
+    }
+
+    #[test]
+    fn bare_lf_line_ends_are_refused() {
+        for raw in [
+            &b"GET /health HTTP/1.1\n\n"[..],
+            b"GET /health HTTP/1.1\r\nHost: x\n\r\n",
+            b"GET /health HTTP/1.1\r\nHost: x\r\n\n",
+            // Refused before the head is complete, too.
+            b"GET /health HTTP/1.1\nHost: x",
+        ] {
+            assert_eq!(
+                parse(raw).unwrap_err(),
+                HttpError::Malformed("bare LF line ending (lines must end with CRLF)"),
+                "{:?}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+        // A body may hold any bytes.
+        let (r, _) = parse(b"POST /login HTTP/1.1\r\nContent-Length: 2\r\n\r\n\n\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.body, b"\n\n");
+    }
+
+    #[test]
+    fn expectations() {
+        let head = "POST /login HTTP/1.1\r\nExpect: 100-Continue\r\nContent-Length: 2\r\n\r\n";
+        let mut progress = ParseProgress::default();
+        assert!(parse_resumable(head.as_bytes(), &mut progress)
+            .unwrap()
+            .is_none());
+        assert!(progress.take_continue(), "due once the head is in");
+        assert!(!progress.take_continue(), "and only once");
+        let full = format!("{head}{{}}");
+        let (r, _) = parse_resumable(full.as_bytes(), &mut progress)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.body, b"{}");
+        assert!(!progress.take_continue());
+        // The whole request at once: nothing to wait for.
+        let mut progress = ParseProgress::default();
+        assert!(parse_resumable(full.as_bytes(), &mut progress)
+            .unwrap()
+            .is_some());
+        assert!(!progress.take_continue());
+        // Over the limit: refused from the head alone.
+        let big = format!(
+            "POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+            MAX_BODY + 1
+        );
+        let mut progress = ParseProgress::default();
+        assert_eq!(
+            parse_resumable(big.as_bytes(), &mut progress).unwrap_err(),
+            HttpError::BodyTooLarge
+        );
+        assert!(!progress.take_continue());
+        // Anything else cannot be met.
+        let odd = b"POST / HTTP/1.1\r\nExpect: 200-ok\r\nContent-Length: 2\r\n\r\n";
+        assert_eq!(parse(odd).unwrap_err(), HttpError::Expectation);
+        assert_eq!(HttpError::Expectation.status(), 417);
+        // HTTP/1.0 has no expectations: ignored.
+        let old = b"POST / HTTP/1.0\r\nExpect: 200-ok\r\nContent-Length: 2\r\n\r\n{}";
+        assert!(parse(old).unwrap().is_some());
     }
 
     #[test]

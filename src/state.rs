@@ -58,6 +58,10 @@ pub struct UserState {
     /// Offline-queue entries already handed to one of this user's connections,
     /// so a second connection opening at the same moment does not get them too.
     pub offline_claimed: HashSet<i64>,
+    /// The count of DMs dropped from the user's queue was handed to one of
+    /// their connections (like `offline_claimed`: a connection opening at the
+    /// same moment does not tell it again).
+    pub offline_dropped_claimed: bool,
 }
 
 /// Where a DM's recipient is, as far as delivery is concerned.
@@ -532,6 +536,7 @@ mod tests {
             last_entries: vec![0; rooms.len()],
             following: following.iter().map(|s| s.to_string()).collect(),
             offline: vec![],
+            dropped: 0,
         }
     }
 

@@ -90,6 +90,10 @@ pub struct SessionData {
     pub last_entries: Vec<i64>,
     pub following: Vec<String>,
     pub offline: Vec<OfflineDm>,
+    /// Offline DMs dropped from the user's full queue since a connection of
+    /// theirs was last told (claimed like `offline`; 0 when none, or when
+    /// another live node holds the claim).
+    pub dropped: i64,
 }
 
 #[derive(Clone, Debug)]
@@ -235,9 +239,12 @@ pub enum Job {
         username: String,
         claim: String,
     },
-    /// Offline DMs claimed by this node but not written: another node may take them.
+    /// Offline DMs claimed by this node but not written: another node may take
+    /// them (and the count of dropped ones, with `dropped`).
     ReleaseOfflineClaims {
+        username: String,
         ids: Vec<i64>,
+        dropped: bool,
         claim: String,
     },
     /// This node's count of `user`'s connections (0: none), and whether that
@@ -286,10 +293,12 @@ pub enum Job {
         room: String,
         limit: i64,
     },
-    /// Offline DMs written to one of `username`'s connections.
+    /// Offline DMs written to one of `username`'s connections, and how many
+    /// dropped ones it was told of (`offline_dm_dropped`).
     DeleteOfflineDms {
         username: String,
         ids: Vec<i64>,
+        dropped: i64,
     },
     History(HistoryQuery),
     MyRooms {

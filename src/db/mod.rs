@@ -28,6 +28,7 @@ pub mod entry;
 pub mod jobs;
 pub mod listener;
 pub mod nodes;
+pub mod offline_queue;
 pub mod queries;
 pub mod rows;
 mod worker;

@@ -12,9 +12,6 @@ use super::rows::room_newest_entry;
 pub use super::rows::{display_nickname, entry_from_row, Stmts};
 use super::DbError;
 
-/// Offline DMs kept per recipient; older ones are dropped.
-pub const OFFLINE_QUEUE_CAP: i64 = 100;
-
 /// Entries after a room's read marker that `my_rooms` looks at to count the
 /// unread ones: the count is exact up to there, and says "more" beyond.
 pub const UNREAD_WINDOW: i64 = 100;
@@ -70,13 +67,26 @@ pub fn run<C: GenericClient>(c: &mut C, st: &mut Stmts, job: Job) -> Result<Outc
             let session = open_session(c, st, &username, &claim)?;
             Outcome::Session { username, session }
         }
-        Job::ReleaseOfflineClaims { ids, claim } => {
+        Job::ReleaseOfflineClaims {
+            username,
+            ids,
+            dropped,
+            claim,
+        } => {
             let s = st.get(
                 c,
                 "UPDATE klav_offline_dms SET klav_claimed_by = NULL \
                  WHERE id = ANY($1) AND klav_claimed_by = $2",
             )?;
             c.execute(&s, &[&ids, &claim])?;
+            if dropped {
+                let s = st.get(
+                    c,
+                    "UPDATE klav_offline_dropped SET klav_claimed_by = NULL \
+                     WHERE recipient = $1 AND klav_claimed_by = $2",
+                )?;
+                c.execute(&s, &[&username, &claim])?;
+            }
             Outcome::Done
         }
         Job::Presence {
@@ -123,9 +133,28 @@ pub fn run<C: GenericClient>(c: &mut C, st: &mut Stmts, job: Job) -> Result<Outc
             items.reverse();
             Outcome::HistoryFill { room, limit, items }
         }
-        Job::DeleteOfflineDms { ids, .. } => {
+        Job::DeleteOfflineDms {
+            username,
+            ids,
+            dropped,
+        } => {
             let s = st.get(c, "DELETE FROM klav_offline_dms WHERE id = ANY($1)")?;
             c.execute(&s, &[&ids])?;
+            if dropped > 0 {
+                // Only what was told is subtracted: drops counted meanwhile
+                // stay for the next connection.
+                let s = st.get(
+                    c,
+                    "UPDATE klav_offline_dropped \
+                     SET dropped = dropped - $2, klav_claimed_by = NULL WHERE recipient = $1",
+                )?;
+                c.execute(&s, &[&username, &dropped])?;
+                let s = st.get(
+                    c,
+                    "DELETE FROM klav_offline_dropped WHERE recipient = $1 AND dropped <= 0",
+                )?;
+                c.execute(&s, &[&username])?;
+            }
             Outcome::Done
         }
         Job::History(q) => {
@@ -284,12 +313,26 @@ fn open_session<C: GenericClient>(
             at: r.get(5),
         })
         .collect();
+    // How many were dropped from a full queue, claimed the same way.
+    let s = st.get(
+        c,
+        "UPDATE klav_offline_dropped d SET klav_claimed_by = $2 \
+         WHERE d.recipient = $1 AND d.dropped > 0 \
+           AND (d.klav_claimed_by IS NULL OR d.klav_claimed_by = $2 \
+            OR NOT EXISTS (SELECT 1 FROM klav_nodes n \
+                           WHERE n.name || ':' || n.incarnation = d.klav_claimed_by)) \
+         RETURNING dropped",
+    )?;
+    let dropped = c
+        .query_opt(&s, &[&username, &claim])?
+        .map_or(0, |r| r.get(0));
     Ok(Some(SessionData {
         nickname,
         rooms,
         last_entries,
         following,
         offline,
+        dropped,
     }))
 }
 

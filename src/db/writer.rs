@@ -22,7 +22,8 @@ use r2d2_postgres::PostgresConnectionManager;
 
 use super::bus::{self, EntryRef, MemberOp, Payloads};
 use super::jobs::*;
-use super::queries::{entry_from_row, Stmts, OFFLINE_QUEUE_CAP};
+use super::offline_queue;
+use super::queries::{entry_from_row, Stmts};
 use super::rows::room_newest_entry;
 use super::{CompletionSink, DbError, Health, Pool};
 
@@ -386,6 +387,10 @@ fn apply<'a>(
                     log_id,
                     at,
                 } => {
+                    if b.chain.node.is_some() {
+                        // Another node's writer may be queueing for them too.
+                        super::nodes::lock_user(tx, st, to)?;
+                    }
                     queue_dm(tx, st, msg, to, *log_id, *at)?;
                     Written::Ready(Outcome::DmQueued {
                         room: msg.room.clone(),
@@ -792,7 +797,8 @@ fn edit(
     Ok(EditResult::Done(Box::new(entry_from_row(row))))
 }
 
-/// Moves `username`'s marker in `room` forward to `id`, if the room has that entry.
+/// Moves `username`'s marker in `room` forward to `id`, if the room has that entry
+/// and the user may see it.
 fn read_marker(
     tx: &mut Transaction<'_>,
     st: &mut Stmts,
@@ -800,8 +806,13 @@ fn read_marker(
     room: &str,
     id: i64,
 ) -> Result<ReadResult, DbError> {
-    let s = st.get(tx, "SELECT 1 FROM chat_logs WHERE id = $1 AND room_id = $2")?;
-    if tx.query_opt(&s, &[&id, &room])?.is_none() {
+    // A DM between two others is as absent as an id the room does not have.
+    let s = st.get(
+        tx,
+        "SELECT 1 FROM chat_logs WHERE id = $1 AND room_id = $2 \
+           AND (kind IS DISTINCT FROM 'dm' OR from_user = $3 OR to_user = $3)",
+    )?;
+    if tx.query_opt(&s, &[&id, &room, &username])?.is_none() {
         return Ok(ReadResult::NotFound);
     }
     let s = st.get(
@@ -1072,6 +1083,10 @@ fn dm(
     ))
 }
 
+/// Adds a DM to `to`'s offline queue and drops what the queue's bounds say must
+/// go (see [`offline_queue`]), counting it for the recipient. In a cluster the
+/// caller holds the recipient's lock, so two writers never judge one queue at
+/// once.
 fn queue_dm<C: GenericClient>(
     c: &mut C,
     st: &mut Stmts,
@@ -1080,13 +1095,18 @@ fn queue_dm<C: GenericClient>(
     log_id: i64,
     at: SystemTime,
 ) -> Result<(), DbError> {
+    // The statement's snapshot does not see its own insert: it is added to the
+    // queue read back.
     let ins = st.get(
         c,
-        "INSERT INTO klav_offline_dms \
-            (recipient, room_id, log_id, from_user, from_nickname, text, sent_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "WITH ins AS (\
+            INSERT INTO klav_offline_dms \
+                (recipient, room_id, log_id, from_user, from_nickname, text, sent_at) \
+            VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id, from_user) \
+         SELECT id, from_user FROM klav_offline_dms WHERE recipient = $1 \
+         UNION ALL SELECT id, from_user FROM ins",
     )?;
-    c.execute(
+    let rows = c.query(
         &ins,
         &[
             &to,
@@ -1098,12 +1118,21 @@ fn queue_dm<C: GenericClient>(
             &at,
         ],
     )?;
-    let trim = st.get(
+    let queue: Vec<(i64, &str)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let gone = offline_queue::evictions(&queue, &msg.from);
+    if gone.is_empty() {
+        return Ok(());
+    }
+    // Counted as actually deleted: one delivered meanwhile is not "dropped".
+    let drop = st.get(
         c,
-        "DELETE FROM klav_offline_dms WHERE recipient = $1 AND id <= \
-         (SELECT id FROM klav_offline_dms WHERE recipient = $1 \
-          ORDER BY id DESC OFFSET $2 LIMIT 1)",
+        "WITH gone AS (\
+            DELETE FROM klav_offline_dms WHERE recipient = $1 AND id = ANY($2) RETURNING 1) \
+         INSERT INTO klav_offline_dropped (recipient, dropped) \
+         SELECT $1, count(*) FROM gone HAVING count(*) > 0 \
+         ON CONFLICT (recipient) DO UPDATE \
+            SET dropped = klav_offline_dropped.dropped + EXCLUDED.dropped",
     )?;
-    c.execute(&trim, &[&to, &OFFLINE_QUEUE_CAP])?;
+    c.execute(&drop, &[&to, &gone])?;
     Ok(())
 }

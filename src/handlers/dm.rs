@@ -120,6 +120,9 @@ pub fn stored(hub: &mut Hub, t: &Ticket, msg: NewMessage, to: String, result: Dm
             }
             (id, ts, queued)
         }
+        DmResult::Duplicate(d) if d.entry.kind != "dm" => {
+            return hub.reply_error(t.conn, &t.req_id, super::messages::client_id_taken());
+        }
         DmResult::Duplicate(d) => {
             // A retry: the original stands, and its sender hears how it went.
             let status = if d.queued { "QUEUED" } else { "DELIVERED" };

@@ -52,7 +52,14 @@ pub fn process(hub: &mut Hub, id: ConnId) {
             return;
         }
         match http::parse_resumable(st.buf.unread(), &mut st.progress) {
-            Ok(None) => return,
+            Ok(None) => {
+                // The head is in and acceptable (its body fits): a client
+                // that asked may send the body now, rather than after a pause.
+                if st.progress.take_continue() {
+                    hub.respond(id, http::CONTINUE, true);
+                }
+                return;
+            }
             Ok(Some((req, used))) => {
                 st.buf.consume(used);
                 let now = Instant::now();

@@ -96,9 +96,23 @@ pub fn stored(hub: &mut Hub, t: &Ticket, msg: NewMessage, id: i64, ts: SystemTim
 }
 
 /// A retried `msg`: its `client_id` was used already. Nothing was stored; the
-/// sending connection alone gets the original entry again.
+/// sending connection alone gets the original entry again — unless the key
+/// belongs to a DM, which this is no retry of (and which must not be shown).
 pub fn duplicate(hub: &mut Hub, t: &Ticket, d: Box<Duplicate>) {
+    if d.entry.kind != "msg" {
+        return hub.reply_error(t.conn, &t.req_id, client_id_taken());
+    }
     hub.reply(t.conn, &t.req_id, entry_event(&d.entry));
+}
+
+/// A `msg` or `room_dm` whose `client_id` its sender already used for an entry
+/// of the other kind: not a retry, so it cannot be answered as one, and the
+/// key (unique per sender across kinds) cannot store it either.
+pub fn client_id_taken() -> RequestError {
+    RequestError::with(
+        ErrorCode::BadRequest,
+        "client_id already used for another message",
+    )
 }
 
 /// A stored entry as the live event that delivers it (`message`, `dm` or

@@ -5,7 +5,9 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 use crate::client_addr::{budget_key, client_addr};
-use crate::conn::{ConnId, OpeningHold, Phase, RateLimit, WsState, OUTPUT_PAUSE_BYTES};
+use crate::conn::{
+    ConnId, OfflinePiece, OpeningHold, Phase, RateLimit, WsState, OUTPUT_PAUSE_BYTES,
+};
 use crate::db::jobs::{OfflineDm, SessionData};
 use crate::db::{DbError, Job, Ticket};
 use crate::http::{self, Request};
@@ -197,6 +199,7 @@ pub fn opened(hub: &mut Hub, id: ConnId, username: &str, session: Option<Session
         ping_sent: None,
         offline_ack: None,
         offline_pending: VecDeque::new(),
+        offline_dropped: 0,
         seq: Default::default(),
         unfinished: 0,
         unfinished_since: None,
@@ -218,22 +221,26 @@ pub fn opened(hub: &mut Hub, id: ConnId, username: &str, session: Option<Session
     }
 
     // Queued DMs, oldest first, in pieces as the socket takes them (each piece
-    // deleted once written). Those another connection of the user already took
-    // are not sent twice.
+    // deleted once written), then how many were dropped from a full queue.
+    // What another connection of the user already took is not sent twice.
     if let Some(session) = session {
-        let claimed = &mut hub
-            .state
-            .users
-            .get_mut(username)
-            .expect("opened")
-            .offline_claimed;
+        let user = hub.state.users.get_mut(username).expect("opened");
+        let claimed = &mut user.offline_claimed;
         let offline: VecDeque<OfflineDm> = session
             .offline
             .into_iter()
             .filter(|dm| claimed.insert(dm.id))
             .collect();
+        let dropped = match session.dropped > 0 && !user.offline_dropped_claimed {
+            true => {
+                user.offline_dropped_claimed = true;
+                session.dropped
+            }
+            false => 0,
+        };
         if let Some(ws) = hub.ws_mut(id) {
             ws.offline_pending = offline;
+            ws.offline_dropped = dropped;
         }
         send_offline_piece(hub, id);
     }
@@ -264,9 +271,10 @@ pub fn open_failed(hub: &mut Hub, id: ConnId, e: &DbError) {
 
 /// Queues the next offline DMs, up to [`OUTPUT_PAUSE_BYTES`] of them, unless a
 /// piece is still being written: a full queue of long DMs never makes the
-/// connection a slow consumer.
+/// connection a slow consumer. After the last of them: `offline_dm_dropped`.
 fn send_offline_piece(hub: &mut Hub, id: ConnId) {
     let mut ids = Vec::new();
+    let mut dropped = 0;
     loop {
         let Some(conn) = hub.conn_mut(id) else { return };
         let full = conn.out.len() >= OUTPUT_PAUSE_BYTES;
@@ -277,6 +285,11 @@ fn send_offline_piece(hub: &mut Hub, id: ConnId) {
             break;
         }
         let Some(dm) = ws.offline_pending.pop_front() else {
+            dropped = std::mem::take(&mut ws.offline_dropped);
+            if dropped > 0 {
+                let ev = Event::new("offline_dm_dropped").with("count", dropped);
+                hub.send_event(id, &ev);
+            }
             break;
         };
         ids.push(dm.id);
@@ -288,13 +301,13 @@ fn send_offline_piece(hub: &mut Hub, id: ConnId) {
             .with("at", crate::time::format_iso(dm.at));
         hub.send_event(id, &ev);
     }
-    if ids.is_empty() {
+    if ids.is_empty() && dropped == 0 {
         return;
     }
     if let Some(conn) = hub.conn_mut(id) {
         let mark = conn.out.mark();
         if let Phase::Ws(ws) = &mut conn.phase {
-            ws.offline_ack = Some((mark, ids));
+            ws.offline_ack = Some(OfflinePiece { mark, ids, dropped });
         }
     }
 }
@@ -310,13 +323,18 @@ pub fn on_flushed(hub: &mut Hub, id: ConnId) {
     if ws
         .offline_ack
         .as_ref()
-        .is_some_and(|(mark, _)| written >= *mark)
+        .is_some_and(|piece| written >= piece.mark)
     {
-        let (_, ids) = ws.offline_ack.take().expect("checked");
+        let OfflinePiece { ids, dropped, .. } = ws.offline_ack.take().expect("checked");
         let username = ws.username.clone();
         // If this fails they are delivered again on the next connect, which is
         // better than losing them.
-        hub.submit(Ticket::internal(), Job::DeleteOfflineDms { username, ids });
+        let job = Job::DeleteOfflineDms {
+            username,
+            ids,
+            dropped,
+        };
+        hub.submit(Ticket::internal(), job);
         send_offline_piece(hub, id);
     }
 }
@@ -346,18 +364,25 @@ pub fn on_closed(hub: &mut Hub, id: ConnId) {
                 .chain(
                     ws.offline_ack
                         .iter()
-                        .flat_map(|(_, ids)| ids.iter().copied()),
+                        .flat_map(|piece| piece.ids.iter().copied()),
                 )
                 .collect();
+            let untold =
+                ws.offline_dropped > 0 || ws.offline_ack.as_ref().is_some_and(|p| p.dropped > 0);
             if let Some(user) = hub.state.users.get_mut(&ws.username) {
                 for i in &unsent {
                     user.offline_claimed.remove(i);
                 }
+                if untold {
+                    user.offline_dropped_claimed = false;
+                }
             }
-            if !unsent.is_empty() {
+            if !unsent.is_empty() || untold {
                 // Another node may hand them to a connection of this user.
                 let job = Job::ReleaseOfflineClaims {
+                    username: ws.username.clone(),
                     ids: unsent,
+                    dropped: untold,
                     claim: hub.cluster.claim(),
                 };
                 hub.submit(Ticket::internal(), job);

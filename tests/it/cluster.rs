@@ -395,6 +395,91 @@ fn cluster_offline_queue_is_flushed_once_when_two_nodes_open_at_once() {
     assert_eq!(left, 0, "delivered DMs leave the queue");
 }
 
+/// Senders on two nodes flood one offline recipient at once: the queue's
+/// bounds hold (each node's writer judges the queue under the recipient's
+/// lock), a friend's DM survives, and what was dropped is counted exactly.
+#[test]
+fn cluster_offline_queue_stays_fair_with_senders_on_two_nodes() {
+    let c = Nodes::start(2);
+    let (fran, bob) = (c.user("fran"), c.user("bob"));
+    let floods: Vec<String> = (0..4).map(|i| c.user(&format!("m{i}"))).collect();
+    let mut f = c.ws(1, &fran);
+    let room = f.create_room("flood");
+    f.join(&room);
+    let mut b = c.ws(0, &bob);
+    b.join(&room);
+    b.close();
+    let mut senders: Vec<Ws> = Vec::new();
+    for (i, t) in floods.iter().enumerate() {
+        let mut ws = c.ws(i % 2, t);
+        ws.join(&room);
+        senders.push(ws);
+    }
+    let ack = f.request(json!({"type": "room_dm", "room_id": room, "to": "bob", "text": "friend"}));
+    assert_eq!(ack["status"], "QUEUED", "{ack}");
+    const EACH: usize = 40;
+    let threads: Vec<_> = senders
+        .into_iter()
+        .enumerate()
+        .map(|(k, mut ws)| {
+            let room = room.clone();
+            std::thread::spawn(move || {
+                for i in 0..EACH {
+                    ws.send(json!({"type": "room_dm", "room_id": room, "to": "bob",
+                                   "text": format!("m{k}-{i}"), "req_id": i}));
+                }
+                let mut acks = 0;
+                while acks < EACH {
+                    let ev = ws.recv();
+                    if ev["type"] == "dm_ack" {
+                        assert_eq!(ev["status"], "QUEUED", "{ev}");
+                        acks += 1;
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let mut db = c.db();
+    let held: Vec<(String, i64)> = db
+        .query(
+            "SELECT from_user, count(*) FROM klav_offline_dms WHERE recipient = 'bob' \
+             GROUP BY from_user",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let total: i64 = held.iter().map(|(_, n)| n).sum();
+    assert!(held.iter().all(|(_, n)| *n <= 20), "{held:?}");
+    assert_eq!(total, 1 + 4 * 20, "{held:?}");
+    assert!(held.contains(&("fran".to_string(), 1)), "{held:?}");
+    let dropped: i64 = db
+        .query_one(
+            "SELECT dropped FROM klav_offline_dropped WHERE recipient = 'bob'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(dropped, (4 * EACH as i64) - 4 * 20);
+    // Told on the next connection, on either node, after the DMs.
+    let mut b = c.ws(1, &bob);
+    let mut dms = 0;
+    let told = loop {
+        let ev = b.recv();
+        match ev["type"].as_str() {
+            Some("offline_dm") => dms += 1,
+            Some("offline_dm_dropped") => break ev,
+            _ => {}
+        }
+    };
+    assert_eq!(dms, total);
+    assert_eq!(told["count"], dropped);
+}
+
 #[test]
 fn cluster_large_entries_travel_by_reference() {
     let c = Nodes::start(2);

@@ -1765,3 +1765,84 @@ fn metrics_are_exposed_and_move() {
     // Both ended by their peer (b2 read everything first, so its close was a FIN).
     assert_eq!(metric(s.addr, &disconnects("peer")), 2.0);
 }
+
+// ---------------------------------------------------------------------------------
+// 12. HTTP framing: line ends and expectations
+
+/// A head whose lines end in a bare LF is refused (400, closed): a proxy in
+/// front that splits lines only at CRLF would read another request in it.
+#[test]
+fn http_bare_lf_line_ends_are_refused() {
+    let s = TestServer::start();
+    for raw in [
+        &b"GET /health HTTP/1.1\nHost: x\n\n"[..],
+        b"GET /health HTTP/1.1\r\nHost: x\n\r\n",
+        b"GET /health HTTP/1.1\r\nX-A: 1\r\n\n",
+    ] {
+        let mut c = connect(s.addr);
+        c.write_all(raw).unwrap();
+        let r = read_response(&mut c).expect("an answer");
+        assert_eq!(r.status, 400, "{:?}", String::from_utf8_lossy(raw));
+        assert!(r.detail().contains("bare LF"), "{}", r.detail());
+        assert_eq!(r.header("connection"), Some("close"));
+        assert!(closed_within(&mut c, Duration::from_secs(3)));
+    }
+    // CRLF throughout is served as ever.
+    assert_eq!(s.http("GET", "/health", None).status, 200);
+}
+
+/// `Expect: 100-continue`: `100 Continue` as soon as the head is in (a client
+/// waits for it before sending its body), then the response, on a connection
+/// that keeps pipelining. A body over the limit is refused from the head; any
+/// other expectation cannot be met.
+#[test]
+fn http_expect_100_continue_is_answered() {
+    let s = TestServer::start();
+    s.register("erin", "pw");
+    let login = r#"{"username":"erin","password":"pw"}"#;
+    let mut c = connect(s.addr);
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let head = format!(
+        "POST /login HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        login.len()
+    );
+    c.write_all(head.as_bytes()).unwrap();
+    let mut interim = [0u8; 25];
+    c.read_exact(&mut interim)
+        .expect("100 Continue before the body is sent");
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    // The body, with a second request pipelined behind it.
+    c.write_all(format!("{login}GET /health HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .unwrap();
+    let r = read_response(&mut c).unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.json()["access_token"].is_string());
+    assert_eq!(read_response(&mut c).unwrap().json()["status"], "healthy");
+    // Once more on the same connection: each request gets its own.
+    c.write_all(head.as_bytes()).unwrap();
+    c.read_exact(&mut interim).unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    c.write_all(login.as_bytes()).unwrap();
+    assert_eq!(read_response(&mut c).unwrap().status, 200);
+
+    // Over the limit: 413 at once, no 100 first, closed (no body ever sent).
+    let mut c = connect(s.addr);
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(
+        b"POST /register HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 70000\r\n\r\n",
+    )
+    .unwrap();
+    let r = read_response(&mut c).unwrap();
+    assert_eq!(r.status, 413);
+    assert!(closed_within(&mut c, Duration::from_secs(3)));
+
+    // Anything else: 417 at once, closed.
+    let mut c = connect(s.addr);
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(b"POST /login HTTP/1.1\r\nExpect: 200-ok\r\nContent-Length: 2\r\n\r\n")
+        .unwrap();
+    let r = read_response(&mut c).unwrap();
+    assert_eq!(r.status, 417);
+    assert!(r.detail().contains("100-continue"), "{}", r.detail());
+    assert!(closed_within(&mut c, Duration::from_secs(3)));
+}

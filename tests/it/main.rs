@@ -17,6 +17,7 @@ mod import;
 mod memory;
 mod messages;
 mod ordering;
+mod queue;
 mod rooms;
 mod upgrade;
 mod v2;

@@ -150,19 +150,30 @@ fn a_large_offline_queue_is_delivered_in_pieces() {
         c.rate_per_sec = 10_000.0;
         c.rate_burst = 10_000.0;
     });
-    let mut a = s.client("dm-big-sender");
+    // A full queue: five senders, each with their whole share (20) of it.
+    let mut senders: Vec<Ws> = (0..5)
+        .map(|k| s.client(&format!("dm-big-sender{k}")))
+        .collect();
     let bt = s.user("dm-big-recipient");
-    let room = a.create_room("big");
-    a.join(&room);
+    let room = senders[0].create_room("big");
+    for k in 0..senders.len() {
+        senders[k].join(&room);
+        for earlier in senders.iter_mut().take(k) {
+            earlier.expect("system");
+        }
+    }
     {
         let mut b = s.ws(&bt);
         b.join(&room);
-        a.expect("system");
+        for a in senders.iter_mut() {
+            a.expect("system");
+        }
         b.close();
     }
     std::thread::sleep(Duration::from_millis(200));
     let text: String = "\u{1}".repeat(3990);
     for i in 0..100 {
+        let a = &mut senders[i / 20];
         a.send(
             json!({"type": "room_dm", "room_id": room, "to": "dm-big-recipient",
                       "text": format!("{i}{text}")}),

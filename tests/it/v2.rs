@@ -164,6 +164,79 @@ fn v2_client_id_of_the_wrong_form_is_bad_request_and_stores_nothing() {
     assert_eq!(ev["client_id"], ok.as_str());
 }
 
+/// A `client_id` is one key per sender across `msg` and `room_dm`: reusing a
+/// message's key for a DM (or a DM's for a message) is no retry, and it is
+/// refused without storing or delivering anything, and without showing the
+/// original. Retries of the same kind still get the original.
+#[test]
+fn v2_client_id_reused_across_kinds_is_refused_and_delivers_nothing() {
+    let s = TestServer::start();
+    let (room, mut c) = room_with(&s, &["alice", "bob", "carl"]);
+    let first = c[0]
+        .request(json!({"type": "msg", "room_id": room, "text": "hello", "client_id": "k-msg"}));
+    assert_eq!(first["type"], "message", "{first}");
+    c[1].expect("message");
+    c[2].expect("message");
+
+    // A DM with the message's key.
+    let e = c[0].request(
+        json!({"type": "room_dm", "room_id": room, "to": "bob", "text": "psst", "client_id": "k-msg"}),
+    );
+    assert_eq!(e["type"], "error", "{e}");
+    assert_eq!(e["code"], "BAD_REQUEST");
+    assert_eq!(e["detail"], "client_id already used for another message");
+    // ... to an offline recipient: nothing queued either.
+    let e = c[0].request(
+        json!({"type": "room_dm", "room_id": room, "to": "carl", "text": "later", "client_id": "k-msg"}),
+    );
+    assert_eq!(e["code"], "BAD_REQUEST", "{e}");
+
+    // A message with a DM's key.
+    let ack = c[0].request(
+        json!({"type": "room_dm", "room_id": room, "to": "bob", "text": "secret", "client_id": "k-dm"}),
+    );
+    assert_eq!(ack["status"], "DELIVERED", "{ack}");
+    assert_eq!(c[1].expect("dm")["text"], "secret");
+    let e = c[0]
+        .request(json!({"type": "msg", "room_id": room, "text": "public", "client_id": "k-dm"}));
+    assert_eq!(
+        e["type"], "error",
+        "the DM is not shown back as the original: {e}"
+    );
+    assert_eq!(e["code"], "BAD_REQUEST");
+    assert_eq!(e["detail"], "client_id already used for another message");
+
+    // Nobody received anything, and nothing new was stored or queued.
+    c[0].silent();
+    c[1].silent();
+    c[2].silent();
+    let n = count_logs(
+        &s,
+        "SELECT count(*) FROM chat_logs WHERE room_id = $1 AND kind IN ('msg', 'dm')",
+        &room,
+    );
+    assert_eq!(n, 2);
+    let queued: i64 = s
+        .db()
+        .query_one("SELECT count(*) FROM klav_offline_dms", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(queued, 0);
+
+    // Genuine retries keep their answers.
+    let again = c[0]
+        .request(json!({"type": "msg", "room_id": room, "text": "hello?", "client_id": "k-msg"}));
+    assert_eq!(again["type"], "message");
+    assert_eq!(id_of(&again), id_of(&first));
+    let ack = c[0].request(
+        json!({"type": "room_dm", "room_id": room, "to": "bob", "text": "secret?", "client_id": "k-dm"}),
+    );
+    assert_eq!(ack["type"], "dm_ack");
+    assert_eq!(ack["status"], "DELIVERED");
+    c[1].silent();
+    c[2].silent();
+}
+
 /// The same client_id sent at once on two connections of one user stores one
 /// entry; both connections get that entry, and it survives a restart.
 #[test]
@@ -353,6 +426,32 @@ fn v2_read_markers_move_forward_and_sync_only_the_same_user() {
     let info = room_info(&mut c[1], &room);
     assert_eq!(info["read_id"], 0);
     assert_eq!(info["unread"], 1);
+    // A DM between two other members is as unknown as an id the room lacks;
+    // a DM of one's own (sent or received) is an entry like any other.
+    alice2.expect("message_deleted");
+    outsider.join(&room);
+    c[0].expect("system");
+    c[1].expect("system");
+    alice2.expect("system");
+    let ack =
+        c[1].request(json!({"type": "room_dm", "room_id": room, "to": "carl", "text": "psst"}));
+    assert_eq!(ack["status"], "DELIVERED");
+    let theirs = id_of(&outsider.expect("dm"));
+    let e = c[0].request(json!({"type": "read", "room_id": room, "id": theirs}));
+    assert_eq!(e["type"], "error", "{e}");
+    assert_eq!(e["code"], "MESSAGE_NOT_FOUND");
+    assert_eq!(
+        room_info(&mut c[0], &room)["read_id"],
+        ids[1],
+        "the marker stayed"
+    );
+    alice2.silent();
+    let ack = outsider.request(json!({"type": "read", "room_id": room, "id": theirs}));
+    assert_eq!(ack["type"], "read_ack", "the recipient may: {ack}");
+    assert_eq!(ack["id"], theirs);
+    let ack = c[1].request(json!({"type": "read", "room_id": room, "id": theirs}));
+    assert_eq!(ack["type"], "read_ack", "the sender may: {ack}");
+    assert_eq!(ack["id"], theirs);
 }
 
 #[test]
