@@ -30,6 +30,7 @@ pub mod listener;
 pub mod nodes;
 pub mod queries;
 pub mod rows;
+pub mod tickets;
 mod worker;
 mod writer;
 

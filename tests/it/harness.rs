@@ -23,6 +23,10 @@ use tungstenite::Message;
 
 pub const SECRET: &str = "it-secret-long-enough-for-hs256-keys";
 
+/// The password test users register with: long enough for the server's
+/// default `KLAV_MIN_PASSWORD_LEN`.
+pub const PASSWORD: &str = "it-password";
+
 /// The shared PostgreSQL for this run.
 pub struct Pg {
     /// URL of the maintenance database (`postgres`).
@@ -264,9 +268,9 @@ impl TestServer {
         self.post("/login", json!({"username": user, "password": password}))
     }
 
-    /// Registers `user` (password "pw") and returns a token.
+    /// Registers `user` (password [`PASSWORD`]) and returns a token.
     pub fn user(&self, user: &str) -> String {
-        let r = self.register(user, "pw");
+        let r = self.register(user, PASSWORD);
         assert_eq!(r.status, 200, "register {user}: {}", r.body);
         self.token(user)
     }
@@ -275,14 +279,14 @@ impl TestServer {
     pub fn user_nick(&self, user: &str, nickname: &str) -> String {
         let r = self.post(
             "/register",
-            json!({"username": user, "password": "pw", "nickname": nickname}),
+            json!({"username": user, "password": PASSWORD, "nickname": nickname}),
         );
         assert_eq!(r.status, 200, "register {user}: {}", r.body);
         self.token(user)
     }
 
     pub fn token(&self, user: &str) -> String {
-        let r = self.login(user, "pw");
+        let r = self.login(user, PASSWORD);
         assert_eq!(r.status, 200, "login {user}: {}", r.body);
         r.json()["access_token"].as_str().unwrap().to_string()
     }
@@ -779,9 +783,9 @@ pub fn http_to(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -
     read_response(&mut s).expect("a response")
 }
 
-/// Registers `user` (password "pw") on the server at `addr` and returns a token.
+/// Registers `user` (password [`PASSWORD`]) on the server at `addr` and returns a token.
 pub fn user_at(addr: SocketAddr, user: &str) -> String {
-    let body = json!({"username": user, "password": "pw"}).to_string();
+    let body = json!({"username": user, "password": PASSWORD}).to_string();
     let r = http_to(addr, "POST", "/register", Some(&body));
     assert_eq!(r.status, 200, "register {user}: {}", r.body);
     let r = http_to(addr, "POST", "/login", Some(&body));

@@ -42,7 +42,7 @@ fn status_online(p: &Page) {
 
 fn register(p: &Page, user: &str, nickname: &str) {
     p.fill("login-username", user);
-    p.fill("login-password", "pw");
+    p.fill("login-password", PASSWORD);
     p.fill("login-nickname", nickname);
     p.click("register-submit");
     status_online(p);
@@ -389,7 +389,7 @@ fn web_scrolling_up_loads_older_history() {
     }
     let (_one, b) = browser();
     let p = open(&b, &s);
-    login(&p, "hana", "pw");
+    login(&p, "hana", PASSWORD);
     status_online(&p);
     p.click_selector(&format!(
         "[data-testid=\"room-item\"][data-room-id=\"{room}\"]"
@@ -454,7 +454,7 @@ fn web_dms_offline_dms_and_live_presence() {
 
     // Alice connects: she gets it, and Bob sees her online.
     let alice = open(&b, &s);
-    login(&alice, "alice", "pw");
+    login(&alice, "alice", PASSWORD);
     status_online(&alice);
     let offline = alice.wait_for(
         "[...document.querySelectorAll('[data-testid=\"offline-dm\"]')].map(e => [e.dataset.from, e.querySelector('.text').textContent])",
@@ -492,7 +492,7 @@ fn web_dms_offline_dms_and_live_presence() {
         "alice offline in bob's friends",
     );
     // And back online once more, then the page just closes.
-    login(&alice, "alice", "pw");
+    login(&alice, "alice", PASSWORD);
     status_online(&alice);
     bob.wait_for(
         "document.querySelector('[data-testid=\"online-friend\"][data-username=\"alice\"]')",
@@ -681,7 +681,7 @@ fn web_login_errors_throttling_and_expired_session() {
             &format!("auth error {want:?}"),
         );
     };
-    login(&p, "nobody", "pw");
+    login(&p, "nobody", PASSWORD);
     auth_error(&p, "register first");
     register(&p, "dana", "다나");
     p.click("logout");
@@ -787,7 +787,7 @@ fn web_phone_width_with_the_keyboard_alone() {
     );
     p.ime_commit("yuna");
     tab_to(&p, "login-password", 1);
-    p.ime_commit("pw");
+    p.ime_commit(PASSWORD);
     tab_to(&p, "login-nickname", 1);
     p.ime_commit("유나");
     tab_to(&p, "register-submit", 3);
@@ -954,7 +954,7 @@ fn web_pages_on_two_nodes_see_each_other() {
 
     // Alice logs in on the other node: bob's page (node 0) shows her online.
     let alice = page_at(&b, n1.addr);
-    login(&alice, "alice", "pw");
+    login(&alice, "alice", PASSWORD);
     status_online(&alice);
     bob.wait_for(
         "document.querySelector('[data-testid=\"online-friend\"][data-username=\"alice\"]')",
