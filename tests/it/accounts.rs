@@ -108,6 +108,39 @@ fn register_validation() {
     assert_eq!(n, 2);
 }
 
+/// New accounts need `KLAV_MIN_PASSWORD_LEN` (8) characters — characters, not
+/// bytes; accounts made before the rule keep their passwords, and registering
+/// their name again is still `ALREADY`.
+#[test]
+fn new_passwords_have_a_minimum_length() {
+    let s = TestServer::start();
+    for short in ["x", "1234567", "가나다라마바사"] {
+        let r = s.post("/register", json!({"username": "newbie", "password": short}));
+        assert_eq!(r.status, 400, "{short:?}: {}", r.body);
+        assert!(r.detail().contains("at least 8 characters"), "{}", r.body);
+    }
+    let n: i64 = s
+        .db()
+        .query_one("SELECT count(*) FROM users", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+    for (user, ok) in [("eight", "12345678"), ("hangul", "가나다라마바사아")] {
+        let r = s.post("/register", json!({"username": user, "password": ok}));
+        assert_eq!(r.json()["status"], "CREATED", "{ok:?}: {}", r.body);
+        assert_eq!(s.login(user, ok).status, 200);
+    }
+    s.db()
+        .execute(
+            "INSERT INTO users (username, password, nickname) VALUES ('old', 'pw', 'Old')",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(s.login("old", "pw").status, 200);
+    let r = s.post("/register", json!({"username": "old", "password": "pw"}));
+    assert_eq!((r.status, r.json()), (200, json!({"status": "ALREADY"})));
+}
+
 #[test]
 fn login_failures() {
     let s = TestServer::start();

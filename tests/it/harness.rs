@@ -291,6 +291,13 @@ impl TestServer {
         r.json()["access_token"].as_str().unwrap().to_string()
     }
 
+    /// A ticket from `POST /ws-ticket` for `token` (which must be good).
+    pub fn ws_ticket(&self, token: &str) -> String {
+        let r = ws_ticket_at(self.addr, Some(token));
+        assert_eq!(r.status, 200, "ws-ticket: {}", r.body);
+        r.json()["ticket"].as_str().unwrap().to_string()
+    }
+
     /// An authenticated WebSocket (token in the query string).
     pub fn ws(&self, token: &str) -> Ws {
         Ws::connect(self.addr, token).unwrap_or_else(|(s, b)| panic!("upgrade refused: {s} {b}"))
@@ -452,6 +459,11 @@ impl Ws {
     /// Connects with `?token=`; on refusal returns the status and body.
     pub fn connect(addr: SocketAddr, token: &str) -> Result<Ws, (u16, String)> {
         Ws::connect_with(addr, &format!("/ws?token={token}"), &[])
+    }
+
+    /// Connects with `?ticket=` (from `POST /ws-ticket`).
+    pub fn connect_ticket(addr: SocketAddr, ticket: &str) -> Result<Ws, (u16, String)> {
+        Ws::connect_with(addr, &format!("/ws?ticket={ticket}"), &[])
     }
 
     pub fn connect_with(
@@ -778,6 +790,20 @@ pub fn http_to(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -
         "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
+    )
+    .unwrap();
+    read_response(&mut s).expect("a response")
+}
+
+/// `POST /ws-ticket` to `addr`, with `Authorization: Bearer <token>` (none:
+/// without the header).
+pub fn ws_ticket_at(addr: SocketAddr, token: Option<&str>) -> Response {
+    let mut s = connect(addr);
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        s,
+        "POST /ws-ticket HTTP/1.1\r\nHost: test\r\n{auth}Content-Length: 0\r\n\
+         Connection: close\r\n\r\n"
     )
     .unwrap();
     read_response(&mut s).expect("a response")

@@ -15,6 +15,7 @@ mod hardening;
 mod import;
 mod memory;
 mod messages;
+mod names;
 mod ordering;
 mod rooms;
 mod upgrade;

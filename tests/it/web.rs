@@ -4,6 +4,7 @@
 //! restart, hostile text and Korean IME input. Screenshots of the main views land
 //! in `target/web-screenshots/`.
 
+use std::collections::HashSet;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -527,7 +528,7 @@ fn web_pages_reconnect_after_restart_and_miss_nothing() {
     let s = TestServer::start();
     let port = s.addr.port();
     let (_one, b) = browser();
-    let mina = open(&b, &s);
+    let mina = open_watching_sockets(&b, &s);
     let joon = open(&b, &s);
     register(&mina, "mina", "미나");
     register(&joon, "joon", "준");
@@ -593,6 +594,15 @@ fn web_pages_reconnect_after_restart_and_miss_nothing() {
         // Refused reconnects are network errors, not page errors.
         p.assert_clean(who);
     }
+    // Every upgrade, the first and each retry, used a fresh one-time ticket:
+    // the token never went into a URL (which proxies log).
+    let urls = socket_urls(&mina);
+    assert!(urls.len() >= 2, "{urls:?}");
+    for u in &urls {
+        assert!(u.contains("/ws?ticket=") && !u.contains("token"), "{u}");
+    }
+    let distinct: HashSet<&String> = urls.iter().collect();
+    assert_eq!(distinct.len(), urls.len(), "a ticket used twice: {urls:?}");
     mina.screenshot("after-restart");
     drop(s2);
 }
@@ -914,6 +924,28 @@ fn web_binary_serves_the_client_unless_turned_off() {
     assert!(k.terminate().success());
     assert!(!k.full_stderr().contains("web client"));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A page whose every WebSocket URL is recorded (`socket_urls`), set up before
+/// the client's script runs.
+fn open_watching_sockets<'b>(b: &'b Browser, s: &TestServer) -> Page<'b> {
+    let p = b
+        .new_page(1100, 720)
+        .unwrap_or_else(|e| panic!("new page: {e}"));
+    p.call(
+        "Page.addScriptToEvaluateOnNewDocument",
+        json!({"source": "window.__socketUrls = []; \
+            window.WebSocket = class extends window.WebSocket { \
+              constructor(url, protocols) { super(url, protocols); \
+                window.__socketUrls.push(String(url)); } };"}),
+    )
+    .unwrap_or_else(|e| panic!("init script: {e}"));
+    p.goto(&format!("http://{}/", s.addr));
+    p
+}
+
+fn socket_urls(p: &Page) -> Vec<String> {
+    serde_json::from_value(p.eval("window.__socketUrls")).unwrap()
 }
 
 fn page_at(b: &Browser, addr: std::net::SocketAddr) -> Page<'_> {
