@@ -3,6 +3,9 @@
 //! visible), system log lines no name can forge — and accounts from before the
 //! rules, which keep working.
 
+use klav::db::jobs::Registration;
+use klav::db::queries::{self, Stmts};
+use klav::db::{Job, Outcome};
 use serde_json::{json, Value};
 
 use crate::harness::*;
@@ -127,6 +130,48 @@ fn case_variants_registered_at_once_make_one_account() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(names, [created[0]]);
+}
+
+/// The check is made under a lock on the lowercased name: a registration of
+/// `mina` waits for one of `MINA` that another node has inserted and not yet
+/// committed, then sees it (without the lock it would find nothing and insert).
+#[test]
+fn case_check_waits_for_a_registration_in_progress() {
+    let url = pg().fresh_db();
+    let mut elsewhere = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let mut tx = elsewhere.transaction().unwrap();
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1, hashtext(lower('MINA')))",
+        &[&queries::USERNAME_LOCK],
+    )
+    .unwrap();
+    tx.execute(
+        "INSERT INTO users (username, password, nickname) VALUES ('MINA', 'h1', 'MINA')",
+        &[],
+    )
+    .unwrap();
+    let here = {
+        let url = url.clone();
+        std::thread::spawn(move || {
+            let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+            let job = Job::Register {
+                username: "mina".into(),
+                password_hash: "h2".into(),
+                nickname: "mina".into(),
+            };
+            match queries::run(&mut db, &mut Stmts::default(), job).unwrap() {
+                Outcome::Registered(r) => r,
+                other => panic!("{other:?}"),
+            }
+        })
+    };
+    std::thread::sleep(QUIET);
+    assert!(!here.is_finished(), "the registration did not wait for the lock");
+    tx.commit().unwrap();
+    assert_eq!(
+        here.join().unwrap(),
+        Registration::CaseTaken("MINA".into())
+    );
 }
 
 /// Accounts the old server (or `klav import-json`) made keep working whatever
