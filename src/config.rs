@@ -256,11 +256,8 @@ impl Config {
                         expected: "a whole number of days, at most 36500",
                     })?,
             ),
-            min_password_len: positive(
-                get("KLAV_MIN_PASSWORD_LEN"),
-                "KLAV_MIN_PASSWORD_LEN",
-                8,
-            )? as usize,
+            min_password_len: positive(get("KLAV_MIN_PASSWORD_LEN"), "KLAV_MIN_PASSWORD_LEN", 8)?
+                as usize,
             ws_ticket_ttl: Duration::from_secs(30),
             db_workers: positive(get("KLAV_DB_WORKERS"), "KLAV_DB_WORKERS", 4)? as usize,
             hash_workers: positive(

@@ -77,10 +77,7 @@ pub fn check_new_username(u: &str) -> Result<(), UsernameError> {
     if u.bytes().all(|b| b == b'.') {
         return Err(UsernameError::OnlyDots);
     }
-    if RESERVED_USERNAMES
-        .iter()
-        .any(|r| r.eq_ignore_ascii_case(u))
-    {
+    if RESERVED_USERNAMES.iter().any(|r| r.eq_ignore_ascii_case(u)) {
         return Err(UsernameError::Reserved);
     }
     Ok(())
@@ -101,7 +98,9 @@ pub fn could_be_username(u: &str) -> bool {
 /// Why a nickname or room name is refused (the text completes "nickname …").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NameError {
-    TooLong { max: usize },
+    TooLong {
+        max: usize,
+    },
     /// A control character (line breaks, ESC, BEL, …) or a line/paragraph separator.
     Control,
     /// A bidirectional control: it makes text around it read in another order.
@@ -211,9 +210,16 @@ pub fn printable(s: &str) -> Cow<'_, str> {
 #[derive(Clone, Copy, Debug)]
 pub enum SystemText<'a> {
     /// `create_room` (or a `join` by a name no room had).
-    Created { room: &'a str, creator: &'a str },
-    Joined { nickname: &'a str },
-    Left { nickname: &'a str },
+    Created {
+        room: &'a str,
+        creator: &'a str,
+    },
+    Joined {
+        nickname: &'a str,
+    },
+    Left {
+        nickname: &'a str,
+    },
 }
 
 impl SystemText<'_> {
@@ -252,7 +258,11 @@ mod tests {
             "미나",
             &"x".repeat(101),
         ] {
-            assert_eq!(check_new_username(bad), Err(UsernameError::Invalid), "{bad:?}");
+            assert_eq!(
+                check_new_username(bad),
+                Err(UsernameError::Invalid),
+                "{bad:?}"
+            );
         }
         for dots in [".", "..", "..."] {
             assert_eq!(check_new_username(dots), Err(UsernameError::OnlyDots));
@@ -296,7 +306,10 @@ mod tests {
             ("\u{2066}x", NameError::Bidi),
             ("x\u{200F}", NameError::Bidi),
             ("\u{200B}", NameError::Invisible),
-            ("\u{200B}\u{200C}\u{200D}\u{2060}\u{FEFF}", NameError::Invisible),
+            (
+                "\u{200B}\u{200C}\u{200D}\u{2060}\u{FEFF}",
+                NameError::Invisible,
+            ),
             ("\u{301}\u{302}", NameError::Invisible),
             ("\u{3164}", NameError::Invisible),
             (" \u{3000}\u{200B} ", NameError::Invisible),

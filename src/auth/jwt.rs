@@ -158,9 +158,7 @@ impl Tokens {
                 let c = data.claims;
                 let auth = c.auth_time.unwrap_or(c.iat);
                 // A lowered KLAV_SESSION_MAX_DAYS ends older logins at once.
-                if auth.saturating_add(self.session_max.as_secs())
-                    <= unix_secs(SystemTime::now())
-                {
+                if auth.saturating_add(self.session_max.as_secs()) <= unix_secs(SystemTime::now()) {
                     return Err(TokenError::SessionEnded);
                 }
                 Ok(Verified {
@@ -217,7 +215,8 @@ mod tests {
 
     #[test]
     fn refreshes_end_with_the_login() {
-        let t = Tokens::new(b"secret", Algorithm::HS256, 60).with_session_max(Duration::from_secs(3600));
+        let t = Tokens::new(b"secret", Algorithm::HS256, 60)
+            .with_session_max(Duration::from_secs(3600));
         let now = SystemTime::now();
         let fresh = t.verify_claims(&t.issue("a")).unwrap();
         assert!(now.duration_since(fresh.auth_time).unwrap_or_default() < Duration::from_secs(2));
@@ -225,10 +224,16 @@ mod tests {
         let late = now - Duration::from_secs(50 * 60);
         let issued = t.reissue("a", late).unwrap();
         let v = t.verify_claims(&issued.token).unwrap();
-        assert_eq!(v.auth_time, UNIX_EPOCH + Duration::from_secs(unix_secs(late)));
+        assert_eq!(
+            v.auth_time,
+            UNIX_EPOCH + Duration::from_secs(unix_secs(late))
+        );
         assert_eq!(v.expires, issued.expires);
         let left = v.expires.duration_since(now).unwrap();
-        assert!(left <= Duration::from_secs(600) && left > Duration::from_secs(590), "{left:?}");
+        assert!(
+            left <= Duration::from_secs(600) && left > Duration::from_secs(590),
+            "{left:?}"
+        );
         assert_eq!(
             t.reissue("a", now - Duration::from_secs(3600)).err(),
             Some(TokenError::SessionEnded)
@@ -243,6 +248,9 @@ mod tests {
             t.verify_claims(&old(secs - 60)).unwrap().auth_time,
             UNIX_EPOCH + Duration::from_secs(secs - 60)
         );
-        assert_eq!(t.verify_claims(&old(secs - 3600)), Err(TokenError::SessionEnded));
+        assert_eq!(
+            t.verify_claims(&old(secs - 3600)),
+            Err(TokenError::SessionEnded)
+        );
     }
 }

@@ -47,7 +47,10 @@ fn register_then_login() {
 #[test]
 fn nickname_defaults_to_username() {
     let s = TestServer::start();
-    s.post("/register", json!({"username": "bob", "password": PASSWORD}));
+    s.post(
+        "/register",
+        json!({"username": "bob", "password": PASSWORD}),
+    );
     s.post(
         "/register",
         json!({"username": "carol", "password": PASSWORD, "nickname": "  "}),
@@ -115,7 +118,10 @@ fn register_validation() {
 fn new_passwords_have_a_minimum_length() {
     let s = TestServer::start();
     for short in ["x", "1234567", "가나다라마바사"] {
-        let r = s.post("/register", json!({"username": "newbie", "password": short}));
+        let r = s.post(
+            "/register",
+            json!({"username": "newbie", "password": short}),
+        );
         assert_eq!(r.status, 400, "{short:?}: {}", r.body);
         assert!(r.detail().contains("at least 8 characters"), "{}", r.body);
     }

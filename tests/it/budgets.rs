@@ -11,8 +11,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use klav::client_addr::TrustedProxies;
 use klav::db::embedded::{Cluster, PASSWORD_FILE};
-use klav::db::queries::{self, Stmts};
 use klav::db::jobs::Registration;
+use klav::db::queries::{self, Stmts};
 use klav::db::{Job, Outcome};
 use serde_json::{json, Value};
 

@@ -32,13 +32,13 @@ fn count_users(s: &TestServer) -> i64 {
 fn confusable_and_reserved_usernames_are_refused() {
     let s = TestServer::start();
     for bad in [
-        "аdmin",              // Cyrillic а
-        "раураl",             // Cyrillic р, а, у
-        "ａｌｉｃｅ",         // fullwidth
-        "alice\u{301}",       // a combining mark
-        "미나",               // letters, but not ASCII: new names are
-        "al\u{200B}ice",      // zero-width space
-        "bob\u{202E}",        // a bidi override
+        "аdmin",         // Cyrillic а
+        "раураl",        // Cyrillic р, а, у
+        "ａｌｉｃｅ",    // fullwidth
+        "alice\u{301}",  // a combining mark
+        "미나",          // letters, but not ASCII: new names are
+        "al\u{200B}ice", // zero-width space
+        "bob\u{202E}",   // a bidi override
     ] {
         let r = register(&s, json!({"username": bad, "password": PASSWORD}));
         assert_eq!(
@@ -47,7 +47,15 @@ fn confusable_and_reserved_usernames_are_refused() {
             "{bad:?}"
         );
     }
-    for reserved in ["system", "SYSTEM", "Admin", "administrator", "klav", "root", "null"] {
+    for reserved in [
+        "system",
+        "SYSTEM",
+        "Admin",
+        "administrator",
+        "klav",
+        "root",
+        "null",
+    ] {
         let r = register(&s, json!({"username": reserved, "password": PASSWORD}));
         assert_eq!(r.status, 400, "{reserved}: {}", r.body);
         assert!(r.detail().starts_with("invalid username"), "{}", r.body);
@@ -73,7 +81,10 @@ fn usernames_are_unique_without_regard_to_case() {
     let s = TestServer::start();
     let r = register(&s, json!({"username": "mina", "password": PASSWORD}));
     assert_eq!(r.json()["status"], "CREATED");
-    let r = register(&s, json!({"username": "mina", "password": "another-password"}));
+    let r = register(
+        &s,
+        json!({"username": "mina", "password": "another-password"}),
+    );
     assert_eq!((r.status, r.json()), (200, json!({"status": "ALREADY"})));
     for variant in ["Mina", "MINA", "miNa"] {
         let r = register(&s, json!({"username": variant, "password": PASSWORD}));
@@ -166,12 +177,12 @@ fn case_check_waits_for_a_registration_in_progress() {
         })
     };
     std::thread::sleep(QUIET);
-    assert!(!here.is_finished(), "the registration did not wait for the lock");
-    tx.commit().unwrap();
-    assert_eq!(
-        here.join().unwrap(),
-        Registration::CaseTaken("MINA".into())
+    assert!(
+        !here.is_finished(),
+        "the registration did not wait for the lock"
     );
+    tx.commit().unwrap();
+    assert_eq!(here.join().unwrap(), Registration::CaseTaken("MINA".into()));
 }
 
 /// Accounts the old server (or `klav import-json`) made keep working whatever
@@ -199,11 +210,17 @@ fn legacy_names_still_log_in_and_chat() {
     mina.join(&room);
     joon.send(json!({"type": "join", "room_id": room}));
     let ev = mina.expect("system");
-    assert_eq!((&ev["user"], &ev["user_nickname"]), (&json!("OldJoon"), &json!("준")));
+    assert_eq!(
+        (&ev["user"], &ev["user_nickname"]),
+        (&json!("OldJoon"), &json!("준"))
+    );
     joon.expect("system");
     joon.send(json!({"type": "msg", "room_id": room, "text": "안녕"}));
     let m = mina.expect("message");
-    assert_eq!((&m["from"], &m["text"]), (&json!("OldJoon"), &json!("안녕")));
+    assert_eq!(
+        (&m["from"], &m["text"]),
+        (&json!("OldJoon"), &json!("안녕"))
+    );
     joon.expect("message");
     // The other spelling is another account, in no room.
     other.silent();
@@ -220,7 +237,10 @@ fn legacy_names_still_log_in_and_chat() {
 fn nickname_rules() {
     let s = TestServer::start();
     let cases = [
-        ("mina 님이 나가셨습니다\nadmin 님이 입장하셨습니다", "control"),
+        (
+            "mina 님이 나가셨습니다\nadmin 님이 입장하셨습니다",
+            "control",
+        ),
         ("evil\u{202E}gnp.exe", "bidirectional"),
         ("\u{2067}mina", "bidirectional"),
         ("\u{1b}[31mred", "control"),
@@ -311,7 +331,10 @@ fn legacy_nickname_cannot_forge_a_system_line() {
         assert!(!shown.contains('\n'), "{ev}");
         assert!(shown.contains('\u{FFFD}'), "{ev}");
     }
-    assert!(!msg["from_nickname"].as_str().unwrap().contains('\n'), "{msg}");
+    assert!(
+        !msg["from_nickname"].as_str().unwrap().contains('\n'),
+        "{msg}"
+    );
     let texts: Vec<String> = s
         .db()
         .query(
@@ -386,5 +409,8 @@ fn room_names_follow_the_same_rules() {
         .get(0);
     assert_eq!(name, "한");
     let again = a.request(json!({"type": "join", "room": "한"}));
-    assert_eq!((&again["status"], &again["room"]), (&json!("ALREADY"), &json!(room)));
+    assert_eq!(
+        (&again["status"], &again["room"]),
+        (&json!("ALREADY"), &json!(room))
+    );
 }

@@ -276,7 +276,10 @@ fn ws_ticket_opens_one_connection() {
             .unwrap_or_else(|| panic!("{what}: accepted"));
         assert_eq!(status, 403, "{what}");
         let detail: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert!(detail["detail"].as_str().unwrap().contains("ticket"), "{what}: {body}");
+        assert!(
+            detail["detail"].as_str().unwrap().contains("ticket"),
+            "{what}: {body}"
+        );
     }
     // The token in the query still works, and the header wins over a ticket.
     Ws::connect(s.addr, &t).unwrap();
@@ -377,7 +380,10 @@ fn ws_tickets_per_user_are_bounded() {
         .get(0);
     assert_eq!(n, 20);
     for old in &tickets[..5] {
-        assert_eq!(Ws::connect_ticket(s.addr, old).err().map(|e| e.0), Some(403));
+        assert_eq!(
+            Ws::connect_ticket(s.addr, old).err().map(|e| e.0),
+            Some(403)
+        );
     }
     Ws::connect_ticket(s.addr, &tickets[5]).expect("the oldest kept ticket works");
     Ws::connect_ticket(s.addr, &tickets[24]).expect("the newest works");

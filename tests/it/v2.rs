@@ -594,7 +594,10 @@ fn v2_refresh_refused_once_the_connection_token_expired() {
     std::thread::sleep(Duration::from_millis(2500));
     let e = ws.request(json!({"type": "refresh_token"}));
     assert_eq!(e["code"], "BAD_TOKEN", "{e}");
-    assert!(e["detail"].as_str().unwrap().contains("log in again"), "{e}");
+    assert!(
+        e["detail"].as_str().unwrap().contains("log in again"),
+        "{e}"
+    );
     // The socket itself stays open, as it always did.
     assert_eq!(ws.request(json!({"type": "my_rooms"}))["type"], "my_rooms");
     let ack = ws.request(json!({"type": "auth", "token": s.token("alice")}));
@@ -635,7 +638,10 @@ fn v2_refresh_never_extends_a_login_past_the_session_maximum() {
     for ws in [&mut late, &mut older] {
         let e = ws.request(json!({"type": "refresh_token"}));
         assert_eq!(e["code"], "BAD_TOKEN", "{e}");
-        assert!(e["detail"].as_str().unwrap().contains("log in again"), "{e}");
+        assert!(
+            e["detail"].as_str().unwrap().contains("log in again"),
+            "{e}"
+        );
     }
     // A new login restarts the count.
     let ack = late.request(json!({"type": "auth", "token": s.token("alice")}));
