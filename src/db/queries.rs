@@ -207,7 +207,7 @@ pub const USERNAME_LOCK: i32 = 7_283_912;
 
 /// The existing username equal to `username` without regard to case, the
 /// same spelling first (rows from before the rule may differ only in case),
-/// and whether its password field is `password`.
+/// with its stored password field.
 fn same_name<C: GenericClient>(
     c: &mut C,
     st: &mut Stmts,
