@@ -171,6 +171,19 @@ CREATE TABLE IF NOT EXISTS klav_offline_dropped (
     klav_claimed_by  varchar(100)
 );
 
+-- Accounts: case-insensitive username lookup (not unique: old rows may differ only in case); WebSocket tickets (SHA-256 only).
+CREATE INDEX IF NOT EXISTS klav_users_lower_username ON users (lower(username));
+CREATE TABLE IF NOT EXISTS klav_ws_tickets (
+    hash           bytea PRIMARY KEY,
+    username       varchar(100) NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+    token_expires  timestamptz NOT NULL,
+    auth_time      timestamptz NOT NULL,
+    expires_at     timestamptz NOT NULL,
+    created_at     timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS klav_ws_tickets_user ON klav_ws_tickets (username, created_at);
+CREATE INDEX IF NOT EXISTS klav_ws_tickets_expires ON klav_ws_tickets (expires_at);
+
 -- One row: the schema version this database was last brought to.
 CREATE TABLE IF NOT EXISTS klav_schema_version (
     singleton   boolean PRIMARY KEY DEFAULT true CHECK (singleton),

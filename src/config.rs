@@ -28,6 +28,16 @@ pub struct Config {
     pub jwt_algorithm: Algorithm,
     /// `JWT_EXPIRE_MINUTES` (default 60).
     pub jwt_expire_minutes: u64,
+    /// `KLAV_SESSION_MAX_DAYS` (default 30): a login lasts at most this long.
+    /// `refresh_token` never gives a token that expires later than this after
+    /// the password was typed (the token's `auth_time`); past it, `BAD_TOKEN`.
+    pub session_max: Duration,
+    /// `KLAV_MIN_PASSWORD_LEN` (default 8): the fewest characters `/register`
+    /// accepts in a password. Existing accounts are not affected.
+    pub min_password_len: usize,
+    /// How long a ticket from `POST /ws-ticket` may be used to open a
+    /// WebSocket. Not an environment setting: 30 s; tests shorten it.
+    pub ws_ticket_ttl: Duration,
     /// `KLAV_DB_WORKERS`: blocking PostgreSQL worker threads (default 4).
     pub db_workers: usize,
     /// `KLAV_HASH_WORKERS`: argon2 threads, kept apart from the database workers so a
@@ -250,6 +260,19 @@ impl Config {
                 }
             },
             jwt_expire_minutes: positive(get("JWT_EXPIRE_MINUTES"), "JWT_EXPIRE_MINUTES", 60)?,
+            session_max: Duration::from_secs(
+                positive(get("KLAV_SESSION_MAX_DAYS"), "KLAV_SESSION_MAX_DAYS", 30)?
+                    .checked_mul(24 * 3600)
+                    .filter(|s| *s <= 100 * 365 * 24 * 3600)
+                    .ok_or_else(|| ConfigError::Invalid {
+                        var: "KLAV_SESSION_MAX_DAYS",
+                        value: get("KLAV_SESSION_MAX_DAYS").unwrap_or_default().to_string(),
+                        expected: "a whole number of days, at most 36500",
+                    })?,
+            ),
+            min_password_len: positive(get("KLAV_MIN_PASSWORD_LEN"), "KLAV_MIN_PASSWORD_LEN", 8)?
+                as usize,
+            ws_ticket_ttl: Duration::from_secs(30),
             db_workers: positive(get("KLAV_DB_WORKERS"), "KLAV_DB_WORKERS", 4)? as usize,
             hash_workers: positive(
                 get("KLAV_HASH_WORKERS"),
@@ -595,6 +618,21 @@ mod tests {
         m.insert("KLAV_WS_TOKEN_EXPIRY".to_string(), "kick".to_string());
         let e = Config::from_map(&m).err().unwrap().to_string();
         assert!(e.contains("KLAV_WS_TOKEN_EXPIRY"), "{e}");
+        m.clear();
+        let d = Config::defaults();
+        assert_eq!(d.session_max, Duration::from_secs(30 * 24 * 3600));
+        assert_eq!(d.min_password_len, 8);
+        m.insert("KLAV_SESSION_MAX_DAYS".to_string(), "7".to_string());
+        m.insert("KLAV_MIN_PASSWORD_LEN".to_string(), "12".to_string());
+        let c = Config::from_map(&m).unwrap();
+        assert_eq!(c.session_max, Duration::from_secs(7 * 24 * 3600));
+        assert_eq!(c.min_password_len, 12);
+        m.insert("KLAV_SESSION_MAX_DAYS".to_string(), "0".to_string());
+        let e = Config::from_map(&m).err().unwrap().to_string();
+        assert!(e.contains("KLAV_SESSION_MAX_DAYS"), "{e}");
+        m.insert("KLAV_SESSION_MAX_DAYS".to_string(), u64::MAX.to_string());
+        let e = Config::from_map(&m).err().unwrap().to_string();
+        assert!(e.contains("KLAV_SESSION_MAX_DAYS"), "{e}");
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub enum Phase {
         leftover: Vec<u8>,
         /// The token's `exp`.
         token_expires: SystemTime,
+        /// The token's `auth_time`: when the login it descends from was made.
+        session_start: SystemTime,
     },
     /// An open WebSocket.
     Ws(Box<WsState>),
@@ -75,6 +77,17 @@ pub enum PendingHttp {
     },
     Health {
         keep_alive: bool,
+    },
+    /// `POST /ws-ticket`: the ticket, handed out once the database has it.
+    MintTicket {
+        ticket: String,
+        keep_alive: bool,
+    },
+    /// `GET /ws?ticket=`: the upgrade, checked up to the ticket, which the
+    /// database is consuming. `addr`: the address its budget counts under.
+    TicketUpgrade {
+        accept_key: String,
+        addr: IpAddr,
     },
 }
 
@@ -281,6 +294,9 @@ pub struct WsState {
     pub token_expires: Instant,
     /// `token_expiring` was sent for that token.
     pub token_warned: bool,
+    /// That token's `auth_time`: `refresh_token` never extends the login
+    /// past it plus `KLAV_SESSION_MAX_DAYS`.
+    pub session_start: SystemTime,
     /// Room → id of the first entry event this connection was sent live. A
     /// room's entries reach a connection in id order, so it has been sent every
     /// later one too: a `resume` replays only what lies below, and never an

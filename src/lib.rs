@@ -23,6 +23,7 @@
 //! - [`in_buf`]: a connection's unparsed input (consumed by moving a cursor).
 //! - [`auth`]: JWTs (on the loop) and argon2id (on hashing threads).
 //! - [`import`]: `klav import-json`, the legacy JSON files into the schema.
+//! - [`names`]: usernames, nicknames, room names, and the system texts built from them.
 //! - [`throttle`]: budgets of the account endpoints: failed logins, registrations.
 //! - [`client_addr`]: the address a request is counted under (trusted proxies).
 //! - [`ticket`]: who waits for background work (connection id, `req_id`).
@@ -48,6 +49,7 @@ pub mod import;
 pub mod in_buf;
 pub mod log;
 pub mod metrics;
+pub mod names;
 pub mod out_queue;
 pub mod protocol;
 pub mod server;

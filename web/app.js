@@ -78,6 +78,8 @@
       token: null,
       user: null,
       ws: null,
+      /** A ticket for the next upgrade is being asked for. */
+      connecting: false,
       connected: false,
       stopped: true,
       attempt: 0,
@@ -235,16 +237,49 @@
 
   // -------------------------------------------------------------- connection
 
-  function connect() {
+  /** A one-time ticket for the next upgrade, so that the token never goes into
+   * a URL (where proxies log it): the string, `'refused'` when the server no
+   * longer takes the token (HTTP 401), or null when it could not be asked. */
+  async function wsTicket() {
+    try {
+      const r = await fetch('/ws-ticket', {
+        method: 'POST',
+        headers: { Authorization: `Bearer ${s.token}` },
+        cache: 'no-store',
+      });
+      if (r.status === 401) return 'refused';
+      if (!r.ok) return null;
+      const data = await r.json();
+      return typeof data.ticket === 'string' ? data.ticket : null;
+    } catch (_) {
+      return null;
+    }
+  }
+
+  async function connect() {
     clearTimeout(s.retryTimer);
-    if (s.stopped) return;
+    if (s.stopped || s.connecting) return;
     if (Date.now() >= tokenExpiry(s.token)) {
       endSession('Your session has expired: please log in again.');
       return;
     }
     setStatus('connecting', 'connecting…');
+    const session = s;
+    session.connecting = true;
+    const ticket = await wsTicket();
+    session.connecting = false;
+    // Logged out, or logged in anew, meanwhile.
+    if (session !== s || s.stopped) return;
+    if (ticket === 'refused') {
+      endSession('The server no longer accepts this session: please log in again.');
+      return;
+    }
+    if (ticket === null) {
+      retryLater();
+      return;
+    }
     const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
-    const ws = new WebSocket(`${scheme}//${location.host}/ws?token=${encodeURIComponent(s.token)}`);
+    const ws = new WebSocket(`${scheme}//${location.host}/ws?ticket=${encodeURIComponent(ticket)}`);
     s.ws = ws;
     let opened = false;
     const startedAt = Date.now();
@@ -936,7 +971,7 @@
   });
 
   window.addEventListener('online', () => {
-    if (!s.stopped && !s.ws) connect();
+    if (!s.stopped && !s.ws && !s.connecting) connect();
   });
 
   // A session kept from an earlier visit.

@@ -6,6 +6,7 @@
 use std::time::SystemTime;
 
 use super::DbError;
+use crate::auth::jwt::Verified;
 use crate::auth::password::HashOutcome;
 pub use crate::ticket::Ticket;
 
@@ -218,11 +219,33 @@ pub enum FollowStatus {
 #[derive(Clone, Debug)]
 pub enum Job {
     Health,
+    /// A new account, unless a name equal to it but for case exists (decided
+    /// under a lock on the lowercased name, so on every node at once).
     Register {
         username: String,
         password_hash: String,
         nickname: String,
     },
+    /// The existing username equal to this one without regard to case (the
+    /// same one first), before a registration hashes anything.
+    UsernameTaken {
+        username: String,
+    },
+    /// Stores a WebSocket ticket (its SHA-256) for `grant.username`, valid for
+    /// `ttl` by the database's clock; trims the user's tickets to the newest
+    /// [`WS_TICKETS_PER_USER`] and drops their expired ones.
+    MintWsTicket {
+        hash: Vec<u8>,
+        grant: Verified,
+        ttl: std::time::Duration,
+    },
+    /// Deletes a ticket and returns what it was for: a ticket opens one
+    /// connection, on whichever node deletes it first.
+    TakeWsTicket {
+        hash: Vec<u8>,
+    },
+    /// Deletes every expired ticket (the retention tick).
+    PruneWsTickets,
     /// The stored password field (PHC string or legacy plain text) of a user.
     Credentials {
         username: String,
@@ -458,13 +481,42 @@ pub struct Duplicate {
     pub queued: bool,
 }
 
+/// Outstanding WebSocket tickets per user: minting another drops the oldest.
+pub const WS_TICKETS_PER_USER: i64 = 20;
+
+/// How a registration went.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Registration {
+    Created,
+    /// The name exists: nothing changed.
+    Already,
+    /// This existing account's name differs from the one asked only in case.
+    CaseTaken(String),
+}
+
+/// What a WebSocket ticket turned out to be.
+#[derive(Clone, Debug)]
+pub enum TicketUse {
+    /// Never minted, already used, or dropped for newer ones.
+    Unknown,
+    Expired,
+    /// Good for one connection, as the token that minted it.
+    Valid(Verified),
+}
+
 /// A job's result. Variants mirror [`Job`]'s.
 #[derive(Debug)]
 pub enum Outcome {
     Healthy,
-    Registered {
-        created: bool,
+    Registered(Registration),
+    UsernameTaken {
+        existing: Option<String>,
     },
+    /// `minted`: false when the user no longer exists.
+    WsTicketMinted {
+        minted: bool,
+    },
+    WsTicket(TicketUse),
     Credentials {
         username: String,
         password: Option<String>,

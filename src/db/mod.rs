@@ -31,6 +31,7 @@ pub mod nodes;
 pub mod offline_queue;
 pub mod queries;
 pub mod rows;
+pub mod tickets;
 mod worker;
 mod writer;
 

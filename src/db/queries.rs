@@ -28,24 +28,22 @@ pub fn run<C: GenericClient>(c: &mut C, st: &mut Stmts, job: Job) -> Result<Outc
             password_hash,
             nickname,
         } => {
-            // `created` also when the row is already there with this very hash: the
-            // hash carries a fresh random salt, so only this request can have
-            // written it — an earlier attempt of the same job that committed before
-            // its connection broke, which the worker then retried.
-            let s = st.get(
-                c,
-                "WITH ins AS (\
-                   INSERT INTO users (username, password, nickname, extra, created_at) \
-                   VALUES ($1, $2, $3, '', now()) ON CONFLICT (username) DO NOTHING \
-                   RETURNING 1) \
-                 SELECT EXISTS (SELECT 1 FROM ins) \
-                     OR EXISTS (SELECT 1 FROM users WHERE username = $1 AND password = $2)",
-            )?;
-            let created: bool = c
-                .query_one(&s, &[&username, &password_hash, &nickname])?
-                .get(0);
-            Outcome::Registered { created }
+            let mut tx = c.transaction()?;
+            let result = register(&mut tx, st, &username, &password_hash, &nickname)?;
+            tx.commit()?;
+            Outcome::Registered(result)
         }
+        Job::UsernameTaken { username } => Outcome::UsernameTaken {
+            existing: same_name(c, st, &username)?.map(|(name, _)| name),
+        },
+        Job::MintWsTicket { hash, grant, ttl } => {
+            let mut tx = c.transaction()?;
+            let minted = super::tickets::mint(&mut tx, st, &hash, &grant, ttl)?;
+            tx.commit()?;
+            Outcome::WsTicketMinted { minted }
+        }
+        Job::TakeWsTicket { hash } => Outcome::WsTicket(super::tickets::take(c, st, &hash)?),
+        Job::PruneWsTickets => Outcome::Pruned(super::tickets::prune(c, st)?),
         Job::Credentials { username } => {
             let s = st.get(c, "SELECT password FROM users WHERE username = $1")?;
             let password = c.query_opt(&s, &[&username])?.map(|r| r.get(0));
@@ -245,6 +243,67 @@ pub fn run<C: GenericClient>(c: &mut C, st: &mut Stmts, job: Job) -> Result<Outc
             )))
         }
     })
+}
+
+/// First key of the advisory lock on a lowercased username (the second is
+/// its hash): registrations of names equal but for case take turns.
+pub const USERNAME_LOCK: i32 = 7_283_912;
+
+/// The existing username equal to `username` without regard to case, the
+/// same spelling first (rows from before the rule may differ only in case),
+/// with its stored password field.
+fn same_name<C: GenericClient>(
+    c: &mut C,
+    st: &mut Stmts,
+    username: &str,
+) -> Result<Option<(String, String)>, DbError> {
+    let s = st.get(
+        c,
+        "SELECT username, password FROM users WHERE lower(username) = lower($1) \
+         ORDER BY username = $1 DESC LIMIT 1",
+    )?;
+    Ok(c.query_opt(&s, &[&username])?.map(|r| (r.get(0), r.get(1))))
+}
+
+/// Inserts the account unless its name is taken in any case. Without the lock
+/// two registrations of `Mina` and `mina` (on two nodes, say) would both find
+/// nothing and both insert; with it the second finds the first.
+fn register(
+    tx: &mut postgres::Transaction<'_>,
+    st: &mut Stmts,
+    username: &str,
+    password_hash: &str,
+    nickname: &str,
+) -> Result<Registration, DbError> {
+    let lock = st.get(tx, "SELECT pg_advisory_xact_lock($1, hashtext(lower($2)))")?;
+    tx.execute(&lock, &[&USERNAME_LOCK, &username])?;
+    match same_name(tx, st, username)? {
+        // Already there with this very hash: the hash carries a fresh random
+        // salt, so only this request can have written it — an earlier attempt
+        // of the same job that committed before its connection broke, which
+        // the worker then retried.
+        Some((name, stored)) if name == username => Ok(if stored == password_hash {
+            Registration::Created
+        } else {
+            Registration::Already
+        }),
+        Some((name, _)) => Ok(Registration::CaseTaken(name)),
+        None => {
+            let s = st.get(
+                tx,
+                "INSERT INTO users (username, password, nickname, extra, created_at) \
+                 VALUES ($1, $2, $3, '', now()) ON CONFLICT (username) DO NOTHING",
+            )?;
+            // A row inserted without the lock (`klav import-json`) is the
+            // only way the name can have appeared since.
+            Ok(
+                match tx.execute(&s, &[&username, &password_hash, &nickname])? {
+                    1 => Registration::Created,
+                    _ => Registration::Already,
+                },
+            )
+        }
+    }
 }
 
 fn user_refs(rows: Vec<postgres::Row>) -> Vec<UserRef> {

@@ -45,10 +45,18 @@ impl Stmts {
 }
 
 /// The nickname to show: the stored one, or the username when it is empty.
+/// Rows written before nicknames were checked (or imported) may hold line
+/// breaks and other controls: they are replaced here, where every nickname
+/// read from the database passes, so none reaches a session, a system text or
+/// another client as it was.
 pub fn display_nickname(username: &str, nickname: Option<String>) -> String {
-    match nickname {
+    let shown = match nickname {
         Some(n) if !n.is_empty() => n,
         _ => username.to_string(),
+    };
+    match crate::names::printable(&shown) {
+        std::borrow::Cow::Borrowed(_) => shown,
+        std::borrow::Cow::Owned(clean) => clean,
     }
 }
 

@@ -26,6 +26,7 @@ use super::offline_queue;
 use super::queries::{entry_from_row, Stmts};
 use super::rows::room_newest_entry;
 use super::{CompletionSink, DbError, Health, Pool};
+use crate::names::SystemText;
 
 type Conn = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
 
@@ -359,7 +360,7 @@ fn apply<'a>(
                     let was_member = tx.execute(&s, &[room, username])? > 0;
                     let mut logged = Vec::new();
                     if was_member {
-                        let text = format!("{nickname} 님이 나가셨습니다");
+                        let text = SystemText::Left { nickname }.render();
                         let op = MemberOp {
                             joined: false,
                             user: username.clone(),
@@ -934,7 +935,11 @@ fn create_room(
     loop {
         let id = new_room_id();
         if tx.execute(&s, &[&id, &name])? == 1 {
-            let text = format!("대화방 \"{name}\"을 {creator_nickname} 님이 만들었습니다");
+            let text = SystemText::Created {
+                room: name,
+                creator: creator_nickname,
+            }
+            .render();
             // A new room: nobody else can add to it before this commits.
             b.chain.last.insert(id.clone(), 0);
             system_entry(tx, st, &id, text, b, None, logged)?;
@@ -988,7 +993,7 @@ fn join(
     if tx.execute(&s, &[&room, &username])? == 0 {
         return Ok(JoinResult::Already { room });
     }
-    let text = format!("{nickname} 님이 입장하셨습니다");
+    let text = SystemText::Joined { nickname }.render();
     let op = MemberOp {
         joined: true,
         user: username.to_string(),

@@ -1,5 +1,5 @@
 //! The HTTP side: parsing requests off a connection's buffer, routing, and the
-//! account endpoints (`/register`, `/login`, `/health`, `/metrics`).
+//! account endpoints (`/register`, `/login`, `/ws-ticket`, `/health`, `/metrics`).
 //!
 //! Requests on one connection are answered in order: while one waits for a worker,
 //! the next (pipelined) request stays in the buffer.
@@ -14,6 +14,7 @@ use crate::client_addr::client_addr;
 use crate::conn::{
     Admit, ConnId, PendingHttp, Phase, RateLimit, IDLE_BUFFER_BYTES, OUTPUT_PAUSE_BYTES,
 };
+use crate::db::jobs::Registration;
 use crate::db::{DbError, Job, Ticket};
 use crate::http::{self, Request};
 use crate::hub::Hub;
@@ -130,7 +131,7 @@ fn route(hub: &mut Hub, id: ConnId, req: Request) {
         return;
     }
     let allowed = match req.path.as_str() {
-        "/register" | "/login" => "POST",
+        "/register" | "/login" | "/ws-ticket" => "POST",
         "/health" | "/metrics" | "/ws" => "GET",
         path if hub.config.web && crate::web::is_asset(path) => {
             return web_asset(hub, id, &req);
@@ -155,6 +156,7 @@ fn route(hub: &mut Hub, id: ConnId, req: Request) {
     match req.path.as_str() {
         "/register" => register(hub, id, req),
         "/login" => login(hub, id, req),
+        "/ws-ticket" => ws_ticket(hub, id, req),
         "/health" => {
             if hub.submit(Ticket::new(id, None), Job::Health) {
                 set_pending(hub, id, PendingHttp::Health { keep_alive: ka });
@@ -315,14 +317,6 @@ fn field<'a>(map: &'a serde_json::Map<String, Value>, name: &str) -> Option<&'a 
     map.get(name).and_then(Value::as_str)
 }
 
-/// Letters, digits, `_`, `.`, `-`; 1 to 100 characters.
-pub fn valid_username(u: &str) -> bool {
-    !u.is_empty()
-        && u.chars().count() <= 100
-        && u.chars()
-            .all(|c| c.is_alphanumeric() || c == '_' || c == '.' || c == '-')
-}
-
 fn register(hub: &mut Hub, id: ConnId, req: Request) {
     let ka = req.keep_alive;
     let unprocessable = |hub: &mut Hub| {
@@ -345,17 +339,13 @@ fn register(hub: &mut Hub, id: ConnId, req: Request) {
     else {
         return unprocessable(hub);
     };
-    if !valid_username(username) {
-        return respond(hub, id, http::error(400, "invalid username", ka), ka);
+    if let Err(e) = crate::names::check_new_username(username) {
+        return respond(hub, id, http::error(400, &e.to_string(), ka), ka);
     }
     if password.is_empty() {
         return respond(hub, id, http::error(400, "password required", ka), ka);
     }
-    let nickname = match field(&body, "nickname").map(str::trim) {
-        Some(n) if !n.is_empty() => n.chars().take(100).collect(),
-        _ => username.to_string(),
-    };
-    if nickname.contains('\0') || password.contains('\0') {
+    if password.contains('\0') {
         return respond(
             hub,
             id,
@@ -363,14 +353,22 @@ fn register(hub: &mut Hub, id: ConnId, req: Request) {
             ka,
         );
     }
+    let nickname = match crate::names::nickname(field(&body, "nickname").unwrap_or("")) {
+        Ok(Some(n)) => n,
+        Ok(None) => username.to_string(),
+        Err(e) => {
+            let detail = format!("invalid nickname: it {e}");
+            return respond(hub, id, http::error(400, &detail, ka), ka);
+        }
+    };
     let Some(addr) = request_addr(hub, id, &req) else {
         return;
     };
     if let Err(refusal) = hub.register_budget.admit(addr, Instant::now()) {
         return respond(hub, id, register_refused(refusal, ka), ka);
     }
-    // A cheap read first: an existing name is answered without hashing anything.
-    let job = Job::Credentials {
+    // A cheap read first: a taken name is answered without hashing anything.
+    let job = Job::UsernameTaken {
         username: username.to_string(),
     };
     if !hub.submit(Ticket::new(id, None), job) {
@@ -450,8 +448,9 @@ fn login(hub: &mut Hub, id: ConnId, req: Request) {
         );
     }
     // Only a name that could have been registered becomes a throttle key (or a
-    // query): anything else cannot match a password.
-    if !valid_username(username) {
+    // query): anything else cannot match a password. Names registered before
+    // new ones had to be ASCII (Korean ones, say) keep logging in.
+    if !crate::names::could_be_username(username) {
         return respond(hub, id, http::error(401, "invalid credentials", ka), ka);
     }
     let Some(addr) = request_addr(hub, id, &req) else {
@@ -487,15 +486,79 @@ fn unhealthy(why: &str, ka: bool) -> Vec<u8> {
 }
 
 fn token_response(hub: &Hub, username: &str, ka: bool) -> Vec<u8> {
+    let issued = hub.tokens.login(username);
     http::json(
         200,
         &json!({
-            "access_token": hub.tokens.issue(username),
+            "access_token": issued.token,
             "token_type": "bearer",
-            "expires_in_minutes": hub.tokens.expire_minutes,
+            "expires_in_minutes": issued.expires_in_minutes,
         }),
         ka,
     )
+}
+
+/// 401 with `WWW-Authenticate`, for a request whose token does not do.
+fn unauthorized(detail: &str, ka: bool) -> Vec<u8> {
+    let body = json!({ "detail": detail }).to_string();
+    http::response(
+        401,
+        "application/json",
+        body.as_bytes(),
+        ka,
+        &[("WWW-Authenticate", "Bearer".into())],
+    )
+}
+
+/// `POST /ws-ticket` with `Authorization: Bearer <token>`: a one-time ticket
+/// for `/ws?ticket=`, so that the token itself never goes into a URL. Valid
+/// for `ws_ticket_ttl` on any node; the connection it opens is the token's
+/// (same user, same expiry, same login).
+fn ws_ticket(hub: &mut Hub, id: ConnId, req: Request) {
+    let ka = req.keep_alive;
+    let token = super::session::bearer_token(&req).unwrap_or_default();
+    let grant = match hub.tokens.verify_claims(&token) {
+        Ok(g) => g,
+        Err(e) => return respond(hub, id, unauthorized(&e.to_string(), ka), ka),
+    };
+    let (ticket, hash) = crate::auth::ws_ticket::new_ticket();
+    let job = Job::MintWsTicket {
+        hash,
+        grant,
+        ttl: hub.config.ws_ticket_ttl,
+    };
+    if !hub.submit(Ticket::new(id, None), job) {
+        return respond(hub, id, unhealthy("database queue is full", ka), ka);
+    }
+    set_pending(
+        hub,
+        id,
+        PendingHttp::MintTicket {
+            ticket,
+            keep_alive: ka,
+        },
+    );
+}
+
+pub fn ws_ticket_done(hub: &mut Hub, id: ConnId, minted: bool) {
+    match take_pending(hub, id) {
+        Some(PendingHttp::MintTicket { ticket, keep_alive }) => {
+            let resp = if minted {
+                http::json(
+                    200,
+                    &json!({
+                        "ticket": ticket,
+                        "expires_in_seconds": hub.config.ws_ticket_ttl.as_secs(),
+                    }),
+                    keep_alive,
+                )
+            } else {
+                unauthorized("user not registered", keep_alive)
+            };
+            finish(hub, id, resp, keep_alive);
+        }
+        other => restore(hub, id, other),
+    }
 }
 
 pub fn on_hash(hub: &mut Hub, ticket: Ticket, outcome: HashOutcome) {
@@ -583,31 +646,44 @@ fn restore(hub: &mut Hub, id: ConnId, p: Option<PendingHttp>) {
     }
 }
 
-pub fn register_done(hub: &mut Hub, id: ConnId, created: bool) {
+pub fn register_done(hub: &mut Hub, id: ConnId, result: Registration) {
     match take_pending(hub, id) {
-        Some(PendingHttp::Register { keep_alive, .. }) => {
-            let status = if created { "CREATED" } else { "ALREADY" };
-            finish(
-                hub,
-                id,
-                http::json(200, &json!({ "status": status }), keep_alive),
-                keep_alive,
-            );
+        Some(PendingHttp::Register {
+            username,
+            keep_alive,
+            ..
+        }) => {
+            let resp = registration_response(&username, result, keep_alive);
+            finish(hub, id, resp, keep_alive);
         }
         other => restore(hub, id, other),
     }
 }
 
-/// The stored password of `username` arrived: for a login, check it; for a
-/// registration, it says whether the name is taken.
-pub fn credentials_done(hub: &mut Hub, id: ConnId, username: String, stored: Option<String>) {
+/// `ALREADY` for the exact name (what clients of the old server expect), 409
+/// for a name that is another account's but for case.
+fn registration_response(username: &str, result: Registration, ka: bool) -> Vec<u8> {
+    match result {
+        Registration::Created => http::json(200, &json!({ "status": "CREATED" }), ka),
+        Registration::Already => http::json(200, &json!({ "status": "ALREADY" }), ka),
+        Registration::CaseTaken(existing) => http::json(
+            409,
+            &json!({
+                "detail": format!(
+                    "username {username:?} is taken: the account {existing:?} differs \
+                     only in case, and usernames are compared without regard to case"
+                ),
+            }),
+            ka,
+        ),
+    }
+}
+
+/// Whether the name is taken, in any case: a taken name is answered now;
+/// otherwise the password is hashed, then the account inserted (which checks
+/// again, under a lock).
+pub fn username_checked(hub: &mut Hub, id: ConnId, existing: Option<String>) {
     match take_pending(hub, id) {
-        Some(PendingHttp::Login {
-            password,
-            addr,
-            keep_alive,
-            ..
-        }) => check_login(hub, id, username, password, addr, stored, keep_alive),
         Some(PendingHttp::Register {
             username,
             nickname,
@@ -616,9 +692,21 @@ pub fn credentials_done(hub: &mut Hub, id: ConnId, username: String, stored: Opt
             keep_alive,
         }) => {
             let ka = keep_alive;
-            if stored.is_some() {
-                let resp = http::json(200, &json!({ "status": "ALREADY" }), ka);
-                return finish(hub, id, resp, ka);
+            if let Some(existing) = existing {
+                let result = if existing == username {
+                    Registration::Already
+                } else {
+                    Registration::CaseTaken(existing)
+                };
+                return finish(hub, id, registration_response(&username, result, ka), ka);
+            }
+            // Checked only for a name that is free: a client that registers an
+            // account it already has (with the password it had before the
+            // rule) still gets `ALREADY`.
+            let min = hub.config.min_password_len;
+            if password.chars().count() < min {
+                let detail = format!("password too short: use at least {min} characters");
+                return finish(hub, id, http::error(400, &detail, ka), ka);
             }
             if let Err(refusal) = hub.register_budget.start_hash() {
                 return finish(hub, id, register_refused(refusal, ka), ka);
@@ -640,6 +728,19 @@ pub fn credentials_done(hub: &mut Hub, id: ConnId, username: String, stored: Opt
                 },
             );
         }
+        other => restore(hub, id, other),
+    }
+}
+
+/// The stored password of `username` arrived: check the login against it.
+pub fn credentials_done(hub: &mut Hub, id: ConnId, username: String, stored: Option<String>) {
+    match take_pending(hub, id) {
+        Some(PendingHttp::Login {
+            password,
+            addr,
+            keep_alive,
+            ..
+        }) => check_login(hub, id, username, password, addr, stored, keep_alive),
         other => restore(hub, id, other),
     }
 }
@@ -733,9 +834,11 @@ pub fn db_failed(hub: &mut Hub, id: ConnId, e: &DbError) {
             health_done(hub, id, Err(e));
         }
         Some(PendingHttp::Register { keep_alive, .. })
-        | Some(PendingHttp::Login { keep_alive, .. }) => {
+        | Some(PendingHttp::Login { keep_alive, .. })
+        | Some(PendingHttp::MintTicket { keep_alive, .. }) => {
             finish(hub, id, unhealthy(&e.to_string(), keep_alive), keep_alive);
         }
+        Some(PendingHttp::TicketUpgrade { .. }) => super::session::ticket_failed(hub, id, e),
         None => {}
     }
 }

@@ -372,7 +372,10 @@ pub fn finish_job(hub: &mut Hub, mut ticket: crate::db::Ticket, result: Result<O
 fn on_outcome(hub: &mut Hub, t: crate::db::Ticket, outcome: Outcome) {
     match outcome {
         Outcome::Healthy => http::health_done(hub, t.conn, Ok(())),
-        Outcome::Registered { created } => http::register_done(hub, t.conn, created),
+        Outcome::Registered(result) => http::register_done(hub, t.conn, result),
+        Outcome::UsernameTaken { existing } => http::username_checked(hub, t.conn, existing),
+        Outcome::WsTicketMinted { minted } => http::ws_ticket_done(hub, t.conn, minted),
+        Outcome::WsTicket(ticket) => session::ticket_taken(hub, t.conn, ticket),
         Outcome::Credentials { username, password } => {
             http::credentials_done(hub, t.conn, username, password)
         }

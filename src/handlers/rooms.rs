@@ -10,9 +10,6 @@ use crate::db::{Job, Ticket};
 use crate::hub::Hub;
 use crate::protocol::{ErrorCode, Event, Request, RequestError};
 
-/// Longest room name (the `rooms.name` column).
-const MAX_ROOM_NAME: usize = 255;
-
 fn nickname(hub: &Hub, user: &str) -> String {
     hub.state
         .users
@@ -38,18 +35,18 @@ fn take_room_token(hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
 }
 
 /// `create_room {"name"}`: a fresh room; the creator is not made a member.
+/// The name follows the rules of [`crate::names::room_name`]; an empty or bad
+/// one gets `create_room_ack` `INVALID`.
 pub struct CreateRoom {
     name: Option<String>,
 }
 
 impl CreateRoom {
     pub fn parse(req: &Request) -> Result<CreateRoom, RequestError> {
-        let name = req.str("name")?.map(str::trim).filter(|n| !n.is_empty());
-        Ok(CreateRoom {
-            name: name
-                .filter(|n| n.chars().count() <= MAX_ROOM_NAME)
-                .map(str::to_string),
-        })
+        let name = req
+            .str("name")?
+            .and_then(|n| crate::names::room_name(n).ok().flatten());
+        Ok(CreateRoom { name })
     }
 
     pub fn apply(self, hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
@@ -90,15 +87,17 @@ impl Join {
                 by: JoinBy::Id(id.to_string()),
             });
         }
-        match req.str("room")?.map(str::trim).filter(|n| !n.is_empty()) {
-            Some(name) if name.chars().count() <= MAX_ROOM_NAME => Ok(Join {
-                by: JoinBy::Name(name.to_string()),
+        // By name, the room is created when none has the name: the name must
+        // be one a new room may have.
+        match crate::names::room_name(req.str("room")?.unwrap_or("")) {
+            Ok(Some(name)) => Ok(Join {
+                by: JoinBy::Name(name),
             }),
-            Some(_) => Err(RequestError::with(
+            Ok(None) => Err(ErrorCode::RoomIdOrNameRequired.into()),
+            Err(e) => Err(RequestError::with(
                 ErrorCode::BadRequest,
-                "room name is longer than 255 characters",
+                format!("invalid room name: it {e}"),
             )),
-            None => Err(ErrorCode::RoomIdOrNameRequired.into()),
         }
     }
 

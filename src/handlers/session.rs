@@ -1,14 +1,19 @@
-//! A WebSocket session's life: the authenticated upgrade, opening (offline DMs,
-//! presence online), and closing (presence offline).
+//! A WebSocket session's life: the authenticated upgrade (by token or by a
+//! one-time ticket), opening (offline DMs, presence online), and closing
+//! (presence offline).
 
 use std::collections::{HashMap, VecDeque};
-use std::time::Instant;
+use std::net::IpAddr;
+use std::time::{Instant, SystemTime};
 
+use crate::auth::jwt::{TokenError, Verified};
 use crate::client_addr::{budget_key, client_addr};
+use crate::close::CloseReason;
 use crate::conn::{
-    ConnId, OfflinePiece, OpeningHold, Phase, RateLimit, WsState, OUTPUT_PAUSE_BYTES,
+    ConnId, OfflinePiece, OpeningHold, PendingHttp, Phase, RateLimit, WsState,
+    OUTPUT_PAUSE_BYTES,
 };
-use crate::db::jobs::{OfflineDm, SessionData};
+use crate::db::jobs::{OfflineDm, SessionData, TicketUse};
 use crate::db::{DbError, Job, Ticket};
 use crate::http::{self, Request};
 use crate::hub::Hub;
@@ -19,6 +24,10 @@ use crate::ws;
 /// `GET /ws`: validates the upgrade and the token on the loop (an HMAC is cheap),
 /// then asks the database whether the user exists and loads their session. The
 /// 101 goes out only once that answer is in.
+///
+/// The credential, first match wins: `Authorization: Bearer`, `?ticket=` (from
+/// `POST /ws-ticket`: taken from the database first, which says whose it is),
+/// `?token=` (what clients before tickets send).
 pub fn upgrade(hub: &mut Hub, id: ConnId, req: Request) {
     let refuse = |hub: &mut Hub, status: u16, detail: &str| {
         respond(hub, id, http::error(status, detail, false), false);
@@ -48,17 +57,84 @@ pub fn upgrade(hub: &mut Hub, id: ConnId, req: Request) {
             }
         }
     }
-    let token = bearer_token(&req).or_else(|| req.query_param("token"));
-    let (username, token_expires) = match hub.tokens.verify_expiry(token.as_deref().unwrap_or("")) {
-        Ok(v) => v,
-        Err(e) => return refuse(hub, 403, &e.to_string()),
-    };
-    // Budgets, checked before any work is done for the connection.
     let peer = match hub.conn(id) {
         Some(c) => c.peer,
         None => return,
     };
     let addr = budget_key(client_addr(peer, &req, &hub.config.trusted_proxies));
+    let accept_key = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let ticket = bearer_token(&req)
+        .is_none()
+        .then(|| req.query_param("ticket"))
+        .flatten();
+    if let Some(ticket) = ticket {
+        let Some(hash) = crate::auth::ws_ticket::ticket_hash(&ticket) else {
+            return refuse(hub, 403, "invalid ticket");
+        };
+        if !hub.submit(Ticket::new(id, None), Job::TakeWsTicket { hash }) {
+            return refuse(hub, 503, "Service unhealthy: database queue is full");
+        }
+        if let Some(conn) = hub.conn_mut(id) {
+            if let Phase::Http(st) = &mut conn.phase {
+                st.pending = Some(PendingHttp::TicketUpgrade { accept_key, addr });
+            }
+        }
+        return;
+    }
+    let token = bearer_token(&req).or_else(|| req.query_param("token"));
+    match hub.tokens.verify_claims(token.as_deref().unwrap_or("")) {
+        Ok(grant) => open_as(hub, id, grant, accept_key, addr),
+        Err(e) => refuse(hub, 403, &e.to_string()),
+    }
+}
+
+/// The ticket of an upgrade was taken from the database: the upgrade goes on
+/// as if the token that minted it had been presented, or is refused (403).
+pub fn ticket_taken(hub: &mut Hub, id: ConnId, ticket: TicketUse) {
+    let Some(conn) = hub.conn_mut(id) else { return };
+    let Phase::Http(st) = &mut conn.phase else {
+        return;
+    };
+    let Some(PendingHttp::TicketUpgrade { accept_key, addr }) = st.pending.take() else {
+        return;
+    };
+    if conn.closing.is_some() {
+        // The client went away meanwhile; the ticket is spent all the same.
+        return hub.close(id, CloseReason::Peer);
+    }
+    let refuse = |hub: &mut Hub, detail: &str| {
+        respond(hub, id, http::error(403, detail, false), false);
+    };
+    match ticket {
+        TicketUse::Unknown => refuse(hub, "unknown or already used ticket"),
+        TicketUse::Expired => refuse(hub, "ticket expired"),
+        // As the token itself would be now.
+        TicketUse::Valid(grant) if grant.expires <= SystemTime::now() => {
+            refuse(hub, &TokenError::Expired.to_string())
+        }
+        TicketUse::Valid(grant) => open_as(hub, id, grant, accept_key, addr),
+    }
+}
+
+/// Taking the ticket failed: 503 (the ticket may still be good).
+pub fn ticket_failed(hub: &mut Hub, id: ConnId, e: &DbError) {
+    respond(
+        hub,
+        id,
+        http::error(503, &format!("Service unhealthy: {e}"), false),
+        false,
+    );
+}
+
+/// An upgrade whose credential checked out: the connection budgets, then the
+/// session load.
+fn open_as(hub: &mut Hub, id: ConnId, grant: Verified, accept_key: String, addr: IpAddr) {
+    let Verified {
+        username,
+        expires: token_expires,
+        auth_time: session_start,
+    } = grant;
+    // Budgets, checked before any work is done for the connection.
     let user_conns = hub
         .state
         .users
@@ -76,7 +152,6 @@ pub fn upgrade(hub: &mut Hub, id: ConnId, req: Request) {
         return too_many_for(hub, id, "too many connections opened by this user", wait);
     }
     hub.state.addr_conn_opened(addr);
-    let accept_key = tungstenite::handshake::derive_accept_key(key.as_bytes());
     let Some(conn) = hub.conn_mut(id) else { return };
     conn.counted_addr = Some(addr);
     let leftover = match &mut conn.phase {
@@ -88,6 +163,7 @@ pub fn upgrade(hub: &mut Hub, id: ConnId, req: Request) {
         accept_key,
         leftover,
         token_expires,
+        session_start,
     };
     let now = hub.state.begin_open(&username, id);
     // In a cluster the user's presence is written before their session is
@@ -148,7 +224,7 @@ fn respond(hub: &mut Hub, id: ConnId, bytes: Vec<u8>, keep_alive: bool) {
 }
 
 /// `Authorization: Bearer <token>`, the scheme compared case-insensitively.
-fn bearer_token(req: &Request) -> Option<String> {
+pub fn bearer_token(req: &Request) -> Option<String> {
     let value = req.header("authorization")?;
     let (scheme, token) = value.split_once(' ')?;
     scheme
@@ -183,6 +259,7 @@ pub fn opened(hub: &mut Hub, id: ConnId, username: &str, session: Option<Session
         accept_key,
         leftover,
         token_expires,
+        session_start,
         ..
     } = std::mem::replace(&mut conn.phase, Phase::Closed)
     else {
@@ -205,6 +282,7 @@ pub fn opened(hub: &mut Hub, id: ConnId, username: &str, session: Option<Session
         unfinished_since: None,
         token_expires: super::tokens::on_loop_clock(token_expires),
         token_warned: false,
+        session_start,
         first_live: HashMap::new(),
         throttled_until: None,
         opening: Some(OpeningHold {

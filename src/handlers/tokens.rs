@@ -8,13 +8,34 @@ use crate::conn::ConnId;
 use crate::hub::Hub;
 use crate::protocol::{ErrorCode, Event, Request, RequestError};
 
-/// `refresh_token {}`: a fresh token for the same user. It does not extend the
-/// connection by itself (send `auth` with it).
+/// `refresh_token {}`: a fresh token for the same user and the same login. It
+/// does not extend the connection by itself (send `auth` with it).
+///
+/// Only while the connection's token is still valid (in either
+/// `KLAV_WS_TOKEN_EXPIRY` mode: `ignore` keeps the socket open, not the
+/// right to new tokens), and never past the login's `KLAV_SESSION_MAX_DAYS`:
+/// a stolen token stops working at the latest then.
 pub fn refresh(hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
-    let token = hub.tokens.issue(&cx.user);
+    let Some((token_expires, session_start)) = hub
+        .ws_mut(cx.id)
+        .map(|ws| (ws.token_expires, ws.session_start))
+    else {
+        return Ok(());
+    };
+    if Instant::now() >= token_expires {
+        return Err(RequestError::with(
+            ErrorCode::BadToken,
+            "the connection's token has expired: log in again",
+        ));
+    }
+    let issued = hub
+        .tokens
+        .reissue(&cx.user, session_start)
+        .map_err(|e| RequestError::with(ErrorCode::BadToken, e.to_string()))?;
     let ev = Event::new("token")
-        .with("access_token", token)
-        .with("expires_in_minutes", hub.tokens.expire_minutes)
+        .with("access_token", issued.token)
+        .with("expires_in_minutes", issued.expires_in_minutes)
+        .with("expires_at", crate::time::format_iso(issued.expires))
         .with("token_type", "bearer");
     hub.reply(cx.id, &cx.req.req_id, ev);
     Ok(())
@@ -38,9 +59,11 @@ impl Auth {
         }
     }
 
+    /// The connection takes the token's expiry and its login: a newer token
+    /// from a new login lets `refresh_token` go on from that login.
     pub fn apply(self, hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
-        let expires = match hub.tokens.verify_expiry(&self.token) {
-            Ok((user, exp)) if user == cx.user => exp,
+        let grant = match hub.tokens.verify_claims(&self.token) {
+            Ok(g) if g.username == cx.user => g,
             Ok(_) => {
                 return Err(RequestError::with(
                     ErrorCode::BadToken,
@@ -50,12 +73,13 @@ impl Auth {
             Err(e) => return Err(RequestError::with(ErrorCode::BadToken, e.to_string())),
         };
         if let Some(ws) = hub.ws_mut(cx.id) {
-            ws.token_expires = on_loop_clock(expires);
+            ws.token_expires = on_loop_clock(grant.expires);
             ws.token_warned = false;
+            ws.session_start = grant.auth_time;
         }
         // The deadline may have moved earlier: the loop files it again.
         hub.again.push(cx.id);
-        let ev = Event::new("auth_ack").with("expires_at", crate::time::format_iso(expires));
+        let ev = Event::new("auth_ack").with("expires_at", crate::time::format_iso(grant.expires));
         hub.reply(cx.id, &cx.req.req_id, ev);
         Ok(())
     }

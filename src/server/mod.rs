@@ -230,7 +230,8 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
     let hasher = HashPool::start(config.hash_workers, move |ticket, outcome| {
         sink.send(Completion::Hash(ticket, outcome))
     });
-    let tokens = Tokens::new(jwt_secret, config.jwt_algorithm, config.jwt_expire_minutes);
+    let tokens = Tokens::new(jwt_secret, config.jwt_algorithm, config.jwt_expire_minutes)
+        .with_session_max(config.session_max);
 
     let login_throttle = LoginThrottle::new(
         config.login_max_failures,
@@ -672,6 +673,9 @@ impl Server {
     }
 
     fn retention(&mut self) {
+        // Expired WebSocket tickets of users who did not mint another (those
+        // who did had theirs dropped then). Best effort: the next tick retries.
+        self.hub.submit(Ticket::internal(), Job::PruneWsTickets);
         let keep = self.hub.config.max_logs_per_room;
         if keep == 0 {
             // Unlimited retention: nothing to prune, nothing to remember.

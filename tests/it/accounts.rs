@@ -12,7 +12,7 @@ fn register_then_login() {
     let s = TestServer::start();
     let r = s.post(
         "/register",
-        json!({"username": "alice", "password": "pw", "nickname": "Al"}),
+        json!({"username": "alice", "password": PASSWORD, "nickname": "Al"}),
     );
     assert_eq!((r.status, r.json()), (200, json!({"status": "CREATED"})));
     // Existing username: ALREADY, password not checked, nothing changed.
@@ -23,7 +23,7 @@ fn register_then_login() {
     assert_eq!((r.status, r.json()), (200, json!({"status": "ALREADY"})));
     assert_eq!(s.login("alice", "other").status, 401);
 
-    let r = s.login("alice", "pw");
+    let r = s.login("alice", PASSWORD);
     assert_eq!(r.status, 200);
     let body = r.json();
     assert_eq!(body["token_type"], "bearer");
@@ -47,10 +47,13 @@ fn register_then_login() {
 #[test]
 fn nickname_defaults_to_username() {
     let s = TestServer::start();
-    s.post("/register", json!({"username": "bob", "password": "pw"}));
     s.post(
         "/register",
-        json!({"username": "carol", "password": "pw", "nickname": "  "}),
+        json!({"username": "bob", "password": PASSWORD}),
+    );
+    s.post(
+        "/register",
+        json!({"username": "carol", "password": PASSWORD, "nickname": "  "}),
     );
     let mut db = s.db();
     for u in ["bob", "carol"] {
@@ -66,7 +69,7 @@ fn nickname_defaults_to_username() {
 fn register_validation() {
     let s = TestServer::start();
     for bad in ["", "has space", "semi;colon", &"x".repeat(101), "slash/"] {
-        let r = s.post("/register", json!({"username": bad, "password": "pw"}));
+        let r = s.post("/register", json!({"username": bad, "password": PASSWORD}));
         assert_eq!(
             (r.status, r.detail().as_str()),
             (400, "invalid username"),
@@ -75,14 +78,14 @@ fn register_validation() {
     }
     let ok = "a".repeat(100);
     assert_eq!(
-        s.post("/register", json!({"username": ok, "password": "pw"}))
+        s.post("/register", json!({"username": ok, "password": PASSWORD}))
             .json()["status"],
         "CREATED"
     );
     assert_eq!(
         s.post(
             "/register",
-            json!({"username": "u.n-d_1", "password": "pw"})
+            json!({"username": "u.n-d_1", "password": PASSWORD})
         )
         .json()["status"],
         "CREATED"
@@ -108,10 +111,46 @@ fn register_validation() {
     assert_eq!(n, 2);
 }
 
+/// New accounts need `KLAV_MIN_PASSWORD_LEN` (8) characters — characters, not
+/// bytes; accounts made before the rule keep their passwords, and registering
+/// their name again is still `ALREADY`.
+#[test]
+fn new_passwords_have_a_minimum_length() {
+    let s = TestServer::start();
+    for short in ["x", "1234567", "가나다라마바사"] {
+        let r = s.post(
+            "/register",
+            json!({"username": "newbie", "password": short}),
+        );
+        assert_eq!(r.status, 400, "{short:?}: {}", r.body);
+        assert!(r.detail().contains("at least 8 characters"), "{}", r.body);
+    }
+    let n: i64 = s
+        .db()
+        .query_one("SELECT count(*) FROM users", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+    for (user, ok) in [("eight", "12345678"), ("hangul", "가나다라마바사아")] {
+        let r = s.post("/register", json!({"username": user, "password": ok}));
+        assert_eq!(r.json()["status"], "CREATED", "{ok:?}: {}", r.body);
+        assert_eq!(s.login(user, ok).status, 200);
+    }
+    s.db()
+        .execute(
+            "INSERT INTO users (username, password, nickname) VALUES ('old', 'pw', 'Old')",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(s.login("old", "pw").status, 200);
+    let r = s.post("/register", json!({"username": "old", "password": "pw"}));
+    assert_eq!((r.status, r.json()), (200, json!({"status": "ALREADY"})));
+}
+
 #[test]
 fn login_failures() {
     let s = TestServer::start();
-    s.register("dave", "secret");
+    s.register("dave", PASSWORD);
     let r = s.login("nobody", "x");
     assert_eq!((r.status, r.detail().as_str()), (401, "not registered"));
     let r = s.login("dave", "wrong");
@@ -167,10 +206,10 @@ fn health_routes_and_methods() {
 #[test]
 fn keep_alive_and_pipelining() {
     let s = TestServer::start();
-    s.register("erin", "pw");
+    s.register("erin", PASSWORD);
     let mut c = connect(s.addr);
     // Two requests in one write, then a third after the answers.
-    let login = r#"{"username":"erin","password":"pw"}"#;
+    let login = json!({"username": "erin", "password": PASSWORD}).to_string();
     let req = format!(
         "GET /health HTTP/1.1\r\nHost: x\r\n\r\nPOST /login HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{login}",
         login.len()

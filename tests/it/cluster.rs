@@ -989,3 +989,43 @@ fn cluster_v2_typing_read_markers_and_a_client_id_retried_on_another_node() {
     );
     none_of(&mut b1, "read_marker");
 }
+
+/// A WebSocket ticket lives in the database: minted on one node it opens a
+/// connection on the other — once. Presented to both nodes at the same time,
+/// exactly one of the upgrades gets it.
+#[test]
+fn cluster_ws_ticket_opens_on_any_node_once() {
+    let nodes = Nodes::start(2);
+    let t = nodes.user("alice");
+    let mint = |node: usize| -> String {
+        let r = ws_ticket_at(nodes.addr(node), Some(&t));
+        assert_eq!(r.status, 200, "n{node}: {}", r.body);
+        r.json()["ticket"].as_str().unwrap().to_string()
+    };
+    let ticket = mint(0);
+    let mut ws = Ws::connect_ticket(nodes.addr(1), &ticket)
+        .unwrap_or_else(|(s, b)| panic!("n1 refused n0's ticket: {s} {b}"));
+    assert_eq!(ws.request(json!({"type": "my_rooms"}))["type"], "my_rooms");
+    for node in [0, 1] {
+        let refused = Ws::connect_ticket(nodes.addr(node), &ticket).err();
+        assert_eq!(refused.map(|e| e.0), Some(403), "n{node}: a second use");
+    }
+    for round in 0..5 {
+        let ticket = mint(round % 2);
+        let opened: Vec<bool> = std::thread::scope(|scope| {
+            let tries: Vec<_> = [0, 1]
+                .map(|node| {
+                    let (addr, ticket) = (nodes.addr(node), ticket.as_str());
+                    scope.spawn(move || Ws::connect_ticket(addr, ticket).is_ok())
+                })
+                .into_iter()
+                .collect();
+            tries.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(
+            opened.iter().filter(|o| **o).count(),
+            1,
+            "round {round}: {opened:?}"
+        );
+    }
+}

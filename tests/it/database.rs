@@ -37,7 +37,7 @@ fn embedded_cluster_lifecycle() {
     let r = post(
         addr,
         "/register",
-        json!({"username": "keeper", "password": "pw"}),
+        json!({"username": "keeper", "password": PASSWORD}),
     );
     assert_eq!(r.json()["status"], "CREATED");
 
@@ -55,7 +55,7 @@ fn embedded_cluster_lifecycle() {
         post(
             addr,
             "/login",
-            json!({"username": "keeper", "password": "pw"})
+            json!({"username": "keeper", "password": PASSWORD})
         )
         .status,
         200
@@ -76,7 +76,7 @@ fn embedded_cluster_lifecycle() {
         post(
             addr,
             "/login",
-            json!({"username": "keeper", "password": "pw"})
+            json!({"username": "keeper", "password": PASSWORD})
         )
         .status,
         200
@@ -238,11 +238,11 @@ fn postgres_outage_and_recovery() {
     let r = s.http("GET", "/health", None);
     assert_eq!(r.status, 503);
     assert!(r.detail().starts_with("Service unhealthy"), "{}", r.body);
-    let r = s.login("alice", "pw");
+    let r = s.login("alice", PASSWORD);
     assert_eq!(r.status, 503);
     assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
     let t1 = Instant::now();
-    let r = s.login("alice", "pw");
+    let r = s.login("alice", PASSWORD);
     assert_eq!(r.status, 503);
     assert!(t1.elapsed() < Duration::from_secs(2), "{:?}", t1.elapsed());
     // Nothing goes to the writer during the outage, so its kept connection is a
@@ -264,7 +264,7 @@ fn postgres_outage_and_recovery() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(s.login("alice", "pw").status, 200);
+    assert_eq!(s.login("alice", PASSWORD).status, 200);
     // The writer's kept connection died with the restart; it must notice on BEGIN
     // and retry on a fresh one rather than fail this message.
     ws.send(json!({"type": "msg", "room_id": room, "text": "after"}));

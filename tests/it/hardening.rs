@@ -643,7 +643,7 @@ fn failed_logins_are_throttled() {
         c.login_max_failures_per_addr = 5;
     });
     for u in ["victim", "bystander", "clearme", "guessed"] {
-        assert_eq!(s.register(u, "pw").status, 200);
+        assert_eq!(s.register(u, PASSWORD).status, 200);
     }
     let throttled = |r: &Response, what: &str| {
         assert_eq!(r.status, 429, "{what}: {}", r.body);
@@ -664,17 +664,17 @@ fn failed_logins_are_throttled() {
         );
     }
     throttled(
-        &login_from([127, 0, 0, 2], s.addr, "victim", "pw"),
+        &login_from([127, 0, 0, 2], s.addr, "victim", PASSWORD),
         "same address",
     );
     // ...but not from the owner's own address.
     assert_eq!(
-        login_from([127, 0, 0, 3], s.addr, "victim", "pw").status,
+        login_from([127, 0, 0, 3], s.addr, "victim", PASSWORD).status,
         200
     );
     // That address is not throttled for other users.
     assert_eq!(
-        login_from([127, 0, 0, 2], s.addr, "bystander", "pw").status,
+        login_from([127, 0, 0, 2], s.addr, "bystander", PASSWORD).status,
         200
     );
 
@@ -686,11 +686,11 @@ fn failed_logins_are_throttled() {
         );
     }
     throttled(
-        &login_from([127, 0, 0, 4], s.addr, "bystander", "pw"),
+        &login_from([127, 0, 0, 4], s.addr, "bystander", PASSWORD),
         "guessing address",
     );
     assert_eq!(
-        login_from([127, 0, 0, 5], s.addr, "bystander", "pw").status,
+        login_from([127, 0, 0, 5], s.addr, "bystander", PASSWORD).status,
         200
     );
 
@@ -703,7 +703,7 @@ fn failed_logins_are_throttled() {
             );
         }
         assert_eq!(
-            login_from([127, 0, 0, 6], s.addr, "clearme", "pw").status,
+            login_from([127, 0, 0, 6], s.addr, "clearme", PASSWORD).status,
             200
         );
     }
@@ -715,7 +715,7 @@ fn failed_logins_are_throttled() {
         );
     }
     throttled(
-        &login_from([127, 0, 0, 7], s.addr, "guessed", "pw"),
+        &login_from([127, 0, 0, 7], s.addr, "guessed", PASSWORD),
         "no success between",
     );
 }

@@ -23,6 +23,10 @@ use tungstenite::Message;
 
 pub const SECRET: &str = "it-secret-long-enough-for-hs256-keys";
 
+/// The password test users register with: long enough for the server's
+/// default `KLAV_MIN_PASSWORD_LEN`.
+pub const PASSWORD: &str = "it-password";
+
 /// The shared PostgreSQL for this run.
 pub struct Pg {
     /// URL of the maintenance database (`postgres`).
@@ -264,9 +268,9 @@ impl TestServer {
         self.post("/login", json!({"username": user, "password": password}))
     }
 
-    /// Registers `user` (password "pw") and returns a token.
+    /// Registers `user` (password [`PASSWORD`]) and returns a token.
     pub fn user(&self, user: &str) -> String {
-        let r = self.register(user, "pw");
+        let r = self.register(user, PASSWORD);
         assert_eq!(r.status, 200, "register {user}: {}", r.body);
         self.token(user)
     }
@@ -275,16 +279,23 @@ impl TestServer {
     pub fn user_nick(&self, user: &str, nickname: &str) -> String {
         let r = self.post(
             "/register",
-            json!({"username": user, "password": "pw", "nickname": nickname}),
+            json!({"username": user, "password": PASSWORD, "nickname": nickname}),
         );
         assert_eq!(r.status, 200, "register {user}: {}", r.body);
         self.token(user)
     }
 
     pub fn token(&self, user: &str) -> String {
-        let r = self.login(user, "pw");
+        let r = self.login(user, PASSWORD);
         assert_eq!(r.status, 200, "login {user}: {}", r.body);
         r.json()["access_token"].as_str().unwrap().to_string()
+    }
+
+    /// A ticket from `POST /ws-ticket` for `token` (which must be good).
+    pub fn ws_ticket(&self, token: &str) -> String {
+        let r = ws_ticket_at(self.addr, Some(token));
+        assert_eq!(r.status, 200, "ws-ticket: {}", r.body);
+        r.json()["ticket"].as_str().unwrap().to_string()
     }
 
     /// An authenticated WebSocket (token in the query string).
@@ -448,6 +459,11 @@ impl Ws {
     /// Connects with `?token=`; on refusal returns the status and body.
     pub fn connect(addr: SocketAddr, token: &str) -> Result<Ws, (u16, String)> {
         Ws::connect_with(addr, &format!("/ws?token={token}"), &[])
+    }
+
+    /// Connects with `?ticket=` (from `POST /ws-ticket`).
+    pub fn connect_ticket(addr: SocketAddr, ticket: &str) -> Result<Ws, (u16, String)> {
+        Ws::connect_with(addr, &format!("/ws?ticket={ticket}"), &[])
     }
 
     pub fn connect_with(
@@ -779,9 +795,23 @@ pub fn http_to(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -
     read_response(&mut s).expect("a response")
 }
 
-/// Registers `user` (password "pw") on the server at `addr` and returns a token.
+/// `POST /ws-ticket` to `addr`, with `Authorization: Bearer <token>` (none:
+/// without the header).
+pub fn ws_ticket_at(addr: SocketAddr, token: Option<&str>) -> Response {
+    let mut s = connect(addr);
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        s,
+        "POST /ws-ticket HTTP/1.1\r\nHost: test\r\n{auth}Content-Length: 0\r\n\
+         Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    read_response(&mut s).expect("a response")
+}
+
+/// Registers `user` (password [`PASSWORD`]) on the server at `addr` and returns a token.
 pub fn user_at(addr: SocketAddr, user: &str) -> String {
-    let body = json!({"username": user, "password": "pw"}).to_string();
+    let body = json!({"username": user, "password": PASSWORD}).to_string();
     let r = http_to(addr, "POST", "/register", Some(&body));
     assert_eq!(r.status, 200, "register {user}: {}", r.body);
     let r = http_to(addr, "POST", "/login", Some(&body));

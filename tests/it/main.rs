@@ -16,6 +16,7 @@ mod hardening;
 mod import;
 mod memory;
 mod messages;
+mod names;
 mod ordering;
 mod queue;
 mod rooms;

@@ -653,6 +653,110 @@ fn v2_token_expiry_enforced_with_a_two_second_token() {
     assert_eq!(lax.request(json!({"type": "my_rooms"}))["type"], "my_rooms");
 }
 
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn mint_claims(claims: Value) -> String {
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// The claims of a token the server signed.
+fn claims_of(token: &str) -> Value {
+    jsonwebtoken::decode::<Value>(
+        token,
+        &jsonwebtoken::DecodingKey::from_secret(SECRET.as_bytes()),
+        &jsonwebtoken::Validation::new(Algorithm::HS256),
+    )
+    .unwrap()
+    .claims
+}
+
+/// With the default `KLAV_WS_TOKEN_EXPIRY=ignore` a socket outlives its token;
+/// the right to fresh tokens does not: `refresh_token` after the expiry is
+/// `BAD_TOKEN`, until `auth` brings a valid token.
+#[test]
+fn v2_refresh_refused_once_the_connection_token_expired() {
+    let s = TestServer::start();
+    s.user("alice");
+    let mut ws = s.ws(&mint("alice", 2));
+    let t = ws.request(json!({"type": "refresh_token"}));
+    assert_eq!(t["type"], "token", "{t}");
+    std::thread::sleep(Duration::from_millis(2500));
+    let e = ws.request(json!({"type": "refresh_token"}));
+    assert_eq!(e["code"], "BAD_TOKEN", "{e}");
+    assert!(
+        e["detail"].as_str().unwrap().contains("log in again"),
+        "{e}"
+    );
+    // The socket itself stays open, as it always did.
+    assert_eq!(ws.request(json!({"type": "my_rooms"}))["type"], "my_rooms");
+    let ack = ws.request(json!({"type": "auth", "token": s.token("alice")}));
+    assert_eq!(ack["type"], "auth_ack", "{ack}");
+    let t = ws.request(json!({"type": "refresh_token"}));
+    assert_eq!(t["type"], "token", "{t}");
+}
+
+/// Tokens carry the login's `auth_time`; refreshing keeps it, and no refreshed
+/// token lives past it plus `KLAV_SESSION_MAX_DAYS` (30): once that has passed,
+/// `BAD_TOKEN`. A token without the claim (an older version's) counts from its
+/// `iat`; `auth` with a token from a new login starts the count again.
+#[test]
+fn v2_refresh_never_extends_a_login_past_the_session_maximum() {
+    let s = TestServer::start();
+    s.user("alice");
+    let now = unix_now();
+    let max = 30 * 24 * 3600;
+    let fresh = claims_of(&s.token("alice"));
+    assert!(fresh["auth_time"].as_u64().unwrap() >= now, "{fresh}");
+
+    let login = now - max + 3;
+    let mut late = s.ws(&mint_claims(
+        json!({"sub": "alice", "iat": now, "exp": now + 3600, "auth_time": login}),
+    ));
+    let mut older = s.ws(&mint_claims(
+        json!({"sub": "alice", "iat": login, "exp": now + 3600}),
+    ));
+    for ws in [&mut late, &mut older] {
+        let t = ws.request(json!({"type": "refresh_token"}));
+        assert_eq!(t["type"], "token", "{t}");
+        assert_eq!(t["expires_in_minutes"], 0, "{t}");
+        let claims = claims_of(t["access_token"].as_str().unwrap());
+        assert_eq!(claims["auth_time"], login, "{claims}");
+        assert!(claims["exp"].as_u64().unwrap() <= login + max, "{claims}");
+    }
+    std::thread::sleep(Duration::from_millis(3500));
+    for ws in [&mut late, &mut older] {
+        let e = ws.request(json!({"type": "refresh_token"}));
+        assert_eq!(e["code"], "BAD_TOKEN", "{e}");
+        assert!(
+            e["detail"].as_str().unwrap().contains("log in again"),
+            "{e}"
+        );
+    }
+    // A new login restarts the count.
+    let ack = late.request(json!({"type": "auth", "token": s.token("alice")}));
+    assert_eq!(ack["type"], "auth_ack");
+    let t = late.request(json!({"type": "refresh_token"}));
+    assert_eq!(t["expires_in_minutes"], 60, "{t}");
+    // A token whose login has ended opens nothing.
+    let ended = mint_claims(
+        json!({"sub": "alice", "iat": now, "exp": now + 3600, "auth_time": now - max - 1}),
+    );
+    let (status, body) = Ws::connect(s.addr, &ended).err().expect("refused");
+    assert_eq!(status, 403);
+    assert!(body.contains("log in again"), "{body}");
+    assert_eq!(ws_ticket_at(s.addr, Some(&ended)).status, 401);
+}
+
 #[test]
 fn v2_resume_replays_in_order_with_the_documented_errors() {
     let s = TestServer::start();

@@ -4,6 +4,7 @@
 //! restart, hostile text and Korean IME input. Screenshots of the main views land
 //! in `target/web-screenshots/`.
 
+use std::collections::HashSet;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -42,7 +43,7 @@ fn status_online(p: &Page) {
 
 fn register(p: &Page, user: &str, nickname: &str) {
     p.fill("login-username", user);
-    p.fill("login-password", "pw");
+    p.fill("login-password", PASSWORD);
     p.fill("login-nickname", nickname);
     p.click("register-submit");
     status_online(p);
@@ -389,7 +390,7 @@ fn web_scrolling_up_loads_older_history() {
     }
     let (_one, b) = browser();
     let p = open(&b, &s);
-    login(&p, "hana", "pw");
+    login(&p, "hana", PASSWORD);
     status_online(&p);
     p.click_selector(&format!(
         "[data-testid=\"room-item\"][data-room-id=\"{room}\"]"
@@ -454,7 +455,7 @@ fn web_dms_offline_dms_and_live_presence() {
 
     // Alice connects: she gets it, and Bob sees her online.
     let alice = open(&b, &s);
-    login(&alice, "alice", "pw");
+    login(&alice, "alice", PASSWORD);
     status_online(&alice);
     let offline = alice.wait_for(
         "[...document.querySelectorAll('[data-testid=\"offline-dm\"]')].map(e => [e.dataset.from, e.querySelector('.text').textContent])",
@@ -492,7 +493,7 @@ fn web_dms_offline_dms_and_live_presence() {
         "alice offline in bob's friends",
     );
     // And back online once more, then the page just closes.
-    login(&alice, "alice", "pw");
+    login(&alice, "alice", PASSWORD);
     status_online(&alice);
     bob.wait_for(
         "document.querySelector('[data-testid=\"online-friend\"][data-username=\"alice\"]')",
@@ -527,7 +528,7 @@ fn web_pages_reconnect_after_restart_and_miss_nothing() {
     let s = TestServer::start();
     let port = s.addr.port();
     let (_one, b) = browser();
-    let mina = open(&b, &s);
+    let mina = open_watching_sockets(&b, &s);
     let joon = open(&b, &s);
     register(&mina, "mina", "미나");
     register(&joon, "joon", "준");
@@ -593,6 +594,15 @@ fn web_pages_reconnect_after_restart_and_miss_nothing() {
         // Refused reconnects are network errors, not page errors.
         p.assert_clean(who);
     }
+    // Every upgrade, the first and each retry, used a fresh one-time ticket:
+    // the token never went into a URL (which proxies log).
+    let urls = socket_urls(&mina);
+    assert!(urls.len() >= 2, "{urls:?}");
+    for u in &urls {
+        assert!(u.contains("/ws?ticket=") && !u.contains("token"), "{u}");
+    }
+    let distinct: HashSet<&String> = urls.iter().collect();
+    assert_eq!(distinct.len(), urls.len(), "a ticket used twice: {urls:?}");
     mina.screenshot("after-restart");
     drop(s2);
 }
@@ -681,7 +691,7 @@ fn web_login_errors_throttling_and_expired_session() {
             &format!("auth error {want:?}"),
         );
     };
-    login(&p, "nobody", "pw");
+    login(&p, "nobody", PASSWORD);
     auth_error(&p, "register first");
     register(&p, "dana", "다나");
     p.click("logout");
@@ -787,7 +797,7 @@ fn web_phone_width_with_the_keyboard_alone() {
     );
     p.ime_commit("yuna");
     tab_to(&p, "login-password", 1);
-    p.ime_commit("pw");
+    p.ime_commit(PASSWORD);
     tab_to(&p, "login-nickname", 1);
     p.ime_commit("유나");
     tab_to(&p, "register-submit", 3);
@@ -916,6 +926,28 @@ fn web_binary_serves_the_client_unless_turned_off() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A page whose every WebSocket URL is recorded (`socket_urls`), set up before
+/// the client's script runs.
+fn open_watching_sockets<'b>(b: &'b Browser, s: &TestServer) -> Page<'b> {
+    let p = b
+        .new_page(1100, 720)
+        .unwrap_or_else(|e| panic!("new page: {e}"));
+    p.call(
+        "Page.addScriptToEvaluateOnNewDocument",
+        json!({"source": "window.__socketUrls = []; \
+            window.WebSocket = class extends window.WebSocket { \
+              constructor(url, protocols) { super(url, protocols); \
+                window.__socketUrls.push(String(url)); } };"}),
+    )
+    .unwrap_or_else(|e| panic!("init script: {e}"));
+    p.goto(&format!("http://{}/", s.addr));
+    p
+}
+
+fn socket_urls(p: &Page) -> Vec<String> {
+    serde_json::from_value(p.eval("window.__socketUrls")).unwrap()
+}
+
 fn page_at(b: &Browser, addr: std::net::SocketAddr) -> Page<'_> {
     let p = b
         .new_page(1100, 720)
@@ -954,7 +986,7 @@ fn web_pages_on_two_nodes_see_each_other() {
 
     // Alice logs in on the other node: bob's page (node 0) shows her online.
     let alice = page_at(&b, n1.addr);
-    login(&alice, "alice", "pw");
+    login(&alice, "alice", PASSWORD);
     status_online(&alice);
     bob.wait_for(
         "document.querySelector('[data-testid=\"online-friend\"][data-username=\"alice\"]')",
