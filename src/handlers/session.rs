@@ -10,8 +10,7 @@ use crate::auth::jwt::{TokenError, Verified};
 use crate::client_addr::{budget_key, client_addr};
 use crate::close::CloseReason;
 use crate::conn::{
-    ConnId, OfflinePiece, OpeningHold, PendingHttp, Phase, RateLimit, WsState,
-    OUTPUT_PAUSE_BYTES,
+    ConnId, OfflinePiece, OpeningHold, PendingHttp, Phase, RateLimit, WsState, OUTPUT_PAUSE_BYTES,
 };
 use crate::db::jobs::{OfflineDm, SessionData, TicketUse};
 use crate::db::{DbError, Job, Ticket};

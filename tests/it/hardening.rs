@@ -1798,8 +1798,8 @@ fn http_bare_lf_line_ends_are_refused() {
 #[test]
 fn http_expect_100_continue_is_answered() {
     let s = TestServer::start();
-    s.register("erin", "pw");
-    let login = r#"{"username":"erin","password":"pw"}"#;
+    s.register("erin", PASSWORD);
+    let login = &json!({"username": "erin", "password": PASSWORD}).to_string();
     let mut c = connect(s.addr);
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let head = format!(
