@@ -7,6 +7,7 @@ use std::time::SystemTime;
 
 use postgres::GenericClient;
 
+use super::bus::Sealer;
 use super::jobs::*;
 use super::rows::room_newest_entry;
 pub use super::rows::{display_nickname, entry_from_row, Stmts};
@@ -15,8 +16,15 @@ use super::DbError;
 /// Offline DMs kept per recipient; older ones are dropped.
 pub const OFFLINE_QUEUE_CAP: i64 = 100;
 
-/// Runs a general (unordered) job.
-pub fn run<C: GenericClient>(c: &mut C, st: &mut Stmts, job: Job) -> Result<Outcome, DbError> {
+/// Runs a general (unordered) job. `bus` seals what the job notifies (in a
+/// cluster; jobs that notify are only submitted there).
+pub fn run<C: GenericClient>(
+    c: &mut C,
+    st: &mut Stmts,
+    bus: Option<&Sealer>,
+    job: Job,
+) -> Result<Outcome, DbError> {
+    let bus = || bus.ok_or_else(|| DbError::Query("a bus job on a node without the bus".into()));
     Ok(match job {
         Job::Health => {
             c.simple_query("SELECT 1")?;
@@ -81,8 +89,9 @@ pub fn run<C: GenericClient>(c: &mut C, st: &mut Stmts, job: Job) -> Result<Outc
             nickname,
             conns,
         } => {
+            let bus = bus()?;
             let mut tx = c.transaction()?;
-            super::nodes::presence(&mut tx, st, &node, &user, &nickname, conns)?;
+            super::nodes::presence(&mut tx, st, bus, &node, &user, &nickname, conns)?;
             tx.commit()?;
             Outcome::Presence { user }
         }
@@ -91,14 +100,16 @@ pub fn run<C: GenericClient>(c: &mut C, st: &mut Stmts, job: Job) -> Result<Outc
             incarnation,
             timeout_secs,
         } => {
+            let bus = bus()?;
             let mut tx = c.transaction()?;
-            let rejoined = super::nodes::heartbeat(&mut tx, st, &node, incarnation, timeout_secs)?;
+            let rejoined =
+                super::nodes::heartbeat(&mut tx, st, bus, &node, incarnation, timeout_secs)?;
             tx.commit()?;
             Outcome::Heartbeat { rejoined }
         }
         Job::EntryById { id } => super::nodes::entry_by_id(c, st, id)?,
         Job::Notify { payloads } => {
-            super::nodes::send(c, st, &payloads)?;
+            super::nodes::send(c, st, bus()?, &payloads)?;
             Outcome::Done
         }
         Job::OnlineFriends { username } => super::nodes::online_friends(c, st, &username)?,

@@ -512,10 +512,9 @@ pub fn typing(hub: &mut Hub, room: &str, user: &str, nickname: &str) {
     if !hub.cluster.enabled {
         return;
     }
-    let node = &hub.cluster.node;
     hub.cluster
         .outbox
-        .get_or_insert_with(|| crate::db::bus::Payloads::new(node))
+        .get_or_insert_with(crate::db::bus::Payloads::new)
         .push(crate::db::bus::encode_typing(room, user, nickname), || {
             unreachable!("a typing event is small")
         });
