@@ -328,6 +328,7 @@ pub fn read_entries<C: GenericClient>(
         entries,
         queued,
         members,
+        upto,
     })
 }
 
@@ -363,16 +364,7 @@ pub fn catch_up<C: GenericClient>(
         .into_iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect();
-    let s = st.get(
-        c,
-        "SELECT follower_username, followee_username FROM follows \
-         WHERE follower_username = ANY($1)",
-    )?;
-    out.follows = c
-        .query(&s, &[&users])?
-        .into_iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    out.follows = follows_of(c, st, &users)?;
     let s = st.get(
         c,
         "SELECT u.username, u.nickname FROM users u WHERE u.username = ANY($1) \
@@ -388,6 +380,41 @@ pub fn catch_up<C: GenericClient>(
         })
         .collect();
     Ok(Outcome::CaughtUp(Box::new(out)))
+}
+
+/// (follower, followee) for every follow of `users`.
+fn follows_of<C: GenericClient>(
+    c: &mut C,
+    st: &mut Stmts,
+    users: &[String],
+) -> Result<Vec<(String, String)>, DbError> {
+    let s = st.get(
+        c,
+        "SELECT follower_username, followee_username FROM follows \
+         WHERE follower_username = ANY($1)",
+    )?;
+    Ok(c.query(&s, &[&users])?
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
+/// Whom `user` follows now (see [`Job::FollowsOf`]).
+pub fn user_follows<C: GenericClient>(
+    c: &mut C,
+    st: &mut Stmts,
+    user: String,
+    read: u64,
+) -> Result<Outcome, DbError> {
+    let following = follows_of(c, st, std::slice::from_ref(&user))?
+        .into_iter()
+        .map(|(_, to)| to)
+        .collect();
+    Ok(Outcome::FollowsOf {
+        user,
+        read,
+        following,
+    })
 }
 
 pub fn online_friends<C: GenericClient>(

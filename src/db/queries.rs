@@ -16,9 +16,14 @@ use super::DbError;
 /// Offline DMs kept per recipient; older ones are dropped.
 pub const OFFLINE_QUEUE_CAP: i64 = 100;
 
-/// Runs a general (unordered) job. `bus` seals what the job notifies (in a
-/// cluster; jobs that notify are only submitted there).
-pub fn run<C: GenericClient>(
+/// Runs a general (unordered) job that notifies nothing.
+pub fn run<C: GenericClient>(c: &mut C, st: &mut Stmts, job: Job) -> Result<Outcome, DbError> {
+    run_with(c, st, None, job)
+}
+
+/// Runs a general (unordered) job; `bus` seals what it notifies (in a cluster:
+/// jobs that notify are only submitted there).
+pub fn run_with<C: GenericClient>(
     c: &mut C,
     st: &mut Stmts,
     bus: Option<&Sealer>,
@@ -108,6 +113,7 @@ pub fn run<C: GenericClient>(
             Outcome::Heartbeat { rejoined }
         }
         Job::EntryById { id } => super::nodes::entry_by_id(c, st, id)?,
+        Job::FollowsOf { user, read } => super::nodes::user_follows(c, st, user, read)?,
         Job::Notify { payloads } => {
             super::nodes::send(c, st, bus()?, &payloads)?;
             Outcome::Done

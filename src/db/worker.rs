@@ -63,7 +63,7 @@ fn attempt(
         *conn = Some((health.get(pool)?, Stmts::default()));
     }
     let (c, st) = conn.as_mut().expect("connection just ensured");
-    let result = queries::run(&mut **c, st, bus, job);
+    let result = queries::run_with(&mut **c, st, bus, job);
     if matches!(result, Err(DbError::Unavailable(_))) {
         *conn = None;
     }

@@ -431,7 +431,7 @@ fn apply<'a>(
                 }
                 // Small and rare: the shared SQL takes its job by value.
                 Job::Follow { .. } | Job::Unfollow { .. } => {
-                    let outcome = super::queries::run(tx, st, bus, job.clone())?;
+                    let outcome = super::queries::run(tx, st, job.clone())?;
                     match &outcome {
                         Outcome::Follow {
                             from,
