@@ -80,6 +80,11 @@ pub const MAX_SENDERS: usize = 256;
 /// before is stale by then (it is longer than twice [`MAX_SKEW`]).
 pub const FORGET_AFTER: Duration = Duration::from_secs(600);
 
+/// How long before this node started listening a payload may have been signed
+/// and still be taken from a sender heard for the first time: a transaction
+/// signs just before it commits, and clocks differ by a little.
+const START_SLACK: Duration = Duration::from_secs(2);
+
 /// The first line's tag: this payload format and MAC.
 const VERSION: &str = "klav1";
 
@@ -312,17 +317,18 @@ impl Inbox {
 /// ([`FORGET_AFTER`]).
 struct Senders {
     windows: HashMap<(String, i64), Window>,
-    /// When this node started listening (µs since the epoch).
+    /// When this node started listening, less [`START_SLACK`] (µs since the
+    /// epoch).
     since: i64,
     last_sweep: i64,
 }
 
 impl Senders {
-    fn new(since: i64) -> Senders {
+    fn new(listening: i64) -> Senders {
         Senders {
             windows: HashMap::new(),
-            since,
-            last_sweep: since,
+            since: listening.saturating_sub(START_SLACK.as_micros() as i64),
+            last_sweep: listening,
         }
     }
 
@@ -1082,9 +1088,9 @@ mod tests {
         let body = one(&[presence()]);
         let mut inbox = inbox();
         let late = t0() + MAX_SKEW + Duration::from_secs(1);
-        let p = s.seal_at(&[body.clone()], t0()).remove(0);
+        let p = s.seal_at(std::slice::from_ref(&body), t0()).remove(0);
         assert_eq!(inbox.open(&p, late), Err(Refused::Stale));
-        let ahead = s.seal_at(&[body.clone()], late).remove(0);
+        let ahead = s.seal_at(std::slice::from_ref(&body), late).remove(0);
         assert_eq!(inbox.open(&ahead, t0()), Err(Refused::Stale));
         let p = s.seal_at(&[body], t0()).remove(0);
         assert!(inbox.open(&p, t0() + MAX_SKEW).is_ok(), "within the bound");
@@ -1168,7 +1174,7 @@ mod tests {
         let mut inbox = inbox();
         for i in 0..MAX_SENDERS + 10 {
             let p = sealer(&format!("n{i}"))
-                .seal_at(&[body.clone()], t0())
+                .seal_at(std::slice::from_ref(&body), t0())
                 .remove(0);
             assert!(inbox.open(&p, t0()).is_ok());
         }
