@@ -749,9 +749,9 @@ pub fn on_tick(hub: &mut Hub, now: Instant) {
 pub fn sweep(hub: &mut Hub) {
     hub.cluster.passed_over.sweep(Instant::now());
     // A room without members here: its history cache would go stale with
-    // other nodes' writes.
-    // A room whose entries are being read back stays: the read may bring its
-    // first member here (a join, confirmed by the room's members).
+    // other nodes' writes. One whose entries are being read back stays: the
+    // read may bring its first member here (a join, confirmed by the room's
+    // members).
     let unused: Vec<String> = hub
         .cluster
         .chains
