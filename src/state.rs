@@ -51,6 +51,10 @@ pub struct UserState {
     pub loaded: bool,
     pub rooms: HashSet<String>,
     pub following: HashSet<String>,
+    /// Follows of this user another node announced, not granted until the
+    /// database confirms them: followed user → the number of the read that
+    /// settles it (see `handlers::cluster::follows_read`).
+    pub awaiting_follows: HashMap<String, u64>,
     /// Connections of this user subscribed to friends' presence.
     pub subscribed: Vec<ConnId>,
     /// DMs waiting for a connection that is loading.
@@ -490,6 +494,7 @@ impl State {
         let Some(user) = self.users.get_mut(from) else {
             return;
         };
+        user.awaiting_follows.remove(to);
         if !user.loaded || !user.following.insert(to.to_string()) {
             return;
         }
@@ -499,11 +504,13 @@ impl State {
         }
     }
 
-    /// Records a committed unfollow.
+    /// Records a committed unfollow (a follow awaiting its read is not
+    /// granted by that read any more).
     pub fn unfollowed(&mut self, from: &str, to: &str) {
         let Some(user) = self.users.get_mut(from) else {
             return;
         };
+        user.awaiting_follows.remove(to);
         if !user.following.remove(to) {
             return;
         }

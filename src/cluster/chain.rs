@@ -90,6 +90,11 @@ impl<H> Chains<H> {
             .unwrap_or_default()
     }
 
+    /// Whether `room` holds batches or waits for a read.
+    pub fn waiting(&self, room: &str) -> bool {
+        self.held.contains_key(room) || self.gaps.contains_key(room)
+    }
+
     pub fn tracked(&self) -> impl Iterator<Item = (&String, &i64)> {
         self.last.iter()
     }

@@ -10,7 +10,11 @@
 //!   A room this node starts to follow when a session opens reads back what
 //!   it passed over since the session was read ([`PassedOver`]).
 //! - **Membership** changes ride on the `joined`/`left` entries; **follows**,
-//!   **edits** and **presence** have events of their own.
+//!   **edits** and **presence** have events of their own. A bus event is
+//!   never authority: a join or a follow another node announces for a user
+//!   connected here is granted in memory only once it has been read back from
+//!   the database (the entry with the room's members, or the user's follows);
+//!   leaves and unfollows apply at once.
 //! - **Presence** is decided in the database: each node writes how many
 //!   connections each user has on it (`klav_presence`), and the transaction
 //!   that takes a user from none anywhere to some (or back) announces it to
@@ -84,6 +88,11 @@ pub struct Cluster {
     pub catch_up_due: bool,
     /// Other nodes' entries this node passed over (no member here).
     pub passed_over: PassedOver,
+    /// Reads of whom a user follows, under way for follows the bus announced:
+    /// user → (the latest read's number, when it was asked).
+    pub follow_reads: HashMap<String, (u64, Instant)>,
+    /// Numbers the next of those reads.
+    pub next_follow_read: u64,
 }
 
 impl Cluster {
@@ -104,6 +113,8 @@ impl Cluster {
             catch_up_due: false,
             passed_over: PassedOver::default(),
             outbox: None,
+            follow_reads: HashMap::new(),
+            next_follow_read: 1,
         }
     }
 

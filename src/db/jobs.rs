@@ -299,6 +299,13 @@ pub enum Job {
         users: Vec<String>,
         watched: Vec<String>,
     },
+    /// Whom `user` follows, as the database has it: a follow the bus announced
+    /// is granted in memory only once such a read finds it (`read` numbers the
+    /// reads, see `handlers::cluster`).
+    FollowsOf {
+        user: String,
+        read: u64,
+    },
     /// One entry as it is now (an edit that was too large to notify).
     EntryById {
         id: i64,
@@ -602,6 +609,14 @@ pub enum Outcome {
         /// Ids of those entries that are DMs put into an offline queue.
         queued: Vec<i64>,
         members: Vec<String>,
+        /// What was asked: every entry of the room up to it is among
+        /// `entries` (or was before `after`).
+        upto: Option<i64>,
+    },
+    FollowsOf {
+        user: String,
+        read: u64,
+        following: Vec<String>,
     },
     CaughtUp(Box<CaughtUp>),
     Entry(Option<ChatEntry>),

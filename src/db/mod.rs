@@ -254,9 +254,9 @@ pub struct DbSettings {
     pub url: String,
     pub workers: usize,
     pub batch: usize,
-    /// This node's name when it shares the database with other nodes: its
-    /// writes then notify them (see `bus`).
-    pub node: Option<String>,
+    /// What seals this node's notifications when it shares the database with
+    /// other nodes: its writes then notify them (see `bus`).
+    pub bus: Option<Arc<bus::Sealer>>,
 }
 
 impl Db {
@@ -280,21 +280,22 @@ impl Db {
         let (writer_tx, writer_rx) = crossbeam_channel::bounded(QUEUE_CAPACITY);
         let mut threads = Vec::new();
         for i in 0..settings.workers {
-            let (pool, rx, sink, health) = (
+            let (pool, rx, sink, health, bus) = (
                 pool.clone(),
                 general_rx.clone(),
                 sink.clone(),
                 health.clone(),
+                settings.bus.clone(),
             );
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("klav-db-{i}"))
-                    .spawn(move || worker::run(pool, rx, sink, health))
+                    .spawn(move || worker::run(pool, rx, sink, health, bus))
                     .expect("spawn database worker"),
             );
         }
         let batch = settings.batch;
-        let node = settings.node.clone();
+        let bus = settings.bus.clone();
         let stats = Arc::new(WriterStats::default());
         let writer_stats = stats.clone();
         let health_for_db = health.clone();
@@ -302,9 +303,7 @@ impl Db {
         threads.push(
             std::thread::Builder::new()
                 .name("klav-db-writer".into())
-                .spawn(move || {
-                    writer::run(pool, writer_rx, sink, health, batch, node, writer_stats)
-                })
+                .spawn(move || writer::run(pool, writer_rx, sink, health, batch, bus, writer_stats))
                 .expect("spawn database writer"),
         );
         Ok(Db {

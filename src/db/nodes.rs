@@ -9,7 +9,7 @@
 
 use postgres::{GenericClient, Transaction};
 
-use super::bus::{self, Payloads};
+use super::bus::{self, Payloads, Sealer};
 use super::jobs::*;
 use super::rows::{display_nickname, entry_from_row, room_newest_entry, Stmts};
 use super::DbError;
@@ -50,20 +50,29 @@ pub fn elsewhere<C: GenericClient>(
     Ok(c.query_one(&s, &[&user, &node])?.get(0))
 }
 
-fn notify<C: GenericClient>(c: &mut C, st: &mut Stmts, notes: Payloads) -> Result<(), DbError> {
+fn notify<C: GenericClient>(
+    c: &mut C,
+    st: &mut Stmts,
+    bus: &Sealer,
+    notes: Payloads,
+) -> Result<(), DbError> {
     if notes.is_empty() {
         return Ok(());
     }
-    send(c, st, &notes.finish())
+    send(c, st, bus, &notes.finish())
 }
 
-/// Sends payloads on the bus channel, in order; they reach the other nodes
-/// when (and only if) the transaction commits.
+/// Seals event arrays (see [`Payloads`]) and sends them on the bus channel, in
+/// order; they reach the other nodes when (and only if) the transaction
+/// commits. Sealed last thing before the commit, so that their time is close
+/// to when they are heard.
 pub fn send<C: GenericClient>(
     c: &mut C,
     st: &mut Stmts,
-    payloads: &[String],
+    bus: &Sealer,
+    bodies: &[String],
 ) -> Result<(), DbError> {
+    let payloads = bus.seal(bodies);
     let s = st.get(
         c,
         "SELECT pg_notify('klav', p) FROM unnest($1::text[]) WITH ORDINALITY AS t(p, n) \
@@ -78,6 +87,7 @@ pub fn send<C: GenericClient>(
 pub fn presence(
     tx: &mut Transaction<'_>,
     st: &mut Stmts,
+    bus: &Sealer,
     node: &str,
     user: &str,
     nickname: &str,
@@ -101,11 +111,14 @@ pub fn presence(
     }
     let after = conns > 0 || anywhere(tx, st, user)?;
     if before != after {
-        let mut notes = Payloads::new(node);
+        // The name when the nickname is not known here (the user's last
+        // connection closed before their session loaded): never empty.
+        let nickname = if nickname.is_empty() { user } else { nickname };
+        let mut notes = Payloads::new();
         notes.push(bus::encode_presence(user, nickname, after), || {
             unreachable!("a presence event is small")
         });
-        notify(tx, st, notes)?;
+        notify(tx, st, bus, notes)?;
     }
     Ok(())
 }
@@ -115,13 +128,13 @@ pub fn presence(
 fn clear_presence(
     tx: &mut Transaction<'_>,
     st: &mut Stmts,
-    node: &str,
+    bus: &Sealer,
     rows: Vec<postgres::Row>,
 ) -> Result<usize, DbError> {
     let mut users: Vec<String> = rows.into_iter().map(|r| r.get(0)).collect();
     users.sort_unstable();
     users.dedup();
-    let mut notes = Payloads::new(node);
+    let mut notes = Payloads::new();
     let nick = st.get(tx, "SELECT nickname FROM users WHERE username = $1")?;
     for user in &users {
         lock_user(tx, st, user)?;
@@ -135,7 +148,7 @@ fn clear_presence(
             });
         }
     }
-    notify(tx, st, notes)?;
+    notify(tx, st, bus, notes)?;
     Ok(users.len())
 }
 
@@ -145,6 +158,7 @@ fn clear_presence(
 /// or a restart right after a crash).
 pub fn register(
     c: &mut postgres::Client,
+    bus: &Sealer,
     node: &str,
     incarnation: i64,
     timeout_secs: i64,
@@ -171,20 +185,21 @@ pub fn register(
          RETURNING username",
         &[&node],
     )?;
-    clear_presence(&mut tx, &mut st, node, rows)?;
+    clear_presence(&mut tx, &mut st, bus, rows)?;
     tx.commit()?;
     Ok(was_alive)
 }
 
 /// At a clean stop: this node's presence goes (announced) and it leaves.
-pub fn unregister(c: &mut postgres::Client, node: &str) -> Result<(), DbError> {
+pub fn unregister(c: &mut postgres::Client, bus: &Sealer) -> Result<(), DbError> {
+    let node = bus.node();
     let mut st = Stmts::default();
     let mut tx = c.transaction()?;
     let rows = tx.query(
         "DELETE FROM klav_presence WHERE node = $1 RETURNING username",
         &[&node],
     )?;
-    clear_presence(&mut tx, &mut st, node, rows)?;
+    clear_presence(&mut tx, &mut st, bus, rows)?;
     tx.execute("DELETE FROM klav_nodes WHERE name = $1", &[&node])?;
     tx.commit()?;
     Ok(())
@@ -193,6 +208,7 @@ pub fn unregister(c: &mut postgres::Client, node: &str) -> Result<(), DbError> {
 pub fn heartbeat(
     tx: &mut Transaction<'_>,
     st: &mut Stmts,
+    bus: &Sealer,
     node: &str,
     incarnation: i64,
     timeout_secs: i64,
@@ -233,7 +249,7 @@ pub fn heartbeat(
             "DELETE FROM klav_presence WHERE node = ANY($1) RETURNING username",
         )?;
         let rows = tx.query(&s, &[&dead])?;
-        clear_presence(tx, st, node, rows)?;
+        clear_presence(tx, st, bus, rows)?;
     }
     Ok(rejoined)
 }
@@ -312,6 +328,7 @@ pub fn read_entries<C: GenericClient>(
         entries,
         queued,
         members,
+        upto,
     })
 }
 
@@ -347,16 +364,7 @@ pub fn catch_up<C: GenericClient>(
         .into_iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect();
-    let s = st.get(
-        c,
-        "SELECT follower_username, followee_username FROM follows \
-         WHERE follower_username = ANY($1)",
-    )?;
-    out.follows = c
-        .query(&s, &[&users])?
-        .into_iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    out.follows = follows_of(c, st, &users)?;
     let s = st.get(
         c,
         "SELECT u.username, u.nickname FROM users u WHERE u.username = ANY($1) \
@@ -372,6 +380,41 @@ pub fn catch_up<C: GenericClient>(
         })
         .collect();
     Ok(Outcome::CaughtUp(Box::new(out)))
+}
+
+/// (follower, followee) for every follow of `users`.
+fn follows_of<C: GenericClient>(
+    c: &mut C,
+    st: &mut Stmts,
+    users: &[String],
+) -> Result<Vec<(String, String)>, DbError> {
+    let s = st.get(
+        c,
+        "SELECT follower_username, followee_username FROM follows \
+         WHERE follower_username = ANY($1)",
+    )?;
+    Ok(c.query(&s, &[&users])?
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
+/// Whom `user` follows now (see [`Job::FollowsOf`]).
+pub fn user_follows<C: GenericClient>(
+    c: &mut C,
+    st: &mut Stmts,
+    user: String,
+    read: u64,
+) -> Result<Outcome, DbError> {
+    let following = follows_of(c, st, std::slice::from_ref(&user))?
+        .into_iter()
+        .map(|(_, to)| to)
+        .collect();
+    Ok(Outcome::FollowsOf {
+        user,
+        read,
+        following,
+    })
 }
 
 pub fn online_friends<C: GenericClient>(

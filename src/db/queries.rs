@@ -7,6 +7,7 @@ use std::time::SystemTime;
 
 use postgres::GenericClient;
 
+use super::bus::Sealer;
 use super::jobs::*;
 use super::rows::room_newest_entry;
 pub use super::rows::{display_nickname, entry_from_row, Stmts};
@@ -16,8 +17,20 @@ use super::DbError;
 /// unread ones: the count is exact up to there, and says "more" beyond.
 pub const UNREAD_WINDOW: i64 = 100;
 
-/// Runs a general (unordered) job.
+/// Runs a general (unordered) job that notifies nothing.
 pub fn run<C: GenericClient>(c: &mut C, st: &mut Stmts, job: Job) -> Result<Outcome, DbError> {
+    run_with(c, st, None, job)
+}
+
+/// Runs a general (unordered) job; `bus` seals what it notifies (in a cluster:
+/// jobs that notify are only submitted there).
+pub fn run_with<C: GenericClient>(
+    c: &mut C,
+    st: &mut Stmts,
+    bus: Option<&Sealer>,
+    job: Job,
+) -> Result<Outcome, DbError> {
+    let bus = || bus.ok_or_else(|| DbError::Query("a bus job on a node without the bus".into()));
     Ok(match job {
         Job::Health => {
             c.simple_query("SELECT 1")?;
@@ -93,8 +106,9 @@ pub fn run<C: GenericClient>(c: &mut C, st: &mut Stmts, job: Job) -> Result<Outc
             nickname,
             conns,
         } => {
+            let bus = bus()?;
             let mut tx = c.transaction()?;
-            super::nodes::presence(&mut tx, st, &node, &user, &nickname, conns)?;
+            super::nodes::presence(&mut tx, st, bus, &node, &user, &nickname, conns)?;
             tx.commit()?;
             Outcome::Presence { user }
         }
@@ -103,14 +117,17 @@ pub fn run<C: GenericClient>(c: &mut C, st: &mut Stmts, job: Job) -> Result<Outc
             incarnation,
             timeout_secs,
         } => {
+            let bus = bus()?;
             let mut tx = c.transaction()?;
-            let rejoined = super::nodes::heartbeat(&mut tx, st, &node, incarnation, timeout_secs)?;
+            let rejoined =
+                super::nodes::heartbeat(&mut tx, st, bus, &node, incarnation, timeout_secs)?;
             tx.commit()?;
             Outcome::Heartbeat { rejoined }
         }
         Job::EntryById { id } => super::nodes::entry_by_id(c, st, id)?,
+        Job::FollowsOf { user, read } => super::nodes::user_follows(c, st, user, read)?,
         Job::Notify { payloads } => {
-            super::nodes::send(c, st, &payloads)?;
+            super::nodes::send(c, st, bus()?, &payloads)?;
             Outcome::Done
         }
         Job::OnlineFriends { username } => super::nodes::online_friends(c, st, &username)?,

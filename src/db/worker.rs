@@ -7,6 +7,7 @@ use crossbeam_channel::Receiver;
 use postgres::NoTls;
 use r2d2_postgres::PostgresConnectionManager;
 
+use super::bus::Sealer;
 use super::jobs::{Completion, Job, Outcome, Ticket};
 use super::queries::{self, Stmts};
 use super::{CompletionSink, DbError, Health, Pool};
@@ -18,6 +19,7 @@ pub(super) fn run(
     rx: Receiver<(Ticket, Job)>,
     sink: CompletionSink,
     health: Arc<Health>,
+    bus: Option<Arc<Sealer>>,
 ) {
     // The worker keeps its connection (and the statements prepared on it) between
     // jobs; it goes back to the pool only when it breaks.
@@ -26,7 +28,7 @@ pub(super) fn run(
         if health.stopping() {
             continue;
         }
-        let result = run_job(&pool, &health, &mut conn, job);
+        let result = run_job(&pool, &health, &mut conn, bus.as_deref(), job);
         sink.send(Completion::Db(ticket, result));
     }
 }
@@ -35,15 +37,16 @@ fn run_job(
     pool: &Pool,
     health: &Health,
     conn: &mut Option<(Conn, Stmts)>,
+    bus: Option<&Sealer>,
     job: Job,
 ) -> Result<Outcome, DbError> {
     let reused = conn.is_some();
     let retry = reused.then(|| job.clone());
-    match attempt(pool, health, conn, job) {
+    match attempt(pool, health, conn, bus, job) {
         // A kept connection may have died while idle (PostgreSQL restarted): that
         // is not an outage, so try once more on a fresh one.
         Err(DbError::Unavailable(_)) if retry.is_some() => {
-            health.observe(attempt(pool, health, conn, retry.expect("checked")))
+            health.observe(attempt(pool, health, conn, bus, retry.expect("checked")))
         }
         other => health.observe(other),
     }
@@ -53,13 +56,14 @@ fn attempt(
     pool: &Pool,
     health: &Health,
     conn: &mut Option<(Conn, Stmts)>,
+    bus: Option<&Sealer>,
     job: Job,
 ) -> Result<Outcome, DbError> {
     if conn.as_ref().is_none_or(|(c, _)| c.is_closed()) {
         *conn = Some((health.get(pool)?, Stmts::default()));
     }
     let (c, st) = conn.as_mut().expect("connection just ensured");
-    let result = queries::run(&mut **c, st, job);
+    let result = queries::run_with(&mut **c, st, bus, job);
     if matches!(result, Err(DbError::Unavailable(_))) {
         *conn = None;
     }

@@ -20,7 +20,7 @@ use crossbeam_channel::Receiver;
 use postgres::{GenericClient, NoTls, Transaction};
 use r2d2_postgres::PostgresConnectionManager;
 
-use super::bus::{self, EntryRef, MemberOp, Payloads};
+use super::bus::{self, EntryRef, MemberOp, Payloads, Sealer};
 use super::jobs::*;
 use super::offline_queue;
 use super::queries::{entry_from_row, Stmts};
@@ -170,10 +170,10 @@ pub(super) fn run(
     sink: CompletionSink,
     health: Arc<Health>,
     max_batch: usize,
-    node: Option<String>,
+    bus: Option<Arc<Sealer>>,
     stats: Arc<super::WriterStats>,
 ) {
-    let node = node.as_deref();
+    let bus = bus.as_deref();
     let mut conn: Option<(Conn, Stmts)> = None;
     let mut batch: Vec<(Ticket, Job)> = Vec::with_capacity(max_batch);
     while let Ok(first) = rx.recv() {
@@ -193,7 +193,7 @@ pub(super) fn run(
         stats.jobs.fetch_add(n, Ordering::Relaxed);
         stats.largest.fetch_max(n, Ordering::Relaxed);
         let results: Vec<Result<(Written, Option<ChainLink>), DbError>> =
-            match write_batch(&pool, &health, &mut conn, &jobs, node, &stats) {
+            match write_batch(&pool, &health, &mut conn, &jobs, bus, &stats) {
                 Ok(written) => written.into_iter().map(Ok).collect(),
                 Err(DbError::Query(why)) if batch.len() > 1 => {
                     crate::log!(
@@ -202,7 +202,7 @@ pub(super) fn run(
                     );
                     jobs.iter()
                         .map(|j| {
-                            write_batch(&pool, &health, &mut conn, &[j], node, &stats)
+                            write_batch(&pool, &health, &mut conn, &[j], bus, &stats)
                                 .map(|mut v| v.pop().expect("one result per job"))
                         })
                         .collect()
@@ -236,7 +236,7 @@ fn write_batch(
     health: &Health,
     conn: &mut Option<(Conn, Stmts)>,
     jobs: &[&Job],
-    node: Option<&str>,
+    bus: Option<&Sealer>,
     stats: &super::WriterStats,
 ) -> Result<Vec<(Written, Option<ChainLink>)>, DbError> {
     let mut reused = true;
@@ -251,7 +251,7 @@ fn write_batch(
             match c.transaction() {
                 Err(e) => Err(e.into()),
                 Ok(mut tx) => {
-                    let result = apply(&mut tx, st, jobs, node, stats).and_then(|outcomes| {
+                    let result = apply(&mut tx, st, jobs, bus, stats).and_then(|outcomes| {
                         tx.commit()?;
                         Ok(outcomes)
                     });
@@ -291,7 +291,7 @@ fn apply<'a>(
     tx: &mut Transaction<'_>,
     st: &mut Stmts,
     jobs: &[&'a Job],
-    node: Option<&str>,
+    bus: Option<&Sealer>,
     stats: &super::WriterStats,
 ) -> Result<Vec<(Written, Option<ChainLink>)>, DbError> {
     let mut written: Vec<Option<Written>> = Vec::with_capacity(jobs.len());
@@ -302,8 +302,8 @@ fn apply<'a>(
             last: HashMap::new(),
             prevs: HashMap::new(),
             moved: HashSet::new(),
-            notes: node.map(Payloads::new),
-            node: node.map(str::to_string),
+            notes: bus.map(|_| Payloads::new()),
+            node: bus.map(|b| b.node().to_string()),
         },
     };
     lock_rooms(tx, st, &entry_rooms(jobs), &mut b.chain)?;
@@ -471,7 +471,7 @@ fn apply<'a>(
         &mut savepoints,
     )?;
     update_lasts(tx, st, b.lasts)?;
-    finish_chain(tx, st, b.chain, stats)?;
+    finish_chain(tx, st, b.chain, bus, stats)?;
     Ok(written
         .into_iter()
         .map(|w| w.expect("every job has a result"))
@@ -532,6 +532,7 @@ fn finish_chain(
     tx: &mut Transaction<'_>,
     st: &mut Stmts,
     chain: Chain,
+    bus: Option<&Sealer>,
     stats: &super::WriterStats,
 ) -> Result<(), DbError> {
     if !chain.moved.is_empty() {
@@ -547,13 +548,13 @@ fn finish_chain(
         )?;
         tx.execute(&s, &[&rooms, &ids])?;
     }
-    if let Some(notes) = chain.notes {
+    if let (Some(notes), Some(bus)) = (chain.notes, bus) {
         if !notes.is_empty() {
             let payloads = notes.finish();
             stats
                 .notifications
                 .fetch_add(payloads.len() as u64, Ordering::Relaxed);
-            super::nodes::send(tx, st, &payloads)?;
+            super::nodes::send(tx, st, bus, &payloads)?;
         }
     }
     Ok(())

@@ -63,6 +63,14 @@ fn advance(hub: &mut Hub, room: &str, last: i64) {
 
 /// Delivers what waited for the room's latest entries.
 fn release(hub: &mut Hub, room: &str) {
+    release_read(hub, room, None);
+}
+
+/// As [`release`], right after a read of the room's entries up to `read_upto`
+/// (if any): an entry announced by reference that the read did not find does
+/// not exist (the database has every entry up to it by then), and is dropped
+/// rather than read again.
+fn release_read(hub: &mut Hub, room: &str, read_upto: Option<i64>) {
     while let Some((held, seen)) = hub.cluster.chains.next_ready(room) {
         match held {
             Held::Local(local) => {
@@ -81,6 +89,14 @@ fn release(hub: &mut Hub, room: &str) {
                 let id = r.entry.id;
                 deliver_remote(hub, *r);
                 advance(hub, room, id);
+            }
+            Held::Reference(id) if !seen && read_upto.is_some_and(|upto| id <= upto) => {
+                hub.cluster.ref_ops.remove(&id);
+                crate::log!(
+                    Warn,
+                    "entry {id} of {room} was announced on the bus but is not in the \
+                     database; ignored"
+                );
             }
             Held::Reference(id) if !seen => {
                 // Its turn, not read yet (a read for an earlier one was under
@@ -107,9 +123,10 @@ fn deliver_remote(hub: &mut Hub, r: RemoteEntry) {
     let id = entry.id;
     match (&op, entry.kind.as_str()) {
         (Some(op), _) => {
-            if op.joined {
-                hub.state.joined(&op.user, &room);
-            } else {
+            // A leave applies at once. A join is granted by the database only:
+            // one that matters here was read back with the room's members (see
+            // `on_bus`), who are made members right after it is delivered.
+            if !op.joined {
                 hub.state.left(&op.user, &room);
             }
             let ev = Event::new("system")
@@ -119,6 +136,10 @@ fn deliver_remote(hub: &mut Hub, r: RemoteEntry) {
                 .with("user_nickname", op.nickname.as_str())
                 .with("id", id);
             hub.entry_to_room(&room, id, &ev, None);
+            if op.joined && !hub.state.is_member(&op.user, &room) {
+                // The joiner's own connections here hear it, as the members do.
+                hub.entry_to_user(&op.user, &room, id, &ev);
+            }
         }
         (None, "dm") => {
             if !queued {
@@ -219,6 +240,13 @@ pub fn on_bus(hub: &mut Hub, events: Vec<BusEvent>) {
                     hub.cluster.chains.track(&room, prev);
                 }
                 let id = entry.id;
+                if op.as_ref().is_some_and(|o| grants_here(hub, o, &room)) {
+                    // The bus cannot make anyone a member: the entry is read
+                    // back in its turn, with the room's members as the
+                    // database has them.
+                    read_back(hub, room, prev, id, op, now);
+                    continue;
+                }
                 let r = Box::new(RemoteEntry { entry, op, queued });
                 match hub.cluster.chains.gate(&room, prev, id) {
                     Gate::Go => {
@@ -238,19 +266,7 @@ pub fn on_bus(hub: &mut Hub, events: Vec<BusEvent>) {
                 if op.is_some() && !hub.cluster.chains.is_tracked(&room) {
                     hub.cluster.chains.track(&room, prev);
                 }
-                if let Some(op) = op {
-                    hub.cluster.ref_ops.insert(id, op);
-                }
-                if hub.cluster.chains.gate(&room, prev, id) == Gate::Seen {
-                    continue;
-                }
-                hub.cluster
-                    .chains
-                    .hold(&room, prev, Held::Reference(id), now);
-                if hub.cluster.chains.read_now(&room, now) {
-                    let after = hub.cluster.chains.last(&room).unwrap_or(prev);
-                    read_entries(hub, room, after, Some(id));
-                }
+                read_back(hub, room, prev, id, op, now);
             }
             BusEvent::Change { entry } => {
                 if !hub.cluster.chains.is_tracked(&entry.room) {
@@ -298,13 +314,105 @@ pub fn on_bus(hub: &mut Hub, events: Vec<BusEvent>) {
             }
             BusEvent::Follow { from, to, on } => {
                 if on {
-                    hub.state.followed(&from, &to);
+                    await_follow(hub, &from, &to);
                     let ev = Event::new("notify_followed").with("from", from.as_str());
                     hub.to_user(&to, &ev);
                 } else {
                     hub.state.unfollowed(&from, &to);
                 }
             }
+        }
+    }
+}
+
+/// Whether a join announced on the bus would grant something here: the user's
+/// memberships are in memory and this is not one of them yet.
+fn grants_here(hub: &Hub, op: &MemberOp, room: &str) -> bool {
+    op.joined
+        && hub
+            .state
+            .users
+            .get(&op.user)
+            .is_some_and(|u| u.loaded && !u.rooms.contains(room))
+}
+
+/// Another node's entry `id` of `room` (after `prev`), to be read back from
+/// `chat_logs` in its turn: too large to notify, or a join to be confirmed.
+fn read_back(hub: &mut Hub, room: String, prev: i64, id: i64, op: Option<MemberOp>, now: Instant) {
+    if hub.cluster.chains.gate(&room, prev, id) == Gate::Seen {
+        return;
+    }
+    if let Some(op) = op {
+        hub.cluster.ref_ops.insert(id, op);
+    }
+    hub.cluster
+        .chains
+        .hold(&room, prev, Held::Reference(id), now);
+    if hub.cluster.chains.read_now(&room, now) {
+        let after = hub.cluster.chains.last(&room).unwrap_or(prev);
+        read_entries(hub, room, after, Some(id));
+    }
+}
+
+/// How long a read of a user's follows may take before it is asked again (it
+/// failed, or was never queued).
+const FOLLOW_READ_RETRY: Duration = Duration::from_secs(5);
+
+/// Another node says `from` followed `to`: for a user whose follows are in
+/// memory here, granted once a read of their follows (asked now, so after the
+/// follow committed) finds it.
+fn await_follow(hub: &mut Hub, from: &str, to: &str) {
+    let read = hub.cluster.next_follow_read;
+    let Some(u) = hub.state.users.get_mut(from) else {
+        return;
+    };
+    if !u.loaded || u.following.contains(to) {
+        return;
+    }
+    hub.cluster.next_follow_read += 1;
+    u.awaiting_follows.insert(to.to_string(), read);
+    ask_follows(hub, from, read);
+}
+
+fn ask_follows(hub: &mut Hub, user: &str, read: u64) {
+    hub.cluster
+        .follow_reads
+        .insert(user.to_string(), (read, Instant::now()));
+    let job = Job::FollowsOf {
+        user: user.to_string(),
+        read,
+    };
+    // Not queued, or failed: asked again by the sweep.
+    hub.submit(Ticket::internal(), job);
+}
+
+/// Whom `user` follows, read after the follows numbered up to `read` were
+/// announced: those it finds are granted, the others are not (an unfollow
+/// since then has removed them from the waiting already).
+pub fn follows_read(hub: &mut Hub, user: &str, read: u64, following: &[String]) {
+    if hub
+        .cluster
+        .follow_reads
+        .get(user)
+        .is_some_and(|(latest, _)| *latest <= read)
+    {
+        hub.cluster.follow_reads.remove(user);
+    }
+    let Some(u) = hub.state.users.get_mut(user) else {
+        return;
+    };
+    let settled: Vec<String> = u
+        .awaiting_follows
+        .iter()
+        .filter(|(_, r)| **r <= read)
+        .map(|(to, _)| to.clone())
+        .collect();
+    for to in &settled {
+        u.awaiting_follows.remove(to);
+    }
+    for to in settled {
+        if following.contains(&to) {
+            hub.state.followed(user, &to);
         }
     }
 }
@@ -321,18 +429,21 @@ fn read_entries(hub: &mut Hub, room: String, after: i64, upto: Option<i64>) {
     hub.submit(Ticket::internal(), job);
 }
 
-/// Entries read back after a gap: delivered in order, then what waited.
+/// Entries read back (after a gap, too large to notify, or granting a
+/// membership): delivered in order, members made what the database says,
+/// then what waited.
 pub fn entries_read(
     hub: &mut Hub,
     room: String,
     entries: Vec<ChatEntry>,
     queued: Vec<i64>,
     members: Vec<String>,
+    upto: Option<i64>,
 ) {
     hub.cluster.chains.read_done(&room, Instant::now());
     deliver_read(hub, &room, entries, &queued);
     reconcile_room(hub, &room, &members);
-    release(hub, &room);
+    release_read(hub, &room, upto);
 }
 
 fn deliver_read(hub: &mut Hub, room: &str, entries: Vec<ChatEntry>, queued: &[i64]) {
@@ -512,10 +623,9 @@ pub fn typing(hub: &mut Hub, room: &str, user: &str, nickname: &str) {
     if !hub.cluster.enabled {
         return;
     }
-    let node = &hub.cluster.node;
     hub.cluster
         .outbox
-        .get_or_insert_with(|| crate::db::bus::Payloads::new(node))
+        .get_or_insert_with(crate::db::bus::Payloads::new)
         .push(crate::db::bus::encode_typing(room, user, nickname), || {
             unreachable!("a typing event is small")
         });
@@ -639,12 +749,16 @@ pub fn on_tick(hub: &mut Hub, now: Instant) {
 pub fn sweep(hub: &mut Hub) {
     hub.cluster.passed_over.sweep(Instant::now());
     // A room without members here: its history cache would go stale with
-    // other nodes' writes.
+    // other nodes' writes. One whose entries are being read back stays: the
+    // read may bring its first member here (a join, confirmed by the room's
+    // members).
     let unused: Vec<String> = hub
         .cluster
         .chains
         .tracked()
-        .filter(|(r, _)| !hub.state.room_members.contains_key(r.as_str()))
+        .filter(|(r, _)| {
+            !hub.state.room_members.contains_key(r.as_str()) && !hub.cluster.chains.waiting(r)
+        })
         .map(|(r, _)| r.clone())
         .collect();
     for room in unused {
@@ -659,6 +773,28 @@ pub fn sweep(hub: &mut Hub) {
     }
     if !hub.cluster.enabled {
         return;
+    }
+    let now = Instant::now();
+    let overdue: Vec<String> = hub
+        .cluster
+        .follow_reads
+        .iter()
+        .filter(|(_, (_, at))| now.duration_since(*at) >= FOLLOW_READ_RETRY)
+        .map(|(u, _)| u.clone())
+        .collect();
+    for user in overdue {
+        if hub
+            .state
+            .users
+            .get(&user)
+            .is_some_and(|u| !u.awaiting_follows.is_empty())
+        {
+            let read = hub.cluster.next_follow_read;
+            hub.cluster.next_follow_read += 1;
+            ask_follows(hub, &user, read);
+        } else {
+            hub.cluster.follow_reads.remove(&user);
+        }
     }
     let retry: Vec<String> = hub
         .cluster

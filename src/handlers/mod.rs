@@ -409,7 +409,13 @@ fn on_outcome(hub: &mut Hub, t: crate::db::Ticket, outcome: Outcome) {
             entries,
             queued,
             members,
-        } => crate::handlers::cluster::entries_read(hub, room, entries, queued, members),
+            upto,
+        } => crate::handlers::cluster::entries_read(hub, room, entries, queued, members, upto),
+        Outcome::FollowsOf {
+            user,
+            read,
+            following,
+        } => crate::handlers::cluster::follows_read(hub, &user, read, &following),
         Outcome::CaughtUp(c) => crate::handlers::cluster::caught_up(hub, *c),
         Outcome::Entry(e) => {
             if let Some(e) = e {

@@ -189,25 +189,34 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
     getrandom::fill(&mut seed).expect("the OS random source failed");
     let incarnation = i64::from_le_bytes(seed) & i64::MAX;
     let clustered = config.clustered();
+    let bus_key = crate::db::bus::BusKey::derive(jwt_secret);
+    let sealer = clustered.then(|| {
+        Arc::new(crate::db::bus::Sealer::new(
+            bus_key.clone(),
+            &node,
+            incarnation,
+        ))
+    });
+    let metrics = Metrics::default();
     let db = Db::start(
         &DbSettings {
             url: database_url.to_string(),
             workers: config.db_workers,
             batch: config.db_batch,
-            node: clustered.then(|| node.clone()),
+            bus: sealer.clone(),
         },
         sink.clone(),
     )
     .map_err(StartError::Db)?;
     let stop = Arc::new(AtomicBool::new(false));
-    let bus = if clustered {
+    let bus = if let Some(sealer) = &sealer {
         let pg = crate::db::pg_config(database_url).map_err(StartError::Db)?;
         crate::db::listener::probe(&pg).map_err(StartError::Db)?;
         let mut client = pg
             .connect(postgres::NoTls)
             .map_err(|e| StartError::Db(e.into()))?;
         let timeout = config.node_timeout.as_secs() as i64;
-        if crate::db::nodes::register(&mut client, &node, incarnation, timeout)
+        if crate::db::nodes::register(&mut client, sealer, &node, incarnation, timeout)
             .map_err(StartError::Db)?
         {
             crate::log!(
@@ -221,6 +230,8 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
         Some(crate::db::listener::start(
             pg,
             node.clone(),
+            bus_key,
+            metrics.bus_dropped.clone(),
             sink.clone(),
             stop.clone(),
         ))
@@ -263,7 +274,7 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
             hasher,
             tokens,
             config,
-            metrics: Metrics::default(),
+            metrics,
             login_throttle,
             register_budget,
             public_metrics_budget,
@@ -285,6 +296,7 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
             large_reply_bytes: 0,
         },
         bus,
+        sealer,
         database_url: database_url.to_string(),
         completions: done_rx,
         wakeup: wakeup.clone(),
@@ -388,6 +400,9 @@ struct Server {
     others_ready: Vec<ConnId>,
     /// The bus listener thread, in a cluster.
     bus: Option<std::thread::JoinHandle<()>>,
+    /// What seals this node's notifications, in a cluster (its last ones say
+    /// goodbye).
+    sealer: Option<Arc<crate::db::bus::Sealer>>,
     database_url: String,
 }
 
@@ -469,23 +484,19 @@ impl Server {
         let Server {
             hub,
             bus,
+            sealer,
             database_url,
             ..
         } = self;
-        let Hub {
-            db,
-            hasher,
-            cluster,
-            ..
-        } = hub;
+        let Hub { db, hasher, .. } = hub;
         db.shutdown();
         hasher.shutdown();
-        if let Some(bus) = bus {
+        if let (Some(bus), Some(sealer)) = (bus, sealer) {
             // Leave the cluster: this node's users go offline for the others
             // now, not after the node timeout.
             match crate::db::pg_config(&database_url)
                 .and_then(|pg| pg.connect(postgres::NoTls).map_err(Into::into))
-                .and_then(|mut c| crate::db::nodes::unregister(&mut c, &cluster.node))
+                .and_then(|mut c| crate::db::nodes::unregister(&mut c, &sealer))
             {
                 Ok(()) => crate::log!(Info, "left the cluster"),
                 Err(e) => crate::log!(Warn, "could not leave the cluster cleanly: {e}"),

@@ -9,8 +9,8 @@ use serde_json::{json, Value};
 use crate::harness::*;
 
 /// `n` nodes on one fresh database, named `n0`, `n1`, …
-struct Nodes {
-    db: String,
+pub(crate) struct Nodes {
+    pub(crate) db: String,
     nodes: Vec<Option<Klav>>,
     dir: std::path::PathBuf,
 }
@@ -30,7 +30,7 @@ fn node_env(db: &str, name: &str) -> Vec<(String, String)> {
 }
 
 impl Nodes {
-    fn start(n: usize) -> Nodes {
+    pub(crate) fn start(n: usize) -> Nodes {
         Nodes::on(pg().fresh_db(), n)
     }
 
@@ -59,15 +59,15 @@ impl Nodes {
         spawn_klav(&self.dir.join(format!("n{i}")), &env)
     }
 
-    fn node(&self, i: usize) -> &Klav {
+    pub(crate) fn node(&self, i: usize) -> &Klav {
         self.nodes[i].as_ref().expect("node running")
     }
 
-    fn addr(&self, i: usize) -> std::net::SocketAddr {
+    pub(crate) fn addr(&self, i: usize) -> std::net::SocketAddr {
         self.node(i).addr
     }
 
-    fn db(&self) -> postgres::Client {
+    pub(crate) fn db(&self) -> postgres::Client {
         postgres::Client::connect(&self.db, postgres::NoTls).unwrap()
     }
 
@@ -87,7 +87,7 @@ impl Nodes {
     }
 
     /// A user straight into the database (no password hash), and a token.
-    fn user(&self, name: &str) -> String {
+    pub(crate) fn user(&self, name: &str) -> String {
         self.db()
             .execute(
                 "INSERT INTO users (username, password, nickname) VALUES ($1, 'x', $2)",
@@ -97,7 +97,7 @@ impl Nodes {
         token(name)
     }
 
-    fn ws(&self, node: usize, token: &str) -> Ws {
+    pub(crate) fn ws(&self, node: usize, token: &str) -> Ws {
         Ws::connect(self.addr(node), token)
             .unwrap_or_else(|(s, b)| panic!("upgrade refused by n{node}: {s} {b}"))
     }
@@ -115,7 +115,7 @@ fn token(user: &str) -> String {
 }
 
 /// The next event of `kind`, skipping others (presence, system events …).
-fn next_of(ws: &mut Ws, kind: &str) -> Value {
+pub(crate) fn next_of(ws: &mut Ws, kind: &str) -> Value {
     let deadline = Instant::now() + WAIT;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -143,14 +143,14 @@ fn cut_listeners(admin: &mut postgres::Client) {
 }
 
 /// Nothing of `kind` arrives for a short while.
-fn none_of(ws: &mut Ws, kind: &str) {
+pub(crate) fn none_of(ws: &mut Ws, kind: &str) {
     let deadline = Instant::now() + QUIET;
     while let Some(ev) = ws.try_recv(deadline.saturating_duration_since(Instant::now())) {
         assert_ne!(ev["type"], kind, "unexpected {ev}");
     }
 }
 
-fn presence_of(ws: &mut Ws, user: &str, status: &str, wait: Duration) {
+pub(crate) fn presence_of(ws: &mut Ws, user: &str, status: &str, wait: Duration) {
     let deadline = Instant::now() + wait;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());

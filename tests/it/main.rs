@@ -7,6 +7,7 @@ mod harness;
 mod accounts;
 mod bench_smoke;
 mod budgets;
+mod bus;
 mod cluster;
 mod costs;
 mod database;
