@@ -190,6 +190,6 @@ CREATE TABLE IF NOT EXISTS klav_schema_version (
     version     integer NOT NULL,
     applied_at  timestamptz NOT NULL DEFAULT now()
 );
-INSERT INTO klav_schema_version (singleton, version) VALUES (true, 3)
-ON CONFLICT (singleton) DO UPDATE SET version = GREATEST(klav_schema_version.version, 3),
+INSERT INTO klav_schema_version (singleton, version) VALUES (true, 4)
+ON CONFLICT (singleton) DO UPDATE SET version = GREATEST(klav_schema_version.version, 4),
                                       applied_at = now();

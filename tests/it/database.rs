@@ -210,7 +210,7 @@ fn old_schema_is_upgraded_in_place() {
         .query_one("SELECT version FROM klav_schema_version", &[])
         .unwrap()
         .get(0);
-    assert_eq!(v, 3);
+    assert_eq!(v, 4);
     drop(s);
 }
 
