@@ -326,7 +326,8 @@ pub enum Attack {
     HistoryFill,
     /// WebSockets writing pings as fast as the server reads them, reading the pongs.
     Pings,
-    /// One account opening a WebSocket and dropping it at once, in a loop.
+    /// One account opening a WebSocket and dropping it at once, in a loop (after
+    /// a refusal, again once `--backoff-ms` has passed).
     Churn,
 }
 

@@ -318,8 +318,22 @@ impl SetupSocket {
     }
 
     /// Joins a room: done when the server announces our join or says we already are
-    /// a member.
+    /// a member. `RATE_LIMITED` and `UNAVAILABLE` are retried after a pause, as
+    /// in [`SetupSocket::request`].
     pub fn join(&mut self, room_id: &str, user: &str, req_id: u64) -> Result<(), BenchError> {
+        for attempt in 0..50u32 {
+            match self.try_join(room_id, user, req_id)? {
+                true => return Ok(()),
+                false => std::thread::sleep(self.backoff * (attempt + 1).min(10)),
+            }
+        }
+        Err(BenchError::Setup(format!(
+            "join {room_id}: still rate limited after 50 attempts"
+        )))
+    }
+
+    /// One attempt at [`SetupSocket::join`]: false when it should be tried again.
+    fn try_join(&mut self, room_id: &str, user: &str, req_id: u64) -> Result<bool, BenchError> {
         let frame = format!(
             r#"{{"type":"join","room_id":{},"req_id":{req_id}}}"#,
             json_str(room_id)
@@ -339,12 +353,18 @@ impl SetupSocket {
                 continue;
             };
             match ev.kind() {
-                "join_ack" if ev.req_num() == Some(req_id) => return Ok(()),
+                "join_ack" if ev.req_num() == Some(req_id) => return Ok(true),
                 "system"
                     if Event::field(&ev.event) == Some("joined")
                         && Event::field(&ev.user) == Some(user) =>
                 {
-                    return Ok(())
+                    return Ok(true)
+                }
+                "error"
+                    if ev.req_num() == Some(req_id)
+                        && matches!(ev.error_code(), "RATE_LIMITED" | "UNAVAILABLE") =>
+                {
+                    return Ok(false)
                 }
                 "error" if ev.req_num() == Some(req_id) => {
                     return Err(BenchError::Setup(format!(

@@ -306,6 +306,7 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
         timers: timers::Timers::default(),
         draining: false,
         trim_mark: (0, 0),
+        trimmed_at: Instant::now(),
         discard_left: reading::DISCARD_TURN_BUDGET,
         http_read_left: reading::HTTP_READ_TURN_BUDGET,
         accept_more: false,
@@ -385,6 +386,8 @@ struct Server {
     /// Connections and buffered bytes at their highest since memory was last
     /// given back (see `trim_if_freed`).
     trim_mark: (usize, usize),
+    /// When freed memory was last given back.
+    trimmed_at: Instant,
     /// What closing connections may still have thrown away this turn.
     discard_left: usize,
     /// What HTTP connections may still have read this turn.
@@ -664,10 +667,12 @@ impl Server {
     fn trim_if_freed(&mut self) {
         let now = (self.hub.conns.len(), self.hub.metrics.client_buffer_bytes);
         let (conns, bytes) = self.trim_mark;
-        let replies = self.hub.large_reply_bytes;
-        if conns.saturating_sub(now.0) >= 1000
-            || bytes.saturating_sub(now.1) >= 16 << 20
-            || replies >= 16 << 20
+        // Large replies come and go every second under a steady load, and
+        // what they free is soon used again: they ask for a trim at most
+        // every ten seconds (a trim walks the heap: milliseconds of loop time).
+        let replies = self.hub.large_reply_bytes >= 16 << 20
+            && self.trimmed_at.elapsed() >= Duration::from_secs(10);
+        if conns.saturating_sub(now.0) >= 1000 || bytes.saturating_sub(now.1) >= 16 << 20 || replies
         {
             let started = Instant::now();
             crate::alloc::trim();
@@ -677,6 +682,7 @@ impl Server {
                 started.elapsed()
             );
             self.trim_mark = now;
+            self.trimmed_at = Instant::now();
             self.hub.large_reply_bytes = 0;
         } else {
             self.trim_mark = (conns.max(now.0), bytes.max(now.1));

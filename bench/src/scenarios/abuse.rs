@@ -62,9 +62,13 @@ const PING_CHUNKS_QUEUED: usize = 2;
 /// The filled rooms' entries: 4,000 control characters, six bytes each once
 /// escaped: the largest an entry gets in a `history` reply or in the cache.
 const FILL_TEXT_CHARS: usize = 4000;
-/// Sockets the filling account writes the entries over (each has its own
-/// request bucket; fewer than the server's burst of opens per user).
-const FILL_SOCKETS: usize = 12;
+/// Accounts (one socket each) that fill those rooms in parallel.
+const FILL_SOCKETS: usize = 25;
+/// A filling socket's pace once its burst is spent: an entry costs 6 request
+/// tokens (24 KB of frame), and the server's default rate is 50 tokens a second;
+/// faster, the socket would be refused and, after seconds of that, closed.
+const FILL_BURST: usize = 15;
+const FILL_PACE: Duration = Duration::from_millis(130);
 /// `req_id` of the one request in flight on a request-loop connection.
 const LOOP_REQ: u64 = 7;
 
@@ -417,11 +421,14 @@ impl RawDriver for AbuseDriver {
         ab.id = None;
         let attack = ab.attack;
         if attack == Attack::Churn && now < self.plan.attack_end {
-            // Straight back in, whether it was let in or refused.
-            let proto = Proto::Ws(self.plan.tokens[&attack].clone());
-            ab.id = Some(net.connect(ab.global % self.plan.dests, proto, true, tag));
+            // Straight back in when it was let in; after a refusal, as fast as
+            // allowed: once `--backoff-ms` has passed (see `on_tick`).
             if was_open {
                 self.shared.open.fetch_sub(1, Ordering::Relaxed);
+                let proto = Proto::Ws(self.plan.tokens[&attack].clone());
+                ab.id = Some(net.connect(ab.global % self.plan.dests, proto, true, tag));
+            } else {
+                ab.paused_until = Some(now + self.plan.backoff);
             }
             let t = self.tally(attack);
             t.bytes_sent += sent;
@@ -465,6 +472,15 @@ impl RawDriver for AbuseDriver {
         if now < self.plan.attack_end {
             for tag in 0..self.abusers.len() {
                 self.act(net, tag, now);
+                let ab = &mut self.abusers[tag];
+                if ab.attack == Attack::Churn
+                    && ab.id.is_none()
+                    && ab.paused_until.is_some_and(|t| now >= t)
+                {
+                    ab.paused_until = None;
+                    let proto = Proto::Ws(self.plan.tokens[&ab.attack].clone());
+                    ab.id = Some(net.connect(ab.global % self.plan.dests, proto, true, tag));
+                }
             }
             return Flow::Wake((now + TICK).min(self.plan.attack_end));
         }
@@ -718,11 +734,16 @@ fn fill_rooms(
                         .collect();
                     let rooms = sock.create_rooms(&names)?;
                     let mut req = 1_000_000u64;
+                    let mut sent = 0;
                     for room in &rooms {
                         req += 1;
                         sock.join(room, name, req)?;
                         for _ in 0..ao.filled_entries {
                             req += 1;
+                            sent += 1;
+                            if sent > FILL_BURST {
+                                std::thread::sleep(FILL_PACE);
+                            }
                             sock.request(
                                 &format!(
                                     r#"{{"type":"msg","room_id":{},"text":{text}}}"#,
