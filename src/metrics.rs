@@ -1,27 +1,9 @@
 //! Counters kept by the loop and rendered as Prometheus text on `GET /metrics`.
-//! The loop is the only writer, so plain integers suffice (except for what
-//! another thread counts: [`BusDropped`]).
+//! The loop is the only writer, so plain integers suffice.
 
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
 use crate::close::CloseReason;
-use crate::db::bus::Refused;
-
-/// Bus payloads the listener thread dropped, by reason; the loop renders them.
-#[derive(Default)]
-pub struct BusDropped([AtomicU64; Refused::ALL.len()]);
-
-impl BusDropped {
-    pub fn count(&self, why: Refused) {
-        self.0[why.index()].fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn get(&self, why: Refused) -> u64 {
-        self.0[why.index()].load(Ordering::Relaxed)
-    }
-}
 
 #[derive(Default)]
 pub struct Metrics {
@@ -65,8 +47,6 @@ pub struct Metrics {
     /// Reads waiting in the loop's queues (sessions, others, busy), as of the
     /// last turn.
     pub reads_waiting: [usize; 3],
-    /// Shared with the bus listener, which counts.
-    pub bus_dropped: Arc<BusDropped>,
 }
 
 /// Upper bounds (milliseconds) of the job latency histogram's buckets.
@@ -228,19 +208,6 @@ impl Metrics {
                 "klav_disconnects_total{{reason=\"{}\"}} {}",
                 r.label(),
                 self.closed[i]
-            );
-        }
-        let _ = writeln!(
-            s,
-            "# HELP klav_bus_dropped_total Notifications from the bus dropped, by reason.\n\
-             # TYPE klav_bus_dropped_total counter"
-        );
-        for why in Refused::ALL {
-            let _ = writeln!(
-                s,
-                "klav_bus_dropped_total{{reason=\"{}\"}} {}",
-                why.label(),
-                self.bus_dropped.get(why)
             );
         }
         let _ = writeln!(

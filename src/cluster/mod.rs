@@ -93,6 +93,8 @@ pub struct Cluster {
     pub follow_reads: HashMap<String, (u64, Instant)>,
     /// Numbers the next of those reads.
     pub next_follow_read: u64,
+    /// What the bus listener dropped, by reason (it counts; `/metrics` reads).
+    pub bus_dropped: std::sync::Arc<crate::db::bus::BusDropped>,
 }
 
 impl Cluster {
@@ -112,6 +114,7 @@ impl Cluster {
             catching_up: false,
             catch_up_due: false,
             passed_over: PassedOver::default(),
+            bus_dropped: Default::default(),
             outbox: None,
             follow_reads: HashMap::new(),
             next_follow_read: 1,

@@ -206,6 +206,21 @@ fn unhex(s: &str) -> Option<[u8; MAC_LEN]> {
     Some(out)
 }
 
+/// Bus payloads the listener thread dropped, by reason: counted there, read
+/// by the loop for `/metrics`.
+#[derive(Default)]
+pub struct BusDropped([AtomicU64; Refused::ALL.len()]);
+
+impl BusDropped {
+    pub fn count(&self, why: Refused) {
+        self.0[why.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self, why: Refused) -> u64 {
+        self.0[why.index()].load(Ordering::Relaxed)
+    }
+}
+
 /// Why a payload was dropped (the label is the `/metrics` reason).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refused {

@@ -20,10 +20,10 @@ use std::time::{Duration, Instant, SystemTime};
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::NoTls;
 
+use super::bus::BusDropped;
 use super::bus::{self, BusEvent, BusKey, Inbox, Refused};
 use super::jobs::Completion;
 use super::{CompletionSink, DbError};
-use crate::metrics::BusDropped;
 
 /// How often an idle listener proves its connection alive, and how long the
 /// proof may take: a dead connection is noticed within both together.

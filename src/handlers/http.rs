@@ -250,6 +250,17 @@ fn metrics_text(hub: &Hub) -> String {
         hub.db.stats.largest.load(Relaxed),
         hub.db.stats.notifications.load(Relaxed),
     ));
+    text.push_str(
+        "# HELP klav_bus_dropped_total Notifications from the bus dropped, by reason.\n\
+         # TYPE klav_bus_dropped_total counter\n",
+    );
+    for why in crate::db::bus::Refused::ALL {
+        text.push_str(&format!(
+            "klav_bus_dropped_total{{reason=\"{}\"}} {}\n",
+            why.label(),
+            hub.cluster.bus_dropped.get(why)
+        ));
+    }
     text
 }
 

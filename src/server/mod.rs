@@ -198,6 +198,7 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
         ))
     });
     let metrics = Metrics::default();
+    let bus_dropped = std::sync::Arc::new(crate::db::bus::BusDropped::default());
     let db = Db::start(
         &DbSettings {
             url: database_url.to_string(),
@@ -231,7 +232,7 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
             pg,
             node.clone(),
             bus_key,
-            metrics.bus_dropped.clone(),
+            bus_dropped.clone(),
             sink.clone(),
             stop.clone(),
         ))
@@ -291,7 +292,10 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
             http_bytes_left: handlers::http::HTTP_RESPONSE_BYTES_PER_TURN,
             outstanding: 0,
             started: Instant::now(),
-            cluster: crate::cluster::Cluster::new(clustered, node, incarnation),
+            cluster: crate::cluster::Cluster {
+                bus_dropped,
+                ..crate::cluster::Cluster::new(clustered, node, incarnation)
+            },
             metrics_text: None,
             large_reply_bytes: 0,
         },
