@@ -41,17 +41,6 @@ fn login_as(s: &TestServer, client: &str, user: &str, password: &str) -> Respons
     )
 }
 
-/// A gauge or counter from `/metrics`.
-fn metric(addr: std::net::SocketAddr, name: &str) -> u64 {
-    let text = http_to(addr, "GET", "/metrics", None).body;
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 fn behind_proxy(c: &mut klav::config::Config) {
     c.trusted_proxies = TrustedProxies::parse("127.0.0.1").unwrap();
 }

@@ -19,17 +19,6 @@ fn rss_kb(pid: i32) -> u64 {
         .expect("VmRSS in /proc/<pid>/status")
 }
 
-/// A gauge or counter from `/metrics`.
-fn metric(addr: std::net::SocketAddr, name: &str) -> u64 {
-    let text = http_to(addr, "GET", "/metrics", None).body;
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 /// Adds `n` messages of `text` by `from` to `room` straight into the table (as
 /// another program, or years of chat, would have), and moves the room's
 /// newest entry along as the writer does.
@@ -414,16 +403,7 @@ fn reconnect_loops_are_refused_with_retry_after() {
     assert!(body.contains("opened"), "{body}");
     assert!((15..=25).contains(&opened), "{opened} opened first");
     // The refusal says when to come back.
-    let mut c = connect(s.addr);
-    use std::io::Write;
-    write!(
-        c,
-        "GET /ws?token={token} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n\
-         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-         Sec-WebSocket-Version: 13\r\n\r\n"
-    )
-    .unwrap();
-    let r = read_response(&mut c).expect("a response");
+    let (_, r) = upgrade_response(s.addr, &token, "");
     assert_eq!(r.status, 429);
     let wait: u64 = r.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=2).contains(&wait), "Retry-After: {wait}");

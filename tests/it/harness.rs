@@ -444,6 +444,38 @@ pub fn closed_within(s: &mut TcpStream, wait: Duration) -> bool {
     }
 }
 
+/// A gauge or counter from `/metrics`.
+pub fn metric(addr: SocketAddr, name: &str) -> u64 {
+    let text = http_to(addr, "GET", "/metrics", None).body;
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// A `/ws?token=` upgrade written by hand (`headers`: more header lines, each
+/// ending in CRLF); returns the socket and the status.
+pub fn upgrade_status(addr: SocketAddr, token: &str, headers: &str) -> (TcpStream, u16) {
+    let (s, r) = upgrade_response(addr, token, headers);
+    (s, r.status)
+}
+
+/// [`upgrade_status`], with the whole response.
+pub fn upgrade_response(addr: SocketAddr, token: &str, headers: &str) -> (TcpStream, Response) {
+    let mut s = connect(addr);
+    write!(
+        s,
+        "GET /ws?token={token} HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n{headers}\r\n"
+    )
+    .unwrap();
+    let r = read_response(&mut s).expect("an upgrade response");
+    (s, r)
+}
+
 /// A blocking WebSocket client with timeouts.
 pub struct Ws {
     pub sock: tungstenite::WebSocket<TcpStream>,

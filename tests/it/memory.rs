@@ -26,19 +26,6 @@ fn buffered(addr: SocketAddr) -> f64 {
     sample(addr, "klav_client_buffer_bytes")
 }
 
-fn upgrade_status(addr: SocketAddr, token: &str, headers: &str) -> (TcpStream, u16) {
-    let mut s = connect(addr);
-    write!(
-        s,
-        "GET /ws?token={token} HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\n\
-         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-         Sec-WebSocket-Version: 13\r\n{headers}\r\n"
-    )
-    .unwrap();
-    let r = read_response(&mut s).expect("an upgrade response");
-    (s, r.status)
-}
-
 /// A masked client frame with the given first byte (FIN + opcode).
 fn masked_frame(first: u8, payload: &[u8]) -> Vec<u8> {
     let mut out = vec![first];
