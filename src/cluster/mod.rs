@@ -187,8 +187,14 @@ pub fn default_node_name(port: u16) -> String {
             "klav".to_string()
         }
     };
+    // At most 64 bytes (the bus carries it), cut at a character boundary: a
+    // host name is not always ASCII.
     let mut name = format!("{host}:{port}");
-    name.truncate(64);
+    let mut end = name.len().min(64);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name.truncate(end);
     name
 }
 
