@@ -12,10 +12,36 @@ use klav::config::{redact_url, Config};
 use klav::db::embedded::{Cluster, ClusterOptions};
 use klav::log;
 
-const USAGE: &str = "usage: klav            run the server (configuration from the environment)
+const USAGE: &str = "\
+usage: klav                  run the server
        klav import-json <DIR> [--dry-run]
-                       import users.json, friends_state.json and chat_state.json
-       klav --help     this text";
+                             import the JSON server's files (see klav import-json --help)
+       klav -h | --help      this text
+       klav -V | --version   the version
+
+Configuration comes from the environment, or from a .env file in the working
+directory (the environment wins): DATABASE_URL (unset: an embedded PostgreSQL
+under KLAV_DATA_DIR, ./klav-data), HOST and PORT (0.0.0.0:5000), JWT_SECRET
+and the KLAV_* settings. Every variable is in the configuration table of
+README.md; deploying is in docs/operations.md.";
+
+const IMPORT_USAGE: &str = "\
+usage: klav import-json <DIR> [--dry-run]
+
+Imports the JSON server's state from DIR, which must hold users.json,
+friends_state.json and chat_state.json: users (passwords stored as argon2id
+hashes), follows, rooms with their members, and every chat log entry.
+Importing the same files again adds only what is new; on any error nothing
+is imported.
+
+  --dry-run    validate and compare, print what would be imported, write nothing
+  -h, --help   this text
+
+It writes to the database the server uses, configured the same way (the
+environment or .env): DATABASE_URL, or else the embedded PostgreSQL under
+KLAV_DATA_DIR (./klav-data; stop the server first, it holds the data directory).
+Progress goes to stderr, the summary to stdout. Exit codes: 0 imported (or dry
+run done), 1 import failed (nothing imported), 2 usage or configuration error.";
 
 fn main() -> ExitCode {
     let code = run();
@@ -25,16 +51,32 @@ fn main() -> ExitCode {
 }
 
 fn run() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    // Lossy rather than `args()`, which panics on an argument that is not UTF-8.
+    let args: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
     match args.first().map(String::as_str) {
         None => {}
         Some("import-json") => return import_json(&args[1..]),
-        Some("-h" | "--help") => {
-            println!("{USAGE}");
+        Some("-h" | "--help") if args.len() == 1 => {
+            println!(
+                "klav {}: a real-time chat server\n\n{USAGE}",
+                env!("CARGO_PKG_VERSION")
+            );
             return ExitCode::SUCCESS;
         }
-        Some(other) => {
-            eprintln!("klav: unknown argument {other:?}\n{USAGE}");
+        Some("-V" | "--version") if args.len() == 1 => {
+            println!("klav {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Some(first) => {
+            // `--help` and `--version` take nothing after them.
+            let other = match first {
+                "-h" | "--help" | "-V" | "--version" => &args[1],
+                _ => first,
+            };
+            eprintln!("klav: unknown argument {other:?} (see klav --help)");
             return ExitCode::from(2);
         }
     }
@@ -232,18 +274,23 @@ fn import_json(args: &[String]) -> ExitCode {
         match a.as_str() {
             "--dry-run" => dry_run = true,
             "-h" | "--help" => {
-                println!("{USAGE}");
+                println!("{IMPORT_USAGE}");
                 return ExitCode::SUCCESS;
             }
             s if s.starts_with('-') || dir.is_some() => {
-                eprintln!("klav import-json: unexpected argument {s:?}\n{USAGE}");
+                eprintln!(
+                    "klav import-json: unexpected argument {s:?} (see klav import-json --help)"
+                );
                 return ExitCode::from(2);
             }
             s => dir = Some(std::path::PathBuf::from(s)),
         }
     }
     let Some(dir) = dir else {
-        eprintln!("klav import-json: the directory holding the JSON files is required\n{USAGE}");
+        eprintln!(
+            "klav import-json: the directory holding the JSON files is required \
+             (see klav import-json --help)"
+        );
         return ExitCode::from(2);
     };
     if !dir.is_dir() {

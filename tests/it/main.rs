@@ -8,6 +8,7 @@ mod accounts;
 mod bench_smoke;
 mod budgets;
 mod bus;
+mod cli;
 mod cluster;
 mod costs;
 mod database;
