@@ -12,6 +12,7 @@ mod cli;
 mod cluster;
 mod costs;
 mod database;
+mod docs_links;
 mod friends;
 mod fuzz_corpus;
 mod hardening;
