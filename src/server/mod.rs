@@ -454,6 +454,7 @@ impl Server {
             self.read_again();
             self.read_busy();
             self.process_closes();
+            crate::handlers::cluster::look_up_new_watches(&mut self.hub);
             self.flush_dirty();
 
             let now = Instant::now();

@@ -1038,3 +1038,107 @@ fn cluster_ws_ticket_opens_on_any_node_once() {
         );
     }
 }
+
+/// The next `n` presence changes on `ws` (other events skipped), as
+/// (user, status); none may repeat.
+fn presences(ws: &mut Ws, n: usize) -> HashSet<(String, String)> {
+    let deadline = Instant::now() + WAIT;
+    let mut got = HashSet::new();
+    while got.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ev = ws
+            .try_recv(left)
+            .unwrap_or_else(|| panic!("only {got:?} of {n} presence changes"));
+        if ev["type"] == "presence_change" {
+            let change = (
+                ev["user"].as_str().unwrap().to_string(),
+                ev["status"].as_str().unwrap().to_string(),
+            );
+            assert!(got.insert(change), "told twice: {ev}");
+        }
+    }
+    got
+}
+
+fn changes(users: &[&str], status: &str) -> HashSet<(String, String)> {
+    users
+        .iter()
+        .map(|u| (u.to_string(), status.to_string()))
+        .collect()
+}
+
+/// Follows and unfollows made after a connection subscribed change what it
+/// hears, on every node: whether the follow was made on the subscriber's node
+/// or another, and whether the followed user is connected to the same node or
+/// another. (A node knows whom it last announced online only for users it
+/// watches; one that starts being watched must be looked up, or their going
+/// offline is taken for a repeat.)
+#[test]
+fn cluster_follows_after_subscribing_change_presence_on_every_node() {
+    let c = Nodes::start(2);
+    let (fred, xa, xb, gina) = (c.user("fred"), c.user("xa"), c.user("xb"), c.user("gina"));
+    // Online before anyone here watches them: xa on n0, xb on n1.
+    let mut a = c.ws(0, &xa);
+    let mut b = c.ws(1, &xb);
+    let mut f0 = c.ws(0, &fred);
+    let mut f1 = c.ws(1, &fred);
+    for f in [&mut f0, &mut f1] {
+        let snap = f.request(json!({"type": "presence_friends_subscribe"}));
+        assert_eq!(snap["users"], json!([]), "{snap}");
+    }
+    // xa followed from n0, xb from n1: each node learns one of them from its
+    // own writer and the other from the bus.
+    let ack = f0.request(json!({"type": "friend_follow", "to": "xa"}));
+    assert_eq!(ack["status"], "FOLLOWED", "{ack}");
+    let ack = f1.request(json!({"type": "friend_follow", "to": "xb"}));
+    assert_eq!(ack["status"], "FOLLOWED", "{ack}");
+    next_of(&mut a, "notify_followed");
+    next_of(&mut b, "notify_followed");
+    // A follow heard on the bus is granted once the database confirms it.
+    std::thread::sleep(Duration::from_millis(500));
+
+    a.close();
+    b.close();
+    for f in [&mut f0, &mut f1] {
+        assert_eq!(presences(f, 2), changes(&["xa", "xb"], "offline"));
+    }
+    let a = c.ws(0, &xa);
+    let b = c.ws(1, &xb);
+    for f in [&mut f0, &mut f1] {
+        assert_eq!(presences(f, 2), changes(&["xa", "xb"], "online"));
+        none_of(f, "presence_change");
+    }
+
+    // gina, subscribed on both nodes to both, shows that changes still happen.
+    let mut g0 = c.ws(0, &gina);
+    let mut g1 = c.ws(1, &gina);
+    for to in ["xa", "xb"] {
+        let ack = g0.request(json!({"type": "friend_follow", "to": to}));
+        assert_eq!(ack["status"], "FOLLOWED", "{ack}");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    for g in [&mut g0, &mut g1] {
+        let snap = g.request(json!({"type": "presence_friends_subscribe"}));
+        assert_eq!(snap["users"].as_array().unwrap().len(), 2, "{snap}");
+    }
+    // Unfollowed across: xa from n1, xb from n0.
+    let ack = f1.request(json!({"type": "friend_unfollow", "to": "xa"}));
+    assert_eq!(ack["status"], "UNFOLLOWED", "{ack}");
+    let ack = f0.request(json!({"type": "friend_unfollow", "to": "xb"}));
+    assert_eq!(ack["status"], "UNFOLLOWED", "{ack}");
+    std::thread::sleep(Duration::from_millis(500));
+
+    a.close();
+    b.close();
+    for g in [&mut g0, &mut g1] {
+        assert_eq!(presences(g, 2), changes(&["xa", "xb"], "offline"));
+    }
+    let _a = c.ws(0, &xa);
+    let _b = c.ws(1, &xb);
+    for g in [&mut g0, &mut g1] {
+        assert_eq!(presences(g, 2), changes(&["xa", "xb"], "online"));
+    }
+    for f in [&mut f0, &mut f1] {
+        none_of(f, "presence_change");
+    }
+}
