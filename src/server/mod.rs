@@ -202,6 +202,7 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
     let db = Db::start(
         &DbSettings {
             url: database_url.to_string(),
+            node: node.clone(),
             workers: config.db_workers,
             batch: config.db_batch,
             bus: sealer.clone(),
@@ -211,9 +212,12 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
     .map_err(StartError::Db)?;
     let stop = Arc::new(AtomicBool::new(false));
     let bus = if let Some(sealer) = &sealer {
-        let pg = crate::db::pg_config(database_url).map_err(StartError::Db)?;
-        crate::db::listener::probe(&pg).map_err(StartError::Db)?;
-        let mut client = pg
+        let named = |role: &str| {
+            crate::db::pg_config(database_url, &crate::db::application_name(&node, role))
+                .map_err(StartError::Db)
+        };
+        crate::db::listener::probe(&named("probe")?).map_err(StartError::Db)?;
+        let mut client = named("register")?
             .connect(postgres::NoTls)
             .map_err(|e| StartError::Db(e.into()))?;
         let timeout = config.node_timeout.as_secs() as i64;
@@ -229,7 +233,7 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
         }
         crate::log!(Info, "cluster node {node}: listening for the other nodes");
         Some(crate::db::listener::start(
-            pg,
+            named("listener")?,
             node.clone(),
             bus_key,
             bus_dropped.clone(),
@@ -501,13 +505,19 @@ impl Server {
             database_url,
             ..
         } = self;
-        let Hub { db, hasher, .. } = hub;
+        let Hub {
+            db,
+            hasher,
+            cluster,
+            ..
+        } = hub;
         db.shutdown();
         hasher.shutdown();
         if let (Some(bus), Some(sealer)) = (bus, sealer) {
             // Leave the cluster: this node's users go offline for the others
             // now, not after the node timeout.
-            match crate::db::pg_config(&database_url)
+            let name = crate::db::application_name(&cluster.node, "leave");
+            match crate::db::pg_config(&database_url, &name)
                 .and_then(|pg| pg.connect(postgres::NoTls).map_err(Into::into))
                 .and_then(|mut c| crate::db::nodes::unregister(&mut c, &sealer))
             {

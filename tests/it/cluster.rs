@@ -146,13 +146,13 @@ pub(crate) fn next_of(ws: &mut Ws, kind: &str) -> Value {
     }
 }
 
-/// Terminates the nodes' notification listeners (their database sessions).
+/// Terminates the nodes' notification listeners (their database sessions),
+/// found by name as an operator would.
 fn cut_listeners(admin: &mut postgres::Client) {
     let n: i64 = admin
         .query_one(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-             WHERE datname = current_database() AND query LIKE 'LISTEN klav%' \
-               AND pid <> pg_backend_pid()",
+             WHERE datname = current_database() AND application_name LIKE 'klav % listener'",
             &[],
         )
         .unwrap()
@@ -1141,4 +1141,96 @@ fn cluster_follows_after_subscribing_change_presence_on_every_node() {
     for f in [&mut f0, &mut f1] {
         none_of(f, "presence_change");
     }
+}
+
+/// The database sessions of this test's database: application_name → pids.
+fn sessions(db: &mut postgres::Client) -> std::collections::HashMap<String, Vec<i32>> {
+    let mut out: std::collections::HashMap<String, Vec<i32>> = Default::default();
+    for r in db
+        .query(
+            "SELECT application_name, pid FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .unwrap()
+    {
+        out.entry(r.get(0)).or_default().push(r.get(1));
+    }
+    out
+}
+
+/// Each node's database connections are named after the node and what they
+/// are for, so that an operator can tell them apart in `pg_stat_activity` and
+/// terminate one; the listener keeps its name through its pings, and a
+/// connection a thread takes again after losing its own is named again.
+#[test]
+fn cluster_database_connections_are_named_by_node_and_role() {
+    let c = Nodes::start(2);
+    let alice = c.user("alice");
+    let roles = ["listener", "writer", "worker 0", "worker 1"];
+    let wanted: Vec<String> = (0..2)
+        .flat_map(|n| roles.iter().map(move |r| format!("klav n{n} {r}")))
+        .collect();
+    let mut clients: Vec<Ws> = (0..8).map(|i| c.ws(i % 2, &alice)).collect();
+    clients[0].create_room("on n0");
+    clients[1].create_room("on n1");
+    let mut db = c.db();
+    // Reads from several connections at once, until both workers of each node
+    // have taken a connection.
+    let deadline = Instant::now() + WAIT;
+    let mut now = sessions(&mut db);
+    while !wanted.iter().all(|w| now.contains_key(w)) {
+        assert!(Instant::now() < deadline, "missing names: {now:?}");
+        for ws in &mut clients {
+            ws.send(json!({"type": "following_list"}));
+        }
+        for ws in &mut clients {
+            next_of(ws, "following_list");
+        }
+        now = sessions(&mut db);
+    }
+    for w in &wanted {
+        assert_eq!(now[w].len(), 1, "one connection named {w}: {now:?}");
+    }
+    let klav: Vec<&String> = now.keys().filter(|n| n.starts_with("klav")).collect();
+    assert_eq!(klav.len(), wanted.len(), "unexpected names: {now:?}");
+
+    // Past the listener's pings: the same sessions, the same names.
+    std::thread::sleep(Duration::from_millis(4500));
+    let later = sessions(&mut db);
+    for w in &wanted {
+        assert_eq!(later.get(w), now.get(w), "{w}: {later:?}");
+    }
+
+    // Terminated by name, the writer's and workers' connections are replaced
+    // by ones of the same names (whichever connection of the pool they get).
+    let n: i64 = db
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = current_database() AND application_name IN \
+               ('klav n0 writer', 'klav n0 worker 0', 'klav n0 worker 1')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 3, "{now:?}");
+    let deadline = Instant::now() + WAIT;
+    let mut again = sessions(&mut db);
+    while !wanted[1..4]
+        .iter()
+        .all(|w| again.get(w).is_some_and(|pids| pids.len() == 1) && again[w] != now[w])
+    {
+        assert!(Instant::now() < deadline, "not named again: {again:?}");
+        clients[0].request(json!({"type": "create_room", "name": "again"}));
+        for ws in clients.iter_mut().step_by(2) {
+            ws.send(json!({"type": "following_list"}));
+        }
+        for ws in clients.iter_mut().step_by(2) {
+            next_of(ws, "following_list");
+        }
+        again = sessions(&mut db);
+    }
+    assert_eq!(again["klav n0 listener"], now["klav n0 listener"]);
+    let klav = again.keys().filter(|n| n.starts_with("klav")).count();
+    assert_eq!(klav, wanted.len(), "unexpected names: {again:?}");
 }
