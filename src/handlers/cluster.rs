@@ -709,13 +709,14 @@ fn ask_presence(hub: &mut Hub, users: Vec<String>) {
 /// Which of `users` (asked by [`look_up_new_watches`]) are online: settles
 /// those still unknown (a change heard since has settled the others).
 pub fn presence_read(hub: &mut Hub, users: Vec<String>, online: &[String]) {
+    let online: HashSet<&str> = online.iter().map(String::as_str).collect();
     for user in users {
         if hub.cluster.presence_unknown.remove(&user).is_none()
             || !hub.state.watchers.contains_key(&user)
         {
             continue;
         }
-        if online.contains(&user) {
+        if online.contains(user.as_str()) {
             hub.cluster.online.insert(user);
         } else {
             hub.cluster.online.remove(&user);
