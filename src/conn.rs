@@ -378,6 +378,9 @@ pub struct Conn {
     /// Waits in one of the loop's queues of reads put off to a later turn
     /// (see `server::reading`).
     pub put_off: bool,
+    /// Its share of the loop's running total of client input held, as last
+    /// counted (see `server::reading`).
+    pub input_counted: usize,
 }
 
 impl Conn {
@@ -404,6 +407,7 @@ impl Conn {
             metrics_only: false,
             abusive: false,
             put_off: false,
+            input_counted: 0,
         }
     }
 }

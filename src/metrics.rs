@@ -17,6 +17,9 @@ pub struct Metrics {
     pub upgrades_refused: u64,
     /// Connections closed because all clients together held too much buffered.
     pub budget_closes: u64,
+    /// Reads that took client input past the buffer budget (the largest holders
+    /// were closed there and then).
+    pub budget_overruns: u64,
     /// Bytes buffered for all clients at the last budget check.
     pub client_buffer_bytes: usize,
     pub messages: u64,
@@ -122,7 +125,7 @@ impl Metrics {
         {
             let _ = writeln!(s, "klav_reads_waiting{{queue=\"{queue}\"}} {n}");
         }
-        let counters: [(&str, &str, u64); 15] = [
+        let counters: [(&str, &str, u64); 16] = [
             (
                 "klav_reads_put_off_total",
                 "Reads a loop turn's time limit put off to a later turn.",
@@ -142,6 +145,11 @@ impl Metrics {
                 "klav_buffer_budget_closes_total",
                 "Connections closed because all clients together held too much.",
                 self.budget_closes,
+            ),
+            (
+                "klav_buffer_budget_overruns_total",
+                "Reads that took client input past the buffer budget (closing the largest holders at once).",
+                self.budget_overruns,
             ),
             (
                 "klav_accepted_total",

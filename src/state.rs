@@ -146,6 +146,10 @@ pub struct State {
     pub room_members: HashMap<String, HashSet<String>>,
     /// Followed username → subscribed connections of their followers.
     pub watchers: HashMap<String, HashSet<ConnId>>,
+    /// Users who gained their first watcher since the loop last looked (a
+    /// cluster node must find out whether they are online: see
+    /// `handlers::cluster::look_up_new_watches`).
+    pub newly_watched: Vec<String>,
     /// Rooms written to since the last retention pass.
     pub touched_rooms: HashSet<String>,
     /// Open WebSockets and upgrades per client address (a budget).
@@ -465,7 +469,7 @@ impl State {
         }
         user.subscribed.push(id);
         for f in &user.following {
-            self.watchers.entry(f.clone()).or_default().insert(id);
+            watch(&mut self.watchers, &mut self.newly_watched, f, [id]);
         }
     }
 
@@ -499,8 +503,8 @@ impl State {
             return;
         }
         if !user.subscribed.is_empty() {
-            let w = self.watchers.entry(to.to_string()).or_default();
-            w.extend(user.subscribed.iter().copied());
+            let ids = user.subscribed.iter().copied();
+            watch(&mut self.watchers, &mut self.newly_watched, to, ids);
         }
     }
 
@@ -523,6 +527,23 @@ impl State {
             }
         }
     }
+}
+
+/// Adds watchers of `user`, noting them in `newly_watched` if they had none.
+fn watch(
+    watchers: &mut HashMap<String, HashSet<ConnId>>,
+    newly_watched: &mut Vec<String>,
+    user: &str,
+    ids: impl IntoIterator<Item = ConnId>,
+) {
+    let w = match watchers.get_mut(user) {
+        Some(w) => w,
+        None => {
+            newly_watched.push(user.to_string());
+            watchers.entry(user.to_string()).or_default()
+        }
+    };
+    w.extend(ids);
 }
 
 #[cfg(test)]
@@ -652,6 +673,12 @@ mod tests {
         assert_eq!(s.watchers["x"].len(), 1);
         s.followed("f", "y");
         assert!(s.watchers["y"].contains(&id(1)));
+        assert_eq!(std::mem::take(&mut s.newly_watched), ["x", "y"]);
+        // A second watcher of someone watched already is nothing new.
+        s.subscribe("f", id(2));
+        assert_eq!(s.watchers["y"].len(), 2);
+        assert!(s.newly_watched.is_empty());
+        s.unsubscribe("f", id(2));
         s.unfollowed("f", "x");
         assert!(!s.watchers.contains_key("x"));
         s.remove_conn("f", id(1));

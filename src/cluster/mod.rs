@@ -77,6 +77,10 @@ pub struct Cluster {
     pub presence: HashMap<String, PresenceWrite>,
     /// Watched users this node last announced online (cluster mode).
     pub online: HashSet<String>,
+    /// Watched users whose presence this node does not know yet (they started
+    /// being watched here, and `online` may be wrong about them): when the read
+    /// of their presence was asked.
+    pub presence_unknown: HashMap<String, Instant>,
     pub next_beat: Instant,
     pub beat_busy: bool,
     /// Ephemeral events (typing) to notify on the next tick, in one job.
@@ -108,6 +112,7 @@ impl Cluster {
             waiting_changes: HashMap::new(),
             presence: HashMap::new(),
             online: HashSet::new(),
+            presence_unknown: HashMap::new(),
             next_beat: Instant::now(),
             beat_busy: false,
             connected_once: false,

@@ -314,6 +314,11 @@ pub enum Job {
     OnlineFriends {
         username: String,
     },
+    /// Which of `users` are online anywhere in the cluster (users this node
+    /// has just started watching).
+    PresenceOf {
+        users: Vec<String>,
+    },
     /// Ephemeral events (typing) for the other nodes: notified, never stored.
     Notify {
         payloads: Vec<String>,
@@ -622,6 +627,11 @@ pub enum Outcome {
     Entry(Option<ChatEntry>),
     /// (username, nickname, connections in the cluster), any order.
     OnlineFriends(Vec<(String, String, i64)>),
+    /// Of the `users` asked, those `online`.
+    PresenceOf {
+        users: Vec<String>,
+        online: Vec<String>,
+    },
     Edit {
         delete: bool,
         result: EditResult,

@@ -53,6 +53,13 @@ pub const SCHEMA_SQL: &str = include_str!("../../schema.sql");
 
 pub type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
 
+/// Where a database thread takes its connection from, and the
+/// `application_name` it gives the connection while it holds it.
+pub(crate) struct Source {
+    pool: Pool,
+    name: String,
+}
+
 /// How long a worker waits for a connection before answering `Unavailable`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// While PostgreSQL is down, at most one job per this interval tries to reconnect;
@@ -164,8 +171,21 @@ impl Health {
         }
     }
 
-    /// Checks out a connection, or fails fast while PostgreSQL is known down.
+    /// Checks out a connection for a thread, named after it from now on, or
+    /// fails fast while PostgreSQL is known down.
     pub(crate) fn get(
+        &self,
+        source: &Source,
+    ) -> Result<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>, DbError> {
+        let mut conn = self.checkout(&source.pool)?;
+        conn.execute(
+            "SELECT set_config('application_name', $1, false)",
+            &[&source.name],
+        )?;
+        Ok(conn)
+    }
+
+    fn checkout(
         &self,
         pool: &Pool,
     ) -> Result<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>, DbError> {
@@ -252,6 +272,8 @@ pub struct Db {
 /// Settings for [`Db::start`].
 pub struct DbSettings {
     pub url: String,
+    /// This node's name, in its connections' `application_name`.
+    pub node: String,
     pub workers: usize,
     pub batch: usize,
     /// What seals this node's notifications when it shares the database with
@@ -263,9 +285,12 @@ impl Db {
     /// Applies the schema (failing start-up clearly if PostgreSQL is unreachable),
     /// then starts the workers and the writer.
     pub fn start(settings: &DbSettings, sink: CompletionSink) -> Result<Db, DbError> {
-        let pg = pg_config(&settings.url)?;
+        let pg = pg_config(&settings.url, &application_name(&settings.node, "schema"))?;
         apply_schema(&pg)?;
 
+        // Renamed by each thread that takes one (see `Health::get`): the
+        // threads share the pool, and a connection may change hands.
+        let pg = pg_config(&settings.url, &application_name(&settings.node, "pool"))?;
         let manager = PostgresConnectionManager::new(pg, NoTls);
         let pool: Pool = r2d2::Pool::builder()
             .max_size(settings.workers as u32 + 2)
@@ -287,10 +312,14 @@ impl Db {
                 health.clone(),
                 settings.bus.clone(),
             );
+            let source = Source {
+                pool,
+                name: application_name(&settings.node, &format!("worker {i}")),
+            };
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("klav-db-{i}"))
-                    .spawn(move || worker::run(pool, rx, sink, health, bus))
+                    .spawn(move || worker::run(source, rx, sink, health, bus))
                     .expect("spawn database worker"),
             );
         }
@@ -300,10 +329,16 @@ impl Db {
         let writer_stats = stats.clone();
         let health_for_db = health.clone();
         let writer_rx: Receiver<(Ticket, Job)> = writer_rx;
+        let source = Source {
+            pool,
+            name: application_name(&settings.node, "writer"),
+        };
         threads.push(
             std::thread::Builder::new()
                 .name("klav-db-writer".into())
-                .spawn(move || writer::run(pool, writer_rx, sink, health, batch, bus, writer_stats))
+                .spawn(move || {
+                    writer::run(source, writer_rx, sink, health, batch, bus, writer_stats)
+                })
                 .expect("spawn database writer"),
         );
         Ok(Db {
@@ -346,17 +381,44 @@ impl Db {
     }
 }
 
-/// The connection settings every klav connection uses: a bounded connect, and
-/// TCP keepalives so that a connection to a vanished server is noticed.
-pub fn pg_config(url: &str) -> Result<postgres::Config, DbError> {
+/// The connection settings every klav connection uses: a bounded connect, TCP
+/// keepalives so that a connection to a vanished server is noticed, and
+/// `name` as its `application_name` (see [`application_name`]).
+pub fn pg_config(url: &str, name: &str) -> Result<postgres::Config, DbError> {
     let mut pg: postgres::Config = url
         .parse()
         .map_err(|e: postgres::Error| DbError::Query(e.to_string()))?;
     pg.connect_timeout(CONNECT_TIMEOUT * 2);
-    pg.application_name("klav");
+    pg.application_name(name);
     pg.keepalives(true);
     pg.keepalives_idle(Duration::from_secs(5));
     Ok(pg)
+}
+
+/// Longest `application_name` PostgreSQL keeps (`NAMEDATALEN - 1`).
+const APPLICATION_NAME_MAX: usize = 63;
+
+/// `klav <node> <role>`: what a connection shows in `pg_stat_activity`, so
+/// that an operator can tell the nodes' connections apart and terminate one
+/// (`pg_terminate_backend`). The role stays whole; a long node name is cut at
+/// a character boundary to fit PostgreSQL's 63 bytes.
+pub fn application_name(node: &str, role: &str) -> String {
+    let around = "klav ".len() + 1 + role.len();
+    let node = match APPLICATION_NAME_MAX.checked_sub(around) {
+        Some(room) if room > 0 => cut(node, room),
+        // A role that long (none is) is what gets cut.
+        _ => node,
+    };
+    cut(&format!("klav {node} {role}"), APPLICATION_NAME_MAX).to_string()
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+fn cut(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// Runs `schema.sql` in one transaction.
@@ -368,4 +430,25 @@ pub fn apply_schema(pg: &postgres::Config) -> Result<(), DbError> {
     tx.batch_execute(SCHEMA_SQL)?;
     tx.commit()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn application_names_keep_the_role_and_fit_postgres() {
+        assert_eq!(application_name("n0", "worker 2"), "klav n0 worker 2");
+        let long = "n".repeat(100);
+        let name = application_name(&long, "listener");
+        assert_eq!(name.len(), APPLICATION_NAME_MAX);
+        assert!(name.starts_with("klav nnn") && name.ends_with("n listener"));
+        // A node name of two-byte characters is cut between them.
+        let name = application_name(&"é".repeat(40), "worker 11");
+        assert!(name.len() <= APPLICATION_NAME_MAX, "{name}");
+        assert!(name.ends_with("é worker 11"), "{name}");
+        // Even a role too long for the limit gives a valid name.
+        let name = application_name("n0", &"ü".repeat(40));
+        assert!(name.len() <= APPLICATION_NAME_MAX && name.starts_with("klav n0 ü"));
+    }
 }

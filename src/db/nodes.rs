@@ -111,11 +111,19 @@ pub fn presence(
     }
     let after = conns > 0 || anywhere(tx, st, user)?;
     if before != after {
-        // The name when the nickname is not known here (the user's last
-        // connection closed before their session loaded): never empty.
-        let nickname = if nickname.is_empty() { user } else { nickname };
+        // The loop does not know the nickname before the user's first session
+        // load (their presence is written before it) nor after a last
+        // connection that closed before it: the database does.
+        let nickname = if nickname.is_empty() {
+            let s = st.get(tx, "SELECT nickname FROM users WHERE username = $1")?;
+            tx.query_opt(&s, &[&user])?
+                .map(|r| display_nickname(user, r.get(0)))
+                .unwrap_or_else(|| user.to_string())
+        } else {
+            nickname.to_string()
+        };
         let mut notes = Payloads::new();
-        notes.push(bus::encode_presence(user, nickname, after), || {
+        notes.push(bus::encode_presence(user, &nickname, after), || {
             unreachable!("a presence event is small")
         });
         notify(tx, st, bus, notes)?;
@@ -440,6 +448,23 @@ pub fn online_friends<C: GenericClient>(
             })
             .collect(),
     ))
+}
+
+pub fn presence_of<C: GenericClient>(
+    c: &mut C,
+    st: &mut Stmts,
+    users: Vec<String>,
+) -> Result<Outcome, DbError> {
+    let s = st.get(
+        c,
+        "SELECT DISTINCT username FROM klav_presence WHERE username = ANY($1)",
+    )?;
+    let online = c
+        .query(&s, &[&users])?
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
+    Ok(Outcome::PresenceOf { users, online })
 }
 
 pub fn online_members<C: GenericClient>(

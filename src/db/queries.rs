@@ -131,6 +131,7 @@ pub fn run_with<C: GenericClient>(
             Outcome::Done
         }
         Job::OnlineFriends { username } => super::nodes::online_friends(c, st, &username)?,
+        Job::PresenceOf { users } => super::nodes::presence_of(c, st, users)?,
         Job::HistoryFill { room, limit } => {
             let s = st.get(
                 c,

@@ -10,12 +10,12 @@ use r2d2_postgres::PostgresConnectionManager;
 use super::bus::Sealer;
 use super::jobs::{Completion, Job, Outcome, Ticket};
 use super::queries::{self, Stmts};
-use super::{CompletionSink, DbError, Health, Pool};
+use super::{CompletionSink, DbError, Health, Source};
 
 type Conn = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
 
 pub(super) fn run(
-    pool: Pool,
+    source: Source,
     rx: Receiver<(Ticket, Job)>,
     sink: CompletionSink,
     health: Arc<Health>,
@@ -28,13 +28,13 @@ pub(super) fn run(
         if health.stopping() {
             continue;
         }
-        let result = run_job(&pool, &health, &mut conn, bus.as_deref(), job);
+        let result = run_job(&source, &health, &mut conn, bus.as_deref(), job);
         sink.send(Completion::Db(ticket, result));
     }
 }
 
 fn run_job(
-    pool: &Pool,
+    source: &Source,
     health: &Health,
     conn: &mut Option<(Conn, Stmts)>,
     bus: Option<&Sealer>,
@@ -42,25 +42,25 @@ fn run_job(
 ) -> Result<Outcome, DbError> {
     let reused = conn.is_some();
     let retry = reused.then(|| job.clone());
-    match attempt(pool, health, conn, bus, job) {
+    match attempt(source, health, conn, bus, job) {
         // A kept connection may have died while idle (PostgreSQL restarted): that
         // is not an outage, so try once more on a fresh one.
         Err(DbError::Unavailable(_)) if retry.is_some() => {
-            health.observe(attempt(pool, health, conn, bus, retry.expect("checked")))
+            health.observe(attempt(source, health, conn, bus, retry.expect("checked")))
         }
         other => health.observe(other),
     }
 }
 
 fn attempt(
-    pool: &Pool,
+    source: &Source,
     health: &Health,
     conn: &mut Option<(Conn, Stmts)>,
     bus: Option<&Sealer>,
     job: Job,
 ) -> Result<Outcome, DbError> {
     if conn.as_ref().is_none_or(|(c, _)| c.is_closed()) {
-        *conn = Some((health.get(pool)?, Stmts::default()));
+        *conn = Some((health.get(source)?, Stmts::default()));
     }
     let (c, st) = conn.as_mut().expect("connection just ensured");
     let result = queries::run_with(&mut **c, st, bus, job);

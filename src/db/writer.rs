@@ -25,7 +25,7 @@ use super::jobs::*;
 use super::offline_queue;
 use super::queries::{entry_from_row, Stmts};
 use super::rows::room_newest_entry;
-use super::{CompletionSink, DbError, Health, Pool};
+use super::{CompletionSink, DbError, Health, Source};
 use crate::names::SystemText;
 
 type Conn = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
@@ -165,7 +165,7 @@ impl Written {
 }
 
 pub(super) fn run(
-    pool: Pool,
+    source: Source,
     rx: Receiver<(Ticket, Job)>,
     sink: CompletionSink,
     health: Arc<Health>,
@@ -193,7 +193,7 @@ pub(super) fn run(
         stats.jobs.fetch_add(n, Ordering::Relaxed);
         stats.largest.fetch_max(n, Ordering::Relaxed);
         let results: Vec<Result<(Written, Option<ChainLink>), DbError>> =
-            match write_batch(&pool, &health, &mut conn, &jobs, bus, &stats) {
+            match write_batch(&source, &health, &mut conn, &jobs, bus, &stats) {
                 Ok(written) => written.into_iter().map(Ok).collect(),
                 Err(DbError::Query(why)) if batch.len() > 1 => {
                     crate::log!(
@@ -202,7 +202,7 @@ pub(super) fn run(
                     );
                     jobs.iter()
                         .map(|j| {
-                            write_batch(&pool, &health, &mut conn, &[j], bus, &stats)
+                            write_batch(&source, &health, &mut conn, &[j], bus, &stats)
                                 .map(|mut v| v.pop().expect("one result per job"))
                         })
                         .collect()
@@ -232,7 +232,7 @@ fn clone_err(e: &DbError) -> DbError {
 }
 
 fn write_batch(
-    pool: &Pool,
+    source: &Source,
     health: &Health,
     conn: &mut Option<(Conn, Stmts)>,
     jobs: &[&Job],
@@ -242,7 +242,7 @@ fn write_batch(
     let mut reused = true;
     loop {
         if conn.as_ref().is_none_or(|(c, _)| c.is_closed()) {
-            *conn = Some((health.get(pool)?, Stmts::default()));
+            *conn = Some((health.get(source)?, Stmts::default()));
             reused = false;
         }
         // Outer `Err`: BEGIN failed, nothing of the batch was sent.

@@ -358,6 +358,9 @@ fn read_back(hub: &mut Hub, room: String, prev: i64, id: i64, op: Option<MemberO
 /// failed, or was never queued).
 const FOLLOW_READ_RETRY: Duration = Duration::from_secs(5);
 
+/// Likewise for a read of the presence of users who started being watched.
+const PRESENCE_READ_RETRY: Duration = Duration::from_secs(5);
+
 /// Another node says `from` followed `to`: for a user whose follows are in
 /// memory here, granted once a read of their follows (asked now, so after the
 /// follow committed) finds it.
@@ -576,13 +579,21 @@ pub fn caught_up(hub: &mut Hub, c: CaughtUp) {
             State::followed,
         );
     }
-    // Presence of watched users that changed meanwhile.
+    // Presence of watched users that changed meanwhile (those whose presence
+    // was not known yet are settled by their own read).
+    look_up_new_watches(hub);
     let online: HashMap<&str, &str> = c
         .online
         .iter()
         .map(|(u, n)| (u.as_str(), n.as_str()))
         .collect();
-    let watched: Vec<String> = hub.state.watchers.keys().cloned().collect();
+    let watched: Vec<String> = hub
+        .state
+        .watchers
+        .keys()
+        .filter(|u| !hub.cluster.presence_unknown.contains_key(*u))
+        .cloned()
+        .collect();
     for user in watched {
         let now = online.get(user.as_str());
         let was = hub.cluster.online.contains(&user);
@@ -634,22 +645,82 @@ pub fn typing(hub: &mut Hub, room: &str, user: &str, nickname: &str) {
 // ---------------------------------------------------------------- presence
 
 fn presence_event(hub: &mut Hub, user: &str, nickname: String, online: bool) {
+    look_up_new_watches(hub);
     if !hub.state.watchers.contains_key(user) {
         hub.cluster.online.remove(user);
+        hub.cluster.presence_unknown.remove(user);
         return;
     }
+    // The database announces changes only: for a user whose presence was not
+    // known here yet, this one is news too (and settles it).
+    let unknown = hub.cluster.presence_unknown.remove(user).is_some();
     let changed = if online {
         hub.cluster.online.insert(user.to_string())
     } else {
         hub.cluster.online.remove(user)
     };
-    if changed {
+    if changed || unknown {
         let name = if nickname.is_empty() {
             user.to_string()
         } else {
             nickname
         };
         handlers::presence::announce(hub, user, name, if online { "online" } else { "offline" });
+    }
+}
+
+/// Users who started being watched here (a follow or a subscription; on this
+/// node, from the bus, or from a catch-up): whether they are online is read
+/// from the database, since this node heard nothing of them while nobody
+/// watched them. Until the read answers, their next change is announced
+/// whatever `online` says. Called every turn and before presence is looked at,
+/// so that no change is heard between a watch starting and its read being
+/// asked.
+pub fn look_up_new_watches(hub: &mut Hub) {
+    if hub.state.newly_watched.is_empty() {
+        return;
+    }
+    let users = std::mem::take(&mut hub.state.newly_watched);
+    if !hub.cluster.enabled {
+        return;
+    }
+    let now = Instant::now();
+    let mut ask = Vec::new();
+    for user in users {
+        // With a read under way already, nothing was heard of them since it
+        // was asked (after they were first watched): it still answers.
+        if hub.state.watchers.contains_key(&user)
+            && !hub.cluster.presence_unknown.contains_key(&user)
+        {
+            hub.cluster.presence_unknown.insert(user.clone(), now);
+            ask.push(user);
+        }
+    }
+    ask_presence(hub, ask);
+}
+
+fn ask_presence(hub: &mut Hub, users: Vec<String>) {
+    if !users.is_empty() {
+        // Not queued, or failed: asked again by the sweep.
+        hub.submit(Ticket::internal(), Job::PresenceOf { users });
+    }
+}
+
+/// Which of `users` (asked by [`look_up_new_watches`]) are online: settles
+/// those still unknown (a change heard since has settled the others).
+pub fn presence_read(hub: &mut Hub, users: Vec<String>, online: &[String]) {
+    let online: HashSet<&str> = online.iter().map(String::as_str).collect();
+    for user in users {
+        if hub.cluster.presence_unknown.remove(&user).is_none()
+            || !hub.state.watchers.contains_key(&user)
+        {
+            continue;
+        }
+        if online.contains(user.as_str()) {
+            hub.cluster.online.insert(user);
+        } else {
+            hub.cluster.online.remove(&user);
+        }
     }
 }
 
@@ -796,6 +867,19 @@ pub fn sweep(hub: &mut Hub) {
             hub.cluster.follow_reads.remove(&user);
         }
     }
+    let mut ask = Vec::new();
+    let watchers = &hub.state.watchers;
+    hub.cluster.presence_unknown.retain(|user, asked| {
+        if !watchers.contains_key(user) {
+            return false;
+        }
+        if now.duration_since(*asked) >= PRESENCE_READ_RETRY {
+            *asked = now;
+            ask.push(user.clone());
+        }
+        true
+    });
+    ask_presence(hub, ask);
     let retry: Vec<String> = hub
         .cluster
         .presence

@@ -423,6 +423,9 @@ fn on_outcome(hub: &mut Hub, t: crate::db::Ticket, outcome: Outcome) {
             }
         }
         Outcome::OnlineFriends(users) => presence::online_friends_done(hub, &t, users),
+        Outcome::PresenceOf { users, online } => {
+            crate::handlers::cluster::presence_read(hub, users, &online)
+        }
         Outcome::Resume(replay) => resume::done(hub, &t, replay),
         Outcome::Edit { delete, result } => edits::done(hub, &t, delete, result),
         Outcome::Read {

@@ -71,11 +71,10 @@ fn ask_cluster(hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
     Ok(())
 }
 
+/// The answer only: what this node knows of the presence of the users it
+/// watches comes from reads of their own (see `cluster::look_up_new_watches`),
+/// which a snapshot older than a change already heard must not overwrite.
 pub fn online_friends_done(hub: &mut Hub, t: &Ticket, users: Vec<(String, String, i64)>) {
-    // So that the next change is announced, and a repeat is not.
-    for (user, _, _) in &users {
-        hub.cluster.online.insert(user.clone());
-    }
     let mut users = users;
     users.sort_by(|a, b| {
         a.1.to_lowercase()

@@ -36,7 +36,7 @@ use crate::auth::password::HashPool;
 use crate::budget::UserBudget;
 use crate::close::CloseReason;
 use crate::config::Config;
-use crate::conn::{Conn, ConnId, Phase};
+use crate::conn::{Conn, ConnId};
 use crate::db::{Completion, CompletionSink, Db, DbError, DbSettings, Job, Ticket, Wakeup};
 use crate::handlers;
 use crate::history_cache::HistoryCache;
@@ -202,6 +202,7 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
     let db = Db::start(
         &DbSettings {
             url: database_url.to_string(),
+            node: node.clone(),
             workers: config.db_workers,
             batch: config.db_batch,
             bus: sealer.clone(),
@@ -211,9 +212,12 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
     .map_err(StartError::Db)?;
     let stop = Arc::new(AtomicBool::new(false));
     let bus = if let Some(sealer) = &sealer {
-        let pg = crate::db::pg_config(database_url).map_err(StartError::Db)?;
-        crate::db::listener::probe(&pg).map_err(StartError::Db)?;
-        let mut client = pg
+        let named = |role: &str| {
+            crate::db::pg_config(database_url, &crate::db::application_name(&node, role))
+                .map_err(StartError::Db)
+        };
+        crate::db::listener::probe(&named("probe")?).map_err(StartError::Db)?;
+        let mut client = named("register")?
             .connect(postgres::NoTls)
             .map_err(|e| StartError::Db(e.into()))?;
         let timeout = config.node_timeout.as_secs() as i64;
@@ -229,7 +233,7 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
         }
         crate::log!(Info, "cluster node {node}: listening for the other nodes");
         Some(crate::db::listener::start(
-            pg,
+            named("listener")?,
             node.clone(),
             bus_key,
             bus_dropped.clone(),
@@ -315,6 +319,7 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
         http_read_left: reading::HTTP_READ_TURN_BUDGET,
         accept_more: false,
         put_off: PutOff::default(),
+        input_held: 0,
         turn_deadline: Instant::now(),
         others_ready: Vec::new(),
     };
@@ -400,6 +405,10 @@ struct Server {
     accept_more: bool,
     /// Reads put off to later turns (see `reading`), oldest first.
     put_off: PutOff,
+    /// Client input held in memory, all connections together: kept up to date
+    /// where it grows, so that the buffer budget acts before memory is taken
+    /// rather than a second after (see `reading::count_input`).
+    input_held: usize,
     /// When this turn's reading should stop (`Config::turn_work`).
     turn_deadline: Instant,
     /// This turn's readable connections that are not open sessions (kept to
@@ -454,6 +463,7 @@ impl Server {
             self.read_again();
             self.read_busy();
             self.process_closes();
+            crate::handlers::cluster::look_up_new_watches(&mut self.hub);
             self.flush_dirty();
 
             let now = Instant::now();
@@ -495,13 +505,19 @@ impl Server {
             database_url,
             ..
         } = self;
-        let Hub { db, hasher, .. } = hub;
+        let Hub {
+            db,
+            hasher,
+            cluster,
+            ..
+        } = hub;
         db.shutdown();
         hasher.shutdown();
         if let (Some(bus), Some(sealer)) = (bus, sealer) {
             // Leave the cluster: this node's users go offline for the others
             // now, not after the node timeout.
-            match crate::db::pg_config(&database_url)
+            let name = crate::db::application_name(&cluster.node, "leave");
+            match crate::db::pg_config(&database_url, &name)
                 .and_then(|pg| pg.connect(postgres::NoTls).map_err(Into::into))
                 .and_then(|mut c| crate::db::nodes::unregister(&mut c, &sealer))
             {
@@ -627,20 +643,19 @@ impl Server {
     /// Input and output buffered for all clients together stay within
     /// `KLAV_MAX_CLIENT_BUFFER_BYTES` (Redis's `maxmemory-clients`): per-connection
     /// limits bound each client, this bounds many of them at once. Over the budget,
-    /// the largest holders are closed first until 90% of it is left. Counted from
-    /// what each connection really holds (buffer capacities included), so no
-    /// running total can drift.
+    /// the largest holders are closed first until 90% of it is left. Runs once a
+    /// second, and at once when a read takes the input held past the budget.
+    /// Counted from what each connection really holds (buffer capacities
+    /// included), which also sets the running total of input held right again.
     fn enforce_buffer_budget(&mut self) {
         let budget = self.hub.config.max_client_buffer_bytes;
-        let held = |c: &Conn| -> usize {
-            c.out.len()
-                + match &c.phase {
-                    Phase::Http(st) => st.buf.capacity(),
-                    Phase::Upgrading { leftover, .. } => leftover.capacity(),
-                    Phase::Ws(ws) => ws.unfinished,
-                    Phase::Closed => 0,
-                }
-        };
+        let held = |c: &Conn| -> usize { c.out.len() + reading::input_held(c) };
+        let mut input = 0;
+        for (_, c) in self.hub.conns.iter_mut() {
+            c.input_counted = reading::input_held(c);
+            input += c.input_counted;
+        }
+        self.input_held = input;
         let total: usize = self.hub.conns.iter().map(|(_, c)| held(c)).sum();
         self.hub.metrics.client_buffer_bytes = total;
         if total <= budget {

@@ -96,6 +96,18 @@ impl PutOff {
     }
 }
 
+/// What a connection's unparsed input holds in memory: an HTTP request's
+/// buffer (its capacity), an upgrade's leftover bytes, a WebSocket message
+/// under way.
+pub(super) fn input_held(conn: &crate::conn::Conn) -> usize {
+    match &conn.phase {
+        Phase::Http(st) => st.buf.capacity(),
+        Phase::Upgrading { leftover, .. } => leftover.capacity(),
+        Phase::Ws(ws) => ws.unfinished,
+        Phase::Closed => 0,
+    }
+}
+
 impl Server {
     /// This turn's readiness events, with what earlier turns put off: open
     /// sessions first, then everything else (new connections, HTTP, closing
@@ -252,9 +264,26 @@ impl Server {
         }
         match conn.phase {
             Phase::Http(_) => self.read_http(id),
-            Phase::Upgrading { .. } | Phase::Closed => {}
+            Phase::Upgrading { .. } | Phase::Closed => return,
             Phase::Ws(_) => self.read_ws(id),
         }
+        if self.count_input(id) > self.hub.config.max_client_buffer_bytes {
+            // Freed now, not at the next check: a read takes at most one
+            // request's worth past the budget.
+            self.hub.metrics.budget_overruns += 1;
+            self.enforce_buffer_budget();
+        }
+    }
+
+    /// Brings the running total of input held up to date with what one
+    /// connection holds now (after a read, or its close); returns the total.
+    pub(super) fn count_input(&mut self, id: ConnId) -> usize {
+        if let Some(conn) = self.hub.conn_mut(id) {
+            let now = input_held(conn);
+            let before = std::mem::replace(&mut conn.input_counted, now);
+            self.input_held = self.input_held.saturating_sub(before) + now;
+        }
+        self.input_held
     }
 
     /// Input from a connection that is closing: read and thrown away, so that

@@ -92,6 +92,8 @@ impl Server {
             max_discard,
         });
         handlers::session::on_closed(&mut self.hub, id);
+        // Its input buffers are gone (released above, or with its phase).
+        self.count_input(id);
         if reason == CloseReason::Error {
             self.remove(id);
             return;
@@ -108,6 +110,7 @@ impl Server {
             let counted = conn.linger.is_some();
             let reason = conn.closing.unwrap_or(CloseReason::Peer);
             let _ = self.poll.registry().deregister(&mut conn.stream);
+            self.input_held = self.input_held.saturating_sub(conn.input_counted);
             self.hub.conns.remove(id.slot);
             if !counted {
                 self.hub.metrics.closed(reason);

@@ -146,13 +146,13 @@ pub(crate) fn next_of(ws: &mut Ws, kind: &str) -> Value {
     }
 }
 
-/// Terminates the nodes' notification listeners (their database sessions).
+/// Terminates the nodes' notification listeners (their database sessions),
+/// found by name as an operator would.
 fn cut_listeners(admin: &mut postgres::Client) {
     let n: i64 = admin
         .query_one(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-             WHERE datname = current_database() AND query LIKE 'LISTEN klav%' \
-               AND pid <> pg_backend_pid()",
+             WHERE datname = current_database() AND application_name LIKE 'klav % listener'",
             &[],
         )
         .unwrap()
@@ -1037,4 +1037,200 @@ fn cluster_ws_ticket_opens_on_any_node_once() {
             "round {round}: {opened:?}"
         );
     }
+}
+
+/// The next `n` presence changes on `ws` (other events skipped), as
+/// (user, status); none may repeat.
+fn presences(ws: &mut Ws, n: usize) -> HashSet<(String, String)> {
+    let deadline = Instant::now() + WAIT;
+    let mut got = HashSet::new();
+    while got.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ev = ws
+            .try_recv(left)
+            .unwrap_or_else(|| panic!("only {got:?} of {n} presence changes"));
+        if ev["type"] == "presence_change" {
+            let change = (
+                ev["user"].as_str().unwrap().to_string(),
+                ev["status"].as_str().unwrap().to_string(),
+            );
+            assert!(got.insert(change), "told twice: {ev}");
+        }
+    }
+    got
+}
+
+fn changes(users: &[&str], status: &str) -> HashSet<(String, String)> {
+    users
+        .iter()
+        .map(|u| (u.to_string(), status.to_string()))
+        .collect()
+}
+
+/// Follows and unfollows made after a connection subscribed change what it
+/// hears, on every node: whether the follow was made on the subscriber's node
+/// or another, and whether the followed user is connected to the same node or
+/// another. (A node knows whom it last announced online only for users it
+/// watches; one that starts being watched must be looked up, or their going
+/// offline is taken for a repeat.)
+#[test]
+fn cluster_follows_after_subscribing_change_presence_on_every_node() {
+    let c = Nodes::start(2);
+    let (fred, xa, xb, gina) = (c.user("fred"), c.user("xa"), c.user("xb"), c.user("gina"));
+    // Online before anyone here watches them: xa on n0, xb on n1.
+    let mut a = c.ws(0, &xa);
+    let mut b = c.ws(1, &xb);
+    let mut f0 = c.ws(0, &fred);
+    let mut f1 = c.ws(1, &fred);
+    for f in [&mut f0, &mut f1] {
+        let snap = f.request(json!({"type": "presence_friends_subscribe"}));
+        assert_eq!(snap["users"], json!([]), "{snap}");
+    }
+    // xa followed from n0, xb from n1: each node learns one of them from its
+    // own writer and the other from the bus.
+    let ack = f0.request(json!({"type": "friend_follow", "to": "xa"}));
+    assert_eq!(ack["status"], "FOLLOWED", "{ack}");
+    let ack = f1.request(json!({"type": "friend_follow", "to": "xb"}));
+    assert_eq!(ack["status"], "FOLLOWED", "{ack}");
+    next_of(&mut a, "notify_followed");
+    next_of(&mut b, "notify_followed");
+    // A follow heard on the bus is granted once the database confirms it.
+    std::thread::sleep(Duration::from_millis(500));
+
+    a.close();
+    b.close();
+    for f in [&mut f0, &mut f1] {
+        assert_eq!(presences(f, 2), changes(&["xa", "xb"], "offline"));
+    }
+    let a = c.ws(0, &xa);
+    let b = c.ws(1, &xb);
+    for f in [&mut f0, &mut f1] {
+        assert_eq!(presences(f, 2), changes(&["xa", "xb"], "online"));
+        none_of(f, "presence_change");
+    }
+
+    // gina, subscribed on both nodes to both, shows that changes still happen.
+    let mut g0 = c.ws(0, &gina);
+    let mut g1 = c.ws(1, &gina);
+    for to in ["xa", "xb"] {
+        let ack = g0.request(json!({"type": "friend_follow", "to": to}));
+        assert_eq!(ack["status"], "FOLLOWED", "{ack}");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    for g in [&mut g0, &mut g1] {
+        let snap = g.request(json!({"type": "presence_friends_subscribe"}));
+        assert_eq!(snap["users"].as_array().unwrap().len(), 2, "{snap}");
+    }
+    // Unfollowed across: xa from n1, xb from n0.
+    let ack = f1.request(json!({"type": "friend_unfollow", "to": "xa"}));
+    assert_eq!(ack["status"], "UNFOLLOWED", "{ack}");
+    let ack = f0.request(json!({"type": "friend_unfollow", "to": "xb"}));
+    assert_eq!(ack["status"], "UNFOLLOWED", "{ack}");
+    std::thread::sleep(Duration::from_millis(500));
+
+    a.close();
+    b.close();
+    for g in [&mut g0, &mut g1] {
+        assert_eq!(presences(g, 2), changes(&["xa", "xb"], "offline"));
+    }
+    let _a = c.ws(0, &xa);
+    let _b = c.ws(1, &xb);
+    for g in [&mut g0, &mut g1] {
+        assert_eq!(presences(g, 2), changes(&["xa", "xb"], "online"));
+    }
+    for f in [&mut f0, &mut f1] {
+        none_of(f, "presence_change");
+    }
+}
+
+/// The database sessions of this test's database: application_name → pids.
+fn sessions(db: &mut postgres::Client) -> std::collections::HashMap<String, Vec<i32>> {
+    let mut out: std::collections::HashMap<String, Vec<i32>> = Default::default();
+    for r in db
+        .query(
+            "SELECT application_name, pid FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .unwrap()
+    {
+        out.entry(r.get(0)).or_default().push(r.get(1));
+    }
+    out
+}
+
+/// Each node's database connections are named after the node and what they
+/// are for, so that an operator can tell them apart in `pg_stat_activity` and
+/// terminate one; the listener keeps its name through its pings, and a
+/// connection a thread takes again after losing its own is named again.
+#[test]
+fn cluster_database_connections_are_named_by_node_and_role() {
+    let c = Nodes::start(2);
+    let alice = c.user("alice");
+    let roles = ["listener", "writer", "worker 0", "worker 1"];
+    let wanted: Vec<String> = (0..2)
+        .flat_map(|n| roles.iter().map(move |r| format!("klav n{n} {r}")))
+        .collect();
+    let mut clients: Vec<Ws> = (0..8).map(|i| c.ws(i % 2, &alice)).collect();
+    clients[0].create_room("on n0");
+    clients[1].create_room("on n1");
+    let mut db = c.db();
+    // Reads from several connections at once, until both workers of each node
+    // have taken a connection.
+    let deadline = Instant::now() + WAIT;
+    let mut now = sessions(&mut db);
+    while !wanted.iter().all(|w| now.contains_key(w)) {
+        assert!(Instant::now() < deadline, "missing names: {now:?}");
+        for ws in &mut clients {
+            ws.send(json!({"type": "following_list"}));
+        }
+        for ws in &mut clients {
+            next_of(ws, "following_list");
+        }
+        now = sessions(&mut db);
+    }
+    for w in &wanted {
+        assert_eq!(now[w].len(), 1, "one connection named {w}: {now:?}");
+    }
+    let klav: Vec<&String> = now.keys().filter(|n| n.starts_with("klav")).collect();
+    assert_eq!(klav.len(), wanted.len(), "unexpected names: {now:?}");
+
+    // Past the listener's pings: the same sessions, the same names.
+    std::thread::sleep(Duration::from_millis(4500));
+    let later = sessions(&mut db);
+    for w in &wanted {
+        assert_eq!(later.get(w), now.get(w), "{w}: {later:?}");
+    }
+
+    // Terminated by name, the writer's and workers' connections are replaced
+    // by ones of the same names (whichever connection of the pool they get).
+    let n: i64 = db
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = current_database() AND application_name IN \
+               ('klav n0 writer', 'klav n0 worker 0', 'klav n0 worker 1')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 3, "{now:?}");
+    let deadline = Instant::now() + WAIT;
+    let mut again = sessions(&mut db);
+    while !wanted[1..4]
+        .iter()
+        .all(|w| again.get(w).is_some_and(|pids| pids.len() == 1) && again[w] != now[w])
+    {
+        assert!(Instant::now() < deadline, "not named again: {again:?}");
+        clients[0].request(json!({"type": "create_room", "name": "again"}));
+        for ws in clients.iter_mut().step_by(2) {
+            ws.send(json!({"type": "following_list"}));
+        }
+        for ws in clients.iter_mut().step_by(2) {
+            next_of(ws, "following_list");
+        }
+        again = sessions(&mut db);
+    }
+    assert_eq!(again["klav n0 listener"], now["klav n0 listener"]);
+    let klav = again.keys().filter(|n| n.starts_with("klav")).count();
+    assert_eq!(klav, wanted.len(), "unexpected names: {again:?}");
 }

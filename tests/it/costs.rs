@@ -9,16 +9,6 @@ use tungstenite::Message;
 
 use crate::harness::*;
 
-/// Resident memory of a process, in KiB.
-fn rss_kb(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/<pid>/status")
-}
-
 /// Adds `n` messages of `text` by `from` to `room` straight into the table (as
 /// another program, or years of chat, would have), and moves the room's
 /// newest entry along as the writer does.

@@ -700,7 +700,69 @@ fn presence_offline_when_connections_die_without_a_close_frame() {
 
 #[test]
 fn follows_made_or_removed_while_online_take_effect_on_the_next_change() {
-    let s = TestServer::start();
+    follows_while_online(TestServer::start());
+}
+
+/// The same on a node of a cluster (of one), where presence is decided in the
+/// database and heard back on the bus.
+#[test]
+fn follows_made_or_removed_while_online_take_effect_on_a_cluster_node() {
+    let url = pg().fresh_db();
+    let s = TestServer::on_db(&url, |c| c.database_url = Some(url.clone()));
+    assert!(s.config.clustered());
+    follows_while_online(s);
+}
+
+/// A follow made after subscribing, of someone online whom nobody else
+/// watches, then an unfollow: the subscribed connection hears exactly the
+/// changes between them.
+#[test]
+fn follow_after_subscribing_to_someone_nobody_watches() {
+    follow_after_subscribing(TestServer::start());
+}
+
+#[test]
+fn follow_after_subscribing_to_someone_nobody_watches_on_a_cluster_node() {
+    let url = pg().fresh_db();
+    let s = TestServer::on_db(&url, |c| c.database_url = Some(url.clone()));
+    follow_after_subscribing(s);
+}
+
+fn follow_after_subscribing(s: TestServer) {
+    let tx = s.user_nick("xavier", "Xav");
+    let tf = s.user("fred");
+    let mut x1 = s.ws(&tx);
+    let mut f1 = s.ws(&tf); // subscribed
+    let mut f2 = s.ws(&tf); // makes the follows
+    assert_eq!(subscribe(&mut f1), online_friends(vec![]));
+    assert_eq!(follow(&mut f2, "xavier"), follow_ack("xavier", "FOLLOWED"));
+    assert_eq!(next(&mut x1, "notify_followed"), notify("fred"));
+    quiet(&mut [&mut f1, &mut f2]);
+
+    x1.close();
+    assert_eq!(
+        next(&mut f1, "presence_change"),
+        presence("xavier", "Xav", "offline")
+    );
+    let x1 = s.ws(&tx);
+    assert_eq!(
+        next(&mut f1, "presence_change"),
+        presence("xavier", "Xav", "online")
+    );
+    quiet(&mut [&mut f1, &mut f2]);
+
+    assert_eq!(
+        unfollow(&mut f2, "xavier"),
+        unfollow_ack("xavier", "UNFOLLOWED")
+    );
+    x1.close();
+    let x1 = s.ws(&tx);
+    quiet(&mut [&mut f1, &mut f2]);
+    assert_eq!(get_online(&mut f1), online_friends(vec![]));
+    drop(x1);
+}
+
+fn follows_while_online(s: TestServer) {
     let tx = s.user_nick("xavier", "Xav");
     let tf = s.user("fred");
     let tg = s.user("gina");

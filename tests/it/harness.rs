@@ -444,6 +444,16 @@ pub fn closed_within(s: &mut TcpStream, wait: Duration) -> bool {
     }
 }
 
+/// Resident memory of a process, in KiB.
+pub fn rss_kb(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/<pid>/status")
+}
+
 /// A gauge or counter from `/metrics`.
 pub fn metric(addr: SocketAddr, name: &str) -> u64 {
     let text = http_to(addr, "GET", "/metrics", None).body;

@@ -327,6 +327,112 @@ fn the_global_buffer_budget_closes_the_largest_holders() {
     }
 }
 
+/// The budget holds where bytes are read, not a second later: partial
+/// requests with 64 KiB bodies, three times the budget together, sent at once,
+/// grow klav by little more than the budget (the largest holders are closed as
+/// the budget runs out); a client asking something meanwhile is answered.
+#[test]
+fn the_global_buffer_budget_holds_while_partial_bodies_arrive() {
+    budget_holds_while(Partial::HttpBody);
+}
+
+/// The same with WebSocket messages under way: frames of 64 KiB, 60 KiB of
+/// each sent.
+#[test]
+fn the_global_buffer_budget_holds_while_partial_messages_arrive() {
+    budget_holds_while(Partial::WsMessage);
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Partial {
+    HttpBody,
+    WsMessage,
+}
+
+fn budget_holds_while(partial: Partial) {
+    const BUDGET: usize = 16 << 20;
+    const SENT: usize = 60 * 1024;
+    let url = pg().fresh_db();
+    let dir =
+        std::env::temp_dir().join(format!("klav-it-budget-{partial:?}-{}", std::process::id()));
+    let klav = spawn_klav(
+        &dir,
+        &[
+            ("DATABASE_URL", &url),
+            ("KLAV_CLUSTER", "off"),
+            ("KLAV_MAX_CLIENT_BUFFER_BYTES", &BUDGET.to_string()),
+            ("KLAV_WS_OPENS_PER_USER_PER_MIN", "1000000"),
+            ("KLAV_MAX_CONNS_PER_ADDR", "100000"),
+            ("KLAV_MAX_CONNS_PER_USER", "100000"),
+        ],
+    );
+    let pid = klav.pid();
+    // The normal client, and everything it uses, warmed up.
+    let token = user_at(klav.addr, "norma");
+    let mut ws = Ws::connect(klav.addr, &token).unwrap();
+    let room = ws.create_room("still served");
+    ws.join(&room);
+    ws.request(json!({"type": "msg", "room_id": room, "text": "warm"}));
+
+    // Three times the budget, on connections opened first.
+    let n = 3 * BUDGET / SENT;
+    let (head, mut held): (Vec<u8>, Vec<TcpStream>) = match partial {
+        Partial::HttpBody => (
+            b"POST /login HTTP/1.1\r\nHost: t\r\nContent-Length: 65536\r\n\r\n".to_vec(),
+            (0..n).map(|_| connect(klav.addr)).collect(),
+        ),
+        Partial::WsMessage => {
+            // A masked text frame of 65,000 bytes (within the message limit).
+            let mut head = vec![0x81, 0x80 | 126];
+            head.extend_from_slice(&65_000u16.to_be_bytes());
+            head.extend_from_slice(&[0, 0, 0, 0]);
+            let conns = (0..n)
+                .map(|_| Ws::connect(klav.addr, &token).unwrap().sock.into_inner())
+                .collect();
+            (head, conns)
+        }
+    };
+    let before = rss_kb(pid);
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let sampling = sampling.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss_kb(pid));
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            peak
+        })
+    };
+    let body = vec![b' '; SENT];
+    for c in &mut held {
+        // Refused ones may be closed while they still send.
+        let _ = c.write_all(&head).and_then(|_| c.write_all(&body));
+    }
+    // Served meanwhile: a message on the WebSocket, a request on a new
+    // connection.
+    let echo = ws.request(json!({"type": "msg", "room_id": room, "text": "meanwhile"}));
+    assert_eq!(echo["text"], "meanwhile", "{echo}");
+    let r = http_to(klav.addr, "GET", "/health", None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Past the once-a-second check, with everything sent read by now.
+    std::thread::sleep(Duration::from_millis(1500));
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.join().unwrap();
+    let grown = peak.saturating_sub(before);
+    let closes = metric(klav.addr, "klav_buffer_budget_closes_total");
+    eprintln!("{n} partial {partial:?}s: grew {grown} KiB at the peak; {closes} closed");
+    assert!(closes > 0, "nobody was closed");
+    assert!(
+        grown < (BUDGET / 1024 + 6 * 1024) as u64,
+        "{n} partial {partial:?}s of {SENT} bytes grew klav by {grown} KiB at the peak \
+         (budget {} KiB)",
+        BUDGET / 1024
+    );
+    drop(held);
+}
+
 #[test]
 fn rooms_created_and_joined_are_budgeted() {
     let s = TestServer::with(|c| {
