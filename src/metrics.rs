@@ -242,3 +242,92 @@ impl Metrics {
         s
     }
 }
+
+/// What `/metrics` shows besides the loop's own counters, read off the rest
+/// of the server by the handler that answers it.
+pub struct Snapshot<'a> {
+    pub counters: &'a Metrics,
+    pub open_conns: usize,
+    pub queue_depth: usize,
+    /// The history cache: hits, misses, entries, bytes.
+    pub history: (u64, u64, usize, usize),
+    pub login_throttle_keys: usize,
+    pub register_budget_keys: usize,
+    pub register_hashes: u64,
+    pub node: &'a str,
+    pub clustered: bool,
+    pub rooms_tracked: usize,
+    /// The writer: batches, jobs, the largest batch, notifications sent.
+    pub writer: [u64; 4],
+    /// Bus notifications dropped, by reason label.
+    pub bus_dropped: Vec<(&'static str, u64)>,
+}
+
+/// The `/metrics` text. Gauges are kept as counters: rendering is O(1) however
+/// many connect; and it is rendered once per loop turn (see `turn::Turn`), so a
+/// burst of requests (a pipelining client, many scrapers) costs one rendering.
+pub fn render(s: &Snapshot<'_>) -> String {
+    let mut text = s.counters.render(s.open_conns, s.queue_depth);
+    text.push_str(&format!(
+        "# HELP klav_history_cache_hits_total history requests answered from memory.\n\
+         # TYPE klav_history_cache_hits_total counter\nklav_history_cache_hits_total {}\n\
+         # HELP klav_history_cache_misses_total history requests sent to PostgreSQL.\n\
+         # TYPE klav_history_cache_misses_total counter\nklav_history_cache_misses_total {}\n\
+         # HELP klav_history_cache_entries Log entries held in memory.\n\
+         # TYPE klav_history_cache_entries gauge\nklav_history_cache_entries {}\n\
+         # HELP klav_history_cache_bytes Bytes those entries hold (KLAV_HISTORY_CACHE_BYTES bounds it).\n\
+         # TYPE klav_history_cache_bytes gauge\nklav_history_cache_bytes {}\n",
+        s.history.0,
+        s.history.1,
+        s.history.2,
+        s.history.3
+    ));
+    text.push_str(&format!(
+        "# HELP klav_login_throttle_keys (username, address) pairs and addresses with failed logins remembered.\n\
+         # TYPE klav_login_throttle_keys gauge\nklav_login_throttle_keys {}\n\
+         # HELP klav_register_budget_keys Client addresses with a partly used registration budget.\n\
+         # TYPE klav_register_budget_keys gauge\nklav_register_budget_keys {}\n\
+         # HELP klav_register_hashes_total Passwords hashed for /register (taken names are never hashed).\n\
+         # TYPE klav_register_hashes_total counter\nklav_register_hashes_total {}\n",
+        s.login_throttle_keys,
+        s.register_budget_keys,
+        s.register_hashes
+    ));
+    text.push_str(&format!(
+        "# HELP klav_node_info This node's name, and whether it shares its database with other nodes.\n\
+         # TYPE klav_node_info gauge\nklav_node_info{{node=\"{}\",cluster=\"{}\"}} 1\n\
+         # HELP klav_bus_events_total Events received from other nodes (and this node's presence decisions).\n\
+         # TYPE klav_bus_events_total counter\nklav_bus_events_total {}\n\
+         # HELP klav_messages_remote_total Room messages stored by other nodes and delivered here.\n\
+         # TYPE klav_messages_remote_total counter\nklav_messages_remote_total {}\n\
+         # HELP klav_cluster_rooms_tracked Rooms whose entries this node follows (members connected here).\n\
+         # TYPE klav_cluster_rooms_tracked gauge\nklav_cluster_rooms_tracked {}\n\
+         # HELP klav_writer_batches_total Transactions the writer committed (each notifies other nodes once per 7,800 bytes of events).\n\
+         # TYPE klav_writer_batches_total counter\nklav_writer_batches_total {}\n\
+         # HELP klav_writer_jobs_total Writes in those transactions.\n\
+         # TYPE klav_writer_jobs_total counter\nklav_writer_jobs_total {}\n\
+         # HELP klav_writer_largest_batch The most writes one transaction held.\n\
+         # TYPE klav_writer_largest_batch gauge\nklav_writer_largest_batch {}\n\
+         # HELP klav_bus_notifications_total Notification payloads this node's writer sent to the others.\n\
+         # TYPE klav_bus_notifications_total counter\nklav_bus_notifications_total {}\n",
+        s.node.replace(['\\', '"', '\n'], "_"),
+        s.clustered,
+        s.counters.bus_events,
+        s.counters.messages_remote,
+        s.rooms_tracked,
+        s.writer[0],
+        s.writer[1],
+        s.writer[2],
+        s.writer[3],
+    ));
+    text.push_str(
+        "# HELP klav_bus_dropped_total Notifications from the bus dropped, by reason.\n\
+         # TYPE klav_bus_dropped_total counter\n",
+    );
+    for (reason, n) in &s.bus_dropped {
+        text.push_str(&format!(
+            "klav_bus_dropped_total{{reason=\"{reason}\"}} {n}\n"
+        ));
+    }
+    text
+}

@@ -188,6 +188,30 @@ pub fn serve(req: &Request) -> Option<Cow<'static, [u8]>> {
     Some(Cow::Owned(out))
 }
 
+/// The answer to any request for one of the client's files: the file for
+/// `GET` and `HEAD`, 405 with `Allow` for other methods, 404 for a path that is
+/// not one.
+pub fn response(req: &Request) -> Cow<'static, [u8]> {
+    let ka = req.keep_alive;
+    let served = match req.method.as_str() {
+        "GET" | "HEAD" => serve(req),
+        _ if is_asset(&req.path) => None,
+        _ => return Cow::Owned(crate::http::error(404, "not found", ka)),
+    };
+    served.unwrap_or_else(|| {
+        if !is_asset(&req.path) {
+            return Cow::Owned(crate::http::error(404, "not found", ka));
+        }
+        Cow::Owned(crate::http::response(
+            405,
+            "application/json",
+            br#"{"detail":"method not allowed"}"#,
+            ka,
+            &[("Allow", ALLOWED.to_string())],
+        ))
+    })
+}
+
 /// `If-None-Match`: `*` or a list of entity tags, compared weakly (RFC 9110 13.1.2).
 fn etag_matches(header: &str, etag: &str) -> bool {
     header

@@ -150,7 +150,7 @@ fn deliver_remote(hub: &mut Hub, r: RemoteEntry) {
             // A room created: nobody is in it yet.
         }
         (None, _) => {
-            hub.metrics.messages_remote += 1;
+            hub.svc.metrics.messages_remote += 1;
             let ev = handlers::messages::entry_event(&entry);
             hub.entry_to_room(&room, id, &ev, None);
         }
@@ -220,7 +220,7 @@ fn flush_changes(hub: &mut Hub, room: &str) {
 
 /// Events from other nodes (and this node's presence decisions).
 pub fn on_bus(hub: &mut Hub, events: Vec<BusEvent>) {
-    hub.metrics.bus_events += events.len() as u64;
+    hub.svc.metrics.bus_events += events.len() as u64;
     let now = Instant::now();
     for ev in events {
         match ev {
@@ -800,13 +800,13 @@ pub fn on_tick(hub: &mut Hub, now: Instant) {
         catch_up(hub);
     }
     if now >= hub.cluster.next_beat && !hub.cluster.beat_busy {
-        let every = (hub.config.node_timeout / 4).max(Duration::from_secs(1));
+        let every = (hub.svc.config.node_timeout / 4).max(Duration::from_secs(1));
         hub.cluster.next_beat = now + every;
         hub.cluster.beat_busy = true;
         let job = Job::Heartbeat {
             node: hub.cluster.node.clone(),
             incarnation: hub.cluster.incarnation,
-            timeout_secs: hub.config.node_timeout.as_secs() as i64,
+            timeout_secs: hub.svc.config.node_timeout.as_secs() as i64,
         };
         if !hub.submit(Ticket::internal(), job) {
             hub.cluster.beat_busy = false;

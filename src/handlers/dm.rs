@@ -77,7 +77,7 @@ fn ack_to(hub: &mut Hub, conn: ConnId, req_id: &Option<Value>, room: &str, to: &
         .with("room", room)
         .with("to", to)
         .with("status", status);
-    hub.reply(conn, req_id, ev);
+    hub.conns.reply(conn, req_id, ev);
 }
 
 /// Answers the sender of a DM.
@@ -114,14 +114,16 @@ pub fn stored(hub: &mut Hub, t: &Ticket, msg: NewMessage, to: String, result: Dm
         } => {
             if elsewhere {
                 // Another node has the recipient's connection and delivers it.
-                hub.metrics.dms += 1;
+                hub.svc.metrics.dms += 1;
                 remember(hub, &msg, &to, id, ts);
                 return ack(hub, t, &msg.room, &to, "DELIVERED");
             }
             (id, ts, queued)
         }
         DmResult::Duplicate(d) if d.entry.kind != "dm" => {
-            return hub.reply_error(t.conn, &t.req_id, super::messages::client_id_taken());
+            return hub
+                .conns
+                .reply_error(t.conn, &t.req_id, super::messages::client_id_taken());
         }
         DmResult::Duplicate(d) => {
             // A retry: the original stands, and its sender hears how it went.
@@ -130,7 +132,7 @@ pub fn stored(hub: &mut Hub, t: &Ticket, msg: NewMessage, to: String, result: Dm
             return ack(hub, t, &d.entry.room, &to, status);
         }
     };
-    hub.metrics.dms += 1;
+    hub.svc.metrics.dms += 1;
     remember(hub, &msg, &to, id, ts);
     if queued {
         return ack(hub, t, &msg.room, &to, "QUEUED");
@@ -202,7 +204,7 @@ pub fn queue_parked(hub: &mut Hub, parked: Vec<ParkedDm>) {
         };
         if !hub.submit(Ticket::new(conn, req_id.clone()), job) {
             crate::log!(Warn, "could not queue a DM for {recipient} in {room}");
-            hub.reply_error(
+            hub.conns.reply_error(
                 conn,
                 &req_id,
                 RequestError::with(

@@ -49,10 +49,14 @@ impl Edit {
 pub fn done(hub: &mut Hub, t: &Ticket, delete: bool, result: EditResult) {
     let e = match result {
         EditResult::NotFound => {
-            return hub.reply_error(t.conn, &t.req_id, ErrorCode::MessageNotFound.into())
+            return hub
+                .conns
+                .reply_error(t.conn, &t.req_id, ErrorCode::MessageNotFound.into())
         }
         EditResult::NotAuthor => {
-            return hub.reply_error(t.conn, &t.req_id, ErrorCode::NotAuthor.into())
+            return hub
+                .conns
+                .reply_error(t.conn, &t.req_id, ErrorCode::NotAuthor.into())
         }
         EditResult::Done(e) => *e,
     };
@@ -62,7 +66,7 @@ pub fn done(hub: &mut Hub, t: &Ticket, delete: bool, result: EditResult) {
     hub.change_to(&others, &e.room, &ev);
     // The author's connection gets it as the reply (even if it has since left
     // the room, it asked).
-    hub.reply(t.conn, &t.req_id, ev);
+    hub.conns.reply(t.conn, &t.req_id, ev);
     hub.history.replace(e);
 }
 

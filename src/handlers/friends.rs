@@ -27,23 +27,23 @@ impl Follow {
             let ev = Event::new("friend_follow_ack")
                 .with("to", self.to)
                 .with("status", "SELF");
-            hub.reply(cx.id, &cx.req.req_id, ev);
+            hub.conns.reply(cx.id, &cx.req.req_id, ev);
             return Ok(());
         }
         // A lookup that may find no account is paid for before it is made
         // (so concurrent ones cannot overdraw the budget); the token comes
         // back when the name exists.
         let now = Instant::now();
-        if !hub.lookup_budget.has(&cx.user, now) {
+        if !hub.svc.budgets.lookups.has(&cx.user, now) {
             return Err(unknown_names_limited(hub, &cx.user, now));
         }
-        hub.lookup_budget.charge(&cx.user, 1.0, now);
+        hub.svc.budgets.lookups.charge(&cx.user, 1.0, now);
         let job = Job::Follow {
             from: cx.user.clone(),
             to: self.to,
         };
         if !cx.submit(hub, job) {
-            hub.lookup_budget.charge(&cx.user, -1.0, now);
+            hub.svc.budgets.lookups.charge(&cx.user, -1.0, now);
         }
         Ok(())
     }
@@ -51,7 +51,7 @@ impl Follow {
 
 /// `RATE_LIMITED` for a user out of unknown-name lookups.
 pub fn unknown_names_limited(hub: &mut Hub, user: &str, now: Instant) -> RequestError {
-    let wait = hub.lookup_budget.wait(user, now);
+    let wait = hub.svc.budgets.lookups.wait(user, now);
     RequestError::with(
         ErrorCode::RateLimited,
         format!(
@@ -63,7 +63,7 @@ pub fn unknown_names_limited(hub: &mut Hub, user: &str, now: Instant) -> Request
 
 pub fn follow_done(hub: &mut Hub, t: &Ticket, from: String, to: String, status: FollowStatus) {
     if status != FollowStatus::NotRegistered {
-        hub.lookup_budget.charge(&from, -1.0, Instant::now());
+        hub.svc.budgets.lookups.charge(&from, -1.0, Instant::now());
     }
     let status = match status {
         FollowStatus::NotRegistered => "NOT_REGISTERED",
@@ -81,7 +81,7 @@ pub fn follow_done(hub: &mut Hub, t: &Ticket, from: String, to: String, status: 
     let ev = Event::new("friend_follow_ack")
         .with("to", to)
         .with("status", status);
-    hub.reply(t.conn, &t.req_id, ev);
+    hub.conns.reply(t.conn, &t.req_id, ev);
 }
 
 /// `friend_unfollow {"to"}`.
@@ -117,7 +117,7 @@ pub fn unfollow_done(hub: &mut Hub, t: &Ticket, from: String, to: String, remove
     let ev = Event::new("friend_unfollow_ack")
         .with("to", to)
         .with("status", status);
-    hub.reply(t.conn, &t.req_id, ev);
+    hub.conns.reply(t.conn, &t.req_id, ev);
 }
 
 pub fn following_list(hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
@@ -144,5 +144,5 @@ pub fn list_done(hub: &mut Hub, t: &Ticket, which: &str, users: Vec<UserRef>) {
         .collect();
     let kind = format!("{which}_list");
     let ev = Event::new(&kind).with(which, list);
-    hub.reply(t.conn, &t.req_id, ev);
+    hub.conns.reply(t.conn, &t.req_id, ev);
 }

@@ -59,7 +59,7 @@ impl History {
             .query(&self.query)
             .map(|items| cached_reply(&self.query.room, &items, &cx.req.req_id));
         if let Some(frame) = cached {
-            hub.send_reply(cx.id, &frame);
+            hub.conns.send_reply(cx.id, &frame);
             return Ok(());
         }
         if hub.history.needs_fill(&self.query.room) {
@@ -104,5 +104,5 @@ pub fn done(hub: &mut Hub, t: &Ticket, room: String, items: Vec<ChatEntry>) {
     let ev = Event::new("history")
         .with("room", room)
         .with("items", items);
-    hub.reply(t.conn, &t.req_id, ev);
+    hub.conns.reply(t.conn, &t.req_id, ev);
 }

@@ -57,5 +57,5 @@ pub fn done(
     let ev = Event::new("room_members")
         .with("room", room)
         .with("members", members);
-    hub.reply(t.conn, &t.req_id, ev);
+    hub.conns.reply(t.conn, &t.req_id, ev);
 }

@@ -65,7 +65,7 @@ impl Msg {
 /// Committed: now every member's connections get it, in commit (= id) order;
 /// the sending connection's copy carries its request's `req_id`.
 pub fn stored(hub: &mut Hub, t: &Ticket, msg: NewMessage, id: i64, ts: SystemTime) {
-    hub.metrics.messages += 1;
+    hub.svc.metrics.messages += 1;
     let mut ev = Event::new("message")
         .with("id", id)
         .with("room", msg.room.as_str())
@@ -100,9 +100,9 @@ pub fn stored(hub: &mut Hub, t: &Ticket, msg: NewMessage, id: i64, ts: SystemTim
 /// belongs to a DM, which this is no retry of (and which must not be shown).
 pub fn duplicate(hub: &mut Hub, t: &Ticket, d: Box<Duplicate>) {
     if d.entry.kind != "msg" {
-        return hub.reply_error(t.conn, &t.req_id, client_id_taken());
+        return hub.conns.reply_error(t.conn, &t.req_id, client_id_taken());
     }
-    hub.reply(t.conn, &t.req_id, entry_event(&d.entry));
+    hub.conns.reply(t.conn, &t.req_id, entry_event(&d.entry));
 }
 
 /// A `msg` or `room_dm` whose `client_id` its sender already used for an entry

@@ -51,12 +51,12 @@ impl Ctx<'_> {
         let mut ticket = Ticket::new(self.id, self.req.req_id.clone());
         ticket.hold = self.hold;
         if hub.submit(ticket, job) {
-            if let Some(ws) = hub.ws_mut(self.id) {
+            if let Some(ws) = hub.conns.ws_mut(self.id) {
                 ws.seq.started(self.hold);
             }
             true
         } else {
-            hub.reply_error(
+            hub.conns.reply_error(
                 self.id,
                 &self.req.req_id,
                 RequestError::with(ErrorCode::Unavailable, "database queue is full"),
@@ -91,48 +91,51 @@ pub fn on_ws_message(hub: &mut Hub, id: ConnId, msg: Message) {
         return;
     };
     let Some(text) = text else {
-        hub.reply_error(
+        hub.conns.reply_error(
             id,
             &None,
             RequestError::with(ErrorCode::BadRequest, "binary frames are not supported"),
         );
         return;
     };
-    hub.metrics.requests += 1;
+    hub.svc.metrics.requests += 1;
     if admit != Admit::Yes {
-        hub.metrics.rate_limited += 1;
+        hub.svc.metrics.rate_limited += 1;
         // A refusal must stay cheap: only a small frame is parsed for its req_id.
         let req_id = if len <= BYTES_PER_TOKEN {
             Request::decode(text.as_str()).ok().and_then(|r| r.req_id)
         } else {
             None
         };
-        hub.reply_error(id, &req_id, RequestError::new(ErrorCode::RateLimited));
+        hub.conns
+            .reply_error(id, &req_id, RequestError::new(ErrorCode::RateLimited));
         if admit == Admit::Flood {
-            hub.close(id, CloseReason::Flood);
-        } else if let Some(ws) = hub.ws_mut(id) {
+            hub.conns.close(id, CloseReason::Flood);
+        } else if let Some(ws) = hub.conns.ws_mut(id) {
             ws.throttled_until = ws.rate.refused(len);
         }
         return;
     }
     match Request::decode(text.as_str()) {
         Ok(req) => start_or_hold(hub, id, req),
-        Err((e, req_id)) => hub.reply_error(id, &req_id, e),
+        Err((e, req_id)) => hub.conns.reply_error(id, &req_id, e),
     }
 }
 
 /// Applies a request now if the jobs it may depend on are done; otherwise holds
 /// it (and reading stops) until they are.
 fn start_or_hold(hub: &mut Hub, id: ConnId, req: Request) {
-    if req.kind == "__panic" && hub.config.fault_injection {
+    if req.kind == "__panic" && hub.svc.config.fault_injection {
         panic!("fault injection: __panic request");
     }
     let mut cmd = match Command::parse(&req) {
         Ok(c) => c,
-        Err(e) => return hub.reply_error(id, &req.req_id, e),
+        Err(e) => return hub.conns.reply_error(id, &req.req_id, e),
     };
     let hold = cmd.hold();
-    let Some(ws) = hub.ws_mut(id) else { return };
+    let Some(ws) = hub.conns.ws_mut(id) else {
+        return;
+    };
     if !ws.seq.can_start(hold) {
         // Boxed only here: the common case, a request that starts at once,
         // allocates nothing for it.
@@ -159,21 +162,23 @@ fn start_or_hold(hub: &mut Hub, id: ConnId, req: Request) {
         hold,
     };
     if let Err(e) = cmd.apply(hub, &cx) {
-        hub.reply_error(id, &req.req_id, e);
+        hub.conns.reply_error(id, &req.req_id, e);
     }
 }
 
 /// A job of this connection finished: start the held request if it may start
 /// now, and read again once nothing is held.
 fn job_finished(hub: &mut Hub, id: ConnId, hold: Hold) {
-    let Some(ws) = hub.ws_mut(id) else { return };
+    let Some(ws) = hub.conns.ws_mut(id) else {
+        return;
+    };
     ws.seq.finished(hold);
     let Some((_, req)) = ws.seq.release() else {
         return;
     };
     start_or_hold(hub, id, *req);
-    if hub.ws_mut(id).is_some_and(|ws| ws.seq.held.is_none()) {
-        hub.again.push(id);
+    if hub.conns.ws_mut(id).is_some_and(|ws| ws.seq.held.is_none()) {
+        hub.conns.again.push(id);
     }
 }
 
@@ -186,20 +191,20 @@ fn control_frame(hub: &mut Hub, id: ConnId, len: usize) {
     let Some(admit) = admit(hub, id, request_cost(len)) else {
         return;
     };
-    hub.metrics.control_frames += 1;
+    hub.svc.metrics.control_frames += 1;
     if admit == Admit::Yes {
         return;
     }
-    hub.metrics.rate_limited += 1;
+    hub.svc.metrics.rate_limited += 1;
     if admit == Admit::Flood {
-        hub.close(id, CloseReason::Flood);
-    } else if let Some(ws) = hub.ws_mut(id) {
+        hub.conns.close(id, CloseReason::Flood);
+    } else if let Some(ws) = hub.conns.ws_mut(id) {
         ws.throttled_until = ws.rate.refused(len);
     }
 }
 
 fn touch(hub: &mut Hub, id: ConnId) {
-    if let Some(ws) = hub.ws_mut(id) {
+    if let Some(ws) = hub.conns.ws_mut(id) {
         ws.last_frame = Instant::now();
         ws.ping_sent = None;
     }
@@ -209,11 +214,11 @@ fn touch(hub: &mut Hub, id: ConnId) {
 fn admit(hub: &mut Hub, id: ConnId, cost: f64) -> Option<Admit> {
     let now = Instant::now();
     let (rate, burst, flood) = (
-        hub.config.rate_per_sec,
-        hub.config.rate_burst,
-        hub.config.flood_secs,
+        hub.svc.config.rate_per_sec,
+        hub.svc.config.rate_burst,
+        hub.svc.config.flood_secs,
     );
-    let ws = hub.ws_mut(id)?;
+    let ws = hub.conns.ws_mut(id)?;
     ws.last_frame = now;
     ws.ping_sent = None;
     Some(ws.rate.admit(now, cost, rate, burst, flood))
@@ -337,7 +342,7 @@ pub fn decode_frame(text: &str) -> Result<Command, RequestError> {
 /// A finished database or hashing job.
 pub fn on_completion(hub: &mut Hub, c: Completion) {
     match c {
-        Completion::Hash(ticket, outcome) => http::on_hash(hub, ticket, outcome),
+        Completion::Hash(ticket, outcome) => http::accounts::on_hash(hub, ticket, outcome),
         Completion::Chained(ticket, outcome, link) => {
             crate::handlers::cluster::on_chained(hub, ticket, outcome, link)
         }
@@ -350,7 +355,8 @@ pub fn on_completion(hub: &mut Hub, c: Completion) {
 /// A finished database job: its outcome applied, and whatever waited for it
 /// (the connection's next request, a session load) released.
 pub fn finish_job(hub: &mut Hub, mut ticket: crate::db::Ticket, result: Result<Outcome, DbError>) {
-    hub.metrics
+    hub.svc
+        .metrics
         .job_done(ticket.at.elapsed().as_secs_f64() * 1000.0);
     let (conn, hold) = (ticket.conn, ticket.hold);
     let writer = ticket.writes_for.take();
@@ -371,13 +377,15 @@ pub fn finish_job(hub: &mut Hub, mut ticket: crate::db::Ticket, result: Result<O
 
 fn on_outcome(hub: &mut Hub, t: crate::db::Ticket, outcome: Outcome) {
     match outcome {
-        Outcome::Healthy => http::health_done(hub, t.conn, Ok(())),
-        Outcome::Registered(result) => http::register_done(hub, t.conn, result),
-        Outcome::UsernameTaken { existing } => http::username_checked(hub, t.conn, existing),
-        Outcome::WsTicketMinted { minted } => http::ws_ticket_done(hub, t.conn, minted),
+        Outcome::Healthy => http::accounts::health_done(hub, t.conn, Ok(())),
+        Outcome::Registered(result) => http::accounts::register_done(hub, t.conn, result),
+        Outcome::UsernameTaken { existing } => {
+            http::accounts::username_checked(hub, t.conn, existing)
+        }
+        Outcome::WsTicketMinted { minted } => http::accounts::ws_ticket_done(hub, t.conn, minted),
         Outcome::WsTicket(ticket) => session::ticket_taken(hub, t.conn, ticket),
         Outcome::Credentials { username, password } => {
-            http::credentials_done(hub, t.conn, username, password)
+            http::accounts::credentials_done(hub, t.conn, username, password)
         }
         Outcome::Done | Outcome::Pruned(_) => {}
         Outcome::Session { username, session } => {
@@ -467,11 +475,11 @@ fn on_outcome(hub: &mut Hub, t: crate::db::Ticket, outcome: Outcome) {
 
 /// A job failed: whoever waits for it learns that nothing was stored.
 fn on_db_error(hub: &mut Hub, t: crate::db::Ticket, e: DbError, writer: Option<&str>) {
-    hub.metrics.db_errors += 1;
+    hub.svc.metrics.db_errors += 1;
     if let DbError::Query(why) = &e {
         crate::log!(Error, "database error: {why}");
     }
-    let Some(conn) = hub.conn(t.conn) else {
+    let Some(conn) = hub.conns.get(t.conn) else {
         if t.conn == ConnId::NONE {
             crate::log!(Warn, "background job failed: {e}");
             // A presence write or a heartbeat: tried again by the next tick.
@@ -486,7 +494,7 @@ fn on_db_error(hub: &mut Hub, t: crate::db::Ticket, e: DbError, writer: Option<&
         Phase::Http(_) => http::db_failed(hub, t.conn, &e),
         Phase::Upgrading { .. } => session::open_failed(hub, t.conn, &e),
         Phase::Ws(_) => {
-            hub.reply_error(
+            hub.conns.reply_error(
                 t.conn,
                 &t.req_id,
                 RequestError::with(

@@ -47,7 +47,7 @@ pub fn get_online_friends(hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
         return ask_cluster(hub, cx);
     }
     let ev = online_friends(hub, &cx.user);
-    hub.reply(cx.id, &cx.req.req_id, ev);
+    hub.conns.reply(cx.id, &cx.req.req_id, ev);
     Ok(())
 }
 
@@ -57,7 +57,7 @@ pub fn subscribe(hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
         return ask_cluster(hub, cx);
     }
     let ev = online_friends(hub, &cx.user);
-    hub.reply(cx.id, &cx.req.req_id, ev);
+    hub.conns.reply(cx.id, &cx.req.req_id, ev);
     Ok(())
 }
 
@@ -85,7 +85,7 @@ pub fn online_friends_done(hub: &mut Hub, t: &Ticket, users: Vec<(String, String
         .into_iter()
         .map(|(username, nickname, n)| friend_json(&username, &nickname, n as usize))
         .collect();
-    hub.reply(
+    hub.conns.reply(
         t.conn,
         &t.req_id,
         Event::new("online_friends").with("users", users),
@@ -105,7 +105,7 @@ fn friend_json(username: &str, nickname: &str, connections: usize) -> Value {
 pub fn unsubscribe(hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
     hub.state.unsubscribe(&cx.user, cx.id);
     let ev = Event::new("presence_ack").with("status", "UNSUBSCRIBED");
-    hub.reply(cx.id, &cx.req.req_id, ev);
+    hub.conns.reply(cx.id, &cx.req.req_id, ev);
     Ok(())
 }
 

@@ -43,7 +43,9 @@ impl Read {
 pub fn done(hub: &mut Hub, t: &Ticket, username: &str, room: String, result: ReadResult) {
     let (id, moved) = match result {
         ReadResult::NotFound => {
-            return hub.reply_error(t.conn, &t.req_id, ErrorCode::MessageNotFound.into())
+            return hub
+                .conns
+                .reply_error(t.conn, &t.req_id, ErrorCode::MessageNotFound.into())
         }
         ReadResult::Marker { id, moved } => (id, moved),
     };
@@ -63,5 +65,5 @@ pub fn done(hub: &mut Hub, t: &Ticket, username: &str, room: String, result: Rea
         }
     }
     let ev = Event::new("read_ack").with("room", room).with("id", id);
-    hub.reply(t.conn, &t.req_id, ev);
+    hub.conns.reply(t.conn, &t.req_id, ev);
 }

@@ -110,7 +110,7 @@ impl Resume {
                 return Ok(());
             }
         }
-        if let Some(ws) = hub.ws_mut(cx.id) {
+        if let Some(ws) = hub.conns.ws_mut(cx.id) {
             for c in &mut mine {
                 c.before = ws.first_live.get(c.room.as_str()).copied();
             }
@@ -123,7 +123,9 @@ impl Resume {
         // What the replay may cost is fixed before anything is read: the
         // user's row budget, at most a request's share of it.
         let rows = hub
-            .rows_budget
+            .svc
+            .budgets
+            .rows
             .available(&cx.user, Instant::now())
             .min(ROWS_PER_REQUEST as f64) as i64;
         if rows < mine.len() as i64 {
@@ -134,7 +136,9 @@ impl Resume {
         }
         // Reserved now, so that the user's other connections cannot spend
         // it at the same time; what the job did not use is given back.
-        hub.rows_budget
+        hub.svc
+            .budgets
+            .rows
             .charge(&cx.user, rows as f64, Instant::now());
         let job = Job::Resume {
             username: cx.user.clone(),
@@ -144,7 +148,9 @@ impl Resume {
             bytes: replay_bytes(hub),
         };
         if !cx.submit(hub, job) {
-            hub.rows_budget
+            hub.svc
+                .budgets
+                .rows
                 .charge(&cx.user, -(rows as f64), Instant::now());
             abandon(hub, cx.id);
         }
@@ -167,14 +173,14 @@ fn over_budget(room: String) -> RoomReplay {
 /// dropped as a slow consumer. Rooms past it answer `recovered:false` and are
 /// reloaded with `history`.
 fn replay_bytes(hub: &Hub) -> usize {
-    hub.config.max_output_bytes / 2
+    hub.svc.config.max_output_bytes / 2
 }
 
 pub fn done(hub: &mut Hub, t: &Ticket, replay: Replay) {
     // What the job reserved and did not use goes back. Settled even when the
     // connection is gone: closing it early must not make the replay free.
-    hub.metrics.budgeted_rows += replay.examined as u64;
-    hub.rows_budget.charge(
+    hub.svc.metrics.budgeted_rows += replay.examined as u64;
+    hub.svc.budgets.rows.charge(
         &replay.username,
         (replay.examined - replay.reserved) as f64,
         Instant::now(),
@@ -214,7 +220,7 @@ fn finish(hub: &mut Hub, conn: ConnId, req_id: &Option<Value>, rooms: Vec<RoomRe
         if fits {
             used += size;
             for f in &frames {
-                hub.send_bytes(conn, f);
+                hub.conns.send_bytes(conn, f);
             }
             count = frames.len();
             if !r.entries.is_empty() {
@@ -225,14 +231,15 @@ fn finish(hub: &mut Hub, conn: ConnId, req_id: &Option<Value>, rooms: Vec<RoomRe
     }
     drop(frames);
     // The replay is a reply: its size is charged like one.
-    hub.charge_reply(conn, used);
+    hub.conns.charge_reply(conn, used);
     for room in buf.refused {
         acks.insert(
             room,
             json!({"recovered": false, "count": 0, "error": "NOT_A_MEMBER"}),
         );
     }
-    hub.reply(conn, req_id, Event::new("resume_ack").with("rooms", acks));
+    hub.conns
+        .reply(conn, req_id, Event::new("resume_ack").with("rooms", acks));
     flush_held(hub, conn, buf.held, &replayed);
 }
 
@@ -252,7 +259,7 @@ pub fn abandon(hub: &mut Hub, conn: ConnId) {
 /// false then).
 pub fn release(hub: &mut Hub, conn: ConnId, held: Held) -> bool {
     if !held.overflowed.is_empty() {
-        hub.close(conn, CloseReason::SlowConsumer);
+        hub.conns.close(conn, CloseReason::SlowConsumer);
         return false;
     }
     flush_held(hub, conn, held, &HashMap::new());
@@ -264,16 +271,16 @@ pub fn release(hub: &mut Hub, conn: ConnId, held: Held) -> bool {
 /// answered `DELIVERED` to its sender). Called only for closes that keep unsent
 /// output.
 pub fn flush_opening_on_close(hub: &mut Hub, id: ConnId) {
-    let Some(opening) = hub.ws_mut(id).and_then(|ws| ws.opening.take()) else {
+    let Some(opening) = hub.conns.ws_mut(id).and_then(|ws| ws.opening.take()) else {
         return;
     };
-    let Some(conn) = hub.conn_mut(id) else {
+    let Some(conn) = hub.conns.get_mut(id) else {
         return;
     };
     for (_, _, frame) in &opening.held.events {
         conn.out.push_shared(frame);
     }
-    hub.dirty.push(id.slot);
+    hub.conns.dirty.push(id.slot);
 }
 
 /// Sends what was held back, minus the entries the replay contained (`replayed`:
@@ -294,6 +301,6 @@ fn flush_held(hub: &mut Hub, conn: ConnId, held: Held, replayed: &HashMap<String
                 continue;
             }
         }
-        hub.deliver(conn, &room, id, &frame);
+        hub.conns.deliver(conn, &room, id, &frame);
     }
 }

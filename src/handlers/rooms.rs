@@ -22,14 +22,14 @@ fn nickname(hub: &Hub, user: &str) -> String {
 /// Rooms are kept for good: each user may create `KLAV_ROOMS_CREATED_PER_HOUR`
 /// of them an hour (a `join` by name counts, since it may create one).
 fn take_room_token(hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
-    if hub.room_budget.admit(&cx.user, Instant::now()) {
+    if hub.svc.budgets.rooms.admit(&cx.user, Instant::now()) {
         return Ok(());
     }
     Err(RequestError::with(
         ErrorCode::RateLimited,
         format!(
             "room creation is limited to {} per hour",
-            hub.config.rooms_created_per_hour
+            hub.svc.config.rooms_created_per_hour
         ),
     ))
 }
@@ -52,7 +52,7 @@ impl CreateRoom {
     pub fn apply(self, hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
         let Some(name) = self.name else {
             let ev = Event::new("create_room_ack").with("status", "INVALID");
-            hub.reply(cx.id, &cx.req.req_id, ev);
+            hub.conns.reply(cx.id, &cx.req.req_id, ev);
             return Ok(());
         };
         take_room_token(hub, cx)?;
@@ -72,7 +72,7 @@ pub fn created(hub: &mut Hub, t: &Ticket, room: String, name: String) {
         .with("status", "CREATED")
         .with("room_id", room)
         .with("name", name);
-    hub.reply(t.conn, &t.req_id, ev);
+    hub.conns.reply(t.conn, &t.req_id, ev);
 }
 
 /// `join {"room_id"}` or `join {"room": "<name>"}`.
@@ -108,19 +108,19 @@ impl Join {
                 let ev = Event::new("join_ack")
                     .with("room", room.as_str())
                     .with("status", "ALREADY");
-                hub.reply(cx.id, &cx.req.req_id, ev);
+                hub.conns.reply(cx.id, &cx.req.req_id, ev);
                 return Ok(());
             }
         }
         // Earlier requests of this connection are done (see `conn::Sequencer`),
         // so the count in memory is exact.
         let joined = hub.state.users.get(&cx.user).map_or(0, |u| u.rooms.len());
-        if joined >= hub.config.max_rooms_per_user {
+        if joined >= hub.svc.config.max_rooms_per_user {
             return Err(RequestError::with(
                 ErrorCode::TooManyRooms,
                 format!(
                     "a user belongs to at most {} rooms; leave one first",
-                    hub.config.max_rooms_per_user
+                    hub.svc.config.max_rooms_per_user
                 ),
             ));
         }
@@ -150,7 +150,8 @@ pub fn join_done(
 ) {
     match r {
         JoinResult::NotFound => {
-            hub.reply_error(t.conn, &t.req_id, ErrorCode::RoomNotFound.into());
+            hub.conns
+                .reply_error(t.conn, &t.req_id, ErrorCode::RoomNotFound.into());
         }
         JoinResult::Already { room } => {
             // Memory may not have known (e.g. joined by name).
@@ -158,7 +159,7 @@ pub fn join_done(
             let ev = Event::new("join_ack")
                 .with("room", room)
                 .with("status", "ALREADY");
-            hub.reply(t.conn, &t.req_id, ev);
+            hub.conns.reply(t.conn, &t.req_id, ev);
         }
         JoinResult::Joined { room, .. } => {
             hub.state.joined(&username, &room);
@@ -191,7 +192,7 @@ impl Leave {
             let ev = Event::new("leave_ack")
                 .with("room", self.room)
                 .with("status", "NOT_A_MEMBER");
-            hub.reply(cx.id, &cx.req.req_id, ev);
+            hub.conns.reply(cx.id, &cx.req.req_id, ev);
             return Ok(());
         }
         let job = Job::Leave {
@@ -227,7 +228,7 @@ pub fn leave_done(
     let ev = Event::new("leave_ack")
         .with("room", room)
         .with("status", status);
-    hub.reply(t.conn, &t.req_id, ev);
+    hub.conns.reply(t.conn, &t.req_id, ev);
 }
 
 fn system_to_room(hub: &mut Hub, room: &str, ev: Event, entry: Option<i64>) {
@@ -242,8 +243,8 @@ fn system_to_room(hub: &mut Hub, room: &str, ev: Event, entry: Option<i64>) {
 /// is in debt, and charged what it read once it is done.
 pub fn my_rooms(hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
     let now = Instant::now();
-    if !hub.rows_budget.has(&cx.user, now) {
-        let wait = hub.rows_budget.wait(&cx.user, now);
+    if !hub.svc.budgets.rows.has(&cx.user, now) {
+        let wait = hub.svc.budgets.rows.wait(&cx.user, now);
         return Err(RequestError::with(
             ErrorCode::RateLimited,
             format!(
@@ -255,12 +256,12 @@ pub fn my_rooms(hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
     // Reserved now (the least it reads: a row per room), so that the user's
     // other connections see it spent; the rest is charged when it is done.
     let reserved = my_rooms_reservation(hub, &cx.user);
-    hub.rows_budget.charge(&cx.user, reserved, now);
+    hub.svc.budgets.rows.charge(&cx.user, reserved, now);
     let job = Job::MyRooms {
         username: cx.user.clone(),
     };
     if !cx.submit(hub, job) {
-        hub.rows_budget.charge(&cx.user, -reserved, now);
+        hub.svc.budgets.rows.charge(&cx.user, -reserved, now);
     }
     Ok(())
 }
@@ -276,9 +277,11 @@ pub fn my_rooms_done(hub: &mut Hub, t: &Ticket, user: &str, rooms: Vec<RoomInfo>
     // Settled even when the connection is gone: closing it early must not
     // make the read free.
     let examined: i64 = rooms.iter().map(|r| r.examined).sum();
-    hub.metrics.budgeted_rows += examined as u64;
+    hub.svc.metrics.budgeted_rows += examined as u64;
     let reserved = my_rooms_reservation(hub, user);
-    hub.rows_budget
+    hub.svc
+        .budgets
+        .rows
         .charge(user, examined as f64 - reserved, Instant::now());
     let ids: Vec<Value> = rooms.iter().map(|r| Value::from(r.id.as_str())).collect();
     let info: Vec<Value> = rooms
@@ -320,5 +323,5 @@ pub fn my_rooms_done(hub: &mut Hub, t: &Ticket, user: &str, rooms: Vec<RoomInfo>
     let ev = Event::new("my_rooms")
         .with("rooms", ids)
         .with("rooms_info", info);
-    hub.reply(t.conn, &t.req_id, ev);
+    hub.conns.reply(t.conn, &t.req_id, ev);
 }

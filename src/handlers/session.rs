@@ -48,19 +48,19 @@ pub fn upgrade(hub: &mut Hub, id: ConnId, req: Request) {
         );
         return respond(hub, id, resp, false);
     }
-    if !hub.config.allowed_origins.is_empty() {
+    if !hub.svc.config.allowed_origins.is_empty() {
         if let Some(origin) = req.header("origin") {
             let origin = origin.trim_end_matches('/').to_ascii_lowercase();
-            if !hub.config.allowed_origins.contains(&origin) {
+            if !hub.svc.config.allowed_origins.contains(&origin) {
                 return refuse(hub, 403, "origin not allowed");
             }
         }
     }
-    let peer = match hub.conn(id) {
+    let peer = match hub.conns.get(id) {
         Some(c) => c.peer,
         None => return,
     };
-    let addr = budget_key(client_addr(peer, &req, &hub.config.trusted_proxies));
+    let addr = budget_key(client_addr(peer, &req, &hub.svc.config.trusted_proxies));
     let accept_key = tungstenite::handshake::derive_accept_key(key.as_bytes());
     let ticket = bearer_token(&req)
         .is_none()
@@ -73,7 +73,7 @@ pub fn upgrade(hub: &mut Hub, id: ConnId, req: Request) {
         if !hub.submit(Ticket::new(id, None), Job::TakeWsTicket { hash }) {
             return refuse(hub, 503, "Service unhealthy: database queue is full");
         }
-        if let Some(conn) = hub.conn_mut(id) {
+        if let Some(conn) = hub.conns.get_mut(id) {
             if let Phase::Http(st) = &mut conn.phase {
                 st.pending = Some(PendingHttp::TicketUpgrade { accept_key, addr });
             }
@@ -81,7 +81,7 @@ pub fn upgrade(hub: &mut Hub, id: ConnId, req: Request) {
         return;
     }
     let token = bearer_token(&req).or_else(|| req.query_param("token"));
-    match hub.tokens.verify_claims(token.as_deref().unwrap_or("")) {
+    match hub.svc.tokens.verify_claims(token.as_deref().unwrap_or("")) {
         Ok(grant) => open_as(hub, id, grant, accept_key, addr),
         Err(e) => refuse(hub, 403, &e.to_string()),
     }
@@ -90,7 +90,9 @@ pub fn upgrade(hub: &mut Hub, id: ConnId, req: Request) {
 /// The ticket of an upgrade was taken from the database: the upgrade goes on
 /// as if the token that minted it had been presented, or is refused (403).
 pub fn ticket_taken(hub: &mut Hub, id: ConnId, ticket: TicketUse) {
-    let Some(conn) = hub.conn_mut(id) else { return };
+    let Some(conn) = hub.conns.get_mut(id) else {
+        return;
+    };
     let Phase::Http(st) = &mut conn.phase else {
         return;
     };
@@ -99,7 +101,7 @@ pub fn ticket_taken(hub: &mut Hub, id: ConnId, ticket: TicketUse) {
     };
     if conn.closing.is_some() {
         // The client went away meanwhile; the ticket is spent all the same.
-        return hub.close(id, CloseReason::Peer);
+        return hub.conns.close(id, CloseReason::Peer);
     }
     let refuse = |hub: &mut Hub, detail: &str| {
         respond(hub, id, http::error(403, detail, false), false);
@@ -139,19 +141,21 @@ fn open_as(hub: &mut Hub, id: ConnId, grant: Verified, accept_key: String, addr:
         .users
         .get(&username)
         .map_or(0, |u| u.conns.len() + u.opening as usize);
-    if user_conns >= hub.config.max_conns_per_user {
+    if user_conns >= hub.svc.config.max_conns_per_user {
         return too_many(hub, id, "too many connections for this user");
     }
-    if hub.state.addr_conns(addr) >= hub.config.max_conns_per_addr {
+    if hub.state.addr_conns(addr) >= hub.svc.config.max_conns_per_addr {
         return too_many(hub, id, "too many connections from this address");
     }
     let at = Instant::now();
-    if !hub.ws_open_budget.admit(&username, at) {
-        let wait = hub.ws_open_budget.wait(&username, at);
+    if !hub.svc.budgets.ws_opens.admit(&username, at) {
+        let wait = hub.svc.budgets.ws_opens.wait(&username, at);
         return too_many_for(hub, id, "too many connections opened by this user", wait);
     }
     hub.state.addr_conn_opened(addr);
-    let Some(conn) = hub.conn_mut(id) else { return };
+    let Some(conn) = hub.conns.get_mut(id) else {
+        return;
+    };
     conn.counted_addr = Some(addr);
     let leftover = match &mut conn.phase {
         Phase::Http(st) => st.buf.take(),
@@ -184,7 +188,7 @@ fn too_many(hub: &mut Hub, id: ConnId, detail: &str) {
 
 /// 429 with `Retry-After: wait` (whole seconds, rounded up).
 fn too_many_for(hub: &mut Hub, id: ConnId, detail: &str, wait: std::time::Duration) {
-    hub.metrics.upgrades_refused += 1;
+    hub.svc.metrics.upgrades_refused += 1;
     let body = serde_json::json!({ "detail": detail }).to_string();
     let secs = wait.as_millis().div_ceil(1000).max(1);
     let resp = http::response(
@@ -194,13 +198,13 @@ fn too_many_for(hub: &mut Hub, id: ConnId, detail: &str, wait: std::time::Durati
         false,
         &[("Retry-After", secs.to_string())],
     );
-    hub.respond(id, &resp, false);
+    hub.conns.respond(id, &resp, false);
 }
 
 /// Submits the session load of an upgrade (now, or once the user's writes that
 /// it must see are done).
 pub fn load(hub: &mut Hub, id: ConnId, username: &str) {
-    if hub.conn(id).is_none() {
+    if hub.conns.get(id).is_none() {
         return;
     }
     let job = Job::OpenSession {
@@ -219,7 +223,7 @@ pub fn load(hub: &mut Hub, id: ConnId, username: &str) {
 }
 
 fn respond(hub: &mut Hub, id: ConnId, bytes: Vec<u8>, keep_alive: bool) {
-    hub.respond(id, &bytes, keep_alive);
+    hub.conns.respond(id, &bytes, keep_alive);
 }
 
 /// `Authorization: Bearer <token>`, the scheme compared case-insensitively.
@@ -235,7 +239,7 @@ pub fn bearer_token(req: &Request) -> Option<String> {
 /// The session loaded: the user exists (101, register the connection, flush the
 /// offline queue, announce presence) or no longer does (403).
 pub fn opened(hub: &mut Hub, id: ConnId, username: &str, session: Option<SessionData>) {
-    let Some(conn) = hub.conn_mut(id) else {
+    let Some(conn) = hub.conns.get_mut(id) else {
         // Closed while loading; its `opening` count was released on close.
         return;
     };
@@ -243,7 +247,7 @@ pub fn opened(hub: &mut Hub, id: ConnId, username: &str, session: Option<Session
         return;
     }
     if !hub.state.finish_open(username, session.as_ref()) {
-        let conn = hub.conn_mut(id).expect("checked above");
+        let conn = hub.conns.get_mut(id).expect("checked above");
         conn.phase = Phase::Closed;
         return respond(
             hub,
@@ -252,8 +256,8 @@ pub fn opened(hub: &mut Hub, id: ConnId, username: &str, session: Option<Session
             false,
         );
     }
-    let burst = hub.config.rate_burst;
-    let conn = hub.conn_mut(id).expect("checked above");
+    let burst = hub.svc.config.rate_burst;
+    let conn = hub.conns.get_mut(id).expect("checked above");
     let Phase::Upgrading {
         accept_key,
         leftover,
@@ -289,12 +293,12 @@ pub fn opened(hub: &mut Hub, id: ConnId, username: &str, session: Option<Session
             held: Held::default(),
         }),
     }));
-    hub.dirty.push(id.slot);
-    hub.metrics.ws_opened += 1;
-    hub.metrics.ws_open += 1;
+    hub.conns.dirty.push(id.slot);
+    hub.svc.metrics.ws_opened += 1;
+    hub.svc.metrics.ws_open += 1;
     let first = hub.state.add_conn(username, id);
     if first {
-        hub.metrics.users_online += 1;
+        hub.svc.metrics.users_online += 1;
     }
 
     // Queued DMs, oldest first, in pieces as the socket takes them (each piece
@@ -315,7 +319,7 @@ pub fn opened(hub: &mut Hub, id: ConnId, username: &str, session: Option<Session
             }
             false => 0,
         };
-        if let Some(ws) = hub.ws_mut(id) {
+        if let Some(ws) = hub.conns.ws_mut(id) {
             ws.offline_pending = offline;
             ws.offline_dropped = dropped;
         }
@@ -327,12 +331,14 @@ pub fn opened(hub: &mut Hub, id: ConnId, username: &str, session: Option<Session
         super::presence::announce(hub, username, name, "online");
     }
     // Frames may already be waiting (sent right after the upgrade request).
-    hub.again.push(id);
+    hub.conns.again.push(id);
 }
 
 /// The session could not be loaded: 503, nothing was opened.
 pub fn open_failed(hub: &mut Hub, id: ConnId, e: &DbError) {
-    let Some(conn) = hub.conn_mut(id) else { return };
+    let Some(conn) = hub.conns.get_mut(id) else {
+        return;
+    };
     if let Phase::Upgrading { username, .. } = std::mem::replace(&mut conn.phase, Phase::Closed) {
         let orphaned = hub.state.cancel_open(&username, id);
         super::dm::queue_parked(hub, orphaned);
@@ -353,7 +359,9 @@ fn send_offline_piece(hub: &mut Hub, id: ConnId) {
     let mut ids = Vec::new();
     let mut dropped = 0;
     loop {
-        let Some(conn) = hub.conn_mut(id) else { return };
+        let Some(conn) = hub.conns.get_mut(id) else {
+            return;
+        };
         let full = conn.out.len() >= OUTPUT_PAUSE_BYTES;
         let Phase::Ws(ws) = &mut conn.phase else {
             return;
@@ -365,7 +373,7 @@ fn send_offline_piece(hub: &mut Hub, id: ConnId) {
             dropped = std::mem::take(&mut ws.offline_dropped);
             if dropped > 0 {
                 let ev = Event::new("offline_dm_dropped").with("count", dropped);
-                hub.send_event(id, &ev);
+                hub.conns.send_event(id, &ev);
             }
             break;
         };
@@ -376,12 +384,12 @@ fn send_offline_piece(hub: &mut Hub, id: ConnId) {
             .with("from_nickname", dm.from_nickname)
             .with("text", dm.text)
             .with("at", crate::time::format_iso(dm.at));
-        hub.send_event(id, &ev);
+        hub.conns.send_event(id, &ev);
     }
     if ids.is_empty() && dropped == 0 {
         return;
     }
-    if let Some(conn) = hub.conn_mut(id) {
+    if let Some(conn) = hub.conns.get_mut(id) {
         let mark = conn.out.mark();
         if let Phase::Ws(ws) = &mut conn.phase {
             ws.offline_ack = Some(OfflinePiece { mark, ids, dropped });
@@ -392,7 +400,9 @@ fn send_offline_piece(hub: &mut Hub, id: ConnId) {
 /// After a flush: once a piece of offline DMs is written to the socket, delete
 /// it and queue the next.
 pub fn on_flushed(hub: &mut Hub, id: ConnId) {
-    let Some(conn) = hub.conn_mut(id) else { return };
+    let Some(conn) = hub.conns.get_mut(id) else {
+        return;
+    };
     let written = conn.out.total_written;
     let Phase::Ws(ws) = &mut conn.phase else {
         return;
@@ -418,11 +428,15 @@ pub fn on_flushed(hub: &mut Hub, id: ConnId) {
 
 /// The connection is closing: release its user accounting exactly once.
 pub fn on_closed(hub: &mut Hub, id: ConnId) {
-    let Some(conn) = hub.conn_mut(id) else { return };
+    let Some(conn) = hub.conns.get_mut(id) else {
+        return;
+    };
     if let Some(addr) = conn.counted_addr.take() {
         hub.state.addr_conn_closed(addr);
     }
-    let Some(conn) = hub.conn_mut(id) else { return };
+    let Some(conn) = hub.conns.get_mut(id) else {
+        return;
+    };
     match std::mem::replace(&mut conn.phase, Phase::Closed) {
         Phase::Upgrading { username, .. } => {
             let orphaned = hub.state.cancel_open(&username, id);
@@ -465,9 +479,9 @@ pub fn on_closed(hub: &mut Hub, id: ConnId) {
                 hub.submit(Ticket::internal(), job);
             }
             let name = super::presence::display_name(hub, &ws.username);
-            hub.metrics.ws_open -= 1;
+            hub.svc.metrics.ws_open -= 1;
             if hub.state.remove_conn(&ws.username, id) {
-                hub.metrics.users_online -= 1;
+                hub.svc.metrics.users_online -= 1;
                 if !hub.cluster.enabled {
                     super::presence::announce(hub, &ws.username, name, "offline");
                 }
@@ -476,7 +490,7 @@ pub fn on_closed(hub: &mut Hub, id: ConnId) {
         }
         Phase::Http(st) => {
             // Keep an HTTP connection's phase: it may still flush a response.
-            if let Some(conn) = hub.conn_mut(id) {
+            if let Some(conn) = hub.conns.get_mut(id) {
                 conn.phase = Phase::Http(st);
             }
         }

@@ -17,6 +17,7 @@ use crate::protocol::{ErrorCode, Event, Request, RequestError};
 /// a stolen token stops working at the latest then.
 pub fn refresh(hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
     let Some((token_expires, session_start)) = hub
+        .conns
         .ws_mut(cx.id)
         .map(|ws| (ws.token_expires, ws.session_start))
     else {
@@ -29,6 +30,7 @@ pub fn refresh(hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
         ));
     }
     let issued = hub
+        .svc
         .tokens
         .reissue(&cx.user, session_start)
         .map_err(|e| RequestError::with(ErrorCode::BadToken, e.to_string()))?;
@@ -37,7 +39,7 @@ pub fn refresh(hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
         .with("expires_in_minutes", issued.expires_in_minutes)
         .with("expires_at", crate::time::format_iso(issued.expires))
         .with("token_type", "bearer");
-    hub.reply(cx.id, &cx.req.req_id, ev);
+    hub.conns.reply(cx.id, &cx.req.req_id, ev);
     Ok(())
 }
 
@@ -62,7 +64,7 @@ impl Auth {
     /// The connection takes the token's expiry and its login: a newer token
     /// from a new login lets `refresh_token` go on from that login.
     pub fn apply(self, hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
-        let grant = match hub.tokens.verify_claims(&self.token) {
+        let grant = match hub.svc.tokens.verify_claims(&self.token) {
             Ok(g) if g.username == cx.user => g,
             Ok(_) => {
                 return Err(RequestError::with(
@@ -72,15 +74,15 @@ impl Auth {
             }
             Err(e) => return Err(RequestError::with(ErrorCode::BadToken, e.to_string())),
         };
-        if let Some(ws) = hub.ws_mut(cx.id) {
+        if let Some(ws) = hub.conns.ws_mut(cx.id) {
             ws.token_expires = on_loop_clock(grant.expires);
             ws.token_warned = false;
             ws.session_start = grant.auth_time;
         }
         // The deadline may have moved earlier: the loop files it again.
-        hub.again.push(cx.id);
+        hub.conns.again.push(cx.id);
         let ev = Event::new("auth_ack").with("expires_at", crate::time::format_iso(grant.expires));
-        hub.reply(cx.id, &cx.req.req_id, ev);
+        hub.conns.reply(cx.id, &cx.req.req_id, ev);
         Ok(())
     }
 }
@@ -97,5 +99,6 @@ pub fn on_loop_clock(exp: SystemTime) -> Instant {
 /// The connection's token expires in `left`: tell it (once per token).
 pub fn expiring(hub: &mut Hub, id: ConnId, left: Duration) {
     let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
-    hub.send_event(id, &Event::new("token_expiring").with("in_seconds", secs));
+    hub.conns
+        .send_event(id, &Event::new("token_expiring").with("in_seconds", secs));
 }

@@ -29,22 +29,22 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
-use slab::Slab;
 
 use crate::auth::jwt::Tokens;
 use crate::auth::password::HashPool;
-use crate::budget::UserBudget;
 use crate::close::CloseReason;
 use crate::config::Config;
 use crate::conn::{Conn, ConnId};
+use crate::conns::Conns;
 use crate::db::{Completion, CompletionSink, Db, DbError, DbSettings, Job, Ticket, Wakeup};
 use crate::handlers;
 use crate::history_cache::HistoryCache;
 use crate::http;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::services::{Budgets, Services};
 use crate::state::State;
-use crate::throttle::{AddrBuckets, LoginThrottle, RegisterBudget};
+use crate::turn::Turn;
 use reading::PutOff;
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -249,16 +249,6 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
     let tokens = Tokens::new(jwt_secret, config.jwt_algorithm, config.jwt_expire_minutes)
         .with_session_max(config.session_max);
 
-    let login_throttle = LoginThrottle::new(
-        config.login_max_failures,
-        config.login_max_failures_per_addr,
-        config.login_window,
-    );
-    let register_budget = RegisterBudget::from_config(&config);
-    let metrics_rate = config.metrics_per_addr_per_sec as f64;
-    let public_metrics_budget = AddrBuckets::new(10.0 * metrics_rate, metrics_rate);
-    let ws_open_budget = crate::budget::ws_opens(&config);
-    let room_budget = UserBudget::new(config.rooms_created_per_hour, Duration::from_secs(3600));
     let per_room = match config.max_logs_per_room {
         0 => crate::handlers::history::MAX_LIMIT as usize,
         n => (n as usize).min(crate::handlers::history::MAX_LIMIT as usize),
@@ -273,35 +263,22 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
         listener: Some(listener),
         metrics_listener,
         hub: Hub {
-            conns: Slab::with_capacity(1024),
+            conns: Conns::new(&config),
+            svc: Services {
+                db,
+                hasher,
+                tokens,
+                budgets: Budgets::from_config(&config),
+                config,
+                metrics,
+                outstanding: 0,
+            },
             state: State::default(),
-            db,
-            hasher,
-            tokens,
-            config,
-            metrics,
-            login_throttle,
-            register_budget,
-            public_metrics_budget,
-            room_budget,
-            rows_budget: crate::budget::db_rows(),
-            ws_open_budget,
-            lookup_budget: crate::budget::unknown_lookups(),
             history,
-            dirty: Vec::new(),
-            close_soon: Vec::new(),
-            again: Vec::new(),
-            busy: Vec::new(),
-            http_turn_left: handlers::http::HTTP_REQUESTS_PER_TURN,
-            http_bytes_left: handlers::http::HTTP_RESPONSE_BYTES_PER_TURN,
-            outstanding: 0,
-            started: Instant::now(),
             cluster: crate::cluster::Cluster {
                 bus_dropped,
                 ..crate::cluster::Cluster::new(clustered, node, incarnation)
             },
-            metrics_text: None,
-            large_reply_bytes: 0,
         },
         bus,
         sealer,
@@ -315,12 +292,10 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
         draining: false,
         trim_mark: (0, 0),
         trimmed_at: Instant::now(),
-        discard_left: reading::DISCARD_TURN_BUDGET,
-        http_read_left: reading::HTTP_READ_TURN_BUDGET,
         accept_more: false,
         put_off: PutOff::default(),
         input_held: 0,
-        turn_deadline: Instant::now(),
+        turn: Turn::new(Instant::now()),
         others_ready: Vec::new(),
     };
     let thread = std::thread::Builder::new()
@@ -397,10 +372,6 @@ struct Server {
     trim_mark: (usize, usize),
     /// When freed memory was last given back.
     trimmed_at: Instant,
-    /// What closing connections may still have thrown away this turn.
-    discard_left: usize,
-    /// What HTTP connections may still have read this turn.
-    http_read_left: usize,
     /// The listener had more to accept when a turn's share ran out.
     accept_more: bool,
     /// Reads put off to later turns (see `reading`), oldest first.
@@ -409,8 +380,8 @@ struct Server {
     /// where it grows, so that the buffer budget acts before memory is taken
     /// rather than a second after (see `reading::count_input`).
     input_held: usize,
-    /// When this turn's reading should stop (`Config::turn_work`).
-    turn_deadline: Instant,
+    /// What this turn of the loop may still spend.
+    turn: Turn,
     /// This turn's readable connections that are not open sessions (kept to
     /// reuse its allocation).
     others_ready: Vec<ConnId>,
@@ -427,13 +398,13 @@ impl Server {
         let mut events = Events::with_capacity(1024);
         let mut next_tick = Instant::now() + TICK;
         let mut next_cluster_tick = Instant::now();
-        let mut next_prune = Instant::now() + self.hub.config.retention_interval;
+        let mut next_prune = Instant::now() + self.hub.svc.config.retention_interval;
         let mut drain_deadline: Option<Instant> = None;
         crate::log!(Info, "serving");
         loop {
             let now = Instant::now();
-            let busy = !self.hub.again.is_empty()
-                || !self.hub.dirty.is_empty()
+            let busy = !self.hub.conns.again.is_empty()
+                || !self.hub.conns.dirty.is_empty()
                 || !self.put_off.is_empty()
                 || self.accept_more;
             let timeout = if busy {
@@ -446,18 +417,13 @@ impl Server {
                     .min(next_cluster_tick);
                 wake.saturating_duration_since(now)
             };
-            self.discard_left = reading::DISCARD_TURN_BUDGET;
-            self.http_read_left = reading::HTTP_READ_TURN_BUDGET;
-            self.hub.http_turn_left = handlers::http::HTTP_REQUESTS_PER_TURN;
-            self.hub.http_bytes_left = handlers::http::HTTP_RESPONSE_BYTES_PER_TURN;
-            self.hub.metrics_text = None;
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     crate::log!(Error, "poll failed: {e}");
                     break;
                 }
             }
-            self.turn_deadline = Instant::now() + self.hub.config.turn_work;
+            self.turn = Turn::new(Instant::now() + self.hub.svc.config.turn_work);
             self.read_events(&events);
             self.drain_completions();
             self.read_again();
@@ -476,7 +442,7 @@ impl Server {
                 next_tick = now + TICK;
                 self.tick(now);
                 if now >= next_prune {
-                    next_prune = now + self.hub.config.retention_interval;
+                    next_prune = now + self.hub.svc.config.retention_interval;
                     self.retention();
                 }
             }
@@ -486,7 +452,7 @@ impl Server {
                 self.accept(true);
             }
             if drain_deadline.is_none() && self.stop.load(Ordering::Acquire) {
-                drain_deadline = Some(now + self.hub.config.shutdown_timeout);
+                drain_deadline = Some(now + self.hub.svc.config.shutdown_timeout);
                 self.begin_shutdown();
             }
             if let Some(deadline) = drain_deadline {
@@ -505,12 +471,8 @@ impl Server {
             database_url,
             ..
         } = self;
-        let Hub {
-            db,
-            hasher,
-            cluster,
-            ..
-        } = hub;
+        let Hub { svc, cluster, .. } = hub;
+        let Services { db, hasher, .. } = svc;
         db.shutdown();
         hasher.shutdown();
         if let (Some(bus), Some(sealer)) = (bus, sealer) {
@@ -545,8 +507,7 @@ impl Server {
         let mut accepted = Vec::new();
         loop {
             if accepted.len() >= reading::ACCEPTS_PER_TURN
-                || (accepted.len() >= reading::ACCEPTS_MIN_PER_TURN
-                    && Instant::now() >= self.turn_deadline)
+                || (accepted.len() >= reading::ACCEPTS_MIN_PER_TURN && self.turn.over())
             {
                 // Edge-triggered: no new event comes for those still waiting.
                 self.accept_more = !metrics;
@@ -554,27 +515,26 @@ impl Server {
             }
             match listener.accept() {
                 Ok((mut stream, peer)) => {
-                    self.hub.metrics.accepted += 1;
+                    self.hub.svc.metrics.accepted += 1;
                     let _ = stream.set_nodelay(true);
-                    let entry = self.hub.conns.vacant_entry();
-                    let slot = entry.key();
-                    let id = ConnId {
-                        slot,
-                        gen: self.next_gen,
-                    };
+                    let gen = self.next_gen;
                     self.next_gen += 1;
-                    if let Err(e) =
-                        self.poll
-                            .registry()
-                            .register(&mut stream, Token(slot), Interest::READABLE)
-                    {
-                        crate::log!(Warn, "cannot register a connection: {e}");
+                    let registry = self.poll.registry();
+                    let inserted = self.hub.conns.insert_with(|slot| {
+                        if let Err(e) =
+                            registry.register(&mut stream, Token(slot), Interest::READABLE)
+                        {
+                            crate::log!(Warn, "cannot register a connection: {e}");
+                            return None;
+                        }
+                        let mut conn = Conn::new(ConnId { slot, gen }, stream, peer);
+                        conn.metrics_only = metrics;
+                        Some(conn)
+                    });
+                    let Some(id) = inserted else {
                         continue;
-                    }
-                    let mut conn = Conn::new(id, stream, peer);
-                    conn.metrics_only = metrics;
-                    entry.insert(conn);
-                    let over = self.hub.conns.len() > self.hub.config.max_connections;
+                    };
+                    let over = self.hub.conns.len() > self.hub.svc.config.max_connections;
                     accepted.push((id, over));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -607,7 +567,7 @@ impl Server {
         for _ in 0..COMPLETION_BUDGET {
             match self.completions.try_recv() {
                 Ok(c) => {
-                    self.hub.outstanding = self.hub.outstanding.saturating_sub(1);
+                    self.hub.svc.outstanding = self.hub.svc.outstanding.saturating_sub(1);
                     handlers::on_completion(&mut self.hub, c);
                 }
                 Err(_) => return,
@@ -622,13 +582,13 @@ impl Server {
         let started = Instant::now();
         self.enforce_buffer_budget();
         self.trim_if_freed();
-        self.hub.login_throttle.sweep(now);
-        self.hub.register_budget.sweep(now);
-        self.hub.public_metrics_budget.sweep(now);
-        self.hub.room_budget.sweep(now);
-        self.hub.rows_budget.sweep(now);
-        self.hub.ws_open_budget.sweep(now);
-        self.hub.lookup_budget.sweep(now);
+        self.hub.svc.budgets.logins.sweep(now);
+        self.hub.svc.budgets.registrations.sweep(now);
+        self.hub.svc.budgets.public_metrics.sweep(now);
+        self.hub.svc.budgets.rooms.sweep(now);
+        self.hub.svc.budgets.rows.sweep(now);
+        self.hub.svc.budgets.ws_opens.sweep(now);
+        self.hub.svc.budgets.lookups.sweep(now);
         let took = started.elapsed();
         if took > Duration::from_millis(20) {
             crate::log!(Debug, "housekeeping took {took:?}");
@@ -648,16 +608,16 @@ impl Server {
     /// Counted from what each connection really holds (buffer capacities
     /// included), which also sets the running total of input held right again.
     fn enforce_buffer_budget(&mut self) {
-        let budget = self.hub.config.max_client_buffer_bytes;
+        let budget = self.hub.svc.config.max_client_buffer_bytes;
         let held = |c: &Conn| -> usize { c.out.len() + reading::input_held(c) };
         let mut input = 0;
-        for (_, c) in self.hub.conns.iter_mut() {
+        for c in self.hub.conns.iter_mut() {
             c.input_counted = reading::input_held(c);
             input += c.input_counted;
         }
         self.input_held = input;
-        let total: usize = self.hub.conns.iter().map(|(_, c)| held(c)).sum();
-        self.hub.metrics.client_buffer_bytes = total;
+        let total: usize = self.hub.conns.iter().map(&held).sum();
+        self.hub.svc.metrics.client_buffer_bytes = total;
         if total <= budget {
             return;
         }
@@ -665,8 +625,8 @@ impl Server {
             .hub
             .conns
             .iter()
-            .filter(|(_, c)| c.linger.is_none())
-            .map(|(_, c)| (held(c), c.id))
+            .filter(|c| c.linger.is_none())
+            .map(|c| (held(c), c.id))
             .filter(|(n, _)| *n > 0)
             .collect();
         holders.sort_unstable_by_key(|h| std::cmp::Reverse(h.0));
@@ -676,7 +636,7 @@ impl Server {
                 break;
             }
             left -= n;
-            self.hub.metrics.budget_closes += 1;
+            self.hub.svc.metrics.budget_closes += 1;
             self.close_conn(id, CloseReason::Budget);
         }
     }
@@ -684,12 +644,15 @@ impl Server {
     /// After many connections or much buffered data went away, what they held
     /// goes back to the system rather than staying in the heap's free lists.
     fn trim_if_freed(&mut self) {
-        let now = (self.hub.conns.len(), self.hub.metrics.client_buffer_bytes);
+        let now = (
+            self.hub.conns.len(),
+            self.hub.svc.metrics.client_buffer_bytes,
+        );
         let (conns, bytes) = self.trim_mark;
         // Large replies come and go every second under a steady load, and
         // what they free is soon used again: they ask for a trim at most
         // every ten seconds (a trim walks the heap: milliseconds of loop time).
-        let replies = self.hub.large_reply_bytes >= 16 << 20
+        let replies = self.hub.conns.large_reply_bytes >= 16 << 20
             && self.trimmed_at.elapsed() >= Duration::from_secs(10);
         if conns.saturating_sub(now.0) >= 1000 || bytes.saturating_sub(now.1) >= 16 << 20 || replies
         {
@@ -702,7 +665,7 @@ impl Server {
             );
             self.trim_mark = now;
             self.trimmed_at = Instant::now();
-            self.hub.large_reply_bytes = 0;
+            self.hub.conns.large_reply_bytes = 0;
         } else {
             self.trim_mark = (conns.max(now.0), bytes.max(now.1));
         }
@@ -712,7 +675,7 @@ impl Server {
         // Expired WebSocket tickets of users who did not mint another (those
         // who did had theirs dropped then). Best effort: the next tick retries.
         self.hub.submit(Ticket::internal(), Job::PruneWsTickets);
-        let keep = self.hub.config.max_logs_per_room;
+        let keep = self.hub.svc.config.max_logs_per_room;
         if keep == 0 {
             // Unlimited retention: nothing to prune, nothing to remember.
             self.hub.state.touched_rooms.clear();
@@ -747,22 +710,22 @@ impl Server {
         }
         // Stop taking requests; what was accepted is finished below.
         self.draining = true;
-        for (_, conn) in self.hub.conns.iter_mut() {
+        for conn in self.hub.conns.iter_mut() {
             conn.read_paused = true;
         }
     }
 
     /// One step of a graceful shutdown; true when it is complete.
     fn shutdown_step(&mut self, deadline_passed: bool) -> bool {
-        if self.hub.outstanding > 0 && !deadline_passed {
+        if self.hub.svc.outstanding > 0 && !deadline_passed {
             return false;
         }
         let open: Vec<ConnId> = self
             .hub
             .conns
             .iter()
-            .filter(|(_, c)| c.linger.is_none())
-            .map(|(_, c)| c.id)
+            .filter(|c| c.linger.is_none())
+            .map(|c| c.id)
             .collect();
         for id in open {
             self.close_conn(id, CloseReason::Shutdown);

@@ -25,10 +25,6 @@ use tungstenite::Message;
 const READ_BUDGET: usize = 64;
 /// Bytes thrown away per turn from a connection that is closing.
 const DISCARD_BUDGET: usize = 64 * 1024;
-/// Bytes thrown away per turn from all closing connections together: thousands
-/// of refused clients that keep sending must not make one turn long (those left
-/// over wait for the next turn, or their linger deadline).
-pub(super) const DISCARD_TURN_BUDGET: usize = 1024 * 1024;
 /// Most bytes thrown away from a closing connection before it is dropped anyway
 /// (a refused client may still be sending a large request).
 pub(super) const LINGER_MAX_BYTES: usize = 4 * 1024 * 1024;
@@ -40,8 +36,6 @@ pub(super) const ABUSIVE_LINGER_BYTES: usize = 64 * 1024;
 const HTTP_CHUNK: usize = 16 * 1024;
 /// Chunks read from one HTTP connection per turn.
 const HTTP_CHUNKS_PER_TURN: usize = 1;
-/// Bytes read from all HTTP connections together per turn (see `DISCARD_TURN_BUDGET`).
-pub(super) const HTTP_READ_TURN_BUDGET: usize = 4 * 1024 * 1024;
 /// Connections accepted per turn: a connect storm is spread over turns.
 pub(super) const ACCEPTS_PER_TURN: usize = 128;
 /// Connections accepted per turn even when the turn's time is up.
@@ -124,10 +118,10 @@ impl Server {
                 WAKER => {}
                 Token(slot) => {
                     if ev.is_writable() {
-                        self.hub.dirty.push(slot);
+                        self.hub.conns.dirty.push(slot);
                     }
                     if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                        match self.hub.conns.get(slot) {
+                        match self.hub.conns.at(slot) {
                             Some(c) if c.is_session() => self.read_or_put_off(c.id),
                             Some(c) => others.push(c.id),
                             None => {}
@@ -152,7 +146,7 @@ impl Server {
     /// A readiness event: read now, or, once this turn's time is up, put the
     /// read off to the next turn (edge-triggered: the event will not come again).
     pub(super) fn read_or_put_off(&mut self, id: ConnId) {
-        if Instant::now() < self.turn_deadline {
+        if !self.turn.over() {
             self.on_readable(id);
         } else {
             self.put_off(id, false);
@@ -161,7 +155,7 @@ impl Server {
 
     /// Adds the connection to the back of its queue, unless it waits in one.
     fn put_off(&mut self, id: ConnId, busy: bool) {
-        let Some(conn) = self.hub.conn_mut(id) else {
+        let Some(conn) = self.hub.conns.get_mut(id) else {
             return;
         };
         if conn.put_off {
@@ -177,16 +171,16 @@ impl Server {
         };
         self.put_off.queue(q).push_back(id);
         if busy {
-            self.hub.metrics.reads_busy += 1;
+            self.hub.svc.metrics.reads_busy += 1;
         } else {
-            self.hub.metrics.reads_put_off += 1;
+            self.hub.svc.metrics.reads_put_off += 1;
         }
     }
 
     /// Takes the next connection of a queue, if it is still there.
     fn take_put_off(&mut self, q: Queue) -> Option<Option<ConnId>> {
         let id = self.put_off.queue(q).pop_front()?;
-        Some(self.hub.conn_mut(id).map(|conn| {
+        Some(self.hub.conns.get_mut(id).map(|conn| {
             conn.put_off = false;
             id
         }))
@@ -197,7 +191,7 @@ impl Server {
     /// queue always moves).
     fn read_put_off(&mut self, q: Queue) {
         let mut served = 0;
-        while served == 0 || Instant::now() < self.turn_deadline {
+        while served == 0 || !self.turn.over() {
             let Some(next) = self.take_put_off(q) else {
                 break;
             };
@@ -212,12 +206,12 @@ impl Server {
     /// Connections asked to be read again this turn (a held request finished,
     /// output drained): read while the turn has time, the rest put off.
     pub(super) fn read_again(&mut self) {
-        let mut again = std::mem::take(&mut self.hub.again);
+        let mut again = std::mem::take(&mut self.hub.conns.again);
         // Several reasons may have asked for the same connection.
         again.sort_unstable_by_key(|c| (c.slot, c.gen));
         again.dedup();
         for id in again {
-            if Instant::now() < self.turn_deadline {
+            if !self.turn.over() {
                 self.on_readable(id);
             } else {
                 self.put_off(id, false);
@@ -233,8 +227,7 @@ impl Server {
     pub(super) fn read_busy(&mut self) {
         let mut served = 0;
         let queued = self.put_off.busy.len();
-        while served < queued && (served < BUSY_MIN_PER_TURN || Instant::now() < self.turn_deadline)
-        {
+        while served < queued && (served < BUSY_MIN_PER_TURN || !self.turn.over()) {
             let Some(next) = self.take_put_off(Queue::Busy) else {
                 break;
             };
@@ -244,15 +237,15 @@ impl Server {
                 self.schedule(id);
             }
         }
-        for id in std::mem::take(&mut self.hub.busy) {
+        for id in std::mem::take(&mut self.hub.conns.busy) {
             self.put_off(id, true);
         }
         let p = &self.put_off;
-        self.hub.metrics.reads_waiting = [p.sessions.len(), p.others.len(), p.busy.len()];
+        self.hub.svc.metrics.reads_waiting = [p.sessions.len(), p.others.len(), p.busy.len()];
     }
 
     pub(super) fn on_readable(&mut self, id: ConnId) {
-        let Some(conn) = self.hub.conn_mut(id) else {
+        let Some(conn) = self.hub.conns.get_mut(id) else {
             return;
         };
         if conn.closing.is_some() {
@@ -267,10 +260,10 @@ impl Server {
             Phase::Upgrading { .. } | Phase::Closed => return,
             Phase::Ws(_) => self.read_ws(id),
         }
-        if self.count_input(id) > self.hub.config.max_client_buffer_bytes {
+        if self.count_input(id) > self.hub.svc.config.max_client_buffer_bytes {
             // Freed now, not at the next check: a read takes at most one
             // request's worth past the budget.
-            self.hub.metrics.budget_overruns += 1;
+            self.hub.svc.metrics.budget_overruns += 1;
             self.enforce_buffer_budget();
         }
     }
@@ -278,7 +271,7 @@ impl Server {
     /// Brings the running total of input held up to date with what one
     /// connection holds now (after a read, or its close); returns the total.
     pub(super) fn count_input(&mut self, id: ConnId) -> usize {
-        if let Some(conn) = self.hub.conn_mut(id) {
+        if let Some(conn) = self.hub.conns.get_mut(id) {
             let now = input_held(conn);
             let before = std::mem::replace(&mut conn.input_counted, now);
             self.input_held = self.input_held.saturating_sub(before) + now;
@@ -289,14 +282,15 @@ impl Server {
     /// Input from a connection that is closing: read and thrown away, so that
     /// closing the socket does not reset it (see `conn::Linger`).
     pub(super) fn discard(&mut self, id: ConnId) {
-        let Some(conn) = self.hub.conns.get_mut(id.slot).filter(|c| c.id == id) else {
+        let Some(conn) = self.hub.conns.get_mut(id) else {
             return;
         };
         let mut sink = [0u8; 8192];
         let mut read = 0;
+        let mut more = false;
         let done = loop {
-            if read >= DISCARD_BUDGET || self.discard_left == 0 {
-                self.hub.busy.push(id);
+            if read >= DISCARD_BUDGET || self.turn.discard_left == 0 {
+                more = true;
                 break false;
             }
             match conn.stream.read(&mut sink) {
@@ -304,7 +298,7 @@ impl Server {
                 Ok(0) => break conn.out.is_empty() || conn.linger.is_none(),
                 Ok(n) => {
                     read += n;
-                    self.discard_left = self.discard_left.saturating_sub(n);
+                    self.turn.discard_left = self.turn.discard_left.saturating_sub(n);
                     if let Some(l) = &mut conn.linger {
                         l.discarded += n;
                         if l.discarded > l.max_discard {
@@ -317,19 +311,23 @@ impl Server {
                 Err(_) => break true,
             }
         };
-        if done && conn.linger.is_some() {
+        let lingering = conn.linger.is_some();
+        if more {
+            self.hub.conns.busy.push(id);
+        }
+        if done && lingering {
             self.remove(id);
         }
     }
 
     fn read_http(&mut self, id: ConnId) {
-        if self.hub.http_turn_spent() {
+        if self.turn.http_spent() {
             // Nothing more is answered this turn (reading ahead would only
             // copy): first in the next, as this connection had no share yet.
             self.put_off(id, false);
             return;
         }
-        let Some(conn) = self.hub.conn_mut(id) else {
+        let Some(conn) = self.hub.conns.get_mut(id) else {
             return;
         };
         let Phase::Http(st) = &mut conn.phase else {
@@ -344,7 +342,7 @@ impl Server {
         let mut chunks = 0;
         while st.buf.len() <= http::MAX_HEAD + http::MAX_BODY
             && chunks < HTTP_CHUNKS_PER_TURN
-            && self.http_read_left > 0
+            && self.turn.http_read_left > 0
         {
             chunks += 1;
             match conn.stream.read(&mut chunk) {
@@ -357,7 +355,7 @@ impl Server {
                         conn.since = Instant::now();
                     }
                     st.buf.extend(&chunk[..n]);
-                    self.http_read_left = self.http_read_left.saturating_sub(n);
+                    self.turn.http_read_left = self.turn.http_read_left.saturating_sub(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     drained = true;
@@ -370,7 +368,7 @@ impl Server {
                 }
             }
         }
-        handlers::http::process(&mut self.hub, id);
+        handlers::http::process(&mut self.hub, &mut self.turn, id);
         if eof {
             self.http_peer_done(id);
             return;
@@ -378,10 +376,10 @@ impl Server {
         // Stopped before the socket was empty: read again once the buffered
         // requests are answered (now, or when a worker answers: see `finish`).
         if !drained {
-            if let Some(conn) = self.hub.conn(id) {
+            if let Some(conn) = self.hub.conns.get(id) {
                 if let Phase::Http(st) = &conn.phase {
                     if st.pending.is_none() && conn.closing.is_none() {
-                        self.hub.busy.push(id);
+                        self.hub.conns.busy.push(id);
                     }
                 }
             }
@@ -391,7 +389,7 @@ impl Server {
     /// The peer closed its side of an HTTP connection: finish what it asked (a
     /// pending request is answered, then the socket closes), or close now.
     fn http_peer_done(&mut self, id: ConnId) {
-        let Some(conn) = self.hub.conn_mut(id) else {
+        let Some(conn) = self.hub.conns.get_mut(id) else {
             return;
         };
         let busy = match &conn.phase {
@@ -403,19 +401,18 @@ impl Server {
         if busy || !conn.out.is_empty() {
             conn.closing.get_or_insert(CloseReason::Peer);
             if !busy {
-                self.hub.close(id, CloseReason::Peer);
+                self.hub.conns.close(id, CloseReason::Peer);
             }
         } else {
-            self.hub.close(id, CloseReason::Peer);
+            self.hub.conns.close(id, CloseReason::Peer);
         }
     }
 
     fn read_ws(&mut self, id: ConnId) {
-        let max_output = self.hub.config.max_output_bytes;
         let mut rearm = false;
         let mut budget_left = READ_BUDGET;
         while budget_left > 0 {
-            let Some(conn) = self.hub.conns.get_mut(id.slot).filter(|c| c.id == id) else {
+            let Some(conn) = self.hub.conns.get_mut(id) else {
                 break;
             };
             if conn.closing.is_some() || conn.read_paused {
@@ -458,19 +455,15 @@ impl Server {
             } else if ws.unfinished == 0 {
                 ws.unfinished_since = None;
             }
-            if !conn.out.is_empty() {
-                // tungstenite queued a pong or a close reply: they count too.
-                let over = conn.out.len() > max_output;
-                self.hub.dirty.push(id.slot);
-                if over {
-                    self.hub.close(id, CloseReason::SlowConsumer);
-                    break;
-                }
+            // tungstenite may have queued a pong or a close reply: they
+            // count too.
+            if !self.hub.conns.check_output(id) {
+                break;
             }
             match result {
                 Ok(msg) => {
                     handlers::on_ws_message(&mut self.hub, id, msg);
-                    if self.hub.close_soon.iter().any(|(c, _)| *c == id) {
+                    if self.hub.conns.close_soon.iter().any(|(c, _)| *c == id) {
                         // Told to close (e.g. a flood): take no further requests.
                         break;
                     }
@@ -490,7 +483,7 @@ impl Server {
             return;
         }
         // Budget spent: input may remain buffered; come back next turn.
-        self.hub.busy.push(id);
+        self.hub.conns.busy.push(id);
     }
 
     fn on_ws_error(&mut self, id: ConnId, e: tungstenite::Error) {

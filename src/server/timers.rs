@@ -81,8 +81,8 @@ impl Server {
     /// Files the connection under its deadline, unless it is already filed at
     /// that time or earlier. Cheap: call it after any change of state.
     pub(super) fn schedule(&mut self, id: ConnId) {
-        let config = self.hub.config.clone();
-        let Some(conn) = self.hub.conn_mut(id) else {
+        let config = self.hub.svc.config.clone();
+        let Some(conn) = self.hub.conns.get_mut(id) else {
             return;
         };
         let Some(at) = deadline(conn, &config) else {
@@ -104,7 +104,7 @@ impl Server {
             }
             self.timers.heap.pop();
             let id = ConnId { slot, gen };
-            let Some(conn) = self.hub.conn_mut(id) else {
+            let Some(conn) = self.hub.conns.get_mut(id) else {
                 continue;
             };
             if conn.wake_at != Some(at) {
@@ -128,8 +128,8 @@ impl Server {
     }
 
     fn on_timer(&mut self, id: ConnId, now: Instant) {
-        let config = self.hub.config.clone();
-        let Some(conn) = self.hub.conn_mut(id) else {
+        let config = self.hub.svc.config.clone();
+        let Some(conn) = self.hub.conns.get_mut(id) else {
             return;
         };
         if conn.linger.as_ref().is_some_and(|l| now >= l.until) {
@@ -143,7 +143,7 @@ impl Server {
             if ws.throttled_until.is_some_and(|t| now >= t) {
                 // Its second of flooding is over: read it again (after others).
                 ws.throttled_until = None;
-                self.hub.busy.push(id);
+                self.hub.conns.busy.push(id);
                 return;
             }
             // No first request came in time: what the connection's opening hold
@@ -156,7 +156,7 @@ impl Server {
             if token_deadline(ws, &config).is_some_and(|d| now >= d) {
                 let left = ws.token_expires.saturating_duration_since(now);
                 if left.is_zero() {
-                    self.hub.close(id, CloseReason::TokenExpired);
+                    self.hub.conns.close(id, CloseReason::TokenExpired);
                 } else {
                     ws.token_warned = true;
                     crate::handlers::tokens::expiring(&mut self.hub, id, left);
@@ -164,26 +164,28 @@ impl Server {
                 return;
             }
         }
-        let Some(conn) = self.hub.conn_mut(id) else {
+        let Some(conn) = self.hub.conns.get_mut(id) else {
             return;
         };
         match &mut conn.phase {
             // HTTP: nothing complete arrived in time. WebSocket: a ping went
             // unanswered (close 1001).
-            Phase::Http(_) => self.hub.close(id, CloseReason::Timeout),
+            Phase::Http(_) => self.hub.conns.close(id, CloseReason::Timeout),
             // A message started and not finished within the HTTP timeout.
             Phase::Ws(ws)
                 if ws
                     .unfinished_since
                     .is_some_and(|t| now >= t + config.http_timeout) =>
             {
-                self.hub.close(id, CloseReason::Incomplete)
+                self.hub.conns.close(id, CloseReason::Incomplete)
             }
-            Phase::Ws(ws) if ws.ping_sent.is_some() => self.hub.close(id, CloseReason::Timeout),
+            Phase::Ws(ws) if ws.ping_sent.is_some() => {
+                self.hub.conns.close(id, CloseReason::Timeout)
+            }
             Phase::Ws(ws) => {
                 ws.ping_sent = Some(now);
                 // An unmasked, empty ping frame.
-                self.hub.send_bytes(id, &[0x89, 0x00]);
+                self.hub.conns.send_bytes(id, &[0x89, 0x00]);
             }
             Phase::Upgrading { .. } | Phase::Closed => {}
         }

@@ -24,8 +24,8 @@ const LINGER_READ: Duration = Duration::from_secs(2);
 impl Server {
     /// Applies the close requests gathered during this turn.
     pub(super) fn process_closes(&mut self) {
-        while !self.hub.close_soon.is_empty() {
-            let batch = std::mem::take(&mut self.hub.close_soon);
+        while !self.hub.conns.close_soon.is_empty() {
+            let batch = std::mem::take(&mut self.hub.conns.close_soon);
             for (id, reason) in batch {
                 self.close_conn(id, reason);
             }
@@ -35,7 +35,7 @@ impl Server {
     /// Starts closing a connection; the first reason stands. Its user goes
     /// offline now, not when its last bytes leave.
     pub(super) fn close_conn(&mut self, id: ConnId, reason: CloseReason) {
-        let Some(conn) = self.hub.conn_mut(id) else {
+        let Some(conn) = self.hub.conns.get_mut(id) else {
             return;
         };
         if conn.linger.is_some() {
@@ -57,7 +57,7 @@ impl Server {
         if !plan.drop_unsent {
             handlers::resume::flush_opening_on_close(&mut self.hub, id);
         }
-        let Some(conn) = self.hub.conn_mut(id) else {
+        let Some(conn) = self.hub.conns.get_mut(id) else {
             return;
         };
         if let (Phase::Ws(ws), Some((code, text))) = (&mut conn.phase, plan.frame) {
@@ -76,8 +76,8 @@ impl Server {
             st.buf.release();
         }
         let reason = *conn.closing.get_or_insert(reason);
-        self.hub.metrics.closed(reason);
-        let Some(conn) = self.hub.conn_mut(id) else {
+        self.hub.svc.metrics.closed(reason);
+        let Some(conn) = self.hub.conns.get_mut(id) else {
             return;
         };
         let max_discard = if conn.abusive || reason.plan().abusive {
@@ -99,27 +99,27 @@ impl Server {
             return;
         }
         self.schedule(id);
-        self.hub.dirty.push(id.slot);
+        self.hub.conns.dirty.push(id.slot);
     }
 
     /// Drops a connection for good. (A close klav started was counted when it
     /// started; one that ends here directly, a broken socket, is counted here.)
     pub(super) fn remove(&mut self, id: ConnId) {
         handlers::session::on_closed(&mut self.hub, id);
-        if let Some(conn) = self.hub.conn_mut(id) {
+        if let Some(conn) = self.hub.conns.get_mut(id) {
             let counted = conn.linger.is_some();
             let reason = conn.closing.unwrap_or(CloseReason::Peer);
             let _ = self.poll.registry().deregister(&mut conn.stream);
             self.input_held = self.input_held.saturating_sub(conn.input_counted);
-            self.hub.conns.remove(id.slot);
+            self.hub.conns.remove(id);
             if !counted {
-                self.hub.metrics.closed(reason);
+                self.hub.svc.metrics.closed(reason);
             }
         }
     }
 
     pub(super) fn flush_dirty(&mut self) {
-        let mut dirty = std::mem::take(&mut self.hub.dirty);
+        let mut dirty = std::mem::take(&mut self.hub.conns.dirty);
         dirty.sort_unstable();
         dirty.dedup();
         for slot in dirty.drain(..) {
@@ -127,12 +127,12 @@ impl Server {
         }
         // Output queued while flushing (the next piece of an offline queue)
         // goes out on the next turn, which then does not wait.
-        let queued_meanwhile = std::mem::replace(&mut self.hub.dirty, dirty);
-        self.hub.dirty.extend(queued_meanwhile);
+        let queued_meanwhile = std::mem::replace(&mut self.hub.conns.dirty, dirty);
+        self.hub.conns.dirty.extend(queued_meanwhile);
     }
 
     fn flush(&mut self, slot: usize) {
-        let Some(conn) = self.hub.conns.get_mut(slot) else {
+        let Some(conn) = self.hub.conns.at_mut(slot) else {
             return;
         };
         let id = conn.id;
@@ -154,7 +154,7 @@ impl Server {
                     && (all_out || conn.out.len() <= OUTPUT_PAUSE_BYTES);
                 if resume {
                     conn.read_paused = false;
-                    self.hub.again.push(id);
+                    self.hub.conns.again.push(id);
                 }
             }
         }
@@ -165,7 +165,7 @@ impl Server {
     /// Everything queued is written: shut the write side down (the peer sees
     /// EOF after our last byte) and read until the peer closes too.
     fn shut_and_linger(&mut self, id: ConnId) {
-        let Some(conn) = self.hub.conn_mut(id) else {
+        let Some(conn) = self.hub.conns.get_mut(id) else {
             return;
         };
         let Some(linger) = &mut conn.linger else {
@@ -187,7 +187,7 @@ impl Server {
     /// READABLE (edge-triggered: pausing a reader is the loop's business, not
     /// the kernel's), WRITABLE only while output waits.
     pub(super) fn sync_interest(&mut self, id: ConnId) {
-        let Some(conn) = self.hub.conn_mut(id) else {
+        let Some(conn) = self.hub.conns.get_mut(id) else {
             return;
         };
         let want_writable = !conn.out.is_empty();
