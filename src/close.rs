@@ -18,6 +18,9 @@ pub enum CloseReason {
     Peer,
     /// An HTTP exchange ended (`Connection: close`, errors).
     HttpDone,
+    /// An HTTP client refused for asking too much (429: its request bucket,
+    /// the `/metrics` budget): what it still sends is read only briefly.
+    Refused,
     /// Nothing complete arrived in time (HTTP timeout, unanswered ping).
     Timeout,
     /// Its output passed the cap: close 1008.
@@ -63,6 +66,7 @@ impl CloseReason {
         match self {
             CloseReason::Peer => "peer",
             CloseReason::HttpDone => "http_done",
+            CloseReason::Refused => "refused",
             CloseReason::Timeout => "timeout",
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::TooBig => "too_big",
@@ -90,7 +94,7 @@ impl CloseReason {
             Protocol => Some((CloseCode::Protocol, "protocol error")),
             Shutdown => Some((CloseCode::Away, "server shutting down")),
             Timeout => Some((CloseCode::Away, "idle timeout")),
-            Peer | HttpDone | Error => None,
+            Peer | HttpDone | Refused | Error => None,
         };
         let log = match self {
             SlowConsumer | Flood | TooBig | Budget => Some(Level::Warn),
@@ -101,13 +105,14 @@ impl CloseReason {
             frame,
             drop_unsent: matches!(self, SlowConsumer | Budget),
             log,
-            abusive: matches!(self, SlowConsumer | Budget | Flood | Incomplete),
+            abusive: matches!(self, SlowConsumer | Budget | Flood | Incomplete | Refused),
         }
     }
 
-    pub const ALL: [CloseReason; 13] = [
+    pub const ALL: [CloseReason; 14] = [
         CloseReason::Peer,
         CloseReason::HttpDone,
+        CloseReason::Refused,
         CloseReason::Timeout,
         CloseReason::SlowConsumer,
         CloseReason::TooBig,

@@ -350,6 +350,88 @@ pub struct Linger {
     pub max_discard: usize,
 }
 
+/// Where a connection is in its life, as far as reading and closing go. (What
+/// it speaks — HTTP, an upgrade, a WebSocket — is its [`Phase`].)
+///
+/// `Open` ⇄ `Paused` while output backs up and drains; `Open`/`Paused` →
+/// `Closing` once klav decides to close it (nothing more is taken from it;
+/// what it waits for, an answer or its last output, comes first) → `Lingering`
+/// once the close begins → gone. A connection whose peer vanished, or whose
+/// socket broke, is dropped from any state.
+#[derive(Debug)]
+pub enum Life {
+    /// Read as input arrives.
+    Open,
+    /// Not read while its output drains below [`OUTPUT_PAUSE_BYTES`]: a client
+    /// that sends requests and does not read the replies holds at most that
+    /// plus one reply.
+    Paused,
+    /// To close, for this reason (the first given stands): no further request
+    /// is taken.
+    Closing(CloseReason),
+    /// Its close has begun (see [`Linger`]).
+    Lingering(CloseReason, Linger),
+}
+
+impl Life {
+    /// Why it is closing, once it is.
+    pub fn closing(&self) -> Option<CloseReason> {
+        match self {
+            Life::Open | Life::Paused => None,
+            Life::Closing(r) | Life::Lingering(r, _) => Some(*r),
+        }
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing().is_some()
+    }
+
+    /// Decides to close it; a reason given earlier stands.
+    pub fn close(&mut self, reason: CloseReason) {
+        if matches!(self, Life::Open | Life::Paused) {
+            *self = Life::Closing(reason);
+        }
+    }
+
+    pub fn linger(&self) -> Option<&Linger> {
+        match self {
+            Life::Lingering(_, l) => Some(l),
+            _ => None,
+        }
+    }
+
+    pub fn linger_mut(&mut self) -> Option<&mut Linger> {
+        match self {
+            Life::Lingering(_, l) => Some(l),
+            _ => None,
+        }
+    }
+
+    pub fn is_lingering(&self) -> bool {
+        matches!(self, Life::Lingering(..))
+    }
+
+    /// Stops reading it until its output drains (an open connection only).
+    pub fn pause(&mut self) {
+        if matches!(self, Life::Open) {
+            *self = Life::Paused;
+        }
+    }
+
+    /// Reads it again; true when it was paused.
+    pub fn resume(&mut self) -> bool {
+        let paused = matches!(self, Life::Paused);
+        if paused {
+            *self = Life::Open;
+        }
+        paused
+    }
+
+    pub fn is_paused(&self) -> bool {
+        matches!(self, Life::Paused)
+    }
+}
+
 /// One client connection.
 pub struct Conn {
     pub id: ConnId,
@@ -359,12 +441,7 @@ pub struct Conn {
     pub out: OutQueue,
     /// WRITABLE interest is registered (only while output is pending).
     pub writable_registered: bool,
-    /// Set once the connection is to close: no further request is taken.
-    pub closing: Option<CloseReason>,
-    /// Set once its close has begun (see [`Linger`]).
-    pub linger: Option<Linger>,
-    /// Reading is paused because output is backing up.
-    pub read_paused: bool,
+    pub life: Life,
     /// Start of the current HTTP request (or of idleness), for the HTTP timeout.
     pub since: Instant,
     /// When the loop's timer structure will look at this connection next.
@@ -373,8 +450,6 @@ pub struct Conn {
     pub counted_addr: Option<IpAddr>,
     /// Accepted on the `KLAV_METRICS_ADDR` listener: only `/metrics` is served.
     pub metrics_only: bool,
-    /// Refused for flooding: its close reads little of what it still sends.
-    pub abusive: bool,
     /// Waits in one of the loop's queues of reads put off to a later turn
     /// (see `server::reading`).
     pub put_off: bool,
@@ -387,7 +462,7 @@ impl Conn {
     /// An open WebSocket of a user already let in (served before new
     /// connections and HTTP when a turn is short of time).
     pub fn is_session(&self) -> bool {
-        matches!(self.phase, Phase::Ws(_)) && self.closing.is_none()
+        matches!(self.phase, Phase::Ws(_)) && !self.life.is_closing()
     }
 
     pub fn new(id: ConnId, stream: TcpStream, peer: SocketAddr) -> Conn {
@@ -398,14 +473,11 @@ impl Conn {
             phase: Phase::Http(HttpState::default()),
             out: OutQueue::default(),
             writable_registered: false,
-            closing: None,
-            linger: None,
-            read_paused: false,
+            life: Life::Open,
             since: Instant::now(),
             wake_at: None,
             counted_addr: None,
             metrics_only: false,
-            abusive: false,
             put_off: false,
             input_counted: 0,
         }

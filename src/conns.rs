@@ -142,7 +142,7 @@ impl Conns {
         let Some(conn) = self.get_mut(id) else {
             return;
         };
-        if conn.closing.is_some() {
+        if conn.life.is_closing() {
             return;
         }
         let over = match out {
@@ -250,7 +250,7 @@ impl Conns {
         let Some(conn) = self.get_mut(t) else {
             return;
         };
-        if conn.closing.is_some() {
+        if conn.life.is_closing() {
             return;
         }
         let Phase::Ws(ws) = &mut conn.phase else {
@@ -271,11 +271,24 @@ impl Conns {
     pub fn respond(&mut self, id: ConnId, bytes: &[u8], keep_alive: bool) {
         self.send_bytes(id, bytes);
         if !keep_alive {
-            if let Some(conn) = self.get_mut(id) {
-                conn.closing = Some(CloseReason::HttpDone);
-            }
-            self.close(id, CloseReason::HttpDone);
+            self.finish(id, CloseReason::HttpDone);
         }
+    }
+
+    /// Queues a final HTTP response refusing a client that asked too much (a
+    /// 429): what it still sends is read only briefly.
+    pub fn refuse(&mut self, id: ConnId, bytes: &[u8]) {
+        self.send_bytes(id, bytes);
+        self.finish(id, CloseReason::Refused);
+    }
+
+    /// Nothing further is taken from the connection; it closes once its last
+    /// output is out.
+    fn finish(&mut self, id: ConnId, reason: CloseReason) {
+        if let Some(conn) = self.get_mut(id) {
+            conn.life.close(reason);
+        }
+        self.close(id, reason);
     }
 
     pub fn close(&mut self, id: ConnId, reason: CloseReason) {

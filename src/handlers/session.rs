@@ -99,7 +99,7 @@ pub fn ticket_taken(hub: &mut Hub, id: ConnId, ticket: TicketUse) {
     let Some(PendingHttp::TicketUpgrade { accept_key, addr }) = st.pending.take() else {
         return;
     };
-    if conn.closing.is_some() {
+    if conn.life.is_closing() {
         // The client went away meanwhile; the ticket is spent all the same.
         return hub.conns.close(id, CloseReason::Peer);
     }

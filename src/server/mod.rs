@@ -625,7 +625,7 @@ impl Server {
             .hub
             .conns
             .iter()
-            .filter(|c| c.linger.is_none())
+            .filter(|c| !c.life.is_lingering())
             .map(|c| (held(c), c.id))
             .filter(|(n, _)| *n > 0)
             .collect();
@@ -711,7 +711,7 @@ impl Server {
         // Stop taking requests; what was accepted is finished below.
         self.draining = true;
         for conn in self.hub.conns.iter_mut() {
-            conn.read_paused = true;
+            conn.life.pause();
         }
     }
 
@@ -724,7 +724,7 @@ impl Server {
             .hub
             .conns
             .iter()
-            .filter(|c| c.linger.is_none())
+            .filter(|c| !c.life.is_lingering())
             .map(|c| c.id)
             .collect();
         for id in open {

@@ -248,11 +248,11 @@ impl Server {
         let Some(conn) = self.hub.conns.get_mut(id) else {
             return;
         };
-        if conn.closing.is_some() {
+        if conn.life.is_closing() {
             self.discard(id);
             return;
         }
-        if conn.read_paused {
+        if conn.life.is_paused() {
             return;
         }
         match conn.phase {
@@ -295,11 +295,11 @@ impl Server {
             }
             match conn.stream.read(&mut sink) {
                 // The peer is done: once our output is out there is nothing left.
-                Ok(0) => break conn.out.is_empty() || conn.linger.is_none(),
+                Ok(0) => break conn.out.is_empty() || !conn.life.is_lingering(),
                 Ok(n) => {
                     read += n;
                     self.turn.discard_left = self.turn.discard_left.saturating_sub(n);
-                    if let Some(l) = &mut conn.linger {
+                    if let Some(l) = conn.life.linger_mut() {
                         l.discarded += n;
                         if l.discarded > l.max_discard {
                             break true;
@@ -311,7 +311,7 @@ impl Server {
                 Err(_) => break true,
             }
         };
-        let lingering = conn.linger.is_some();
+        let lingering = conn.life.is_lingering();
         if more {
             self.hub.conns.busy.push(id);
         }
@@ -378,7 +378,7 @@ impl Server {
         if !drained {
             if let Some(conn) = self.hub.conns.get(id) {
                 if let Phase::Http(st) = &conn.phase {
-                    if st.pending.is_none() && conn.closing.is_none() {
+                    if st.pending.is_none() && !conn.life.is_closing() {
                         self.hub.conns.busy.push(id);
                     }
                 }
@@ -399,7 +399,7 @@ impl Server {
             Phase::Ws(_) | Phase::Closed => false,
         };
         if busy || !conn.out.is_empty() {
-            conn.closing.get_or_insert(CloseReason::Peer);
+            conn.life.close(CloseReason::Peer);
             if !busy {
                 self.hub.conns.close(id, CloseReason::Peer);
             }
@@ -415,12 +415,12 @@ impl Server {
             let Some(conn) = self.hub.conns.get_mut(id) else {
                 break;
             };
-            if conn.closing.is_some() || conn.read_paused {
+            if conn.life.is_closing() || conn.life.is_paused() {
                 break;
             }
             if conn.out.len() > OUTPUT_PAUSE_BYTES {
                 // Resumed by the flush that drains it.
-                conn.read_paused = true;
+                conn.life.pause();
                 break;
             }
             let Phase::Ws(ws) = &mut conn.phase else {

@@ -32,10 +32,10 @@ impl Timers {
 
 /// When the connection needs looking at next, from its state alone.
 fn deadline(conn: &Conn, config: &Config) -> Option<Instant> {
-    if let Some(linger) = &conn.linger {
+    if let Some(linger) = conn.life.linger() {
         return Some(linger.until);
     }
-    if conn.closing.is_some() {
+    if conn.life.is_closing() {
         return None;
     }
     match &conn.phase {
@@ -132,7 +132,7 @@ impl Server {
         let Some(conn) = self.hub.conns.get_mut(id) else {
             return;
         };
-        if conn.linger.as_ref().is_some_and(|l| now >= l.until) {
+        if conn.life.linger().is_some_and(|l| now >= l.until) {
             self.remove(id);
             return;
         }

@@ -11,7 +11,7 @@ use tungstenite::protocol::CloseFrame;
 
 use super::Server;
 use crate::close::CloseReason;
-use crate::conn::{ConnId, Linger, Phase, OUTPUT_PAUSE_BYTES};
+use crate::conn::{ConnId, Life, Linger, Phase, OUTPUT_PAUSE_BYTES};
 use crate::handlers;
 use crate::ws;
 
@@ -38,7 +38,7 @@ impl Server {
         let Some(conn) = self.hub.conns.get_mut(id) else {
             return;
         };
-        if conn.linger.is_some() {
+        if conn.life.is_lingering() {
             return;
         }
         let plan = reason.plan();
@@ -75,22 +75,26 @@ impl Server {
             // No further request will be read: its input is not needed.
             st.buf.release();
         }
-        let reason = *conn.closing.get_or_insert(reason);
+        conn.life.close(reason);
+        let reason = conn.life.closing().unwrap_or(reason);
         self.hub.svc.metrics.closed(reason);
         let Some(conn) = self.hub.conns.get_mut(id) else {
             return;
         };
-        let max_discard = if conn.abusive || reason.plan().abusive {
+        let max_discard = if reason.plan().abusive {
             super::reading::ABUSIVE_LINGER_BYTES
         } else {
             super::reading::LINGER_MAX_BYTES
         };
-        conn.linger = Some(Linger {
-            until: Instant::now() + CLOSE_LINGER,
-            shut: false,
-            discarded: 0,
-            max_discard,
-        });
+        conn.life = Life::Lingering(
+            reason,
+            Linger {
+                until: Instant::now() + CLOSE_LINGER,
+                shut: false,
+                discarded: 0,
+                max_discard,
+            },
+        );
         handlers::session::on_closed(&mut self.hub, id);
         // Its input buffers are gone (released above, or with its phase).
         self.count_input(id);
@@ -107,8 +111,8 @@ impl Server {
     pub(super) fn remove(&mut self, id: ConnId) {
         handlers::session::on_closed(&mut self.hub, id);
         if let Some(conn) = self.hub.conns.get_mut(id) {
-            let counted = conn.linger.is_some();
-            let reason = conn.closing.unwrap_or(CloseReason::Peer);
+            let counted = conn.life.is_lingering();
+            let reason = conn.life.closing().unwrap_or(CloseReason::Peer);
             let _ = self.poll.registry().deregister(&mut conn.stream);
             self.input_held = self.input_held.saturating_sub(conn.input_counted);
             self.hub.conns.remove(id);
@@ -138,22 +142,18 @@ impl Server {
         let id = conn.id;
         match conn.out.write_to(&mut conn.stream) {
             Err(_) => {
-                conn.closing.get_or_insert(CloseReason::Error);
+                conn.life.close(CloseReason::Error);
                 self.remove(id);
                 return;
             }
-            Ok(true) if conn.linger.is_some() => {
+            Ok(true) if conn.life.is_lingering() => {
                 self.sync_interest(id);
                 self.shut_and_linger(id);
                 return;
             }
             Ok(all_out) => {
-                let resume = !self.draining
-                    && conn.read_paused
-                    && conn.closing.is_none()
-                    && (all_out || conn.out.len() <= OUTPUT_PAUSE_BYTES);
-                if resume {
-                    conn.read_paused = false;
+                let drained = all_out || conn.out.len() <= OUTPUT_PAUSE_BYTES;
+                if !self.draining && drained && conn.life.resume() {
                     self.hub.conns.again.push(id);
                 }
             }
@@ -168,7 +168,7 @@ impl Server {
         let Some(conn) = self.hub.conns.get_mut(id) else {
             return;
         };
-        let Some(linger) = &mut conn.linger else {
+        let Some(linger) = conn.life.linger_mut() else {
             return;
         };
         if !linger.shut {

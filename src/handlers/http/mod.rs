@@ -38,12 +38,12 @@ pub fn process(hub: &mut Hub, turn: &mut Turn, id: ConnId) {
         let Some(conn) = hub.conns.get_mut(id) else {
             return;
         };
-        if conn.closing.is_some() {
+        if conn.life.is_closing() {
             return;
         }
         if conn.out.len() > OUTPUT_PAUSE_BYTES {
             // Resumed by the flush that drains it.
-            conn.read_paused = true;
+            conn.life.pause();
             return;
         }
         let Phase::Http(st) = &mut conn.phase else {
@@ -76,7 +76,6 @@ pub fn process(hub: &mut Hub, turn: &mut Turn, id: ConnId) {
                 let bucket = st.rate.get_or_insert_with(|| RateLimit::new(burst, now));
                 if bucket.admit(now, 1.0, rate, burst, u32::MAX) != Admit::Yes {
                     st.buf.clear();
-                    conn.abusive = true;
                     hub.svc.metrics.rate_limited += 1;
                     let resp = http::response(
                         429,
@@ -85,7 +84,7 @@ pub fn process(hub: &mut Hub, turn: &mut Turn, id: ConnId) {
                         false,
                         &[("Retry-After", "1".into())],
                     );
-                    return respond(hub, id, resp, false);
+                    return hub.conns.refuse(id, &resp);
                 }
                 turn.http_requests_left -= 1;
                 // What a turn costs is mostly copying responses: their bytes
@@ -186,13 +185,10 @@ fn metrics(hub: &mut Hub, turn: &mut Turn, id: ConnId, req: Request) {
         if let Err(wait) = hub.svc.budgets.public_metrics.take(addr, Instant::now()) {
             // Refused and closed: a pipeline of them would otherwise
             // cost a 429 each.
-            if let Some(conn) = hub.conns.get_mut(id) {
-                conn.abusive = true;
-            }
             hub.svc.metrics.rate_limited += 1;
             let detail = "too many /metrics requests from this address \
                           (serve it on KLAV_METRICS_ADDR to scrape without this limit)";
-            return respond(hub, id, retry_later(429, detail, wait, false), false);
+            return hub.conns.refuse(id, &retry_later(429, detail, wait, false));
         }
     }
     let text = turn
