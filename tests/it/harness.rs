@@ -2,16 +2,19 @@
 //! the server named by `DATABASE_URL`), a fresh database per test cloned from a
 //! template that already has the schema, the real server on an ephemeral port, and
 //! small HTTP and WebSocket clients over real sockets.
+//!
+//! Every test starts with `use crate::harness::*;`, which also brings the general
+//! parts of `crate::support` (the binary as a child process, hand-made frames,
+//! `/metrics`, tokens, waiting, the operating system's view, chat set-ups). The
+//! parts only some tests need (several nodes, the browser, friends, the legacy
+//! JSON files) are imported from their `support` module by name.
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::thread::JoinHandle;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use klav::config::Config;
@@ -20,6 +23,15 @@ use klav::server::Running;
 use serde_json::{json, Value};
 use tungstenite::protocol::CloseFrame;
 use tungstenite::Message;
+
+pub use crate::support::chat::*;
+pub use crate::support::frames::*;
+pub use crate::support::jwt::*;
+pub use crate::support::klav::*;
+use crate::support::logs;
+pub use crate::support::os::*;
+pub use crate::support::scrape::*;
+pub use crate::support::wait::*;
 
 pub const SECRET: &str = "it-secret-long-enough-for-hs256-keys";
 
@@ -110,6 +122,11 @@ pub fn watchdog(dir: &std::path::Path) {
         .spawn();
 }
 
+/// A client of the database at `url`.
+pub fn connect_db(url: &str) -> postgres::Client {
+    postgres::Client::connect(url, postgres::NoTls).unwrap()
+}
+
 /// Replaces the database name in a `postgresql://` URL.
 pub fn with_dbname(url: &str, db: &str) -> String {
     let (base, query) = match url.split_once('?') {
@@ -132,26 +149,24 @@ pub fn with_dbname(url: &str, db: &str) -> String {
 impl Pg {
     /// A new database with the schema, private to one test.
     pub fn fresh_db(&self) -> String {
-        let n = NEXT_DB.fetch_add(1, Ordering::Relaxed);
-        let name = format!("klav_it_{}_{n}", std::process::id());
-        let mut admin = postgres::Client::connect(&self.admin_url, postgres::NoTls).unwrap();
-        admin
-            .batch_execute(&format!(
-                "CREATE DATABASE {name} TEMPLATE {}",
-                self.template
-            ))
-            .unwrap();
-        with_dbname(&self.admin_url, &name)
+        self.create_db(Some(&self.template))
     }
 
     /// A new empty database (no schema), e.g. to lay out the old server's tables.
     pub fn empty_db(&self) -> String {
+        self.create_db(None)
+    }
+
+    /// A database of a name no other test uses, copied from `template` if given.
+    fn create_db(&self, template: Option<&str>) -> String {
         let n = NEXT_DB.fetch_add(1, Ordering::Relaxed);
         let name = format!("klav_it_{}_{n}", std::process::id());
         let mut admin = postgres::Client::connect(&self.admin_url, postgres::NoTls).unwrap();
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .unwrap();
+        let sql = match template {
+            Some(t) => format!("CREATE DATABASE {name} TEMPLATE {t}"),
+            None => format!("CREATE DATABASE {name}"),
+        };
+        admin.batch_execute(&sql).unwrap();
         with_dbname(&self.admin_url, &name)
     }
 }
@@ -159,7 +174,8 @@ impl Pg {
 /// A test configuration: loopback, ephemeral port, few threads, fixed secret.
 pub fn test_config() -> Config {
     // In-process servers log through a shared writer thread that no test's
-    // output capture owns: keep to what matters.
+    // output capture owns; the harness keeps the lines and shows them with a
+    // failing test (`support::logs`). Keep to what matters.
     klav::log::set_level(klav::log::Level::Warn);
     let mut c = Config::defaults();
     c.host = "127.0.0.1".into();
@@ -212,6 +228,7 @@ impl TestServer {
         config: Config,
     ) -> Result<TestServer, klav::server::StartError> {
         let running = klav::server::start(config.clone(), db_url, SECRET.as_bytes())?;
+        logs::server_started();
         Ok(TestServer {
             addr: running.addr,
             db_url: db_url.to_string(),
@@ -226,17 +243,20 @@ impl TestServer {
     pub fn restart_on(db_url: &str, port: u16) -> TestServer {
         let mut config = test_config();
         config.port = port;
-        let deadline = Instant::now() + WAIT;
-        loop {
-            match TestServer::try_config(db_url, config.clone()) {
-                Ok(s) => return s,
-                Err(e) if Instant::now() < deadline => {
+        let mut last = None;
+        poll(
+            WAIT,
+            Duration::from_millis(100),
+            || match TestServer::try_config(db_url, config.clone()) {
+                Ok(s) => Some(s),
+                Err(e) => {
                     eprintln!("restart on port {port}: {e}; retrying");
-                    std::thread::sleep(Duration::from_millis(100));
+                    last = Some(e);
+                    None
                 }
-                Err(e) => panic!("restart on port {port}: {e}"),
-            }
-        }
+            },
+        )
+        .unwrap_or_else(|| panic!("restart on port {port}: {}", last.unwrap()))
     }
 
     /// Graceful stop; returns the database URL for a restart.
@@ -248,7 +268,13 @@ impl TestServer {
     }
 
     pub fn db(&self) -> postgres::Client {
-        postgres::Client::connect(&self.db_url, postgres::NoTls).unwrap()
+        connect_db(&self.db_url)
+    }
+
+    /// The one number a query such as `SELECT count(*) …` answers, asked on a
+    /// connection of its own.
+    pub fn count(&self, sql: &str, params: &[&(dyn postgres::types::ToSql + Sync)]) -> i64 {
+        self.db().query_one(sql, params).unwrap().get(0)
     }
 
     /// One HTTP request on a fresh connection.
@@ -285,8 +311,14 @@ impl TestServer {
         self.token(user)
     }
 
+    /// A token for `user` (password [`PASSWORD`]).
     pub fn token(&self, user: &str) -> String {
-        let r = self.login(user, PASSWORD);
+        self.login_token(user, PASSWORD)
+    }
+
+    /// A token from a login that must succeed.
+    pub fn login_token(&self, user: &str, password: &str) -> String {
+        let r = self.login(user, password);
         assert_eq!(r.status, 200, "login {user}: {}", r.body);
         r.json()["access_token"].as_str().unwrap().to_string()
     }
@@ -315,6 +347,7 @@ impl Drop for TestServer {
         if let Some(r) = self.running.take() {
             r.stop();
         }
+        logs::show_if_failing();
     }
 }
 
@@ -444,17 +477,6 @@ pub fn closed_within(s: &mut TcpStream, wait: Duration) -> bool {
     }
 }
 
-/// A gauge or counter from `/metrics`.
-pub fn metric(addr: SocketAddr, name: &str) -> u64 {
-    let text = http_to(addr, "GET", "/metrics", None).body;
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 /// A `/ws?token=` upgrade written by hand (`headers`: more header lines, each
 /// ending in CRLF); returns the socket and the status.
 pub fn upgrade_status(addr: SocketAddr, token: &str, headers: &str) -> (TcpStream, u16) {
@@ -567,11 +589,13 @@ impl Ws {
     }
 
     /// The next event (which must arrive).
+    #[track_caller]
     pub fn recv(&mut self) -> Value {
         self.try_recv(WAIT).expect("an event within the wait")
     }
 
     /// The next event, which must be of type `kind`.
+    #[track_caller]
     pub fn expect(&mut self, kind: &str) -> Value {
         let ev = self.recv();
         assert_eq!(ev["type"], kind, "expected a {kind} event, got {ev}");
@@ -580,6 +604,7 @@ impl Ws {
     }
 
     /// Asserts nothing arrives for a short while.
+    #[track_caller]
     pub fn silent(&mut self) {
         if let Some(ev) = self.try_recv(QUIET) {
             panic!("expected no event, got {ev}");
@@ -631,6 +656,80 @@ impl Ws {
         assert_eq!(ev["room"], room);
     }
 
+    /// Writes every request, then flushes once: they arrive back to back.
+    pub fn pipeline(&mut self, reqs: impl IntoIterator<Item = Value>) {
+        for r in reqs {
+            self.sock.write(Message::text(r.to_string())).unwrap();
+        }
+        self.sock.flush().unwrap();
+    }
+
+    /// The next event of type `kind`, skipping any other (presence, system
+    /// events, ...).
+    pub fn next_of(&mut self, kind: &str) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let ev = self
+                .try_recv(left)
+                .unwrap_or_else(|| panic!("no {kind} event within the wait"));
+            if ev["type"] == kind {
+                return ev;
+            }
+        }
+    }
+
+    /// Nothing of type `kind` arrives for a short while (other events may).
+    pub fn none_of(&mut self, kind: &str) {
+        let deadline = Instant::now() + QUIET;
+        while let Some(ev) = self.try_recv(deadline.saturating_duration_since(Instant::now())) {
+            assert_ne!(ev["type"], kind, "unexpected {ev}");
+        }
+    }
+
+    /// Skips events until `user`'s `presence_change` (within `wait`), which must
+    /// say `status`.
+    pub fn presence_of(&mut self, user: &str, status: &str, wait: Duration) {
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let ev = self
+                .try_recv(left)
+                .unwrap_or_else(|| panic!("no presence_change {status} for {user}"));
+            if ev["type"] == "presence_change" && ev["user"] == user {
+                assert_eq!(ev["status"], status, "{ev}");
+                return;
+            }
+        }
+    }
+
+    /// Every event until `quiet` passes without one.
+    pub fn drain(&mut self, quiet: Duration) -> Vec<Value> {
+        let mut got = Vec::new();
+        while let Some(ev) = self.try_recv(quiet) {
+            got.push(ev);
+        }
+        got
+    }
+
+    /// Reads until the server's close frame; returns the text events that came
+    /// first and the close frame. Any other end is a failure.
+    pub fn events_until_close(&mut self) -> (Vec<Value>, Option<CloseFrame>) {
+        self.sock.get_mut().set_read_timeout(Some(WAIT)).unwrap();
+        let mut events = Vec::new();
+        loop {
+            match self.sock.read() {
+                Ok(Message::Text(t)) => events.push(serde_json::from_str(t.as_str()).unwrap()),
+                Ok(Message::Close(c)) => return (events, c),
+                Ok(_) => {}
+                Err(e) => panic!(
+                    "expected a close frame after {} events, got: {e}",
+                    events.len()
+                ),
+            }
+        }
+    }
+
     pub fn close(mut self) {
         let _ = self.sock.close(None);
         let _ = self.sock.flush();
@@ -643,202 +742,45 @@ impl Ws {
     }
 }
 
-// ---------------------------------------------------------------------------------
-// The real binary as a child process.
-
-/// `klav` running as a child process, with its stderr collected.
-pub struct Klav {
-    pub child: Child,
-    pub addr: SocketAddr,
-    stderr: Arc<Mutex<String>>,
-    reader: Option<JoinHandle<()>>,
-    /// While set, nobody reads its stderr: the pipe fills and writes to it block.
-    stall: Arc<std::sync::atomic::AtomicBool>,
+/// A request as a client writes it: the request line, `Host: test`, `headers`
+/// in order, the body's `Content-Length`, and the body.
+pub fn http_request(method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> String {
+    let mut out = format!("{method} {path} HTTP/1.1\r\nHost: test\r\n");
+    for (name, value) in headers {
+        out.push_str(&format!("{name}: {value}\r\n"));
+    }
+    out.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    out
 }
 
-/// `klav` as a child process on a data directory (embedded PostgreSQL unless `env`
-/// sets `DATABASE_URL`), listening on an ephemeral loopback port, with extra
-/// environment variables.
-pub fn spawn_klav(data_dir: &Path, env: &[(&str, &str)]) -> Klav {
-    spawn_klav_with(data_dir, env, None)
-}
-
-/// As [`spawn_klav`], optionally under a file descriptor limit (soft and hard).
-pub fn spawn_klav_with(data_dir: &Path, env: &[(&str, &str)], max_fds: Option<u64>) -> Klav {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_klav"));
-    cmd.env_remove("DATABASE_URL")
-        .env("KLAV_DATA_DIR", data_dir)
-        .env("PORT", "0")
-        .env("HOST", "127.0.0.1")
-        .env("JWT_SECRET", SECRET)
-        .env("KLAV_REGISTER_PER_ADDR", "1000000")
-        .env("KLAV_METRICS_PER_ADDR_PER_SEC", "1000000");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    if let Some(n) = max_fds {
-        use std::os::unix::process::CommandExt;
-        // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                let lim = libc::rlimit {
-                    rlim_cur: n as libc::rlim_t,
-                    rlim_max: n as libc::rlim_t,
-                };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-    }
-    let mut child = cmd.spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let log = Arc::new(Mutex::new(String::new()));
-    let stall = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let reader = {
-        let log = log.clone();
-        let stall = stall.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                while stall.load(std::sync::atomic::Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                if let Some(addr) = line.split("listening on ").nth(1) {
-                    let _ = tx.send(addr.trim().parse::<SocketAddr>().unwrap());
-                }
-                let mut l = log.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        })
-    };
-    let addr = match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(a) => a,
-        Err(_) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "klav did not report its address; stderr:\n{}",
-                log.lock().unwrap()
-            );
-        }
-    };
-    Klav {
-        child,
-        addr,
-        stderr: log,
-        reader: Some(reader),
-        stall,
-    }
-}
-
-impl Klav {
-    /// Stops (or resumes) reading its stderr.
-    pub fn stall_stderr(&self, stalled: bool) {
-        self.stall
-            .store(stalled, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    pub fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    /// What it has written to stderr so far.
-    pub fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// Everything it wrote to stderr (call after it exited).
-    pub fn full_stderr(&mut self) -> String {
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
-        self.stderr()
-    }
-
-    pub fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child.
-        unsafe {
-            libc::kill(self.pid(), sig);
-        }
-    }
-
-    /// Its exit status, if it exits within `wait`.
-    pub fn wait_exit(&mut self, wait: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + wait;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGTERM, then its exit status (it must exit within 30 s).
-    pub fn terminate(&mut self) -> ExitStatus {
-        terminate(&mut self.child)
-    }
-}
-
-impl Drop for Klav {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// SIGTERM to a child, then its exit status (it must exit within 30 s).
-pub fn terminate(child: &mut Child) -> ExitStatus {
-    // SAFETY: kill(2) on our own child.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "klav did not exit after SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// Writes `request` (see [`http_request`]) and reads the response to it.
+pub fn exchange(s: &mut TcpStream, request: &str) -> Response {
+    s.write_all(request.as_bytes()).unwrap();
+    read_response(s).expect("a response")
 }
 
 /// One HTTP request to `addr` on a fresh connection (`Connection: close`).
 pub fn http_to(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> Response {
-    let mut s = connect(addr);
-    let body = body.unwrap_or("");
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    read_response(&mut s).expect("a response")
+    let headers = [
+        ("Content-Type", "application/json"),
+        ("Connection", "close"),
+    ];
+    let request = http_request(method, path, &headers, body.unwrap_or(""));
+    exchange(&mut connect(addr), &request)
 }
 
 /// `POST /ws-ticket` to `addr`, with `Authorization: Bearer <token>` (none:
 /// without the header).
 pub fn ws_ticket_at(addr: SocketAddr, token: Option<&str>) -> Response {
-    let mut s = connect(addr);
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    write!(
-        s,
-        "POST /ws-ticket HTTP/1.1\r\nHost: test\r\n{auth}Content-Length: 0\r\n\
-         Connection: close\r\n\r\n"
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("Connection", "close")];
+    if let Some(auth) = &auth {
+        headers.insert(0, ("Authorization", auth.as_str()));
+    }
+    exchange(
+        &mut connect(addr),
+        &http_request("POST", "/ws-ticket", &headers, ""),
     )
-    .unwrap();
-    read_response(&mut s).expect("a response")
 }
 
 /// Registers `user` (password [`PASSWORD`]) on the server at `addr` and returns a token.
@@ -849,4 +791,15 @@ pub fn user_at(addr: SocketAddr, user: &str) -> String {
     let r = http_to(addr, "POST", "/login", Some(&body));
     assert_eq!(r.status, 200, "login {user}: {}", r.body);
     r.json()["access_token"].as_str().unwrap().to_string()
+}
+
+/// None of `conns` receives anything for [`QUIET`] (one wait for all of them).
+#[track_caller]
+pub fn all_silent(conns: &mut [&mut Ws]) {
+    std::thread::sleep(QUIET);
+    for (i, ws) in conns.iter_mut().enumerate() {
+        if let Some(ev) = ws.try_recv(Duration::from_millis(10)) {
+            panic!("connection #{i} expected no event, got {ev}");
+        }
+    }
 }
