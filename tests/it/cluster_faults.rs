@@ -331,12 +331,7 @@ fn cluster_stopped_node_closes_1001_and_history_after_id_misses_nothing() {
     }
     let mut b = c.ws(0, &bob);
     let page = b.request(json!({"type": "history", "room_id": room, "after_id": seen}));
-    let texts: Vec<&str> = page["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["text"].as_str().unwrap())
-        .collect();
+    let texts: Vec<&str> = item_strs(&page, "text");
     assert_eq!(
         texts,
         (0..5)

@@ -392,12 +392,7 @@ fn name_keyed_layout_mints_ids_and_maps_names_on_reimport() {
         ])
     );
     let h = ws.request(json!({"type": "history", "room_id": lobby}));
-    let nicks: Vec<&str> = h["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["from_nickname"].as_str().unwrap())
-        .collect();
+    let nicks: Vec<&str> = item_strs(&h, "from_nickname");
     // bob's nickname is empty in users.json: the username stands in.
     assert_eq!(nicks, ["system", "앨리스", "bob", "bob", "system"]);
     // A join by name lands in the imported room.
@@ -511,12 +506,7 @@ fn missing_user_references_are_created_reported_and_cannot_log_in() {
         json!([{"username": "ghost1", "nickname": "ghost1"}])
     );
     let h = ws.request(json!({"type": "history", "room_id": "r_aaaaaaaa"}));
-    let nicks: Vec<&str> = h["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["from_nickname"].as_str().unwrap())
-        .collect();
+    let nicks: Vec<&str> = item_strs(&h, "from_nickname");
     assert_eq!(nicks, ["Ghost Three", "ghost5", "Alice"]);
     drop(ws);
     s.stop();

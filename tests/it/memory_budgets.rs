@@ -144,12 +144,7 @@ fn slow_consumer_is_disconnected() {
     let mut slow = Ws::connect_stream(connect(s.addr), &format!("/ws?token={slow_token}"), &[])
         .unwrap_or_else(|e| panic!("{e:?}"));
     let room = sender.create_room("firehose");
-    sender.join(&room);
-    reader.join(&room);
-    sender.expect("system");
-    slow.join(&room);
-    sender.expect("system");
-    reader.expect("system");
+    join_in_turn(&room, &mut [&mut sender, &mut reader, &mut slow]);
     assert_eq!(metric(s.addr, "klav_websocket_connections"), 3);
 
     // The slow member stops reading; the room keeps talking.

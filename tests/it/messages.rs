@@ -217,21 +217,11 @@ fn history_order_limits_filters_and_membership() {
     // Cursors by id.
     let h =
         c[1].request(json!({"type": "history", "room_id": room, "before_id": ids[5], "limit": 3}));
-    let texts: Vec<&str> = h["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["text"].as_str().unwrap())
-        .collect();
+    let texts: Vec<&str> = item_strs(&h, "text");
     assert_eq!(texts, ["t2", "t3", "t4"]);
     let h =
         c[1].request(json!({"type": "history", "room_id": room, "after_id": ids[25], "limit": 50}));
-    let texts: Vec<&str> = h["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["text"].as_str().unwrap())
-        .collect();
+    let texts: Vec<&str> = item_strs(&h, "text");
     assert_eq!(texts, ["t26", "t27", "t28", "t29"]);
     // Timestamps: set known times, then filter (with and without Z).
     let mut db = s.db();
@@ -243,20 +233,10 @@ fn history_order_limits_filters_and_membership() {
         .unwrap();
     }
     let h = c[1].request(json!({"type": "history", "room_id": room, "after": "2025-01-01T00:27:00Z", "before": "2025-02-01"}));
-    let texts: Vec<&str> = h["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["text"].as_str().unwrap())
-        .collect();
+    let texts: Vec<&str> = item_strs(&h, "text");
     assert_eq!(texts, ["t28", "t29"]);
     let h = c[1].request(json!({"type": "history", "room_id": room, "before": "2025-01-01T00:02:00+00:00", "after": "2024-12-31T00:00:00"}));
-    let texts: Vec<&str> = h["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["text"].as_str().unwrap())
-        .collect();
+    let texts: Vec<&str> = item_strs(&h, "text");
     assert_eq!(texts, ["t0", "t1"]);
     assert_eq!(h["items"][0]["ts"], "2025-01-01T00:00:00.000000+00:00");
     let e = c[1].request(json!({"type": "history", "room_id": room, "before": "yesterday"}));

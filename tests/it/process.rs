@@ -85,12 +85,7 @@ fn graceful_shutdown() {
     let mut b = Ws::connect(k.addr, &tb).unwrap_or_else(|e| panic!("{e:?}"));
     let mut c = Ws::connect(k.addr, &tc).unwrap_or_else(|e| panic!("{e:?}"));
     let room = a.create_room("last words");
-    a.join(&room);
-    b.join(&room);
-    a.expect("system");
-    c.join(&room);
-    a.expect("system");
-    b.expect("system");
+    join_in_turn(&room, &mut [&mut a, &mut b, &mut c]);
 
     // A third member keeps sending through the shutdown, collecting what it gets.
     let busy = {

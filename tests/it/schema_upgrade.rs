@@ -67,12 +67,7 @@ fn old_schema_is_upgraded_in_place() {
     assert_eq!(my["rooms"], json!(["r_0a0b0c0d"]));
     assert_eq!(my["rooms_info"][0]["last"]["text"], "hi");
     let h = ws.request(json!({"type": "history", "room_id": "r_0a0b0c0d"}));
-    let texts: Vec<&str> = h["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["text"].as_str().unwrap())
-        .collect();
+    let texts: Vec<&str> = item_strs(&h, "text");
     assert_eq!(texts, ["미나 님이 입장하셨습니다", "secret", "hi"]);
     let f = ws.request(json!({"type": "following_list"}));
     assert_eq!(

@@ -3,6 +3,8 @@
 //! posted and their ids, a room as `my_rooms` shows it, and years of chat
 //! written straight into the tables.
 
+use std::borrow::BorrowMut;
+
 use serde_json::{json, Value};
 
 use crate::harness::{TestServer, Ws};
@@ -27,13 +29,19 @@ pub fn room_with(s: &TestServer, users: &[&str]) -> (String, Vec<Ws>) {
 pub fn room_named(s: &TestServer, name: &str, users: &[&str]) -> (String, Vec<Ws>) {
     let mut clients: Vec<Ws> = users.iter().map(|u| s.client(u)).collect();
     let room = clients[0].create_room(name);
-    for i in 0..clients.len() {
-        clients[i].join(&room);
-        for earlier in clients.iter_mut().take(i) {
-            assert_eq!(earlier.expect("system")["event"], "joined");
+    join_in_turn(&room, &mut clients);
+    (room, clients)
+}
+
+/// Joins `room` with each member in turn; every member already in consumes
+/// (and checks) the `joined` event of each one after it.
+pub fn join_in_turn<W: BorrowMut<Ws>>(room: &str, members: &mut [W]) {
+    for i in 0..members.len() {
+        members[i].borrow_mut().join(room);
+        for earlier in members.iter_mut().take(i) {
+            assert_eq!(earlier.borrow_mut().expect("system")["event"], "joined");
         }
     }
-    (room, clients)
 }
 
 /// The id of an entry event.
@@ -46,6 +54,16 @@ pub fn post(ws: &mut Ws, room: &str, text: &str) -> i64 {
     let ev = ws.request(json!({"type": "msg", "room_id": room, "text": text}));
     assert_eq!(ev["type"], "message", "{ev}");
     id_of(&ev)
+}
+
+/// One string field of every item of a reply's `items` (a `history`), in order.
+pub fn item_strs<'a>(reply: &'a Value, field: &str) -> Vec<&'a str> {
+    reply["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i[field].as_str().unwrap())
+        .collect()
 }
 
 /// One room's entry in `my_rooms` (`rooms_info`), which must be there.

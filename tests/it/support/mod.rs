@@ -1,8 +1,8 @@
-//! What the tests share beyond the in-process server and its clients
-//! (`crate::harness`): the binary as a child process, several nodes on one
-//! database, hand-made WebSocket frames, `/metrics`, tokens, waiting, the
-//! operating system's view of a process, the captured server log, and the
-//! helpers of the browser, friends and import tests.
+//! What the tests share beyond the in-process server and its WebSocket client
+//! (`crate::harness`): HTTP by hand, the binary as a child process, several
+//! nodes on one database, hand-made WebSocket frames, `/metrics`, tokens,
+//! waiting, the operating system's view of a process, the captured server log,
+//! chat set-ups, and the helpers of the browser, friends and import tests.
 //!
 //! `crate::harness` re-exports the general modules; `nodes`, `cdp`, `browser`,
 //! `friends` and `legacy_json` are imported by the tests that need them.
@@ -18,5 +18,6 @@ pub mod legacy_json;
 pub mod logs;
 pub mod nodes;
 pub mod os;
+pub mod raw_http;
 pub mod scrape;
 pub mod wait;
