@@ -518,19 +518,25 @@ impl Ws {
         self.sock.flush().unwrap();
     }
 
-    /// The next event of type `kind`, skipping any other (presence, system
-    /// events, ...).
-    pub fn next_of(&mut self, kind: &str) -> Value {
-        let deadline = Instant::now() + WAIT;
+    /// The first event (within `wait`) that `wanted` picks, skipping any other;
+    /// `what` names it if none comes.
+    fn next_where(&mut self, wait: Duration, what: &str, wanted: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + wait;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let ev = self
                 .try_recv(left)
-                .unwrap_or_else(|| panic!("no {kind} event within the wait"));
-            if ev["type"] == kind {
+                .unwrap_or_else(|| panic!("no {what} within the wait"));
+            if wanted(&ev) {
                 return ev;
             }
         }
+    }
+
+    /// The next event of type `kind`, skipping any other (presence, system
+    /// events, ...).
+    pub fn next_of(&mut self, kind: &str) -> Value {
+        self.next_where(WAIT, &format!("{kind} event"), |ev| ev["type"] == kind)
     }
 
     /// Nothing of type `kind` arrives for a short while (other events may).
@@ -544,17 +550,11 @@ impl Ws {
     /// Skips events until `user`'s `presence_change` (within `wait`), which must
     /// say `status`.
     pub fn presence_of(&mut self, user: &str, status: &str, wait: Duration) {
-        let deadline = Instant::now() + wait;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let ev = self
-                .try_recv(left)
-                .unwrap_or_else(|| panic!("no presence_change {status} for {user}"));
-            if ev["type"] == "presence_change" && ev["user"] == user {
-                assert_eq!(ev["status"], status, "{ev}");
-                return;
-            }
-        }
+        let what = format!("presence_change {status} for {user}");
+        let ev = self.next_where(wait, &what, |ev| {
+            ev["type"] == "presence_change" && ev["user"] == user
+        });
+        assert_eq!(ev["status"], status, "{ev}");
     }
 
     /// Every event until `quiet` passes without one.
