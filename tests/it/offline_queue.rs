@@ -48,8 +48,8 @@ fn offline_dms_are_queued_persisted_and_flushed_once() {
     b.silent();
 }
 
-/// One sender keeps their newest 20 in a recipient's queue (see `queue.rs` for
-/// the queue's fairness between senders).
+/// One sender keeps their newest 20 in a recipient's queue (the queue's
+/// fairness between senders is below).
 #[test]
 fn offline_queue_keeps_a_senders_newest_20() {
     let s = TestServer::with(|c| {
