@@ -10,8 +10,6 @@
 //! friends, the legacy JSON files) are imported from their `support` module by
 //! name.
 
-#![allow(dead_code)]
-
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
@@ -45,7 +43,9 @@ pub struct Pg {
     /// URL of the maintenance database (`postgres`).
     admin_url: String,
     template: String,
-    /// Set when the harness runs its own cluster (kept for the whole run).
+    /// Set when the harness runs its own cluster (held, never read, so that
+    /// it lives for the whole run).
+    #[allow(dead_code)]
     cluster: Option<Cluster>,
 }
 
@@ -195,6 +195,8 @@ pub fn test_config() -> Config {
 pub struct TestServer {
     pub addr: SocketAddr,
     pub db_url: String,
+    /// The configuration it was started with.
+    #[allow(dead_code)]
     pub config: Config,
     running: Option<Running>,
 }
