@@ -1,8 +1,12 @@
-//! HTTP: register, login, health, routing, limits, keep-alive, pipelining.
+//! Accounts: registering, logging in, what a password must be and how it is
+//! stored (argon2id, legacy plain text upgraded on login), and hashes that must
+//! never be verified.
 
-use std::io::Write;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use klav::db::jobs::Registration;
+use klav::db::queries::{self, Stmts};
+use klav::db::{Job, Outcome};
 use serde_json::json;
 
 use crate::harness::*;
@@ -103,11 +107,7 @@ fn register_validation() {
         assert!(!r.detail().is_empty());
     }
     // Nothing was stored by the failures.
-    let n: i64 = s
-        .db()
-        .query_one("SELECT count(*) FROM users", &[])
-        .unwrap()
-        .get(0);
+    let n: i64 = s.count("SELECT count(*) FROM users", &[]);
     assert_eq!(n, 2);
 }
 
@@ -125,11 +125,7 @@ fn new_passwords_have_a_minimum_length() {
         assert_eq!(r.status, 400, "{short:?}: {}", r.body);
         assert!(r.detail().contains("at least 8 characters"), "{}", r.body);
     }
-    let n: i64 = s
-        .db()
-        .query_one("SELECT count(*) FROM users", &[])
-        .unwrap()
-        .get(0);
+    let n: i64 = s.count("SELECT count(*) FROM users", &[]);
     assert_eq!(n, 0);
     for (user, ok) in [("eight", "12345678"), ("hangul", "가나다라마바사아")] {
         let r = s.post("/register", json!({"username": user, "password": ok}));
@@ -183,99 +179,6 @@ fn login_failures() {
 }
 
 #[test]
-fn health_routes_and_methods() {
-    let s = TestServer::start();
-    let r = s.http("GET", "/health", None);
-    assert_eq!(
-        (r.status, r.json()),
-        (200, json!({"status": "healthy", "database": "connected"}))
-    );
-    assert_eq!(r.header("content-type"), Some("application/json"));
-    let r = s.http("GET", "/nope", None);
-    assert_eq!(r.status, 404);
-    assert!(!r.detail().is_empty());
-    let r = s.http("GET", "/login", None);
-    assert_eq!(r.status, 405);
-    assert_eq!(r.header("allow"), Some("POST"));
-    assert_eq!(s.http("POST", "/health", Some("{}")).status, 405);
-    let r = s.http("GET", "/metrics", None);
-    assert_eq!(r.status, 200);
-    assert!(r.body.contains("klav_open_connections"), "{}", r.body);
-}
-
-#[test]
-fn keep_alive_and_pipelining() {
-    let s = TestServer::start();
-    s.register("erin", PASSWORD);
-    let mut c = connect(s.addr);
-    // Two requests in one write, then a third after the answers.
-    let login = json!({"username": "erin", "password": PASSWORD}).to_string();
-    let req = format!(
-        "GET /health HTTP/1.1\r\nHost: x\r\n\r\nPOST /login HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{login}",
-        login.len()
-    );
-    c.write_all(req.as_bytes()).unwrap();
-    let r1 = read_response(&mut c).unwrap();
-    assert_eq!(r1.json()["status"], "healthy");
-    let r2 = read_response(&mut c).unwrap();
-    assert_eq!(r2.status, 200);
-    assert!(r2.json()["access_token"].is_string());
-    c.write_all(b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    assert_eq!(read_response(&mut c).unwrap().status, 404);
-    // Connection: close is honoured.
-    c.write_all(b"GET /health HTTP/1.1\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    assert_eq!(read_response(&mut c).unwrap().status, 200);
-    assert!(closed_within(&mut c, Duration::from_secs(3)));
-}
-
-#[test]
-fn oversized_and_malformed_requests() {
-    let s = TestServer::start();
-    // Headers over 8 KiB: 431 and close.
-    let mut c = connect(s.addr);
-    let req = format!(
-        "GET /health HTTP/1.1\r\nX-Big: {}\r\n\r\n",
-        "a".repeat(9000)
-    );
-    c.write_all(req.as_bytes()).unwrap();
-    assert_eq!(read_response(&mut c).unwrap().status, 431);
-    assert!(closed_within(&mut c, Duration::from_secs(3)));
-    // Body over 64 KiB: 413 and close (refused from the header alone).
-    let mut c = connect(s.addr);
-    c.write_all(b"POST /register HTTP/1.1\r\nContent-Length: 70000\r\n\r\n")
-        .unwrap();
-    let r = read_response(&mut c).unwrap();
-    assert_eq!(r.status, 413);
-    assert!(closed_within(&mut c, Duration::from_secs(3)));
-    // Garbage: 400 and close.
-    let mut c = connect(s.addr);
-    c.write_all(b"\x01\x02 nonsense\r\n\r\n").unwrap();
-    assert_eq!(read_response(&mut c).unwrap().status, 400);
-    assert!(closed_within(&mut c, Duration::from_secs(3)));
-    // The server still serves others.
-    assert_eq!(s.http("GET", "/health", None).status, 200);
-}
-
-#[test]
-fn stalled_partial_request_is_closed() {
-    let s = TestServer::with(|c| c.http_timeout = Duration::from_secs(1));
-    let mut c = connect(s.addr);
-    c.write_all(b"POST /login HTTP/1.1\r\nContent-Le").unwrap();
-    assert!(
-        !closed_within(&mut c, Duration::from_millis(300)),
-        "closed too early"
-    );
-    assert!(
-        closed_within(&mut c, Duration::from_secs(4)),
-        "a stalled request must be closed"
-    );
-    // A normal client meanwhile is unaffected.
-    assert_eq!(s.http("GET", "/health", None).status, 200);
-}
-
-#[test]
 fn legacy_plain_text_password_is_upgraded_on_login() {
     let s = TestServer::start();
     s.db()
@@ -287,19 +190,91 @@ fn legacy_plain_text_password_is_upgraded_on_login() {
     assert_eq!(s.login("old", "wrong").status, 401);
     assert_eq!(s.login("old", "plainpw").status, 200);
     // Re-hashed in place, in the background.
-    let mut hashed = String::new();
-    for _ in 0..100 {
-        hashed = s
+    eventually(Duration::from_secs(5), Duration::from_millis(50), || {
+        let hashed: String = s
             .db()
             .query_one("SELECT password FROM users WHERE username = 'old'", &[])
             .unwrap()
             .get(0);
         if hashed.starts_with("$argon2id$") {
-            break;
+            Ok(())
+        } else {
+            Err(hashed)
         }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(hashed.starts_with("$argon2id$"), "{hashed}");
+    });
     assert_eq!(s.login("old", "plainpw").status, 200);
     assert_eq!(s.login("old", "wrong").status, 401);
+}
+
+/// The worker retries a job once on a fresh connection when its connection broke
+/// mid-query; if the first INSERT had committed, the retry must still say
+/// CREATED to the user who was just created — and ALREADY to anyone else.
+#[test]
+fn register_retried_after_commit_is_still_created() {
+    let url = pg().fresh_db();
+    let mut db = connect_db(&url);
+    let job = |hash: &str| Job::Register {
+        username: "mina".into(),
+        password_hash: hash.into(),
+        nickname: "mina".into(),
+    };
+    let created = |db: &mut postgres::Client, hash: &str| -> bool {
+        match queries::run(db, &mut Stmts::default(), job(hash)).unwrap() {
+            Outcome::Registered(r) => r == Registration::Created,
+            other => panic!("{other:?}"),
+        }
+    };
+    let mine = klav::auth::password::hash_password("pw");
+    assert!(created(&mut db, &mine), "first attempt");
+    assert!(created(&mut db, &mine), "the same request, retried");
+    let theirs = klav::auth::password::hash_password("pw");
+    assert!(!created(&mut db, &theirs), "another request: ALREADY");
+}
+
+/// A stored hash asking for 4 TiB, and one asking for 64 MiB × 200 passes: the
+/// first aborted the process, the second held the hashing thread for seconds.
+/// Both are refused as invalid credentials, without verifying, logged once each.
+#[test]
+fn crafted_argon2_parameters_are_refused_not_verified() {
+    let url = pg().fresh_db();
+    let dir = scratch_dir("argon");
+    let mut klav = spawn_klav(&dir, &[("DATABASE_URL", &url)]);
+    let mut db = connect_db(&url);
+    let tail = "c2FsdHNhbHRzYWx0c2FsdA$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGg";
+    for (user, params) in [
+        ("bomb", "m=4294967295,t=1,p=1"),
+        ("slow", "m=65536,t=200,p=1"),
+    ] {
+        db.execute(
+            "INSERT INTO users (username, password) VALUES ($1, $2)",
+            &[&user, &format!("$argon2id$v=19${params}${tail}")],
+        )
+        .unwrap();
+    }
+    let body = |u: &str| json!({"username": u, "password": "guess"}).to_string();
+    for _ in 0..3 {
+        for user in ["bomb", "slow"] {
+            let t0 = Instant::now();
+            let r = http_to(klav.addr, "POST", "/login", Some(&body(user)));
+            assert_eq!(r.status, 401, "{user}: {}", r.body);
+            assert_eq!(r.detail(), "invalid credentials");
+            assert!(
+                t0.elapsed() < Duration::from_secs(2),
+                "{user} answered in {:?}",
+                t0.elapsed()
+            );
+        }
+    }
+    assert!(klav.child.try_wait().unwrap().is_none(), "klav is alive");
+    user_at(klav.addr, "fine");
+    let log = klav.stderr();
+    for user in ["bomb", "slow"] {
+        let n = log
+            .lines()
+            .filter(|l| l.contains(&format!("user \"{user}\" cannot log in")))
+            .count();
+        assert_eq!(n, 1, "logged once for {user}:\n{log}");
+    }
+    assert!(klav.terminate().success());
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -20,19 +20,9 @@ fn options(s: &TestServer, scenario: Scenario) -> Options {
     }
 }
 
-fn fast_server() -> TestServer {
-    TestServer::with(|c| {
-        c.rate_per_sec = 100_000.0;
-        c.rate_burst = 100_000.0;
-        // Reconnecting in a loop is what these runs do; its budget has its
-        // own test (costs.rs).
-        c.ws_opens_per_user_per_min = 1_000_000;
-    })
-}
-
 #[test]
 fn chat_smoke_run_loses_nothing() {
-    let s = fast_server();
+    let s = unthrottled_server();
     let report = klav_bench::run(&options(
         &s,
         Scenario::Chat(ChatOptions {
@@ -51,11 +41,7 @@ fn chat_smoke_run_loses_nothing() {
     assert_eq!(m.order_violations, 0, "{report}");
     assert!(report.is_clean(), "{report}");
     // Every acknowledged message is in the database.
-    let stored: i64 = s
-        .db()
-        .query_one("SELECT count(*) FROM chat_logs WHERE kind = 'msg'", &[])
-        .unwrap()
-        .get(0);
+    let stored: i64 = s.count("SELECT count(*) FROM chat_logs WHERE kind = 'msg'", &[]);
     assert!(
         stored as u64 >= m.acked,
         "{stored} stored, {} acked",
@@ -67,7 +53,7 @@ fn chat_smoke_run_loses_nothing() {
 /// nothing lost, every message stored once with its key, typing forwarded.
 #[test]
 fn chat_with_client_ids_and_typing_loses_nothing() {
-    let s = fast_server();
+    let s = unthrottled_server();
     let report = klav_bench::run(&options(
         &s,
         Scenario::Chat(ChatOptions {
@@ -103,7 +89,7 @@ fn chat_with_client_ids_and_typing_loses_nothing() {
 
 #[test]
 fn connect_smoke_run_accepts_everyone() {
-    let s = fast_server();
+    let s = unthrottled_server();
     let report = klav_bench::run(&options(
         &s,
         Scenario::Connect(ConnectOptions {

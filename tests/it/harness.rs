@@ -2,16 +2,17 @@
 //! the server named by `DATABASE_URL`), a fresh database per test cloned from a
 //! template that already has the schema, the real server on an ephemeral port, and
 //! small HTTP and WebSocket clients over real sockets.
+//!
+//! Every test starts with `use crate::harness::*;`, which also brings the general
+//! parts of `crate::support` (HTTP by hand, the binary as a child process,
+//! hand-made frames, `/metrics`, tokens, waiting, the operating system's view,
+//! chat set-ups). The parts only some tests need (several nodes, the browser,
+//! friends, the legacy JSON files) are imported from their `support` module by
+//! name.
 
-#![allow(dead_code)]
-
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::thread::JoinHandle;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use klav::config::Config;
@@ -20,6 +21,16 @@ use klav::server::Running;
 use serde_json::{json, Value};
 use tungstenite::protocol::CloseFrame;
 use tungstenite::Message;
+
+pub use crate::support::chat::*;
+pub use crate::support::frames::*;
+pub use crate::support::jwt::*;
+pub use crate::support::klav::*;
+use crate::support::logs;
+pub use crate::support::os::*;
+pub use crate::support::raw_http::*;
+pub use crate::support::scrape::*;
+pub use crate::support::wait::*;
 
 pub const SECRET: &str = "it-secret-long-enough-for-hs256-keys";
 
@@ -32,7 +43,9 @@ pub struct Pg {
     /// URL of the maintenance database (`postgres`).
     admin_url: String,
     template: String,
-    /// Set when the harness runs its own cluster (kept for the whole run).
+    /// Set when the harness runs its own cluster (held, never read, so that
+    /// it lives for the whole run).
+    #[allow(dead_code)]
     cluster: Option<Cluster>,
 }
 
@@ -110,6 +123,11 @@ pub fn watchdog(dir: &std::path::Path) {
         .spawn();
 }
 
+/// A client of the database at `url`.
+pub fn connect_db(url: &str) -> postgres::Client {
+    postgres::Client::connect(url, postgres::NoTls).unwrap()
+}
+
 /// Replaces the database name in a `postgresql://` URL.
 pub fn with_dbname(url: &str, db: &str) -> String {
     let (base, query) = match url.split_once('?') {
@@ -132,26 +150,24 @@ pub fn with_dbname(url: &str, db: &str) -> String {
 impl Pg {
     /// A new database with the schema, private to one test.
     pub fn fresh_db(&self) -> String {
-        let n = NEXT_DB.fetch_add(1, Ordering::Relaxed);
-        let name = format!("klav_it_{}_{n}", std::process::id());
-        let mut admin = postgres::Client::connect(&self.admin_url, postgres::NoTls).unwrap();
-        admin
-            .batch_execute(&format!(
-                "CREATE DATABASE {name} TEMPLATE {}",
-                self.template
-            ))
-            .unwrap();
-        with_dbname(&self.admin_url, &name)
+        self.create_db(Some(&self.template))
     }
 
     /// A new empty database (no schema), e.g. to lay out the old server's tables.
     pub fn empty_db(&self) -> String {
+        self.create_db(None)
+    }
+
+    /// A database of a name no other test uses, copied from `template` if given.
+    fn create_db(&self, template: Option<&str>) -> String {
         let n = NEXT_DB.fetch_add(1, Ordering::Relaxed);
         let name = format!("klav_it_{}_{n}", std::process::id());
         let mut admin = postgres::Client::connect(&self.admin_url, postgres::NoTls).unwrap();
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .unwrap();
+        let sql = match template {
+            Some(t) => format!("CREATE DATABASE {name} TEMPLATE {t}"),
+            None => format!("CREATE DATABASE {name}"),
+        };
+        admin.batch_execute(&sql).unwrap();
         with_dbname(&self.admin_url, &name)
     }
 }
@@ -159,7 +175,8 @@ impl Pg {
 /// A test configuration: loopback, ephemeral port, few threads, fixed secret.
 pub fn test_config() -> Config {
     // In-process servers log through a shared writer thread that no test's
-    // output capture owns: keep to what matters.
+    // output capture owns; the harness keeps the lines and shows them with a
+    // failing test (`support::logs`). Keep to what matters.
     klav::log::set_level(klav::log::Level::Warn);
     let mut c = Config::defaults();
     c.host = "127.0.0.1".into();
@@ -178,6 +195,8 @@ pub fn test_config() -> Config {
 pub struct TestServer {
     pub addr: SocketAddr,
     pub db_url: String,
+    /// The configuration it was started with.
+    #[allow(dead_code)]
     pub config: Config,
     running: Option<Running>,
 }
@@ -212,6 +231,7 @@ impl TestServer {
         config: Config,
     ) -> Result<TestServer, klav::server::StartError> {
         let running = klav::server::start(config.clone(), db_url, SECRET.as_bytes())?;
+        logs::server_started();
         Ok(TestServer {
             addr: running.addr,
             db_url: db_url.to_string(),
@@ -226,17 +246,20 @@ impl TestServer {
     pub fn restart_on(db_url: &str, port: u16) -> TestServer {
         let mut config = test_config();
         config.port = port;
-        let deadline = Instant::now() + WAIT;
-        loop {
-            match TestServer::try_config(db_url, config.clone()) {
-                Ok(s) => return s,
-                Err(e) if Instant::now() < deadline => {
+        let mut last = None;
+        poll(
+            WAIT,
+            Duration::from_millis(100),
+            || match TestServer::try_config(db_url, config.clone()) {
+                Ok(s) => Some(s),
+                Err(e) => {
                     eprintln!("restart on port {port}: {e}; retrying");
-                    std::thread::sleep(Duration::from_millis(100));
+                    last = Some(e);
+                    None
                 }
-                Err(e) => panic!("restart on port {port}: {e}"),
-            }
-        }
+            },
+        )
+        .unwrap_or_else(|| panic!("restart on port {port}: {}", last.unwrap()))
     }
 
     /// Graceful stop; returns the database URL for a restart.
@@ -248,7 +271,13 @@ impl TestServer {
     }
 
     pub fn db(&self) -> postgres::Client {
-        postgres::Client::connect(&self.db_url, postgres::NoTls).unwrap()
+        connect_db(&self.db_url)
+    }
+
+    /// The one number a query such as `SELECT count(*) …` answers, asked on a
+    /// connection of its own.
+    pub fn count(&self, sql: &str, params: &[&(dyn postgres::types::ToSql + Sync)]) -> i64 {
+        self.db().query_one(sql, params).unwrap().get(0)
     }
 
     /// One HTTP request on a fresh connection.
@@ -285,8 +314,14 @@ impl TestServer {
         self.token(user)
     }
 
+    /// A token for `user` (password [`PASSWORD`]).
     pub fn token(&self, user: &str) -> String {
-        let r = self.login(user, PASSWORD);
+        self.login_token(user, PASSWORD)
+    }
+
+    /// A token from a login that must succeed.
+    pub fn login_token(&self, user: &str, password: &str) -> String {
+        let r = self.login(user, password);
         assert_eq!(r.status, 200, "login {user}: {}", r.body);
         r.json()["access_token"].as_str().unwrap().to_string()
     }
@@ -315,175 +350,8 @@ impl Drop for TestServer {
         if let Some(r) = self.running.take() {
             r.stop();
         }
+        logs::show_if_failing();
     }
-}
-
-/// A TCP connection to `addr` from a chosen loopback source address (all of
-/// 127.0.0.0/8 is local), to act as different clients.
-pub fn connect_from(src: [u8; 4], addr: SocketAddr) -> TcpStream {
-    let SocketAddr::V4(dst) = addr else {
-        panic!("IPv4 expected")
-    };
-    // SAFETY: plain socket calls on a descriptor we own; it is handed to TcpStream.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0);
-        let mut sa: libc::sockaddr_in = std::mem::zeroed();
-        sa.sin_family = libc::AF_INET as libc::sa_family_t;
-        sa.sin_addr.s_addr = u32::from_ne_bytes(src);
-        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        assert_eq!(
-            libc::bind(fd, &sa as *const _ as *const libc::sockaddr, len),
-            0,
-            "bind"
-        );
-        let mut da: libc::sockaddr_in = std::mem::zeroed();
-        da.sin_family = libc::AF_INET as libc::sa_family_t;
-        da.sin_port = dst.port().to_be();
-        da.sin_addr.s_addr = u32::from_ne_bytes(dst.ip().octets());
-        assert_eq!(
-            libc::connect(fd, &da as *const _ as *const libc::sockaddr, len),
-            0,
-            "connect"
-        );
-        let s = <TcpStream as std::os::unix::io::FromRawFd>::from_raw_fd(fd);
-        s.set_read_timeout(Some(WAIT)).unwrap();
-        s
-    }
-}
-
-pub fn connect(addr: SocketAddr) -> TcpStream {
-    let s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.set_nodelay(true).unwrap();
-    s
-}
-
-#[derive(Debug)]
-pub struct Response {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: String,
-}
-
-impl Response {
-    pub fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("response body is not JSON ({e}): {:?}", self.body))
-    }
-
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    pub fn detail(&self) -> String {
-        self.json()["detail"].as_str().unwrap_or("").to_string()
-    }
-}
-
-/// Reads one response (head + Content-Length body) from a stream; `None` on EOF.
-pub fn read_response(s: &mut TcpStream) -> Option<Response> {
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        match s.read(&mut byte) {
-            Ok(0) => return None,
-            Ok(_) => buf.push(byte[0]),
-            Err(e) => panic!("reading a response: {e}"),
-        }
-    }
-    let head = String::from_utf8(buf).unwrap();
-    let mut lines = head.split("\r\n");
-    let status: u16 = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers: Vec<(String, String)> = lines
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            let (k, v) = l.split_once(':').unwrap();
-            (k.trim().to_string(), v.trim().to_string())
-        })
-        .collect();
-    let len: usize = headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-        .map(|(_, v)| v.parse().unwrap())
-        .unwrap_or(0);
-    let mut body = vec![0u8; len];
-    s.read_exact(&mut body).unwrap();
-    Some(Response {
-        status,
-        headers,
-        body: String::from_utf8(body).unwrap(),
-    })
-}
-
-/// Whether the server closed the connection (EOF or reset) within `wait`.
-pub fn closed_within(s: &mut TcpStream, wait: Duration) -> bool {
-    s.set_read_timeout(Some(wait)).unwrap();
-    let mut buf = [0u8; 1024];
-    let deadline = Instant::now() + wait;
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
-            Err(_) => return false,
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-    }
-}
-
-/// Resident memory of a process, in KiB.
-pub fn rss_kb(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/<pid>/status")
-}
-
-/// A gauge or counter from `/metrics`.
-pub fn metric(addr: SocketAddr, name: &str) -> u64 {
-    let text = http_to(addr, "GET", "/metrics", None).body;
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
-/// A `/ws?token=` upgrade written by hand (`headers`: more header lines, each
-/// ending in CRLF); returns the socket and the status.
-pub fn upgrade_status(addr: SocketAddr, token: &str, headers: &str) -> (TcpStream, u16) {
-    let (s, r) = upgrade_response(addr, token, headers);
-    (s, r.status)
-}
-
-/// [`upgrade_status`], with the whole response.
-pub fn upgrade_response(addr: SocketAddr, token: &str, headers: &str) -> (TcpStream, Response) {
-    let mut s = connect(addr);
-    write!(
-        s,
-        "GET /ws?token={token} HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\n\
-         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-         Sec-WebSocket-Version: 13\r\n{headers}\r\n"
-    )
-    .unwrap();
-    let r = read_response(&mut s).expect("an upgrade response");
-    (s, r)
 }
 
 /// A blocking WebSocket client with timeouts.
@@ -577,11 +445,13 @@ impl Ws {
     }
 
     /// The next event (which must arrive).
+    #[track_caller]
     pub fn recv(&mut self) -> Value {
         self.try_recv(WAIT).expect("an event within the wait")
     }
 
     /// The next event, which must be of type `kind`.
+    #[track_caller]
     pub fn expect(&mut self, kind: &str) -> Value {
         let ev = self.recv();
         assert_eq!(ev["type"], kind, "expected a {kind} event, got {ev}");
@@ -590,6 +460,7 @@ impl Ws {
     }
 
     /// Asserts nothing arrives for a short while.
+    #[track_caller]
     pub fn silent(&mut self) {
         if let Some(ev) = self.try_recv(QUIET) {
             panic!("expected no event, got {ev}");
@@ -641,6 +512,80 @@ impl Ws {
         assert_eq!(ev["room"], room);
     }
 
+    /// Writes every request, then flushes once: they arrive back to back.
+    pub fn pipeline(&mut self, reqs: impl IntoIterator<Item = Value>) {
+        for r in reqs {
+            self.sock.write(Message::text(r.to_string())).unwrap();
+        }
+        self.sock.flush().unwrap();
+    }
+
+    /// The first event (within `wait`) that `wanted` picks, skipping any other;
+    /// `what` names it if none comes.
+    fn next_where(&mut self, wait: Duration, what: &str, wanted: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let ev = self
+                .try_recv(left)
+                .unwrap_or_else(|| panic!("no {what} within the wait"));
+            if wanted(&ev) {
+                return ev;
+            }
+        }
+    }
+
+    /// The next event of type `kind`, skipping any other (presence, system
+    /// events, ...).
+    pub fn next_of(&mut self, kind: &str) -> Value {
+        self.next_where(WAIT, &format!("{kind} event"), |ev| ev["type"] == kind)
+    }
+
+    /// Nothing of type `kind` arrives for a short while (other events may).
+    pub fn none_of(&mut self, kind: &str) {
+        let deadline = Instant::now() + QUIET;
+        while let Some(ev) = self.try_recv(deadline.saturating_duration_since(Instant::now())) {
+            assert_ne!(ev["type"], kind, "unexpected {ev}");
+        }
+    }
+
+    /// Skips events until `user`'s `presence_change` (within `wait`), which must
+    /// say `status`.
+    pub fn presence_of(&mut self, user: &str, status: &str, wait: Duration) {
+        let what = format!("presence_change {status} for {user}");
+        let ev = self.next_where(wait, &what, |ev| {
+            ev["type"] == "presence_change" && ev["user"] == user
+        });
+        assert_eq!(ev["status"], status, "{ev}");
+    }
+
+    /// Every event until `quiet` passes without one.
+    pub fn drain(&mut self, quiet: Duration) -> Vec<Value> {
+        let mut got = Vec::new();
+        while let Some(ev) = self.try_recv(quiet) {
+            got.push(ev);
+        }
+        got
+    }
+
+    /// Reads until the server's close frame; returns the text events that came
+    /// first and the close frame. Any other end is a failure.
+    pub fn events_until_close(&mut self) -> (Vec<Value>, Option<CloseFrame>) {
+        self.sock.get_mut().set_read_timeout(Some(WAIT)).unwrap();
+        let mut events = Vec::new();
+        loop {
+            match self.sock.read() {
+                Ok(Message::Text(t)) => events.push(serde_json::from_str(t.as_str()).unwrap()),
+                Ok(Message::Close(c)) => return (events, c),
+                Ok(_) => {}
+                Err(e) => panic!(
+                    "expected a close frame after {} events, got: {e}",
+                    events.len()
+                ),
+            }
+        }
+    }
+
     pub fn close(mut self) {
         let _ = self.sock.close(None);
         let _ = self.sock.flush();
@@ -653,210 +598,13 @@ impl Ws {
     }
 }
 
-// ---------------------------------------------------------------------------------
-// The real binary as a child process.
-
-/// `klav` running as a child process, with its stderr collected.
-pub struct Klav {
-    pub child: Child,
-    pub addr: SocketAddr,
-    stderr: Arc<Mutex<String>>,
-    reader: Option<JoinHandle<()>>,
-    /// While set, nobody reads its stderr: the pipe fills and writes to it block.
-    stall: Arc<std::sync::atomic::AtomicBool>,
-}
-
-/// `klav` as a child process on a data directory (embedded PostgreSQL unless `env`
-/// sets `DATABASE_URL`), listening on an ephemeral loopback port, with extra
-/// environment variables.
-pub fn spawn_klav(data_dir: &Path, env: &[(&str, &str)]) -> Klav {
-    spawn_klav_with(data_dir, env, None)
-}
-
-/// As [`spawn_klav`], optionally under a file descriptor limit (soft and hard).
-pub fn spawn_klav_with(data_dir: &Path, env: &[(&str, &str)], max_fds: Option<u64>) -> Klav {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_klav"));
-    cmd.env_remove("DATABASE_URL")
-        .env("KLAV_DATA_DIR", data_dir)
-        .env("PORT", "0")
-        .env("HOST", "127.0.0.1")
-        .env("JWT_SECRET", SECRET)
-        .env("KLAV_REGISTER_PER_ADDR", "1000000")
-        .env("KLAV_METRICS_PER_ADDR_PER_SEC", "1000000");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    if let Some(n) = max_fds {
-        use std::os::unix::process::CommandExt;
-        // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                let lim = libc::rlimit {
-                    rlim_cur: n as libc::rlim_t,
-                    rlim_max: n as libc::rlim_t,
-                };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+/// None of `conns` receives anything for [`QUIET`] (one wait for all of them).
+#[track_caller]
+pub fn all_silent(conns: &mut [&mut Ws]) {
+    std::thread::sleep(QUIET);
+    for (i, ws) in conns.iter_mut().enumerate() {
+        if let Some(ev) = ws.try_recv(Duration::from_millis(10)) {
+            panic!("connection #{i} expected no event, got {ev}");
         }
     }
-    let mut child = cmd.spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let log = Arc::new(Mutex::new(String::new()));
-    let stall = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let reader = {
-        let log = log.clone();
-        let stall = stall.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                while stall.load(std::sync::atomic::Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                if let Some(addr) = line.split("listening on ").nth(1) {
-                    let _ = tx.send(addr.trim().parse::<SocketAddr>().unwrap());
-                }
-                let mut l = log.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        })
-    };
-    let addr = match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(a) => a,
-        Err(_) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "klav did not report its address; stderr:\n{}",
-                log.lock().unwrap()
-            );
-        }
-    };
-    Klav {
-        child,
-        addr,
-        stderr: log,
-        reader: Some(reader),
-        stall,
-    }
-}
-
-impl Klav {
-    /// Stops (or resumes) reading its stderr.
-    pub fn stall_stderr(&self, stalled: bool) {
-        self.stall
-            .store(stalled, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    pub fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    /// What it has written to stderr so far.
-    pub fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// Everything it wrote to stderr (call after it exited).
-    pub fn full_stderr(&mut self) -> String {
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
-        self.stderr()
-    }
-
-    pub fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child.
-        unsafe {
-            libc::kill(self.pid(), sig);
-        }
-    }
-
-    /// Its exit status, if it exits within `wait`.
-    pub fn wait_exit(&mut self, wait: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + wait;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGTERM, then its exit status (it must exit within 30 s).
-    pub fn terminate(&mut self) -> ExitStatus {
-        terminate(&mut self.child)
-    }
-}
-
-impl Drop for Klav {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// SIGTERM to a child, then its exit status (it must exit within 30 s).
-pub fn terminate(child: &mut Child) -> ExitStatus {
-    // SAFETY: kill(2) on our own child.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "klav did not exit after SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// One HTTP request to `addr` on a fresh connection (`Connection: close`).
-pub fn http_to(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> Response {
-    let mut s = connect(addr);
-    let body = body.unwrap_or("");
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    read_response(&mut s).expect("a response")
-}
-
-/// `POST /ws-ticket` to `addr`, with `Authorization: Bearer <token>` (none:
-/// without the header).
-pub fn ws_ticket_at(addr: SocketAddr, token: Option<&str>) -> Response {
-    let mut s = connect(addr);
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    write!(
-        s,
-        "POST /ws-ticket HTTP/1.1\r\nHost: test\r\n{auth}Content-Length: 0\r\n\
-         Connection: close\r\n\r\n"
-    )
-    .unwrap();
-    read_response(&mut s).expect("a response")
-}
-
-/// Registers `user` (password [`PASSWORD`]) on the server at `addr` and returns a token.
-pub fn user_at(addr: SocketAddr, user: &str) -> String {
-    let body = json!({"username": user, "password": PASSWORD}).to_string();
-    let r = http_to(addr, "POST", "/register", Some(&body));
-    assert_eq!(r.status, 200, "register {user}: {}", r.body);
-    let r = http_to(addr, "POST", "/login", Some(&body));
-    assert_eq!(r.status, 200, "login {user}: {}", r.body);
-    r.json()["access_token"].as_str().unwrap().to_string()
 }

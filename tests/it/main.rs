@@ -1,28 +1,61 @@
 //! Integration tests: the real server, a real PostgreSQL, real sockets.
 //! One test binary so that one throwaway cluster serves the whole run.
+//!
+//! Each module holds the tests of one feature and is named after it;
+//! `harness` (with `support`) is what they share.
 
-mod cdp;
 mod harness;
+mod support;
 
+// Accounts and the HTTP side.
 mod accounts;
-mod bench_smoke;
-mod budgets;
-mod bus;
-mod cli;
-mod cluster;
-mod costs;
-mod database;
-mod docs_links;
-mod friends;
-mod fuzz_corpus;
-mod hardening;
-mod import;
-mod memory;
-mod messages;
+mod http;
+mod login_limits;
 mod names;
-mod ordering;
-mod queue;
-mod rooms;
+
+// The WebSocket: its upgrade, tokens and frames.
+mod tokens;
 mod upgrade;
-mod v2;
-mod web;
+mod websocket;
+
+// Chat.
+mod edits;
+mod follows;
+mod idempotent_send;
+mod messages;
+mod offline_queue;
+mod pipelined_requests;
+mod presence;
+mod read_markers;
+mod resume;
+mod rooms;
+mod typing;
+
+// Budgets: what one client may cost.
+mod memory_budgets;
+mod request_budgets;
+mod turn_budgets;
+
+// Operations: the process, its log and metrics, the database under it, import.
+mod cli;
+mod docs_links;
+mod embedded_cluster;
+mod fuzzing;
+mod import;
+mod import_refusals;
+mod logging;
+mod metrics;
+mod postgres_outages;
+mod process;
+mod schema_upgrade;
+
+// Several nodes on one database.
+mod cluster;
+mod cluster_bus;
+mod cluster_faults;
+
+// The web client in a real browser, and the load generator.
+mod bench_smoke;
+mod web_assets;
+mod web_chat;
+mod web_sessions;

@@ -1,4 +1,6 @@
-//! Room messages, in-room DMs, the offline queue, history, retention, ordering.
+//! Room messages and in-room DMs: who receives them (and, as carefully, who
+//! does not), the sender's echo, `history` from the database and from the
+//! cache, retention, and one order per room under concurrent senders.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -6,19 +8,6 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::harness::*;
-
-/// A room with the given members connected and joined (join events consumed).
-fn room_with(s: &TestServer, users: &[&str]) -> (String, Vec<Ws>) {
-    let mut clients: Vec<Ws> = users.iter().map(|u| s.client(u)).collect();
-    let room = clients[0].create_room("room");
-    for i in 0..clients.len() {
-        clients[i].join(&room);
-        for earlier in clients.iter_mut().take(i) {
-            assert_eq!(earlier.expect("system")["event"], "joined");
-        }
-    }
-    (room, clients)
-}
 
 #[test]
 fn msg_reaches_every_member_connection_and_nobody_else() {
@@ -55,6 +44,27 @@ fn msg_reaches_every_member_connection_and_nobody_else() {
 }
 
 #[test]
+fn sender_echo_carries_req_id_only_on_the_sending_connection() {
+    let s = TestServer::start();
+    let (room, mut c) = room_with(&s, &["alice", "bob"]);
+    let mut alice2 = s.ws(&s.token("alice"));
+    c[0].send(json!({"type": "msg", "room_id": room, "text": "hi", "req_id": "x1"}));
+    let own = c[0].expect("message");
+    assert_eq!(own["req_id"], "x1");
+    for other in [&mut alice2, &mut c[1]] {
+        let ev = other.expect("message");
+        assert!(ev.get("req_id").is_none(), "{ev}");
+        assert_eq!(id_of(&ev), id_of(&own));
+    }
+    // Without a req_id the sender gets the shared event.
+    c[0].send(json!({"type": "msg", "room_id": room, "text": "plain"}));
+    assert!(c[0].expect("message").get("req_id").is_none());
+    // Numeric req_ids are echoed as numbers.
+    c[0].send(json!({"type": "msg", "room_id": room, "text": "n", "req_id": 7}));
+    assert_eq!(c[0].expect("message")["req_id"], 7);
+}
+
+#[test]
 fn msg_errors() {
     let s = TestServer::start();
     let (room, mut c) = room_with(&s, &["alice"]);
@@ -83,11 +93,7 @@ fn msg_errors() {
     assert_eq!(e["code"], "TEXT_TOO_LONG");
     let e = c[0].request(json!({"type": "msg", "room_id": room, "text": "nul\u{0}"}));
     assert_eq!(e["code"], "BAD_REQUEST");
-    let n: i64 = s
-        .db()
-        .query_one("SELECT count(*) FROM chat_logs WHERE kind = 'msg'", &[])
-        .unwrap()
-        .get(0);
+    let n: i64 = s.count("SELECT count(*) FROM chat_logs WHERE kind = 'msg'", &[]);
     assert_eq!(n, 1);
 }
 
@@ -161,84 +167,6 @@ fn dm_statuses_and_visibility() {
     }
 }
 
-#[test]
-fn offline_dms_are_queued_persisted_and_flushed_once() {
-    let s = TestServer::start();
-    let (room, mut c) = room_with(&s, &["alice", "bob"]);
-    let bob = c.pop().unwrap();
-    bob.close();
-    // The close handshake finished, so the server knows bob is offline.
-    for i in 0..3 {
-        let ack = c[0].request(
-            json!({"type": "room_dm", "room_id": room, "to": "bob", "text": format!("m{i}")}),
-        );
-        assert_eq!(ack["status"], "QUEUED");
-    }
-    let url = s.stop();
-    // Survives a restart of klav.
-    let s = TestServer::on_db(&url, |_| {});
-    let t = s.token("bob");
-    let mut b = s.ws(&t);
-    let mut texts = Vec::new();
-    while let Some(ev) = b.try_recv(Duration::from_millis(500)) {
-        assert_eq!(ev["type"], "offline_dm");
-        assert_eq!(ev["room"], room.as_str());
-        assert_eq!(ev["from"], "alice");
-        assert_eq!(ev["from_nickname"], "alice");
-        assert!(ev["at"].as_str().unwrap().ends_with("+00:00"));
-        texts.push(ev["text"].as_str().unwrap().to_string());
-    }
-    assert_eq!(texts, ["m0", "m1", "m2"], "all of them, oldest first");
-    // Deleted once written: a second connection gets nothing.
-    let mut deleted = false;
-    for _ in 0..50 {
-        let n: i64 = s
-            .db()
-            .query_one("SELECT count(*) FROM klav_offline_dms", &[])
-            .unwrap()
-            .get(0);
-        if n == 0 {
-            deleted = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(deleted);
-    b.close();
-    let mut b = s.ws(&t);
-    b.silent();
-}
-
-/// One sender keeps their newest 20 in a recipient's queue (see `queue.rs` for
-/// the queue's fairness between senders).
-#[test]
-fn offline_queue_keeps_a_senders_newest_20() {
-    let s = TestServer::with(|c| {
-        c.rate_burst = 1000.0;
-        c.rate_per_sec = 1000.0;
-    });
-    let (room, mut c) = room_with(&s, &["alice", "bob"]);
-    c.pop().unwrap().close();
-    std::thread::sleep(Duration::from_millis(200));
-    for i in 0..105 {
-        let ack = c[0].request(
-            json!({"type": "room_dm", "room_id": room, "to": "bob", "text": format!("{i:03}")}),
-        );
-        assert_eq!(ack["status"], "QUEUED");
-    }
-    let t = s.token("bob");
-    let mut b = s.ws(&t);
-    let mut texts = Vec::new();
-    for _ in 0..20 {
-        let ev = b.expect("offline_dm");
-        texts.push(ev["text"].as_str().unwrap().to_string());
-    }
-    let expected: Vec<String> = (85..105).map(|i| format!("{i:03}")).collect();
-    assert_eq!(texts, expected);
-    assert_eq!(b.expect("offline_dm_dropped")["count"], 85);
-    b.silent();
-}
-
 /// The database path of `history` (the cache is off: this test rewrites
 /// timestamps behind the server's back).
 #[test]
@@ -289,21 +217,11 @@ fn history_order_limits_filters_and_membership() {
     // Cursors by id.
     let h =
         c[1].request(json!({"type": "history", "room_id": room, "before_id": ids[5], "limit": 3}));
-    let texts: Vec<&str> = h["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["text"].as_str().unwrap())
-        .collect();
+    let texts: Vec<&str> = item_strs(&h, "text");
     assert_eq!(texts, ["t2", "t3", "t4"]);
     let h =
         c[1].request(json!({"type": "history", "room_id": room, "after_id": ids[25], "limit": 50}));
-    let texts: Vec<&str> = h["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["text"].as_str().unwrap())
-        .collect();
+    let texts: Vec<&str> = item_strs(&h, "text");
     assert_eq!(texts, ["t26", "t27", "t28", "t29"]);
     // Timestamps: set known times, then filter (with and without Z).
     let mut db = s.db();
@@ -315,20 +233,10 @@ fn history_order_limits_filters_and_membership() {
         .unwrap();
     }
     let h = c[1].request(json!({"type": "history", "room_id": room, "after": "2025-01-01T00:27:00Z", "before": "2025-02-01"}));
-    let texts: Vec<&str> = h["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["text"].as_str().unwrap())
-        .collect();
+    let texts: Vec<&str> = item_strs(&h, "text");
     assert_eq!(texts, ["t28", "t29"]);
     let h = c[1].request(json!({"type": "history", "room_id": room, "before": "2025-01-01T00:02:00+00:00", "after": "2024-12-31T00:00:00"}));
-    let texts: Vec<&str> = h["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["text"].as_str().unwrap())
-        .collect();
+    let texts: Vec<&str> = item_strs(&h, "text");
     assert_eq!(texts, ["t0", "t1"]);
     assert_eq!(h["items"][0]["ts"], "2025-01-01T00:00:00.000000+00:00");
     let e = c[1].request(json!({"type": "history", "room_id": room, "before": "yesterday"}));
@@ -386,9 +294,8 @@ fn retention_keeps_the_newest_n() {
         c[0].send(json!({"type": "msg", "room_id": room, "text": format!("p{i}")}));
         ids.push(c[0].expect("message")["id"].as_i64().unwrap());
     }
-    let mut kept: Vec<i64> = Vec::new();
-    for _ in 0..60 {
-        kept = s
+    let kept = eventually(Duration::from_secs(6), Duration::from_millis(100), || {
+        let kept: Vec<i64> = s
             .db()
             .query(
                 "SELECT id FROM chat_logs WHERE room_id = $1 ORDER BY id",
@@ -399,10 +306,11 @@ fn retention_keeps_the_newest_n() {
             .map(|r| r.get(0))
             .collect();
         if kept.len() == 5 {
-            break;
+            Ok(kept)
+        } else {
+            Err(format!("retention kept {kept:?}"))
         }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    });
     assert_eq!(kept, ids[7..].to_vec());
 }
 
@@ -539,7 +447,7 @@ fn history_cache_agrees_with_the_database() {
     c[2].send(json!({"type": "join", "room_id": room}));
     // Let every delivery arrive.
     for ws in c.iter_mut() {
-        while ws.try_recv(Duration::from_millis(400)).is_some() {}
+        ws.drain(Duration::from_millis(400));
     }
     let uncached = TestServer::on_db(&s.db_url, |c| c.history_cache_entries = 0);
     let users = ["alice", "bob", "carl"];
@@ -575,12 +483,6 @@ fn history_cache_agrees_with_the_database() {
         }
     }
     // The cache served at least some of these.
-    let m = s.http("GET", "/metrics", None).body;
-    let hits: u64 = m
-        .lines()
-        .find_map(|l| l.strip_prefix("klav_history_cache_hits_total "))
-        .expect("hits metric")
-        .parse()
-        .unwrap();
-    assert!(hits > 0, "{m}");
+    let hits = metric(s.addr, "klav_history_cache_hits_total");
+    assert!(hits > 0, "no history request was answered from the cache");
 }

@@ -22,10 +22,7 @@ fn register_nick(s: &TestServer, user: &str, nickname: &str) -> Response {
 }
 
 fn count_users(s: &TestServer) -> i64 {
-    s.db()
-        .query_one("SELECT count(*) FROM users", &[])
-        .unwrap()
-        .get(0)
+    s.count("SELECT count(*) FROM users", &[])
 }
 
 #[test]
@@ -149,7 +146,7 @@ fn case_variants_registered_at_once_make_one_account() {
 #[test]
 fn case_check_waits_for_a_registration_in_progress() {
     let url = pg().fresh_db();
-    let mut elsewhere = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let mut elsewhere = connect_db(&url);
     let mut tx = elsewhere.transaction().unwrap();
     tx.execute(
         "SELECT pg_advisory_xact_lock($1, hashtext(lower('MINA')))",
@@ -164,7 +161,7 @@ fn case_check_waits_for_a_registration_in_progress() {
     let here = {
         let url = url.clone();
         std::thread::spawn(move || {
-            let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+            let mut db = connect_db(&url);
             let job = Job::Register {
                 username: "mina".into(),
                 password_hash: "h2".into(),
@@ -198,11 +195,7 @@ fn legacy_names_still_log_in_and_chat() {
         )
         .unwrap();
     }
-    let token = |name: &str| {
-        let r = s.login(name, "legacy-pw");
-        assert_eq!(r.status, 200, "{name}: {}", r.body);
-        r.json()["access_token"].as_str().unwrap().to_string()
-    };
+    let token = |name: &str| s.login_token(name, "legacy-pw");
     let mut mina = s.ws(&token("미나"));
     let mut joon = s.ws(&token("OldJoon"));
     let mut other = s.ws(&token("oldjoon"));
@@ -313,8 +306,7 @@ fn legacy_nickname_cannot_forge_a_system_line() {
             &[&forged],
         )
         .unwrap();
-    let r = s.login("mina", "legacy-pw");
-    let mut mina = s.ws(r.json()["access_token"].as_str().unwrap());
+    let mut mina = s.ws(&s.login_token("mina", "legacy-pw"));
     let mut joon = s.client("joon");
     let room = joon.create_room("lobby");
     joon.join(&room);
@@ -389,11 +381,7 @@ fn room_names_follow_the_same_rules() {
             "{name:?}: {e}"
         );
     }
-    let n: i64 = s
-        .db()
-        .query_one("SELECT count(*) FROM rooms", &[])
-        .unwrap()
-        .get(0);
+    let n: i64 = s.count("SELECT count(*) FROM rooms", &[]);
     assert_eq!(n, 0);
     // 100 characters is fine; a decomposed name is stored composed, and joining
     // by either form finds it.

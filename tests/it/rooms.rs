@@ -1,6 +1,9 @@
-//! Rooms: create_room, join (by id and by name), leave, my_rooms.
+//! Rooms: `create_room`, `join` (by id and by name), `leave`, `my_rooms`,
+//! `room_members`, and how many rooms a user may create and join.
 
-use serde_json::json;
+use std::time::Duration;
+
+use serde_json::{json, Value};
 
 use crate::harness::*;
 
@@ -82,11 +85,10 @@ fn join_by_id_broadcasts_to_members_only() {
     assert_eq!(ack["room"], room.as_str());
     a.silent();
     // System log entry written once.
-    let n: i64 = s
-        .db()
-        .query_one("SELECT count(*) FROM chat_logs WHERE room_id = $1 AND text = 'bob 님이 입장하셨습니다'", &[&room])
-        .unwrap()
-        .get(0);
+    let n: i64 = s.count(
+        "SELECT count(*) FROM chat_logs WHERE room_id = $1 AND text = 'bob 님이 입장하셨습니다'",
+        &[&room],
+    );
     assert_eq!(n, 1);
 }
 
@@ -100,11 +102,7 @@ fn join_errors() {
         (Some("error"), Some("ROOM_NOT_FOUND"))
     );
     // Unknown ids are not created (the old squatting hole).
-    let n: i64 = s
-        .db()
-        .query_one("SELECT count(*) FROM rooms", &[])
-        .unwrap()
-        .get(0);
+    let n: i64 = s.count("SELECT count(*) FROM rooms", &[]);
     assert_eq!(n, 0);
     let e = a.request(json!({"type": "join"}));
     assert_eq!(e["code"], "ROOM_ID_OR_NAME_REQUIRED");
@@ -136,11 +134,7 @@ fn join_by_name_creates_then_reuses_oldest() {
     // `room` older clients send is a name in join, so `room_id` wins when both are given.
     let ack = a.request(json!({"type": "join", "room_id": room, "room": "other"}));
     assert_eq!(ack["status"], "ALREADY");
-    let n: i64 = s
-        .db()
-        .query_one("SELECT count(*) FROM rooms WHERE name = 'other'", &[])
-        .unwrap()
-        .get(0);
+    let n: i64 = s.count("SELECT count(*) FROM rooms WHERE name = 'other'", &[]);
     assert_eq!(n, 0);
 }
 
@@ -181,14 +175,10 @@ fn leave_notifies_remaining_members() {
     let ack = c.request(json!({"type": "leave", "room_id": room}));
     assert_eq!(ack["status"], "NOT_A_MEMBER");
     a.silent();
-    let n: i64 = s
-        .db()
-        .query_one(
-            "SELECT count(*) FROM chat_logs WHERE text LIKE '%나가셨습니다'",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let n: i64 = s.count(
+        "SELECT count(*) FROM chat_logs WHERE text LIKE '%나가셨습니다'",
+        &[],
+    );
     assert_eq!(n, 1);
     let e = c.request(json!({"type": "leave"}));
     assert_eq!(e["code"], "ROOM_ID_REQUIRED");
@@ -261,4 +251,77 @@ fn my_rooms_puts_rooms_without_messages_last() {
     let my = a.request(json!({"type": "my_rooms"}));
     assert_eq!(my["rooms"], json!([r2, r1, "r_00000000"]));
     assert_eq!(my["rooms_info"][2]["last"], json!(null));
+}
+
+#[test]
+fn room_members_lists_everyone_with_online() {
+    let s = TestServer::start();
+    let (room, mut c) = room_with(&s, &["bob", "alice", "carl"]);
+    s.user("dora");
+    let carl = c.pop().unwrap();
+    carl.close();
+    std::thread::sleep(Duration::from_millis(100));
+    let r = c[0].request(json!({"type": "room_members", "room_id": room}));
+    assert_eq!(r["type"], "room_members");
+    assert_eq!(r["room"], room.as_str());
+    assert_eq!(
+        r["members"],
+        json!([
+            {"username": "alice", "nickname": "alice", "online": true},
+            {"username": "bob", "nickname": "bob", "online": true},
+            {"username": "carl", "nickname": "carl", "online": false},
+        ])
+    );
+    let mut dora = s.ws(&s.token("dora"));
+    let e = dora.request(json!({"type": "room_members", "room_id": room}));
+    assert_eq!(e["code"], "NOT_A_MEMBER");
+    let e = dora.request(json!({"type": "room_members"}));
+    assert_eq!(e["code"], "ROOM_ID_REQUIRED");
+    c[1].silent();
+}
+
+#[test]
+fn rooms_created_and_joined_are_budgeted() {
+    let s = TestServer::with(|c| {
+        c.rooms_created_per_hour = 3;
+        c.max_rooms_per_user = 2;
+    });
+    let mut a = s.client("roomer");
+    let r1 = a.create_room("one");
+    let _r2 = a.create_room("two");
+    a.join(&r1);
+    // A join by name may create a room: it counts.
+    a.send(json!({"type": "join", "room": "three", "req_id": "j3"}));
+    let ev = a.expect("system");
+    assert_eq!(ev["event"], "joined");
+    let refused = a.request(json!({"type": "create_room", "name": "four"}));
+    assert_eq!(
+        (refused["type"].as_str(), refused["code"].as_str()),
+        (Some("error"), Some("RATE_LIMITED")),
+        "{refused}"
+    );
+    // Another connection of the same user shares the budget.
+    let t = s.token("roomer");
+    let mut b = s.ws(&t);
+    let refused = b.request(json!({"type": "create_room", "name": "five"}));
+    assert_eq!(refused["code"], "RATE_LIMITED", "{refused}");
+    // Member of two rooms: a third join is refused, leaving one makes room.
+    let mut owner = s.client("owner");
+    let r3 = owner.create_room("three-by-id");
+    let r = a.request(json!({"type": "join", "room_id": r3}));
+    assert_eq!(r["code"], "TOO_MANY_ROOMS", "{r}");
+    let left = a.request(json!({"type": "leave", "room_id": r1}));
+    assert_eq!(left["status"], "LEFT");
+    a.send(json!({"type": "join", "room_id": r3}));
+    let ev: Value = a.expect("system");
+    assert_eq!(
+        (ev["event"].as_str(), ev["room"].as_str()),
+        (Some("joined"), Some(r3.as_str()))
+    );
+    let mut db = s.db();
+    let rooms: i64 = db
+        .query_one("SELECT count(*) FROM rooms", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(rooms, 4, "three of roomer's, one of owner's");
 }

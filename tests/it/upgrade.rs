@@ -1,30 +1,13 @@
-//! The authenticated WebSocket upgrade (by token or by one-time ticket) and the
-//! basic frame rules.
+//! The authenticated WebSocket upgrade: by token (header or query) or by
+//! one-time ticket, the tokens it refuses, the origins it refuses, and how many
+//! WebSockets a user or an address may hold and open.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use jsonwebtoken::Algorithm;
 use serde_json::json;
-use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::Message;
 
 use crate::harness::*;
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-fn token(claims: serde_json::Value, secret: &str, alg: Algorithm) -> String {
-    encode(
-        &Header::new(alg),
-        &claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap()
-}
 
 #[test]
 fn header_and_query_tokens() {
@@ -50,7 +33,7 @@ fn header_and_query_tokens() {
 fn refused_tokens_get_403_with_detail() {
     let s = TestServer::start();
     s.user("alice");
-    let exp = now() + 600;
+    let exp = unix_now() + 600;
     let cases = vec![
         ("none", "/ws".to_string()),
         ("garbage", "/ws?token=abc.def.ghi".to_string()),
@@ -58,8 +41,8 @@ fn refused_tokens_get_403_with_detail() {
             "expired",
             format!(
                 "/ws?token={}",
-                token(
-                    json!({"sub": "alice", "iat": now() - 7200, "exp": now() - 3600}),
+                sign(
+                    &json!({"sub": "alice", "iat": unix_now() - 7200, "exp": unix_now() - 3600}),
                     SECRET,
                     Algorithm::HS256
                 )
@@ -69,8 +52,8 @@ fn refused_tokens_get_403_with_detail() {
             "other secret",
             format!(
                 "/ws?token={}",
-                token(
-                    json!({"sub": "alice", "exp": exp}),
+                sign(
+                    &json!({"sub": "alice", "exp": exp}),
                     "other",
                     Algorithm::HS256
                 )
@@ -80,8 +63,8 @@ fn refused_tokens_get_403_with_detail() {
             "other algorithm",
             format!(
                 "/ws?token={}",
-                token(
-                    json!({"sub": "alice", "exp": exp}),
+                sign(
+                    &json!({"sub": "alice", "exp": exp}),
                     SECRET,
                     Algorithm::HS512
                 )
@@ -91,22 +74,22 @@ fn refused_tokens_get_403_with_detail() {
             "no sub",
             format!(
                 "/ws?token={}",
-                token(json!({"exp": exp}), SECRET, Algorithm::HS256)
+                sign(&json!({"exp": exp}), SECRET, Algorithm::HS256)
             ),
         ),
         (
             "no exp",
             format!(
                 "/ws?token={}",
-                token(json!({"sub": "alice"}), SECRET, Algorithm::HS256)
+                sign(&json!({"sub": "alice"}), SECRET, Algorithm::HS256)
             ),
         ),
         (
             "unregistered user",
             format!(
                 "/ws?token={}",
-                token(
-                    json!({"sub": "ghost", "exp": exp}),
+                sign(
+                    &json!({"sub": "ghost", "exp": exp}),
                     SECRET,
                     Algorithm::HS256
                 )
@@ -152,63 +135,22 @@ fn token_of_deleted_user_is_refused() {
     assert!(body.contains("not registered"), "{body}");
 }
 
+/// A token that is not valid yet (`nbf` in the future) is refused.
 #[test]
-fn bad_frames_get_errors_and_keep_the_connection() {
+fn token_not_yet_valid_is_refused() {
     let s = TestServer::start();
-    let mut ws = s.client("alice");
-    ws.send_raw(Message::text("not json"));
-    assert_eq!(ws.expect("error")["code"], "BAD_REQUEST");
-    ws.send_raw(Message::text("[1,2]"));
-    assert_eq!(ws.expect("error")["code"], "BAD_REQUEST");
-    ws.send(json!({"no": "type", "req_id": 5}));
-    let e = ws.expect("error");
-    assert_eq!(
-        (e["code"].as_str(), e["req_id"].as_i64()),
-        (Some("BAD_REQUEST"), Some(5))
-    );
-    ws.send_raw(Message::binary(vec![1u8, 2, 3]));
-    assert_eq!(ws.expect("error")["code"], "BAD_REQUEST");
-    let e = ws.request(json!({"type": "frobnicate"}));
-    assert_eq!(e["code"], "UNKNOWN_TYPE");
-    // Still open and serving.
-    let r = ws.request(json!({"type": "my_rooms"}));
-    assert_eq!(r["type"], "my_rooms");
-}
-
-#[test]
-fn pings_are_answered_and_close_is_honoured() {
-    let s = TestServer::start();
-    let mut ws = s.client("alice");
-    ws.send_raw(Message::Ping(vec![7u8, 7].into()));
-    ws.sock.get_mut().set_read_timeout(Some(WAIT)).unwrap();
-    match ws.sock.read().unwrap() {
-        Message::Pong(p) => assert_eq!(&p[..], &[7, 7]),
-        other => panic!("expected a pong, got {other:?}"),
-    }
-    ws.sock.close(None).unwrap();
-    loop {
-        match ws.sock.read() {
-            Ok(Message::Close(_)) => continue,
-            Ok(m) => panic!("unexpected {m:?}"),
-            Err(tungstenite::Error::ConnectionClosed) => break,
-            Err(e) => panic!("close handshake: {e}"),
+    s.user("alice");
+    let now = unix_now();
+    let mint =
+        |nbf: u64| mint_claims(json!({"sub": "alice", "iat": now, "exp": now + 3600, "nbf": nbf}));
+    match Ws::connect(s.addr, &mint(now + 600)) {
+        Err((status, body)) => {
+            assert_eq!(status, 403, "{body}");
+            assert!(body.contains("not yet valid"), "{body}");
         }
+        Ok(_) => panic!("a token valid only in ten minutes was accepted"),
     }
-}
-
-#[test]
-fn oversized_frame_closes_1009() {
-    let s = TestServer::start();
-    let mut ws = s.client("alice");
-    ws.send_raw(Message::text("x".repeat(70 * 1024)));
-    let frame = ws.expect_close().expect("a close frame");
-    assert_eq!(frame.code, CloseCode::Size);
-    // Others are unaffected.
-    let mut other = s.client("bob");
-    assert_eq!(
-        other.request(json!({"type": "my_rooms"}))["type"],
-        "my_rooms"
-    );
+    assert!(Ws::connect(s.addr, &mint(now.saturating_sub(5))).is_ok());
 }
 
 #[test]
@@ -216,6 +158,35 @@ fn not_an_upgrade_is_400() {
     let s = TestServer::start();
     let r = s.http("GET", "/ws", None);
     assert_eq!(r.status, 400);
+}
+
+/// With allowed origins configured, a browser page from another origin cannot
+/// open a WebSocket with the user's token; the allowed origin and non-browser
+/// clients (no Origin) can.
+#[test]
+fn cross_site_websocket_hijacking_is_refused() {
+    let s = TestServer::with(|c| c.allowed_origins = vec!["https://chat.example".into()]);
+    let t = s.user("victim");
+    let path = format!("/ws?token={t}");
+    for origin in [
+        "https://evil.example",
+        "https://chat.example.evil.example",
+        "http://chat.example",
+        "null",
+    ] {
+        let (status, body) = Ws::connect_with(s.addr, &path, &[("Origin", origin)])
+            .err()
+            .unwrap_or_else(|| panic!("{origin}: upgraded"));
+        assert_eq!(status, 403, "{origin}");
+        assert!(body.contains("origin"), "{origin}: {body}");
+    }
+    for origin in ["https://chat.example", "https://Chat.Example/"] {
+        let mut ws = Ws::connect_with(s.addr, &path, &[("Origin", origin)])
+            .unwrap_or_else(|e| panic!("{origin}: {e:?}"));
+        assert_eq!(ws.request(json!({"type": "my_rooms"}))["type"], "my_rooms");
+    }
+    let mut ws = Ws::connect(s.addr, &t).expect("no Origin: not a browser");
+    assert_eq!(ws.request(json!({"type": "my_rooms"}))["type"], "my_rooms");
 }
 
 /// A ticket opens one connection, as its user; a second use, an unknown or a
@@ -298,13 +269,13 @@ fn ws_ticket_opens_one_connection() {
 fn ws_ticket_needs_a_good_bearer_token() {
     let s = TestServer::start();
     let t = s.user("alice");
-    let expired = token(
-        json!({"sub": "alice", "iat": now() - 7200, "exp": now() - 3600}),
+    let expired = sign(
+        &json!({"sub": "alice", "iat": unix_now() - 7200, "exp": unix_now() - 3600}),
         SECRET,
         Algorithm::HS256,
     );
-    let ghost = token(
-        json!({"sub": "ghost", "iat": now(), "exp": now() + 600}),
+    let ghost = sign(
+        &json!({"sub": "ghost", "iat": unix_now(), "exp": unix_now() + 600}),
         SECRET,
         Algorithm::HS256,
     );
@@ -323,11 +294,7 @@ fn ws_ticket_needs_a_good_bearer_token() {
     let r = s.http("POST", &format!("/ws-ticket?token={t}"), None);
     assert_eq!(r.status, 401, "{}", r.body);
     assert_eq!(s.http("GET", "/ws-ticket", None).status, 405);
-    let n: i64 = s
-        .db()
-        .query_one("SELECT count(*) FROM klav_ws_tickets", &[])
-        .unwrap()
-        .get(0);
+    let n: i64 = s.count("SELECT count(*) FROM klav_ws_tickets", &[]);
     assert_eq!(n, 0);
 }
 
@@ -349,19 +316,12 @@ fn ws_tickets_expire_and_are_cleaned_up() {
     });
     let bob = s.user("bob");
     s.ws_ticket(&bob);
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let n: i64 = s
-            .db()
-            .query_one("SELECT count(*) FROM klav_ws_tickets", &[])
-            .unwrap()
-            .get(0);
-        if n == 0 {
-            break;
+    eventually(WAIT, Duration::from_millis(100), || {
+        match s.count("SELECT count(*) FROM klav_ws_tickets", &[]) {
+            0 => Ok(()),
+            _ => Err("an expired ticket was kept".into()),
         }
-        assert!(Instant::now() < deadline, "an expired ticket was kept");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    });
 }
 
 /// A user holds at most 20 outstanding tickets: minting more drops the oldest.
@@ -370,14 +330,10 @@ fn ws_tickets_per_user_are_bounded() {
     let s = TestServer::start();
     let t = s.user("alice");
     let tickets: Vec<String> = (0..25).map(|_| s.ws_ticket(&t)).collect();
-    let n: i64 = s
-        .db()
-        .query_one(
-            "SELECT count(*) FROM klav_ws_tickets WHERE username = 'alice'",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let n: i64 = s.count(
+        "SELECT count(*) FROM klav_ws_tickets WHERE username = 'alice'",
+        &[],
+    );
     assert_eq!(n, 20);
     for old in &tickets[..5] {
         assert_eq!(
@@ -396,8 +352,8 @@ fn ws_tickets_per_user_are_bounded() {
 fn ticket_connection_keeps_the_token_expiry_and_login() {
     let s = TestServer::with(|c| c.ws_token_expiry_close = true);
     s.user("alice");
-    let short = token(
-        json!({"sub": "alice", "iat": now(), "exp": now() + 2}),
+    let short = sign(
+        &json!({"sub": "alice", "iat": unix_now(), "exp": unix_now() + 2}),
         SECRET,
         Algorithm::HS256,
     );
@@ -407,23 +363,94 @@ fn ticket_connection_keeps_the_token_expiry_and_login() {
     let close = ws.expect_close().expect("a close frame");
     assert_eq!(u16::from(close.code), 1008);
 
-    let login = now() - 5 * 24 * 3600;
-    let old = token(
-        json!({"sub": "alice", "iat": now(), "exp": now() + 600, "auth_time": login}),
+    let login = unix_now() - 5 * 24 * 3600;
+    let old = sign(
+        &json!({"sub": "alice", "iat": unix_now(), "exp": unix_now() + 600, "auth_time": login}),
         SECRET,
         Algorithm::HS256,
     );
     let mut ws = Ws::connect_ticket(s.addr, &s.ws_ticket(&old)).unwrap();
     let t = ws.request(json!({"type": "refresh_token"}));
     assert_eq!(t["type"], "token", "{t}");
-    let claims = jsonwebtoken::decode::<serde_json::Value>(
-        t["access_token"].as_str().unwrap(),
-        &jsonwebtoken::DecodingKey::from_secret(SECRET.as_bytes()),
-        &jsonwebtoken::Validation::new(Algorithm::HS256),
-    )
-    .unwrap()
-    .claims;
+    let claims = claims_of(t["access_token"].as_str().unwrap());
     assert_eq!(claims["auth_time"], login);
+}
+
+#[test]
+fn websockets_per_user_and_per_address_are_capped() {
+    let s = TestServer::with(|c| {
+        c.max_conns_per_user = 3;
+        c.max_conns_per_addr = 5;
+        c.trusted_proxies = klav::client_addr::TrustedProxies::parse("127.0.0.1").unwrap();
+    });
+    let t = s.user("many");
+    let mut keep = Vec::new();
+    for _ in 0..3 {
+        keep.push(s.ws(&t));
+    }
+    let (_, status) = upgrade_status(s.addr, &t, "");
+    assert_eq!(status, 429, "a fourth connection of one user");
+    // Closing one frees its place.
+    keep.pop().unwrap().close();
+    std::thread::sleep(Duration::from_millis(100));
+    keep.push(s.ws(&t));
+
+    // Per address: 3 + 2 more from other users fill 127.0.0.1's five.
+    for u in ["other1", "other2"] {
+        keep.push(s.client(u));
+    }
+    let t3 = s.user("other3");
+    let (_, status) = upgrade_status(s.addr, &t3, "");
+    assert_eq!(status, 429, "a sixth connection from one address");
+    // Behind the trusted proxy, the forwarded address is what counts.
+    let (_sock, status) = upgrade_status(s.addr, &t3, "X-Forwarded-For: 198.51.100.7\r\n");
+    assert_eq!(status, 101, "another client behind the proxy");
+    assert!(metric(s.addr, "klav_upgrades_refused_total") >= 2);
+}
+
+/// One user connecting and disconnecting in a loop made 8,008 presence
+/// transactions and 15,504 presence events to a follower in 20 s. Upgrades are
+/// a per-user budget now: past the burst, 429 with `Retry-After`.
+#[test]
+fn reconnect_loops_are_refused_with_retry_after() {
+    let s = TestServer::start();
+    let token = s.user("mina");
+    let mut follower = s.client("fan");
+    follower.request(json!({"type": "friend_follow", "to": "mina"}));
+    follower.request(json!({"type": "presence_friends_subscribe"}));
+    let mut opened = 0;
+    let mut refused = None;
+    for _ in 0..40 {
+        match Ws::connect(s.addr, &token) {
+            Ok(ws) => {
+                opened += 1;
+                ws.close();
+            }
+            Err((status, body)) => {
+                refused = Some((status, body));
+                break;
+            }
+        }
+    }
+    let (status, body) = refused.expect("a reconnect loop is refused at some point");
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("opened"), "{body}");
+    assert!((15..=25).contains(&opened), "{opened} opened first");
+    // The refusal says when to come back.
+    let (_, r) = upgrade_response(s.addr, &token, "");
+    assert_eq!(r.status, 429);
+    let wait: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=2).contains(&wait), "Retry-After: {wait}");
+    // Other users connect as usual.
+    assert!(Ws::connect(s.addr, &s.user("other")).is_ok());
+    // The follower saw at most one online and one offline per connection let in.
+    let mut changes = 0;
+    while let Some(ev) = follower.try_recv(Duration::from_millis(500)) {
+        if ev["type"] == "presence_change" {
+            changes += 1;
+        }
+    }
+    assert!(changes <= 2 * opened, "{changes} presence changes");
 }
 
 /// URL-safe base64 without padding, for hand-made tokens.

@@ -3,15 +3,15 @@
 //! is not believed, what it records is not taken twice, and even a join
 //! signed with the right key grants nothing the database does not hold.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use postgres::fallible_iterator::FallibleIterator;
 use serde_json::{json, Value};
 
 use klav::db::bus::{self, BusKey, EntryRef, MemberOp, Sealer};
 
-use crate::cluster::{next_of, presence_of, Nodes};
 use crate::harness::*;
+use crate::support::nodes::Nodes;
 
 /// A login with CONNECT on the test database and nothing else: every table
 /// refuses it, `pg_notify` and `LISTEN` do not.
@@ -66,18 +66,10 @@ fn last_entry(c: &Nodes, room: &str) -> i64 {
         .unwrap()
 }
 
-/// A counter from a node's `/metrics` (0 when it is not there).
-fn metric(c: &Nodes, node: usize, name: &str) -> u64 {
-    let text = http_to(c.addr(node), "GET", "/metrics", None).body;
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .map_or(0, |v| v.trim().parse().unwrap())
-}
-
+/// How many notifications a node dropped for `reason`.
 fn dropped(c: &Nodes, node: usize, reason: &str) -> u64 {
     metric(
-        c,
-        node,
+        c.addr(node),
         &format!("klav_bus_dropped_total{{reason=\"{reason}\"}}"),
     )
 }
@@ -88,25 +80,6 @@ fn drops(c: &Nodes, node: usize) -> Vec<(&'static str, u64)> {
         .into_iter()
         .map(|r| (r, dropped(c, node, r)))
         .collect()
-}
-
-/// Waits (at most [`WAIT`]) until `done`; whether it came.
-fn wait_until(mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + WAIT;
-    while !done() {
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    true
-}
-
-/// Nothing at all reaches `ws` for a short while.
-fn quiet(ws: &mut Ws, who: &str) {
-    if let Some(ev) = ws.try_recv(QUIET) {
-        panic!("{who} was told {ev}");
-    }
 }
 
 /// What a member of nothing gets for a room.
@@ -151,12 +124,12 @@ fn bus_forged_by_a_connect_only_role_is_not_believed() {
     assert_eq!(ack["status"], "FOLLOWED", "{ack}");
     cw.request(json!({"type": "presence_friends_subscribe"}));
     let mut b = c.ws(1, &bob);
-    presence_of(&mut cw, "bob", "online", WAIT);
+    cw.presence_of("bob", "online", WAIT);
     let mut a = c.ws(0, &alice);
     let room = a.create_room("guarded");
     a.join(&room);
     b.join(&room);
-    next_of(&mut a, "system");
+    a.next_of("system");
     let mut m = c.ws(1, &mallory);
 
     let last = last_entry(&c, &room);
@@ -222,15 +195,15 @@ fn bus_forged_by_a_connect_only_role_is_not_believed() {
         wait_until(|| dropped(&c, node, "bad_mac") + dropped(&c, node, "malformed") == 8);
     }
 
-    quiet(&mut cw, "carol");
-    quiet(&mut a, "alice");
-    quiet(&mut b, "bob");
-    quiet(&mut m, "mallory");
+    cw.silent();
+    a.silent();
+    b.silent();
+    m.silent();
     refused(&mut m, &room);
     a.send(json!({"type": "msg", "room_id": room, "text": "genuine"}));
-    assert_eq!(next_of(&mut a, "message")["text"], "genuine");
-    assert_eq!(next_of(&mut b, "message")["text"], "genuine", "n1 too");
-    quiet(&mut m, "mallory");
+    assert_eq!(a.next_of("message")["text"], "genuine");
+    assert_eq!(b.next_of("message")["text"], "genuine", "n1 too");
+    m.silent();
     nothing_of_mallory_stored(&c);
     let snap = cw.request(json!({"type": "get_online_friends"}));
     assert_eq!(snap["users"][0]["username"], "bob", "{snap}");
@@ -281,18 +254,18 @@ fn bus_payloads_recorded_by_a_connect_only_role_are_not_taken_twice() {
     a.join(&room);
     let mut b = c.ws(1, &bob);
     b.join(&room);
-    next_of(&mut a, "system");
+    a.next_of("system");
     // dave comes and goes on n1.
     let d = c.ws(1, &dave);
-    presence_of(&mut cw, "dave", "online", WAIT);
+    cw.presence_of("dave", "online", WAIT);
     d.close();
-    presence_of(&mut cw, "dave", "offline", WAIT);
+    cw.presence_of("dave", "offline", WAIT);
     // A message and typing from n0 to n1.
     a.send(json!({"type": "msg", "room_id": room, "text": "once"}));
-    assert_eq!(next_of(&mut a, "message")["text"], "once");
-    assert_eq!(next_of(&mut b, "message")["text"], "once");
+    assert_eq!(a.next_of("message")["text"], "once");
+    assert_eq!(b.next_of("message")["text"], "once");
     a.send(json!({"type": "typing", "room_id": room}));
-    assert_eq!(next_of(&mut b, "typing")["user"], "alice");
+    assert_eq!(b.next_of("typing")["user"], "alice");
 
     let mut recorded: Vec<String> = Vec::new();
     {
@@ -314,9 +287,9 @@ fn bus_payloads_recorded_by_a_connect_only_role_are_not_taken_twice() {
         wait_until(|| dropped(&c, node, "replayed") == recorded.len() as u64);
     }
 
-    quiet(&mut cw, "carol");
-    quiet(&mut a, "alice");
-    quiet(&mut b, "bob");
+    cw.silent();
+    a.silent();
+    b.silent();
     let snap = cw.request(json!({"type": "get_online_friends"}));
     assert_eq!(snap["users"], json!([]), "{snap}");
     for node in 0..2 {
@@ -348,7 +321,7 @@ fn bus_join_signed_with_the_right_key_grants_nothing_the_database_lacks() {
     a.join(&room);
     let mut b = c.ws(1, &bob);
     b.join(&room);
-    next_of(&mut a, "system");
+    a.next_of("system");
     let mut m = c.ws(1, &mallory);
 
     let sealer = Sealer::new(BusKey::derive(SECRET.as_bytes()), "n7", 7);
@@ -397,16 +370,16 @@ fn bus_join_signed_with_the_right_key_grants_nothing_the_database_lacks() {
             .stderr()
             .contains("was announced on the bus but is not in the database")
     });
-    quiet(&mut m, "mallory");
-    quiet(&mut b, "bob");
+    m.silent();
+    b.silent();
     refused(&mut m, &room);
     std::thread::sleep(QUIET);
     refused(&mut m, &room);
     assert!(read_back, "n1 never read the join back");
     // The room's order holds on n1: a genuine message arrives.
     a.send(json!({"type": "msg", "room_id": room, "text": "genuine"}));
-    assert_eq!(next_of(&mut b, "message")["text"], "genuine");
-    quiet(&mut m, "mallory");
+    assert_eq!(b.next_of("message")["text"], "genuine");
+    m.silent();
     nothing_of_mallory_stored(&c);
     for node in 0..2 {
         assert_eq!(dropped(&c, node, "stale"), 1, "n{node}");
@@ -435,7 +408,7 @@ fn bus_join_and_follow_made_on_another_node_are_granted_once_read_back() {
     for i in 0..20 {
         a.send(json!({"type": "msg", "room_id": room, "text": format!("m{i}")}));
     }
-    let joined = next_of(&mut b1, "system");
+    let joined = b1.next_of("system");
     assert_eq!(
         (joined["event"].as_str(), joined["user"].as_str()),
         (Some("joined"), Some("bob")),
@@ -454,5 +427,5 @@ fn bus_join_and_follow_made_on_another_node_are_granted_once_read_back() {
     // The grant on n1 is a read away.
     std::thread::sleep(QUIET);
     let _d = c.ws(0, &dave);
-    presence_of(&mut b1, "dave", "online", WAIT);
+    b1.presence_of("dave", "online", WAIT);
 }
