@@ -29,12 +29,14 @@
 //! (delivering, presence writes, heartbeats, catching up) is in
 //! `handlers::cluster`.
 
+pub mod bus;
 pub mod chain;
+pub mod listener;
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use crate::db::bus::{MemberOp, Payloads};
+use crate::cluster::bus::{MemberOp, Payloads};
 use crate::db::jobs::{ChainLink, ChatEntry, Outcome};
 use crate::db::Ticket;
 use chain::Chains;
@@ -98,7 +100,7 @@ pub struct Cluster {
     /// Numbers the next of those reads.
     pub next_follow_read: u64,
     /// What the bus listener dropped, by reason (it counts; `/metrics` reads).
-    pub bus_dropped: std::sync::Arc<crate::db::bus::BusDropped>,
+    pub bus_dropped: std::sync::Arc<crate::cluster::bus::BusDropped>,
 }
 
 impl Cluster {

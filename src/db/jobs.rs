@@ -18,7 +18,7 @@ pub enum Completion {
     Chained(Ticket, Outcome, ChainLink),
     Hash(Ticket, HashOutcome),
     /// Events another node committed (see `bus`).
-    Bus(Vec<super::bus::BusEvent>),
+    Bus(Vec<super::notify::BusEvent>),
     /// The bus listener (re)connected: anything may have been missed before.
     BusConnected,
 }

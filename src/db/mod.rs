@@ -22,12 +22,11 @@ macro_rules! entry_columns {
     };
 }
 
-pub mod bus;
 pub mod embedded;
 pub mod entry;
 pub mod jobs;
-pub mod listener;
 pub mod nodes;
+pub mod notify;
 pub mod offline_queue;
 pub mod queries;
 pub mod rows;
@@ -277,8 +276,8 @@ pub struct DbSettings {
     pub workers: usize,
     pub batch: usize,
     /// What seals this node's notifications when it shares the database with
-    /// other nodes: its writes then notify them (see `bus`).
-    pub bus: Option<Arc<bus::Sealer>>,
+    /// other nodes: its writes then notify them (see `notify`).
+    pub bus: Option<Arc<dyn notify::Notifier>>,
 }
 
 impl Db {

@@ -9,8 +9,8 @@
 
 use postgres::{GenericClient, Transaction};
 
-use super::bus::{self, Payloads, Sealer};
 use super::jobs::*;
+use super::notify::{send_notes, Notes, Notifier};
 use super::rows::{display_nickname, entry_from_row, room_newest_entry, Stmts};
 use super::DbError;
 
@@ -50,44 +50,12 @@ pub fn elsewhere<C: GenericClient>(
     Ok(c.query_one(&s, &[&user, &node])?.get(0))
 }
 
-fn notify<C: GenericClient>(
-    c: &mut C,
-    st: &mut Stmts,
-    bus: &Sealer,
-    notes: Payloads,
-) -> Result<(), DbError> {
-    if notes.is_empty() {
-        return Ok(());
-    }
-    send(c, st, bus, &notes.finish())
-}
-
-/// Seals event arrays (see [`Payloads`]) and sends them on the bus channel, in
-/// order; they reach the other nodes when (and only if) the transaction
-/// commits. Sealed last thing before the commit, so that their time is close
-/// to when they are heard.
-pub fn send<C: GenericClient>(
-    c: &mut C,
-    st: &mut Stmts,
-    bus: &Sealer,
-    bodies: &[String],
-) -> Result<(), DbError> {
-    let payloads = bus.seal(bodies);
-    let s = st.get(
-        c,
-        "SELECT pg_notify('klav', p) FROM unnest($1::text[]) WITH ORDINALITY AS t(p, n) \
-         ORDER BY n",
-    )?;
-    c.query(&s, &[&payloads])?;
-    Ok(())
-}
-
 /// Writes this node's count of a user's connections; announces the user
 /// online or offline when that changed whether they are connected anywhere.
 pub fn presence(
     tx: &mut Transaction<'_>,
     st: &mut Stmts,
-    bus: &Sealer,
+    notifier: &dyn Notifier,
     node: &str,
     user: &str,
     nickname: &str,
@@ -122,11 +90,9 @@ pub fn presence(
         } else {
             nickname.to_string()
         };
-        let mut notes = Payloads::new();
-        notes.push(bus::encode_presence(user, &nickname, after), || {
-            unreachable!("a presence event is small")
-        });
-        notify(tx, st, bus, notes)?;
+        let mut notes = notifier.notes();
+        notes.presence(user, &nickname, after);
+        send_notes(tx, st, notes)?;
     }
     Ok(())
 }
@@ -136,13 +102,13 @@ pub fn presence(
 fn clear_presence(
     tx: &mut Transaction<'_>,
     st: &mut Stmts,
-    bus: &Sealer,
+    notifier: &dyn Notifier,
     rows: Vec<postgres::Row>,
 ) -> Result<usize, DbError> {
     let mut users: Vec<String> = rows.into_iter().map(|r| r.get(0)).collect();
     users.sort_unstable();
     users.dedup();
-    let mut notes = Payloads::new();
+    let mut notes: Box<dyn Notes + '_> = notifier.notes();
     let nick = st.get(tx, "SELECT nickname FROM users WHERE username = $1")?;
     for user in &users {
         lock_user(tx, st, user)?;
@@ -151,12 +117,10 @@ fn clear_presence(
                 .query_opt(&nick, &[user])?
                 .map(|r| display_nickname(user, r.get(0)))
                 .unwrap_or_else(|| user.clone());
-            notes.push(bus::encode_presence(user, &nickname, false), || {
-                unreachable!("a presence event is small")
-            });
+            notes.presence(user, &nickname, false);
         }
     }
-    notify(tx, st, bus, notes)?;
+    send_notes(tx, st, notes)?;
     Ok(users.len())
 }
 
@@ -166,7 +130,7 @@ fn clear_presence(
 /// or a restart right after a crash).
 pub fn register(
     c: &mut postgres::Client,
-    bus: &Sealer,
+    notifier: &dyn Notifier,
     node: &str,
     incarnation: i64,
     timeout_secs: i64,
@@ -193,21 +157,21 @@ pub fn register(
          RETURNING username",
         &[&node],
     )?;
-    clear_presence(&mut tx, &mut st, bus, rows)?;
+    clear_presence(&mut tx, &mut st, notifier, rows)?;
     tx.commit()?;
     Ok(was_alive)
 }
 
 /// At a clean stop: this node's presence goes (announced) and it leaves.
-pub fn unregister(c: &mut postgres::Client, bus: &Sealer) -> Result<(), DbError> {
-    let node = bus.node();
+pub fn unregister(c: &mut postgres::Client, notifier: &dyn Notifier) -> Result<(), DbError> {
+    let node = notifier.node();
     let mut st = Stmts::default();
     let mut tx = c.transaction()?;
     let rows = tx.query(
         "DELETE FROM klav_presence WHERE node = $1 RETURNING username",
         &[&node],
     )?;
-    clear_presence(&mut tx, &mut st, bus, rows)?;
+    clear_presence(&mut tx, &mut st, notifier, rows)?;
     tx.execute("DELETE FROM klav_nodes WHERE name = $1", &[&node])?;
     tx.commit()?;
     Ok(())
@@ -216,7 +180,7 @@ pub fn unregister(c: &mut postgres::Client, bus: &Sealer) -> Result<(), DbError>
 pub fn heartbeat(
     tx: &mut Transaction<'_>,
     st: &mut Stmts,
-    bus: &Sealer,
+    notifier: &dyn Notifier,
     node: &str,
     incarnation: i64,
     timeout_secs: i64,
@@ -257,7 +221,7 @@ pub fn heartbeat(
             "DELETE FROM klav_presence WHERE node = ANY($1) RETURNING username",
         )?;
         let rows = tx.query(&s, &[&dead])?;
-        clear_presence(tx, st, bus, rows)?;
+        clear_presence(tx, st, notifier, rows)?;
     }
     Ok(rejoined)
 }

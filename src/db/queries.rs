@@ -7,8 +7,8 @@ use std::time::SystemTime;
 
 use postgres::GenericClient;
 
-use super::bus::Sealer;
 use super::jobs::*;
+use super::notify::Notifier;
 use super::rows::room_newest_entry;
 pub use super::rows::{display_nickname, entry_from_row, Stmts};
 use super::DbError;
@@ -27,7 +27,7 @@ pub fn run<C: GenericClient>(c: &mut C, st: &mut Stmts, job: Job) -> Result<Outc
 pub fn run_with<C: GenericClient>(
     c: &mut C,
     st: &mut Stmts,
-    bus: Option<&Sealer>,
+    bus: Option<&dyn Notifier>,
     job: Job,
 ) -> Result<Outcome, DbError> {
     let bus = || bus.ok_or_else(|| DbError::Query("a bus job on a node without the bus".into()));
@@ -127,7 +127,7 @@ pub fn run_with<C: GenericClient>(
         Job::EntryById { id } => super::nodes::entry_by_id(c, st, id)?,
         Job::FollowsOf { user, read } => super::nodes::user_follows(c, st, user, read)?,
         Job::Notify { payloads } => {
-            super::nodes::send(c, st, bus()?, &payloads)?;
+            super::notify::send(c, st, &bus()?.seal(&payloads))?;
             Outcome::Done
         }
         Job::OnlineFriends { username } => super::nodes::online_friends(c, st, &username)?,

@@ -7,8 +7,8 @@ use crossbeam_channel::Receiver;
 use postgres::NoTls;
 use r2d2_postgres::PostgresConnectionManager;
 
-use super::bus::Sealer;
 use super::jobs::{Completion, Job, Outcome, Ticket};
+use super::notify::Notifier;
 use super::queries::{self, Stmts};
 use super::{CompletionSink, DbError, Health, Source};
 
@@ -19,7 +19,7 @@ pub(super) fn run(
     rx: Receiver<(Ticket, Job)>,
     sink: CompletionSink,
     health: Arc<Health>,
-    bus: Option<Arc<Sealer>>,
+    bus: Option<Arc<dyn Notifier>>,
 ) {
     // The worker keeps its connection (and the statements prepared on it) between
     // jobs; it goes back to the pool only when it breaks.
@@ -37,7 +37,7 @@ fn run_job(
     source: &Source,
     health: &Health,
     conn: &mut Option<(Conn, Stmts)>,
-    bus: Option<&Sealer>,
+    bus: Option<&dyn Notifier>,
     job: Job,
 ) -> Result<Outcome, DbError> {
     let reused = conn.is_some();
@@ -56,7 +56,7 @@ fn attempt(
     source: &Source,
     health: &Health,
     conn: &mut Option<(Conn, Stmts)>,
-    bus: Option<&Sealer>,
+    bus: Option<&dyn Notifier>,
     job: Job,
 ) -> Result<Outcome, DbError> {
     if conn.as_ref().is_none_or(|(c, _)| c.is_closed()) {

@@ -20,8 +20,8 @@ use crossbeam_channel::Receiver;
 use postgres::{GenericClient, NoTls, Transaction};
 use r2d2_postgres::PostgresConnectionManager;
 
-use super::bus::{self, EntryRef, MemberOp, Payloads, Sealer};
 use super::jobs::*;
+use super::notify::{EntryRef, MemberOp, Notes, Notifier};
 use super::offline_queue;
 use super::queries::{entry_from_row, Stmts};
 use super::rows::room_newest_entry;
@@ -43,9 +43,9 @@ type Lasts<'a> = HashMap<Cow<'a, str>, Last<'a>>;
 
 /// What a batch's writes add to as they go: each room's newest entry (stored in
 /// `rooms` once, at the end) and the rooms' entry chains.
-struct Batch<'a> {
+struct Batch<'a, 'n> {
     lasts: Lasts<'a>,
-    chain: Chain,
+    chain: Chain<'n>,
 }
 
 /// A job's result and, if it added entries, where they sit in their room.
@@ -54,17 +54,17 @@ type Linked = (Written, Option<ChainLink>);
 /// Per batch: each room's newest entry id as entries are added (the room's row
 /// is locked first, see [`lock_rooms`]), what changed, and the notifications
 /// for the other nodes (`None` when this node runs alone).
-struct Chain {
+struct Chain<'n> {
     last: HashMap<String, i64>,
     /// Entry id → the entry before it in its room, for this batch's entries.
     prevs: HashMap<i64, i64>,
     moved: HashSet<String>,
-    notes: Option<Payloads>,
+    notes: Option<Box<dyn Notes + 'n>>,
     /// This node's name, in a cluster.
     node: Option<String>,
 }
 
-impl Chain {
+impl Chain<'_> {
     /// Records an entry added to `room`: returns the entry before it, and
     /// queues the entry's notification.
     fn append(&mut self, e: &EntryRef<'_>, op: Option<&MemberOp>, queued: bool) -> i64 {
@@ -76,9 +76,7 @@ impl Chain {
             self.moved.insert(e.room.to_string());
         }
         if let Some(notes) = &mut self.notes {
-            notes.push(bus::encode_entry(e, prev, op, queued), || {
-                bus::encode_entry_ref(e.room, prev, e.id, op)
-            });
+            notes.entry(e, prev, op, queued);
         }
         prev
     }
@@ -93,9 +91,10 @@ impl Chain {
         })
     }
 
-    fn note(&mut self, event: impl FnOnce() -> String) {
+    /// Adds a note for the other nodes, in a cluster.
+    fn note(&mut self, add: impl FnOnce(&mut dyn Notes)) {
         if let Some(notes) = &mut self.notes {
-            notes.push(event(), || unreachable!("small events always fit"));
+            add(notes.as_mut());
         }
     }
 }
@@ -170,7 +169,7 @@ pub(super) fn run(
     sink: CompletionSink,
     health: Arc<Health>,
     max_batch: usize,
-    bus: Option<Arc<Sealer>>,
+    bus: Option<Arc<dyn Notifier>>,
     stats: Arc<super::WriterStats>,
 ) {
     let bus = bus.as_deref();
@@ -236,7 +235,7 @@ fn write_batch(
     health: &Health,
     conn: &mut Option<(Conn, Stmts)>,
     jobs: &[&Job],
-    bus: Option<&Sealer>,
+    bus: Option<&dyn Notifier>,
     stats: &super::WriterStats,
 ) -> Result<Vec<(Written, Option<ChainLink>)>, DbError> {
     let mut reused = true;
@@ -291,7 +290,7 @@ fn apply<'a>(
     tx: &mut Transaction<'_>,
     st: &mut Stmts,
     jobs: &[&'a Job],
-    bus: Option<&Sealer>,
+    bus: Option<&dyn Notifier>,
     stats: &super::WriterStats,
 ) -> Result<Vec<(Written, Option<ChainLink>)>, DbError> {
     let mut written: Vec<Option<Written>> = Vec::with_capacity(jobs.len());
@@ -302,7 +301,7 @@ fn apply<'a>(
             last: HashMap::new(),
             prevs: HashMap::new(),
             moved: HashSet::new(),
-            notes: bus.map(|_| Payloads::new()),
+            notes: bus.map(|b| b.notes()),
             node: bus.map(|b| b.node().to_string()),
         },
     };
@@ -402,11 +401,7 @@ fn apply<'a>(
                     let delete = text.is_none();
                     let result = edit(tx, st, username, *id, text.as_deref())?;
                     if let EditResult::Done(entry) = &result {
-                        if let Some(notes) = &mut b.chain.notes {
-                            notes.push(bus::encode_change(entry), || {
-                                bus::encode_change_ref(&entry.room, entry.id)
-                            });
-                        }
+                        b.chain.note(|n| n.change(entry));
                     }
                     Written::Ready(Outcome::Edit { delete, result })
                 }
@@ -427,7 +422,7 @@ fn apply<'a>(
                 Job::Read { username, room, id } => {
                     let result = read_marker(tx, st, username, room, *id)?;
                     if let ReadResult::Marker { id, moved: true } = result {
-                        b.chain.note(|| bus::encode_read_marker(username, room, id));
+                        b.chain.note(|n| n.read_marker(username, room, id));
                     }
                     Written::Ready(Outcome::Read {
                         username: username.clone(),
@@ -443,12 +438,12 @@ fn apply<'a>(
                             from,
                             to,
                             status: FollowStatus::Followed,
-                        } => b.chain.note(|| bus::encode_follow(from, to, true)),
+                        } => b.chain.note(|n| n.follow(from, to, true)),
                         Outcome::Unfollow {
                             from,
                             to,
                             removed: true,
-                        } => b.chain.note(|| bus::encode_follow(from, to, false)),
+                        } => b.chain.note(|n| n.follow(from, to, false)),
                         _ => {}
                     }
                     Written::Ready(outcome)
@@ -471,7 +466,7 @@ fn apply<'a>(
         &mut savepoints,
     )?;
     update_lasts(tx, st, b.lasts)?;
-    finish_chain(tx, st, b.chain, bus, stats)?;
+    finish_chain(tx, st, b.chain, stats)?;
     Ok(written
         .into_iter()
         .map(|w| w.expect("every job has a result"))
@@ -507,7 +502,7 @@ fn lock_rooms(
     tx: &mut Transaction<'_>,
     st: &mut Stmts,
     rooms: &[String],
-    chain: &mut Chain,
+    chain: &mut Chain<'_>,
 ) -> Result<(), DbError> {
     if rooms.is_empty() {
         return Ok(());
@@ -531,8 +526,7 @@ fn lock_rooms(
 fn finish_chain(
     tx: &mut Transaction<'_>,
     st: &mut Stmts,
-    chain: Chain,
-    bus: Option<&Sealer>,
+    chain: Chain<'_>,
     stats: &super::WriterStats,
 ) -> Result<(), DbError> {
     if !chain.moved.is_empty() {
@@ -548,13 +542,13 @@ fn finish_chain(
         )?;
         tx.execute(&s, &[&rooms, &ids])?;
     }
-    if let (Some(notes), Some(bus)) = (chain.notes, bus) {
+    if let Some(notes) = chain.notes {
         if !notes.is_empty() {
-            let payloads = notes.finish();
+            let payloads = notes.seal();
             stats
                 .notifications
                 .fetch_add(payloads.len() as u64, Ordering::Relaxed);
-            super::nodes::send(tx, st, bus, &payloads)?;
+            super::notify::send(tx, st, &payloads)?;
         }
     }
     Ok(())
@@ -581,7 +575,7 @@ fn insert_messages<'a>(
     pending: &mut Vec<(usize, &'a NewMessage)>,
     written: &mut [Option<Written>],
     links: &mut [Option<ChainLink>],
-    b: &mut Batch<'a>,
+    b: &mut Batch<'a, '_>,
     savepoints: &mut u32,
 ) -> Result<(), DbError> {
     if pending.is_empty() {
@@ -875,7 +869,7 @@ fn system_entry(
     st: &mut Stmts,
     room: &str,
     text: String,
-    b: &mut Batch<'_>,
+    b: &mut Batch<'_, '_>,
     op: Option<&MemberOp>,
     logged: &mut Vec<ChatEntry>,
 ) -> Result<(), DbError> {
@@ -925,7 +919,7 @@ fn create_room(
     st: &mut Stmts,
     name: &str,
     creator_nickname: &str,
-    b: &mut Batch<'_>,
+    b: &mut Batch<'_, '_>,
     logged: &mut Vec<ChatEntry>,
 ) -> Result<String, DbError> {
     let s = st.get(
@@ -955,7 +949,7 @@ fn join(
     username: &str,
     nickname: &str,
     by: &JoinBy,
-    b: &mut Batch<'_>,
+    b: &mut Batch<'_, '_>,
     logged: &mut Vec<ChatEntry>,
 ) -> Result<JoinResult, DbError> {
     let room = match by {
@@ -1011,7 +1005,7 @@ fn dm(
     to: &str,
     recipient_known: bool,
     queue: bool,
-    chain: &mut Chain,
+    chain: &mut Chain<'_>,
 ) -> Result<(DmResult, Option<ChainLink>), DbError> {
     if !recipient_known {
         let s = st.get(

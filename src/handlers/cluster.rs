@@ -5,9 +5,9 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use crate::cluster::bus::{BusEvent, MemberOp};
 use crate::cluster::chain::Gate;
 use crate::cluster::{Held, RemoteEntry};
-use crate::db::bus::{BusEvent, MemberOp};
 use crate::db::jobs::{CaughtUp, ChainLink, ChatEntry, Outcome};
 use crate::db::{Job, Ticket};
 use crate::handlers;
@@ -636,10 +636,11 @@ pub fn typing(hub: &mut Hub, room: &str, user: &str, nickname: &str) {
     }
     hub.cluster
         .outbox
-        .get_or_insert_with(crate::db::bus::Payloads::new)
-        .push(crate::db::bus::encode_typing(room, user, nickname), || {
-            unreachable!("a typing event is small")
-        });
+        .get_or_insert_with(crate::cluster::bus::Payloads::new)
+        .push(
+            crate::cluster::bus::encode_typing(room, user, nickname),
+            || unreachable!("a typing event is small"),
+        );
 }
 
 // ---------------------------------------------------------------- presence

@@ -189,23 +189,25 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
     getrandom::fill(&mut seed).expect("the OS random source failed");
     let incarnation = i64::from_le_bytes(seed) & i64::MAX;
     let clustered = config.clustered();
-    let bus_key = crate::db::bus::BusKey::derive(jwt_secret);
+    let bus_key = crate::cluster::bus::BusKey::derive(jwt_secret);
     let sealer = clustered.then(|| {
-        Arc::new(crate::db::bus::Sealer::new(
+        Arc::new(crate::cluster::bus::Sealer::new(
             bus_key.clone(),
             &node,
             incarnation,
         ))
     });
     let metrics = Metrics::default();
-    let bus_dropped = std::sync::Arc::new(crate::db::bus::BusDropped::default());
+    let bus_dropped = std::sync::Arc::new(crate::cluster::bus::BusDropped::default());
     let db = Db::start(
         &DbSettings {
             url: database_url.to_string(),
             node: node.clone(),
             workers: config.db_workers,
             batch: config.db_batch,
-            bus: sealer.clone(),
+            bus: sealer
+                .clone()
+                .map(|s| s as Arc<dyn crate::db::notify::Notifier>),
         },
         sink.clone(),
     )
@@ -216,12 +218,12 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
             crate::db::pg_config(database_url, &crate::db::application_name(&node, role))
                 .map_err(StartError::Db)
         };
-        crate::db::listener::probe(&named("probe")?).map_err(StartError::Db)?;
+        crate::cluster::listener::probe(&named("probe")?).map_err(StartError::Db)?;
         let mut client = named("register")?
             .connect(postgres::NoTls)
             .map_err(|e| StartError::Db(e.into()))?;
         let timeout = config.node_timeout.as_secs() as i64;
-        if crate::db::nodes::register(&mut client, sealer, &node, incarnation, timeout)
+        if crate::db::nodes::register(&mut client, &**sealer, &node, incarnation, timeout)
             .map_err(StartError::Db)?
         {
             crate::log!(
@@ -232,7 +234,7 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
             );
         }
         crate::log!(Info, "cluster node {node}: listening for the other nodes");
-        Some(crate::db::listener::start(
+        Some(crate::cluster::listener::start(
             named("listener")?,
             node.clone(),
             bus_key,
@@ -389,7 +391,7 @@ struct Server {
     bus: Option<std::thread::JoinHandle<()>>,
     /// What seals this node's notifications, in a cluster (its last ones say
     /// goodbye).
-    sealer: Option<Arc<crate::db::bus::Sealer>>,
+    sealer: Option<Arc<crate::cluster::bus::Sealer>>,
     database_url: String,
 }
 
@@ -481,7 +483,7 @@ impl Server {
             let name = crate::db::application_name(&cluster.node, "leave");
             match crate::db::pg_config(&database_url, &name)
                 .and_then(|pg| pg.connect(postgres::NoTls).map_err(Into::into))
-                .and_then(|mut c| crate::db::nodes::unregister(&mut c, &sealer))
+                .and_then(|mut c| crate::db::nodes::unregister(&mut c, &*sealer))
             {
                 Ok(()) => crate::log!(Info, "left the cluster"),
                 Err(e) => crate::log!(Warn, "could not leave the cluster cleanly: {e}"),

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use postgres::fallible_iterator::FallibleIterator;
 use serde_json::{json, Value};
 
-use klav::db::bus::{self, BusKey, EntryRef, MemberOp, Sealer};
+use klav::cluster::bus::{self, BusKey, EntryRef, MemberOp, Sealer};
 
 use crate::harness::*;
 use crate::support::nodes::Nodes;

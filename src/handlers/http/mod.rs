@@ -224,7 +224,7 @@ fn snapshot(hub: &Hub) -> crate::metrics::Snapshot<'_> {
             stats.largest.load(Relaxed),
             stats.notifications.load(Relaxed),
         ],
-        bus_dropped: crate::db::bus::Refused::ALL
+        bus_dropped: crate::cluster::bus::Refused::ALL
             .iter()
             .map(|why| (why.label(), hub.cluster.bus_dropped.get(*why)))
             .collect(),

@@ -22,8 +22,8 @@ use postgres::NoTls;
 
 use super::bus::BusDropped;
 use super::bus::{self, BusEvent, BusKey, Inbox, Refused};
-use super::jobs::Completion;
-use super::{CompletionSink, DbError};
+use crate::db::jobs::Completion;
+use crate::db::{CompletionSink, DbError};
 
 /// How often an idle listener proves its connection alive, and how long the
 /// proof may take: a dead connection is noticed within both together.

@@ -40,10 +40,9 @@ use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
 
-use super::entry::ChatEntry;
-
-/// The channel every node listens on.
-pub const CHANNEL: &str = "klav";
+use crate::db::entry::ChatEntry;
+pub use crate::db::notify::{BusEvent, EntryRef, MemberOp, CHANNEL};
+use crate::db::notify::{Notes, Notifier};
 
 /// Largest payload sent: under PostgreSQL's 8,000-byte limit with room to spare.
 pub const MAX_PAYLOAD: usize = 7_800;
@@ -184,6 +183,73 @@ impl Sealer {
                 out
             })
             .collect()
+    }
+}
+
+/// The database threads note through the sealer: each transaction's notes
+/// are packed into event arrays as they are added, and sealed at the end.
+impl Notifier for Sealer {
+    fn node(&self) -> &str {
+        &self.node
+    }
+
+    fn notes(&self) -> Box<dyn Notes + '_> {
+        Box::new(SealedNotes {
+            sealer: self,
+            payloads: Payloads::new(),
+        })
+    }
+
+    fn seal(&self, bodies: &[String]) -> Vec<String> {
+        Sealer::seal(self, bodies)
+    }
+}
+
+/// One transaction's notes, sealed by [`Sealer`] when it is done.
+struct SealedNotes<'a> {
+    sealer: &'a Sealer,
+    payloads: Payloads,
+}
+
+impl Notes for SealedNotes<'_> {
+    fn entry(&mut self, e: &EntryRef<'_>, prev: i64, op: Option<&MemberOp>, queued: bool) {
+        self.payloads.push(encode_entry(e, prev, op, queued), || {
+            encode_entry_ref(e.room, prev, e.id, op)
+        });
+    }
+
+    fn change(&mut self, e: &ChatEntry) {
+        self.payloads
+            .push(encode_change(e), || encode_change_ref(&e.room, e.id));
+    }
+
+    fn read_marker(&mut self, user: &str, room: &str, id: i64) {
+        self.small(encode_read_marker(user, room, id));
+    }
+
+    fn follow(&mut self, from: &str, to: &str, on: bool) {
+        self.small(encode_follow(from, to, on));
+    }
+
+    fn presence(&mut self, user: &str, nickname: &str, online: bool) {
+        self.small(encode_presence(user, nickname, online));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.payloads.is_empty()
+    }
+
+    fn seal(self: Box<Self>) -> Vec<String> {
+        let sealer = self.sealer;
+        sealer.seal(&self.payloads.finish())
+    }
+}
+
+impl SealedNotes<'_> {
+    /// An event that always fits a payload of its own.
+    fn small(&mut self, event: String) {
+        self.payloads
+            .push(event, || unreachable!("a small event always fits"));
     }
 }
 
@@ -457,54 +523,6 @@ impl Window {
     }
 }
 
-/// A change of room membership carried with the system entry that announces it
-/// (the entry's text names the nickname, not the user).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MemberOp {
-    pub joined: bool,
-    pub user: String,
-    pub nickname: String,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub enum BusEvent {
-    /// A new entry of a room; `prev` is the room's entry before it.
-    Entry {
-        entry: ChatEntry,
-        prev: i64,
-        op: Option<MemberOp>,
-        /// A DM put into its recipient's offline queue (nobody delivers it live).
-        queued: bool,
-    },
-    /// A new entry too large to carry: read it back (ids `prev` < id ≤ `id`).
-    EntryRef {
-        room: String,
-        prev: i64,
-        id: i64,
-        op: Option<MemberOp>,
-    },
-    /// An entry edited or deleted (the row as it is now).
-    Change { entry: ChatEntry },
-    /// An entry edited, too large to carry: read it back.
-    ChangeRef { room: String, id: i64 },
-    /// A user's first connection in the cluster opened, or their last closed.
-    Presence {
-        user: String,
-        nickname: String,
-        online: bool,
-    },
-    /// `from` followed (`on`) or unfollowed `to`.
-    Follow { from: String, to: String, on: bool },
-    /// A user's read marker in a room moved (their other connections hear it).
-    ReadMarker { user: String, room: String, id: i64 },
-    /// Someone is typing in a room (ephemeral: never stored).
-    Typing {
-        room: String,
-        user: String,
-        nickname: String,
-    },
-}
-
 /// Packs encoded events into event arrays of at most [`MAX_BODY`] bytes, each
 /// to be sealed into one payload ([`Sealer::seal`]) where it is sent.
 #[derive(Default)]
@@ -569,35 +587,6 @@ fn op_field(op: Option<&MemberOp>) -> Value {
     match op {
         None => Value::Null,
         Some(o) => serde_json::json!([if o.joined { "j" } else { "l" }, o.user, o.nickname]),
-    }
-}
-
-/// The fields of an entry, borrowed (the writer encodes without copying).
-pub struct EntryRef<'a> {
-    pub id: i64,
-    pub ts: SystemTime,
-    pub kind: &'a str,
-    pub room: &'a str,
-    pub from: &'a str,
-    pub from_nickname: &'a str,
-    pub to: Option<&'a str>,
-    pub text: &'a str,
-    pub client_id: Option<&'a str>,
-}
-
-impl<'a> EntryRef<'a> {
-    pub fn of(e: &'a ChatEntry) -> EntryRef<'a> {
-        EntryRef {
-            id: e.id,
-            ts: e.ts,
-            kind: &e.kind,
-            room: &e.room,
-            from: &e.from,
-            from_nickname: &e.from_nickname,
-            to: e.to.as_deref(),
-            text: &e.text,
-            client_id: e.client_id.as_deref(),
-        }
     }
 }
 
