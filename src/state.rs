@@ -53,7 +53,7 @@ pub struct UserState {
     pub following: HashSet<String>,
     /// Follows of this user another node announced, not granted until the
     /// database confirms them: followed user → the number of the read that
-    /// settles it (see `handlers::cluster::follows_read`).
+    /// settles it (see `cluster::Cluster::follows_read`).
     pub awaiting_follows: HashMap<String, u64>,
     /// Connections of this user subscribed to friends' presence.
     pub subscribed: Vec<ConnId>,
@@ -148,7 +148,7 @@ pub struct State {
     pub watchers: HashMap<String, HashSet<ConnId>>,
     /// Users who gained their first watcher since the loop last looked (a
     /// cluster node must find out whether they are online: see
-    /// `handlers::cluster::look_up_new_watches`).
+    /// `cluster::Cluster::look_up_new_watches`).
     pub newly_watched: Vec<String>,
     /// Rooms written to since the last retention pass.
     pub touched_rooms: HashSet<String>,

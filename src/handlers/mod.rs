@@ -6,7 +6,6 @@
 //! (`parse`) and applies itself to the hub (`apply`); replies to jobs arrive in
 //! the same module's `*_done` functions.
 
-pub mod cluster;
 pub mod dm;
 pub mod edits;
 pub mod friends;
@@ -16,6 +15,7 @@ pub mod members;
 pub mod messages;
 pub mod presence;
 pub mod reads;
+pub mod remote;
 pub mod resume;
 pub mod rooms;
 pub mod session;
@@ -344,10 +344,10 @@ pub fn on_completion(hub: &mut Hub, c: Completion) {
     match c {
         Completion::Hash(ticket, outcome) => http::accounts::on_hash(hub, ticket, outcome),
         Completion::Chained(ticket, outcome, link) => {
-            crate::handlers::cluster::on_chained(hub, ticket, outcome, link)
+            crate::handlers::remote::on_chained(hub, ticket, outcome, link)
         }
-        Completion::Bus(events) => crate::handlers::cluster::on_bus(hub, events),
-        Completion::BusConnected => crate::handlers::cluster::on_connected(hub),
+        Completion::Bus(events) => crate::handlers::remote::on_bus(hub, events),
+        Completion::BusConnected => crate::handlers::remote::on_connected(hub),
         Completion::Db(ticket, result) => finish_job(hub, ticket, result),
     }
 }
@@ -390,7 +390,7 @@ fn on_outcome(hub: &mut Hub, t: crate::db::Ticket, outcome: Outcome) {
         Outcome::Done | Outcome::Pruned(_) => {}
         Outcome::Session { username, session } => {
             if let Some(s) = &session {
-                crate::handlers::cluster::session_rooms(hub, &s.rooms, &s.last_entries);
+                crate::handlers::remote::session_rooms(hub, &s.rooms, &s.last_entries);
             }
             session::opened(hub, t.conn, &username, session);
             let orphaned = hub.state.load_done(&username);
@@ -410,21 +410,21 @@ fn on_outcome(hub: &mut Hub, t: crate::db::Ticket, outcome: Outcome) {
             members,
             online,
         } => members::done(hub, &t, room, members, online),
-        Outcome::Presence { user } => crate::handlers::cluster::presence_written(hub, &user, true),
-        Outcome::Heartbeat { rejoined } => crate::handlers::cluster::heartbeat_done(hub, rejoined),
+        Outcome::Presence { user } => crate::handlers::remote::presence_written(hub, &user, true),
+        Outcome::Heartbeat { rejoined } => crate::handlers::remote::heartbeat_done(hub, rejoined),
         Outcome::Entries {
             room,
             entries,
             queued,
             members,
             upto,
-        } => crate::handlers::cluster::entries_read(hub, room, entries, queued, members, upto),
+        } => crate::handlers::remote::entries_read(hub, room, entries, queued, members, upto),
         Outcome::FollowsOf {
             user,
             read,
             following,
-        } => crate::handlers::cluster::follows_read(hub, &user, read, &following),
-        Outcome::CaughtUp(c) => crate::handlers::cluster::caught_up(hub, *c),
+        } => crate::handlers::remote::follows_read(hub, &user, read, &following),
+        Outcome::CaughtUp(c) => crate::handlers::remote::caught_up(hub, *c),
         Outcome::Entry(e) => {
             if let Some(e) = e {
                 edits::changed(hub, e);
@@ -432,7 +432,7 @@ fn on_outcome(hub: &mut Hub, t: crate::db::Ticket, outcome: Outcome) {
         }
         Outcome::OnlineFriends(users) => presence::online_friends_done(hub, &t, users),
         Outcome::PresenceOf { users, online } => {
-            crate::handlers::cluster::presence_read(hub, users, &online)
+            crate::handlers::remote::presence_read(hub, users, &online)
         }
         Outcome::Resume(replay) => resume::done(hub, &t, replay),
         Outcome::Edit { delete, result } => edits::done(hub, &t, delete, result),
@@ -484,9 +484,9 @@ fn on_db_error(hub: &mut Hub, t: crate::db::Ticket, e: DbError, writer: Option<&
             crate::log!(Warn, "background job failed: {e}");
             // A presence write or a heartbeat: tried again by the next tick.
             if let Some(user) = writer {
-                crate::handlers::cluster::presence_written(hub, user, false);
+                crate::handlers::remote::presence_written(hub, user, false);
             }
-            crate::handlers::cluster::background_failed(hub);
+            crate::handlers::remote::background_failed(hub);
         }
         return;
     };

@@ -172,7 +172,7 @@ fn open_as(hub: &mut Hub, id: ConnId, grant: Verified, accept_key: String, addr:
     // In a cluster the user's presence is written before their session is
     // read (the load waits for the write), so a DM committed meanwhile either
     // sees them connected or is in the queue the load reads.
-    crate::handlers::cluster::presence_changed(hub, &username);
+    crate::handlers::remote::presence_changed(hub, &username);
     if now {
         match hub.state.users.get_mut(&username) {
             Some(u) if u.writes > 0 => u.deferred_loads.push(id),
@@ -342,7 +342,7 @@ pub fn open_failed(hub: &mut Hub, id: ConnId, e: &DbError) {
     if let Phase::Upgrading { username, .. } = std::mem::replace(&mut conn.phase, Phase::Closed) {
         let orphaned = hub.state.cancel_open(&username, id);
         super::dm::queue_parked(hub, orphaned);
-        crate::handlers::cluster::presence_changed(hub, &username);
+        crate::handlers::remote::presence_changed(hub, &username);
     }
     respond(
         hub,
@@ -441,7 +441,7 @@ pub fn on_closed(hub: &mut Hub, id: ConnId) {
         Phase::Upgrading { username, .. } => {
             let orphaned = hub.state.cancel_open(&username, id);
             super::dm::queue_parked(hub, orphaned);
-            crate::handlers::cluster::presence_changed(hub, &username);
+            crate::handlers::remote::presence_changed(hub, &username);
         }
         Phase::Ws(ws) => {
             // What was held back for it (a resume's buffer here, its opening
@@ -486,7 +486,7 @@ pub fn on_closed(hub: &mut Hub, id: ConnId) {
                     super::presence::announce(hub, &ws.username, name, "offline");
                 }
             }
-            crate::handlers::cluster::presence_changed(hub, &ws.username);
+            crate::handlers::remote::presence_changed(hub, &ws.username);
         }
         Phase::Http(st) => {
             // Keep an HTTP connection's phase: it may still flush a response.

@@ -55,7 +55,7 @@ impl Typing {
         }
         typing.insert(key.clone(), now);
         let (user, room) = key;
-        crate::handlers::cluster::typing(hub, &room, &user, &nickname);
+        crate::handlers::remote::typing(hub, &room, &user, &nickname);
         let ev = Event::new("typing")
             .with("room", room.as_str())
             .with("user", user.as_str())

@@ -431,14 +431,14 @@ impl Server {
             self.read_again();
             self.read_busy();
             self.process_closes();
-            crate::handlers::cluster::look_up_new_watches(&mut self.hub);
+            crate::handlers::remote::look_up_new_watches(&mut self.hub);
             self.flush_dirty();
 
             let now = Instant::now();
             self.fire_timers(now);
             if now >= next_cluster_tick {
                 next_cluster_tick = now + CLUSTER_TICK;
-                crate::handlers::cluster::on_tick(&mut self.hub, now);
+                crate::handlers::remote::tick(&mut self.hub, now);
             }
             if now >= next_tick {
                 next_tick = now + TICK;
@@ -599,7 +599,7 @@ impl Server {
         self.hub
             .history
             .retain_rooms(|room| members.contains_key(room));
-        handlers::cluster::sweep(&mut self.hub);
+        handlers::remote::sweep(&mut self.hub);
     }
 
     /// Input and output buffered for all clients together stay within

@@ -1,0 +1,392 @@
+//! Each room's entries — this node's own and the other nodes' — in the room's
+//! one order (see [`super::chain`]). Every decision returns the [`Work`] that is
+//! ready; the handlers run it and ask again where it says so.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use super::bus::MemberOp;
+use super::chain::Gate;
+use super::node::{Cluster, Held, RemoteEntry, Work};
+use crate::db::jobs::{ChainLink, ChatEntry, Job, Outcome};
+use crate::db::Ticket;
+use crate::state::State;
+
+impl Cluster {
+    /// A job of this node committed entries: it is finished now, in the room's
+    /// order, or held until the entries before it have been delivered.
+    pub fn committed(&mut self, local: Box<(Ticket, Outcome, ChainLink)>) -> Vec<Work> {
+        let (room, prev, last) = (local.2.room.clone(), local.2.prev, local.2.last);
+        match self.chains.gate(&room, prev, last) {
+            Gate::Wait => {
+                self.chains
+                    .hold(&room, prev, Held::Local(local), Instant::now());
+                Vec::new()
+            }
+            gate => {
+                if gate == Gate::Seen {
+                    crate::log!(
+                        Warn,
+                        "entries {last} of {room} delivered before their own commit"
+                    );
+                }
+                let mut work = finished(local, room.clone(), last);
+                work.push(Work::Release {
+                    room,
+                    read_upto: None,
+                });
+                work
+            }
+        }
+    }
+
+    /// Entries up to `last` of `room` were delivered: the room's chain moves
+    /// on, or starts when the room has members here now; changes waiting for
+    /// those entries go out.
+    pub fn advance(&mut self, room: &str, last: i64, has_members: bool) -> Vec<Work> {
+        if self.chains.is_tracked(room) {
+            self.chains.advance(room, last);
+        } else if has_members {
+            self.chains.track(room, last);
+        }
+        self.flush_changes(room)
+    }
+
+    /// The next batch of `room` whose turn has come, if any (the handlers ask
+    /// again once it is done). `read_upto`: right after a read of the room's
+    /// entries up to it — an entry announced by reference that the read did
+    /// not find does not exist (the database has every entry up to it by then),
+    /// and is dropped rather than read again.
+    pub fn release(&mut self, room: &str, read_upto: Option<i64>) -> Vec<Work> {
+        while let Some((held, seen)) = self.chains.next_ready(room) {
+            match held {
+                Held::Local(local) => {
+                    let last = local.2.last;
+                    if seen {
+                        crate::log!(
+                            Warn,
+                            "entries {last} of {room} delivered before their own commit"
+                        );
+                    }
+                    let mut work = finished(local, room.to_string(), last);
+                    work.push(Work::Release {
+                        room: room.to_string(),
+                        read_upto,
+                    });
+                    return work;
+                }
+                Held::Remote(r) if !seen => {
+                    let id = r.entry.id;
+                    return vec![
+                        Work::Deliver(r),
+                        Work::Advance {
+                            room: room.to_string(),
+                            last: id,
+                        },
+                        Work::Release {
+                            room: room.to_string(),
+                            read_upto,
+                        },
+                    ];
+                }
+                Held::Reference(id) if !seen && read_upto.is_some_and(|upto| id <= upto) => {
+                    self.ref_ops.remove(&id);
+                    crate::log!(
+                        Warn,
+                        "entry {id} of {room} was announced on the bus but is not in the \
+                         database; ignored"
+                    );
+                }
+                Held::Reference(id) if !seen => {
+                    // Its turn, not read yet (a read for an earlier one was
+                    // under way when it came): read it now, the rest waits.
+                    let after = self.chains.last(room).unwrap_or(0);
+                    let now = Instant::now();
+                    self.chains.hold(room, after, Held::Reference(id), now);
+                    if self.chains.read_now(room, now) {
+                        return vec![read(room.to_string(), after, Some(id))];
+                    }
+                    return Vec::new();
+                }
+                Held::Remote(_) | Held::Reference(_) => {}
+            }
+        }
+        Vec::new()
+    }
+
+    /// Another node's entry. `user_here`: its membership change (if any) is of
+    /// a user loaded here; `grants`: it is a join that would grant that user a
+    /// membership here — which the bus cannot do: the entry is read back in
+    /// its turn, with the room's members as the database has them.
+    pub fn heard_entry(
+        &mut self,
+        remote: RemoteEntry,
+        prev: i64,
+        user_here: bool,
+        grants: bool,
+        now: Instant,
+    ) -> Vec<Work> {
+        let room = remote.entry.room.clone();
+        let id = remote.entry.id;
+        if !self.concerns(&room, user_here) {
+            self.passed_over.note(&room, id, now);
+            return Vec::new();
+        }
+        if remote.op.is_some() && !self.chains.is_tracked(&room) {
+            // A member of this node joined elsewhere: from here on.
+            self.chains.track(&room, prev);
+        }
+        if grants {
+            return self.read_back(room, prev, id, remote.op, now);
+        }
+        match self.chains.gate(&room, prev, id) {
+            Gate::Go => vec![
+                Work::Deliver(Box::new(remote)),
+                Work::Advance {
+                    room: room.clone(),
+                    last: id,
+                },
+                Work::Release {
+                    room,
+                    read_upto: None,
+                },
+            ],
+            Gate::Seen => Vec::new(),
+            Gate::Wait => {
+                self.chains
+                    .hold(&room, prev, Held::Remote(Box::new(remote)), now);
+                Vec::new()
+            }
+        }
+    }
+
+    /// Another node's entry `id` of `room`, too large to carry: read back.
+    pub fn heard_reference(
+        &mut self,
+        room: String,
+        prev: i64,
+        id: i64,
+        op: Option<MemberOp>,
+        user_here: bool,
+        now: Instant,
+    ) -> Vec<Work> {
+        if !self.concerns(&room, user_here) {
+            self.passed_over.note(&room, id, now);
+            return Vec::new();
+        }
+        if op.is_some() && !self.chains.is_tracked(&room) {
+            self.chains.track(&room, prev);
+        }
+        self.read_back(room, prev, id, op, now)
+    }
+
+    /// An entry of another node edited or deleted: sent on once the entry
+    /// itself has been delivered here.
+    pub fn heard_change(&mut self, entry: ChatEntry) -> Vec<Work> {
+        if !self.chains.is_tracked(&entry.room) {
+            return Vec::new();
+        }
+        let room = entry.room.clone();
+        self.waiting_changes
+            .entry(room.clone())
+            .or_default()
+            .push(entry);
+        self.flush_changes(&room)
+    }
+
+    /// An edit too large to carry: read back.
+    pub fn heard_change_reference(&self, room: &str, id: i64) -> Vec<Work> {
+        match self.chains.is_tracked(room) {
+            true => vec![Work::submit(Job::EntryById { id })],
+            false => Vec::new(),
+        }
+    }
+
+    /// Entries read back (after a gap, too large to notify, or granting a
+    /// membership): those not delivered yet go now, in order. The handlers then
+    /// make the room's members what the database says and release what waited
+    /// (see `handlers::remote`).
+    pub fn entries_read(
+        &mut self,
+        room: &str,
+        entries: Vec<ChatEntry>,
+        queued: &[i64],
+        now: Instant,
+    ) -> Vec<Work> {
+        self.chains.read_done(room, now);
+        self.deliver_read(room, entries, queued)
+    }
+
+    /// The entries of a read that this node has not delivered yet, in order.
+    pub fn deliver_read(
+        &mut self,
+        room: &str,
+        entries: Vec<ChatEntry>,
+        queued: &[i64],
+    ) -> Vec<Work> {
+        let Some(last) = self.chains.last(room) else {
+            return Vec::new();
+        };
+        let mut work = Vec::new();
+        for entry in entries.into_iter().filter(|e| e.id > last) {
+            let id = entry.id;
+            let op = self.ref_ops.remove(&id);
+            let queued = queued.contains(&id);
+            work.push(Work::Deliver(Box::new(RemoteEntry { entry, op, queued })));
+            work.push(Work::Advance {
+                room: room.to_string(),
+                last: id,
+            });
+        }
+        work
+    }
+
+    /// Gaps that waited long enough: read from the database.
+    pub fn overdue_reads(&mut self, now: Instant) -> Vec<Work> {
+        self.chains
+            .overdue(now)
+            .into_iter()
+            .map(|(room, after, upto)| {
+                crate::log!(
+                    Debug,
+                    "room {room}: entries {after}..{upto} missing; reading them"
+                );
+                read(room, after, Some(upto))
+            })
+            .collect()
+    }
+
+    /// A session loaded: its rooms are tracked from the entries it saw, and
+    /// what this node passed over in them since is read back (see
+    /// [`super::PassedOver`]).
+    pub fn session_rooms(&mut self, rooms: &[String], lasts: &[i64], now: Instant) -> Vec<Work> {
+        let mut work = Vec::new();
+        for (room, &last) in rooms.iter().zip(lasts) {
+            if self.chains.is_tracked(room) {
+                continue;
+            }
+            self.chains.track(room, last);
+            if let Some(newest) = self.passed_over.take_after(room, last) {
+                if self.chains.read_now(room, now) {
+                    work.push(read(room.clone(), last, Some(newest)));
+                }
+            }
+        }
+        work
+    }
+
+    /// Rooms nobody here belongs to any more stop being tracked: their history
+    /// cache would go stale with other nodes' writes. One whose entries are
+    /// being read back stays: the read may bring its first member here (a
+    /// join, confirmed by the room's members). This node's jobs held for them
+    /// are finished.
+    pub fn untrack_unused(&mut self, has_members: impl Fn(&str) -> bool) -> Vec<Work> {
+        let unused: Vec<String> = self
+            .chains
+            .tracked()
+            .filter(|(r, _)| !has_members(r) && !self.chains.waiting(r))
+            .map(|(r, _)| r.clone())
+            .collect();
+        let mut work = Vec::new();
+        for room in unused {
+            for held in self.chains.untrack(&room) {
+                if let Held::Local(local) = held {
+                    work.push(Work::Finish(local));
+                }
+            }
+            self.waiting_changes.remove(&room);
+            work.push(Work::Forget(room));
+        }
+        work
+    }
+
+    /// Whether an entry of `room` matters here: the room is tracked, or it
+    /// brings one of this node's users in or out.
+    fn concerns(&self, room: &str, user_here: bool) -> bool {
+        self.chains.is_tracked(room) || user_here
+    }
+
+    /// Another node's entry `id` of `room` (after `prev`), to be read back
+    /// from `chat_logs` in its turn: too large to notify, or a join to be
+    /// confirmed.
+    fn read_back(
+        &mut self,
+        room: String,
+        prev: i64,
+        id: i64,
+        op: Option<MemberOp>,
+        now: Instant,
+    ) -> Vec<Work> {
+        if self.chains.gate(&room, prev, id) == Gate::Seen {
+            return Vec::new();
+        }
+        if let Some(op) = op {
+            self.ref_ops.insert(id, op);
+        }
+        self.chains.hold(&room, prev, Held::Reference(id), now);
+        if self.chains.read_now(&room, now) {
+            let after = self.chains.last(&room).unwrap_or(prev);
+            return vec![read(room, after, Some(id))];
+        }
+        Vec::new()
+    }
+
+    /// Changes (edits, deletes) of entries delivered here by now go out.
+    fn flush_changes(&mut self, room: &str) -> Vec<Work> {
+        if self.waiting_changes.is_empty() {
+            // The common case: one check per delivered batch.
+            return Vec::new();
+        }
+        let Some(last) = self.chains.last(room) else {
+            self.waiting_changes.remove(room);
+            return Vec::new();
+        };
+        let Some(waiting) = self.waiting_changes.get_mut(room) else {
+            return Vec::new();
+        };
+        let (ready, rest): (Vec<ChatEntry>, Vec<ChatEntry>) = std::mem::take(waiting)
+            .into_iter()
+            .partition(|e| e.id <= last);
+        if rest.is_empty() {
+            self.waiting_changes.remove(room);
+        } else {
+            self.waiting_changes.insert(room.to_string(), rest);
+        }
+        ready.into_iter().map(Work::Change).collect()
+    }
+}
+
+/// A local job in its turn: finished, then its entries count as delivered.
+fn finished(local: Box<(Ticket, Outcome, ChainLink)>, room: String, last: i64) -> Vec<Work> {
+    vec![Work::Finish(local), Work::Advance { room, last }]
+}
+
+/// A read of `room`'s entries after `after` (up to `upto`), on the writer (so
+/// it sees every earlier commit of this node).
+fn read(room: String, after: i64, upto: Option<i64>) -> Work {
+    Work::submit(Job::ReadEntries { room, after, upto })
+}
+
+/// A room's members as the database has them now, for this node's users.
+pub fn reconcile_room(state: &mut State, room: &str, members: &[String]) {
+    let now: HashSet<&str> = members.iter().map(String::as_str).collect();
+    let here: Vec<String> = state
+        .room_members
+        .get(room)
+        .map(|m| m.iter().cloned().collect())
+        .unwrap_or_default();
+    for user in here {
+        if !now.contains(user.as_str()) {
+            state.left(&user, room);
+        }
+    }
+    for user in members {
+        if state
+            .users
+            .get(user)
+            .is_some_and(|u| u.loaded && !u.rooms.contains(room))
+        {
+            state.joined(user, room);
+        }
+    }
+}
