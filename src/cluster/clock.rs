@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use super::bus::Payloads;
-use super::node::{Cluster, Failed, Work};
+use super::node::{Cluster, Failed, Submit, Work};
 use crate::config::Config;
 use crate::db::jobs::Job;
 use crate::state::State;
@@ -15,13 +15,13 @@ use crate::state::State;
 impl Cluster {
     /// The cluster's fast tick: gaps that waited long enough, typing to
     /// notify, a catch-up to retry, heartbeats.
-    pub fn tick(&mut self, state: &State, config: &Config, now: Instant) -> Vec<Work> {
+    pub fn tick(&mut self, state: &State, config: &Config, now: Instant) -> Vec<Submit> {
         let mut work = self.overdue_reads(now);
         if !self.enabled {
             return work;
         }
         if let Some(outbox) = self.outbox.take() {
-            work.push(Work::submit(Job::Notify {
+            work.push(Submit::job(Job::Notify {
                 payloads: outbox.finish(),
             }));
         }
@@ -32,7 +32,7 @@ impl Cluster {
             let every = (config.node_timeout / 4).max(Duration::from_secs(1));
             self.next_beat = now + every;
             self.beat_busy = true;
-            work.push(Work::Submit {
+            work.push(Submit {
                 job: Job::Heartbeat {
                     node: self.node.clone(),
                     incarnation: self.incarnation,
@@ -55,8 +55,11 @@ impl Cluster {
         if !self.enabled {
             return (work, Vec::new());
         }
-        work.extend(self.retry_follow_reads(state, now));
-        work.extend(self.retry_presence_reads(state, now));
+        let retries = self
+            .retry_follow_reads(state, now)
+            .into_iter()
+            .chain(self.retry_presence_reads(state, now));
+        work.extend(retries.map(Work::from));
         (work, self.presence_to_retry())
     }
 
@@ -75,14 +78,14 @@ impl Cluster {
 
     /// The listener (re)connected: what may have been missed is read back
     /// (not on the first connect: nothing was missed yet).
-    pub fn connected(&mut self, state: &State) -> Vec<Work> {
+    pub fn connected(&mut self, state: &State) -> Vec<Submit> {
         if !std::mem::replace(&mut self.connected_once, true) {
             return Vec::new();
         }
         vec![self.catch_up(state)]
     }
 
-    fn catch_up(&mut self, state: &State) -> Work {
+    fn catch_up(&mut self, state: &State) -> Submit {
         self.catch_up_due = false;
         self.catching_up = true;
         let rooms: Vec<(String, i64)> = self
@@ -99,7 +102,7 @@ impl Cluster {
             users.len(),
             watched.len()
         );
-        Work::Submit {
+        Submit {
             job: Job::CatchUp {
                 rooms,
                 users,

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use super::bus::MemberOp;
 use super::chain::Gate;
-use super::node::{Cluster, Held, RemoteEntry, Work};
+use super::node::{Cluster, Held, RemoteEntry, Submit, Work};
 use crate::db::jobs::{ChainLink, ChatEntry, Job, Outcome};
 use crate::db::Ticket;
 use crate::state::State;
@@ -104,7 +104,7 @@ impl Cluster {
                     let now = Instant::now();
                     self.chains.hold(room, after, Held::Reference(id), now);
                     if self.chains.read_now(room, now) {
-                        return vec![read(room.to_string(), after, Some(id))];
+                        return vec![read(room.to_string(), after, Some(id)).into()];
                     }
                     return Vec::new();
                 }
@@ -242,7 +242,7 @@ impl Cluster {
     }
 
     /// Gaps that waited long enough: read from the database.
-    pub fn overdue_reads(&mut self, now: Instant) -> Vec<Work> {
+    pub fn overdue_reads(&mut self, now: Instant) -> Vec<Submit> {
         self.chains
             .overdue(now)
             .into_iter()
@@ -259,7 +259,7 @@ impl Cluster {
     /// A session loaded: its rooms are tracked from the entries it saw, and
     /// what this node passed over in them since is read back (see
     /// [`super::PassedOver`]).
-    pub fn session_rooms(&mut self, rooms: &[String], lasts: &[i64], now: Instant) -> Vec<Work> {
+    pub fn session_rooms(&mut self, rooms: &[String], lasts: &[i64], now: Instant) -> Vec<Submit> {
         let mut work = Vec::new();
         for (room, &last) in rooms.iter().zip(lasts) {
             if self.chains.is_tracked(room) {
@@ -326,7 +326,7 @@ impl Cluster {
         self.chains.hold(&room, prev, Held::Reference(id), now);
         if self.chains.read_now(&room, now) {
             let after = self.chains.last(&room).unwrap_or(prev);
-            return vec![read(room, after, Some(id))];
+            return vec![read(room, after, Some(id)).into()];
         }
         Vec::new()
     }
@@ -363,8 +363,8 @@ fn finished(local: Box<(Ticket, Outcome, ChainLink)>, room: String, last: i64) -
 
 /// A read of `room`'s entries after `after` (up to `upto`), on the writer (so
 /// it sees every earlier commit of this node).
-fn read(room: String, after: i64, upto: Option<i64>) -> Work {
-    Work::submit(Job::ReadEntries { room, after, upto })
+fn read(room: String, after: i64, upto: Option<i64>) -> Submit {
+    Submit::job(Job::ReadEntries { room, after, upto })
 }
 
 /// A room's members as the database has them now, for this node's users.

@@ -42,5 +42,7 @@ pub mod node;
 pub mod passed_over;
 pub mod presence;
 
-pub use node::{default_node_name, Cluster, Failed, Held, PresenceWrite, RemoteEntry, Work};
+pub use node::{
+    default_node_name, Cluster, Failed, Held, PresenceWrite, RemoteEntry, Submit, Work,
+};
 pub use passed_over::PassedOver;

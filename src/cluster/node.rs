@@ -135,9 +135,8 @@ pub enum Work {
         name: String,
         online: bool,
     },
-    /// A database job to submit; `failed` says what to undo when it cannot be
-    /// queued (none: the clock asks again).
-    Submit { job: Job, failed: Option<Failed> },
+    /// A database job to submit.
+    Submit(Submit),
     /// A room's history cache may have gone stale: forget it.
     Forget(String),
 }
@@ -149,10 +148,30 @@ pub enum Failed {
     CatchUp,
 }
 
+/// A database job the cluster wants submitted; `failed` says what to undo
+/// when it cannot be queued (none: the clock asks again).
+pub struct Submit {
+    pub job: Job,
+    pub failed: Option<Failed>,
+}
+
+impl Submit {
+    /// A job whose failure to be queued needs no undoing.
+    pub fn job(job: Job) -> Submit {
+        Submit { job, failed: None }
+    }
+}
+
 impl Work {
     /// A job whose failure to be queued needs no undoing.
     pub fn submit(job: Job) -> Work {
-        Work::Submit { job, failed: None }
+        Work::Submit(Submit::job(job))
+    }
+}
+
+impl From<Submit> for Work {
+    fn from(s: Submit) -> Work {
+        Work::Submit(s)
     }
 }
 /// The node's default name: the host name and the port it serves.

@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use super::node::{Cluster, Failed, Work};
+use super::node::{Cluster, Failed, Submit, Work};
 use crate::db::jobs::Job;
 use crate::state::State;
 
@@ -22,7 +22,7 @@ impl Cluster {
     /// This node's number of connections (and upgrades under way) of `user`
     /// is now `conns`: it is written, unless a write of theirs is under way
     /// (its completion asks again).
-    pub fn presence_changed(&mut self, user: &str, conns: u32, nickname: String) -> Vec<Work> {
+    pub fn presence_changed(&mut self, user: &str, conns: u32, nickname: String) -> Vec<Submit> {
         if !self.enabled {
             return Vec::new();
         }
@@ -46,7 +46,7 @@ impl Cluster {
             nickname,
             conns,
         };
-        vec![Work::Submit {
+        vec![Submit {
             job,
             failed: Some(Failed::Presence(user.to_string())),
         }]
@@ -84,7 +84,11 @@ impl Cluster {
         nickname: String,
         online: bool,
     ) -> Vec<Work> {
-        let mut work = self.look_up_new_watches(state);
+        let mut work: Vec<Work> = self
+            .look_up_new_watches(state)
+            .into_iter()
+            .map(Work::from)
+            .collect();
         if !state.watchers.contains_key(user) {
             self.online.remove(user);
             self.presence_unknown.remove(user);
@@ -119,7 +123,7 @@ impl Cluster {
     /// announced whatever `online` says. Called every turn and before presence
     /// is looked at, so that no change is heard between a watch starting and
     /// its read being asked.
-    pub fn look_up_new_watches(&mut self, state: &mut State) -> Vec<Work> {
+    pub fn look_up_new_watches(&mut self, state: &mut State) -> Vec<Submit> {
         if state.newly_watched.is_empty() {
             return Vec::new();
         }
@@ -160,7 +164,7 @@ impl Cluster {
 
     /// Presence reads that did not answer in time are asked again, and users
     /// nobody watches any more are forgotten (once a second).
-    pub fn retry_presence_reads(&mut self, state: &State, now: Instant) -> Vec<Work> {
+    pub fn retry_presence_reads(&mut self, state: &State, now: Instant) -> Vec<Submit> {
         let mut ask = Vec::new();
         self.presence_unknown.retain(|user, asked| {
             if !state.watchers.contains_key(user) {
@@ -178,7 +182,7 @@ impl Cluster {
     /// Another node says `from` followed `to`: for a user whose follows are
     /// in memory here, granted once a read of their follows (asked now, so
     /// after the follow committed) finds it.
-    pub fn await_follow(&mut self, state: &mut State, from: &str, to: &str) -> Vec<Work> {
+    pub fn await_follow(&mut self, state: &mut State, from: &str, to: &str) -> Vec<Submit> {
         let read = self.next_follow_read;
         let Some(u) = state.users.get_mut(from) else {
             return Vec::new();
@@ -223,7 +227,7 @@ impl Cluster {
 
     /// Reads of follows that did not answer in time are asked again (once a
     /// second).
-    pub fn retry_follow_reads(&mut self, state: &State, now: Instant) -> Vec<Work> {
+    pub fn retry_follow_reads(&mut self, state: &State, now: Instant) -> Vec<Submit> {
         let overdue: Vec<String> = self
             .follow_reads
             .iter()
@@ -249,10 +253,10 @@ impl Cluster {
 
     /// A read of whom `user` follows (not queued, or failed: asked again by
     /// the sweep).
-    fn ask_follows(&mut self, user: &str, read: u64) -> Work {
+    fn ask_follows(&mut self, user: &str, read: u64) -> Submit {
         self.follow_reads
             .insert(user.to_string(), (read, Instant::now()));
-        Work::submit(Job::FollowsOf {
+        Submit::job(Job::FollowsOf {
             user: user.to_string(),
             read,
         })
@@ -261,9 +265,9 @@ impl Cluster {
 
 /// A read of whether `users` are online (not queued, or failed: asked again by
 /// the sweep).
-fn ask_presence(users: Vec<String>) -> Vec<Work> {
+fn ask_presence(users: Vec<String>) -> Vec<Submit> {
     match users.is_empty() {
         true => Vec::new(),
-        false => vec![Work::submit(Job::PresenceOf { users })],
+        false => vec![Submit::job(Job::PresenceOf { users })],
     }
 }

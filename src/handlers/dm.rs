@@ -1,8 +1,8 @@
 //! `room_dm`: a direct message between two members of a room, delivered to the
 //! recipient's open connections or queued (persistently) while they are offline.
 
+use super::ctx::Ctx;
 use super::messages::check_text;
-use super::Ctx;
 use crate::db::jobs::{ChatEntry, DmResult, NewMessage};
 use serde_json::Value;
 

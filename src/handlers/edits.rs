@@ -1,8 +1,8 @@
 //! `edit` and `delete`: the author changes or removes their own `msg`/`dm`
 //! entry; everyone who could see it is told once, and history keeps a tombstone.
 
+use super::ctx::Ctx;
 use super::messages::check_text;
-use super::Ctx;
 use crate::conn::ConnId;
 use crate::db::jobs::{ChatEntry, EditResult};
 use crate::db::{Job, Ticket};
@@ -84,6 +84,14 @@ fn change_event(e: &ChatEntry, delete: bool) -> Event {
                 "edited_at",
                 e.edited_at.map(crate::time::format_iso).unwrap_or_default(),
             )
+    }
+}
+
+/// An edit too large to notify, read back: it goes out as if it had come on the
+/// bus (`None`: the entry is gone).
+pub fn read_back(hub: &mut Hub, e: Option<ChatEntry>) {
+    if let Some(e) = e {
+        changed(hub, e);
     }
 }
 

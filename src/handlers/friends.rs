@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use super::Ctx;
+use super::ctx::Ctx;
 use crate::db::jobs::{FollowStatus, UserRef};
 use crate::db::{Job, Ticket};
 use crate::hub::Hub;

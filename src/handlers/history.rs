@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::Ctx;
+use super::ctx::Ctx;
 use crate::db::jobs::{ChatEntry, HistoryQuery};
 use crate::db::{Job, Ticket};
 use crate::hub::Hub;
@@ -97,6 +97,11 @@ fn cached_reply(room: &str, items: &[&str], req_id: &Option<Value>) -> Vec<u8> {
     }
     json.push('}');
     crate::ws::text_frame(json.as_bytes())
+}
+
+/// A room's newest entries, read to fill the history cache.
+pub fn filled(hub: &mut Hub, room: &str, limit: i64, items: Vec<ChatEntry>) {
+    hub.history.filled(room, limit, items);
 }
 
 pub fn done(hub: &mut Hub, t: &Ticket, room: String, items: Vec<ChatEntry>) {

@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use super::Ctx;
+use super::ctx::Ctx;
 use crate::db::jobs::UserRef;
 use crate::db::{Job, Ticket};
 use crate::hub::Hub;

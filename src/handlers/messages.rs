@@ -1,7 +1,7 @@
 //! `msg`: a room message, persisted (by the single writer, group-committed) and
 //! then fanned out to every connection of every online member, framed once.
 
-use super::Ctx;
+use super::ctx::Ctx;
 use std::time::SystemTime;
 
 use crate::db::jobs::{ChatEntry, Duplicate, NewMessage};

@@ -6,7 +6,7 @@
 
 use serde_json::{json, Value};
 
-use super::Ctx;
+use super::ctx::Ctx;
 use crate::db::{Job, Ticket};
 use crate::hub::Hub;
 use crate::protocol::{Event, RequestError};

@@ -1,7 +1,7 @@
 //! `read`: a user's read marker per room, which only moves forward and is
 //! synced to the user's other connections (other members are not told).
 
-use super::Ctx;
+use super::ctx::Ctx;
 use crate::db::jobs::ReadResult;
 use crate::db::{Job, Ticket};
 use crate::hub::Hub;

@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 
+use super::ctx::Ctx;
 use super::messages::entry_event;
-use super::Ctx;
 use crate::close::CloseReason;
 use crate::conn::ConnId;
 use crate::db::jobs::{Replay, ResumeCursor, RoomReplay};

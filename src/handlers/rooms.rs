@@ -4,8 +4,8 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use super::Ctx;
-use crate::db::jobs::{JoinBy, JoinResult, RoomInfo};
+use super::ctx::Ctx;
+use crate::db::jobs::{ChatEntry, JoinBy, JoinResult, RoomInfo};
 use crate::db::{Job, Ticket};
 use crate::hub::Hub;
 use crate::protocol::{ErrorCode, Event, Request, RequestError};
@@ -66,7 +66,8 @@ impl CreateRoom {
     }
 }
 
-pub fn created(hub: &mut Hub, t: &Ticket, room: String, name: String) {
+pub fn created(hub: &mut Hub, t: &Ticket, room: String, name: String, logged: Vec<ChatEntry>) {
+    logged.into_iter().for_each(|e| hub.history.append(e));
     hub.state.touched_rooms.insert(room.clone());
     let ev = Event::new("create_room_ack")
         .with("status", "CREATED")
@@ -146,8 +147,10 @@ pub fn join_done(
     username: String,
     nickname: String,
     r: JoinResult,
-    entry: Option<i64>,
+    logged: Vec<ChatEntry>,
 ) {
+    let entry = logged.last().map(|e| e.id);
+    logged.into_iter().for_each(|e| hub.history.append(e));
     match r {
         JoinResult::NotFound => {
             hub.conns
@@ -212,8 +215,10 @@ pub fn leave_done(
     nickname: String,
     room: String,
     was_member: bool,
-    entry: Option<i64>,
+    logged: Vec<ChatEntry>,
 ) {
+    let entry = logged.last().map(|e| e.id);
+    logged.into_iter().for_each(|e| hub.history.append(e));
     if was_member {
         hub.state.left(&username, &room);
         hub.state.touched_rooms.insert(room.clone());

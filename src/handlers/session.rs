@@ -236,9 +236,21 @@ pub fn bearer_token(req: &Request) -> Option<String> {
         .filter(|t| !t.is_empty())
 }
 
+/// A session load answered: the rooms it saw are tracked from there (in a
+/// cluster, what was passed over since is read back), the connection opens,
+/// and DMs that waited for the load go where they belong.
+pub fn loaded(hub: &mut Hub, t: &Ticket, username: &str, session: Option<SessionData>) {
+    if let Some(s) = &session {
+        super::remote::session_rooms(hub, &s.rooms, &s.last_entries);
+    }
+    opened(hub, t.conn, username, session);
+    let orphaned = hub.state.load_done(username);
+    super::dm::queue_parked(hub, orphaned);
+}
+
 /// The session loaded: the user exists (101, register the connection, flush the
 /// offline queue, announce presence) or no longer does (403).
-pub fn opened(hub: &mut Hub, id: ConnId, username: &str, session: Option<SessionData>) {
+fn opened(hub: &mut Hub, id: ConnId, username: &str, session: Option<SessionData>) {
     let Some(conn) = hub.conns.get_mut(id) else {
         // Closed while loading; its `opening` count was released on close.
         return;

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::Ctx;
+use super::ctx::Ctx;
 use crate::hub::Hub;
 use crate::protocol::{ErrorCode, Event, Request, RequestError};
 

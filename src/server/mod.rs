@@ -599,7 +599,7 @@ impl Server {
         self.hub
             .history
             .retain_rooms(|room| members.contains_key(room));
-        handlers::remote::sweep(&mut self.hub);
+        handlers::completion::sweep(&mut self.hub);
     }
 
     /// Input and output buffered for all clients together stay within
