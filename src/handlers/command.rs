@@ -4,9 +4,18 @@
 //! `completion::on_outcome` for each outcome it adds.
 
 use super::ctx::Ctx;
-use super::{
-    dm, edits, friends, history, members, messages, presence, reads, resume, rooms, tokens, typing,
-};
+use super::dm;
+use super::edits;
+use super::friends;
+use super::history;
+use super::members;
+use super::messages;
+use super::presence;
+use super::reads;
+use super::resume;
+use super::rooms;
+use super::tokens;
+use super::typing;
 use crate::hub::Hub;
 use crate::protocol::{ErrorCode, Request, RequestError};
 use crate::ticket::Hold;

@@ -17,11 +17,20 @@ use crate::hub::Hub;
 use crate::protocol::{ErrorCode, RequestError};
 use crate::ticket::Hold;
 
+use super::dm;
+use super::edits;
+use super::friends;
+use super::history;
+use super::http;
+use super::members;
+use super::messages;
+use super::presence;
+use super::reads;
+use super::remote;
 use super::request::job_finished;
-use super::{
-    dm, edits, friends, history, http, members, messages, presence, reads, remote, resume, rooms,
-    session,
-};
+use super::resume;
+use super::rooms;
+use super::session;
 
 /// A finished database or hashing job.
 pub fn on_completion(hub: &mut Hub, c: Completion) {

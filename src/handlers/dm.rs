@@ -2,7 +2,7 @@
 //! recipient's open connections or queued (persistently) while they are offline.
 
 use super::ctx::Ctx;
-use super::messages::check_text;
+use super::messages::{check_text, client_id_taken};
 use crate::db::jobs::{ChatEntry, DmResult, NewMessage};
 use serde_json::Value;
 
@@ -121,9 +121,7 @@ pub fn stored(hub: &mut Hub, t: &Ticket, msg: NewMessage, to: String, result: Dm
             (id, ts, queued)
         }
         DmResult::Duplicate(d) if d.entry.kind != "dm" => {
-            return hub
-                .conns
-                .reply_error(t.conn, &t.req_id, super::messages::client_id_taken());
+            return hub.conns.reply_error(t.conn, &t.req_id, client_id_taken());
         }
         DmResult::Duplicate(d) => {
             // A retry: the original stands, and its sender hears how it went.

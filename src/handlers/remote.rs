@@ -6,11 +6,12 @@
 
 use std::time::Instant;
 
+use super::messages;
+
 use crate::cluster::bus::{BusEvent, MemberOp};
 use crate::cluster::{RemoteEntry, Submit, Work};
 use crate::db::jobs::ChatEntry;
 use crate::db::Ticket;
-use crate::handlers;
 use crate::hub::Hub;
 use crate::protocol::Event;
 use crate::state::{ParkedDm, Reach};
@@ -50,7 +51,7 @@ pub fn deliver(hub: &mut Hub, r: RemoteEntry) {
         }
         (None, _) => {
             hub.svc.metrics.messages_remote += 1;
-            let ev = handlers::messages::entry_event(&entry);
+            let ev = messages::entry_event(&entry);
             hub.entry_to_room(&room, id, &ev, None);
         }
     }
@@ -61,7 +62,7 @@ fn deliver_remote_dm(hub: &mut Hub, e: &ChatEntry) {
     let Some(to) = e.to.clone() else { return };
     match hub.state.reach(&to) {
         Reach::Online => {
-            let ev = handlers::messages::entry_event(e);
+            let ev = messages::entry_event(e);
             hub.entry_to_user(&to, &e.room, e.id, &ev);
         }
         Reach::Loading => {
@@ -219,11 +220,6 @@ pub fn heartbeat_done(hub: &mut Hub, rejoined: bool) {
 pub fn session_rooms(hub: &mut Hub, rooms: &[String], lasts: &[i64]) {
     let reads = hub.cluster.session_rooms(rooms, lasts, Instant::now());
     submit(hub, reads);
-}
-
-/// `typing` in a room, for the other nodes.
-pub fn typing(hub: &mut Hub, room: &str, user: &str, nickname: &str) {
-    hub.cluster.note_typing(room, user, nickname);
 }
 
 /// The cluster's fast tick (see `server`).

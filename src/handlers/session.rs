@@ -6,6 +6,11 @@ use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::{Instant, SystemTime};
 
+use super::dm;
+use super::presence;
+use super::remote;
+use super::resume;
+use super::tokens;
 use crate::auth::jwt::{TokenError, Verified};
 use crate::client_addr::{budget_key, client_addr};
 use crate::close::CloseReason;
@@ -172,7 +177,7 @@ fn open_as(hub: &mut Hub, id: ConnId, grant: Verified, accept_key: String, addr:
     // In a cluster the user's presence is written before their session is
     // read (the load waits for the write), so a DM committed meanwhile either
     // sees them connected or is in the queue the load reads.
-    crate::handlers::remote::presence_changed(hub, &username);
+    remote::presence_changed(hub, &username);
     if now {
         match hub.state.users.get_mut(&username) {
             Some(u) if u.writes > 0 => u.deferred_loads.push(id),
@@ -241,11 +246,11 @@ pub fn bearer_token(req: &Request) -> Option<String> {
 /// and DMs that waited for the load go where they belong.
 pub fn loaded(hub: &mut Hub, t: &Ticket, username: &str, session: Option<SessionData>) {
     if let Some(s) = &session {
-        super::remote::session_rooms(hub, &s.rooms, &s.last_entries);
+        remote::session_rooms(hub, &s.rooms, &s.last_entries);
     }
     opened(hub, t.conn, username, session);
     let orphaned = hub.state.load_done(username);
-    super::dm::queue_parked(hub, orphaned);
+    dm::queue_parked(hub, orphaned);
 }
 
 /// The session loaded: the user exists (101, register the connection, flush the
@@ -295,13 +300,13 @@ fn opened(hub: &mut Hub, id: ConnId, username: &str, session: Option<SessionData
         seq: Default::default(),
         unfinished: 0,
         unfinished_since: None,
-        token_expires: super::tokens::on_loop_clock(token_expires),
+        token_expires: tokens::on_loop_clock(token_expires),
         token_warned: false,
         session_start,
         first_live: HashMap::new(),
         throttled_until: None,
         opening: Some(OpeningHold {
-            until: now + super::resume::OPENING_HOLD,
+            until: now + resume::OPENING_HOLD,
             held: Held::default(),
         }),
     }));
@@ -337,10 +342,10 @@ fn opened(hub: &mut Hub, id: ConnId, username: &str, session: Option<SessionData
         }
         send_offline_piece(hub, id);
     }
-    super::dm::deliver_parked(hub, username);
+    dm::deliver_parked(hub, username);
     if first && !hub.cluster.enabled {
-        let name = super::presence::display_name(hub, username);
-        super::presence::announce(hub, username, name, "online");
+        let name = presence::display_name(hub, username);
+        presence::announce(hub, username, name, "online");
     }
     // Frames may already be waiting (sent right after the upgrade request).
     hub.conns.again.push(id);
@@ -353,8 +358,8 @@ pub fn open_failed(hub: &mut Hub, id: ConnId, e: &DbError) {
     };
     if let Phase::Upgrading { username, .. } = std::mem::replace(&mut conn.phase, Phase::Closed) {
         let orphaned = hub.state.cancel_open(&username, id);
-        super::dm::queue_parked(hub, orphaned);
-        crate::handlers::remote::presence_changed(hub, &username);
+        dm::queue_parked(hub, orphaned);
+        remote::presence_changed(hub, &username);
     }
     respond(
         hub,
@@ -452,8 +457,8 @@ pub fn on_closed(hub: &mut Hub, id: ConnId) {
     match std::mem::replace(&mut conn.phase, Phase::Closed) {
         Phase::Upgrading { username, .. } => {
             let orphaned = hub.state.cancel_open(&username, id);
-            super::dm::queue_parked(hub, orphaned);
-            crate::handlers::remote::presence_changed(hub, &username);
+            dm::queue_parked(hub, orphaned);
+            remote::presence_changed(hub, &username);
         }
         Phase::Ws(ws) => {
             // What was held back for it (a resume's buffer here, its opening
@@ -490,15 +495,15 @@ pub fn on_closed(hub: &mut Hub, id: ConnId) {
                 };
                 hub.submit(Ticket::internal(), job);
             }
-            let name = super::presence::display_name(hub, &ws.username);
+            let name = presence::display_name(hub, &ws.username);
             hub.svc.metrics.ws_open -= 1;
             if hub.state.remove_conn(&ws.username, id) {
                 hub.svc.metrics.users_online -= 1;
                 if !hub.cluster.enabled {
-                    super::presence::announce(hub, &ws.username, name, "offline");
+                    presence::announce(hub, &ws.username, name, "offline");
                 }
             }
-            crate::handlers::remote::presence_changed(hub, &ws.username);
+            remote::presence_changed(hub, &ws.username);
         }
         Phase::Http(st) => {
             // Keep an HTTP connection's phase: it may still flush a response.

@@ -55,7 +55,8 @@ impl Typing {
         }
         typing.insert(key.clone(), now);
         let (user, room) = key;
-        crate::handlers::remote::typing(hub, &room, &user, &nickname);
+        // Other nodes forward it to their members of the room.
+        hub.cluster.note_typing(&room, &user, &nickname);
         let ev = Event::new("typing")
             .with("room", room.as_str())
             .with("user", user.as_str())

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::{
+use super::exchange::{
     field, finish, json_body, request_addr, respond, restore, retry_later, set_pending,
     take_pending, unauthorized, unhealthy,
 };
@@ -15,6 +15,7 @@ use crate::auth::password::{check_stored_hash, constant_time_eq, is_hashed, Hash
 use crate::conn::{ConnId, PendingHttp};
 use crate::db::jobs::Registration;
 use crate::db::{DbError, Job, Ticket};
+use crate::handlers::session::bearer_token;
 use crate::http::{self, Request};
 use crate::hub::Hub;
 use crate::throttle::RegisterRefusal;
@@ -183,7 +184,7 @@ fn token_response(hub: &Hub, username: &str, ka: bool) -> Vec<u8> {
 /// (same user, same expiry, same login).
 pub fn ws_ticket(hub: &mut Hub, _: &mut Turn, id: ConnId, req: Request) {
     let ka = req.keep_alive;
-    let token = crate::handlers::session::bearer_token(&req).unwrap_or_default();
+    let token = bearer_token(&req).unwrap_or_default();
     let grant = match hub.svc.tokens.verify_claims(&token) {
         Ok(g) => g,
         Err(e) => return respond(hub, id, unauthorized(&e.to_string(), ka), ka),

@@ -7,17 +7,20 @@
 //! worker, the next (pipelined) request stays in the buffer.
 
 pub mod accounts;
+pub mod exchange;
 
-use std::net::IpAddr;
-use std::time::{Duration, Instant};
+pub use exchange::respond;
+use exchange::{finish, request_addr, retry_later, set_pending, take_pending, unhealthy};
 
-use serde_json::{json, Value};
+use std::time::Instant;
 
-use crate::client_addr::client_addr;
+use serde_json::json;
+
 use crate::conn::{
     Admit, ConnId, PendingHttp, Phase, RateLimit, IDLE_BUFFER_BYTES, OUTPUT_PAUSE_BYTES,
 };
 use crate::db::DbError;
+use crate::handlers::session;
 use crate::http::{self, Request};
 use crate::hub::Hub;
 use crate::turn::Turn;
@@ -116,11 +119,6 @@ pub fn process(hub: &mut Hub, turn: &mut Turn, id: ConnId) {
 /// Requests answered per connection per loop turn.
 const REQUESTS_PER_TURN: usize = 32;
 
-/// Queues a response; closes the connection after it unless kept alive.
-pub fn respond(hub: &mut Hub, id: ConnId, bytes: impl AsRef<[u8]>, keep_alive: bool) {
-    hub.conns.respond(id, bytes.as_ref(), keep_alive);
-}
-
 /// Bytes waiting in a connection's output.
 fn out_len(hub: &Hub, id: ConnId) -> usize {
     hub.conns.get(id).map_or(0, |c| c.out.len())
@@ -171,7 +169,7 @@ fn route(hub: &mut Hub, turn: &mut Turn, id: ConnId, req: Request) {
 
 /// `GET /ws`: see `handlers::session`.
 fn upgrade(hub: &mut Hub, _: &mut Turn, id: ConnId, req: Request) {
-    super::session::upgrade(hub, id, req);
+    session::upgrade(hub, id, req);
 }
 
 /// `GET /metrics`: on the public port, a per-address budget first; rendered
@@ -231,99 +229,6 @@ fn snapshot(hub: &Hub) -> crate::metrics::Snapshot<'_> {
     }
 }
 
-pub(super) fn set_pending(hub: &mut Hub, id: ConnId, p: PendingHttp) {
-    if let Some(conn) = hub.conns.get_mut(id) {
-        if let Phase::Http(st) = &mut conn.phase {
-            st.pending = Some(p);
-        }
-    }
-}
-
-pub(super) fn take_pending(hub: &mut Hub, id: ConnId) -> Option<PendingHttp> {
-    match &mut hub.conns.get_mut(id)?.phase {
-        Phase::Http(st) => st.pending.take(),
-        _ => None,
-    }
-}
-
-/// Puts back a pending request that a completion did not belong to.
-pub(super) fn restore(hub: &mut Hub, id: ConnId, p: Option<PendingHttp>) {
-    if let Some(p) = p {
-        set_pending(hub, id, p);
-    }
-}
-
-/// Finishes a pending request: responds, then parses whatever came in meanwhile
-/// and reads on (reading stopped while the request waited).
-pub(super) fn finish(hub: &mut Hub, id: ConnId, bytes: Vec<u8>, keep_alive: bool) {
-    respond(hub, id, bytes, keep_alive);
-    if let Some(conn) = hub.conns.get_mut(id) {
-        conn.since = Instant::now();
-    }
-    // Whatever the client pipelined meanwhile is parsed when the loop reads
-    // the connection again, within that turn's budget.
-    hub.conns.again.push(id);
-}
-
-/// The body as a JSON object whose listed fields are strings (or absent/null).
-pub(super) fn json_body(
-    req: &Request,
-    string_fields: &[&str],
-) -> Option<serde_json::Map<String, Value>> {
-    let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(&req.body) else {
-        return None;
-    };
-    for f in string_fields {
-        match map.get(*f) {
-            None | Some(Value::Null) | Some(Value::String(_)) => {}
-            Some(_) => return None,
-        }
-    }
-    Some(map)
-}
-
-pub(super) fn field<'a>(map: &'a serde_json::Map<String, Value>, name: &str) -> Option<&'a str> {
-    map.get(name).and_then(Value::as_str)
-}
-
-/// The address the request counts under (`None`: the connection is gone).
-pub(super) fn request_addr(hub: &Hub, id: ConnId, req: &Request) -> Option<IpAddr> {
-    let peer = hub.conns.get(id)?.peer;
-    Some(client_addr(peer, req, &hub.svc.config.trusted_proxies))
-}
-
-/// 429 or 503, with `Retry-After`.
-pub(super) fn retry_later(status: u16, detail: &str, wait: Duration, ka: bool) -> Vec<u8> {
-    let body = json!({ "detail": detail }).to_string();
-    http::response(
-        status,
-        "application/json",
-        body.as_bytes(),
-        ka,
-        // Whole seconds, rounded up: retrying at the announced time must work.
-        &[(
-            "Retry-After",
-            wait.as_millis().div_ceil(1000).max(1).to_string(),
-        )],
-    )
-}
-
-pub(super) fn unhealthy(why: &str, ka: bool) -> Vec<u8> {
-    http::error(503, &format!("Service unhealthy: {why}"), ka)
-}
-
-/// 401 with `WWW-Authenticate`, for a request whose token does not do.
-pub(super) fn unauthorized(detail: &str, ka: bool) -> Vec<u8> {
-    let body = json!({ "detail": detail }).to_string();
-    http::response(
-        401,
-        "application/json",
-        body.as_bytes(),
-        ka,
-        &[("WWW-Authenticate", "Bearer".into())],
-    )
-}
-
 /// A job behind a pending HTTP request failed.
 pub fn db_failed(hub: &mut Hub, id: ConnId, e: &DbError) {
     match take_pending(hub, id) {
@@ -336,7 +241,7 @@ pub fn db_failed(hub: &mut Hub, id: ConnId, e: &DbError) {
         | Some(PendingHttp::MintTicket { keep_alive, .. }) => {
             finish(hub, id, unhealthy(&e.to_string(), keep_alive), keep_alive);
         }
-        Some(PendingHttp::TicketUpgrade { .. }) => super::session::ticket_failed(hub, id, e),
+        Some(PendingHttp::TicketUpgrade { .. }) => session::ticket_failed(hub, id, e),
         None => {}
     }
 }
