@@ -459,6 +459,18 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// What the connection's unparsed input holds in memory: an HTTP
+    /// request's buffer (its capacity), an upgrade's leftover bytes, a
+    /// WebSocket message under way.
+    pub fn input_held(&self) -> usize {
+        match &self.phase {
+            Phase::Http(st) => st.buf.capacity(),
+            Phase::Upgrading { leftover, .. } => leftover.capacity(),
+            Phase::Ws(ws) => ws.unfinished,
+            Phase::Closed => 0,
+        }
+    }
+
     /// An open WebSocket of a user already let in (served before new
     /// connections and HTTP when a turn is short of time).
     pub fn is_session(&self) -> bool {

@@ -57,18 +57,18 @@ fn run() -> ExitCode {
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
     match args.first().map(String::as_str) {
-        None => {}
-        Some("import-json") => return import_json(&args[1..]),
+        None => serve(),
+        Some("import-json") => import_json(&args[1..]),
         Some("-h" | "--help") if args.len() == 1 => {
             println!(
                 "klav {}: a real-time chat server\n\n{USAGE}",
                 env!("CARGO_PKG_VERSION")
             );
-            return ExitCode::SUCCESS;
+            ExitCode::SUCCESS
         }
         Some("-V" | "--version") if args.len() == 1 => {
             println!("klav {}", env!("CARGO_PKG_VERSION"));
-            return ExitCode::SUCCESS;
+            ExitCode::SUCCESS
         }
         Some(first) => {
             // `--help` and `--version` take nothing after them.
@@ -77,9 +77,13 @@ fn run() -> ExitCode {
                 _ => first,
             };
             eprintln!("klav: unknown argument {other:?} (see klav --help)");
-            return ExitCode::from(2);
+            ExitCode::from(2)
         }
     }
+}
+
+/// The server, until SIGINT or SIGTERM.
+fn serve() -> ExitCode {
     let config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {
@@ -99,26 +103,12 @@ fn run() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-
-    let mut cluster = None;
-    let url = match &config.database_url {
-        Some(url) => url.clone(),
-        None => match Cluster::start(&config.data_dir, &ClusterOptions::default()) {
-            Ok(c) => {
-                log!(
-                    Info,
-                    "embedded PostgreSQL running in {}",
-                    config.data_dir.display()
-                );
-                let url = c.url("postgres");
-                cluster = Some(c);
-                url
-            }
-            Err(e) => {
-                eprintln!("klav: {e}");
-                return ExitCode::from(2);
-            }
-        },
+    let (url, cluster) = match database(&config) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("klav: {e}");
+            return ExitCode::from(2);
+        }
     };
     let secret = match jwt_secret(&config) {
         Ok(s) => s,
@@ -158,13 +148,7 @@ fn run() -> ExitCode {
     };
     log!(Info, "listening on {}", running.addr);
     if config.web {
-        let addr = running.addr;
-        let host = match addr.ip() {
-            ip if ip.is_unspecified() => "localhost".to_string(),
-            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
-            ip => ip.to_string(),
-        };
-        log!(Info, "web client: http://{host}:{}/", addr.port());
+        log!(Info, "web client: {}", web_address(running.addr));
     }
     while !stop.load(Ordering::Relaxed) && !running.is_finished() {
         std::thread::sleep(Duration::from_millis(100));
@@ -178,6 +162,33 @@ fn run() -> ExitCode {
     }
     log!(Info, "stopped");
     ExitCode::SUCCESS
+}
+
+/// The database to use: `DATABASE_URL`, or else the embedded PostgreSQL,
+/// started here (and stopped by the caller).
+fn database(
+    config: &Config,
+) -> Result<(String, Option<Cluster>), klav::db::embedded::EmbeddedError> {
+    if let Some(url) = &config.database_url {
+        return Ok((url.clone(), None));
+    }
+    let c = Cluster::start(&config.data_dir, &ClusterOptions::default())?;
+    log!(
+        Info,
+        "embedded PostgreSQL running in {}",
+        config.data_dir.display()
+    );
+    Ok((c.url("postgres"), Some(c)))
+}
+
+/// Where a browser on this machine finds the web client.
+fn web_address(addr: std::net::SocketAddr) -> String {
+    let host = match addr.ip() {
+        ip if ip.is_unspecified() => "localhost".to_string(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    format!("http://{host}:{}/", addr.port())
 }
 
 /// `JWT_SECRET`, or a random one generated once and kept in the data directory

@@ -6,8 +6,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use postgres::Transaction;
 
+use super::report::{say, Counts, ImportError, Layout, Summary};
 use super::source::*;
-use super::*;
 
 /// Users to create because something references them and nobody has them.
 pub(super) struct MissingUser {

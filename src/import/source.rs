@@ -8,8 +8,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
 
-use super::*;
-use crate::auth::password::check_stored_hash;
+use super::files::{CHAT_FILE, FRIENDS_FILE, USERS_FILE};
+use super::report::{say, ImportError, Layout};
+use crate::auth::password::{check_stored_hash, is_hashed};
+
+/// Column widths of the schema; longer values would fail half-way through the
+/// transaction, so they are refused up front with their path.
+const USERNAME_MAX: usize = 100;
+const NICKNAME_MAX: usize = 100;
+const ROOM_ID_MAX: usize = 20;
+const ROOM_NAME_MAX: usize = 255;
+const KIND_MAX: usize = 20;
 
 /// Everything the three files say, validated.
 pub(super) struct Source {

@@ -7,9 +7,16 @@ use std::time::{Duration, Instant, SystemTime};
 
 use postgres::Transaction;
 
+use crate::auth::password::{hash_password, is_hashed};
+use crate::db::DbError;
+
 use super::plan::*;
+use super::report::{say, Counts, ImportError, Layout, Summary, PROGRESS_EVERY};
 use super::source::*;
-use super::*;
+
+/// Rows per INSERT: large enough that tens of thousands of entries take a handful
+/// of round trips, small enough to keep each statement's arrays modest.
+const BATCH: usize = 5_000;
 
 pub(super) fn write(
     tx: &mut Transaction<'_>,
@@ -17,8 +24,37 @@ pub(super) fn write(
     plan: Plan,
     progress: &mut dyn Write,
 ) -> Result<Summary, ImportError> {
-    // Users. Plain-text passwords are hashed here, so that imported users log in
-    // with their old passwords and no plain text is ever stored.
+    let inserted_users = write_users(tx, source, &plan, progress)?;
+    let missing_users = write_missing_users(tx, &plan)?;
+    let inserted_rooms = write_rooms(tx, source, &plan)?;
+    let inserted_members = write_memberships(tx, &plan)?;
+    let inserted_follows = write_follows(tx, &plan)?;
+    let inserted_entries = insert_entries(tx, source, &plan, progress)?;
+    write_last_messages(tx, &plan)?;
+    let mut summary = Summary {
+        dry_run: false,
+        layout: source.layout,
+        users: Counts::of(source.users.len(), inserted_users),
+        follows: Counts::of(source.follows.len(), inserted_follows),
+        rooms: Counts::of(source.rooms.len(), inserted_rooms),
+        memberships: Counts::of(plan.memberships_total, inserted_members),
+        entries: Counts::of(plan.entries_total, inserted_entries),
+        missing_users,
+        notes: source.notes.clone(),
+    };
+    plan.note_pruned(&mut summary);
+    Ok(summary)
+}
+
+/// The files' users that are new. Plain-text passwords are hashed here, so that
+/// imported users log in with their old passwords and no plain text is ever
+/// stored. Returns how many were inserted.
+fn write_users(
+    tx: &mut Transaction<'_>,
+    source: &Source,
+    plan: &Plan,
+    progress: &mut dyn Write,
+) -> Result<usize, ImportError> {
     let plain: Vec<&str> = plan
         .new_users
         .iter()
@@ -41,17 +77,27 @@ pub(super) fn write(
         nicknames.push(u.nickname.clone());
         extras.push(u.extra.clone());
     }
-    let inserted_users = insert_users(tx, &names, &passwords, &nicknames, &extras)?.len();
+    Ok(insert_users(tx, &names, &passwords, &nicknames, &extras)?.len())
+}
 
+/// Users that something references and nobody has: created with an unusable
+/// password. Returns the names created.
+fn write_missing_users(tx: &mut Transaction<'_>, plan: &Plan) -> Result<Vec<String>, ImportError> {
     let names: Vec<String> = plan.missing.iter().map(|m| m.username.clone()).collect();
     let passwords: Vec<String> = plan.missing.iter().map(|_| unusable_password()).collect();
     let nicknames: Vec<String> = plan.missing.iter().map(|m| m.nickname.clone()).collect();
     let extras = vec![String::new(); names.len()];
     let created = insert_users(tx, &names, &passwords, &nicknames, &extras)?;
     let created: HashSet<String> = created.into_iter().collect();
-    let missing_users: Vec<String> = names.into_iter().filter(|n| created.contains(n)).collect();
+    Ok(names.into_iter().filter(|n| created.contains(n)).collect())
+}
 
-    // Rooms.
+/// The new rooms; returns how many were inserted.
+fn write_rooms(
+    tx: &mut Transaction<'_>,
+    source: &Source,
+    plan: &Plan,
+) -> Result<usize, ImportError> {
     let ids: Vec<&str> = plan
         .new_rooms
         .iter()
@@ -88,36 +134,43 @@ pub(super) fn write(
             "a newly minted room id was taken concurrently; run the import again".into(),
         )));
     }
+    Ok(inserted_rooms)
+}
 
-    // Memberships and follows.
+/// The new memberships; returns how many were inserted.
+fn write_memberships(tx: &mut Transaction<'_>, plan: &Plan) -> Result<usize, ImportError> {
     let (rooms_col, users_col): (Vec<&str>, Vec<&str>) = plan
         .new_memberships
         .iter()
         .map(|(r, u)| (r.as_str(), u.as_str()))
         .unzip();
-    let inserted_members = tx.execute(
+    Ok(tx.execute(
         "INSERT INTO room_members (room_id, username, joined_at) \
          SELECT r, u, now() FROM unnest($1::text[], $2::text[]) AS t(r, u) \
          ON CONFLICT (room_id, username) DO NOTHING",
         &[&rooms_col, &users_col],
-    )? as usize;
+    )? as usize)
+}
+
+/// The new follows; returns how many were inserted.
+fn write_follows(tx: &mut Transaction<'_>, plan: &Plan) -> Result<usize, ImportError> {
     let (followers, followees): (Vec<&str>, Vec<&str>) = plan
         .new_follows
         .iter()
         .map(|(a, b)| (a.as_str(), b.as_str()))
         .unzip();
-    let inserted_follows = tx.execute(
+    Ok(tx.execute(
         "INSERT INTO follows (follower_username, followee_username, created_at) \
          SELECT a, b, now() FROM unnest($1::text[], $2::text[]) AS t(a, b) \
          ON CONFLICT (follower_username, followee_username) DO NOTHING",
         &[&followers, &followees],
-    )? as usize;
+    )? as usize)
+}
 
-    let inserted_entries = insert_entries(tx, source, &plan, progress)?;
-
-    // Last messages: only where the import brings something newer than what the
-    // room shows, so a re-import, or a room the server has written to since,
-    // keeps its last message.
+/// Rooms' last messages: only where the import brings something newer than
+/// what the room shows, so a re-import, or a room the server has written to
+/// since, keeps its last message.
+fn write_last_messages(tx: &mut Transaction<'_>, plan: &Plan) -> Result<(), ImportError> {
     let mut l_ids = Vec::new();
     let mut l_texts = Vec::new();
     let mut l_froms = Vec::new();
@@ -139,20 +192,7 @@ pub(super) fn write(
            AND (rooms.last_message_ts IS NULL OR rooms.last_message_ts < u.ts)",
         &[&l_ids, &l_texts, &l_froms, &l_kinds, &l_ts],
     )?;
-
-    let mut summary = Summary {
-        dry_run: false,
-        layout: source.layout,
-        users: Counts::of(source.users.len(), inserted_users),
-        follows: Counts::of(source.follows.len(), inserted_follows),
-        rooms: Counts::of(source.rooms.len(), inserted_rooms),
-        memberships: Counts::of(plan.memberships_total, inserted_members),
-        entries: Counts::of(plan.entries_total, inserted_entries),
-        missing_users,
-        notes: source.notes.clone(),
-    };
-    plan.note_pruned(&mut summary);
-    Ok(summary)
+    Ok(())
 }
 
 /// Inserts users that do not exist yet; returns the usernames inserted.

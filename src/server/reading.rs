@@ -6,15 +6,15 @@
 //! request waiting for a worker) is put on the `again` list by whatever ends the
 //! reason, since no new readiness event will come for bytes already waiting.
 
-use std::collections::VecDeque;
 use std::io::{self, Read};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use mio::{Events, Token};
+use mio::{Events, Interest, Token};
 
-use super::{Server, LISTENER, METRICS_LISTENER, WAKER};
+use super::event_loop::{Server, LISTENER, METRICS_LISTENER, WAKER};
+use super::put_off::Queue;
 use crate::close::CloseReason;
-use crate::conn::{ConnId, Phase, OUTPUT_PAUSE_BYTES};
+use crate::conn::{Conn, ConnId, Phase, OUTPUT_PAUSE_BYTES};
 use crate::handlers;
 use crate::http;
 use crate::ws;
@@ -37,72 +37,89 @@ const HTTP_CHUNK: usize = 16 * 1024;
 /// Chunks read from one HTTP connection per turn.
 const HTTP_CHUNKS_PER_TURN: usize = 1;
 /// Connections accepted per turn: a connect storm is spread over turns.
-pub(super) const ACCEPTS_PER_TURN: usize = 128;
+const ACCEPTS_PER_TURN: usize = 128;
 /// Connections accepted per turn even when the turn's time is up.
-pub(super) const ACCEPTS_MIN_PER_TURN: usize = 16;
+const ACCEPTS_MIN_PER_TURN: usize = 16;
+/// Pause after an accept error such as running out of file descriptors, so the
+/// loop does not spin on a listener it cannot serve.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Busy connections read per turn even when others used the turn's time, so
 /// that they always move.
 const BUSY_MIN_PER_TURN: usize = 4;
 
-/// Reads put off to later turns, in three queues, each oldest first.
-///
-/// A turn reads for `Config::turn_work` (4 ms), then puts further reads off.
-/// Whatever a client asks waits for the turn under way to end, then for its
-/// own turn, then (for a database round trip) for the turn that delivers the
-/// answer: short turns keep that wait short when thousands of connections are
-/// busy at once.
-///
-/// Each turn serves, while it has time: open sessions (WebSockets of users
-/// already let in) whose reads were put off, then this turn's session events;
-/// then everything else put off (new connections, HTTP, closing sockets), then
-/// this turn's other events; last, connections that used a whole share of an
-/// earlier turn (a per-connection budget) with input left, at least
-/// [`BUSY_MIN_PER_TURN`] of them. What the time limit leaves is put off to the
-/// back of its queue. A signed-in user sending one request at a time thus
-/// never waits behind a connect storm or a flooder's backlog, and nobody waits
-/// behind a flooder.
-#[derive(Default)]
-pub(super) struct PutOff {
-    sessions: VecDeque<ConnId>,
-    others: VecDeque<ConnId>,
-    busy: VecDeque<ConnId>,
-}
-
-/// Which of [`PutOff`]'s queues.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Queue {
-    Sessions,
-    Others,
-    Busy,
-}
-
-impl PutOff {
-    pub(super) fn is_empty(&self) -> bool {
-        self.sessions.is_empty() && self.others.is_empty() && self.busy.is_empty()
-    }
-
-    fn queue(&mut self, q: Queue) -> &mut VecDeque<ConnId> {
-        match q {
-            Queue::Sessions => &mut self.sessions,
-            Queue::Others => &mut self.others,
-            Queue::Busy => &mut self.busy,
+impl Server {
+    /// Accepts every pending connection of one listener (the public one, or the
+    /// metrics one).
+    pub(super) fn accept(&mut self, metrics: bool) {
+        if self.accept_paused_until.is_some() {
+            return;
+        }
+        let listener = if metrics {
+            self.metrics_listener.as_ref()
+        } else {
+            self.listener.as_ref()
+        };
+        let Some(listener) = listener else {
+            return;
+        };
+        let mut accepted = Vec::new();
+        loop {
+            if accepted.len() >= ACCEPTS_PER_TURN
+                || (accepted.len() >= ACCEPTS_MIN_PER_TURN && self.turn.over())
+            {
+                // Edge-triggered: no new event comes for those still waiting.
+                self.accept_more = !metrics;
+                break;
+            }
+            match listener.accept() {
+                Ok((mut stream, peer)) => {
+                    self.hub.svc.metrics.accepted += 1;
+                    let _ = stream.set_nodelay(true);
+                    let gen = self.next_gen;
+                    self.next_gen += 1;
+                    let registry = self.poll.registry();
+                    let inserted = self.hub.conns.insert_with(|slot| {
+                        if let Err(e) =
+                            registry.register(&mut stream, Token(slot), Interest::READABLE)
+                        {
+                            crate::log!(Warn, "cannot register a connection: {e}");
+                            return None;
+                        }
+                        let mut conn = Conn::new(ConnId { slot, gen }, stream, peer);
+                        conn.metrics_only = metrics;
+                        Some(conn)
+                    });
+                    let Some(id) = inserted else {
+                        continue;
+                    };
+                    let over = self.hub.conns.len() > self.hub.svc.config.max_connections;
+                    accepted.push((id, over));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // Typically EMFILE/ENFILE. Pending connections stay in the
+                    // backlog; retry shortly instead of spinning on readiness.
+                    crate::log!(Warn, "accept failed: {e}; pausing accepts briefly");
+                    self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
+                    break;
+                }
+            }
+        }
+        for (id, over) in accepted {
+            self.schedule(id);
+            // Over the connection cap: answer 503 and close.
+            if over {
+                handlers::http::respond(
+                    &mut self.hub,
+                    id,
+                    http::error(503, "too many connections", false),
+                    false,
+                );
+            }
         }
     }
-}
 
-/// What a connection's unparsed input holds in memory: an HTTP request's
-/// buffer (its capacity), an upgrade's leftover bytes, a WebSocket message
-/// under way.
-pub(super) fn input_held(conn: &crate::conn::Conn) -> usize {
-    match &conn.phase {
-        Phase::Http(st) => st.buf.capacity(),
-        Phase::Upgrading { leftover, .. } => leftover.capacity(),
-        Phase::Ws(ws) => ws.unfinished,
-        Phase::Closed => 0,
-    }
-}
-
-impl Server {
     /// This turn's readiness events, with what earlier turns put off: open
     /// sessions first, then everything else (new connections, HTTP, closing
     /// sockets), then accepts (see [`PutOff`]).
@@ -226,7 +243,7 @@ impl Server {
     /// the queue's back.
     pub(super) fn read_busy(&mut self) {
         let mut served = 0;
-        let queued = self.put_off.busy.len();
+        let queued = self.put_off.lens()[2];
         while served < queued && (served < BUSY_MIN_PER_TURN || !self.turn.over()) {
             let Some(next) = self.take_put_off(Queue::Busy) else {
                 break;
@@ -240,8 +257,7 @@ impl Server {
         for id in std::mem::take(&mut self.hub.conns.busy) {
             self.put_off(id, true);
         }
-        let p = &self.put_off;
-        self.hub.svc.metrics.reads_waiting = [p.sessions.len(), p.others.len(), p.busy.len()];
+        self.hub.svc.metrics.reads_waiting = self.put_off.lens();
     }
 
     pub(super) fn on_readable(&mut self, id: ConnId) {
@@ -272,7 +288,7 @@ impl Server {
     /// connection holds now (after a read, or its close); returns the total.
     pub(super) fn count_input(&mut self, id: ConnId) -> usize {
         if let Some(conn) = self.hub.conns.get_mut(id) {
-            let now = input_held(conn);
+            let now = conn.input_held();
             let before = std::mem::replace(&mut conn.input_counted, now);
             self.input_held = self.input_held.saturating_sub(before) + now;
         }

@@ -9,73 +9,12 @@
 //! deadline that moves *earlier* (a close starting) needs a new entry, and
 //! [`Server::schedule`] adds one only then.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use super::Server;
+use super::deadlines::{deadline, token_deadline};
+use super::event_loop::Server;
 use crate::close::CloseReason;
-use crate::config::Config;
-use crate::conn::{Conn, ConnId, Phase, WsState};
-
-#[derive(Default)]
-pub(super) struct Timers {
-    heap: BinaryHeap<Reverse<(Instant, usize, u64)>>,
-}
-
-impl Timers {
-    /// The earliest time something may be due.
-    pub(super) fn next(&self) -> Option<Instant> {
-        self.heap.peek().map(|Reverse((t, _, _))| *t)
-    }
-}
-
-/// When the connection needs looking at next, from its state alone.
-fn deadline(conn: &Conn, config: &Config) -> Option<Instant> {
-    if let Some(linger) = conn.life.linger() {
-        return Some(linger.until);
-    }
-    if conn.life.is_closing() {
-        return None;
-    }
-    match &conn.phase {
-        Phase::Http(st) if st.pending.is_none() => Some(conn.since + config.http_timeout),
-        Phase::Http(_) | Phase::Upgrading { .. } | Phase::Closed => None,
-        Phase::Ws(ws) => {
-            let ping = match ws.ping_sent {
-                Some(sent) => sent + config.ws_ping_interval,
-                None => ws.last_frame + config.ws_ping_interval,
-            };
-            let unfinished = ws.unfinished_since.map(|t| t + config.http_timeout);
-            let token = token_deadline(ws, config);
-            let opening = ws.opening.as_ref().map(|h| h.until);
-            Some(
-                [unfinished, token, opening, ws.throttled_until]
-                    .into_iter()
-                    .flatten()
-                    .fold(ping, Instant::min),
-            )
-        }
-    }
-}
-
-/// A token `token_expiring` is sent this long before it expires.
-pub const TOKEN_WARNING: Duration = Duration::from_secs(60);
-
-/// With `KLAV_WS_TOKEN_EXPIRY=close`: when the token's warning is due (until it
-/// is sent), then when it expires.
-fn token_deadline(ws: &WsState, config: &Config) -> Option<Instant> {
-    if !config.ws_token_expiry_close {
-        return None;
-    }
-    Some(if ws.token_warned {
-        ws.token_expires
-    } else {
-        ws.token_expires
-            .checked_sub(TOKEN_WARNING)
-            .unwrap_or(ws.token_expires)
-    })
-}
+use crate::conn::{ConnId, Phase};
 
 impl Server {
     /// Files the connection under its deadline, unless it is already filed at
@@ -92,18 +31,13 @@ impl Server {
             return;
         }
         conn.wake_at = Some(at);
-        self.timers.heap.push(Reverse((at, id.slot, id.gen)));
+        self.timers.file(at, id);
     }
 
     /// Acts on every connection whose time has come.
     pub(super) fn fire_timers(&mut self, now: Instant) {
         let mut due = Vec::new();
-        while let Some(&Reverse((at, slot, gen))) = self.timers.heap.peek() {
-            if at > now {
-                break;
-            }
-            self.timers.heap.pop();
-            let id = ConnId { slot, gen };
+        while let Some((at, id)) = self.timers.pop_due(now) {
             let Some(conn) = self.hub.conns.get_mut(id) else {
                 continue;
             };

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use mio::{Interest, Token};
 use tungstenite::protocol::CloseFrame;
 
-use super::Server;
+use super::event_loop::Server;
 use crate::close::CloseReason;
 use crate::conn::{ConnId, Life, Linger, Phase, OUTPUT_PAUSE_BYTES};
 use crate::handlers;
