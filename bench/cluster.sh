@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A throwaway Klav cluster for benchmarks: one private PostgreSQL 15 and N klav
 # nodes on it, each on its own port, all with the same JWT secret and the raised
-# limits of the README's benchmark server.
+# limits of the benchmark server in docs/performance.md.
 #
 #   bench/cluster.sh start N    start PostgreSQL and N nodes, wait for every /health,
 #                               print the --addr list, return (they keep running)
@@ -21,7 +21,7 @@
 #   KLAV_PG_PORT       PostgreSQL port (default: the first free one from 15432, below
 #                      the usual ephemeral range so client connections do not take it)
 #   KLAV_PG_OPTS       more server options, e.g. "-c synchronous_commit=off"
-#   JWT_SECRET         shared by every node (default: the README's bench secret)
+#   JWT_SECRET         shared by every node (default: the bench secret of docs/performance.md)
 #   KLAV_DB_WORKERS    passed to the nodes; sizes max_connections (default 4)
 #   any other KLAV_*   passed to every node as is. The raised limits
 #                      (KLAV_RATE_PER_SEC, KLAV_RATE_BURST, KLAV_REGISTER_PER_ADDR,

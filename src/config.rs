@@ -142,7 +142,7 @@ pub struct Config {
     /// `klav_nodes` table). Default: the host name and the port.
     pub node_name: Option<String>,
     /// `KLAV_CLUSTER` (default `on`): with `DATABASE_URL`, every node on the same
-    /// database forms one cluster (see the README's "Running a cluster"); `off`
+    /// database forms one cluster (see "Running a cluster" in docs/operations.md); `off`
     /// runs this node alone, without the bus (only safe when no other node uses
     /// the database). The embedded database is always single-node.
     pub cluster: bool,

@@ -2,7 +2,7 @@
 //!
 //! Every event is a JSON object with `type` and `ts`; direct replies to a request
 //! echo its `req_id`. Field names here are a compatibility surface with existing
-//! clients (see the README's protocol section).
+//! clients (see docs/protocol.md).
 
 use std::fmt;
 use std::sync::Arc;

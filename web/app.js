@@ -1,5 +1,5 @@
 // Klav's browser client: accounts over HTTP, then one WebSocket speaking the JSON
-// protocol of the README. No framework and no build step; every string that came
+// protocol of docs/protocol.md. No framework and no build step; every string that came
 // from a user is put on the page with textContent, never parsed as HTML.
 'use strict';
 

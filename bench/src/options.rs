@@ -9,7 +9,7 @@ use std::time::Duration;
 pub struct Options {
     /// The server, `host:port` (default `127.0.0.1:5000`), or the nodes of a cluster
     /// as a comma-separated list (`127.0.0.1:5001,127.0.0.1:5002`): WebSockets are
-    /// spread over the nodes (see the README), HTTP setup goes to the first. Only
+    /// spread over the nodes (see bench/README.md), HTTP setup goes to the first. Only
     /// these addresses (and, with `dest_addrs > 1`, the next loopback addresses after
     /// each) are ever connected to.
     pub addr: String,

@@ -108,7 +108,7 @@ fn connect_smoke_run_accepts_everyone() {
 /// A tiny run of every attack beside a normal client: it completes, every attack
 /// is reported, the normal client is served throughout, and the server is alive
 /// and serving afterwards. (Its numbers are measured with the release build, see
-/// the README; here only that it runs against the real server.)
+/// docs/performance.md; here only that it runs against the real server.)
 #[test]
 fn abuse_smoke_run_leaves_the_server_serving() {
     let s = TestServer::start();
