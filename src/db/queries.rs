@@ -7,11 +7,11 @@ use std::time::SystemTime;
 
 use postgres::GenericClient;
 
+use super::error::DbError;
 use super::jobs::*;
 use super::notify::Notifier;
 use super::rows::room_newest_entry;
 pub use super::rows::{display_nickname, entry_from_row, Stmts};
-use super::DbError;
 
 /// Entries after a room's read marker that `my_rooms` looks at to count the
 /// unread ones: the count is exact up to there, and says "more" beyond.

@@ -12,23 +12,35 @@
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use crossbeam_channel::Receiver;
-use postgres::{GenericClient, NoTls, Transaction};
-use r2d2_postgres::PostgresConnectionManager;
+use postgres::{GenericClient, Transaction};
 
+use super::error::DbError;
 use super::jobs::*;
 use super::notify::{EntryRef, MemberOp, Notes, Notifier};
 use super::offline_queue;
+use super::pool::{Conn, Health, Source};
 use super::queries::{entry_from_row, Stmts};
 use super::rows::room_newest_entry;
-use super::{CompletionSink, DbError, Health, Source};
+use super::wakeup::CompletionSink;
 use crate::names::SystemText;
 
-type Conn = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
+/// What the writer has done, for `/metrics` (and the cluster's cost).
+#[derive(Default)]
+pub struct WriterStats {
+    /// Transactions committed.
+    pub batches: AtomicU64,
+    /// Jobs in them.
+    pub jobs: AtomicU64,
+    /// The most jobs one batch held.
+    pub largest: AtomicU64,
+    /// `pg_notify` payloads sent (one per ~7,800 bytes of a batch's events).
+    pub notifications: AtomicU64,
+}
 
 /// A room's newest entry in this batch, written to `rooms.last_message_*` at the
 /// end. Borrowed from the batch's jobs where it can be: a message costs no copy.
@@ -170,7 +182,7 @@ pub(super) fn run(
     health: Arc<Health>,
     max_batch: usize,
     bus: Option<Arc<dyn Notifier>>,
-    stats: Arc<super::WriterStats>,
+    stats: Arc<WriterStats>,
 ) {
     let bus = bus.as_deref();
     let mut conn: Option<(Conn, Stmts)> = None;
@@ -236,7 +248,7 @@ fn write_batch(
     conn: &mut Option<(Conn, Stmts)>,
     jobs: &[&Job],
     bus: Option<&dyn Notifier>,
-    stats: &super::WriterStats,
+    stats: &WriterStats,
 ) -> Result<Vec<(Written, Option<ChainLink>)>, DbError> {
     let mut reused = true;
     loop {
@@ -291,7 +303,7 @@ fn apply<'a>(
     st: &mut Stmts,
     jobs: &[&'a Job],
     bus: Option<&dyn Notifier>,
-    stats: &super::WriterStats,
+    stats: &WriterStats,
 ) -> Result<Vec<(Written, Option<ChainLink>)>, DbError> {
     let mut written: Vec<Option<Written>> = Vec::with_capacity(jobs.len());
     let mut links: Vec<Option<ChainLink>> = vec![None; jobs.len()];
@@ -527,7 +539,7 @@ fn finish_chain(
     tx: &mut Transaction<'_>,
     st: &mut Stmts,
     chain: Chain<'_>,
-    stats: &super::WriterStats,
+    stats: &WriterStats,
 ) -> Result<(), DbError> {
     if !chain.moved.is_empty() {
         let (rooms, ids): (Vec<&str>, Vec<i64>) = chain
