@@ -12,6 +12,18 @@
 //!   membership. A single writer makes commit order = id order = delivery order,
 //!   and lets it group-commit: it takes every pending job from its queue and writes
 //!   them in one transaction (consecutive messages in one multi-row INSERT).
+//!
+//! This file holds only the handle that starts and feeds them ([`Db`]). The rest:
+//! - `jobs`, `entry`: what the loop asks and what comes back; `error`: [`DbError`];
+//! - `pool`: connection settings and names, the schema, the shared pool, and the
+//!   circuit breaker that answers at once while PostgreSQL is down;
+//! - `wakeup`: how finished jobs reach the loop ([`CompletionSink`], [`Wakeup`]);
+//! - `worker` and `queries`: the general workers and each job's SQL, by family;
+//! - `writer`: the ordered writer, by concern;
+//! - `rows`: the statement cache and rows turned into entries and names;
+//! - `tickets`: WebSocket tickets; `offline_queue`: who loses a DM when a queue is full;
+//! - `nodes`, `notify`: the cluster's tables, and the notes transactions send it;
+//! - `embedded`: the embedded PostgreSQL cluster.
 
 /// The columns [`queries::entry_from_row`] reads, in its order (a macro so that
 /// statements stay `&'static str` for the prepared-statement cache).
