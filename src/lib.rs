@@ -15,9 +15,11 @@
 //! - [`handlers`]: one module per request family, plus HTTP accounts and sessions.
 //! - [`state`]: online users, room members and presence watchers in memory.
 //! - [`history_cache`]: the newest entries of active rooms, for `history`.
-//! - [`db`]: typed jobs, the workers and the single ordered writer, SQL, schema,
-//!   the embedded PostgreSQL cluster; the bus between nodes (notifications, the
-//!   listener thread, node liveness and presence in the database).
+//! - [`db`]: typed jobs and outcomes; the pool, its circuit breaker and the
+//!   schema; the general workers and their SQL by family (`db::queries`); the
+//!   single ordered writer, by concern (`db::writer`); the embedded PostgreSQL
+//!   cluster; node liveness and presence in the database, and the notes a
+//!   transaction sends the other nodes.
 //! - [`cluster`]: the loop's side of a cluster: each room's entries in one order
 //!   on every node, other nodes' events, presence writes, heartbeats.
 //! - [`in_buf`]: a connection's unparsed input (consumed by moving a cursor).

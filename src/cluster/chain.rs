@@ -1,7 +1,7 @@
 //! Each room's entries, delivered in the room's one order on every node.
 //!
 //! Every batch of entries names the entry before it in its room (`prev`, see
-//! `db::writer::lock_rooms`). The loop remembers the last entry it delivered in
+//! `db::writer::chain::lock_rooms`). The loop remembers the last entry it delivered in
 //! each room it tracks (rooms with members connected here). A batch whose
 //! `prev` is that entry is delivered at once; one whose entries were delivered
 //! already is dropped; one that follows something not seen yet is held until

@@ -5,7 +5,7 @@
 
 use std::time::SystemTime;
 
-use super::DbError;
+use super::error::DbError;
 use crate::auth::jwt::Verified;
 use crate::auth::password::HashOutcome;
 pub use crate::ticket::Ticket;

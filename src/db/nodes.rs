@@ -9,10 +9,10 @@
 
 use postgres::{GenericClient, Transaction};
 
+use super::error::DbError;
 use super::jobs::*;
 use super::notify::{send_notes, Notes, Notifier};
 use super::rows::{display_nickname, entry_from_row, room_newest_entry, Stmts};
-use super::DbError;
 
 /// First key of the advisory lock per user (the second is the name's hash).
 pub const USER_LOCK: i32 = 7_283_911;

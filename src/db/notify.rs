@@ -15,8 +15,8 @@ use std::time::SystemTime;
 use postgres::GenericClient;
 
 use super::entry::ChatEntry;
+use super::error::DbError;
 use super::rows::Stmts;
-use super::DbError;
 
 /// The channel every node listens on.
 pub const CHANNEL: &str = "klav";

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use postgres::GenericClient;
 
+use super::error::DbError;
 use super::jobs::{TicketUse, WS_TICKETS_PER_USER};
 use super::rows::Stmts;
-use super::DbError;
 use crate::auth::jwt::Verified;
 
 /// Stores a ticket for `grant` (false: the user no longer exists), valid for

@@ -4,15 +4,13 @@
 use std::sync::Arc;
 
 use crossbeam_channel::Receiver;
-use postgres::NoTls;
-use r2d2_postgres::PostgresConnectionManager;
 
+use super::error::DbError;
 use super::jobs::{Completion, Job, Outcome, Ticket};
 use super::notify::Notifier;
+use super::pool::{Conn, Health, Source};
 use super::queries::{self, Stmts};
-use super::{CompletionSink, DbError, Health, Source};
-
-type Conn = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
+use super::wakeup::CompletionSink;
 
 pub(super) fn run(
     source: Source,
