@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 /// Rows the database may examine per user per second for requests whose cost
 /// grows with what the user has (`resume` replays, `my_rooms` unread counts),
-/// all their connections together, and the burst (`Hub::rows_budget`). A user
+/// all their connections together, and the burst (`Budgets::rows` in `services`). A user
 /// reconnecting now and then never notices; one asking in a loop is answered
 /// `recovered:false` or `RATE_LIMITED` until the budget refills.
 pub const DB_ROWS_PER_SEC: u32 = 2_000;

@@ -1,38 +1,58 @@
 //! Klav: a real-time chat server — one event-loop thread owning every socket, a
 //! fixed pool of blocking PostgreSQL workers, and PostgreSQL for everything durable.
 //!
-//! The map:
-//! - [`config`]: the environment (and `.env`) as a typed `Config`.
-//! - [`server`]: the mio event loop: readiness, reads, writes, timers, closes.
-//! - [`hub`]: what handlers work on: connections, memory, pools, and the verbs
-//!   (send, fan out, submit, close).
-//! - [`close`]: why a connection closes and what that means on the wire.
-//! - [`conn`]: one connection's state machine (HTTP → upgrading → WebSocket).
-//! - [`out_queue`]: a connection's bounded output queue (shared fan-out frames).
-//! - [`http`]: request parsing with limits, responses.
-//! - [`ws`]: the upgrade response, tungstenite over our own buffers, frame-once.
-//! - [`protocol`]: request decoding, error codes, events.
-//! - [`handlers`]: one module per request family, plus HTTP accounts and sessions.
-//! - [`state`]: online users, room members and presence watchers in memory.
+//! The map, from what runs down to what everything uses (a module imports only
+//! modules below it; `docs/architecture.md` follows one message through them):
+//! - [`server`]: the mio event loop: start-up, its turns, reading (and
+//!   accepting), writing and closing, per-connection timers, housekeeping,
+//!   shutdown.
+//! - [`handlers`]: what a WebSocket frame, a finished job or another node's
+//!   event does. `request` admits and orders a connection's requests,
+//!   `command` is the table of request types, one module per request family
+//!   parses, applies and completes its requests, `completion` routes finished
+//!   jobs back to them, `remote` delivers other nodes' entries and presence,
+//!   `http` is the HTTP endpoints (accounts in `http::accounts`).
+//! - [`hub`]: what handlers work on: [`conns`], [`services`], [`state`],
+//!   [`history_cache`] and [`cluster`], and the fan-out verbs.
+//! - [`conns`]: every connection in a slab; the only send path, with the
+//!   output cap checked once; what the loop must write, read again or close.
+//! - [`services`]: the worker pools, tokens, configuration, metrics and rate
+//!   budgets, handed down as one.
+//! - [`cluster`]: a cluster's decisions: each room's entries in one order on
+//!   every node, presence across nodes, the node clock and catch-up, and the
+//!   authenticated bus (`cluster::bus`) with its listener thread. It returns
+//!   `Work` for the handlers to run and never calls them.
 //! - [`history_cache`]: the newest entries of active rooms, for `history`.
+//! - [`conn`]: one connection: its phase (HTTP → upgrading → WebSocket), its
+//!   lifecycle (`Life`: open, paused, closing, lingering) and request order.
+//! - [`state`]: online users, room members and presence watchers in memory.
 //! - [`db`]: typed jobs and outcomes; the pool, its circuit breaker and the
 //!   schema; the general workers and their SQL by family (`db::queries`); the
-//!   single ordered writer, by concern (`db::writer`); the embedded PostgreSQL
-//!   cluster; node liveness and presence in the database, and the notes a
-//!   transaction sends the other nodes.
-//! - [`cluster`]: the loop's side of a cluster: each room's entries in one order
-//!   on every node, other nodes' events, presence writes, heartbeats.
-//! - [`in_buf`]: a connection's unparsed input (consumed by moving a cursor).
-//! - [`auth`]: JWTs (on the loop) and argon2id (on hashing threads).
+//!   single ordered writer, by concern (`db::writer`); the embedded PostgreSQL;
+//!   node liveness and presence rows; notes to other nodes through a
+//!   `Notifier` the cluster provides.
 //! - [`import`]: `klav import-json`, the legacy JSON files into the schema.
-//! - [`names`]: usernames, nicknames, room names, and the system texts built from them.
-//! - [`throttle`]: budgets of the account endpoints: failed logins, registrations.
-//! - [`client_addr`]: the address a request is counted under (trusted proxies).
-//! - [`ticket`]: who waits for background work (connection id, `req_id`).
+//! - [`protocol`]: request decoding, error codes, events.
+//! - [`close`]: why a connection closes and what that means on the wire.
+//! - [`config`]: the environment (and `.env`) as a typed `Config`.
+//! - [`auth`]: JWTs (on the loop) and argon2id (on hashing threads).
+//! - [`throttle`], [`budget`]: budgets of the account endpoints (failed logins,
+//!   registrations) and per-user ones (rooms created, rows read).
+//! - [`ws`]: the upgrade response, tungstenite over our own buffers, frame-once.
 //! - [`web`]: the browser client's files, embedded and served from memory.
-//! - [`metrics`], [`log`], [`time`]: Prometheus counters, log lines, ISO-8601.
+//! - [`client_addr`]: the address a request is counted under (trusted proxies).
+//! - [`metrics`], [`mod@log`], [`time`]: Prometheus counters, log lines, ISO-8601.
+//! - [`http`]: request parsing with limits, responses.
+//! - [`out_queue`]: a connection's bounded output queue (shared fan-out frames).
+//! - [`in_buf`]: a connection's unparsed input (consumed by moving a cursor).
+//! - [`turn`]: what one turn of the loop may still spend.
+//! - [`names`]: usernames, nicknames, room names, and the system texts built from them.
+//! - [`ticket`]: who waits for background work (connection id, `req_id`).
 //! - [`alloc`]: giving freed memory back to the system.
-//! - [`budget`]: per-user budgets (rooms created).
+//!
+//! The docs of private items are part of the map: read them with
+//! `cargo doc --document-private-items`.
+#![allow(rustdoc::private_intra_doc_links)]
 
 pub mod alloc;
 pub mod auth;

@@ -1,7 +1,7 @@
 //! The loop's side of a cluster of klav nodes that share one PostgreSQL.
 //!
 //! Nothing but the database connects the nodes. Each node's writer sends what
-//! it committed as notifications (`db::bus`); each node's listener hands the
+//! it committed as notifications ([`bus`]); each node's listener hands the
 //! others' events to its loop, which delivers them to its own connections:
 //!
 //! - **Entries** of a room go through the room's chain ([`chain`]): in the

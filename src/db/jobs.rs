@@ -301,7 +301,7 @@ pub enum Job {
     },
     /// Whom `user` follows, as the database has it: a follow the bus announced
     /// is granted in memory only once such a read finds it (`read` numbers the
-    /// reads, see `handlers::cluster`).
+    /// reads, see `cluster::presence`).
     FollowsOf {
         user: String,
         read: u64,

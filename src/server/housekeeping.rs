@@ -16,13 +16,7 @@ impl Server {
         let started = Instant::now();
         self.enforce_buffer_budget();
         self.trim_if_freed();
-        self.hub.svc.budgets.logins.sweep(now);
-        self.hub.svc.budgets.registrations.sweep(now);
-        self.hub.svc.budgets.public_metrics.sweep(now);
-        self.hub.svc.budgets.rooms.sweep(now);
-        self.hub.svc.budgets.rows.sweep(now);
-        self.hub.svc.budgets.ws_opens.sweep(now);
-        self.hub.svc.budgets.lookups.sweep(now);
+        self.hub.svc.budgets.sweep(now);
         let took = started.elapsed();
         if took > Duration::from_millis(20) {
             crate::log!(Debug, "housekeeping took {took:?}");
