@@ -7,7 +7,7 @@
 //! (`again`) and that used their share of a turn (`busy`).
 //!
 //! All output is queued here, and the output cap (`KLAV_MAX_OUTPUT_BYTES`) is
-//! checked in one place, [`Conns::queued`]: a connection whose backlog passes it
+//! checked in one place, [`push_out`]: a connection whose backlog passes it
 //! is closed as a slow consumer. Handlers never write to sockets and never
 //! remove connections; the loop flushes `dirty` once a turn and carries out
 //! `close_soon`.
@@ -133,29 +133,22 @@ impl Conns {
     }
 
     /// Queues output for a connection: the one place output is queued and the
-    /// cap is checked. A connection's own output counts only what was already
-    /// waiting (one large reply, a long history, is fine; a client that does
-    /// not read its replies is stopped long before by the request pause,
-    /// `OUTPUT_PAUSE_BYTES`); a shared frame counts itself too.
+    /// cap is checked (see [`push_out`]).
     fn queued(&mut self, id: ConnId, out: Out<'_>) {
         let max = self.max_output;
-        let Some(conn) = self.get_mut(id) else {
+        let Some(conn) = self.all.get_mut(id.slot).filter(|c| c.id == id) else {
             return;
         };
         if conn.life.is_closing() {
             return;
         }
-        let over = match out {
-            Out::Own(bytes) => {
-                let backlog = conn.out.len();
-                conn.out.push(bytes);
-                backlog > max
-            }
-            Out::Shared(frame) => {
-                conn.out.push_shared(frame);
-                conn.out.len() > max
-            }
-        };
+        let over = push_out(conn, out, max);
+        self.pushed(id, over);
+    }
+
+    /// Output was pushed: the connection is to be written, and closed when
+    /// its queue went over the cap.
+    fn pushed(&mut self, id: ConnId, over: bool) {
         self.dirty.push(id.slot);
         if over {
             self.close_soon.push((id, CloseReason::SlowConsumer));
@@ -181,7 +174,7 @@ impl Conns {
         !over
     }
 
-    /// Queues bytes for a connection (see [`Conns::queued`] for the cap).
+    /// Queues bytes for a connection (see [`push_out`] for the cap).
     pub fn send_bytes(&mut self, id: ConnId, bytes: &[u8]) {
         self.queued(id, Out::Own(bytes));
     }
@@ -247,7 +240,8 @@ impl Conns {
     /// (see `WsState::first_live`). One slab lookup per recipient, as a plain
     /// send.
     pub fn deliver(&mut self, t: ConnId, room: &str, entry: Option<i64>, frame: &Arc<[u8]>) {
-        let Some(conn) = self.get_mut(t) else {
+        let max = self.max_output;
+        let Some(conn) = self.all.get_mut(t.slot).filter(|c| c.id == t) else {
             return;
         };
         if conn.life.is_closing() {
@@ -263,7 +257,8 @@ impl Conns {
         if let Some(id) = entry {
             ws.note_live(room, id);
         }
-        self.queued(t, Out::Shared(frame));
+        let over = push_out(conn, Out::Shared(frame), max);
+        self.pushed(t, over);
     }
 
     /// Queues a final or keep-alive HTTP response; a final one closes the
@@ -293,5 +288,24 @@ impl Conns {
 
     pub fn close(&mut self, id: ConnId, reason: CloseReason) {
         self.close_soon.push((id, reason));
+    }
+}
+
+/// Pushes output onto a connection's queue; true when the queue is now over
+/// the cap. A connection's own output counts only what was already waiting
+/// (one large reply, a long history, is fine; a client that does not read its
+/// replies is stopped long before by the request pause, `OUTPUT_PAUSE_BYTES`);
+/// a shared frame counts itself too.
+fn push_out(conn: &mut Conn, out: Out<'_>, max: usize) -> bool {
+    match out {
+        Out::Own(bytes) => {
+            let backlog = conn.out.len();
+            conn.out.push(bytes);
+            backlog > max
+        }
+        Out::Shared(frame) => {
+            conn.out.push_shared(frame);
+            conn.out.len() > max
+        }
     }
 }
