@@ -8,7 +8,7 @@ use crate::db::error::DbError;
 use crate::db::jobs::{FollowStatus, UserRef};
 use crate::db::rows::{display_nickname, Stmts};
 
-pub(super) fn user_refs(rows: Vec<postgres::Row>) -> Vec<UserRef> {
+fn user_refs(rows: Vec<postgres::Row>) -> Vec<UserRef> {
     rows.into_iter()
         .map(|r| {
             let username: String = r.get(0);
@@ -18,19 +18,31 @@ pub(super) fn user_refs(rows: Vec<postgres::Row>) -> Vec<UserRef> {
         .collect()
 }
 
+/// The users a one-parameter statement selects (`username, nickname`).
+pub(super) fn users_by<C: GenericClient>(
+    c: &mut C,
+    st: &mut Stmts,
+    sql: &'static str,
+    key: &str,
+) -> Result<Vec<UserRef>, DbError> {
+    let s = st.get(c, sql)?;
+    Ok(user_refs(c.query(&s, &[&key])?))
+}
+
 /// `Job::Following`: whom `username` follows, by username.
 pub(super) fn following<C: GenericClient>(
     c: &mut C,
     st: &mut Stmts,
     username: &str,
 ) -> Result<Vec<UserRef>, DbError> {
-    let s = st.get(
+    users_by(
         c,
+        st,
         "SELECT u.username, u.nickname FROM follows f \
          JOIN users u ON u.username = f.followee_username \
          WHERE f.follower_username = $1 ORDER BY u.username",
-    )?;
-    Ok(user_refs(c.query(&s, &[&username])?))
+        username,
+    )
 }
 
 /// `Job::Followers`: who follows `username`, by username.
@@ -39,13 +51,14 @@ pub(super) fn followers<C: GenericClient>(
     st: &mut Stmts,
     username: &str,
 ) -> Result<Vec<UserRef>, DbError> {
-    let s = st.get(
+    users_by(
         c,
+        st,
         "SELECT u.username, u.nickname FROM follows f \
          JOIN users u ON u.username = f.follower_username \
          WHERE f.followee_username = $1 ORDER BY u.username",
-    )?;
-    Ok(user_refs(c.query(&s, &[&username])?))
+        username,
+    )
 }
 
 /// `Job::Follow`: `from` follows `to`, if `to` is registered.

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use postgres::GenericClient;
 
-use super::follows::user_refs;
+use super::follows::users_by;
 use crate::db::entry::ChatEntry;
 use crate::db::error::DbError;
 use crate::db::jobs::{HistoryQuery, LastMessage, Outcome, RoomInfo, UserRef};
@@ -168,13 +168,14 @@ fn room_members<C: GenericClient>(
     st: &mut Stmts,
     room: &str,
 ) -> Result<Vec<UserRef>, DbError> {
-    let s = st.get(
+    users_by(
         c,
+        st,
         "SELECT u.username, u.nickname FROM room_members m \
          JOIN users u ON u.username = m.username \
          WHERE m.room_id = $1 ORDER BY u.username",
-    )?;
-    Ok(user_refs(c.query(&s, &[&room])?))
+        room,
+    )
 }
 
 pub(super) fn prune<C: GenericClient>(

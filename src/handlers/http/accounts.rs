@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::exchange::{
-    field, finish, json_body, request_addr, respond, restore, retry_later, set_pending,
+    field, finish, json_body, request_addr, respond, restore, retry_later, set_pending, start_job,
     take_pending, unauthorized, unhealthy,
 };
 use crate::auth::password::{check_stored_hash, constant_time_eq, is_hashed, HashJob, HashOutcome};
@@ -75,12 +75,10 @@ pub fn register(hub: &mut Hub, _: &mut Turn, id: ConnId, req: Request) {
     let job = Job::UsernameTaken {
         username: username.to_string(),
     };
-    if !hub.submit(Ticket::new(id, None), job) {
-        return respond(hub, id, unhealthy("database queue is full", ka), ka);
-    }
-    set_pending(
+    start_job(
         hub,
         id,
+        job,
         PendingHttp::Register {
             username: username.to_string(),
             nickname,
@@ -88,6 +86,7 @@ pub fn register(hub: &mut Hub, _: &mut Turn, id: ConnId, req: Request) {
             addr,
             keep_alive: ka,
         },
+        ka,
     );
 }
 
@@ -150,18 +149,17 @@ pub fn login(hub: &mut Hub, _: &mut Turn, id: ConnId, req: Request) {
     let job = Job::Credentials {
         username: username.to_string(),
     };
-    if !hub.submit(Ticket::new(id, None), job) {
-        return respond(hub, id, unhealthy("database queue is full", ka), ka);
-    }
-    set_pending(
+    start_job(
         hub,
         id,
+        job,
         PendingHttp::Login {
             username: username.to_string(),
             password: password.to_string(),
             addr,
             keep_alive: ka,
         },
+        ka,
     );
 }
 
@@ -195,16 +193,15 @@ pub fn ws_ticket(hub: &mut Hub, _: &mut Turn, id: ConnId, req: Request) {
         grant,
         ttl: hub.svc.config.ws_ticket_ttl,
     };
-    if !hub.submit(Ticket::new(id, None), job) {
-        return respond(hub, id, unhealthy("database queue is full", ka), ka);
-    }
-    set_pending(
+    start_job(
         hub,
         id,
+        job,
         PendingHttp::MintTicket {
             ticket,
             keep_alive: ka,
         },
+        ka,
     );
 }
 
@@ -496,9 +493,11 @@ pub fn health_done(hub: &mut Hub, id: ConnId, result: Result<(), &DbError>) {
 /// `GET /health`: answered once the database has.
 pub fn health(hub: &mut Hub, _: &mut Turn, id: ConnId, req: Request) {
     let ka = req.keep_alive;
-    if hub.submit(Ticket::new(id, None), Job::Health) {
-        set_pending(hub, id, PendingHttp::Health { keep_alive: ka });
-    } else {
-        respond(hub, id, unhealthy("database queue is full", ka), ka);
-    }
+    start_job(
+        hub,
+        id,
+        Job::Health,
+        PendingHttp::Health { keep_alive: ka },
+        ka,
+    );
 }

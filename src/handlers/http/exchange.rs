@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 
 use crate::client_addr::client_addr;
 use crate::conn::{ConnId, PendingHttp, Phase};
+use crate::db::{Job, Ticket};
 use crate::http::{self, Request};
 use crate::hub::Hub;
 
@@ -21,6 +22,16 @@ pub fn set_pending(hub: &mut Hub, id: ConnId, p: PendingHttp) {
         if let Phase::Http(st) = &mut conn.phase {
             st.pending = Some(p);
         }
+    }
+}
+
+/// Hands the request's job to a worker and parks the request until it is
+/// done; a full queue is answered 503 at once.
+pub fn start_job(hub: &mut Hub, id: ConnId, job: Job, pending: PendingHttp, ka: bool) {
+    if hub.submit(Ticket::new(id, None), job) {
+        set_pending(hub, id, pending);
+    } else {
+        respond(hub, id, unhealthy("database queue is full", ka), ka);
     }
 }
 
