@@ -184,12 +184,22 @@ CREATE TABLE IF NOT EXISTS klav_ws_tickets (
 CREATE INDEX IF NOT EXISTS klav_ws_tickets_user ON klav_ws_tickets (username, created_at);
 CREATE INDEX IF NOT EXISTS klav_ws_tickets_expires ON klav_ws_tickets (expires_at);
 
+-- Blocks (v3): while `blocker` blocks `blocked`, the blocked user's DMs, follows and
+-- invitations to the blocker are refused and the blocker's presence is hidden from them.
+CREATE TABLE IF NOT EXISTS klav_blocks (
+    blocker     varchar(100) NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+    blocked     varchar(100) NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (blocker, blocked)
+);
+CREATE INDEX IF NOT EXISTS klav_blocks_blocked ON klav_blocks (blocked);
+
 -- One row: the schema version this database was last brought to.
 CREATE TABLE IF NOT EXISTS klav_schema_version (
     singleton   boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     version     integer NOT NULL,
     applied_at  timestamptz NOT NULL DEFAULT now()
 );
-INSERT INTO klav_schema_version (singleton, version) VALUES (true, 4)
-ON CONFLICT (singleton) DO UPDATE SET version = GREATEST(klav_schema_version.version, 4),
+INSERT INTO klav_schema_version (singleton, version) VALUES (true, 5)
+ON CONFLICT (singleton) DO UPDATE SET version = GREATEST(klav_schema_version.version, 5),
                                       applied_at = now();

@@ -32,6 +32,12 @@ pub enum ErrorCode {
     MessageNotFound,
     NotAuthor,
     BadToken,
+    /// The requester's role in the room does not permit the request (v3).
+    NotAllowed,
+    /// The user is banned from the room (v3).
+    Banned,
+    /// The user named by the request is not registered (v3).
+    UserNotFound,
 }
 
 impl ErrorCode {
@@ -54,6 +60,9 @@ impl ErrorCode {
             ErrorCode::MessageNotFound => "MESSAGE_NOT_FOUND",
             ErrorCode::NotAuthor => "NOT_AUTHOR",
             ErrorCode::BadToken => "BAD_TOKEN",
+            ErrorCode::NotAllowed => "NOT_ALLOWED",
+            ErrorCode::Banned => "BANNED",
+            ErrorCode::UserNotFound => "USER_NOT_FOUND",
         }
     }
 }

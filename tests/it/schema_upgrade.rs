@@ -91,6 +91,6 @@ fn old_schema_is_upgraded_in_place() {
         .query_one("SELECT version FROM klav_schema_version", &[])
         .unwrap()
         .get(0);
-    assert_eq!(v, 4);
+    assert_eq!(v, 5);
     drop(s);
 }
