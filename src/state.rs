@@ -55,6 +55,13 @@ pub struct UserState {
     /// database confirms them: followed user → the number of the read that
     /// settles it (see `cluster::Cluster::follows_read`).
     pub awaiting_follows: HashMap<String, u64>,
+    /// The users who block this one (loaded with the session, kept exact by
+    /// blocks committed here and announced by other nodes): their presence is
+    /// never shown to this user.
+    pub blocked_by: HashSet<String>,
+    /// Blocks (`true`) and unblocks of this user heard before their session
+    /// was loaded: applied over what the load read, which may be older.
+    pub block_notes: Vec<(String, bool)>,
     /// Connections of this user subscribed to friends' presence.
     pub subscribed: Vec<ConnId>,
     /// DMs waiting for a connection that is loading.
@@ -322,11 +329,15 @@ impl State {
                     user.nickname = s.nickname.clone();
                     user.rooms = s.rooms.iter().cloned().collect();
                     user.following = s.following.iter().cloned().collect();
+                    user.blocked_by = s.blocked_by.iter().cloned().collect();
                     for room in &s.rooms {
                         self.room_members
                             .entry(room.clone())
                             .or_default()
                             .insert(username.to_string());
+                    }
+                    for (blocker, on) in std::mem::take(&mut user.block_notes) {
+                        self.block_changed(&blocker, username, on);
                     }
                 }
                 true
@@ -529,6 +540,36 @@ impl State {
     }
 }
 
+impl State {
+    /// Records a committed block (`on`) or unblock of `blocked` by `blocker`:
+    /// a blocked user no longer follows the blocker (the block's transaction
+    /// removed the follow) and is never shown their presence. Kept until the
+    /// load for a user whose session is loading.
+    pub fn block_changed(&mut self, blocker: &str, blocked: &str, on: bool) {
+        let Some(user) = self.users.get_mut(blocked) else {
+            return;
+        };
+        if !user.loaded {
+            user.block_notes.push((blocker.to_string(), on));
+            return;
+        }
+        if on {
+            user.blocked_by.insert(blocker.to_string());
+            self.unfollowed(blocked, blocker);
+        } else {
+            user.blocked_by.remove(blocker);
+        }
+    }
+
+    /// Whether `subject`'s presence is hidden from `viewer` (the subject
+    /// blocks the viewer): a viewer is always loaded, so memory knows.
+    pub fn hides(&self, viewer: &str, subject: &str) -> bool {
+        self.users
+            .get(viewer)
+            .is_some_and(|u| u.blocked_by.contains(subject))
+    }
+}
+
 /// Adds watchers of `user`, noting them in `newly_watched` if they had none.
 fn watch(
     watchers: &mut HashMap<String, HashSet<ConnId>>,
@@ -563,6 +604,7 @@ mod tests {
             rooms: rooms.iter().map(|s| s.to_string()).collect(),
             last_entries: vec![0; rooms.len()],
             following: following.iter().map(|s| s.to_string()).collect(),
+            blocked_by: vec![],
             offline: vec![],
             dropped: 0,
         }

@@ -3,6 +3,7 @@
 //! and completes its own jobs) plus one line here and one in
 //! `completion::on_outcome` for each outcome it adds.
 
+use super::blocks;
 use super::ctx::Ctx;
 use super::dm;
 use super::edits;
@@ -44,6 +45,9 @@ pub enum Command {
     Resume(resume::Resume),
     RefreshToken,
     Auth(tokens::Auth),
+    Block(blocks::Block),
+    Unblock(blocks::Unblock),
+    BlockedList,
 }
 
 impl Command {
@@ -87,6 +91,9 @@ impl Command {
             "resume" => Command::Resume(resume::Resume::parse(req)?),
             "refresh_token" => Command::RefreshToken,
             "auth" => Command::Auth(tokens::Auth::parse(req)?),
+            "block" => Command::Block(blocks::Block::parse(req)?),
+            "unblock" => Command::Unblock(blocks::Unblock::parse(req)?),
+            "blocked_list" => Command::BlockedList,
             other => {
                 return Err(RequestError::with(
                     ErrorCode::UnknownType,
@@ -119,6 +126,9 @@ impl Command {
             Command::Resume(c) => c.apply(hub, cx),
             Command::RefreshToken => tokens::refresh(hub, cx),
             Command::Auth(c) => c.apply(hub, cx),
+            Command::Block(c) => c.apply(hub, cx),
+            Command::Unblock(c) => c.apply(hub, cx),
+            Command::BlockedList => blocks::blocked_list(hub, cx),
         }
     }
 }

@@ -17,6 +17,7 @@ use crate::hub::Hub;
 use crate::protocol::{ErrorCode, RequestError};
 use crate::ticket::Hold;
 
+use super::blocks;
 use super::dm;
 use super::edits;
 use super::friends;
@@ -95,6 +96,11 @@ fn on_outcome(hub: &mut Hub, t: crate::db::Ticket, outcome: Outcome) {
         Outcome::Unfollow { from, to, removed } => {
             friends::unfollow_done(hub, &t, from, to, removed)
         }
+        Outcome::Block { from, to, status } => blocks::block_done(hub, &t, from, to, status),
+        Outcome::Unblock { from, to, removed } => {
+            blocks::unblock_done(hub, &t, from, to, removed)
+        }
+        Outcome::BlockedList(users) => blocks::blocked_list_done(hub, &t, users),
         Outcome::RoomMembers {
             room,
             members,

@@ -106,6 +106,7 @@ pub fn stored(hub: &mut Hub, t: &Ticket, msg: NewMessage, to: String, result: Dm
         DmResult::RecipientNotInRoom => {
             return ack(hub, t, &msg.room, &to, "RECIPIENT_NOT_IN_ROOM");
         }
+        DmResult::Blocked => return ack(hub, t, &msg.room, &to, "BLOCKED"),
         DmResult::Stored {
             id,
             ts,

@@ -44,13 +44,16 @@ pub fn done(
     members: Vec<UserRef>,
     online: Option<Vec<String>>,
 ) {
+    let viewer = hub.conns.ws_user(t.conn).unwrap_or_default();
     let members: Vec<Value> = members
         .into_iter()
         .map(|m| {
-            let online = match &online {
-                Some(list) => list.contains(&m.username),
-                None => hub.state.is_online(&m.username),
-            };
+            // A member who blocks the viewer never appears online to them.
+            let online = !hub.state.hides(viewer, &m.username)
+                && match &online {
+                    Some(list) => list.contains(&m.username),
+                    None => hub.state.is_online(&m.username),
+                };
             json!({"username": m.username, "nickname": m.nickname, "online": online})
         })
         .collect();

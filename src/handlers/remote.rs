@@ -147,6 +147,14 @@ pub fn heard(hub: &mut Hub, ev: BusEvent, now: Instant) -> Vec<Work> {
             }
             Vec::new()
         }
+        BusEvent::Block {
+            blocker,
+            blocked,
+            on,
+        } => {
+            hub.state.block_changed(&blocker, &blocked, on);
+            Vec::new()
+        }
         BusEvent::Follow { from, to, on } => {
             if !on {
                 hub.state.unfollowed(&from, &to);
