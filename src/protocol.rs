@@ -121,6 +121,8 @@ pub const FIELDS: &[&str] = &[
     "id",
     "rooms",
     "token",
+    "user",
+    "watch",
 ];
 
 /// The [`FIELDS`] entry for a key (a `match`: the compiler makes it a few
@@ -143,6 +145,8 @@ fn known_field(key: &str) -> Option<&'static str> {
         "id" => "id",
         "rooms" => "rooms",
         "token" => "token",
+        "user" => "user",
+        "watch" => "watch",
         _ => return None,
     };
     debug_assert!(FIELDS.contains(&f));

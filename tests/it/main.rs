@@ -19,6 +19,7 @@ mod upgrade;
 mod websocket;
 
 // Chat.
+mod blocks;
 mod edits;
 mod follows;
 mod idempotent_send;

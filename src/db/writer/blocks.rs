@@ -69,8 +69,8 @@ fn block(
     let s = st.get(
         tx,
         "INSERT INTO klav_blocks (blocker, blocked, created_at) \
-         SELECT $1, $2, now() \
-         WHERE (SELECT count(*) FROM klav_blocks WHERE blocker = $1) < $3 \
+         SELECT $1::text, $2::text, now() \
+         WHERE (SELECT count(*) FROM klav_blocks WHERE blocker = $1::text) < $3::bigint \
          ON CONFLICT (blocker, blocked) DO NOTHING",
     )?;
     if tx.execute(&s, &[&from, &to, &cap])? == 0 {

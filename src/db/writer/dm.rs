@@ -80,9 +80,9 @@ fn dm(
         tx,
         "INSERT INTO chat_logs \
             (room_id, ts, kind, from_user, from_nickname, to_user, text, client_id) \
-         SELECT $1, now(), 'dm', $2, $3, $4, $5, $6 \
+         SELECT $1::text, now(), 'dm', $2::text, $3::text, $4::text, $5::text, $6::text \
          WHERE NOT EXISTS \
-            (SELECT 1 FROM klav_blocks WHERE blocker = $4 AND blocked = $2) \
+            (SELECT 1 FROM klav_blocks WHERE blocker = $4::text AND blocked = $2::text) \
          ON CONFLICT (from_user, client_id) WHERE client_id IS NOT NULL DO NOTHING \
          RETURNING id, ts",
     )?;
