@@ -52,6 +52,7 @@ mod schema_upgrade;
 
 // Several nodes on one database.
 mod cluster;
+mod cluster_blocks;
 mod cluster_bus;
 mod cluster_faults;
 
