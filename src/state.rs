@@ -14,12 +14,16 @@
 //! a DM for a user whose load is already in flight is parked here and handed to
 //! the connection when it opens.
 
+mod blocks;
+mod room_watches;
+
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use crate::db::jobs::{NewMessage, SessionData};
+pub use room_watches::{RoomWatches, MEMBER_WATCHES};
 use crate::ticket::ConnId;
 use crate::ticket::Ticket;
 
@@ -153,6 +157,9 @@ pub struct State {
     pub room_members: HashMap<String, HashSet<String>>,
     /// Followed username → subscribed connections of their followers.
     pub watchers: HashMap<String, HashSet<ConnId>>,
+    /// Connections watching rooms' members' presence (`room_members` with
+    /// `watch`).
+    pub room_watches: RoomWatches,
     /// Users who gained their first watcher since the loop last looked (a
     /// cluster node must find out whether they are online: see
     /// `cluster::Cluster::look_up_new_watches`).
@@ -372,6 +379,7 @@ impl State {
     /// user's last (they went offline).
     pub fn remove_conn(&mut self, username: &str, id: ConnId) -> bool {
         self.unsubscribe(username, id);
+        self.unwatch_conn(id);
         let Some(user) = self.users.get_mut(username) else {
             return false;
         };
@@ -429,6 +437,7 @@ impl State {
     }
 
     pub fn joined(&mut self, username: &str, room: &str) {
+        self.member_joined(room, username);
         if let Some(user) = self.users.get_mut(username) {
             if user.loaded {
                 user.rooms.insert(room.to_string());
@@ -440,8 +449,10 @@ impl State {
         }
     }
 
-    /// Records a committed leave.
+    /// Records a committed leave (or removal from the room): the user's
+    /// connections' watches of the room end too.
     pub fn left(&mut self, username: &str, room: &str) {
+        self.member_left(room, username);
         if let Some(user) = self.users.get_mut(username) {
             user.rooms.remove(room);
         }
@@ -537,36 +548,6 @@ impl State {
                 self.watchers.remove(to);
             }
         }
-    }
-}
-
-impl State {
-    /// Records a committed block (`on`) or unblock of `blocked` by `blocker`:
-    /// a blocked user no longer follows the blocker (the block's transaction
-    /// removed the follow) and is never shown their presence. Kept until the
-    /// load for a user whose session is loading.
-    pub fn block_changed(&mut self, blocker: &str, blocked: &str, on: bool) {
-        let Some(user) = self.users.get_mut(blocked) else {
-            return;
-        };
-        if !user.loaded {
-            user.block_notes.push((blocker.to_string(), on));
-            return;
-        }
-        if on {
-            user.blocked_by.insert(blocker.to_string());
-            self.unfollowed(blocked, blocker);
-        } else {
-            user.blocked_by.remove(blocker);
-        }
-    }
-
-    /// Whether `subject`'s presence is hidden from `viewer` (the subject
-    /// blocks the viewer): a viewer is always loaded, so memory knows.
-    pub fn hides(&self, viewer: &str, subject: &str) -> bool {
-        self.users
-            .get(viewer)
-            .is_some_and(|u| u.blocked_by.contains(subject))
     }
 }
 

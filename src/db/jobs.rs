@@ -388,6 +388,9 @@ pub enum Job {
     RoomMembers {
         room: String,
         cluster: bool,
+        /// The asking connection starts watching the room's members (carried
+        /// back to the loop).
+        watch: bool,
     },
     /// The entries after each cursor a user may see, at most `limit` per room,
     /// within a budget fixed before anything is read: at most `rows` rows
@@ -645,6 +648,7 @@ pub enum Outcome {
         members: Vec<UserRef>,
         /// Members online anywhere (only asked in a cluster).
         online: Option<Vec<String>>,
+        watch: bool,
     },
     Resume(Replay),
     Presence {

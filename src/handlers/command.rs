@@ -39,6 +39,7 @@ pub enum Command {
     PresenceSubscribe,
     PresenceUnsubscribe,
     RoomMembers(members::RoomMembers),
+    RoomMembersUnwatch(members::Unwatch),
     Typing(typing::Typing),
     Read(reads::Read),
     Edit(edits::Edit),
@@ -84,6 +85,9 @@ impl Command {
             "presence_friends_subscribe" => Command::PresenceSubscribe,
             "presence_friends_unsubscribe" => Command::PresenceUnsubscribe,
             "room_members" => Command::RoomMembers(members::RoomMembers::parse(req)?),
+            "room_members_unwatch" => {
+                Command::RoomMembersUnwatch(members::Unwatch::parse(req)?)
+            }
             "typing" => Command::Typing(typing::Typing::parse(req)?),
             "read" => Command::Read(reads::Read::parse(req)?),
             "edit" => Command::Edit(edits::Edit::parse_edit(req)?),
@@ -120,6 +124,7 @@ impl Command {
             Command::PresenceSubscribe => presence::subscribe(hub, cx),
             Command::PresenceUnsubscribe => presence::unsubscribe(hub, cx),
             Command::RoomMembers(c) => c.apply(hub, cx),
+            Command::RoomMembersUnwatch(c) => c.apply(hub, cx),
             Command::Typing(c) => c.apply(hub, cx),
             Command::Read(c) => c.apply(hub, cx),
             Command::Edit(c) => c.apply(hub, cx),

@@ -105,7 +105,8 @@ fn on_outcome(hub: &mut Hub, t: crate::db::Ticket, outcome: Outcome) {
             room,
             members,
             online,
-        } => members::done(hub, &t, room, members, online),
+            watch,
+        } => members::done(hub, &t, room, members, online, watch),
         Outcome::Presence { user } => remote::presence_written(hub, &user, true),
         Outcome::Heartbeat { rejoined } => remote::heartbeat_done(hub, rejoined),
         Outcome::Entries {

@@ -128,6 +128,7 @@ pub fn display_name(hub: &Hub, user: &str) -> String {
 /// (but those of users `user` blocks: a block ends the follow, this keeps a
 /// stale watch from showing it meanwhile).
 pub fn announce(hub: &mut Hub, user: &str, name: String, status: &str) {
+    super::members::announce(hub, user, status == "online");
     let Some(watchers) = hub.state.watchers.get(user) else {
         return;
     };

@@ -23,6 +23,7 @@ mod blocks;
 mod edits;
 mod follows;
 mod idempotent_send;
+mod member_presence;
 mod messages;
 mod offline_queue;
 mod pipelined_requests;

@@ -128,7 +128,17 @@ pub fn run_with<C: GenericClient>(
             Outcome::BlockedList(blocks::blocked_list(c, st, &username)?)
         }
         Job::Prune { rooms, keep } => Outcome::Pruned(rooms::prune(c, st, &rooms, keep)?),
-        Job::RoomMembers { room, cluster } => rooms::members_and_presence(c, st, room, cluster)?,
+        Job::RoomMembers {
+            room,
+            cluster,
+            watch,
+        } => {
+            let mut outcome = rooms::members_and_presence(c, st, room, cluster)?;
+            if let Outcome::RoomMembers { watch: w, .. } = &mut outcome {
+                *w = watch;
+            }
+            outcome
+        }
         Job::Resume {
             username,
             rooms,
