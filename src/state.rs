@@ -23,9 +23,9 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use crate::db::jobs::{NewMessage, SessionData};
-pub use room_watches::{RoomWatches, MEMBER_WATCHES};
 use crate::ticket::ConnId;
 use crate::ticket::Ticket;
+pub use room_watches::{RoomWatches, MEMBER_WATCHES};
 
 /// A DM committed while its recipient's only connection was still loading.
 #[derive(Debug)]

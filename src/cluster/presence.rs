@@ -150,8 +150,7 @@ impl Cluster {
     pub fn presence_read(&mut self, state: &State, users: Vec<String>, online: &[String]) {
         let online: HashSet<&str> = online.iter().map(String::as_str).collect();
         for user in users {
-            if self.presence_unknown.remove(&user).is_none() || !state.is_watched(&user)
-            {
+            if self.presence_unknown.remove(&user).is_none() || !state.is_watched(&user) {
                 continue;
             }
             if online.contains(user.as_str()) {

@@ -19,7 +19,10 @@ use crate::protocol::{ErrorCode, Event, Request, RequestError};
 fn user_field(req: &Request) -> Result<String, RequestError> {
     match req.str("user")? {
         Some(u) if !u.is_empty() => Ok(u.to_string()),
-        _ => Err(RequestError::with(ErrorCode::BadRequest, "user is required")),
+        _ => Err(RequestError::with(
+            ErrorCode::BadRequest,
+            "user is required",
+        )),
     }
 }
 

@@ -85,9 +85,7 @@ impl Command {
             "presence_friends_subscribe" => Command::PresenceSubscribe,
             "presence_friends_unsubscribe" => Command::PresenceUnsubscribe,
             "room_members" => Command::RoomMembers(members::RoomMembers::parse(req)?),
-            "room_members_unwatch" => {
-                Command::RoomMembersUnwatch(members::Unwatch::parse(req)?)
-            }
+            "room_members_unwatch" => Command::RoomMembersUnwatch(members::Unwatch::parse(req)?),
             "typing" => Command::Typing(typing::Typing::parse(req)?),
             "read" => Command::Read(reads::Read::parse(req)?),
             "edit" => Command::Edit(edits::Edit::parse_edit(req)?),

@@ -97,9 +97,7 @@ fn on_outcome(hub: &mut Hub, t: crate::db::Ticket, outcome: Outcome) {
             friends::unfollow_done(hub, &t, from, to, removed)
         }
         Outcome::Block { from, to, status } => blocks::block_done(hub, &t, from, to, status),
-        Outcome::Unblock { from, to, removed } => {
-            blocks::unblock_done(hub, &t, from, to, removed)
-        }
+        Outcome::Unblock { from, to, removed } => blocks::unblock_done(hub, &t, from, to, removed),
         Outcome::BlockedList(users) => blocks::blocked_list_done(hub, &t, users),
         Outcome::RoomMembers {
             room,

@@ -152,14 +152,13 @@ impl State {
     /// Connection `id` watches `room`, whose `members` were just read; true
     /// for a new watch. Past [`MEMBER_WATCHES`] the connection's oldest watch
     /// ends (returned).
-    pub fn watch_room(
-        &mut self,
-        id: ConnId,
-        room: &str,
-        members: Vec<String>,
-    ) -> Option<String> {
+    pub fn watch_room(&mut self, id: ConnId, room: &str, members: Vec<String>) -> Option<String> {
         let rw = &mut self.room_watches;
-        if rw.by_conn.get(&id).is_some_and(|q| q.iter().any(|r| r == room)) {
+        if rw
+            .by_conn
+            .get(&id)
+            .is_some_and(|q| q.iter().any(|r| r == room))
+        {
             return None;
         }
         let dropped = match rw.by_conn.get(&id) {
@@ -169,7 +168,10 @@ impl State {
         if let Some(old) = &dropped {
             rw.remove(id, old);
         }
-        rw.by_conn.entry(id).or_default().push_back(room.to_string());
+        rw.by_conn
+            .entry(id)
+            .or_default()
+            .push_back(room.to_string());
         let fresh = !rw.rooms.contains_key(room);
         rw.rooms.entry(room.to_string()).or_default().conns.push(id);
         if fresh {

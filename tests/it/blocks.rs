@@ -80,7 +80,10 @@ fn block_unblock_and_blocked_list_statuses() {
     let list = body(bob.request(json!({"type": "blocked_list"})));
     assert_eq!(list, json!({"type": "blocked_list", "blocked": []}));
 
-    for req in [json!({"type": "block"}), json!({"type": "unblock", "user": ""})] {
+    for req in [
+        json!({"type": "block"}),
+        json!({"type": "unblock", "user": ""}),
+    ] {
         let e = alice.request(req.clone());
         assert_eq!(
             (e["type"].as_str(), e["code"].as_str()),
@@ -235,7 +238,10 @@ fn a_blocker_appears_offline_to_the_blocked_user_only() {
     assert_eq!(block(&mut alice, "bob"), block_ack("bob", "BLOCKED"));
     assert!(!member_online(&mut bob, &room, "alice"));
     assert!(member_online(&mut carol, &room, "alice"));
-    assert!(member_online(&mut bob, &room, "carol"), "only the blocker is hidden");
+    assert!(
+        member_online(&mut bob, &room, "carol"),
+        "only the blocker is hidden"
+    );
     assert_eq!(get_online(&mut bob)["users"], json!([]));
     assert_eq!(get_online(&mut carol)["users"].as_array().unwrap().len(), 1);
 

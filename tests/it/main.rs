@@ -56,6 +56,7 @@ mod cluster;
 mod cluster_blocks;
 mod cluster_bus;
 mod cluster_faults;
+mod cluster_member_presence;
 
 // The web client in a real browser, and the load generator.
 mod bench_smoke;

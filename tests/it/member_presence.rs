@@ -51,16 +51,26 @@ fn a_watch_hears_first_open_and_last_close_of_members() {
     carol.drain(QUIET);
 
     let r = watch(&mut alice, &room);
-    let bob = r["members"].as_array().unwrap().iter().find(|m| m["username"] == "bob");
+    let bob = r["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["username"] == "bob");
     assert_eq!(bob.unwrap()["online"], false, "{r}");
 
     let b1 = s.ws(&bob_token);
-    assert_eq!(next_presence(&mut alice), member_presence(&room, "bob", true));
+    assert_eq!(
+        next_presence(&mut alice),
+        member_presence(&room, "bob", true)
+    );
     let b2 = s.ws(&bob_token);
     b1.close();
     alice.none_of("member_presence");
     b2.close();
-    assert_eq!(next_presence(&mut alice), member_presence(&room, "bob", false));
+    assert_eq!(
+        next_presence(&mut alice),
+        member_presence(&room, "bob", false)
+    );
     // Per connection: alice's other connection and carol did not watch.
     other_conn.none_of("member_presence");
     carol.none_of("member_presence");
@@ -75,7 +85,10 @@ fn a_watch_hears_first_open_and_last_close_of_members() {
     assert_eq!(e["code"], "ROOM_ID_REQUIRED", "{e}");
     // dave's refused watch watches nothing.
     let _b = s.ws(&bob_token);
-    assert_eq!(next_presence(&mut alice), member_presence(&room, "bob", true));
+    assert_eq!(
+        next_presence(&mut alice),
+        member_presence(&room, "bob", true)
+    );
     dave.none_of("member_presence");
 }
 
@@ -128,7 +141,12 @@ fn the_eleventh_watch_drops_the_oldest() {
     }
     let _bob = s.ws(&bob_token);
     let mut heard: Vec<String> = (0..10)
-        .map(|_| next_presence(&mut alice)["room"].as_str().unwrap().to_string())
+        .map(|_| {
+            next_presence(&mut alice)["room"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     alice.none_of("member_presence");
     heard.sort();
@@ -152,18 +170,31 @@ fn a_blocker_never_appears_in_member_presence_of_the_blocked() {
     assert_eq!(ack["status"], "BLOCKED", "{ack}");
     for (w, shown) in [(&mut bob, false), (&mut carol, true)] {
         let r = watch(w, &room);
-        let a = r["members"].as_array().unwrap().iter().find(|m| m["username"] == "alice");
+        let a = r["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["username"] == "alice");
         assert_eq!(a.unwrap()["online"], shown, "{r}");
     }
     alice.close();
-    assert_eq!(next_presence(&mut carol), member_presence(&room, "alice", false));
+    assert_eq!(
+        next_presence(&mut carol),
+        member_presence(&room, "alice", false)
+    );
     let mut alice = s.ws(&alice_token);
-    assert_eq!(next_presence(&mut carol), member_presence(&room, "alice", true));
+    assert_eq!(
+        next_presence(&mut carol),
+        member_presence(&room, "alice", true)
+    );
     bob.none_of("member_presence");
 
     // Unblocked: bob hears her again.
     let ack = alice.request(json!({"type": "unblock", "user": "bob"}));
     assert_eq!(ack["status"], "UNBLOCKED", "{ack}");
     alice.close();
-    assert_eq!(next_presence(&mut bob), member_presence(&room, "alice", false));
+    assert_eq!(
+        next_presence(&mut bob),
+        member_presence(&room, "alice", false)
+    );
 }

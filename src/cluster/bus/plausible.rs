@@ -110,8 +110,8 @@ mod tests {
     use crate::cluster::bus::fixtures::{entry, t0, verdict};
     use crate::cluster::bus::refused::Refused;
     use crate::cluster::bus::wire::{
-        encode_block, encode_change, encode_change_ref, encode_entry, encode_entry_ref, encode_follow,
-        encode_presence, encode_read_marker, encode_typing,
+        encode_block, encode_change, encode_change_ref, encode_entry, encode_entry_ref,
+        encode_follow, encode_presence, encode_read_marker, encode_typing,
     };
     use crate::db::notify::EntryRef;
 

@@ -283,9 +283,7 @@ fn write_one(
         Job::Follow { .. } | Job::Unfollow { .. } => {
             follows::write_follow(tx, st, &mut b.chain, job)
         }
-        Job::Block { from, to, cap } => {
-            blocks::write_block(tx, st, &mut b.chain, from, to, *cap)
-        }
+        Job::Block { from, to, cap } => blocks::write_block(tx, st, &mut b.chain, from, to, *cap),
         Job::Unblock { from, to } => blocks::write_unblock(tx, st, &mut b.chain, from, to),
         other => Err(DbError::Query(format!(
             "unordered job sent to the writer: {other:?}"
