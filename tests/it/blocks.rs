@@ -278,3 +278,39 @@ fn a_block_made_before_the_blocked_user_connects_is_loaded_with_the_session() {
     let ack = dm(&mut bob, &room, "alice", "hi");
     assert_eq!(ack["status"], "BLOCKED", "{ack}");
 }
+
+#[test]
+fn the_writer_refuses_what_memory_has_not_heard_of() {
+    let s = TestServer::start();
+    let mut alice = s.client("alice");
+    let mut bob = s.client("bob");
+    let room = alice.create_room("behind");
+    alice.join(&room);
+    bob.join(&room);
+    // A block written behind the server's back (as another node's would be
+    // before its note arrives): only the database knows it.
+    s.db()
+        .execute(
+            "INSERT INTO klav_blocks (blocker, blocked) VALUES ('alice', 'bob')",
+            &[],
+        )
+        .unwrap();
+    let ack = dm(&mut bob, &room, "alice", "sneaky");
+    assert_eq!(ack["status"], "BLOCKED", "{ack}");
+    assert_eq!(
+        s.count("SELECT count(*) FROM chat_logs WHERE kind = 'dm'", &[]),
+        0
+    );
+    assert_eq!(follow(&mut bob, "alice"), follow_ack("alice", "BLOCKED"));
+    assert_eq!(follows_rows(&s, "bob", "alice"), 0);
+    alice.none_of("dm");
+    // Offline: nothing queued either.
+    alice.close();
+    let ack = dm(&mut bob, &room, "alice", "queued?");
+    assert_eq!(ack["status"], "BLOCKED", "{ack}");
+    assert_eq!(
+        s.count("SELECT count(*) FROM klav_offline_dms", &[])
+            + s.count("SELECT count(*) FROM chat_logs WHERE kind = 'dm'", &[]),
+        0
+    );
+}
