@@ -40,12 +40,6 @@ impl RoomDm {
             return refuse(hub, "SENDER_NOT_IN_ROOM");
         }
         let text = check_text(cx.req)?;
-        // Known blocked (the sender is loaded, so memory knows who blocks
-        // them): refused without a write. Otherwise the writer checks, in
-        // the DM's own transaction, what memory may not have heard yet.
-        if hub.state.hides(&cx.user, &self.to) {
-            return refuse(hub, "BLOCKED");
-        }
         // A recipient in memory has exact membership; otherwise the writer checks.
         let recipient_known = match hub.state.users.get(&self.to) {
             Some(u) if u.loaded => {
@@ -56,6 +50,12 @@ impl RoomDm {
             }
             _ => false,
         };
+        // Known blocked (the sender is loaded, so memory knows who blocks
+        // them): refused without a write. Otherwise the writer checks, in
+        // the DM's own transaction, what memory may not have heard yet.
+        if hub.state.hides(&cx.user, &self.to) {
+            return refuse(hub, "BLOCKED");
+        }
         // Queued in the same transaction only when nobody can be loading the
         // recipient's queue meanwhile (their loads wait for this write); anything
         // else is decided when the DM has committed.
