@@ -65,6 +65,8 @@ pub struct CaughtUp {
     pub memberships: Vec<(String, String, i64)>,
     /// (follower, followee) for the users asked.
     pub follows: Vec<(String, String)>,
+    /// (blocker, blocked) for the users asked, as the blocked.
+    pub blocks: Vec<(String, String)>,
     /// (user, nickname) of the watched users online anywhere.
     pub online: Vec<(String, String)>,
 }
