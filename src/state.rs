@@ -1,6 +1,8 @@
 //! What the loop keeps in memory so that the hot paths need no database read:
-//! online users (nickname, open connections, rooms, whom they follow), the online
-//! members of each room, and presence subscriptions indexed by the followed user.
+//! online users (nickname, open connections, rooms, whom they follow, who
+//! blocks them: `blocks`), the online members of each room, presence
+//! subscriptions indexed by the followed user, and member watches
+//! (`room_watches`).
 //!
 //! A user's entry exists while they have an open connection, an upgrade in
 //! progress, or a write to their session data under way; it is loaded from the
