@@ -40,12 +40,15 @@ impl RoomMembers {
         if !hub.state.is_member(&cx.user, &self.room) {
             return Err(ErrorCode::NotAMember.into());
         }
+        let room = self.room.clone();
         let job = Job::RoomMembers {
             room: self.room,
             cluster: hub.cluster.enabled,
             watch: self.watch,
         };
-        cx.submit(hub, job);
+        if cx.submit(hub, job) && self.watch {
+            hub.state.begin_watch(cx.id, &room);
+        }
         Ok(())
     }
 }

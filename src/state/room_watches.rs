@@ -8,7 +8,9 @@
 //!
 //! A room's members are read from the database when its first watch here
 //! starts (with the members loaded here added) and kept since by the joins
-//! and leaves this node applies or hears.
+//! and leaves this node applies or hears. Those heard while the read is
+//! under way are logged and applied over it, in order, when it answers: the
+//! read may have seen them or not, and applying them again is harmless.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -27,6 +29,14 @@ struct RoomWatch {
     members: HashSet<String>,
 }
 
+/// A room some connections asked to watch, whose members are being read:
+/// the joins (`true`) and leaves heard since, in order.
+#[derive(Default)]
+struct PendingRoom {
+    conns: HashSet<ConnId>,
+    changes: Vec<(String, bool)>,
+}
+
 #[derive(Default)]
 pub struct RoomWatches {
     rooms: HashMap<String, RoomWatch>,
@@ -34,6 +44,10 @@ pub struct RoomWatches {
     by_member: HashMap<String, HashSet<String>>,
     /// Connection → the rooms it watches, oldest first.
     by_conn: HashMap<ConnId, VecDeque<String>>,
+    /// Rooms whose watch was asked and not answered yet; at most one per
+    /// connection (`room_members` holds the connection's later requests).
+    pending: HashMap<String, PendingRoom>,
+    pending_by_conn: HashMap<ConnId, String>,
 }
 
 impl RoomWatches {
@@ -102,6 +116,41 @@ impl RoomWatches {
         }
     }
 
+    /// Connection `id` asked to watch `room`: joins and leaves are logged
+    /// until its read answers (an earlier ask that never did is forgotten).
+    fn begin(&mut self, id: ConnId, room: &str) {
+        self.end_pending(id);
+        self.pending_by_conn.insert(id, room.to_string());
+        let p = self.pending.entry(room.to_string()).or_default();
+        p.conns.insert(id);
+    }
+
+    /// Ends connection `id`'s pending ask; returns the changes logged for it.
+    fn end_pending(&mut self, id: ConnId) -> Vec<(String, bool)> {
+        let Some(room) = self.pending_by_conn.remove(&id) else {
+            return Vec::new();
+        };
+        let Some(p) = self.pending.get_mut(&room) else {
+            return Vec::new();
+        };
+        p.conns.remove(&id);
+        if p.conns.is_empty() {
+            self.pending
+                .remove(&room)
+                .map(|p| p.changes)
+                .unwrap_or_default()
+        } else {
+            p.changes.clone()
+        }
+    }
+
+    /// Logs a join or leave of `room` for the reads under way.
+    fn log(&mut self, room: &str, user: &str, joined: bool) {
+        if let Some(p) = self.pending.get_mut(room) {
+            p.changes.push((user.to_string(), joined));
+        }
+    }
+
     /// Ends connection `id`'s watch of `room`; false if it had none. The
     /// room's members stop being watched with its last watch.
     fn remove(&mut self, id: ConnId, room: &str) -> bool {
@@ -149,10 +198,15 @@ impl State {
         users.into_iter().cloned().collect()
     }
 
-    /// Connection `id` watches `room`, whose `members` were just read; true
-    /// for a new watch. Past [`MEMBER_WATCHES`] the connection's oldest watch
-    /// ends (returned).
+    /// Connection `id` asked to watch `room` (its members are read next).
+    pub fn begin_watch(&mut self, id: ConnId, room: &str) {
+        self.room_watches.begin(id, room);
+    }
+
+    /// Connection `id` watches `room`, whose `members` were just read. Past
+    /// [`MEMBER_WATCHES`] the connection's oldest watch ends (returned).
     pub fn watch_room(&mut self, id: ConnId, room: &str, members: Vec<String>) -> Option<String> {
+        let changes = self.room_watches.end_pending(id);
         let rw = &mut self.room_watches;
         if rw
             .by_conn
@@ -182,6 +236,12 @@ impl State {
             }
             let mut newly = Vec::new();
             self.room_watches.add_members(room, all, &mut newly);
+            for (user, joined) in changes {
+                match joined {
+                    true => self.room_watches.add_members(room, [user], &mut newly),
+                    false => self.room_watches.remove_member(room, &user),
+                }
+            }
             self.note_newly_watched(newly);
         }
         dropped
@@ -194,6 +254,7 @@ impl State {
 
     /// Ends every watch of a closed connection.
     pub(super) fn unwatch_conn(&mut self, id: ConnId) {
+        self.room_watches.end_pending(id);
         for room in self.room_watches.of_conn(id) {
             self.room_watches.remove(id, &room);
         }
@@ -202,6 +263,7 @@ impl State {
     /// A committed join (here or on another node): a watched room's members
     /// gain the user.
     pub fn member_joined(&mut self, room: &str, user: &str) {
+        self.room_watches.log(room, user, true);
         let mut newly = Vec::new();
         self.room_watches
             .add_members(room, [user.to_string()], &mut newly);
@@ -211,6 +273,7 @@ impl State {
     /// A committed leave (or removal): the user is no longer a member of a
     /// watched room, and their own connections' watches of it end.
     pub(super) fn member_left(&mut self, room: &str, user: &str) {
+        self.room_watches.log(room, user, false);
         self.room_watches.remove_member(room, user);
         let conns = self.user_conns(user).to_vec();
         for id in conns {
@@ -270,5 +333,26 @@ mod tests {
         s.unwatch_conn(id(1));
         assert!(!s.is_watched("m") && s.room_watches.by_conn.is_empty());
         assert!(s.room_watches.rooms.is_empty());
+    }
+
+    #[test]
+    fn joins_and_leaves_heard_while_the_members_are_read_apply_over_the_read() {
+        let mut s = State::default();
+        s.begin_watch(id(1), "r");
+        s.begin_watch(id(2), "r");
+        // Heard while reading; the read (older or newer) says m is a member.
+        s.member_joined("r", "j");
+        s.member_left("r", "m");
+        assert!(!s.is_watched("j"), "nobody watches yet");
+        s.watch_room(id(1), "r", names(&["m", "k"]));
+        assert!(s.is_watched("j") && s.is_watched("k") && !s.is_watched("m"));
+        // The second read answers later: the watch stands already, exact.
+        s.watch_room(id(2), "r", names(&["m"]));
+        assert!(!s.is_watched("m"));
+        assert!(s.room_watches.pending.is_empty());
+        // An ask whose connection closes first leaves nothing behind.
+        s.begin_watch(id(3), "q");
+        s.unwatch_conn(id(3));
+        assert!(s.room_watches.pending.is_empty() && s.room_watches.pending_by_conn.is_empty());
     }
 }
