@@ -126,7 +126,7 @@ pub const FIELDS: &[&str] = &[
 ];
 
 /// The [`FIELDS`] entry for a key (a `match`: the compiler makes it a few
-/// comparisons, where a scan of the list would be sixteen for every unknown key).
+/// comparisons, where a scan of the list would be eighteen for every unknown key).
 fn known_field(key: &str) -> Option<&'static str> {
     let f = match key {
         "type" => "type",
