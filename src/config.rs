@@ -75,6 +75,10 @@ pub struct Config {
     pub max_client_buffer_bytes: usize,
     /// `KLAV_MAX_ROOMS_PER_USER`: rooms one user may belong to (default 500).
     pub max_rooms_per_user: usize,
+    /// `KLAV_MAX_BLOCKS_PER_USER`: users one user may block (default 1000; the
+    /// blocked list and each blocked user's memory of who blocks them stay
+    /// bounded).
+    pub max_blocks_per_user: usize,
     /// `KLAV_ROOMS_CREATED_PER_HOUR`: rooms one user may create per hour, a token
     /// bucket with the same burst (default 60).
     pub rooms_created_per_hour: u32,
@@ -323,6 +327,11 @@ impl Config {
                 get("KLAV_MAX_ROOMS_PER_USER"),
                 "KLAV_MAX_ROOMS_PER_USER",
                 500,
+            )? as usize,
+            max_blocks_per_user: positive(
+                get("KLAV_MAX_BLOCKS_PER_USER"),
+                "KLAV_MAX_BLOCKS_PER_USER",
+                1000,
             )? as usize,
             rooms_created_per_hour: positive(
                 get("KLAV_ROOMS_CREATED_PER_HOUR"),

@@ -25,7 +25,8 @@
 //! - [`history_cache`]: the newest entries of active rooms, for `history`.
 //! - [`conn`]: one connection: its phase (HTTP → upgrading → WebSocket), its
 //!   lifecycle (`Life`: open, paused, closing, lingering) and request order.
-//! - [`state`]: online users, room members and presence watchers in memory.
+//! - [`state`]: online users, room members, presence watchers, member
+//!   watches and who blocks whom, in memory.
 //! - [`db`]: typed jobs and outcomes; the pool, its circuit breaker and the
 //!   schema; the general workers and their SQL by family (`db::queries`); the
 //!   single ordered writer, by concern (`db::writer`); the embedded PostgreSQL;

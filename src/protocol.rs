@@ -121,10 +121,12 @@ pub const FIELDS: &[&str] = &[
     "id",
     "rooms",
     "token",
+    "user",
+    "watch",
 ];
 
 /// The [`FIELDS`] entry for a key (a `match`: the compiler makes it a few
-/// comparisons, where a scan of the list would be sixteen for every unknown key).
+/// comparisons, where a scan of the list would be eighteen for every unknown key).
 fn known_field(key: &str) -> Option<&'static str> {
     let f = match key {
         "type" => "type",
@@ -143,6 +145,8 @@ fn known_field(key: &str) -> Option<&'static str> {
         "id" => "id",
         "rooms" => "rooms",
         "token" => "token",
+        "user" => "user",
+        "watch" => "watch",
         _ => return None,
     };
     debug_assert!(FIELDS.contains(&f));

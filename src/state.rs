@@ -1,6 +1,8 @@
 //! What the loop keeps in memory so that the hot paths need no database read:
-//! online users (nickname, open connections, rooms, whom they follow), the online
-//! members of each room, and presence subscriptions indexed by the followed user.
+//! online users (nickname, open connections, rooms, whom they follow, who
+//! blocks them: `blocks`), the online members of each room, presence
+//! subscriptions indexed by the followed user, and member watches
+//! (`room_watches`).
 //!
 //! A user's entry exists while they have an open connection, an upgrade in
 //! progress, or a write to their session data under way; it is loaded from the
@@ -14,6 +16,9 @@
 //! a DM for a user whose load is already in flight is parked here and handed to
 //! the connection when it opens.
 
+mod blocks;
+mod room_watches;
+
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -22,6 +27,7 @@ use std::time::{Instant, SystemTime};
 use crate::db::jobs::{NewMessage, SessionData};
 use crate::ticket::ConnId;
 use crate::ticket::Ticket;
+pub use room_watches::{RoomWatches, MEMBER_WATCHES};
 
 /// A DM committed while its recipient's only connection was still loading.
 #[derive(Debug)]
@@ -55,6 +61,13 @@ pub struct UserState {
     /// database confirms them: followed user → the number of the read that
     /// settles it (see `cluster::Cluster::follows_read`).
     pub awaiting_follows: HashMap<String, u64>,
+    /// The users who block this one (loaded with the session, kept exact by
+    /// blocks committed here and announced by other nodes): their presence is
+    /// never shown to this user.
+    pub blocked_by: HashSet<String>,
+    /// Blocks (`true`) and unblocks of this user heard before their session
+    /// was loaded: applied over what the load read, which may be older.
+    pub block_notes: Vec<(String, bool)>,
     /// Connections of this user subscribed to friends' presence.
     pub subscribed: Vec<ConnId>,
     /// DMs waiting for a connection that is loading.
@@ -146,6 +159,9 @@ pub struct State {
     pub room_members: HashMap<String, HashSet<String>>,
     /// Followed username → subscribed connections of their followers.
     pub watchers: HashMap<String, HashSet<ConnId>>,
+    /// Connections watching rooms' members' presence (`room_members` with
+    /// `watch`).
+    pub room_watches: RoomWatches,
     /// Users who gained their first watcher since the loop last looked (a
     /// cluster node must find out whether they are online: see
     /// `cluster::Cluster::look_up_new_watches`).
@@ -322,11 +338,15 @@ impl State {
                     user.nickname = s.nickname.clone();
                     user.rooms = s.rooms.iter().cloned().collect();
                     user.following = s.following.iter().cloned().collect();
+                    user.blocked_by = s.blocked_by.iter().cloned().collect();
                     for room in &s.rooms {
                         self.room_members
                             .entry(room.clone())
                             .or_default()
                             .insert(username.to_string());
+                    }
+                    for (blocker, on) in std::mem::take(&mut user.block_notes) {
+                        self.block_changed(&blocker, username, on);
                     }
                 }
                 true
@@ -361,6 +381,7 @@ impl State {
     /// user's last (they went offline).
     pub fn remove_conn(&mut self, username: &str, id: ConnId) -> bool {
         self.unsubscribe(username, id);
+        self.unwatch_conn(id);
         let Some(user) = self.users.get_mut(username) else {
             return false;
         };
@@ -418,6 +439,7 @@ impl State {
     }
 
     pub fn joined(&mut self, username: &str, room: &str) {
+        self.member_joined(room, username);
         if let Some(user) = self.users.get_mut(username) {
             if user.loaded {
                 user.rooms.insert(room.to_string());
@@ -429,8 +451,10 @@ impl State {
         }
     }
 
-    /// Records a committed leave.
+    /// Records a committed leave (or removal from the room): the user's
+    /// connections' watches of the room end too.
     pub fn left(&mut self, username: &str, room: &str) {
+        self.member_left(room, username);
         if let Some(user) = self.users.get_mut(username) {
             user.rooms.remove(room);
         }
@@ -563,6 +587,7 @@ mod tests {
             rooms: rooms.iter().map(|s| s.to_string()).collect(),
             last_entries: vec![0; rooms.len()],
             following: following.iter().map(|s| s.to_string()).collect(),
+            blocked_by: vec![],
             offline: vec![],
             dropped: 0,
         }

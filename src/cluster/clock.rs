@@ -94,7 +94,7 @@ impl Cluster {
             .map(|(r, l)| (r.clone(), *l))
             .collect();
         let users: Vec<String> = state.loaded_users();
-        let watched: Vec<String> = state.watchers.keys().cloned().collect();
+        let watched: Vec<String> = state.watched_users();
         crate::log!(
             Info,
             "catching up {} rooms, {} users, {} watched users from the database",
@@ -182,7 +182,7 @@ impl Cluster {
             .map(|(u, n)| (u.as_str(), n.as_str()))
             .collect();
         let mut changes = Vec::new();
-        for user in state.watchers.keys() {
+        for user in &state.watched_users() {
             if self.presence_unknown.contains_key(user) {
                 continue;
             }

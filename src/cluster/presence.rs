@@ -89,7 +89,7 @@ impl Cluster {
             .into_iter()
             .map(Work::from)
             .collect();
-        if !state.watchers.contains_key(user) {
+        if !state.is_watched(user) {
             self.online.remove(user);
             self.presence_unknown.remove(user);
             return work;
@@ -136,7 +136,7 @@ impl Cluster {
         for user in users {
             // With a read under way already, nothing was heard of them since
             // it was asked (after they were first watched): it still answers.
-            if state.watchers.contains_key(&user) && !self.presence_unknown.contains_key(&user) {
+            if state.is_watched(&user) && !self.presence_unknown.contains_key(&user) {
                 self.presence_unknown.insert(user.clone(), now);
                 ask.push(user);
             }
@@ -150,8 +150,7 @@ impl Cluster {
     pub fn presence_read(&mut self, state: &State, users: Vec<String>, online: &[String]) {
         let online: HashSet<&str> = online.iter().map(String::as_str).collect();
         for user in users {
-            if self.presence_unknown.remove(&user).is_none() || !state.watchers.contains_key(&user)
-            {
+            if self.presence_unknown.remove(&user).is_none() || !state.is_watched(&user) {
                 continue;
             }
             if online.contains(user.as_str()) {
@@ -167,7 +166,7 @@ impl Cluster {
     pub fn retry_presence_reads(&mut self, state: &State, now: Instant) -> Vec<Submit> {
         let mut ask = Vec::new();
         self.presence_unknown.retain(|user, asked| {
-            if !state.watchers.contains_key(user) {
+            if !state.is_watched(user) {
                 return false;
             }
             if now.duration_since(*asked) >= PRESENCE_READ_RETRY {

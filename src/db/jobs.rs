@@ -65,6 +65,8 @@ pub struct CaughtUp {
     pub memberships: Vec<(String, String, i64)>,
     /// (follower, followee) for the users asked.
     pub follows: Vec<(String, String)>,
+    /// (blocker, blocked) for the users asked, as the blocked.
+    pub blocks: Vec<(String, String)>,
     /// (user, nickname) of the watched users online anywhere.
     pub online: Vec<(String, String)>,
 }
@@ -90,6 +92,8 @@ pub struct SessionData {
     /// Each room's newest entry id when it was read (see `cluster::chain`).
     pub last_entries: Vec<i64>,
     pub following: Vec<String>,
+    /// The users who block this user (their presence is hidden from them).
+    pub blocked_by: Vec<String>,
     pub offline: Vec<OfflineDm>,
     /// Offline DMs dropped from the user's full queue since a connection of
     /// theirs was last told (claimed like `offline`; 0 when none, or when
@@ -212,6 +216,19 @@ pub enum FollowStatus {
     NotRegistered,
     Already,
     Followed,
+    /// The followed user blocks the follower: nothing was stored.
+    Blocked,
+}
+
+/// How a `block` went (`SELF` is answered on the loop).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockStatus {
+    NotRegistered,
+    Already,
+    Blocked,
+    /// The blocker blocks as many users as the cap allows already: nothing
+    /// was stored.
+    Full,
 }
 
 /// Work for the database threads. Variants below "ordered writes" go to the single
@@ -353,11 +370,29 @@ pub enum Job {
         from: String,
         to: String,
     },
+    /// `from` blocks `to` unless `from` blocks `cap` users already; the
+    /// follow `to` → `from` goes in the same transaction.
+    Block {
+        from: String,
+        to: String,
+        cap: i64,
+    },
+    Unblock {
+        from: String,
+        to: String,
+    },
+    /// Whom `username` blocks, sorted by username.
+    BlockedList {
+        username: String,
+    },
     /// Every member of a room, sorted by username; with `cluster`, each with
     /// whether they have a connection on any node.
     RoomMembers {
         room: String,
         cluster: bool,
+        /// The asking connection starts watching the room's members (carried
+        /// back to the loop).
+        watch: bool,
     },
     /// The entries after each cursor a user may see, at most `limit` per room,
     /// within a budget fixed before anything is read: at most `rows` rows
@@ -433,6 +468,8 @@ impl Job {
             | Job::DeleteOfflineDms { username, .. } => Some(username),
             Job::Presence { user, .. } => Some(user),
             Job::Follow { from, .. } | Job::Unfollow { from, .. } => Some(from),
+            // The blocked user's follows and blockers are what a block changes.
+            Job::Block { to, .. } | Job::Unblock { to, .. } => Some(to),
             Job::Dm {
                 to, queue: true, ..
             }
@@ -449,6 +486,8 @@ impl Job {
             self,
             Job::Follow { .. }
                 | Job::Unfollow { .. }
+                | Job::Block { .. }
+                | Job::Unblock { .. }
                 | Job::CreateRoom { .. }
                 | Job::Join { .. }
                 | Job::Leave { .. }
@@ -474,6 +513,8 @@ pub enum JoinResult {
 #[derive(Clone, Debug)]
 pub enum DmResult {
     RecipientNotInRoom,
+    /// The recipient blocks the sender: nothing was stored or queued.
+    Blocked,
     Stored {
         id: i64,
         ts: SystemTime,
@@ -565,6 +606,17 @@ pub enum Outcome {
         to: String,
         removed: bool,
     },
+    Block {
+        from: String,
+        to: String,
+        status: BlockStatus,
+    },
+    Unblock {
+        from: String,
+        to: String,
+        removed: bool,
+    },
+    BlockedList(Vec<UserRef>),
     Pruned(u64),
     /// `logged`: the system entries the job wrote (here and below), so the loop
     /// can keep its history cache exact without reading them back.
@@ -598,6 +650,7 @@ pub enum Outcome {
         members: Vec<UserRef>,
         /// Members online anywhere (only asked in a cluster).
         online: Option<Vec<String>>,
+        watch: bool,
     },
     Resume(Replay),
     Presence {

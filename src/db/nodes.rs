@@ -339,6 +339,15 @@ pub fn catch_up<C: GenericClient>(
     out.follows = follows_of(c, st, &users)?;
     let s = st.get(
         c,
+        "SELECT blocker, blocked FROM klav_blocks WHERE blocked = ANY($1)",
+    )?;
+    out.blocks = c
+        .query(&s, &[&users])?
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let s = st.get(
+        c,
         "SELECT u.username, u.nickname FROM users u WHERE u.username = ANY($1) \
            AND EXISTS (SELECT 1 FROM klav_presence p WHERE p.username = u.username)",
     )?;

@@ -1,6 +1,6 @@
 //! What a transaction tells the other nodes of a cluster, as the database
 //! threads see it. Every transaction that changes what other nodes show
-//! (entries, edits, presence, follows, read markers) adds [`Notes`] as it works
+//! (entries, edits, presence, follows, blocks, read markers) adds [`Notes`] as it works
 //! and sends them with `pg_notify` before it commits: PostgreSQL delivers them
 //! to every listening node in commit order, and only if the transaction
 //! commits. One batch of the writer is one transaction, so notes go per batch,
@@ -60,6 +60,12 @@ pub enum BusEvent {
     },
     /// `from` followed (`on`) or unfollowed `to`.
     Follow { from: String, to: String, on: bool },
+    /// `blocker` blocked (`on`) or unblocked `blocked`.
+    Block {
+        blocker: String,
+        blocked: String,
+        on: bool,
+    },
     /// A user's read marker in a room moved (their other connections hear it).
     ReadMarker { user: String, room: String, id: i64 },
     /// Someone is typing in a room (ephemeral: never stored).
@@ -108,6 +114,7 @@ pub trait Notes {
     fn change(&mut self, e: &ChatEntry);
     fn read_marker(&mut self, user: &str, room: &str, id: i64);
     fn follow(&mut self, from: &str, to: &str, on: bool);
+    fn block(&mut self, blocker: &str, blocked: &str, on: bool);
     /// A user's first connection in the cluster opened (`online`), or their
     /// last closed.
     fn presence(&mut self, user: &str, nickname: &str, online: bool);

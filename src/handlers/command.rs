@@ -3,6 +3,7 @@
 //! and completes its own jobs) plus one line here and one in
 //! `completion::on_outcome` for each outcome it adds.
 
+use super::blocks;
 use super::ctx::Ctx;
 use super::dm;
 use super::edits;
@@ -38,12 +39,16 @@ pub enum Command {
     PresenceSubscribe,
     PresenceUnsubscribe,
     RoomMembers(members::RoomMembers),
+    RoomMembersUnwatch(members::Unwatch),
     Typing(typing::Typing),
     Read(reads::Read),
     Edit(edits::Edit),
     Resume(resume::Resume),
     RefreshToken,
     Auth(tokens::Auth),
+    Block(blocks::Block),
+    Unblock(blocks::Unblock),
+    BlockedList,
 }
 
 impl Command {
@@ -80,6 +85,7 @@ impl Command {
             "presence_friends_subscribe" => Command::PresenceSubscribe,
             "presence_friends_unsubscribe" => Command::PresenceUnsubscribe,
             "room_members" => Command::RoomMembers(members::RoomMembers::parse(req)?),
+            "room_members_unwatch" => Command::RoomMembersUnwatch(members::Unwatch::parse(req)?),
             "typing" => Command::Typing(typing::Typing::parse(req)?),
             "read" => Command::Read(reads::Read::parse(req)?),
             "edit" => Command::Edit(edits::Edit::parse_edit(req)?),
@@ -87,6 +93,9 @@ impl Command {
             "resume" => Command::Resume(resume::Resume::parse(req)?),
             "refresh_token" => Command::RefreshToken,
             "auth" => Command::Auth(tokens::Auth::parse(req)?),
+            "block" => Command::Block(blocks::Block::parse(req)?),
+            "unblock" => Command::Unblock(blocks::Unblock::parse(req)?),
+            "blocked_list" => Command::BlockedList,
             other => {
                 return Err(RequestError::with(
                     ErrorCode::UnknownType,
@@ -113,12 +122,16 @@ impl Command {
             Command::PresenceSubscribe => presence::subscribe(hub, cx),
             Command::PresenceUnsubscribe => presence::unsubscribe(hub, cx),
             Command::RoomMembers(c) => c.apply(hub, cx),
+            Command::RoomMembersUnwatch(c) => c.apply(hub, cx),
             Command::Typing(c) => c.apply(hub, cx),
             Command::Read(c) => c.apply(hub, cx),
             Command::Edit(c) => c.apply(hub, cx),
             Command::Resume(c) => c.apply(hub, cx),
             Command::RefreshToken => tokens::refresh(hub, cx),
             Command::Auth(c) => c.apply(hub, cx),
+            Command::Block(c) => c.apply(hub, cx),
+            Command::Unblock(c) => c.apply(hub, cx),
+            Command::BlockedList => blocks::blocked_list(hub, cx),
         }
     }
 }

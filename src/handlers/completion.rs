@@ -17,6 +17,7 @@ use crate::hub::Hub;
 use crate::protocol::{ErrorCode, RequestError};
 use crate::ticket::Hold;
 
+use super::blocks;
 use super::dm;
 use super::edits;
 use super::friends;
@@ -95,11 +96,15 @@ fn on_outcome(hub: &mut Hub, t: crate::db::Ticket, outcome: Outcome) {
         Outcome::Unfollow { from, to, removed } => {
             friends::unfollow_done(hub, &t, from, to, removed)
         }
+        Outcome::Block { from, to, status } => blocks::block_done(hub, &t, from, to, status),
+        Outcome::Unblock { from, to, removed } => blocks::unblock_done(hub, &t, from, to, removed),
+        Outcome::BlockedList(users) => blocks::blocked_list_done(hub, &t, users),
         Outcome::RoomMembers {
             room,
             members,
             online,
-        } => members::done(hub, &t, room, members, online),
+            watch,
+        } => members::done(hub, &t, room, members, online, watch),
         Outcome::Presence { user } => remote::presence_written(hub, &user, true),
         Outcome::Heartbeat { rejoined } => remote::heartbeat_done(hub, rejoined),
         Outcome::Entries {
@@ -283,6 +288,7 @@ fn caught_up(hub: &mut Hub, c: CaughtUp) {
     }
     hub.cluster.track_memberships(&c.memberships);
     crate::cluster::clock::reconcile_users(&mut hub.state, &c.memberships, &c.follows);
+    hub.state.reconcile_blocks(&c.blocks);
     remote::look_up_new_watches(hub);
     for (user, nickname, online) in hub.cluster.presence_caught_up(&hub.state, &c.online) {
         let nickname = nickname.unwrap_or_else(|| presence::display_name(hub, &user));

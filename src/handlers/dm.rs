@@ -50,6 +50,12 @@ impl RoomDm {
             }
             _ => false,
         };
+        // Known blocked (the sender is loaded, so memory knows who blocks
+        // them): refused without a write. Otherwise the writer checks, in
+        // the DM's own transaction, what memory may not have heard yet.
+        if hub.state.hides(&cx.user, &self.to) {
+            return refuse(hub, "BLOCKED");
+        }
         // Queued in the same transaction only when nobody can be loading the
         // recipient's queue meanwhile (their loads wait for this write); anything
         // else is decided when the DM has committed.
@@ -106,6 +112,7 @@ pub fn stored(hub: &mut Hub, t: &Ticket, msg: NewMessage, to: String, result: Dm
         DmResult::RecipientNotInRoom => {
             return ack(hub, t, &msg.room, &to, "RECIPIENT_NOT_IN_ROOM");
         }
+        DmResult::Blocked => return ack(hub, t, &msg.room, &to, "BLOCKED"),
         DmResult::Stored {
             id,
             ts,

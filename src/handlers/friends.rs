@@ -67,6 +67,7 @@ pub fn follow_done(hub: &mut Hub, t: &Ticket, from: String, to: String, status: 
     }
     let status = match status {
         FollowStatus::NotRegistered => "NOT_REGISTERED",
+        FollowStatus::Blocked => "BLOCKED",
         FollowStatus::Already => {
             hub.state.followed(&from, &to);
             "ALREADY"

@@ -9,6 +9,7 @@
 //! frame to its handler in order; [`remote`] is what other nodes' events do
 //! here.
 
+pub mod blocks;
 pub mod command;
 pub mod completion;
 pub mod ctx;

@@ -20,6 +20,7 @@ fn online_friends(hub: &Hub, user: &str) -> Event {
         .map(|u| {
             u.following
                 .iter()
+                .filter(|f| !hub.state.hides(user, f))
                 .filter_map(|f| {
                     let s = hub.state.users.get(f)?;
                     (!s.conns.is_empty()).then(|| {
@@ -75,7 +76,11 @@ fn ask_cluster(hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
 /// watches comes from reads of their own (see `cluster::look_up_new_watches`),
 /// which a snapshot older than a change already heard must not overwrite.
 pub fn online_friends_done(hub: &mut Hub, t: &Ticket, users: Vec<(String, String, i64)>) {
-    let mut users = users;
+    let viewer = hub.conns.ws_user(t.conn).unwrap_or_default();
+    let mut users: Vec<_> = users
+        .into_iter()
+        .filter(|(u, _, _)| !hub.state.hides(viewer, u))
+        .collect();
     users.sort_by(|a, b| {
         a.1.to_lowercase()
             .cmp(&b.1.to_lowercase())
@@ -119,12 +124,23 @@ pub fn display_name(hub: &Hub, user: &str) -> String {
         .unwrap_or_else(|| user.to_string())
 }
 
-/// `user` came online or went offline: one frame, every watching connection.
+/// `user` came online or went offline: one frame, every watching connection
+/// (but those of users `user` blocks: a block ends the follow, this keeps a
+/// stale watch from showing it meanwhile).
 pub fn announce(hub: &mut Hub, user: &str, name: String, status: &str) {
+    super::members::announce(hub, user, status == "online");
     let Some(watchers) = hub.state.watchers.get(user) else {
         return;
     };
-    let targets: Vec<_> = watchers.iter().copied().collect();
+    let targets: Vec<_> = watchers
+        .iter()
+        .copied()
+        .filter(|c| {
+            hub.conns
+                .ws_user(*c)
+                .is_none_or(|viewer| !hub.state.hides(viewer, user))
+        })
+        .collect();
     let ev = Event::new("presence_change")
         .with("scope", "friends")
         .with("user", user)

@@ -26,7 +26,10 @@ pub fn deliver(hub: &mut Hub, r: RemoteEntry) {
             // A leave applies at once. A join is granted by the database only:
             // one that matters here was read back with the room's members (see
             // `on_bus`), who are made members right after it is delivered.
-            if !op.joined {
+            if op.joined {
+                // Whoever watches the room's members here follows the joiner.
+                hub.state.member_joined(&room, &op.user);
+            } else {
                 hub.state.left(&op.user, &room);
             }
             let ev = Event::new("system")
@@ -145,6 +148,14 @@ pub fn heard(hub: &mut Hub, ev: BusEvent, now: Instant) -> Vec<Work> {
                     .with("user_nickname", nickname);
                 hub.to_others(&targets, &own, &ev);
             }
+            Vec::new()
+        }
+        BusEvent::Block {
+            blocker,
+            blocked,
+            on,
+        } => {
+            hub.state.block_changed(&blocker, &blocked, on);
             Vec::new()
         }
         BusEvent::Follow { from, to, on } => {

@@ -19,9 +19,11 @@ mod upgrade;
 mod websocket;
 
 // Chat.
+mod blocks;
 mod edits;
 mod follows;
 mod idempotent_send;
+mod member_presence;
 mod messages;
 mod offline_queue;
 mod pipelined_requests;
@@ -51,8 +53,10 @@ mod schema_upgrade;
 
 // Several nodes on one database.
 mod cluster;
+mod cluster_blocks;
 mod cluster_bus;
 mod cluster_faults;
+mod cluster_member_presence;
 
 // The web client in a real browser, and the load generator.
 mod bench_smoke;

@@ -91,6 +91,10 @@ pub(super) fn plausible(ev: &BusEvent, signed_at: i64) -> bool {
         BusEvent::ChangeRef { room, id } => room_ok(room) && id_ok(*id),
         BusEvent::Presence { user, nickname, .. } => name_ok(user) && name_ok(nickname),
         BusEvent::Follow { from, to, .. } => name_ok(from) && name_ok(to),
+        // Nobody blocks themselves (`block` answers `SELF`).
+        BusEvent::Block {
+            blocker, blocked, ..
+        } => name_ok(blocker) && name_ok(blocked) && blocker != blocked,
         BusEvent::ReadMarker { user, room, id } => name_ok(user) && room_ok(room) && id_ok(*id),
         BusEvent::Typing {
             room,
@@ -106,8 +110,8 @@ mod tests {
     use crate::cluster::bus::fixtures::{entry, t0, verdict};
     use crate::cluster::bus::refused::Refused;
     use crate::cluster::bus::wire::{
-        encode_change, encode_change_ref, encode_entry, encode_entry_ref, encode_follow,
-        encode_presence, encode_read_marker, encode_typing,
+        encode_block, encode_change, encode_change_ref, encode_entry, encode_entry_ref,
+        encode_follow, encode_presence, encode_read_marker, encode_typing,
     };
     use crate::db::notify::EntryRef;
 
@@ -171,6 +175,9 @@ mod tests {
             encode_presence("bob", "", false),
             encode_presence(&"b".repeat(101), "B", false),
             encode_follow("a", "", true),
+            encode_block("a", "", true),
+            encode_block(&"a".repeat(101), "b", true),
+            encode_block("a", "a", true),
             encode_read_marker("a", "r", MAX_ID + 1),
             encode_typing("r", "a", ""),
         ];

@@ -17,7 +17,7 @@ use super::key::BusKey;
 use super::layout::{push_hex, MAC_LEN, MAX_NODE_NAME, MAX_PAYLOAD, VERSION};
 use super::payloads::Payloads;
 use super::wire::{
-    encode_change, encode_change_ref, encode_entry, encode_entry_ref, encode_follow,
+    encode_block, encode_change, encode_change_ref, encode_entry, encode_entry_ref, encode_follow,
     encode_presence, encode_read_marker, micros,
 };
 
@@ -128,6 +128,10 @@ impl Notes for SealedNotes<'_> {
 
     fn follow(&mut self, from: &str, to: &str, on: bool) {
         self.small(encode_follow(from, to, on));
+    }
+
+    fn block(&mut self, blocker: &str, blocked: &str, on: bool) {
+        self.small(encode_block(blocker, blocked, on));
     }
 
     fn presence(&mut self, user: &str, nickname: &str, online: bool) {

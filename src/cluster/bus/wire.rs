@@ -92,6 +92,10 @@ pub fn encode_follow(from: &str, to: &str, on: bool) -> String {
     serde_json::json!(["f", from, to, on]).to_string()
 }
 
+pub fn encode_block(blocker: &str, blocked: &str, on: bool) -> String {
+    serde_json::json!(["b", blocker, blocked, on]).to_string()
+}
+
 /// A sealed payload's events. Unknown event kinds are skipped (a newer node
 /// may send more than this one knows); a known kind that does not decode
 /// spoils the payload.
@@ -108,7 +112,7 @@ pub(super) fn decode_events(body: &str) -> Option<Vec<BusEvent>> {
             events.push(ev);
         } else if matches!(
             f.first().and_then(Value::as_str),
-            Some("e" | "r" | "c" | "x" | "p" | "f" | "m" | "t")
+            Some("e" | "r" | "c" | "x" | "p" | "f" | "b" | "m" | "t")
         ) {
             return None;
         }
@@ -213,6 +217,11 @@ fn decode_event(f: &[Value]) -> Option<BusEvent> {
             to: s(f.get(2))?,
             on: f.get(3)?.as_bool()?,
         }),
+        "b" => Some(BusEvent::Block {
+            blocker: s(f.get(1))?,
+            blocked: s(f.get(2))?,
+            on: f.get(3)?.as_bool()?,
+        }),
         _ => None,
     }
 }
@@ -232,6 +241,7 @@ mod tests {
             encode_entry(&EntryRef::of(&e), 5, Some(&bob_joined()), false),
             encode_presence("bob", "밥", true),
             encode_follow("a", "b", false),
+            encode_block("a", "b", true),
             encode_read_marker("a", "r", 9),
             encode_typing("r", "a", "A"),
             encode_change(&changed),
@@ -257,6 +267,11 @@ mod tests {
                     from: "a".into(),
                     to: "b".into(),
                     on: false
+                },
+                BusEvent::Block {
+                    blocker: "a".into(),
+                    blocked: "b".into(),
+                    on: true
                 },
                 BusEvent::ReadMarker {
                     user: "a".into(),

@@ -61,28 +61,37 @@ pub(super) fn followers<C: GenericClient>(
     )
 }
 
-/// `Job::Follow`: `from` follows `to`, if `to` is registered.
+/// `Job::Follow`: `from` follows `to`, if `to` is registered and does not
+/// block `from` (read in the follow's transaction: a block committed first
+/// refuses it; see `db::writer::blocks` for one committed at the same time).
 pub(super) fn follow<C: GenericClient>(
     c: &mut C,
     st: &mut Stmts,
     from: &str,
     to: &str,
 ) -> Result<FollowStatus, DbError> {
-    let exists = st.get(c, "SELECT 1 FROM users WHERE username = $1")?;
-    Ok(if c.query_opt(&exists, &[&to])?.is_none() {
-        FollowStatus::NotRegistered
+    let exists = st.get(
+        c,
+        "SELECT EXISTS (SELECT 1 FROM klav_blocks WHERE blocker = $1 AND blocked = $2) \
+         FROM users WHERE username = $1",
+    )?;
+    let blocked: bool = match c.query_opt(&exists, &[&to, &from])? {
+        None => return Ok(FollowStatus::NotRegistered),
+        Some(r) => r.get(0),
+    };
+    if blocked {
+        return Ok(FollowStatus::Blocked);
+    }
+    let ins = st.get(
+        c,
+        "INSERT INTO follows (follower_username, followee_username, created_at) \
+         VALUES ($1, $2, now()) \
+         ON CONFLICT (follower_username, followee_username) DO NOTHING",
+    )?;
+    Ok(if c.execute(&ins, &[&from, &to])? == 1 {
+        FollowStatus::Followed
     } else {
-        let ins = st.get(
-            c,
-            "INSERT INTO follows (follower_username, followee_username, created_at) \
-             VALUES ($1, $2, now()) \
-             ON CONFLICT (follower_username, followee_username) DO NOTHING",
-        )?;
-        if c.execute(&ins, &[&from, &to])? == 1 {
-            FollowStatus::Followed
-        } else {
-            FollowStatus::Already
-        }
+        FollowStatus::Already
     })
 }
 

@@ -5,11 +5,12 @@
 //!
 //! [`run_with`] dispatches each job to the function that runs it, grouped by
 //! family: `accounts`, `sessions` (tickets, the session, offline DM claims),
-//! `rooms` (history, `my_rooms`, members, pruning), `follows`, `resume`, and
+//! `rooms` (history, `my_rooms`, members, pruning), `follows`, `blocks`, `resume`, and
 //! `cluster` (presence, heartbeats, notifications). The cluster's reads are in
 //! `db::nodes`, the tickets' SQL in `db::tickets`.
 
 mod accounts;
+mod blocks;
 mod cluster;
 mod follows;
 mod resume;
@@ -123,8 +124,21 @@ pub fn run_with<C: GenericClient>(
             from,
             to,
         },
+        Job::BlockedList { username } => {
+            Outcome::BlockedList(blocks::blocked_list(c, st, &username)?)
+        }
         Job::Prune { rooms, keep } => Outcome::Pruned(rooms::prune(c, st, &rooms, keep)?),
-        Job::RoomMembers { room, cluster } => rooms::members_and_presence(c, st, room, cluster)?,
+        Job::RoomMembers {
+            room,
+            cluster,
+            watch,
+        } => {
+            let mut outcome = rooms::members_and_presence(c, st, room, cluster)?;
+            if let Outcome::RoomMembers { watch: w, .. } = &mut outcome {
+                *w = watch;
+            }
+            outcome
+        }
         Job::Resume {
             username,
             rooms,

@@ -160,6 +160,7 @@ pub(super) fn members_and_presence<C: GenericClient>(
         room,
         members,
         online,
+        watch: false,
     })
 }
 

@@ -61,6 +61,12 @@ pub(super) fn open_session<C: GenericClient>(
         .into_iter()
         .map(|r| r.get(0))
         .collect();
+    let s = st.get(c, "SELECT blocker FROM klav_blocks WHERE blocked = $1")?;
+    let blocked_by = c
+        .query(&s, &[&username])?
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
     // Claimed for this node, unless another live node holds them (it is
     // delivering them to a connection of this user right now).
     let s = st.get(
@@ -102,6 +108,7 @@ pub(super) fn open_session<C: GenericClient>(
         rooms,
         last_entries,
         following,
+        blocked_by,
         offline,
         dropped,
     }))

@@ -74,11 +74,15 @@ fn dm(
             return Ok((DmResult::RecipientNotInRoom, None));
         }
     }
+    // A block of the sender by the recipient is read by the INSERT itself: no
+    // round trip of its own for the DMs nobody blocked.
     let s = st.get(
         tx,
         "INSERT INTO chat_logs \
             (room_id, ts, kind, from_user, from_nickname, to_user, text, client_id) \
-         VALUES ($1, now(), 'dm', $2, $3, $4, $5, $6) \
+         SELECT $1::text, now(), 'dm', $2::text, $3::text, $4::text, $5::text, $6::text \
+         WHERE NOT EXISTS \
+            (SELECT 1 FROM klav_blocks WHERE blocker = $4::text AND blocked = $2::text) \
          ON CONFLICT (from_user, client_id) WHERE client_id IS NOT NULL DO NOTHING \
          RETURNING id, ts",
     )?;
@@ -94,6 +98,9 @@ fn dm(
         ],
     )?;
     let Some(row) = inserted else {
+        if blocks(tx, st, to, &msg.from)? {
+            return Ok((DmResult::Blocked, None));
+        }
         let cid = msg.client_id.as_deref().unwrap_or_default();
         let d = duplicate(tx, st, &msg.from, cid)?;
         return Ok((DmResult::Duplicate(Box::new(d)), None));
@@ -139,6 +146,20 @@ fn dm(
         },
         Some(link),
     ))
+}
+
+/// Whether `blocker` blocks `blocked` (asked only when a DM stored nothing).
+fn blocks<C: GenericClient>(
+    c: &mut C,
+    st: &mut Stmts,
+    blocker: &str,
+    blocked: &str,
+) -> Result<bool, DbError> {
+    let s = st.get(
+        c,
+        "SELECT 1 FROM klav_blocks WHERE blocker = $1 AND blocked = $2",
+    )?;
+    Ok(c.query_opt(&s, &[&blocker, &blocked])?.is_some())
 }
 
 /// Adds a DM to `to`'s offline queue and drops what the queue's bounds say must

@@ -20,6 +20,11 @@ pub(super) fn write_follow(
     chain: &mut Chain<'_>,
     job: &Job,
 ) -> Result<Linked, DbError> {
+    if let (Some(_), Job::Follow { to, .. }) = (&chain.node, job) {
+        // A block of the follower by `to` on another node decides first, or
+        // sees this follow (see `blocks`).
+        super::blocks::lock_blocks_of(tx, st, to)?;
+    }
     let outcome = queries::run(tx, st, job.clone())?;
     match &outcome {
         Outcome::Follow {

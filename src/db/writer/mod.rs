@@ -17,8 +17,10 @@
 //! - `rooms`: create, join, leave and their system entries;
 //! - `dm`: DMs and the offline queue;
 //! - `follows`: follow and unfollow with their notes;
+//! - `blocks`: block and unblock (a block ends the follow the other way);
 //! - `written`: each job's result until COMMIT; `stats`: the counters.
 
+mod blocks;
 mod chain;
 mod dm;
 mod follows;
@@ -281,6 +283,8 @@ fn write_one(
         Job::Follow { .. } | Job::Unfollow { .. } => {
             follows::write_follow(tx, st, &mut b.chain, job)
         }
+        Job::Block { from, to, cap } => blocks::write_block(tx, st, &mut b.chain, from, to, *cap),
+        Job::Unblock { from, to } => blocks::write_unblock(tx, st, &mut b.chain, from, to),
         other => Err(DbError::Query(format!(
             "unordered job sent to the writer: {other:?}"
         ))),
