@@ -194,6 +194,22 @@ CREATE TABLE IF NOT EXISTS klav_blocks (
 );
 CREATE INDEX IF NOT EXISTS klav_blocks_blocked ON klav_blocks (blocked);
 
+-- Rooms with owners (v3). Columns added to the old tables (a server that does not
+-- know them writes rows that still mean something: a room without an owner, public,
+-- without a topic; a member whose role is `member`), so the old server's rows and
+-- statements keep working. `klav_owner` is the room's one owner (NULL: none, as for
+-- every room created before this version, or a room left empty); the owner is not
+-- necessarily a member (a public room's creator by `create_room` is not).
+-- `room_members.klav_role` is `admin` or `member`; a member who owns the room is
+-- told apart by `rooms.klav_owner`, so ownership is stored in one place only.
+ALTER TABLE rooms ADD COLUMN IF NOT EXISTS klav_owner varchar(100);
+ALTER TABLE rooms ADD COLUMN IF NOT EXISTS klav_private boolean NOT NULL DEFAULT false;
+ALTER TABLE rooms ADD COLUMN IF NOT EXISTS klav_topic text;
+ALTER TABLE room_members ADD COLUMN IF NOT EXISTS klav_role varchar(10) NOT NULL DEFAULT 'member';
+-- `join` by name matches public rooms only.
+CREATE INDEX IF NOT EXISTS klav_rooms_public_name ON rooms (name, created_at, id)
+    WHERE NOT klav_private;
+
 -- One row: the schema version this database was last brought to.
 CREATE TABLE IF NOT EXISTS klav_schema_version (
     singleton   boolean PRIMARY KEY DEFAULT true CHECK (singleton),

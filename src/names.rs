@@ -217,6 +217,10 @@ pub enum SystemText<'a> {
     Left {
         nickname: &'a str,
     },
+    /// `room_update`: the room's name, topic or privacy changed.
+    Updated {
+        nickname: &'a str,
+    },
 }
 
 impl SystemText<'_> {
@@ -232,6 +236,9 @@ impl SystemText<'_> {
             }
             SystemText::Left { nickname } => {
                 format!("{} 님이 나가셨습니다", printable(nickname))
+            }
+            SystemText::Updated { nickname } => {
+                format!("{} 님이 대화방 정보를 바꾸었습니다", printable(nickname))
             }
         }
     }

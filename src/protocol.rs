@@ -121,10 +121,15 @@ pub const FIELDS: &[&str] = &[
     "id",
     "rooms",
     "token",
+    "topic",
+    "private",
+    "user",
+    "role",
+    "reason",
 ];
 
 /// The [`FIELDS`] entry for a key (a `match`: the compiler makes it a few
-/// comparisons, where a scan of the list would be sixteen for every unknown key).
+/// comparisons, where a scan of the list would be one per field for every unknown key).
 fn known_field(key: &str) -> Option<&'static str> {
     let f = match key {
         "type" => "type",
@@ -143,6 +148,11 @@ fn known_field(key: &str) -> Option<&'static str> {
         "id" => "id",
         "rooms" => "rooms",
         "token" => "token",
+        "topic" => "topic",
+        "private" => "private",
+        "user" => "user",
+        "role" => "role",
+        "reason" => "reason",
         _ => return None,
     };
     debug_assert!(FIELDS.contains(&f));

@@ -19,7 +19,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use crate::db::jobs::{NewMessage, SessionData};
+mod roles;
+
+use crate::db::jobs::{NewMessage, Role, SessionData};
 use crate::ticket::ConnId;
 use crate::ticket::Ticket;
 
@@ -50,6 +52,9 @@ pub struct UserState {
     /// Whether rooms/following below were loaded (by the first upgrade to finish).
     pub loaded: bool,
     pub rooms: HashSet<String>,
+    /// Room → this user's role there, for the rooms where it is not `member`
+    /// (see `state::roles`).
+    pub roles: HashMap<String, Role>,
     pub following: HashSet<String>,
     /// Follows of this user another node announced, not granted until the
     /// database confirms them: followed user → the number of the read that
@@ -321,6 +326,7 @@ impl State {
                     user.loaded = true;
                     user.nickname = s.nickname.clone();
                     user.rooms = s.rooms.iter().cloned().collect();
+                    user.roles = s.roles.iter().cloned().collect();
                     user.following = s.following.iter().cloned().collect();
                     for room in &s.rooms {
                         self.room_members
@@ -433,6 +439,7 @@ impl State {
     pub fn left(&mut self, username: &str, room: &str) {
         if let Some(user) = self.users.get_mut(username) {
             user.rooms.remove(room);
+            user.roles.remove(room);
         }
         if let Some(members) = self.room_members.get_mut(room) {
             members.remove(username);
@@ -562,6 +569,7 @@ mod tests {
             nickname: "N".into(),
             rooms: rooms.iter().map(|s| s.to_string()).collect(),
             last_entries: vec![0; rooms.len()],
+            roles: vec![],
             following: following.iter().map(|s| s.to_string()).collect(),
             offline: vec![],
             dropped: 0,

@@ -5,6 +5,8 @@
 
 use std::time::SystemTime;
 
+mod admin;
+
 use super::error::DbError;
 use crate::auth::jwt::Verified;
 use crate::auth::password::HashOutcome;
@@ -70,6 +72,9 @@ pub struct CaughtUp {
 }
 
 pub use super::entry::ChatEntry;
+pub use admin::{
+    AdminJob, AdminOutcome, AdminRead, Refusal, Role, RoleChange, RoleRequest, RoomView,
+};
 
 /// A queued DM for a user who was offline.
 #[derive(Clone, Debug)]
@@ -89,6 +94,8 @@ pub struct SessionData {
     pub rooms: Vec<String>,
     /// Each room's newest entry id when it was read (see `cluster::chain`).
     pub last_entries: Vec<i64>,
+    /// The user's role in those rooms where it is not `member`.
+    pub roles: Vec<(String, Role)>,
     pub following: Vec<String>,
     pub offline: Vec<OfflineDm>,
     /// Offline DMs dropped from the user's full queue since a connection of
@@ -114,6 +121,10 @@ pub struct LastMessage {
 pub struct RoomInfo {
     pub id: String,
     pub name: String,
+    pub private: bool,
+    /// The user's role in it (none in a room without an owner: `my_rooms`
+    /// shows such a room as before owners existed).
+    pub role: Option<Role>,
     pub last: Option<LastMessage>,
     /// The user's read marker (0: none).
     pub read_id: i64,
@@ -375,12 +386,18 @@ pub enum Job {
         rooms: Vec<String>,
         keep: u64,
     },
+    /// Reads of room administration (`room_info`).
+    AdminRead(AdminRead),
 
     // ordered writes
+    /// `private`: the creator is made a member (the owner) in the same
+    /// transaction; a public room's creator is its owner without being a member.
     CreateRoom {
         creator: String,
         creator_nickname: String,
         name: String,
+        private: bool,
+        topic: Option<String>,
     },
     Join {
         username: String,
@@ -421,6 +438,8 @@ pub enum Job {
         log_id: i64,
         at: SystemTime,
     },
+    /// Room administration: roles, the room's name, topic and privacy.
+    Admin(AdminJob),
 }
 
 impl Job {
@@ -430,6 +449,11 @@ impl Job {
         match self {
             Job::Join { username, .. }
             | Job::Leave { username, .. }
+            | Job::CreateRoom {
+                creator: username,
+                private: true,
+                ..
+            }
             | Job::DeleteOfflineDms { username, .. } => Some(username),
             Job::Presence { user, .. } => Some(user),
             Job::Follow { from, .. } | Job::Unfollow { from, .. } => Some(from),
@@ -459,6 +483,7 @@ impl Job {
                 | Job::Read { .. }
                 | Job::ReadEntries { .. }
                 | Job::CatchUp { .. }
+                | Job::Admin(_)
         )
     }
 }
@@ -467,8 +492,15 @@ impl Job {
 #[derive(Clone, Debug)]
 pub enum JoinResult {
     NotFound,
-    Already { room: String },
-    Joined { room: String },
+    Already {
+        room: String,
+    },
+    /// `role`: the joiner's (the owner's, when the join created the room or
+    /// its owner joined it).
+    Joined {
+        room: String,
+        role: Role,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -568,9 +600,14 @@ pub enum Outcome {
     Pruned(u64),
     /// `logged`: the system entries the job wrote (here and below), so the loop
     /// can keep its history cache exact without reading them back.
+    /// `private`: the creator was made a member (the last of `logged` is the
+    /// `joined` entry).
     RoomCreated {
         room: String,
         name: String,
+        creator: String,
+        creator_nickname: String,
+        private: bool,
         logged: Vec<ChatEntry>,
     },
     Join {
@@ -584,6 +621,9 @@ pub enum Outcome {
         nickname: String,
         room: String,
         was_member: bool,
+        /// The owner left: who owns the room now (`Some(None)`: nobody, the
+        /// room is empty).
+        heir: Option<Option<String>>,
         logged: Vec<ChatEntry>,
     },
     Msg {
@@ -595,7 +635,8 @@ pub enum Outcome {
     MsgDuplicate(Box<Duplicate>),
     RoomMembers {
         room: String,
-        members: Vec<UserRef>,
+        /// Each with their role (none in a room without an owner).
+        members: Vec<(UserRef, Option<Role>)>,
         /// Members online anywhere (only asked in a cluster).
         online: Option<Vec<String>>,
     },
@@ -651,4 +692,5 @@ pub enum Outcome {
         room: String,
         to: String,
     },
+    Admin(AdminOutcome),
 }

@@ -68,6 +68,25 @@ pub enum BusEvent {
         user: String,
         nickname: String,
     },
+    /// A user's role in a room changed (`by`: who changed it; none when
+    /// ownership passed on a leave or came with creating the room). `told`:
+    /// the room's members are told (`role_changed`); otherwise only memory
+    /// changes (the creator of a room becoming its owner).
+    Role {
+        room: String,
+        user: String,
+        role: String,
+        by: Option<String>,
+        told: bool,
+    },
+    /// A room's name, topic or privacy changed (`room_update`).
+    RoomUpdated {
+        room: String,
+        name: String,
+        topic: Option<String>,
+        private: bool,
+        by: String,
+    },
 }
 
 /// The fields of an entry, borrowed (the writer encodes without copying).
@@ -111,6 +130,17 @@ pub trait Notes {
     /// A user's first connection in the cluster opened (`online`), or their
     /// last closed.
     fn presence(&mut self, user: &str, nickname: &str, online: bool);
+    /// A user's role in a room changed (see [`BusEvent::Role`]).
+    fn role(&mut self, room: &str, user: &str, role: &str, by: Option<&str>, told: bool);
+    /// A room's name, topic or privacy changed.
+    fn room_updated(
+        &mut self,
+        room: &str,
+        name: &str,
+        topic: Option<&str>,
+        private: bool,
+        by: &str,
+    );
     fn is_empty(&self) -> bool;
     /// The payloads to send, sealed now: last thing before the commit, so that
     /// their time is close to when they are heard.

@@ -13,6 +13,7 @@ use super::messages;
 use super::presence;
 use super::reads;
 use super::resume;
+use super::room_admin;
 use super::rooms;
 use super::tokens;
 use super::typing;
@@ -44,6 +45,9 @@ pub enum Command {
     Resume(resume::Resume),
     RefreshToken,
     Auth(tokens::Auth),
+    RoomInfo(room_admin::RoomInfo),
+    RoomUpdate(room_admin::RoomUpdate),
+    SetRole(room_admin::SetRole),
 }
 
 impl Command {
@@ -87,6 +91,10 @@ impl Command {
             "resume" => Command::Resume(resume::Resume::parse(req)?),
             "refresh_token" => Command::RefreshToken,
             "auth" => Command::Auth(tokens::Auth::parse(req)?),
+            "room_info" => Command::RoomInfo(room_admin::RoomInfo::parse(req)?),
+            "room_update" => Command::RoomUpdate(room_admin::RoomUpdate::parse(req)?),
+            "set_role" => Command::SetRole(room_admin::SetRole::parse_set_role(req)?),
+            "transfer_owner" => Command::SetRole(room_admin::SetRole::parse_transfer(req)?),
             other => {
                 return Err(RequestError::with(
                     ErrorCode::UnknownType,
@@ -119,6 +127,9 @@ impl Command {
             Command::Resume(c) => c.apply(hub, cx),
             Command::RefreshToken => tokens::refresh(hub, cx),
             Command::Auth(c) => c.apply(hub, cx),
+            Command::RoomInfo(c) => c.apply(hub, cx),
+            Command::RoomUpdate(c) => c.apply(hub, cx),
+            Command::SetRole(c) => c.apply(hub, cx),
         }
     }
 }

@@ -29,6 +29,7 @@ use super::reads;
 use super::remote;
 use super::request::job_finished;
 use super::resume;
+use super::room_admin;
 use super::rooms;
 use super::session;
 
@@ -126,23 +127,18 @@ fn on_outcome(hub: &mut Hub, t: crate::db::Ticket, outcome: Outcome) {
             result,
         } => reads::done(hub, &t, &username, room, result),
         Outcome::MsgDuplicate(d) => messages::duplicate(hub, &t, d),
-        Outcome::RoomCreated { room, name, logged } => rooms::created(hub, &t, room, name, logged),
+        o @ Outcome::RoomCreated { .. } => rooms::created(hub, &t, o),
         Outcome::Join {
             username,
             nickname,
             result,
             logged,
         } => rooms::join_done(hub, &t, username, nickname, result, logged),
-        Outcome::Leave {
-            username,
-            nickname,
-            room,
-            was_member,
-            logged,
-        } => rooms::leave_done(hub, &t, username, nickname, room, was_member, logged),
+        o @ Outcome::Leave { .. } => rooms::leave_done(hub, &t, o),
         Outcome::Msg { msg, id, ts } => messages::stored(hub, &t, msg, id, ts),
         Outcome::Dm { msg, to, result } => dm::stored(hub, &t, msg, to, result),
         Outcome::DmQueued { room, to } => dm::ack(hub, &t, &room, &to, "QUEUED"),
+        Outcome::Admin(o) => room_admin::done(hub, &t, o),
     }
 }
 

@@ -3,7 +3,7 @@
 use serde_json::{json, Value};
 
 use super::ctx::Ctx;
-use crate::db::jobs::UserRef;
+use crate::db::jobs::{Role, UserRef};
 use crate::db::{Job, Ticket};
 use crate::hub::Hub;
 use crate::protocol::{ErrorCode, Event, Request, RequestError};
@@ -41,17 +41,22 @@ pub fn done(
     hub: &mut Hub,
     t: &Ticket,
     room: String,
-    members: Vec<UserRef>,
+    members: Vec<(UserRef, Option<Role>)>,
     online: Option<Vec<String>>,
 ) {
     let members: Vec<Value> = members
         .into_iter()
-        .map(|m| {
+        .map(|(m, role)| {
             let online = match &online {
                 Some(list) => list.contains(&m.username),
                 None => hub.state.is_online(&m.username),
             };
-            json!({"username": m.username, "nickname": m.nickname, "online": online})
+            let mut v = json!({"username": m.username, "nickname": m.nickname, "online": online});
+            // A room without an owner lists its members as before roles existed.
+            if let Some(role) = role {
+                v["role"] = role.as_str().into();
+            }
+            v
         })
         .collect();
     let ev = Event::new("room_members")

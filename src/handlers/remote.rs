@@ -7,6 +7,7 @@
 use std::time::Instant;
 
 use super::messages;
+use super::room_admin;
 
 use crate::cluster::bus::{BusEvent, MemberOp};
 use crate::cluster::{RemoteEntry, Submit, Work};
@@ -145,6 +146,35 @@ pub fn heard(hub: &mut Hub, ev: BusEvent, now: Instant) -> Vec<Work> {
                     .with("user_nickname", nickname);
                 hub.to_others(&targets, &own, &ev);
             }
+            Vec::new()
+        }
+        BusEvent::Role {
+            room,
+            user,
+            role,
+            by,
+            told,
+        } => {
+            room_admin::heard_role(hub, &room, &user, &role, by.as_deref(), told);
+            Vec::new()
+        }
+        BusEvent::RoomUpdated {
+            room,
+            name,
+            topic,
+            private,
+            by,
+        } => {
+            let view = crate::db::jobs::RoomView {
+                room,
+                name,
+                topic,
+                private,
+                owner: None,
+                role: crate::db::jobs::Role::Member,
+                members: 0,
+            };
+            room_admin::heard_update(hub, view, &by);
             Vec::new()
         }
         BusEvent::Follow { from, to, on } => {

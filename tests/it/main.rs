@@ -28,6 +28,8 @@ mod pipelined_requests;
 mod presence;
 mod read_markers;
 mod resume;
+mod room_private;
+mod room_roles;
 mod rooms;
 mod typing;
 
@@ -53,6 +55,7 @@ mod schema_upgrade;
 mod cluster;
 mod cluster_bus;
 mod cluster_faults;
+mod room_cluster;
 
 // The web client in a real browser, and the load generator.
 mod bench_smoke;

@@ -26,6 +26,10 @@ const MAX_TEXT: usize = 4_000;
 const MAX_SYSTEM_TEXT: usize = 1_000;
 /// `chat_logs.client_id` is `varchar(64)`.
 const MAX_CLIENT_ID: usize = 64;
+/// `rooms.name` is `varchar(255)`.
+const MAX_ROOM_NAME: usize = 255;
+/// What `room_update` accepts as a topic (`handlers::room_admin::MAX_TOPIC`).
+const MAX_TOPIC: usize = 500;
 /// How far after its payload was signed an entry's time may lie (the
 /// database's clock is not the signer's).
 const TIME_AHEAD: Duration = Duration::from_secs(24 * 3600);
@@ -97,6 +101,31 @@ pub(super) fn plausible(ev: &BusEvent, signed_at: i64) -> bool {
             user,
             nickname,
         } => room_ok(room) && name_ok(user) && name_ok(nickname),
+        BusEvent::Role {
+            room,
+            user,
+            role,
+            by,
+            ..
+        } => {
+            room_ok(room)
+                && name_ok(user)
+                && crate::db::jobs::Role::parse(role).is_some()
+                && by.as_deref().is_none_or(name_ok)
+        }
+        BusEvent::RoomUpdated {
+            room,
+            name,
+            topic,
+            by,
+            ..
+        } => {
+            room_ok(room)
+                && !name.is_empty()
+                && chars_within(name, MAX_ROOM_NAME)
+                && topic.as_deref().is_none_or(|t| chars_within(t, MAX_TOPIC))
+                && name_ok(by)
+        }
     }
 }
 
@@ -107,7 +136,7 @@ mod tests {
     use crate::cluster::bus::refused::Refused;
     use crate::cluster::bus::wire::{
         encode_change, encode_change_ref, encode_entry, encode_entry_ref, encode_follow,
-        encode_presence, encode_read_marker, encode_typing,
+        encode_presence, encode_read_marker, encode_role, encode_room_updated, encode_typing,
     };
     use crate::db::notify::EntryRef;
 
@@ -173,10 +202,20 @@ mod tests {
             encode_follow("a", "", true),
             encode_read_marker("a", "r", MAX_ID + 1),
             encode_typing("r", "a", ""),
+            encode_role("r", "bob", "king", None, true),
+            encode_role("r", "", "admin", None, true),
+            encode_role("r", "bob", "admin", Some(""), true),
+            encode_room_updated("r", "", None, false, "a"),
+            encode_room_updated("r", "n", Some(&"t".repeat(MAX_TOPIC + 1)), false, "a"),
+            encode_room_updated("r", &"n".repeat(MAX_ROOM_NAME + 1), None, false, "a"),
+            encode_room_updated("r", "n", None, false, ""),
         ];
         for ev in implausible {
             assert_eq!(verdict(ev.clone()), Err(Refused::Implausible), "{ev}");
         }
         assert_eq!(MAX_TEXT, crate::handlers::messages::MAX_TEXT);
+        assert_eq!(MAX_TOPIC, crate::handlers::room_admin::MAX_TOPIC);
+        assert!(verdict(encode_role("r", "bob", "owner", None, false)).is_ok());
+        assert!(verdict(encode_room_updated("r", "n", Some("t"), true, "a")).is_ok());
     }
 }

@@ -18,7 +18,7 @@ use super::layout::{push_hex, MAC_LEN, MAX_NODE_NAME, MAX_PAYLOAD, VERSION};
 use super::payloads::Payloads;
 use super::wire::{
     encode_change, encode_change_ref, encode_entry, encode_entry_ref, encode_follow,
-    encode_presence, encode_read_marker, micros,
+    encode_presence, encode_read_marker, encode_role, encode_room_updated, micros,
 };
 
 /// Seals this process's payloads: its name and incarnation, the next of its
@@ -132,6 +132,21 @@ impl Notes for SealedNotes<'_> {
 
     fn presence(&mut self, user: &str, nickname: &str, online: bool) {
         self.small(encode_presence(user, nickname, online));
+    }
+
+    fn role(&mut self, room: &str, user: &str, role: &str, by: Option<&str>, told: bool) {
+        self.small(encode_role(room, user, role, by, told));
+    }
+
+    fn room_updated(
+        &mut self,
+        room: &str,
+        name: &str,
+        topic: Option<&str>,
+        private: bool,
+        by: &str,
+    ) {
+        self.small(encode_room_updated(room, name, topic, private, by));
     }
 
     fn is_empty(&self) -> bool {

@@ -92,6 +92,20 @@ pub fn encode_follow(from: &str, to: &str, on: bool) -> String {
     serde_json::json!(["f", from, to, on]).to_string()
 }
 
+pub fn encode_role(room: &str, user: &str, role: &str, by: Option<&str>, told: bool) -> String {
+    serde_json::json!(["o", room, user, role, by, told]).to_string()
+}
+
+pub fn encode_room_updated(
+    room: &str,
+    name: &str,
+    topic: Option<&str>,
+    private: bool,
+    by: &str,
+) -> String {
+    serde_json::json!(["u", room, name, topic, private, by]).to_string()
+}
+
 /// A sealed payload's events. Unknown event kinds are skipped (a newer node
 /// may send more than this one knows); a known kind that does not decode
 /// spoils the payload.
@@ -108,7 +122,7 @@ pub(super) fn decode_events(body: &str) -> Option<Vec<BusEvent>> {
             events.push(ev);
         } else if matches!(
             f.first().and_then(Value::as_str),
-            Some("e" | "r" | "c" | "x" | "p" | "f" | "m" | "t")
+            Some("e" | "r" | "c" | "x" | "p" | "f" | "m" | "t" | "o" | "u")
         ) {
             return None;
         }
@@ -213,6 +227,20 @@ fn decode_event(f: &[Value]) -> Option<BusEvent> {
             to: s(f.get(2))?,
             on: f.get(3)?.as_bool()?,
         }),
+        "o" => Some(BusEvent::Role {
+            room: s(f.get(1))?,
+            user: s(f.get(2))?,
+            role: s(f.get(3))?,
+            by: opt_s(f.get(4))?,
+            told: f.get(5)?.as_bool()?,
+        }),
+        "u" => Some(BusEvent::RoomUpdated {
+            room: s(f.get(1))?,
+            name: s(f.get(2))?,
+            topic: opt_s(f.get(3))?,
+            private: f.get(4)?.as_bool()?,
+            by: s(f.get(5))?,
+        }),
         _ => None,
     }
 }
@@ -235,6 +263,8 @@ mod tests {
             encode_read_marker("a", "r", 9),
             encode_typing("r", "a", "A"),
             encode_change(&changed),
+            encode_role("r", "bob", "admin", Some("a"), true),
+            encode_room_updated("r", "Room", None, true, "a"),
         ]);
         let sealed = sealer("node-a").seal_at(&[body], t0());
         let opened = inbox().open(&sealed[0], t0()).unwrap();
@@ -269,6 +299,20 @@ mod tests {
                     nickname: "A".into()
                 },
                 BusEvent::Change { entry: changed },
+                BusEvent::Role {
+                    room: "r".into(),
+                    user: "bob".into(),
+                    role: "admin".into(),
+                    by: Some("a".into()),
+                    told: true
+                },
+                BusEvent::RoomUpdated {
+                    room: "r".into(),
+                    name: "Room".into(),
+                    topic: None,
+                    private: true,
+                    by: "a".into()
+                },
             ]
         );
     }

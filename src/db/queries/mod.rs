@@ -5,7 +5,8 @@
 //!
 //! [`run_with`] dispatches each job to the function that runs it, grouped by
 //! family: `accounts`, `sessions` (tickets, the session, offline DM claims),
-//! `rooms` (history, `my_rooms`, members, pruning), `follows`, `resume`, and
+//! `rooms` (history, `my_rooms`, members, pruning), `room_admin`
+//! (`room_info`), `follows`, `resume`, and
 //! `cluster` (presence, heartbeats, notifications). The cluster's reads are in
 //! `db::nodes`, the tickets' SQL in `db::tickets`.
 
@@ -13,6 +14,7 @@ mod accounts;
 mod cluster;
 mod follows;
 mod resume;
+mod room_admin;
 mod rooms;
 mod sessions;
 
@@ -125,6 +127,7 @@ pub fn run_with<C: GenericClient>(
         },
         Job::Prune { rooms, keep } => Outcome::Pruned(rooms::prune(c, st, &rooms, keep)?),
         Job::RoomMembers { room, cluster } => rooms::members_and_presence(c, st, room, cluster)?,
+        Job::AdminRead(read) => room_admin::run(c, st, read)?,
         Job::Resume {
             username,
             rooms,

@@ -15,6 +15,8 @@
 //!   and what is stored once per batch;
 //! - `messages`: the multi-row message INSERT, edits, read markers;
 //! - `rooms`: create, join, leave and their system entries;
+//! - `room_admin`: room updates and roles, checked against the requester's
+//!   role in the same transaction;
 //! - `dm`: DMs and the offline queue;
 //! - `follows`: follow and unfollow with their notes;
 //! - `written`: each job's result until COMMIT; `stats`: the counters.
@@ -23,6 +25,7 @@ mod chain;
 mod dm;
 mod follows;
 mod messages;
+mod room_admin;
 mod rooms;
 mod stats;
 mod written;
@@ -234,10 +237,22 @@ fn write_one(
 ) -> Result<Linked, DbError> {
     match job {
         Job::CreateRoom {
+            creator,
             creator_nickname,
             name,
-            ..
-        } => rooms::write_create_room(tx, st, b, name, creator_nickname),
+            private,
+            topic,
+        } => {
+            let new = rooms::NewRoom {
+                name,
+                creator,
+                creator_nickname,
+                private: *private,
+                topic: topic.as_deref(),
+            };
+            rooms::write_create_room(tx, st, b, &new)
+        }
+        Job::Admin(a) => room_admin::write_admin(tx, st, b, a),
         Job::Join {
             username,
             nickname,

@@ -1,7 +1,8 @@
 //! The writer's SQL for rooms and membership: `create_room`, `join` (creating a
-//! room joined by a name no room has), `leave`, and the system entries that
-//! announce them. Separate from messages: each of these writes one entry,
-//! with the membership change it carries for the other nodes.
+//! room joined by a name no room has), `leave` (passing on the ownership of an
+//! owner who leaves), and the system entries that announce them. Separate from
+//! messages: each of these writes one entry, with the membership change it
+//! carries for the other nodes.
 
 use std::borrow::Cow;
 
@@ -11,21 +12,42 @@ use super::chain::{lock_rooms, Batch, Last};
 use super::written::{Linked, Written};
 use crate::db::entry::ChatEntry;
 use crate::db::error::DbError;
-use crate::db::jobs::{JoinBy, JoinResult};
+use crate::db::jobs::{JoinBy, JoinResult, Role};
 use crate::db::notify::{EntryRef, MemberOp};
 use crate::db::rows::Stmts;
 use crate::names::SystemText;
 
-/// `Job::CreateRoom`: the room and the system entry announcing it.
+/// What `create_room` asks for, as the writer needs it.
+pub(super) struct NewRoom<'a> {
+    pub(super) name: &'a str,
+    pub(super) creator: &'a str,
+    pub(super) creator_nickname: &'a str,
+    pub(super) private: bool,
+    pub(super) topic: Option<&'a str>,
+}
+
+/// `Job::CreateRoom`: the room (owned by its creator) and the system entry
+/// announcing it; a private room's creator is made a member in the same
+/// transaction, with the `joined` entry.
 pub(super) fn write_create_room(
     tx: &mut Transaction<'_>,
     st: &mut Stmts,
     b: &mut Batch<'_, '_>,
-    name: &str,
-    creator_nickname: &str,
+    new: &NewRoom<'_>,
 ) -> Result<Linked, DbError> {
     let mut logged = Vec::new();
-    let room = create_room(tx, st, name, creator_nickname, b, &mut logged)?;
+    let room = create_room(tx, st, new, b, &mut logged)?;
+    if new.private {
+        add_member(
+            tx,
+            st,
+            &room,
+            new.creator,
+            new.creator_nickname,
+            b,
+            &mut logged,
+        )?;
+    }
     let link = b.chain.link(&logged);
     Ok((Written::RoomCreated { room, logged }, link))
 }
@@ -62,6 +84,7 @@ pub(super) fn write_leave(
     )?;
     let was_member = tx.execute(&s, &[&room, &username])? > 0;
     let mut logged = Vec::new();
+    let mut heir = None;
     if was_member {
         let text = SystemText::Left { nickname }.render();
         let op = MemberOp {
@@ -70,12 +93,50 @@ pub(super) fn write_leave(
             nickname: nickname.to_string(),
         };
         system_entry(tx, st, room, text, b, Some(&op), &mut logged)?;
+        heir = pass_ownership(tx, st, b, room, username)?;
     }
     let link = b.chain.link(&logged);
-    Ok((Written::Leave { was_member, logged }, link))
+    Ok((
+        Written::Leave {
+            was_member,
+            heir,
+            logged,
+        },
+        link,
+    ))
 }
 
-fn system_entry(
+/// A member left (or was removed): if they owned the room, it passes to the
+/// admin who joined first, else to the member who joined first; a room left
+/// empty keeps no owner. `None`: they did not own it; `Some(heir)`: they did.
+/// Every way out of a room goes through here, so none can leave it ownerless
+/// while it has members.
+pub(super) fn pass_ownership(
+    tx: &mut Transaction<'_>,
+    st: &mut Stmts,
+    b: &mut Batch<'_, '_>,
+    room: &str,
+    leaver: &str,
+) -> Result<Option<Option<String>>, DbError> {
+    let s = st.get(
+        tx,
+        "UPDATE rooms SET klav_owner = (\
+             SELECT m.username FROM room_members m WHERE m.room_id = $1 \
+             ORDER BY (m.klav_role = 'admin') DESC, m.joined_at, m.id LIMIT 1) \
+         WHERE id = $1 AND klav_owner = $2 RETURNING klav_owner",
+    )?;
+    let Some(row) = tx.query_opt(&s, &[&room, &leaver])? else {
+        return Ok(None);
+    };
+    let heir: Option<String> = row.get(0);
+    if let Some(h) = &heir {
+        b.chain
+            .note(|n| n.role(room, h, Role::Owner.as_str(), None, true));
+    }
+    Ok(Some(heir))
+}
+
+pub(super) fn system_entry(
     tx: &mut Transaction<'_>,
     st: &mut Stmts,
     room: &str,
@@ -128,22 +189,23 @@ pub fn new_room_id() -> String {
 fn create_room(
     tx: &mut Transaction<'_>,
     st: &mut Stmts,
-    name: &str,
-    creator_nickname: &str,
+    new: &NewRoom<'_>,
     b: &mut Batch<'_, '_>,
     logged: &mut Vec<ChatEntry>,
 ) -> Result<String, DbError> {
     let s = st.get(
         tx,
-        "INSERT INTO rooms (id, name, created_at) VALUES ($1, $2, clock_timestamp()) \
-         ON CONFLICT (id) DO NOTHING",
+        "INSERT INTO rooms (id, name, created_at, klav_owner, klav_private, klav_topic) \
+         VALUES ($1, $2, clock_timestamp(), $3, $4, $5) ON CONFLICT (id) DO NOTHING",
     )?;
     loop {
         let id = new_room_id();
-        if tx.execute(&s, &[&id, &name])? == 1 {
+        let row: [&(dyn postgres::types::ToSql + Sync); 5] =
+            [&id, &new.name, &new.creator, &new.private, &new.topic];
+        if tx.execute(&s, &row)? == 1 {
             let text = SystemText::Created {
-                room: name,
-                creator: creator_nickname,
+                room: new.name,
+                creator: new.creator_nickname,
             }
             .render();
             // A new room: nobody else can add to it before this commits.
@@ -165,16 +227,29 @@ fn join(
 ) -> Result<JoinResult, DbError> {
     let room = match by {
         JoinBy::Id(id) => {
-            let s = st.get(tx, "SELECT 1 FROM rooms WHERE id = $1")?;
-            if tx.query_opt(&s, &[id])?.is_none() {
-                return Ok(JoinResult::NotFound);
+            // A private room is joined by its members (already) only: to
+            // anyone else it does not exist.
+            let s = st.get(
+                tx,
+                "SELECT r.klav_private, EXISTS (SELECT 1 FROM room_members m \
+                     WHERE m.room_id = r.id AND m.username = $2) \
+                 FROM rooms r WHERE r.id = $1",
+            )?;
+            match tx.query_opt(&s, &[id, &username])? {
+                None => return Ok(JoinResult::NotFound),
+                Some(r) if r.get::<_, bool>(0) && !r.get::<_, bool>(1) => {
+                    return Ok(JoinResult::NotFound)
+                }
+                Some(_) => {}
             }
             id.clone()
         }
         JoinBy::Name(name) => {
+            // Only a public room is ever found by its name.
             let s = st.get(
                 tx,
-                "SELECT id FROM rooms WHERE name = $1 ORDER BY created_at, id LIMIT 1",
+                "SELECT id FROM rooms WHERE name = $1 AND NOT klav_private \
+                 ORDER BY created_at, id LIMIT 1",
             )?;
             match tx.query_opt(&s, &[name])? {
                 Some(r) => {
@@ -187,17 +262,45 @@ fn join(
                     }
                     id
                 }
-                None => create_room(tx, st, name, nickname, b, logged)?,
+                None => {
+                    let new = NewRoom {
+                        name,
+                        creator: username,
+                        creator_nickname: nickname,
+                        private: false,
+                        topic: None,
+                    };
+                    create_room(tx, st, &new, b, logged)?
+                }
             }
         }
     };
+    match add_member(tx, st, &room, username, nickname, b, logged)? {
+        None => Ok(JoinResult::Already { room }),
+        Some(role) => Ok(JoinResult::Joined { room, role }),
+    }
+}
+
+/// Makes `username` a member of `room` with its `joined` entry, and returns
+/// their role; `None` when they were one already. An owner joining their room (its creator, or a
+/// public room's owner who was not a member) is noted so that every node
+/// knows their role.
+fn add_member(
+    tx: &mut Transaction<'_>,
+    st: &mut Stmts,
+    room: &str,
+    username: &str,
+    nickname: &str,
+    b: &mut Batch<'_, '_>,
+    logged: &mut Vec<ChatEntry>,
+) -> Result<Option<Role>, DbError> {
     let s = st.get(
         tx,
         "INSERT INTO room_members (room_id, username, joined_at) VALUES ($1, $2, now()) \
          ON CONFLICT (room_id, username) DO NOTHING",
     )?;
     if tx.execute(&s, &[&room, &username])? == 0 {
-        return Ok(JoinResult::Already { room });
+        return Ok(None);
     }
     let text = SystemText::Joined { nickname }.render();
     let op = MemberOp {
@@ -205,6 +308,12 @@ fn join(
         user: username.to_string(),
         nickname: nickname.to_string(),
     };
-    system_entry(tx, st, &room, text, b, Some(&op), logged)?;
-    Ok(JoinResult::Joined { room })
+    system_entry(tx, st, room, text, b, Some(&op), logged)?;
+    let s = st.get(tx, "SELECT 1 FROM rooms WHERE id = $1 AND klav_owner = $2")?;
+    if tx.query_opt(&s, &[&room, &username])?.is_some() {
+        b.chain
+            .note(|n| n.role(room, username, Role::Owner.as_str(), None, false));
+        return Ok(Some(Role::Owner));
+    }
+    Ok(Some(Role::Member))
 }

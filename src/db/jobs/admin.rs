@@ -1,0 +1,146 @@
+//! The jobs and outcomes of rooms with owners (v3): `room_info`,
+//! `room_update`, `set_role`, `transfer_owner`, as plain data. Apart from the
+//! rest of [`super::Job`] so that the family's shapes are read in one place;
+//! the requests ride on one variant each of `Job` and `Outcome`.
+
+use super::ChatEntry;
+
+/// A member's role in a room that has an owner. Rooms created before owners
+/// existed have none, and every member of them is a `Member`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    Owner,
+    Admin,
+    Member,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Owner => "owner",
+            Role::Admin => "admin",
+            Role::Member => "member",
+        }
+    }
+
+    /// A role as stored or sent; anything else is no role.
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "owner" => Some(Role::Owner),
+            "admin" => Some(Role::Admin),
+            "member" => Some(Role::Member),
+            _ => None,
+        }
+    }
+
+    /// The owner and admins moderate the room.
+    pub fn moderates(self) -> bool {
+        matches!(self, Role::Owner | Role::Admin)
+    }
+}
+
+/// Why an administrative request on a room was refused (each is one error
+/// code; see `handlers::room_admin::refusal`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// No such room, or a private one the requester does not belong to.
+    RoomNotFound,
+    /// The requester is not a member of this public room.
+    NotAMember,
+    /// The requester's role does not permit it.
+    NotAllowed,
+    /// The user the request names is not registered.
+    UserNotFound,
+    /// The user the request names is registered but not a member.
+    TargetNotMember,
+}
+
+/// A room as `room_info` and `room_updated` show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoomView {
+    pub room: String,
+    pub name: String,
+    pub topic: Option<String>,
+    pub private: bool,
+    /// The owner's username (none for a room without one).
+    pub owner: Option<String>,
+    /// The requester's role.
+    pub role: Role,
+    /// How many members it has.
+    pub members: i64,
+}
+
+/// One user's new role in a room.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoleChange {
+    pub user: String,
+    pub role: Role,
+}
+
+/// Which request changed roles (its ack's type).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoleRequest {
+    SetRole,
+    TransferOwner,
+}
+
+/// Ordered writes of room administration: checked by the writer in the
+/// transaction that applies them.
+#[derive(Clone, Debug)]
+pub enum AdminJob {
+    /// `room_update`: what is `Some` changes.
+    Update {
+        by: String,
+        by_nickname: String,
+        room: String,
+        name: Option<String>,
+        topic: Option<String>,
+        private: Option<bool>,
+    },
+    /// `set_role` (to `Admin` or `Member`) or `transfer_owner` (to `Owner`).
+    Role {
+        by: String,
+        room: String,
+        user: String,
+        role: Role,
+    },
+}
+
+impl AdminJob {
+    /// The room the job works on (locked with the batch's rooms).
+    pub fn room(&self) -> &str {
+        match self {
+            AdminJob::Update { room, .. } | AdminJob::Role { room, .. } => room,
+        }
+    }
+}
+
+/// Reads of room administration, for the general workers.
+#[derive(Clone, Debug)]
+pub enum AdminRead {
+    /// `room_info`.
+    Info { username: String, room: String },
+}
+
+/// What an administrative job found or did.
+#[derive(Debug)]
+pub enum AdminOutcome {
+    Info(Result<RoomView, Refusal>),
+    /// `room_update`: the room as it now is (`role` is the requester's), and
+    /// the system entry recording it.
+    Updated {
+        by: String,
+        result: Result<RoomView, Refusal>,
+        logged: Vec<ChatEntry>,
+    },
+    /// `set_role` / `transfer_owner`: the roles that changed (none when the
+    /// user already had the role asked).
+    Roles {
+        request: RoleRequest,
+        by: String,
+        room: String,
+        user: String,
+        role: Role,
+        result: Result<Vec<RoleChange>, Refusal>,
+    },
+}
