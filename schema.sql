@@ -210,6 +210,31 @@ ALTER TABLE room_members ADD COLUMN IF NOT EXISTS klav_role varchar(10) NOT NULL
 CREATE INDEX IF NOT EXISTS klav_rooms_public_name ON rooms (name, created_at, id)
     WHERE NOT klav_private;
 
+-- Invitations to rooms (v3): open for 7 days (older ones are invisible and refused,
+-- and removed by the retention tick); used up by the invitee's join, removed by a
+-- decline, a kick or a ban. `invited_by` is not a reference: the inviter's account
+-- may go while the invitation stays meaningful.
+CREATE TABLE IF NOT EXISTS klav_room_invites (
+    room_id     varchar(20) NOT NULL REFERENCES rooms(id) ON DELETE CASCADE,
+    username    varchar(100) NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+    invited_by  varchar(100) NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (room_id, username)
+);
+CREATE INDEX IF NOT EXISTS klav_room_invites_user ON klav_room_invites (username, created_at);
+CREATE INDEX IF NOT EXISTS klav_room_invites_created ON klav_room_invites (created_at);
+
+-- Bans from rooms (v3): a banned user cannot join the room (by id or by name) nor be
+-- invited to it until unbanned.
+CREATE TABLE IF NOT EXISTS klav_room_bans (
+    room_id     varchar(20) NOT NULL REFERENCES rooms(id) ON DELETE CASCADE,
+    username    varchar(100) NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+    banned_by   varchar(100) NOT NULL,
+    reason      text,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (room_id, username)
+);
+
 -- One row: the schema version this database was last brought to.
 CREATE TABLE IF NOT EXISTS klav_schema_version (
     singleton   boolean PRIMARY KEY DEFAULT true CHECK (singleton),

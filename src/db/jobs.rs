@@ -72,8 +72,10 @@ pub struct CaughtUp {
 }
 
 pub use super::entry::ChatEntry;
+pub(crate) use admin::open_invite;
 pub use admin::{
-    AdminJob, AdminOutcome, AdminRead, Refusal, Role, RoleChange, RoleRequest, RoomView,
+    AdminJob, AdminOutcome, AdminQuery, Invite, InviteStatus, Refusal, Role, RoleChange,
+    RoleRequest, RoomView, INVITE_DAYS,
 };
 
 /// A queued DM for a user who was offline.
@@ -387,7 +389,7 @@ pub enum Job {
         keep: u64,
     },
     /// Reads of room administration (`room_info`).
-    AdminRead(AdminRead),
+    AdminQuery(AdminQuery),
 
     // ordered writes
     /// `private`: the creator is made a member (the owner) in the same
@@ -399,10 +401,13 @@ pub enum Job {
         private: bool,
         topic: Option<String>,
     },
+    /// `max_rooms`: a join that uses no invitation is refused when the user
+    /// holds this many memberships and open invitations together.
     Join {
         username: String,
         nickname: String,
         by: JoinBy,
+        max_rooms: i64,
     },
     Leave {
         username: String,
@@ -492,6 +497,10 @@ impl Job {
 #[derive(Clone, Debug)]
 pub enum JoinResult {
     NotFound,
+    /// The user is banned from the room.
+    Banned,
+    /// The user holds `max_rooms` memberships and open invitations.
+    TooManyRooms,
     Already {
         room: String,
     },

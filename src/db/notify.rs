@@ -16,6 +16,7 @@ use postgres::GenericClient;
 
 use super::entry::ChatEntry;
 use super::error::DbError;
+use super::jobs::Invite;
 use super::rows::Stmts;
 
 /// The channel every node listens on.
@@ -79,6 +80,8 @@ pub enum BusEvent {
         by: Option<String>,
         told: bool,
     },
+    /// `user` was invited to a room (their connections are told).
+    Invited { user: String, invite: Invite },
     /// A room's name, topic or privacy changed (`room_update`).
     RoomUpdated {
         room: String,
@@ -132,6 +135,8 @@ pub trait Notes {
     fn presence(&mut self, user: &str, nickname: &str, online: bool);
     /// A user's role in a room changed (see [`BusEvent::Role`]).
     fn role(&mut self, room: &str, user: &str, role: &str, by: Option<&str>, told: bool);
+    /// `user` was invited to a room.
+    fn invited(&mut self, user: &str, invite: &Invite);
     /// A room's name, topic or privacy changed.
     fn room_updated(
         &mut self,

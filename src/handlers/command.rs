@@ -8,6 +8,7 @@ use super::dm;
 use super::edits;
 use super::friends;
 use super::history;
+use super::invites;
 use super::members;
 use super::messages;
 use super::presence;
@@ -48,6 +49,9 @@ pub enum Command {
     RoomInfo(room_admin::RoomInfo),
     RoomUpdate(room_admin::RoomUpdate),
     SetRole(room_admin::SetRole),
+    Invite(invites::InviteUser),
+    MyInvites,
+    DeclineInvite(invites::Decline),
 }
 
 impl Command {
@@ -95,6 +99,9 @@ impl Command {
             "room_update" => Command::RoomUpdate(room_admin::RoomUpdate::parse(req)?),
             "set_role" => Command::SetRole(room_admin::SetRole::parse_set_role(req)?),
             "transfer_owner" => Command::SetRole(room_admin::SetRole::parse_transfer(req)?),
+            "invite" => Command::Invite(invites::InviteUser::parse(req)?),
+            "my_invites" => Command::MyInvites,
+            "decline_invite" => Command::DeclineInvite(invites::Decline::parse(req)?),
             other => {
                 return Err(RequestError::with(
                     ErrorCode::UnknownType,
@@ -130,6 +137,9 @@ impl Command {
             Command::RoomInfo(c) => c.apply(hub, cx),
             Command::RoomUpdate(c) => c.apply(hub, cx),
             Command::SetRole(c) => c.apply(hub, cx),
+            Command::Invite(c) => c.apply(hub, cx),
+            Command::MyInvites => invites::my_invites(hub, cx),
+            Command::DeclineInvite(c) => c.apply(hub, cx),
         }
     }
 }

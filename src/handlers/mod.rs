@@ -17,6 +17,7 @@ pub mod edits;
 pub mod friends;
 pub mod history;
 pub mod http;
+pub mod invites;
 pub mod members;
 pub mod messages;
 pub mod presence;

@@ -158,6 +158,10 @@ pub fn heard(hub: &mut Hub, ev: BusEvent, now: Instant) -> Vec<Work> {
             room_admin::heard_role(hub, &room, &user, &role, by.as_deref(), told);
             Vec::new()
         }
+        BusEvent::Invited { user, invite } => {
+            super::invites::invited(hub, &user, &invite);
+            Vec::new()
+        }
         BusEvent::RoomUpdated {
             room,
             name,

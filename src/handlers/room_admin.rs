@@ -7,7 +7,7 @@
 use serde_json::Value;
 
 use super::ctx::Ctx;
-use crate::db::jobs::{AdminJob, AdminOutcome, AdminRead, Refusal, Role, RoleRequest, RoomView};
+use crate::db::jobs::{AdminJob, AdminOutcome, AdminQuery, Refusal, Role, RoleRequest, RoomView};
 use crate::db::{Job, Ticket};
 use crate::hub::Hub;
 use crate::protocol::{ErrorCode, Event, Request, RequestError};
@@ -28,6 +28,10 @@ pub fn refusal(r: Refusal) -> RequestError {
         Refusal::TargetNotMember => RequestError::with(
             ErrorCode::NotAMember,
             "the user is not a member of the room",
+        ),
+        Refusal::TooManyRooms => RequestError::with(
+            ErrorCode::TooManyRooms,
+            "the user holds as many rooms and invitations as a user may",
         ),
     }
 }
@@ -105,7 +109,7 @@ impl RoomInfo {
     }
 
     pub fn apply(self, hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
-        let job = Job::AdminRead(AdminRead::Info {
+        let job = Job::AdminQuery(AdminQuery::Info {
             username: cx.user.clone(),
             room: self.room,
         });
@@ -229,6 +233,9 @@ fn view_event(kind: &str, v: &RoomView) -> Event {
 
 /// A room administration job is done.
 pub fn done(hub: &mut Hub, t: &Ticket, outcome: AdminOutcome) {
+    let Some(outcome) = super::invites::done(hub, t, outcome) else {
+        return;
+    };
     match outcome {
         AdminOutcome::Info(Err(r)) | AdminOutcome::Updated { result: Err(r), .. } => {
             hub.conns.reply_error(t.conn, &t.req_id, refusal(r))
@@ -282,6 +289,11 @@ pub fn done(hub: &mut Hub, t: &Ticket, outcome: AdminOutcome) {
                 role_changed(hub, &room, &c.user, c.role, Some(&by));
             }
         }
+        // Answered by `invites::done` above.
+        AdminOutcome::Invited { .. }
+        | AdminOutcome::Invites(_)
+        | AdminOutcome::Declined { .. }
+        | AdminOutcome::Pruned => {}
     }
 }
 

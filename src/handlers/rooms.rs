@@ -124,15 +124,16 @@ pub fn created(hub: &mut Hub, t: &Ticket, outcome: Outcome) {
 fn check_room_count(hub: &Hub, cx: &Ctx) -> Result<(), RequestError> {
     let joined = hub.state.users.get(&cx.user).map_or(0, |u| u.rooms.len());
     if joined >= hub.svc.config.max_rooms_per_user {
-        return Err(RequestError::with(
-            ErrorCode::TooManyRooms,
-            format!(
-                "a user belongs to at most {} rooms; leave one first",
-                hub.svc.config.max_rooms_per_user
-            ),
-        ));
+        return Err(too_many_rooms(hub.svc.config.max_rooms_per_user));
     }
     Ok(())
+}
+
+fn too_many_rooms(max: usize) -> RequestError {
+    RequestError::with(
+        ErrorCode::TooManyRooms,
+        format!("a user belongs to at most {max} rooms (open invitations count); leave one first"),
+    )
 }
 
 /// `join {"room_id"}` or `join {"room": "<name>"}`.
@@ -181,6 +182,7 @@ impl Join {
             username: cx.user.clone(),
             nickname: nickname(hub, &cx.user),
             by: self.by,
+            max_rooms: hub.svc.config.max_rooms_per_user as i64,
         };
         cx.submit(hub, job);
         Ok(())
@@ -203,6 +205,14 @@ pub fn join_done(
         JoinResult::NotFound => {
             hub.conns
                 .reply_error(t.conn, &t.req_id, ErrorCode::RoomNotFound.into());
+        }
+        JoinResult::Banned => {
+            let e = RequestError::with(ErrorCode::Banned, "you are banned from this room");
+            hub.conns.reply_error(t.conn, &t.req_id, e);
+        }
+        JoinResult::TooManyRooms => {
+            let e = too_many_rooms(hub.svc.config.max_rooms_per_user);
+            hub.conns.reply_error(t.conn, &t.req_id, e);
         }
         JoinResult::Already { room } => {
             // Memory may not have known (e.g. joined by name).

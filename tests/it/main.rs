@@ -28,6 +28,7 @@ mod pipelined_requests;
 mod presence;
 mod read_markers;
 mod resume;
+mod room_invites;
 mod room_private;
 mod room_roles;
 mod rooms;

@@ -57,3 +57,42 @@ fn cluster_roles_and_room_updates_reach_the_other_node() {
     );
     x.none_of("role_changed");
 }
+
+#[test]
+fn cluster_an_invitation_on_one_node_is_heard_and_accepted_on_the_other() {
+    let c = Nodes::start(2);
+    let (alice, bob) = (c.user("alice"), c.user("bob"));
+    let mut a = c.ws(0, &alice);
+    let mut b = c.ws(1, &bob);
+    let room = private_room(&mut a, "Secret");
+    a.send(json!({"type": "msg", "room_id": room, "text": "early"}));
+    a.expect("message");
+    let ack = a.request(json!({"type": "invite", "room_id": room, "user": "bob"}));
+    assert_eq!(ack["status"], "INVITED");
+    let ev = b.next_of("invited");
+    assert_eq!(
+        (ev["room"].as_str(), ev["by"].as_str()),
+        (Some(room.as_str()), Some("alice"))
+    );
+    // Accepted on n1: members on both nodes hear the join, and messages flow.
+    b.join(&room);
+    assert_eq!(a.next_of("system")["user"], "bob");
+    a.send(json!({"type": "msg", "room_id": room, "text": "welcome"}));
+    assert_eq!(b.next_of("message")["text"], "welcome");
+    let h = b.request(json!({"type": "history", "room_id": room}));
+    let texts: Vec<&str> = h["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["text"].as_str())
+        .collect();
+    assert!(texts.contains(&"early"), "{texts:?}");
+    // The owner's role is known on n0 (she may set roles at once).
+    let ack =
+        a.request(json!({"type": "set_role", "room_id": room, "user": "bob", "role": "admin"}));
+    assert_eq!(ack["type"], "set_role_ack", "{ack}");
+    assert_eq!(
+        bare(b.next_of("role_changed")),
+        role_event(&room, "bob", "admin", Some("alice"))
+    );
+}

@@ -195,3 +195,29 @@ fn a_stranger_cannot_tell_a_private_room_from_no_room() {
     let my = bob.request(json!({"type": "my_rooms"}));
     assert_eq!(my["rooms"], json!([]));
 }
+
+#[test]
+fn room_update_switches_privacy_and_invitations_stay_valid() {
+    let s = TestServer::start();
+    let mut alice = s.client("alice");
+    let mut bob = s.client("bob");
+    let mut carl = s.client("carl");
+    let room = private_room(&mut alice, "Secret");
+    let ack = alice.request(json!({"type": "invite", "room_id": room, "user": "carl"}));
+    assert_eq!(ack["status"], "INVITED");
+    carl.expect("invited");
+    // Made public: found by id and by name.
+    let ev = alice.request(json!({"type": "room_update", "room_id": room, "private": false}));
+    assert_eq!(ev["private"], false);
+    bob.send(json!({"type": "join", "room": "Secret"}));
+    assert_eq!(bob.expect("system")["room"], room.as_str());
+    alice.expect("system");
+    // Private again: bob stays a member; carl's invitation still opens it.
+    let ev = alice.request(json!({"type": "room_update", "room_id": room, "private": true}));
+    assert_eq!(ev["private"], true);
+    assert_eq!(bob.expect("room_updated")["private"], true);
+    carl.join(&room);
+    let mut dora = s.client("dora");
+    let e = dora.request(json!({"type": "join", "room_id": room}));
+    assert_eq!(e["code"], "ROOM_NOT_FOUND");
+}

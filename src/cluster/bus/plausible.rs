@@ -113,6 +113,16 @@ pub(super) fn plausible(ev: &BusEvent, signed_at: i64) -> bool {
                 && crate::db::jobs::Role::parse(role).is_some()
                 && by.as_deref().is_none_or(name_ok)
         }
+        BusEvent::Invited { user, invite: i } => {
+            let latest = signed_at.saturating_add(TIME_AHEAD.as_micros() as i64);
+            name_ok(user)
+                && room_ok(&i.room)
+                && !i.name.is_empty()
+                && chars_within(&i.name, MAX_ROOM_NAME)
+                && name_ok(&i.by)
+                && name_ok(&i.by_nickname)
+                && micros(i.at) <= latest
+        }
         BusEvent::RoomUpdated {
             room,
             name,
@@ -136,12 +146,23 @@ mod tests {
     use crate::cluster::bus::refused::Refused;
     use crate::cluster::bus::wire::{
         encode_change, encode_change_ref, encode_entry, encode_entry_ref, encode_follow,
-        encode_presence, encode_read_marker, encode_role, encode_room_updated, encode_typing,
+        encode_invited, encode_presence, encode_read_marker, encode_role, encode_room_updated,
+        encode_typing,
     };
+    use crate::db::jobs::Invite;
     use crate::db::notify::EntryRef;
 
     #[test]
     fn implausible_events_spoil_their_payload() {
+        let invite = crate::db::jobs::Invite {
+            room: "r".into(),
+            name: "Room".into(),
+            private: false,
+            by: "a".into(),
+            by_nickname: "A".into(),
+            at: t0(),
+        };
+        assert!(verdict(encode_invited("bob", &invite)).is_ok());
         let e = |f: &dyn Fn(&mut ChatEntry)| {
             let mut x = entry(7, "hi");
             f(&mut x);
@@ -209,6 +230,28 @@ mod tests {
             encode_room_updated("r", "n", Some(&"t".repeat(MAX_TOPIC + 1)), false, "a"),
             encode_room_updated("r", &"n".repeat(MAX_ROOM_NAME + 1), None, false, "a"),
             encode_room_updated("r", "n", None, false, ""),
+            encode_invited("", &invite),
+            encode_invited(
+                "bob",
+                &Invite {
+                    by: String::new(),
+                    ..invite.clone()
+                },
+            ),
+            encode_invited(
+                "bob",
+                &Invite {
+                    name: "n".repeat(MAX_ROOM_NAME + 1),
+                    ..invite.clone()
+                },
+            ),
+            encode_invited(
+                "bob",
+                &Invite {
+                    at: t0() + TIME_AHEAD * 2,
+                    ..invite.clone()
+                },
+            ),
         ];
         for ev in implausible {
             assert_eq!(verdict(ev.clone()), Err(Refused::Implausible), "{ev}");

@@ -11,6 +11,7 @@ use std::time::SystemTime;
 use hmac::Mac;
 
 use crate::db::entry::ChatEntry;
+use crate::db::jobs::Invite;
 use crate::db::notify::{EntryRef, MemberOp, Notes, Notifier};
 
 use super::key::BusKey;
@@ -18,7 +19,7 @@ use super::layout::{push_hex, MAC_LEN, MAX_NODE_NAME, MAX_PAYLOAD, VERSION};
 use super::payloads::Payloads;
 use super::wire::{
     encode_change, encode_change_ref, encode_entry, encode_entry_ref, encode_follow,
-    encode_presence, encode_read_marker, encode_role, encode_room_updated, micros,
+    encode_invited, encode_presence, encode_read_marker, encode_role, encode_room_updated, micros,
 };
 
 /// Seals this process's payloads: its name and incarnation, the next of its
@@ -136,6 +137,10 @@ impl Notes for SealedNotes<'_> {
 
     fn role(&mut self, room: &str, user: &str, role: &str, by: Option<&str>, told: bool) {
         self.small(encode_role(room, user, role, by, told));
+    }
+
+    fn invited(&mut self, user: &str, invite: &Invite) {
+        self.small(encode_invited(user, invite));
     }
 
     fn room_updated(

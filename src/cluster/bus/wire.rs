@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 
 use crate::db::entry::ChatEntry;
+use crate::db::jobs::Invite;
 use crate::db::notify::{BusEvent, EntryRef, MemberOp};
 
 /// A time as it travels: µs since the epoch (0 for a time before it).
@@ -96,6 +97,20 @@ pub fn encode_role(room: &str, user: &str, role: &str, by: Option<&str>, told: b
     serde_json::json!(["o", room, user, role, by, told]).to_string()
 }
 
+pub fn encode_invited(user: &str, i: &Invite) -> String {
+    serde_json::json!([
+        "n",
+        user,
+        i.room,
+        i.name,
+        i.private,
+        i.by,
+        i.by_nickname,
+        micros(i.at)
+    ])
+    .to_string()
+}
+
 pub fn encode_room_updated(
     room: &str,
     name: &str,
@@ -122,7 +137,7 @@ pub(super) fn decode_events(body: &str) -> Option<Vec<BusEvent>> {
             events.push(ev);
         } else if matches!(
             f.first().and_then(Value::as_str),
-            Some("e" | "r" | "c" | "x" | "p" | "f" | "m" | "t" | "o" | "u")
+            Some("e" | "r" | "c" | "x" | "p" | "f" | "m" | "t" | "o" | "u" | "n")
         ) {
             return None;
         }
@@ -234,6 +249,17 @@ fn decode_event(f: &[Value]) -> Option<BusEvent> {
             by: opt_s(f.get(4))?,
             told: f.get(5)?.as_bool()?,
         }),
+        "n" => Some(BusEvent::Invited {
+            user: s(f.get(1))?,
+            invite: Invite {
+                room: s(f.get(2))?,
+                name: s(f.get(3))?,
+                private: f.get(4)?.as_bool()?,
+                by: s(f.get(5))?,
+                by_nickname: s(f.get(6))?,
+                at: from_micros(i(7)?),
+            },
+        }),
         "u" => Some(BusEvent::RoomUpdated {
             room: s(f.get(1))?,
             name: s(f.get(2))?,
@@ -253,6 +279,14 @@ mod tests {
     #[test]
     fn events_round_trip_sealed() {
         let e = entry(7, "hi \"there\"\n");
+        let invite = Invite {
+            room: "r".into(),
+            name: "Room".into(),
+            private: true,
+            by: "a".into(),
+            by_nickname: "A".into(),
+            at: from_micros(1_700_000_000_000_000),
+        };
         let mut changed = entry(7, "");
         changed.deleted = true;
         changed.edited_at = Some(from_micros(1_700_000_001_000_000));
@@ -265,6 +299,7 @@ mod tests {
             encode_change(&changed),
             encode_role("r", "bob", "admin", Some("a"), true),
             encode_room_updated("r", "Room", None, true, "a"),
+            encode_invited("bob", &invite),
         ]);
         let sealed = sealer("node-a").seal_at(&[body], t0());
         let opened = inbox().open(&sealed[0], t0()).unwrap();
@@ -312,6 +347,10 @@ mod tests {
                     topic: None,
                     private: true,
                     by: "a".into()
+                },
+                BusEvent::Invited {
+                    user: "bob".into(),
+                    invite
                 },
             ]
         );

@@ -1,7 +1,10 @@
 //! The jobs and outcomes of rooms with owners (v3): `room_info`,
-//! `room_update`, `set_role`, `transfer_owner`, as plain data. Apart from the
+//! `room_update`, `set_role`, `transfer_owner`, invitations, kicks and bans,
+//! as plain data. Apart from the
 //! rest of [`super::Job`] so that the family's shapes are read in one place;
 //! the requests ride on one variant each of `Job` and `Outcome`.
+
+use std::time::SystemTime;
 
 use super::ChatEntry;
 
@@ -53,6 +56,9 @@ pub enum Refusal {
     UserNotFound,
     /// The user the request names is registered but not a member.
     TargetNotMember,
+    /// The invitee holds `KLAV_MAX_ROOMS_PER_USER` memberships and open
+    /// invitations already.
+    TooManyRooms,
 }
 
 /// A room as `room_info` and `room_updated` show it.
@@ -84,6 +90,53 @@ pub enum RoleRequest {
     TransferOwner,
 }
 
+/// How an `invite` went (`invite_ack`'s status).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InviteStatus {
+    Invited,
+    AlreadyMember,
+    AlreadyInvited,
+    NotRegistered,
+    Banned,
+    /// The invitee blocks the inviter: nothing stored or sent.
+    Refused,
+}
+
+impl InviteStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InviteStatus::Invited => "INVITED",
+            InviteStatus::AlreadyMember => "ALREADY_MEMBER",
+            InviteStatus::AlreadyInvited => "ALREADY_INVITED",
+            InviteStatus::NotRegistered => "NOT_REGISTERED",
+            InviteStatus::Banned => "BANNED",
+            InviteStatus::Refused => "REFUSED",
+        }
+    }
+}
+
+/// An open invitation as `invited` and `my_invites` show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Invite {
+    pub room: String,
+    pub name: String,
+    pub private: bool,
+    pub by: String,
+    pub by_nickname: String,
+    pub at: SystemTime,
+}
+
+/// How long an invitation stays open, in days.
+pub const INVITE_DAYS: i32 = 7;
+
+/// SQL: the invitation aliased `$a` is still open ([`INVITE_DAYS`]).
+macro_rules! open_invite {
+    ($a:literal) => {
+        concat!($a, ".created_at > now() - interval '7 days'")
+    };
+}
+pub(crate) use open_invite;
+
 /// Ordered writes of room administration: checked by the writer in the
 /// transaction that applies them.
 #[derive(Clone, Debug)]
@@ -104,22 +157,40 @@ pub enum AdminJob {
         user: String,
         role: Role,
     },
+    /// `invite`: `max_rooms` bounds the invitee's memberships and open
+    /// invitations together.
+    Invite {
+        by: String,
+        by_nickname: String,
+        room: String,
+        user: String,
+        max_rooms: i64,
+    },
+    /// `decline_invite`.
+    Decline { user: String, room: String },
 }
 
 impl AdminJob {
     /// The room the job works on (locked with the batch's rooms).
     pub fn room(&self) -> &str {
         match self {
-            AdminJob::Update { room, .. } | AdminJob::Role { room, .. } => room,
+            AdminJob::Update { room, .. }
+            | AdminJob::Role { room, .. }
+            | AdminJob::Invite { room, .. }
+            | AdminJob::Decline { room, .. } => room,
         }
     }
 }
 
 /// Reads of room administration, for the general workers.
 #[derive(Clone, Debug)]
-pub enum AdminRead {
+pub enum AdminQuery {
     /// `room_info`.
     Info { username: String, room: String },
+    /// `my_invites`: the user's open invitations, newest first.
+    MyInvites { username: String },
+    /// Expired invitations removed (the retention tick).
+    PruneInvites,
 }
 
 /// What an administrative job found or did.
@@ -143,4 +214,19 @@ pub enum AdminOutcome {
         role: Role,
         result: Result<Vec<RoleChange>, Refusal>,
     },
+    /// `invite`: with `Invited`, the invitation as the invitee is told of it.
+    Invited {
+        room: String,
+        user: String,
+        result: Result<InviteStatus, Refusal>,
+        invite: Option<Invite>,
+    },
+    Invites(Vec<Invite>),
+    /// `decline_invite`: whether there was an open invitation.
+    Declined {
+        room: String,
+        declined: bool,
+    },
+    /// Expired invitations removed.
+    Pruned,
 }

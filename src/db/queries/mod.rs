@@ -127,7 +127,7 @@ pub fn run_with<C: GenericClient>(
         },
         Job::Prune { rooms, keep } => Outcome::Pruned(rooms::prune(c, st, &rooms, keep)?),
         Job::RoomMembers { room, cluster } => rooms::members_and_presence(c, st, room, cluster)?,
-        Job::AdminRead(read) => room_admin::run(c, st, read)?,
+        Job::AdminQuery(read) => room_admin::run(c, st, read)?,
         Job::Resume {
             username,
             rooms,

@@ -1,19 +1,37 @@
-//! Room administration as the general workers read it: `room_info`.
-//! Separate from the writer's `room_admin`: nothing here changes a room.
+//! Room administration as the general workers read it: `room_info`,
+//! `my_invites`, and the removal of expired invitations (invisible already,
+//! so any worker may remove them). Separate from the writer's `room_admin`:
+//! nothing here changes a room or a membership.
 
 use postgres::GenericClient;
 
 use crate::db::error::DbError;
-use crate::db::jobs::{AdminOutcome, AdminRead, Outcome, Refusal, Role, RoomView};
-use crate::db::rows::Stmts;
+use crate::db::jobs::{
+    open_invite, AdminOutcome, AdminQuery, Invite, Outcome, Refusal, Role, RoomView,
+};
+use crate::db::rows::{display_nickname, Stmts};
+
+/// The most invitations `my_invites` lists (a user holds at most
+/// `KLAV_MAX_ROOMS_PER_USER` memberships and invitations together; this
+/// bounds the read whatever that is set to).
+pub const MY_INVITES_MAX: i64 = 500;
 
 pub(super) fn run<C: GenericClient>(
     c: &mut C,
     st: &mut Stmts,
-    read: AdminRead,
+    read: AdminQuery,
 ) -> Result<Outcome, DbError> {
     Ok(Outcome::Admin(match read {
-        AdminRead::Info { username, room } => AdminOutcome::Info(info(c, st, &username, room)?),
+        AdminQuery::Info { username, room } => AdminOutcome::Info(info(c, st, &username, room)?),
+        AdminQuery::MyInvites { username } => AdminOutcome::Invites(my_invites(c, st, &username)?),
+        AdminQuery::PruneInvites => {
+            let s = st.get(
+                c,
+                "DELETE FROM klav_room_invites WHERE created_at <= now() - interval '7 days'",
+            )?;
+            c.execute(&s, &[])?;
+            AdminOutcome::Pruned
+        }
     }))
 }
 
@@ -51,4 +69,37 @@ fn info<C: GenericClient>(
         role,
         members: r.get(5),
     }))
+}
+
+/// `my_invites`: the user's open invitations, newest first.
+fn my_invites<C: GenericClient>(
+    c: &mut C,
+    st: &mut Stmts,
+    username: &str,
+) -> Result<Vec<Invite>, DbError> {
+    let s = st.get(
+        c,
+        concat!(
+            "SELECT i.room_id, r.name, r.klav_private, i.invited_by, u.nickname, i.created_at \
+             FROM klav_room_invites i JOIN rooms r ON r.id = i.room_id \
+             LEFT JOIN users u ON u.username = i.invited_by \
+             WHERE i.username = $1 AND ",
+            open_invite!("i"),
+            " ORDER BY i.created_at DESC, i.room_id LIMIT $2"
+        ),
+    )?;
+    Ok(c.query(&s, &[&username, &MY_INVITES_MAX])?
+        .into_iter()
+        .map(|r| {
+            let by: String = r.get(3);
+            Invite {
+                room: r.get(0),
+                name: r.get(1),
+                private: r.get(2),
+                by_nickname: display_nickname(&by, r.get(4)),
+                by,
+                at: r.get(5),
+            }
+        })
+        .collect())
 }

@@ -16,7 +16,7 @@
 //! - `messages`: the multi-row message INSERT, edits, read markers;
 //! - `rooms`: create, join, leave and their system entries;
 //! - `room_admin`: room updates and roles, checked against the requester's
-//!   role in the same transaction;
+//!   role in the same transaction; `invites`: invitations and declines;
 //! - `dm`: DMs and the offline queue;
 //! - `follows`: follow and unfollow with their notes;
 //! - `written`: each job's result until COMMIT; `stats`: the counters.
@@ -24,6 +24,7 @@
 mod chain;
 mod dm;
 mod follows;
+mod invites;
 mod messages;
 mod room_admin;
 mod rooms;
@@ -257,7 +258,8 @@ fn write_one(
             username,
             nickname,
             by,
-        } => rooms::write_join(tx, st, b, username, nickname, by),
+            max_rooms,
+        } => rooms::write_join(tx, st, b, username, nickname, by, *max_rooms),
         Job::Leave {
             username,
             nickname,

@@ -144,6 +144,25 @@ pub(super) fn write_admin(
             };
             Ok((Written::Ready(Outcome::Admin(outcome)), None))
         }
+        AdminJob::Invite {
+            by,
+            by_nickname,
+            room,
+            user,
+            max_rooms,
+        } => {
+            let inviter = super::invites::Inviter {
+                by,
+                by_nickname,
+                max_rooms: *max_rooms,
+            };
+            let outcome = super::invites::invite(tx, st, b, &inviter, room, user)?;
+            Ok((Written::Ready(Outcome::Admin(outcome)), None))
+        }
+        AdminJob::Decline { user, room } => {
+            let outcome = super::invites::decline(tx, st, user, room)?;
+            Ok((Written::Ready(Outcome::Admin(outcome)), None))
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use super::chain::{lock_rooms, Batch, Last};
 use super::written::{Linked, Written};
 use crate::db::entry::ChatEntry;
 use crate::db::error::DbError;
-use crate::db::jobs::{JoinBy, JoinResult, Role};
+use crate::db::jobs::{open_invite, JoinBy, JoinResult, Role};
 use crate::db::notify::{EntryRef, MemberOp};
 use crate::db::rows::Stmts;
 use crate::names::SystemText;
@@ -53,7 +53,7 @@ pub(super) fn write_create_room(
 }
 
 /// `Job::Join`: the membership and, when it is new, its system entry (and the
-/// room's, when the join created it).
+/// room's, when the join created it); an invitation to the room is used up.
 pub(super) fn write_join(
     tx: &mut Transaction<'_>,
     st: &mut Stmts,
@@ -61,9 +61,15 @@ pub(super) fn write_join(
     username: &str,
     nickname: &str,
     by: &JoinBy,
+    max_rooms: i64,
 ) -> Result<Linked, DbError> {
     let mut logged = Vec::new();
-    let result = join(tx, st, username, nickname, by, b, &mut logged)?;
+    let joiner = Joiner {
+        username,
+        nickname,
+        max_rooms,
+    };
+    let result = join(tx, st, &joiner, by, b, &mut logged)?;
     let link = b.chain.link(&logged);
     Ok((Written::Join { result, logged }, link))
 }
@@ -216,34 +222,76 @@ fn create_room(
     }
 }
 
-fn join(
+/// Who joins, and the bound on what they hold.
+struct Joiner<'a> {
+    username: &'a str,
+    nickname: &'a str,
+    max_rooms: i64,
+}
+
+/// What decides whether a user may join an existing room.
+struct Admission {
+    private: bool,
+    member: bool,
+    invited: bool,
+    banned: bool,
+}
+
+fn admission(
+    tx: &mut Transaction<'_>,
+    st: &mut Stmts,
+    room: &str,
+    username: &str,
+) -> Result<Option<Admission>, DbError> {
+    let s = st.get(
+        tx,
+        concat!(
+            "SELECT r.klav_private, \
+                EXISTS (SELECT 1 FROM room_members m WHERE m.room_id = r.id AND m.username = $2), \
+                EXISTS (SELECT 1 FROM klav_room_invites i WHERE i.room_id = r.id \
+                        AND i.username = $2 AND ",
+            open_invite!("i"),
+            "), EXISTS (SELECT 1 FROM klav_room_bans x WHERE x.room_id = r.id AND x.username = $2) \
+             FROM rooms r WHERE r.id = $1"
+        ),
+    )?;
+    Ok(tx.query_opt(&s, &[&room, &username])?.map(|r| Admission {
+        private: r.get(0),
+        member: r.get(1),
+        invited: r.get(2),
+        banned: r.get(3),
+    }))
+}
+
+/// How many memberships and open invitations `username` holds.
+pub(super) fn holdings(
     tx: &mut Transaction<'_>,
     st: &mut Stmts,
     username: &str,
-    nickname: &str,
+) -> Result<i64, DbError> {
+    let s = st.get(
+        tx,
+        concat!(
+            "SELECT (SELECT count(*) FROM room_members WHERE username = $1) + \
+                    (SELECT count(*) FROM klav_room_invites i WHERE i.username = $1 AND ",
+            open_invite!("i"),
+            ")"
+        ),
+    )?;
+    Ok(tx.query_one(&s, &[&username])?.get(0))
+}
+
+fn join(
+    tx: &mut Transaction<'_>,
+    st: &mut Stmts,
+    who: &Joiner<'_>,
     by: &JoinBy,
     b: &mut Batch<'_, '_>,
     logged: &mut Vec<ChatEntry>,
 ) -> Result<JoinResult, DbError> {
+    let username = who.username;
     let room = match by {
-        JoinBy::Id(id) => {
-            // A private room is joined by its members (already) only: to
-            // anyone else it does not exist.
-            let s = st.get(
-                tx,
-                "SELECT r.klav_private, EXISTS (SELECT 1 FROM room_members m \
-                     WHERE m.room_id = r.id AND m.username = $2) \
-                 FROM rooms r WHERE r.id = $1",
-            )?;
-            match tx.query_opt(&s, &[id, &username])? {
-                None => return Ok(JoinResult::NotFound),
-                Some(r) if r.get::<_, bool>(0) && !r.get::<_, bool>(1) => {
-                    return Ok(JoinResult::NotFound)
-                }
-                Some(_) => {}
-            }
-            id.clone()
-        }
+        JoinBy::Id(id) => id.clone(),
         JoinBy::Name(name) => {
             // Only a public room is ever found by its name.
             let s = st.get(
@@ -263,21 +311,54 @@ fn join(
                     id
                 }
                 None => {
+                    if holdings(tx, st, username)? >= who.max_rooms {
+                        return Ok(JoinResult::TooManyRooms);
+                    }
                     let new = NewRoom {
                         name,
                         creator: username,
-                        creator_nickname: nickname,
+                        creator_nickname: who.nickname,
                         private: false,
                         topic: None,
                     };
-                    create_room(tx, st, &new, b, logged)?
+                    let room = create_room(tx, st, &new, b, logged)?;
+                    let role = add_member(tx, st, &room, username, who.nickname, b, logged)?;
+                    let role = role.unwrap_or(Role::Member);
+                    return Ok(JoinResult::Joined { room, role });
                 }
             }
         }
     };
-    match add_member(tx, st, &room, username, nickname, b, logged)? {
+    let Some(a) = admission(tx, st, &room, username)? else {
+        return Ok(JoinResult::NotFound);
+    };
+    if a.member {
+        return Ok(JoinResult::Already { room });
+    }
+    if a.banned {
+        return Ok(JoinResult::Banned);
+    }
+    // A private room is joined with an invitation only: to anyone else it
+    // does not exist.
+    if a.private && !a.invited {
+        return Ok(JoinResult::NotFound);
+    }
+    // An invitation already counts among what the user holds.
+    if !a.invited && holdings(tx, st, username)? >= who.max_rooms {
+        return Ok(JoinResult::TooManyRooms);
+    }
+    match add_member(tx, st, &room, username, who.nickname, b, logged)? {
         None => Ok(JoinResult::Already { room }),
-        Some(role) => Ok(JoinResult::Joined { room, role }),
+        Some(role) => {
+            if a.invited {
+                let s = st.get(
+                    tx,
+                    "DELETE FROM klav_room_invites WHERE room_id = $1 AND username = $2",
+                )?;
+                tx.execute(&s, &[&room, &username])?;
+            }
+            Ok(JoinResult::Joined { room, role })
+        }
     }
 }
 
