@@ -164,6 +164,10 @@ pub struct State {
     pub resume_buffers: HashMap<ConnId, ResumeBuffer>,
     /// (user, room) → when their last `typing` was forwarded.
     pub typing: HashMap<(String, String), Instant>,
+    /// Kicks and bans heard from other nodes, by the id of the entry that
+    /// ends the membership, until that entry is delivered here (see
+    /// `state::roles`).
+    pub removals: HashMap<i64, crate::db::notify::Removal>,
 }
 
 impl State {
@@ -435,8 +439,10 @@ impl State {
         }
     }
 
-    /// Records a committed leave.
+    /// Records a committed leave (or a kick or ban): the membership, the role,
+    /// and what the user's connections held of the room go.
     pub fn left(&mut self, username: &str, room: &str) {
+        self.forget_room(username, room);
         if let Some(user) = self.users.get_mut(username) {
             user.rooms.remove(room);
             user.roles.remove(room);

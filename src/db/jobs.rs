@@ -74,8 +74,8 @@ pub struct CaughtUp {
 pub use super::entry::ChatEntry;
 pub(crate) use admin::open_invite;
 pub use admin::{
-    AdminJob, AdminOutcome, AdminQuery, Invite, InviteStatus, Refusal, Role, RoleChange,
-    RoleRequest, RoomView, INVITE_DAYS,
+    AdminJob, AdminOutcome, AdminQuery, Ban, Invite, InviteStatus, Refusal, RemoveStatus, Removed,
+    Role, RoleChange, RoleRequest, RoomView, INVITE_DAYS,
 };
 
 /// A queued DM for a user who was offline.

@@ -31,6 +31,20 @@ pub struct MemberOp {
     pub nickname: String,
 }
 
+/// A membership ended by a moderator (a kick, or a ban): noted just before
+/// the system entry that ends it, whose id it names, so that the node that
+/// delivers that entry knows it for a removal (see `handlers::moderation`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Removal {
+    pub room: String,
+    /// The system entry ending the membership.
+    pub id: i64,
+    pub user: String,
+    pub banned: bool,
+    pub by: String,
+    pub reason: Option<String>,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 /// What a node hears from another (or, for presence, from the database).
 pub enum BusEvent {
@@ -82,6 +96,8 @@ pub enum BusEvent {
     },
     /// `user` was invited to a room (their connections are told).
     Invited { user: String, invite: Invite },
+    /// The next entry of the room ends a membership by a kick or a ban.
+    Removal(Removal),
     /// A room's name, topic or privacy changed (`room_update`).
     RoomUpdated {
         room: String,
@@ -137,6 +153,8 @@ pub trait Notes {
     fn role(&mut self, room: &str, user: &str, role: &str, by: Option<&str>, told: bool);
     /// `user` was invited to a room.
     fn invited(&mut self, user: &str, invite: &Invite);
+    /// A kick or ban: noted before the entry it names.
+    fn removal(&mut self, r: &Removal);
     /// A room's name, topic or privacy changed.
     fn room_updated(
         &mut self,

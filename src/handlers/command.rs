@@ -11,6 +11,7 @@ use super::history;
 use super::invites;
 use super::members;
 use super::messages;
+use super::moderation;
 use super::presence;
 use super::reads;
 use super::resume;
@@ -52,6 +53,8 @@ pub enum Command {
     Invite(invites::InviteUser),
     MyInvites,
     DeclineInvite(invites::Decline),
+    Remove(moderation::Remove),
+    Bans(moderation::Bans),
 }
 
 impl Command {
@@ -102,6 +105,10 @@ impl Command {
             "invite" => Command::Invite(invites::InviteUser::parse(req)?),
             "my_invites" => Command::MyInvites,
             "decline_invite" => Command::DeclineInvite(invites::Decline::parse(req)?),
+            "kick" => Command::Remove(moderation::Remove::parse(req, false)?),
+            "ban" => Command::Remove(moderation::Remove::parse(req, true)?),
+            "unban" => Command::Bans(moderation::Bans::parse_unban(req)?),
+            "room_bans" => Command::Bans(moderation::Bans::parse_list(req)?),
             other => {
                 return Err(RequestError::with(
                     ErrorCode::UnknownType,
@@ -140,6 +147,8 @@ impl Command {
             Command::Invite(c) => c.apply(hub, cx),
             Command::MyInvites => invites::my_invites(hub, cx),
             Command::DeclineInvite(c) => c.apply(hub, cx),
+            Command::Remove(c) => c.apply(hub, cx),
+            Command::Bans(c) => c.apply(hub, cx),
         }
     }
 }

@@ -20,6 +20,7 @@ pub mod http;
 pub mod invites;
 pub mod members;
 pub mod messages;
+pub mod moderation;
 pub mod presence;
 pub mod reads;
 pub mod remote;

@@ -236,6 +236,9 @@ pub fn done(hub: &mut Hub, t: &Ticket, outcome: AdminOutcome) {
     let Some(outcome) = super::invites::done(hub, t, outcome) else {
         return;
     };
+    let Some(outcome) = super::moderation::done(hub, t, outcome) else {
+        return;
+    };
     match outcome {
         AdminOutcome::Info(Err(r)) | AdminOutcome::Updated { result: Err(r), .. } => {
             hub.conns.reply_error(t.conn, &t.req_id, refusal(r))
@@ -289,11 +292,14 @@ pub fn done(hub: &mut Hub, t: &Ticket, outcome: AdminOutcome) {
                 role_changed(hub, &room, &c.user, c.role, Some(&by));
             }
         }
-        // Answered by `invites::done` above.
+        // Answered by `invites::done` and `moderation::done` above.
         AdminOutcome::Invited { .. }
         | AdminOutcome::Invites(_)
         | AdminOutcome::Declined { .. }
-        | AdminOutcome::Pruned => {}
+        | AdminOutcome::Pruned
+        | AdminOutcome::Removed { .. }
+        | AdminOutcome::Unbanned { .. }
+        | AdminOutcome::Bans { .. } => {}
     }
 }
 

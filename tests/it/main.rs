@@ -29,6 +29,7 @@ mod presence;
 mod read_markers;
 mod resume;
 mod room_invites;
+mod room_moderation;
 mod room_private;
 mod room_roles;
 mod rooms;

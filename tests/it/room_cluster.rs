@@ -96,3 +96,58 @@ fn cluster_an_invitation_on_one_node_is_heard_and_accepted_on_the_other() {
         role_event(&room, "bob", "admin", Some("alice"))
     );
 }
+
+#[test]
+fn cluster_a_kick_on_one_node_cuts_the_users_connections_on_the_other_off() {
+    let c = Nodes::start(2);
+    let (alice, bob, carl) = (c.user("alice"), c.user("bob"), c.user("carl"));
+    let mut a = c.ws(0, &alice);
+    let mut b1 = c.ws(1, &bob);
+    let mut b0 = c.ws(0, &bob);
+    let mut x = c.ws(1, &carl);
+    a.send(json!({"type": "join", "room": "Hall"}));
+    let room = a.expect("system")["room"].as_str().unwrap().to_string();
+    b1.join(&room);
+    b0.next_of("system");
+    a.next_of("system");
+    x.join(&room);
+    for ws in [&mut a, &mut b1, &mut b0] {
+        assert_eq!(ws.next_of("system")["user"], "carl");
+    }
+    let ack = a.request(json!({"type": "kick", "room_id": room, "user": "bob", "reason": "spam"}));
+    assert_eq!(ack["status"], "KICKED");
+    // Heard on n1 as a kick (by whom, why), by bob's and carl's connections there.
+    for ws in [&mut b1, &mut x, &mut b0] {
+        let ev = ws.next_of("system");
+        assert_eq!(
+            (
+                ev["event"].as_str(),
+                ev["user"].as_str(),
+                ev["by"].as_str(),
+                ev["reason"].as_str()
+            ),
+            (Some("kicked"), Some("bob"), Some("alice"), Some("spam")),
+            "{ev}"
+        );
+    }
+    // Then nothing of the room reaches bob on either node.
+    for i in 0..100 {
+        a.send(json!({"type": "msg", "room_id": room, "text": format!("m{i}")}));
+    }
+    x.send(json!({"type": "typing", "room_id": room}));
+    let mut got = 0;
+    while got < 100 {
+        if x.recv()["type"] == "message" {
+            got += 1;
+        }
+    }
+    let e = b1.request(json!({"type": "history", "room_id": room}));
+    assert_eq!(e["code"], "NOT_A_MEMBER");
+    none_hear([&mut b1, &mut b0]);
+    // A ban on n0: bob's join on n1 is refused.
+    let ack = a.request(json!({"type": "ban", "room_id": room, "user": "bob"}));
+    assert_eq!(ack["status"], "BANNED");
+    let e = b1.request(json!({"type": "join", "room_id": room}));
+    assert_eq!(e["code"], "BANNED");
+    none_hear([&mut b1, &mut b0]);
+}

@@ -56,6 +56,9 @@ fn chained_ok(prev: i64, id: i64) -> bool {
     id_ok(id) && (0..id).contains(&prev)
 }
 
+/// What `kick` and `ban` accept as a reason (`handlers::moderation::MAX_REASON`).
+const MAX_REASON: usize = 500;
+
 fn op_ok(op: Option<&MemberOp>) -> bool {
     op.is_none_or(|o| name_ok(&o.user) && name_ok(&o.nickname))
 }
@@ -113,6 +116,15 @@ pub(super) fn plausible(ev: &BusEvent, signed_at: i64) -> bool {
                 && crate::db::jobs::Role::parse(role).is_some()
                 && by.as_deref().is_none_or(name_ok)
         }
+        BusEvent::Removal(r) => {
+            room_ok(&r.room)
+                && id_ok(r.id)
+                && name_ok(&r.user)
+                && name_ok(&r.by)
+                && r.reason
+                    .as_deref()
+                    .is_none_or(|t| chars_within(t, MAX_REASON))
+        }
         BusEvent::Invited { user, invite: i } => {
             let latest = signed_at.saturating_add(TIME_AHEAD.as_micros() as i64);
             name_ok(user)
@@ -146,11 +158,11 @@ mod tests {
     use crate::cluster::bus::refused::Refused;
     use crate::cluster::bus::wire::{
         encode_change, encode_change_ref, encode_entry, encode_entry_ref, encode_follow,
-        encode_invited, encode_presence, encode_read_marker, encode_role, encode_room_updated,
-        encode_typing,
+        encode_invited, encode_presence, encode_read_marker, encode_removal, encode_role,
+        encode_room_updated, encode_typing,
     };
     use crate::db::jobs::Invite;
-    use crate::db::notify::EntryRef;
+    use crate::db::notify::{EntryRef, Removal};
 
     #[test]
     fn implausible_events_spoil_their_payload() {
@@ -163,6 +175,15 @@ mod tests {
             at: t0(),
         };
         assert!(verdict(encode_invited("bob", &invite)).is_ok());
+        let removal = Removal {
+            room: "r".into(),
+            id: 9,
+            user: "bob".into(),
+            banned: false,
+            by: "a".into(),
+            reason: Some("r".repeat(MAX_REASON)),
+        };
+        assert!(verdict(encode_removal(&removal)).is_ok());
         let e = |f: &dyn Fn(&mut ChatEntry)| {
             let mut x = entry(7, "hi");
             f(&mut x);
@@ -231,6 +252,18 @@ mod tests {
             encode_room_updated("r", &"n".repeat(MAX_ROOM_NAME + 1), None, false, "a"),
             encode_room_updated("r", "n", None, false, ""),
             encode_invited("", &invite),
+            encode_removal(&Removal {
+                id: 0,
+                ..removal.clone()
+            }),
+            encode_removal(&Removal {
+                by: String::new(),
+                ..removal.clone()
+            }),
+            encode_removal(&Removal {
+                reason: Some("r".repeat(MAX_REASON + 1)),
+                ..removal.clone()
+            }),
             encode_invited(
                 "bob",
                 &Invite {
@@ -258,6 +291,7 @@ mod tests {
         }
         assert_eq!(MAX_TEXT, crate::handlers::messages::MAX_TEXT);
         assert_eq!(MAX_TOPIC, crate::handlers::room_admin::MAX_TOPIC);
+        assert_eq!(MAX_REASON, crate::handlers::moderation::MAX_REASON);
         assert!(verdict(encode_role("r", "bob", "owner", None, false)).is_ok());
         assert!(verdict(encode_room_updated("r", "n", Some("t"), true, "a")).is_ok());
     }

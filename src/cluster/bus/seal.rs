@@ -12,14 +12,15 @@ use hmac::Mac;
 
 use crate::db::entry::ChatEntry;
 use crate::db::jobs::Invite;
-use crate::db::notify::{EntryRef, MemberOp, Notes, Notifier};
+use crate::db::notify::{EntryRef, MemberOp, Notes, Notifier, Removal};
 
 use super::key::BusKey;
 use super::layout::{push_hex, MAC_LEN, MAX_NODE_NAME, MAX_PAYLOAD, VERSION};
 use super::payloads::Payloads;
 use super::wire::{
     encode_change, encode_change_ref, encode_entry, encode_entry_ref, encode_follow,
-    encode_invited, encode_presence, encode_read_marker, encode_role, encode_room_updated, micros,
+    encode_invited, encode_presence, encode_read_marker, encode_removal, encode_role,
+    encode_room_updated, micros,
 };
 
 /// Seals this process's payloads: its name and incarnation, the next of its
@@ -141,6 +142,10 @@ impl Notes for SealedNotes<'_> {
 
     fn invited(&mut self, user: &str, invite: &Invite) {
         self.small(encode_invited(user, invite));
+    }
+
+    fn removal(&mut self, r: &Removal) {
+        self.small(encode_removal(r));
     }
 
     fn room_updated(

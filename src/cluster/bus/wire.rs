@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::db::entry::ChatEntry;
 use crate::db::jobs::Invite;
-use crate::db::notify::{BusEvent, EntryRef, MemberOp};
+use crate::db::notify::{BusEvent, EntryRef, MemberOp, Removal};
 
 /// A time as it travels: µs since the epoch (0 for a time before it).
 pub(super) fn micros(t: SystemTime) -> i64 {
@@ -111,6 +111,10 @@ pub fn encode_invited(user: &str, i: &Invite) -> String {
     .to_string()
 }
 
+pub fn encode_removal(r: &Removal) -> String {
+    serde_json::json!(["k", r.room, r.id, r.user, r.banned, r.by, r.reason]).to_string()
+}
+
 pub fn encode_room_updated(
     room: &str,
     name: &str,
@@ -137,7 +141,7 @@ pub(super) fn decode_events(body: &str) -> Option<Vec<BusEvent>> {
             events.push(ev);
         } else if matches!(
             f.first().and_then(Value::as_str),
-            Some("e" | "r" | "c" | "x" | "p" | "f" | "m" | "t" | "o" | "u" | "n")
+            Some("e" | "r" | "c" | "x" | "p" | "f" | "m" | "t" | "o" | "u" | "n" | "k")
         ) {
             return None;
         }
@@ -260,6 +264,14 @@ fn decode_event(f: &[Value]) -> Option<BusEvent> {
                 at: from_micros(i(7)?),
             },
         }),
+        "k" => Some(BusEvent::Removal(Removal {
+            room: s(f.get(1))?,
+            id: i(2)?,
+            user: s(f.get(3))?,
+            banned: f.get(4)?.as_bool()?,
+            by: s(f.get(5))?,
+            reason: opt_s(f.get(6))?,
+        })),
         "u" => Some(BusEvent::RoomUpdated {
             room: s(f.get(1))?,
             name: s(f.get(2))?,
@@ -279,6 +291,14 @@ mod tests {
     #[test]
     fn events_round_trip_sealed() {
         let e = entry(7, "hi \"there\"\n");
+        let kicked = Removal {
+            room: "r".into(),
+            id: 8,
+            user: "bob".into(),
+            banned: true,
+            by: "a".into(),
+            reason: Some("spam".into()),
+        };
         let invite = Invite {
             room: "r".into(),
             name: "Room".into(),
@@ -300,6 +320,7 @@ mod tests {
             encode_role("r", "bob", "admin", Some("a"), true),
             encode_room_updated("r", "Room", None, true, "a"),
             encode_invited("bob", &invite),
+            encode_removal(&kicked),
         ]);
         let sealed = sealer("node-a").seal_at(&[body], t0());
         let opened = inbox().open(&sealed[0], t0()).unwrap();
@@ -352,6 +373,7 @@ mod tests {
                     user: "bob".into(),
                     invite
                 },
+                BusEvent::Removal(kicked),
             ]
         );
     }

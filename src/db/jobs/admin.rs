@@ -126,6 +126,44 @@ pub struct Invite {
     pub at: SystemTime,
 }
 
+/// How a `kick` or `ban` went (`kick_ack` / `ban_ack`'s status).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RemoveStatus {
+    Kicked,
+    /// A kick of a registered user who is not a member.
+    NotAMember,
+    Banned,
+    /// A ban of a user banned already.
+    Already,
+}
+
+impl RemoveStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RemoveStatus::Kicked => "KICKED",
+            RemoveStatus::NotAMember => "NOT_A_MEMBER",
+            RemoveStatus::Banned => "BANNED",
+            RemoveStatus::Already => "ALREADY",
+        }
+    }
+}
+
+/// A ban as `room_bans` lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ban {
+    pub username: String,
+    pub by: String,
+    pub reason: Option<String>,
+    pub at: SystemTime,
+}
+
+/// A membership a kick or ban ended: who it was, and the entry recording it.
+#[derive(Debug)]
+pub struct Removed {
+    pub nickname: String,
+    pub logged: Vec<ChatEntry>,
+}
+
 /// How long an invitation stays open, in days.
 pub const INVITE_DAYS: i32 = 7;
 
@@ -168,6 +206,21 @@ pub enum AdminJob {
     },
     /// `decline_invite`.
     Decline { user: String, room: String },
+    /// `kick` (`ban` false) or `ban`.
+    Remove {
+        by: String,
+        by_nickname: String,
+        room: String,
+        user: String,
+        reason: Option<String>,
+        ban: bool,
+    },
+    /// `unban`.
+    Unban {
+        by: String,
+        room: String,
+        user: String,
+    },
 }
 
 impl AdminJob {
@@ -177,7 +230,9 @@ impl AdminJob {
             AdminJob::Update { room, .. }
             | AdminJob::Role { room, .. }
             | AdminJob::Invite { room, .. }
-            | AdminJob::Decline { room, .. } => room,
+            | AdminJob::Decline { room, .. }
+            | AdminJob::Remove { room, .. }
+            | AdminJob::Unban { room, .. } => room,
         }
     }
 }
@@ -191,6 +246,8 @@ pub enum AdminQuery {
     MyInvites { username: String },
     /// Expired invitations removed (the retention tick).
     PruneInvites,
+    /// `room_bans`: owner or admin.
+    Bans { username: String, room: String },
 }
 
 /// What an administrative job found or did.
@@ -229,4 +286,25 @@ pub enum AdminOutcome {
     },
     /// Expired invitations removed.
     Pruned,
+    /// `kick` / `ban`: `removed` when a membership ended.
+    Removed {
+        by: String,
+        room: String,
+        user: String,
+        reason: Option<String>,
+        ban: bool,
+        result: Result<RemoveStatus, Refusal>,
+        removed: Option<Removed>,
+    },
+    /// `unban`: whether there was a ban.
+    Unbanned {
+        room: String,
+        user: String,
+        result: Result<bool, Refusal>,
+    },
+    /// `room_bans`.
+    Bans {
+        room: String,
+        result: Result<Vec<Ban>, Refusal>,
+    },
 }

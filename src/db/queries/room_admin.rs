@@ -1,13 +1,13 @@
 //! Room administration as the general workers read it: `room_info`,
-//! `my_invites`, and the removal of expired invitations (invisible already,
-//! so any worker may remove them). Separate from the writer's `room_admin`:
+//! `my_invites`, `room_bans`, and the removal of expired invitations
+//! (invisible already, so any worker may remove them). Separate from the writer's `room_admin`:
 //! nothing here changes a room or a membership.
 
 use postgres::GenericClient;
 
 use crate::db::error::DbError;
 use crate::db::jobs::{
-    open_invite, AdminOutcome, AdminQuery, Invite, Outcome, Refusal, Role, RoomView,
+    open_invite, AdminOutcome, AdminQuery, Ban, Invite, Outcome, Refusal, Role, RoomView,
 };
 use crate::db::rows::{display_nickname, Stmts};
 
@@ -23,6 +23,10 @@ pub(super) fn run<C: GenericClient>(
 ) -> Result<Outcome, DbError> {
     Ok(Outcome::Admin(match read {
         AdminQuery::Info { username, room } => AdminOutcome::Info(info(c, st, &username, room)?),
+        AdminQuery::Bans { username, room } => AdminOutcome::Bans {
+            result: bans(c, st, &username, &room)?,
+            room,
+        },
         AdminQuery::MyInvites { username } => AdminOutcome::Invites(my_invites(c, st, &username)?),
         AdminQuery::PruneInvites => {
             let s = st.get(
@@ -102,4 +106,36 @@ fn my_invites<C: GenericClient>(
             }
         })
         .collect())
+}
+
+/// The most bans `room_bans` lists, newest first.
+pub const ROOM_BANS_MAX: i64 = 1000;
+
+/// `room_bans`: for the owner and admins.
+fn bans<C: GenericClient>(
+    c: &mut C,
+    st: &mut Stmts,
+    username: &str,
+    room: &str,
+) -> Result<Result<Vec<Ban>, Refusal>, DbError> {
+    match info(c, st, username, room.to_string())? {
+        Err(r) => return Ok(Err(r)),
+        Ok(v) if !v.role.moderates() => return Ok(Err(Refusal::NotAllowed)),
+        Ok(_) => {}
+    }
+    let s = st.get(
+        c,
+        "SELECT username, banned_by, reason, created_at FROM klav_room_bans \
+         WHERE room_id = $1 ORDER BY created_at DESC, username LIMIT $2",
+    )?;
+    Ok(Ok(c
+        .query(&s, &[&room, &ROOM_BANS_MAX])?
+        .into_iter()
+        .map(|r| Ban {
+            username: r.get(0),
+            by: r.get(1),
+            reason: r.get(2),
+            at: r.get(3),
+        })
+        .collect()))
 }

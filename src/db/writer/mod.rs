@@ -17,6 +17,7 @@
 //! - `rooms`: create, join, leave and their system entries;
 //! - `room_admin`: room updates and roles, checked against the requester's
 //!   role in the same transaction; `invites`: invitations and declines;
+//!   `moderation`: kicks, bans and unbans;
 //! - `dm`: DMs and the offline queue;
 //! - `follows`: follow and unfollow with their notes;
 //! - `written`: each job's result until COMMIT; `stats`: the counters.
@@ -26,6 +27,7 @@ mod dm;
 mod follows;
 mod invites;
 mod messages;
+mod moderation;
 mod room_admin;
 mod rooms;
 mod stats;

@@ -163,6 +163,27 @@ pub(super) fn write_admin(
             let outcome = super::invites::decline(tx, st, user, room)?;
             Ok((Written::Ready(Outcome::Admin(outcome)), None))
         }
+        AdminJob::Remove {
+            by,
+            by_nickname,
+            room,
+            user,
+            reason,
+            ban,
+        } => {
+            let r = super::moderation::Removing {
+                by,
+                by_nickname,
+                room,
+                user,
+                reason: reason.as_deref(),
+                ban: *ban,
+            };
+            super::moderation::write_remove(tx, st, b, &r)
+        }
+        AdminJob::Unban { by, room, user } => {
+            super::moderation::write_unban(tx, st, by, room, user)
+        }
     }
 }
 

@@ -151,6 +151,23 @@ pub(super) fn system_entry(
     op: Option<&MemberOp>,
     logged: &mut Vec<ChatEntry>,
 ) -> Result<(), DbError> {
+    system_entry_then(tx, st, room, text, b, op, logged, |_, _| {})
+}
+
+/// [`system_entry`], with `before` run once the entry's id is known and
+/// before the entry is chained (and noted): a note that must reach the other
+/// nodes ahead of the entry (a removal).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn system_entry_then(
+    tx: &mut Transaction<'_>,
+    st: &mut Stmts,
+    room: &str,
+    text: String,
+    b: &mut Batch<'_, '_>,
+    op: Option<&MemberOp>,
+    logged: &mut Vec<ChatEntry>,
+    before: impl FnOnce(&mut Batch<'_, '_>, i64),
+) -> Result<(), DbError> {
     let s = st.get(
         tx,
         "INSERT INTO chat_logs (room_id, ts, kind, from_user, from_nickname, to_user, text) \
@@ -158,6 +175,7 @@ pub(super) fn system_entry(
     )?;
     let row = tx.query_one(&s, &[&room, &text])?;
     let id: i64 = row.get(0);
+    before(b, id);
     b.lasts.insert(
         Cow::Owned(room.to_string()),
         Last {
