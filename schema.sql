@@ -210,6 +210,11 @@ ALTER TABLE room_members ADD COLUMN IF NOT EXISTS klav_role varchar(10) NOT NULL
 CREATE INDEX IF NOT EXISTS klav_rooms_public_name ON rooms (name, created_at, id)
     WHERE NOT klav_private;
 
+-- Moderation delete (v3): who deleted an entry that was not theirs (the room's
+-- owner or an admin); NULL for entries deleted by their author, and for all rows
+-- of the old server.
+ALTER TABLE chat_logs ADD COLUMN IF NOT EXISTS klav_deleted_by varchar(100);
+
 -- Invitations to rooms (v3): open for 7 days (older ones are invisible and refused,
 -- and removed by the retention tick); used up by the invitee's join, removed by a
 -- decline, a kick or a ban. `invited_by` is not a reference: the inviter's account

@@ -394,6 +394,9 @@ pub fn history_item(e: &crate::db::jobs::ChatEntry) -> Value {
     }
     if e.deleted {
         v["deleted"] = Value::Bool(true);
+        if let Some(by) = &e.deleted_by {
+            v["deleted_by"] = Value::String(by.clone());
+        }
     } else if let Some(at) = e.edited_at {
         v["edited_at"] = Value::String(crate::time::format_iso(at));
     }

@@ -37,6 +37,14 @@ fn cluster_roles_and_room_updates_reach_the_other_node() {
         (Some("news"), Some("bob"))
     );
     x.none_of("room_updated");
+    // The admin on n1 deletes the owner's message: n0 hears who did.
+    a.send(json!({"type": "msg", "room_id": room, "text": "oops"}));
+    let id = a.next_of("message")["id"].clone();
+    b.next_of("message");
+    let reply = b.request(json!({"type": "delete", "id": id}));
+    assert_eq!(reply["by"], "bob", "{reply}");
+    let ev = a.next_of("message_deleted");
+    assert_eq!((ev["id"].clone(), ev["by"].as_str()), (id, Some("bob")));
     // The owner leaves on n0: ownership passes to bob, heard on n1.
     a.request(json!({"type": "leave", "room_id": room}));
     assert_eq!(

@@ -523,3 +523,96 @@ fn kicks_and_bans_remove_open_invitations_and_a_private_room_needs_a_new_one() {
         "BANNED"
     );
 }
+
+#[test]
+fn the_owner_and_admins_delete_any_message_of_their_room() {
+    let s = TestServer::start();
+    let (room, mut c) = owned_room(&s, "Hall", "alice", &["bob", "carl", "dora"]);
+    c[0].request(json!({"type": "set_role", "room_id": room, "user": "bob", "role": "admin"}));
+    for ws in c.iter_mut() {
+        ws.expect("role_changed");
+    }
+    let mut ids = Vec::new();
+    for text in ["first", "second"] {
+        c[2].send(json!({"type": "msg", "room_id": room, "text": text}));
+        ids.push(c[2].expect("message")["id"].as_i64().unwrap());
+        for i in [0, 1, 3] {
+            c[i].expect("message");
+        }
+    }
+    c[2].send(json!({"type": "room_dm", "room_id": room, "to": "bob", "text": "psst"}));
+    let dm = c[1].expect("dm")["id"].as_i64().unwrap();
+    c[2].expect("dm_ack");
+    // A plain member may not; nobody edits someone else's message; DMs are not moderated.
+    let del = |id: i64| json!({"type": "delete", "id": id});
+    assert_eq!(error_code(&mut c[3], del(ids[0])), "NOT_AUTHOR");
+    assert_eq!(
+        error_code(
+            &mut c[1],
+            json!({"type": "edit", "id": ids[0], "text": "x"})
+        ),
+        "NOT_AUTHOR"
+    );
+    assert_eq!(error_code(&mut c[1], del(dm)), "NOT_AUTHOR");
+    assert_eq!(error_code(&mut c[0], del(dm)), "MESSAGE_NOT_FOUND");
+    let system: i64 = s
+        .db()
+        .query_one(
+            "SELECT min(id) FROM chat_logs WHERE room_id = $1 AND kind = 'system'",
+            &[&room],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(error_code(&mut c[0], del(system)), "NOT_AUTHOR");
+    none_hear(c.iter_mut());
+    // The admin deletes carl's message: everyone hears who did.
+    let reply = c[1].request(del(ids[0]));
+    let expected = json!({"type": "message_deleted", "id": ids[0], "room": room, "by": "bob"});
+    assert_eq!(bare(reply), expected);
+    for i in [0, 2, 3] {
+        assert_eq!(bare(c[i].expect("message_deleted")), expected);
+    }
+    // The tombstone says so, in the history and in the database.
+    let h = c[3].request(json!({"type": "history", "room_id": room}));
+    let item = h["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["id"] == ids[0])
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (
+            item["deleted"].clone(),
+            item["deleted_by"].as_str(),
+            item["text"].as_str()
+        ),
+        (json!(true), Some("bob"), Some(""))
+    );
+    let by: Option<String> = s
+        .db()
+        .query_one(
+            "SELECT klav_deleted_by FROM chat_logs WHERE id = $1",
+            &[&ids[0]],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(by.as_deref(), Some("bob"));
+    // The owner may too; an author's own delete names nobody.
+    let reply = c[2].request(del(ids[1]));
+    assert!(reply.get("by").is_none(), "{reply}");
+    let h = c[0].request(json!({"type": "history", "room_id": room}));
+    let item = h["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["id"] == ids[1])
+        .unwrap()
+        .clone();
+    assert!(item.get("deleted_by").is_none(), "{item}");
+    // A removed admin moderates no more.
+    c[0].request(kick(&room, "bob"));
+    c[2].send(json!({"type": "msg", "room_id": room, "text": "third"}));
+    let third = c[2].next_of("message")["id"].as_i64().unwrap();
+    assert_eq!(error_code(&mut c[1], del(third)), "MESSAGE_NOT_FOUND");
+}

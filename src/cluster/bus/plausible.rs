@@ -82,6 +82,7 @@ fn entry_ok(e: &ChatEntry, signed_at: i64) -> bool {
             .is_none_or(|c| chars_within(c, MAX_CLIENT_ID))
         && time_ok(e.ts)
         && e.edited_at.is_none_or(time_ok)
+        && e.deleted_by.as_deref().is_none_or(name_ok)
 }
 
 /// Whether an event is one a node could have sent: what the columns it comes
@@ -238,6 +239,7 @@ mod tests {
             encode_entry_ref("r", 9, 9, None),
             encode_entry_ref("", 1, 9, None),
             encode_change(&e(&|x| x.edited_at = Some(t0() + TIME_AHEAD * 2))),
+            encode_change(&e(&|x| x.deleted_by = Some(String::new()))),
             encode_change_ref("r", 0),
             encode_presence("bob", "", false),
             encode_presence(&"b".repeat(101), "B", false),

@@ -68,7 +68,8 @@ pub fn encode_change(e: &ChatEntry) -> String {
         e.text,
         e.client_id,
         e.edited_at.map(micros),
-        e.deleted
+        e.deleted,
+        e.deleted_by
     ])
     .to_string()
 }
@@ -194,6 +195,7 @@ fn entry_at(f: &[Value], at: usize) -> Option<ChatEntry> {
         client_id: opt_s(f.get(at + 7))?,
         edited_at: None,
         deleted: false,
+        deleted_by: None,
     })
 }
 
@@ -219,6 +221,11 @@ fn decode_event(f: &[Value]) -> Option<BusEvent> {
                     v => Some(from_micros(v.as_i64()?)),
                 },
                 deleted: f.get(11)?.as_bool()?,
+                // Absent from a node that does not know moderation deletes.
+                deleted_by: match f.get(12) {
+                    None => None,
+                    v => opt_s(v)?,
+                },
                 ..entry_at(f, 2)?
             },
         }),
@@ -309,6 +316,7 @@ mod tests {
         };
         let mut changed = entry(7, "");
         changed.deleted = true;
+        changed.deleted_by = Some("mod".into());
         changed.edited_at = Some(from_micros(1_700_000_001_000_000));
         let body = one(&[
             encode_entry(&EntryRef::of(&e), 5, Some(&bob_joined()), false),

@@ -197,6 +197,7 @@ pub(super) fn system_entry_then(
         client_id: None,
         edited_at: None,
         deleted: false,
+        deleted_by: None,
     };
     b.chain.append(&EntryRef::of(&entry), op, false);
     logged.push(entry);
