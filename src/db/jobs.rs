@@ -466,6 +466,8 @@ impl Job {
                 to, queue: true, ..
             }
             | Job::QueueDm { to, .. } => Some(to),
+            // The removed user's memberships, the target's role.
+            Job::Admin(AdminJob::Remove { user, .. } | AdminJob::Role { user, .. }) => Some(user),
             _ => None,
         }
     }
