@@ -67,6 +67,8 @@ pub struct CaughtUp {
     pub memberships: Vec<(String, String, i64)>,
     /// (follower, followee) for the users asked.
     pub follows: Vec<(String, String)>,
+    /// (user, room, role) of the users asked, where the role is not `member`.
+    pub roles: Vec<(String, String, Role)>,
     /// (user, nickname) of the watched users online anywhere.
     pub online: Vec<(String, String)>,
 }

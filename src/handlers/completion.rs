@@ -279,6 +279,7 @@ fn caught_up(hub: &mut Hub, c: CaughtUp) {
     }
     hub.cluster.track_memberships(&c.memberships);
     crate::cluster::clock::reconcile_users(&mut hub.state, &c.memberships, &c.follows);
+    hub.state.reconcile_roles(&c.roles);
     remote::look_up_new_watches(hub);
     for (user, nickname, online) in hub.cluster.presence_caught_up(&hub.state, &c.online) {
         let nickname = nickname.unwrap_or_else(|| presence::display_name(hub, &user));

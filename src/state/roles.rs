@@ -55,6 +55,17 @@ impl State {
         }
     }
 
+    /// After the bus was lost: every loaded user's roles made what the
+    /// database holds (`roles`: theirs that are not `member`).
+    pub fn reconcile_roles(&mut self, roles: &[(String, String, Role)]) {
+        for u in self.users.values_mut().filter(|u| u.loaded) {
+            u.roles.clear();
+        }
+        for (user, room, role) in roles {
+            self.set_role(user, room, *role);
+        }
+    }
+
     /// `user`'s role in `room`, if they are a loaded member of it.
     pub fn role(&self, user: &str, room: &str) -> Option<Role> {
         let u = self.users.get(user).filter(|u| u.loaded)?;
@@ -149,6 +160,44 @@ mod tests {
         assert_eq!(buf.rooms, ["q".to_string()].into());
         let held: Vec<_> = buf.held.events.iter().map(|e| e.0.as_str()).collect();
         assert_eq!(held, ["q"]);
+    }
+
+    #[test]
+    fn roles_are_made_what_the_database_holds_after_a_catch_up() {
+        let mut s = State::default();
+        let id = ConnId { slot: 1, gen: 1 };
+        s.begin_open("a", id);
+        s.finish_open("a", Some(&session_of(&["r", "q"])));
+        s.set_role("a", "r", Role::Admin);
+        s.reconcile_roles(&[("a".into(), "q".into(), Role::Owner)]);
+        assert_eq!(s.role("a", "r"), Some(Role::Member));
+        assert_eq!(s.role("a", "q"), Some(Role::Owner));
+    }
+
+    #[test]
+    fn removals_are_kept_for_this_node_only_and_bounded() {
+        let mut s = State::default();
+        let id = ConnId { slot: 1, gen: 1 };
+        s.begin_open("a", id);
+        s.finish_open("a", Some(&session_of(&["r"])));
+        let removal = |id: i64, user: &str, room: &str| Removal {
+            room: room.into(),
+            id,
+            user: user.into(),
+            banned: false,
+            by: "m".into(),
+            reason: None,
+        };
+        // Neither the user nor a member of the room is here: not kept.
+        s.note_removal(removal(1, "x", "elsewhere"));
+        assert!(s.removals.is_empty());
+        for i in 0..(REMOVALS_CAP as i64 + 5) {
+            s.note_removal(removal(10 + i, "x", "r"));
+        }
+        assert_eq!(s.removals.len(), REMOVALS_CAP);
+        assert!(!s.removals.contains_key(&10), "the oldest went first");
+        s.note_removal(removal(5, "a", "nowhere"));
+        assert!(s.removals.contains_key(&5), "the user is here");
     }
 
     fn session_of(rooms: &[&str]) -> SessionData {
