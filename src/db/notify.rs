@@ -99,13 +99,19 @@ pub enum BusEvent {
     /// The next entry of the room ends a membership by a kick or a ban.
     Removal(Removal),
     /// A room's name, topic or privacy changed (`room_update`).
-    RoomUpdated {
-        room: String,
-        name: String,
-        topic: Option<String>,
-        private: bool,
-        by: String,
-    },
+    RoomUpdated(RoomUpdate),
+}
+
+/// A `room_update` as the room's members are told of it: the room as it now
+/// is, who changed it, and the system entry recording it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoomUpdate {
+    pub room: String,
+    pub id: i64,
+    pub name: String,
+    pub topic: Option<String>,
+    pub private: bool,
+    pub by: String,
 }
 
 /// The fields of an entry, borrowed (the writer encodes without copying).
@@ -156,14 +162,7 @@ pub trait Notes {
     /// A kick or ban: noted before the entry it names.
     fn removal(&mut self, r: &Removal);
     /// A room's name, topic or privacy changed.
-    fn room_updated(
-        &mut self,
-        room: &str,
-        name: &str,
-        topic: Option<&str>,
-        private: bool,
-        by: &str,
-    );
+    fn room_updated(&mut self, u: &RoomUpdate);
     fn is_empty(&self) -> bool;
     /// The payloads to send, sealed now: last thing before the commit, so that
     /// their time is close to when they are heard.

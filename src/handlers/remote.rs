@@ -178,23 +178,8 @@ pub fn heard(hub: &mut Hub, ev: BusEvent, now: Instant) -> Vec<Work> {
             super::invites::invited(hub, &user, &invite);
             Vec::new()
         }
-        BusEvent::RoomUpdated {
-            room,
-            name,
-            topic,
-            private,
-            by,
-        } => {
-            let view = crate::db::jobs::RoomView {
-                room,
-                name,
-                topic,
-                private,
-                owner: None,
-                role: crate::db::jobs::Role::Member,
-                members: 0,
-            };
-            room_admin::heard_update(hub, view, &by);
+        BusEvent::RoomUpdated(u) => {
+            room_admin::heard_update(hub, &u);
             Vec::new()
         }
         BusEvent::Follow { from, to, on } => {

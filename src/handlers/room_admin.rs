@@ -262,11 +262,13 @@ pub fn done(hub: &mut Hub, t: &Ticket, outcome: AdminOutcome) {
             logged.into_iter().for_each(|e| hub.history.append(e));
             hub.state.touched_rooms.insert(v.room.clone());
             let ev = view_event("room_updated", &v).with("by", by);
-            match (entry, &t.req_id) {
-                (Some(id), Some(req_id)) => {
-                    hub.entry_to_room(&v.room, id, &ev, Some((t.conn, req_id)))
+            // In the room's order (the entry recording it), like any entry.
+            match entry {
+                Some(id) => {
+                    let echo = t.req_id.as_ref().map(|r| (t.conn, r));
+                    hub.entry_to_room(&v.room, id, &ev.with("id", id), echo)
                 }
-                _ => hub.to_room(&v.room, &ev),
+                None => hub.to_room(&v.room, &ev),
             }
         }
         AdminOutcome::Roles {
@@ -329,7 +331,13 @@ pub fn heard_role(hub: &mut Hub, room: &str, user: &str, role: &str, by: Option<
 }
 
 /// Another node's note of a `room_update`: this node's members hear it.
-pub fn heard_update(hub: &mut Hub, v: RoomView, by: &str) {
-    let ev = view_event("room_updated", &v).with("by", by);
-    hub.to_room(&v.room, &ev);
+pub fn heard_update(hub: &mut Hub, u: &crate::db::notify::RoomUpdate) {
+    let ev = Event::new("room_updated")
+        .with("room", u.room.as_str())
+        .with("name", u.name.as_str())
+        .with("topic", u.topic.clone())
+        .with("private", u.private)
+        .with("by", u.by.as_str())
+        .with("id", u.id);
+    hub.to_room(&u.room, &ev);
 }

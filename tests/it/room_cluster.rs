@@ -32,6 +32,7 @@ fn cluster_roles_and_room_updates_reach_the_other_node() {
     let reply = b.request(json!({"type": "room_update", "room_id": room, "topic": "news"}));
     assert_eq!(reply["type"], "room_updated", "{reply}");
     let ev = a.next_of("room_updated");
+    assert_eq!(ev["id"], reply["id"], "the same entry on both nodes");
     assert_eq!(
         (ev["topic"].as_str(), ev["by"].as_str()),
         (Some("news"), Some("bob"))

@@ -143,8 +143,17 @@ fn room_update_reaches_every_member_and_is_logged() {
     let reply = c[0].request(
         json!({"type": "room_update", "room_id": room, "name": "Great Hall", "topic": topic}),
     );
+    // It carries the id of the system entry that records it.
+    let id: i64 = s
+        .db()
+        .query_one(
+            "SELECT max(id) FROM chat_logs WHERE room_id = $1 AND kind = 'system'",
+            &[&room],
+        )
+        .unwrap()
+        .get(0);
     let expected = json!({"type": "room_updated", "room": room, "name": "Great Hall",
-                          "topic": topic, "private": false, "by": "alice"});
+                          "topic": topic, "private": false, "by": "alice", "id": id});
     assert_eq!(bare(reply), expected);
     for ws in &mut c[1..] {
         let ev = ws.expect("room_updated");

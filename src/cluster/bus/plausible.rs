@@ -136,18 +136,15 @@ pub(super) fn plausible(ev: &BusEvent, signed_at: i64) -> bool {
                 && name_ok(&i.by_nickname)
                 && micros(i.at) <= latest
         }
-        BusEvent::RoomUpdated {
-            room,
-            name,
-            topic,
-            by,
-            ..
-        } => {
-            room_ok(room)
-                && !name.is_empty()
-                && chars_within(name, MAX_ROOM_NAME)
-                && topic.as_deref().is_none_or(|t| chars_within(t, MAX_TOPIC))
-                && name_ok(by)
+        BusEvent::RoomUpdated(u) => {
+            room_ok(&u.room)
+                && id_ok(u.id)
+                && !u.name.is_empty()
+                && chars_within(&u.name, MAX_ROOM_NAME)
+                && u.topic
+                    .as_deref()
+                    .is_none_or(|t| chars_within(t, MAX_TOPIC))
+                && name_ok(&u.by)
         }
     }
 }
@@ -163,7 +160,7 @@ mod tests {
         encode_room_updated, encode_typing,
     };
     use crate::db::jobs::Invite;
-    use crate::db::notify::{EntryRef, Removal};
+    use crate::db::notify::{EntryRef, Removal, RoomUpdate};
 
     #[test]
     fn implausible_events_spoil_their_payload() {
@@ -176,6 +173,14 @@ mod tests {
             at: t0(),
         };
         assert!(verdict(encode_invited("bob", &invite)).is_ok());
+        let update = RoomUpdate {
+            room: "r".into(),
+            id: 9,
+            name: "n".repeat(MAX_ROOM_NAME),
+            topic: Some("t".repeat(MAX_TOPIC)),
+            private: true,
+            by: "a".into(),
+        };
         let removal = Removal {
             room: "r".into(),
             id: 9,
@@ -249,10 +254,26 @@ mod tests {
             encode_role("r", "bob", "king", None, true),
             encode_role("r", "", "admin", None, true),
             encode_role("r", "bob", "admin", Some(""), true),
-            encode_room_updated("r", "", None, false, "a"),
-            encode_room_updated("r", "n", Some(&"t".repeat(MAX_TOPIC + 1)), false, "a"),
-            encode_room_updated("r", &"n".repeat(MAX_ROOM_NAME + 1), None, false, "a"),
-            encode_room_updated("r", "n", None, false, ""),
+            encode_room_updated(&RoomUpdate {
+                name: String::new(),
+                ..update.clone()
+            }),
+            encode_room_updated(&RoomUpdate {
+                topic: Some("t".repeat(MAX_TOPIC + 1)),
+                ..update.clone()
+            }),
+            encode_room_updated(&RoomUpdate {
+                name: "n".repeat(MAX_ROOM_NAME + 1),
+                ..update.clone()
+            }),
+            encode_room_updated(&RoomUpdate {
+                by: String::new(),
+                ..update.clone()
+            }),
+            encode_room_updated(&RoomUpdate {
+                id: 0,
+                ..update.clone()
+            }),
             encode_invited("", &invite),
             encode_removal(&Removal {
                 id: 0,
@@ -295,6 +316,6 @@ mod tests {
         assert_eq!(MAX_TOPIC, crate::handlers::room_admin::MAX_TOPIC);
         assert_eq!(MAX_REASON, crate::handlers::moderation::MAX_REASON);
         assert!(verdict(encode_role("r", "bob", "owner", None, false)).is_ok());
-        assert!(verdict(encode_room_updated("r", "n", Some("t"), true, "a")).is_ok());
+        assert!(verdict(encode_room_updated(&update)).is_ok());
     }
 }

@@ -12,7 +12,7 @@ use hmac::Mac;
 
 use crate::db::entry::ChatEntry;
 use crate::db::jobs::Invite;
-use crate::db::notify::{EntryRef, MemberOp, Notes, Notifier, Removal};
+use crate::db::notify::{EntryRef, MemberOp, Notes, Notifier, Removal, RoomUpdate};
 
 use super::key::BusKey;
 use super::layout::{push_hex, MAC_LEN, MAX_NODE_NAME, MAX_PAYLOAD, VERSION};
@@ -148,15 +148,8 @@ impl Notes for SealedNotes<'_> {
         self.small(encode_removal(r));
     }
 
-    fn room_updated(
-        &mut self,
-        room: &str,
-        name: &str,
-        topic: Option<&str>,
-        private: bool,
-        by: &str,
-    ) {
-        self.small(encode_room_updated(room, name, topic, private, by));
+    fn room_updated(&mut self, u: &RoomUpdate) {
+        self.small(encode_room_updated(u));
     }
 
     fn is_empty(&self) -> bool {

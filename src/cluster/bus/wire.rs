@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::db::entry::ChatEntry;
 use crate::db::jobs::Invite;
-use crate::db::notify::{BusEvent, EntryRef, MemberOp, Removal};
+use crate::db::notify::{BusEvent, EntryRef, MemberOp, Removal, RoomUpdate};
 
 /// A time as it travels: µs since the epoch (0 for a time before it).
 pub(super) fn micros(t: SystemTime) -> i64 {
@@ -116,14 +116,8 @@ pub fn encode_removal(r: &Removal) -> String {
     serde_json::json!(["k", r.room, r.id, r.user, r.banned, r.by, r.reason]).to_string()
 }
 
-pub fn encode_room_updated(
-    room: &str,
-    name: &str,
-    topic: Option<&str>,
-    private: bool,
-    by: &str,
-) -> String {
-    serde_json::json!(["u", room, name, topic, private, by]).to_string()
+pub fn encode_room_updated(u: &RoomUpdate) -> String {
+    serde_json::json!(["u", u.room, u.id, u.name, u.topic, u.private, u.by]).to_string()
 }
 
 /// A sealed payload's events. Unknown event kinds are skipped (a newer node
@@ -279,13 +273,14 @@ fn decode_event(f: &[Value]) -> Option<BusEvent> {
             by: s(f.get(5))?,
             reason: opt_s(f.get(6))?,
         })),
-        "u" => Some(BusEvent::RoomUpdated {
+        "u" => Some(BusEvent::RoomUpdated(RoomUpdate {
             room: s(f.get(1))?,
-            name: s(f.get(2))?,
-            topic: opt_s(f.get(3))?,
-            private: f.get(4)?.as_bool()?,
-            by: s(f.get(5))?,
-        }),
+            id: i(2)?,
+            name: s(f.get(3))?,
+            topic: opt_s(f.get(4))?,
+            private: f.get(5)?.as_bool()?,
+            by: s(f.get(6))?,
+        })),
         _ => None,
     }
 }
@@ -298,6 +293,14 @@ mod tests {
     #[test]
     fn events_round_trip_sealed() {
         let e = entry(7, "hi \"there\"\n");
+        let update = RoomUpdate {
+            room: "r".into(),
+            id: 9,
+            name: "Room".into(),
+            topic: None,
+            private: true,
+            by: "a".into(),
+        };
         let kicked = Removal {
             room: "r".into(),
             id: 8,
@@ -326,7 +329,7 @@ mod tests {
             encode_typing("r", "a", "A"),
             encode_change(&changed),
             encode_role("r", "bob", "admin", Some("a"), true),
-            encode_room_updated("r", "Room", None, true, "a"),
+            encode_room_updated(&update),
             encode_invited("bob", &invite),
             encode_removal(&kicked),
         ]);
@@ -370,13 +373,7 @@ mod tests {
                     by: Some("a".into()),
                     told: true
                 },
-                BusEvent::RoomUpdated {
-                    room: "r".into(),
-                    name: "Room".into(),
-                    topic: None,
-                    private: true,
-                    by: "a".into()
-                },
+                BusEvent::RoomUpdated(update),
                 BusEvent::Invited {
                     user: "bob".into(),
                     invite

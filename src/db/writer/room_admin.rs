@@ -12,6 +12,7 @@ use super::written::{Linked, Written};
 use crate::db::error::DbError;
 use crate::db::jobs::RoomView;
 use crate::db::jobs::{AdminJob, AdminOutcome, Outcome, Refusal, Role, RoleChange, RoleRequest};
+use crate::db::notify::RoomUpdate;
 use crate::db::rows::Stmts;
 use crate::names::SystemText;
 
@@ -234,8 +235,15 @@ fn update(
     }
     .render();
     system_entry(tx, st, room, text, b, None, logged)?;
-    b.chain
-        .note(|n| n.room_updated(room, &view.name, view.topic.as_deref(), view.private, by));
+    let update = RoomUpdate {
+        room: room.to_string(),
+        id: logged.last().map_or(0, |e| e.id),
+        name: view.name.clone(),
+        topic: view.topic.clone(),
+        private: view.private,
+        by: by.to_string(),
+    };
+    b.chain.note(|n| n.room_updated(&update));
     Ok(Ok(view))
 }
 
