@@ -75,10 +75,7 @@ pub struct CaughtUp {
 
 pub use super::entry::ChatEntry;
 pub(crate) use admin::open_invite;
-pub use admin::{
-    AdminJob, AdminOutcome, AdminQuery, Ban, Invite, InviteStatus, Refusal, RemoveStatus, Removed,
-    Role, RoleChange, RoleRequest, RoomView, INVITE_DAYS,
-};
+pub use admin::*;
 
 /// A queued DM for a user who was offline.
 #[derive(Clone, Debug)]

@@ -308,3 +308,14 @@ pub enum AdminOutcome {
         result: Result<Vec<Ban>, Refusal>,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sql_of_an_open_invitation_says_how_long_it_stays_open() {
+        let days = format!("interval '{INVITE_DAYS} days'");
+        assert!(open_invite!("i").contains(&days), "{}", open_invite!("i"));
+    }
+}

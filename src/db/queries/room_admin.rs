@@ -31,7 +31,11 @@ pub(super) fn run<C: GenericClient>(
         AdminQuery::PruneInvites => {
             let s = st.get(
                 c,
-                "DELETE FROM klav_room_invites WHERE created_at <= now() - interval '7 days'",
+                concat!(
+                    "DELETE FROM klav_room_invites i WHERE NOT (",
+                    open_invite!("i"),
+                    ")"
+                ),
             )?;
             c.execute(&s, &[])?;
             AdminOutcome::Pruned
