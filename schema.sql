@@ -194,6 +194,52 @@ CREATE TABLE IF NOT EXISTS klav_blocks (
 );
 CREATE INDEX IF NOT EXISTS klav_blocks_blocked ON klav_blocks (blocked);
 
+-- Rooms with owners (v3). Columns added to the old tables (a server that does not
+-- know them writes rows that still mean something: a room without an owner, public,
+-- without a topic; a member whose role is `member`), so the old server's rows and
+-- statements keep working. `klav_owner` is the room's one owner (NULL: none, as for
+-- every room created before this version, or a room left empty); the owner is not
+-- necessarily a member (a public room's creator by `create_room` is not).
+-- `room_members.klav_role` is `admin` or `member`; a member who owns the room is
+-- told apart by `rooms.klav_owner`, so ownership is stored in one place only.
+ALTER TABLE rooms ADD COLUMN IF NOT EXISTS klav_owner varchar(100);
+ALTER TABLE rooms ADD COLUMN IF NOT EXISTS klav_private boolean NOT NULL DEFAULT false;
+ALTER TABLE rooms ADD COLUMN IF NOT EXISTS klav_topic text;
+ALTER TABLE room_members ADD COLUMN IF NOT EXISTS klav_role varchar(10) NOT NULL DEFAULT 'member';
+-- `join` by name matches public rooms only.
+CREATE INDEX IF NOT EXISTS klav_rooms_public_name ON rooms (name, created_at, id)
+    WHERE NOT klav_private;
+
+-- Moderation delete (v3): who deleted an entry that was not theirs (the room's
+-- owner or an admin); NULL for entries deleted by their author, and for all rows
+-- of the old server.
+ALTER TABLE chat_logs ADD COLUMN IF NOT EXISTS klav_deleted_by varchar(100);
+
+-- Invitations to rooms (v3): open for 7 days (older ones are invisible and refused,
+-- and removed by the retention tick); used up by the invitee's join, removed by a
+-- decline, a kick or a ban. `invited_by` is not a reference: the inviter's account
+-- may go while the invitation stays meaningful.
+CREATE TABLE IF NOT EXISTS klav_room_invites (
+    room_id     varchar(20) NOT NULL REFERENCES rooms(id) ON DELETE CASCADE,
+    username    varchar(100) NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+    invited_by  varchar(100) NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (room_id, username)
+);
+CREATE INDEX IF NOT EXISTS klav_room_invites_user ON klav_room_invites (username, created_at);
+CREATE INDEX IF NOT EXISTS klav_room_invites_created ON klav_room_invites (created_at);
+
+-- Bans from rooms (v3): a banned user cannot join the room (by id or by name) nor be
+-- invited to it until unbanned.
+CREATE TABLE IF NOT EXISTS klav_room_bans (
+    room_id     varchar(20) NOT NULL REFERENCES rooms(id) ON DELETE CASCADE,
+    username    varchar(100) NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+    banned_by   varchar(100) NOT NULL,
+    reason      text,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (room_id, username)
+);
+
 -- One row: the schema version this database was last brought to.
 CREATE TABLE IF NOT EXISTS klav_schema_version (
     singleton   boolean PRIMARY KEY DEFAULT true CHECK (singleton),

@@ -321,6 +321,7 @@ mod tests {
             client_id: None,
             edited_at: None,
             deleted: false,
+            deleted_by: None,
         }
     }
 

@@ -217,6 +217,16 @@ pub enum SystemText<'a> {
     Left {
         nickname: &'a str,
     },
+    /// `room_update`: the room's name, topic or privacy changed.
+    Updated {
+        nickname: &'a str,
+    },
+    /// `kick` (`banned` false) or `ban` of `nickname` by the moderator `by`.
+    Removed {
+        nickname: &'a str,
+        by: &'a str,
+        banned: bool,
+    },
 }
 
 impl SystemText<'_> {
@@ -233,6 +243,23 @@ impl SystemText<'_> {
             SystemText::Left { nickname } => {
                 format!("{} 님이 나가셨습니다", printable(nickname))
             }
+            SystemText::Updated { nickname } => {
+                format!("{} 님이 대화방 정보를 바꾸었습니다", printable(nickname))
+            }
+            SystemText::Removed {
+                nickname,
+                by,
+                banned,
+            } => format!(
+                "{} 님이 {} 님에 의해 {}",
+                printable(nickname),
+                printable(by),
+                if banned {
+                    "차단되었습니다"
+                } else {
+                    "내보내졌습니다"
+                }
+            ),
         }
     }
 }

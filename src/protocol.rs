@@ -121,12 +121,16 @@ pub const FIELDS: &[&str] = &[
     "id",
     "rooms",
     "token",
+    "topic",
+    "private",
     "user",
+    "role",
+    "reason",
     "watch",
 ];
 
 /// The [`FIELDS`] entry for a key (a `match`: the compiler makes it a few
-/// comparisons, where a scan of the list would be eighteen for every unknown key).
+/// comparisons, where a scan of the list would be one per field for every unknown key).
 fn known_field(key: &str) -> Option<&'static str> {
     let f = match key {
         "type" => "type",
@@ -145,7 +149,11 @@ fn known_field(key: &str) -> Option<&'static str> {
         "id" => "id",
         "rooms" => "rooms",
         "token" => "token",
+        "topic" => "topic",
+        "private" => "private",
         "user" => "user",
+        "role" => "role",
+        "reason" => "reason",
         "watch" => "watch",
         _ => return None,
     };
@@ -388,6 +396,9 @@ pub fn history_item(e: &crate::db::jobs::ChatEntry) -> Value {
     }
     if e.deleted {
         v["deleted"] = Value::Bool(true);
+        if let Some(by) = &e.deleted_by {
+            v["deleted_by"] = Value::String(by.clone());
+        }
     } else if let Some(at) = e.edited_at {
         v["edited_at"] = Value::String(crate::time::format_iso(at));
     }

@@ -17,6 +17,7 @@
 //! the connection when it opens.
 
 mod blocks;
+mod roles;
 mod room_watches;
 
 use std::collections::{HashMap, HashSet};
@@ -24,7 +25,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use crate::db::jobs::{NewMessage, SessionData};
+use crate::db::jobs::{NewMessage, Role, SessionData};
 use crate::ticket::ConnId;
 use crate::ticket::Ticket;
 pub use room_watches::{RoomWatches, MEMBER_WATCHES};
@@ -56,6 +57,9 @@ pub struct UserState {
     /// Whether rooms/following below were loaded (by the first upgrade to finish).
     pub loaded: bool,
     pub rooms: HashSet<String>,
+    /// Room → this user's role there, for the rooms where it is not `member`
+    /// (see `state::roles`).
+    pub roles: HashMap<String, Role>,
     pub following: HashSet<String>,
     /// Follows of this user another node announced, not granted until the
     /// database confirms them: followed user → the number of the read that
@@ -175,6 +179,10 @@ pub struct State {
     pub resume_buffers: HashMap<ConnId, ResumeBuffer>,
     /// (user, room) → when their last `typing` was forwarded.
     pub typing: HashMap<(String, String), Instant>,
+    /// Kicks and bans heard from other nodes, by the id of the entry that
+    /// ends the membership, until that entry is delivered here (see
+    /// `state::roles`).
+    pub removals: HashMap<i64, crate::db::notify::Removal>,
 }
 
 impl State {
@@ -337,6 +345,7 @@ impl State {
                     user.loaded = true;
                     user.nickname = s.nickname.clone();
                     user.rooms = s.rooms.iter().cloned().collect();
+                    user.roles = s.roles.iter().cloned().collect();
                     user.following = s.following.iter().cloned().collect();
                     user.blocked_by = s.blocked_by.iter().cloned().collect();
                     for room in &s.rooms {
@@ -451,12 +460,14 @@ impl State {
         }
     }
 
-    /// Records a committed leave (or removal from the room): the user's
-    /// connections' watches of the room end too.
+    /// Records a committed leave (or a kick or ban): the membership, the role,
+    /// what the user's connections held of the room and their watches of it go.
     pub fn left(&mut self, username: &str, room: &str) {
         self.member_left(room, username);
+        self.forget_room(username, room);
         if let Some(user) = self.users.get_mut(username) {
             user.rooms.remove(room);
+            user.roles.remove(room);
         }
         if let Some(members) = self.room_members.get_mut(room) {
             members.remove(username);
@@ -586,6 +597,7 @@ mod tests {
             nickname: "N".into(),
             rooms: rooms.iter().map(|s| s.to_string()).collect(),
             last_entries: vec![0; rooms.len()],
+            roles: vec![],
             following: following.iter().map(|s| s.to_string()).collect(),
             blocked_by: vec![],
             offline: vec![],

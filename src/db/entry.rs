@@ -17,4 +17,6 @@ pub struct ChatEntry {
     pub edited_at: Option<SystemTime>,
     /// A tombstone: the author deleted it (its text is empty).
     pub deleted: bool,
+    /// Who deleted it, when a moderator did (the room's owner or an admin).
+    pub deleted_by: Option<String>,
 }

@@ -5,6 +5,8 @@
 
 use std::time::SystemTime;
 
+mod admin;
+
 use super::error::DbError;
 use crate::auth::jwt::Verified;
 use crate::auth::password::HashOutcome;
@@ -67,11 +69,15 @@ pub struct CaughtUp {
     pub follows: Vec<(String, String)>,
     /// (blocker, blocked) for the users asked, as the blocked.
     pub blocks: Vec<(String, String)>,
+    /// (user, room, role) of the users asked, where the role is not `member`.
+    pub roles: Vec<(String, String, Role)>,
     /// (user, nickname) of the watched users online anywhere.
     pub online: Vec<(String, String)>,
 }
 
 pub use super::entry::ChatEntry;
+pub(crate) use admin::open_invite;
+pub use admin::*;
 
 /// A queued DM for a user who was offline.
 #[derive(Clone, Debug)]
@@ -91,6 +97,8 @@ pub struct SessionData {
     pub rooms: Vec<String>,
     /// Each room's newest entry id when it was read (see `cluster::chain`).
     pub last_entries: Vec<i64>,
+    /// The user's role in those rooms where it is not `member`.
+    pub roles: Vec<(String, Role)>,
     pub following: Vec<String>,
     /// The users who block this user (their presence is hidden from them).
     pub blocked_by: Vec<String>,
@@ -118,6 +126,10 @@ pub struct LastMessage {
 pub struct RoomInfo {
     pub id: String,
     pub name: String,
+    pub private: bool,
+    /// The user's role in it (none in a room without an owner: `my_rooms`
+    /// shows such a room as before owners existed).
+    pub role: Option<Role>,
     pub last: Option<LastMessage>,
     /// The user's read marker (0: none).
     pub read_id: i64,
@@ -410,17 +422,26 @@ pub enum Job {
         rooms: Vec<String>,
         keep: u64,
     },
+    /// Reads of room administration (`room_info`).
+    AdminQuery(AdminQuery),
 
     // ordered writes
+    /// `private`: the creator is made a member (the owner) in the same
+    /// transaction; a public room's creator is its owner without being a member.
     CreateRoom {
         creator: String,
         creator_nickname: String,
         name: String,
+        private: bool,
+        topic: Option<String>,
     },
+    /// `max_rooms`: a join that uses no invitation is refused when the user
+    /// holds this many memberships and open invitations together.
     Join {
         username: String,
         nickname: String,
         by: JoinBy,
+        max_rooms: i64,
     },
     Leave {
         username: String,
@@ -456,6 +477,8 @@ pub enum Job {
         log_id: i64,
         at: SystemTime,
     },
+    /// Room administration: roles, the room's name, topic and privacy.
+    Admin(AdminJob),
 }
 
 impl Job {
@@ -465,6 +488,11 @@ impl Job {
         match self {
             Job::Join { username, .. }
             | Job::Leave { username, .. }
+            | Job::CreateRoom {
+                creator: username,
+                private: true,
+                ..
+            }
             | Job::DeleteOfflineDms { username, .. } => Some(username),
             Job::Presence { user, .. } => Some(user),
             Job::Follow { from, .. } | Job::Unfollow { from, .. } => Some(from),
@@ -474,6 +502,8 @@ impl Job {
                 to, queue: true, ..
             }
             | Job::QueueDm { to, .. } => Some(to),
+            // The removed user's memberships, the target's role.
+            Job::Admin(AdminJob::Remove { user, .. } | AdminJob::Role { user, .. }) => Some(user),
             _ => None,
         }
     }
@@ -498,6 +528,7 @@ impl Job {
                 | Job::Read { .. }
                 | Job::ReadEntries { .. }
                 | Job::CatchUp { .. }
+                | Job::Admin(_)
         )
     }
 }
@@ -506,8 +537,19 @@ impl Job {
 #[derive(Clone, Debug)]
 pub enum JoinResult {
     NotFound,
-    Already { room: String },
-    Joined { room: String },
+    /// The user is banned from the room.
+    Banned,
+    /// The user holds `max_rooms` memberships and open invitations.
+    TooManyRooms,
+    Already {
+        room: String,
+    },
+    /// `role`: the joiner's (the owner's, when the join created the room or
+    /// its owner joined it).
+    Joined {
+        room: String,
+        role: Role,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -620,9 +662,14 @@ pub enum Outcome {
     Pruned(u64),
     /// `logged`: the system entries the job wrote (here and below), so the loop
     /// can keep its history cache exact without reading them back.
+    /// `private`: the creator was made a member (the last of `logged` is the
+    /// `joined` entry).
     RoomCreated {
         room: String,
         name: String,
+        creator: String,
+        creator_nickname: String,
+        private: bool,
         logged: Vec<ChatEntry>,
     },
     Join {
@@ -636,6 +683,9 @@ pub enum Outcome {
         nickname: String,
         room: String,
         was_member: bool,
+        /// The owner left: who owns the room now (`Some(None)`: nobody, the
+        /// room is empty).
+        heir: Option<Option<String>>,
         logged: Vec<ChatEntry>,
     },
     Msg {
@@ -647,7 +697,8 @@ pub enum Outcome {
     MsgDuplicate(Box<Duplicate>),
     RoomMembers {
         room: String,
-        members: Vec<UserRef>,
+        /// Each with their role (none in a room without an owner).
+        members: Vec<(UserRef, Option<Role>)>,
         /// Members online anywhere (only asked in a cluster).
         online: Option<Vec<String>>,
         watch: bool,
@@ -704,4 +755,5 @@ pub enum Outcome {
         room: String,
         to: String,
     },
+    Admin(AdminOutcome),
 }

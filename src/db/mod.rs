@@ -30,7 +30,7 @@
 macro_rules! entry_columns {
     () => {
         "id, ts, kind, room_id, from_user, from_nickname, to_user, text, \
-         client_id, edited_at, deleted"
+         client_id, edited_at, deleted, klav_deleted_by"
     };
 }
 

@@ -348,6 +348,23 @@ pub fn catch_up<C: GenericClient>(
         .collect();
     let s = st.get(
         c,
+        concat!(
+            "SELECT m.username, m.room_id, ",
+            crate::db::queries::member_role!(),
+            " FROM room_members m JOIN rooms r ON r.id = m.room_id \
+              WHERE m.username = ANY($1) AND (r.klav_owner = m.username OR m.klav_role <> 'member')"
+        ),
+    )?;
+    out.roles = c
+        .query(&s, &[&users])?
+        .into_iter()
+        .filter_map(|r| {
+            let role = crate::db::jobs::Role::parse(r.get::<_, Option<&str>>(2)?)?;
+            Some((r.get(0), r.get(1), role))
+        })
+        .collect();
+    let s = st.get(
+        c,
         "SELECT u.username, u.nickname FROM users u WHERE u.username = ANY($1) \
            AND EXISTS (SELECT 1 FROM klav_presence p WHERE p.username = u.username)",
     )?;

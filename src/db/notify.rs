@@ -16,6 +16,7 @@ use postgres::GenericClient;
 
 use super::entry::ChatEntry;
 use super::error::DbError;
+use super::jobs::Invite;
 use super::rows::Stmts;
 
 /// The channel every node listens on.
@@ -28,6 +29,20 @@ pub struct MemberOp {
     pub joined: bool,
     pub user: String,
     pub nickname: String,
+}
+
+/// A membership ended by a moderator (a kick, or a ban): noted just before
+/// the system entry that ends it, whose id it names, so that the node that
+/// delivers that entry knows it for a removal (see `handlers::moderation`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Removal {
+    pub room: String,
+    /// The system entry ending the membership.
+    pub id: i64,
+    pub user: String,
+    pub banned: bool,
+    pub by: String,
+    pub reason: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -74,6 +89,35 @@ pub enum BusEvent {
         user: String,
         nickname: String,
     },
+    /// A user's role in a room changed (`by`: who changed it; none when
+    /// ownership passed on a leave or came with creating the room). `told`:
+    /// the room's members are told (`role_changed`); otherwise only memory
+    /// changes (the creator of a room becoming its owner).
+    Role {
+        room: String,
+        user: String,
+        role: String,
+        by: Option<String>,
+        told: bool,
+    },
+    /// `user` was invited to a room (their connections are told).
+    Invited { user: String, invite: Invite },
+    /// The next entry of the room ends a membership by a kick or a ban.
+    Removal(Removal),
+    /// A room's name, topic or privacy changed (`room_update`).
+    RoomUpdated(RoomUpdate),
+}
+
+/// A `room_update` as the room's members are told of it: the room as it now
+/// is, who changed it, and the system entry recording it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoomUpdate {
+    pub room: String,
+    pub id: i64,
+    pub name: String,
+    pub topic: Option<String>,
+    pub private: bool,
+    pub by: String,
 }
 
 /// The fields of an entry, borrowed (the writer encodes without copying).
@@ -118,6 +162,14 @@ pub trait Notes {
     /// A user's first connection in the cluster opened (`online`), or their
     /// last closed.
     fn presence(&mut self, user: &str, nickname: &str, online: bool);
+    /// A user's role in a room changed (see [`BusEvent::Role`]).
+    fn role(&mut self, room: &str, user: &str, role: &str, by: Option<&str>, told: bool);
+    /// `user` was invited to a room.
+    fn invited(&mut self, user: &str, invite: &Invite);
+    /// A kick or ban: noted before the entry it names.
+    fn removal(&mut self, r: &Removal);
+    /// A room's name, topic or privacy changed.
+    fn room_updated(&mut self, u: &RoomUpdate);
     fn is_empty(&self) -> bool;
     /// The payloads to send, sealed now: last thing before the commit, so that
     /// their time is close to when they are heard.

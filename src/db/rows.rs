@@ -80,5 +80,6 @@ pub fn entry_from_row(r: postgres::Row) -> ChatEntry {
         client_id: r.get(8),
         edited_at: r.get(9),
         deleted: r.get(10),
+        deleted_by: r.get(11),
     }
 }

@@ -9,11 +9,14 @@ use super::dm;
 use super::edits;
 use super::friends;
 use super::history;
+use super::invites;
 use super::members;
 use super::messages;
+use super::moderation;
 use super::presence;
 use super::reads;
 use super::resume;
+use super::room_admin;
 use super::rooms;
 use super::tokens;
 use super::typing;
@@ -49,6 +52,14 @@ pub enum Command {
     Block(blocks::Block),
     Unblock(blocks::Unblock),
     BlockedList,
+    RoomInfo(room_admin::RoomInfo),
+    RoomUpdate(room_admin::RoomUpdate),
+    SetRole(room_admin::SetRole),
+    Invite(invites::InviteUser),
+    MyInvites,
+    DeclineInvite(invites::Decline),
+    Remove(moderation::Remove),
+    Bans(moderation::Bans),
 }
 
 impl Command {
@@ -96,6 +107,17 @@ impl Command {
             "block" => Command::Block(blocks::Block::parse(req)?),
             "unblock" => Command::Unblock(blocks::Unblock::parse(req)?),
             "blocked_list" => Command::BlockedList,
+            "room_info" => Command::RoomInfo(room_admin::RoomInfo::parse(req)?),
+            "room_update" => Command::RoomUpdate(room_admin::RoomUpdate::parse(req)?),
+            "set_role" => Command::SetRole(room_admin::SetRole::parse_set_role(req)?),
+            "transfer_owner" => Command::SetRole(room_admin::SetRole::parse_transfer(req)?),
+            "invite" => Command::Invite(invites::InviteUser::parse(req)?),
+            "my_invites" => Command::MyInvites,
+            "decline_invite" => Command::DeclineInvite(invites::Decline::parse(req)?),
+            "kick" => Command::Remove(moderation::Remove::parse(req, false)?),
+            "ban" => Command::Remove(moderation::Remove::parse(req, true)?),
+            "unban" => Command::Bans(moderation::Bans::parse_unban(req)?),
+            "room_bans" => Command::Bans(moderation::Bans::parse_list(req)?),
             other => {
                 return Err(RequestError::with(
                     ErrorCode::UnknownType,
@@ -132,6 +154,14 @@ impl Command {
             Command::Block(c) => c.apply(hub, cx),
             Command::Unblock(c) => c.apply(hub, cx),
             Command::BlockedList => blocks::blocked_list(hub, cx),
+            Command::RoomInfo(c) => c.apply(hub, cx),
+            Command::RoomUpdate(c) => c.apply(hub, cx),
+            Command::SetRole(c) => c.apply(hub, cx),
+            Command::Invite(c) => c.apply(hub, cx),
+            Command::MyInvites => invites::my_invites(hub, cx),
+            Command::DeclineInvite(c) => c.apply(hub, cx),
+            Command::Remove(c) => c.apply(hub, cx),
+            Command::Bans(c) => c.apply(hub, cx),
         }
     }
 }

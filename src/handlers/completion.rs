@@ -30,6 +30,7 @@ use super::reads;
 use super::remote;
 use super::request::job_finished;
 use super::resume;
+use super::room_admin;
 use super::rooms;
 use super::session;
 
@@ -131,23 +132,18 @@ fn on_outcome(hub: &mut Hub, t: crate::db::Ticket, outcome: Outcome) {
             result,
         } => reads::done(hub, &t, &username, room, result),
         Outcome::MsgDuplicate(d) => messages::duplicate(hub, &t, d),
-        Outcome::RoomCreated { room, name, logged } => rooms::created(hub, &t, room, name, logged),
+        o @ Outcome::RoomCreated { .. } => rooms::created(hub, &t, o),
         Outcome::Join {
             username,
             nickname,
             result,
             logged,
         } => rooms::join_done(hub, &t, username, nickname, result, logged),
-        Outcome::Leave {
-            username,
-            nickname,
-            room,
-            was_member,
-            logged,
-        } => rooms::leave_done(hub, &t, username, nickname, room, was_member, logged),
+        o @ Outcome::Leave { .. } => rooms::leave_done(hub, &t, o),
         Outcome::Msg { msg, id, ts } => messages::stored(hub, &t, msg, id, ts),
         Outcome::Dm { msg, to, result } => dm::stored(hub, &t, msg, to, result),
         Outcome::DmQueued { room, to } => dm::ack(hub, &t, &room, &to, "QUEUED"),
+        Outcome::Admin(o) => room_admin::done(hub, &t, o),
     }
 }
 
@@ -289,6 +285,7 @@ fn caught_up(hub: &mut Hub, c: CaughtUp) {
     hub.cluster.track_memberships(&c.memberships);
     crate::cluster::clock::reconcile_users(&mut hub.state, &c.memberships, &c.follows);
     hub.state.reconcile_blocks(&c.blocks);
+    hub.state.reconcile_roles(&c.roles);
     remote::look_up_new_watches(hub);
     for (user, nickname, online) in hub.cluster.presence_caught_up(&hub.state, &c.online) {
         let nickname = nickname.unwrap_or_else(|| presence::display_name(hub, &user));

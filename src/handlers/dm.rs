@@ -191,6 +191,7 @@ fn remember(hub: &mut Hub, msg: &NewMessage, to: &str, id: i64, ts: std::time::S
         client_id: msg.client_id.clone(),
         edited_at: None,
         deleted: false,
+        deleted_by: None,
     });
 }
 

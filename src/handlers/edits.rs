@@ -72,9 +72,14 @@ pub fn done(hub: &mut Hub, t: &Ticket, delete: bool, result: EditResult) {
 
 fn change_event(e: &ChatEntry, delete: bool) -> Event {
     if delete {
-        Event::new("message_deleted")
+        let ev = Event::new("message_deleted")
             .with("id", e.id)
-            .with("room", e.room.as_str())
+            .with("room", e.room.as_str());
+        // Deleted by a moderator: who did.
+        match &e.deleted_by {
+            Some(by) => ev.with("by", by.as_str()),
+            None => ev,
+        }
     } else {
         Event::new("message_edited")
             .with("id", e.id)

@@ -6,7 +6,7 @@
 use serde_json::{json, Value};
 
 use super::ctx::Ctx;
-use crate::db::jobs::UserRef;
+use crate::db::jobs::{Role, UserRef};
 use crate::db::{Job, Ticket};
 use crate::hub::Hub;
 use crate::protocol::{ErrorCode, Event, Request, RequestError};
@@ -60,27 +60,32 @@ pub fn done(
     hub: &mut Hub,
     t: &Ticket,
     room: String,
-    members: Vec<UserRef>,
+    members: Vec<(UserRef, Option<Role>)>,
     online: Option<Vec<String>>,
     watch: bool,
 ) {
     let viewer = hub.conns.ws_user(t.conn).unwrap_or_default().to_string();
     // Still a member (a removal may have committed meanwhile) and connected.
     if watch && hub.state.is_member(&viewer, &room) {
-        let names = members.iter().map(|m| m.username.clone()).collect();
+        let names = members.iter().map(|(m, _)| m.username.clone()).collect();
         hub.state.watch_room(t.conn, &room, names);
     }
     let viewer = viewer.as_str();
     let members: Vec<Value> = members
         .into_iter()
-        .map(|m| {
+        .map(|(m, role)| {
             // A member who blocks the viewer never appears online to them.
             let online = !hub.state.hides(viewer, &m.username)
                 && match &online {
                     Some(list) => list.contains(&m.username),
                     None => hub.state.is_online(&m.username),
                 };
-            json!({"username": m.username, "nickname": m.nickname, "online": online})
+            let mut v = json!({"username": m.username, "nickname": m.nickname, "online": online});
+            // A room without an owner lists its members as before roles existed.
+            if let Some(role) = role {
+                v["role"] = role.as_str().into();
+            }
+            v
         })
         .collect();
     let ev = Event::new("room_members")

@@ -92,6 +92,7 @@ pub fn stored(hub: &mut Hub, t: &Ticket, msg: NewMessage, id: i64, ts: SystemTim
         client_id: msg.client_id,
         edited_at: None,
         deleted: false,
+        deleted_by: None,
     });
 }
 

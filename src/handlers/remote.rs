@@ -7,6 +7,8 @@
 use std::time::Instant;
 
 use super::messages;
+use super::moderation;
+use super::room_admin;
 
 use crate::cluster::bus::{BusEvent, MemberOp};
 use crate::cluster::{RemoteEntry, Submit, Work};
@@ -21,6 +23,17 @@ pub fn deliver(hub: &mut Hub, r: RemoteEntry) {
     let RemoteEntry { entry, op, queued } = r;
     let room = entry.room.clone();
     let id = entry.id;
+    if let Some(op) = op.as_ref().filter(|o| !o.joined) {
+        // A kick or ban (its removal was heard just before it).
+        if let Some(r) = hub.state.removals.remove(&id) {
+            let reason = r.reason.as_deref();
+            let ev =
+                moderation::removal_event(&room, &op.user, &op.nickname, r.banned, &r.by, reason);
+            moderation::removed(hub, &room, &op.user, id, ev);
+            hub.history.append(entry);
+            return;
+        }
+    }
     match (&op, entry.kind.as_str()) {
         (Some(op), _) => {
             // A leave applies at once. A join is granted by the database only:
@@ -156,6 +169,28 @@ pub fn heard(hub: &mut Hub, ev: BusEvent, now: Instant) -> Vec<Work> {
             on,
         } => {
             hub.state.block_changed(&blocker, &blocked, on);
+            Vec::new()
+        }
+        BusEvent::Role {
+            room,
+            user,
+            role,
+            by,
+            told,
+        } => {
+            room_admin::heard_role(hub, &room, &user, &role, by.as_deref(), told);
+            Vec::new()
+        }
+        BusEvent::Removal(r) => {
+            hub.state.note_removal(r);
+            Vec::new()
+        }
+        BusEvent::Invited { user, invite } => {
+            super::invites::invited(hub, &user, &invite);
+            Vec::new()
+        }
+        BusEvent::RoomUpdated(u) => {
+            room_admin::heard_update(hub, &u);
             Vec::new()
         }
         BusEvent::Follow { from, to, on } => {

@@ -202,6 +202,12 @@ fn finish(hub: &mut Hub, conn: ConnId, req_id: &Option<Value>, rooms: Vec<RoomRe
     let mut replayed: HashMap<String, Vec<i64>> = HashMap::new();
     let mut frames: Vec<Vec<u8>> = Vec::new();
     for r in rooms {
+        if !buf.rooms.contains(&r.room) {
+            // The user was removed from the room meanwhile: nothing of it.
+            let refused = json!({"recovered": false, "count": 0, "error": "NOT_A_MEMBER"});
+            acks.insert(r.room, refused);
+            continue;
+        }
         frames.clear();
         let mut size = 0;
         let mut fits = !r.over_budget;

@@ -5,12 +5,13 @@ use std::time::Instant;
 use serde_json::{json, Value};
 
 use super::ctx::Ctx;
-use crate::db::jobs::{ChatEntry, JoinBy, JoinResult, RoomInfo};
+use super::room_admin::{private_of, role_changed, topic_of};
+use crate::db::jobs::{ChatEntry, JoinBy, JoinResult, Outcome, Role, RoomInfo};
 use crate::db::{Job, Ticket};
 use crate::hub::Hub;
 use crate::protocol::{ErrorCode, Event, Request, RequestError};
 
-fn nickname(hub: &Hub, user: &str) -> String {
+pub(super) fn nickname(hub: &Hub, user: &str) -> String {
     hub.state
         .users
         .get(user)
@@ -34,11 +35,15 @@ fn take_room_token(hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
     ))
 }
 
-/// `create_room {"name"}`: a fresh room; the creator is not made a member.
-/// The name follows the rules of [`crate::names::room_name`]; an empty or bad
-/// one gets `create_room_ack` `INVALID`.
+/// `create_room {"name","private"?,"topic"?}`: a fresh room, owned by its
+/// creator. The creator of a public room is not made a member (as before
+/// owners existed); the creator of a private one is, in the same step. The
+/// name follows the rules of [`crate::names::room_name`]; an empty or bad one
+/// gets `create_room_ack` `INVALID`.
 pub struct CreateRoom {
     name: Option<String>,
+    private: bool,
+    topic: Option<String>,
 }
 
 impl CreateRoom {
@@ -46,7 +51,11 @@ impl CreateRoom {
         let name = req
             .str("name")?
             .and_then(|n| crate::names::room_name(n).ok().flatten());
-        Ok(CreateRoom { name })
+        Ok(CreateRoom {
+            name,
+            private: private_of(req)?.unwrap_or(false),
+            topic: topic_of(req)?,
+        })
     }
 
     pub fn apply(self, hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
@@ -55,25 +64,76 @@ impl CreateRoom {
             hub.conns.reply(cx.id, &cx.req.req_id, ev);
             return Ok(());
         };
+        if self.private {
+            // The creator becomes a member: the same bound as a join.
+            check_room_count(hub, cx)?;
+        }
         take_room_token(hub, cx)?;
         let job = Job::CreateRoom {
             creator: cx.user.clone(),
             creator_nickname: nickname(hub, &cx.user),
             name,
+            private: self.private,
+            topic: self.topic,
         };
         cx.submit(hub, job);
         Ok(())
     }
 }
 
-pub fn created(hub: &mut Hub, t: &Ticket, room: String, name: String, logged: Vec<ChatEntry>) {
+/// A room created: acknowledged; a private room's creator is its member
+/// (and owner) now, and their connections get its `joined` entry.
+pub fn created(hub: &mut Hub, t: &Ticket, outcome: Outcome) {
+    let Outcome::RoomCreated {
+        room,
+        name,
+        creator,
+        creator_nickname,
+        private,
+        logged,
+    } = outcome
+    else {
+        return;
+    };
+    let entry = logged.last().map(|e| e.id);
     logged.into_iter().for_each(|e| hub.history.append(e));
     hub.state.touched_rooms.insert(room.clone());
-    let ev = Event::new("create_room_ack")
+    let mut ev = Event::new("create_room_ack")
         .with("status", "CREATED")
-        .with("room_id", room)
+        .with("room_id", room.as_str())
         .with("name", name);
+    if private {
+        ev = ev.with("private", true);
+    }
     hub.conns.reply(t.conn, &t.req_id, ev);
+    if private {
+        hub.state.joined(&creator, &room);
+        hub.state.set_role(&creator, &room, Role::Owner);
+        let ev = Event::new("system")
+            .with("room", room.as_str())
+            .with("event", "joined")
+            .with("user", creator)
+            .with("user_nickname", creator_nickname);
+        system_to_room(hub, &room, ev, entry);
+    }
+}
+
+/// A user belongs to at most `KLAV_MAX_ROOMS_PER_USER` rooms. Earlier
+/// requests of this connection are done (see `conn::Sequencer`), so the
+/// count in memory is exact.
+fn check_room_count(hub: &Hub, cx: &Ctx) -> Result<(), RequestError> {
+    let joined = hub.state.users.get(&cx.user).map_or(0, |u| u.rooms.len());
+    if joined >= hub.svc.config.max_rooms_per_user {
+        return Err(too_many_rooms(hub.svc.config.max_rooms_per_user));
+    }
+    Ok(())
+}
+
+fn too_many_rooms(max: usize) -> RequestError {
+    RequestError::with(
+        ErrorCode::TooManyRooms,
+        format!("a user belongs to at most {max} rooms (open invitations count); leave one first"),
+    )
 }
 
 /// `join {"room_id"}` or `join {"room": "<name>"}`.
@@ -113,18 +173,7 @@ impl Join {
                 return Ok(());
             }
         }
-        // Earlier requests of this connection are done (see `conn::Sequencer`),
-        // so the count in memory is exact.
-        let joined = hub.state.users.get(&cx.user).map_or(0, |u| u.rooms.len());
-        if joined >= hub.svc.config.max_rooms_per_user {
-            return Err(RequestError::with(
-                ErrorCode::TooManyRooms,
-                format!(
-                    "a user belongs to at most {} rooms; leave one first",
-                    hub.svc.config.max_rooms_per_user
-                ),
-            ));
-        }
+        check_room_count(hub, cx)?;
         if matches!(self.by, JoinBy::Name(_)) {
             // Joining by name creates the room when none has that name.
             take_room_token(hub, cx)?;
@@ -133,6 +182,7 @@ impl Join {
             username: cx.user.clone(),
             nickname: nickname(hub, &cx.user),
             by: self.by,
+            max_rooms: hub.svc.config.max_rooms_per_user as i64,
         };
         cx.submit(hub, job);
         Ok(())
@@ -156,6 +206,14 @@ pub fn join_done(
             hub.conns
                 .reply_error(t.conn, &t.req_id, ErrorCode::RoomNotFound.into());
         }
+        JoinResult::Banned => {
+            let e = RequestError::with(ErrorCode::Banned, "you are banned from this room");
+            hub.conns.reply_error(t.conn, &t.req_id, e);
+        }
+        JoinResult::TooManyRooms => {
+            let e = too_many_rooms(hub.svc.config.max_rooms_per_user);
+            hub.conns.reply_error(t.conn, &t.req_id, e);
+        }
         JoinResult::Already { room } => {
             // Memory may not have known (e.g. joined by name).
             hub.state.joined(&username, &room);
@@ -164,8 +222,9 @@ pub fn join_done(
                 .with("status", "ALREADY");
             hub.conns.reply(t.conn, &t.req_id, ev);
         }
-        JoinResult::Joined { room, .. } => {
+        JoinResult::Joined { room, role } => {
             hub.state.joined(&username, &room);
+            hub.state.set_role(&username, &room, role);
             hub.state.touched_rooms.insert(room.clone());
             let ev = Event::new("system")
                 .with("room", room.as_str())
@@ -208,15 +267,21 @@ impl Leave {
     }
 }
 
-pub fn leave_done(
-    hub: &mut Hub,
-    t: &Ticket,
-    username: String,
-    nickname: String,
-    room: String,
-    was_member: bool,
-    logged: Vec<ChatEntry>,
-) {
+/// A leave committed: the `left` entry to the room (the leaver's connections
+/// included, as they are members until now), then, if the leaver owned the
+/// room, its new owner's `role_changed`.
+pub fn leave_done(hub: &mut Hub, t: &Ticket, outcome: Outcome) {
+    let Outcome::Leave {
+        username,
+        nickname,
+        room,
+        was_member,
+        heir,
+        logged,
+    } = outcome
+    else {
+        return;
+    };
     let entry = logged.last().map(|e| e.id);
     logged.into_iter().for_each(|e| hub.history.append(e));
     if was_member {
@@ -228,6 +293,9 @@ pub fn leave_done(
             .with("user", username)
             .with("user_nickname", nickname);
         system_to_room(hub, &room, ev, entry);
+        if let Some(Some(heir)) = heir {
+            role_changed(hub, &room, &heir, Role::Owner, None);
+        }
     }
     let status = if was_member { "LEFT" } else { "NOT_A_MEMBER" };
     let ev = Event::new("leave_ack")
@@ -319,6 +387,11 @@ pub fn my_rooms_done(hub: &mut Hub, t: &Ticket, user: &str, rooms: Vec<RoomInfo>
                 "read_id": r.read_id,
                 "unread": r.unread,
             });
+            // A room without an owner is shown as before owners existed.
+            if let Some(role) = r.role {
+                v["private"] = r.private.into();
+                v["role"] = role.as_str().into();
+            }
             if r.unread_more {
                 v["unread_more"] = true.into();
             }

@@ -103,6 +103,9 @@ impl Server {
         // Expired WebSocket tickets of users who did not mint another (those
         // who did had theirs dropped then). Best effort: the next tick retries.
         self.hub.submit(Ticket::internal(), Job::PruneWsTickets);
+        // Invitations past their 7 days: invisible already, removed here.
+        let prune = Job::AdminQuery(crate::db::jobs::AdminQuery::PruneInvites);
+        self.hub.submit(Ticket::internal(), prune);
         let keep = self.hub.svc.config.max_logs_per_room;
         if keep == 0 {
             // Unlimited retention: nothing to prune, nothing to remember.

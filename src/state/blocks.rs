@@ -78,6 +78,7 @@ mod tests {
             nickname: "B".into(),
             rooms: vec![],
             last_entries: vec![],
+            roles: vec![],
             following: names(following),
             blocked_by: names(blocked_by),
             offline: vec![],

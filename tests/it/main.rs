@@ -30,6 +30,10 @@ mod pipelined_requests;
 mod presence;
 mod read_markers;
 mod resume;
+mod room_invites;
+mod room_moderation;
+mod room_private;
+mod room_roles;
 mod rooms;
 mod typing;
 
@@ -57,6 +61,7 @@ mod cluster_blocks;
 mod cluster_bus;
 mod cluster_faults;
 mod cluster_member_presence;
+mod room_cluster;
 
 // The web client in a real browser, and the load generator.
 mod bench_smoke;

@@ -71,6 +71,10 @@ fn leave_then_msg_pipelined_is_refused_and_reaches_nobody() {
         );
         let left = b.expect("system");
         assert_eq!(left["event"], "left", "{left}");
+        if i == 0 {
+            // The leaver created the room, so owned it: ownership passes on.
+            assert_eq!(b.expect("role_changed")["user"], "stayer");
+        }
         // Rejoin for the next round; b must not have received the message.
         a.join(&room);
         let joined = b.expect("system");

@@ -267,9 +267,9 @@ fn room_members_lists_everyone_with_online() {
     assert_eq!(
         r["members"],
         json!([
-            {"username": "alice", "nickname": "alice", "online": true},
-            {"username": "bob", "nickname": "bob", "online": true},
-            {"username": "carl", "nickname": "carl", "online": false},
+            {"username": "alice", "nickname": "alice", "online": true, "role": "member"},
+            {"username": "bob", "nickname": "bob", "online": true, "role": "owner"},
+            {"username": "carl", "nickname": "carl", "online": false, "role": "member"},
         ])
     );
     let mut dora = s.ws(&s.token("dora"));

@@ -28,6 +28,7 @@ pub(super) fn entry(id: i64, text: &str) -> ChatEntry {
         client_id: Some("c1".into()),
         edited_at: None,
         deleted: false,
+        deleted_by: None,
     }
 }
 

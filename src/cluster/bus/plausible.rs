@@ -26,6 +26,10 @@ const MAX_TEXT: usize = 4_000;
 const MAX_SYSTEM_TEXT: usize = 1_000;
 /// `chat_logs.client_id` is `varchar(64)`.
 const MAX_CLIENT_ID: usize = 64;
+/// `rooms.name` is `varchar(255)`.
+const MAX_ROOM_NAME: usize = 255;
+/// What `room_update` accepts as a topic (`handlers::room_admin::MAX_TOPIC`).
+const MAX_TOPIC: usize = 500;
 /// How far after its payload was signed an entry's time may lie (the
 /// database's clock is not the signer's).
 const TIME_AHEAD: Duration = Duration::from_secs(24 * 3600);
@@ -52,6 +56,9 @@ fn chained_ok(prev: i64, id: i64) -> bool {
     id_ok(id) && (0..id).contains(&prev)
 }
 
+/// What `kick` and `ban` accept as a reason (`handlers::moderation::MAX_REASON`).
+const MAX_REASON: usize = 500;
+
 fn op_ok(op: Option<&MemberOp>) -> bool {
     op.is_none_or(|o| name_ok(&o.user) && name_ok(&o.nickname))
 }
@@ -75,6 +82,7 @@ fn entry_ok(e: &ChatEntry, signed_at: i64) -> bool {
             .is_none_or(|c| chars_within(c, MAX_CLIENT_ID))
         && time_ok(e.ts)
         && e.edited_at.is_none_or(time_ok)
+        && e.deleted_by.as_deref().is_none_or(name_ok)
 }
 
 /// Whether an event is one a node could have sent: what the columns it comes
@@ -101,6 +109,47 @@ pub(super) fn plausible(ev: &BusEvent, signed_at: i64) -> bool {
             user,
             nickname,
         } => room_ok(room) && name_ok(user) && name_ok(nickname),
+        BusEvent::Role {
+            room,
+            user,
+            role,
+            by,
+            ..
+        } => {
+            room_ok(room)
+                && name_ok(user)
+                && crate::db::jobs::Role::parse(role).is_some()
+                && by.as_deref().is_none_or(name_ok)
+        }
+        BusEvent::Removal(r) => {
+            room_ok(&r.room)
+                && id_ok(r.id)
+                && name_ok(&r.user)
+                && name_ok(&r.by)
+                && r.reason
+                    .as_deref()
+                    .is_none_or(|t| chars_within(t, MAX_REASON))
+        }
+        BusEvent::Invited { user, invite: i } => {
+            let latest = signed_at.saturating_add(TIME_AHEAD.as_micros() as i64);
+            name_ok(user)
+                && room_ok(&i.room)
+                && !i.name.is_empty()
+                && chars_within(&i.name, MAX_ROOM_NAME)
+                && name_ok(&i.by)
+                && name_ok(&i.by_nickname)
+                && micros(i.at) <= latest
+        }
+        BusEvent::RoomUpdated(u) => {
+            room_ok(&u.room)
+                && id_ok(u.id)
+                && !u.name.is_empty()
+                && chars_within(&u.name, MAX_ROOM_NAME)
+                && u.topic
+                    .as_deref()
+                    .is_none_or(|t| chars_within(t, MAX_TOPIC))
+                && name_ok(&u.by)
+        }
     }
 }
 
@@ -111,12 +160,40 @@ mod tests {
     use crate::cluster::bus::refused::Refused;
     use crate::cluster::bus::wire::{
         encode_block, encode_change, encode_change_ref, encode_entry, encode_entry_ref,
-        encode_follow, encode_presence, encode_read_marker, encode_typing,
+        encode_follow, encode_invited, encode_presence, encode_read_marker, encode_removal,
+        encode_role, encode_room_updated, encode_typing,
     };
-    use crate::db::notify::EntryRef;
+    use crate::db::jobs::Invite;
+    use crate::db::notify::{EntryRef, Removal, RoomUpdate};
 
     #[test]
     fn implausible_events_spoil_their_payload() {
+        let invite = crate::db::jobs::Invite {
+            room: "r".into(),
+            name: "Room".into(),
+            private: false,
+            by: "a".into(),
+            by_nickname: "A".into(),
+            at: t0(),
+        };
+        assert!(verdict(encode_invited("bob", &invite)).is_ok());
+        let update = RoomUpdate {
+            room: "r".into(),
+            id: 9,
+            name: "n".repeat(MAX_ROOM_NAME),
+            topic: Some("t".repeat(MAX_TOPIC)),
+            private: true,
+            by: "a".into(),
+        };
+        let removal = Removal {
+            room: "r".into(),
+            id: 9,
+            user: "bob".into(),
+            banned: false,
+            by: "a".into(),
+            reason: Some("r".repeat(MAX_REASON)),
+        };
+        assert!(verdict(encode_removal(&removal)).is_ok());
         let e = |f: &dyn Fn(&mut ChatEntry)| {
             let mut x = entry(7, "hi");
             f(&mut x);
@@ -171,6 +248,7 @@ mod tests {
             encode_entry_ref("r", 9, 9, None),
             encode_entry_ref("", 1, 9, None),
             encode_change(&e(&|x| x.edited_at = Some(t0() + TIME_AHEAD * 2))),
+            encode_change(&e(&|x| x.deleted_by = Some(String::new()))),
             encode_change_ref("r", 0),
             encode_presence("bob", "", false),
             encode_presence(&"b".repeat(101), "B", false),
@@ -180,10 +258,71 @@ mod tests {
             encode_block("a", "a", true),
             encode_read_marker("a", "r", MAX_ID + 1),
             encode_typing("r", "a", ""),
+            encode_role("r", "bob", "king", None, true),
+            encode_role("r", "", "admin", None, true),
+            encode_role("r", "bob", "admin", Some(""), true),
+            encode_room_updated(&RoomUpdate {
+                name: String::new(),
+                ..update.clone()
+            }),
+            encode_room_updated(&RoomUpdate {
+                topic: Some("t".repeat(MAX_TOPIC + 1)),
+                ..update.clone()
+            }),
+            encode_room_updated(&RoomUpdate {
+                name: "n".repeat(MAX_ROOM_NAME + 1),
+                ..update.clone()
+            }),
+            encode_room_updated(&RoomUpdate {
+                by: String::new(),
+                ..update.clone()
+            }),
+            encode_room_updated(&RoomUpdate {
+                id: 0,
+                ..update.clone()
+            }),
+            encode_invited("", &invite),
+            encode_removal(&Removal {
+                id: 0,
+                ..removal.clone()
+            }),
+            encode_removal(&Removal {
+                by: String::new(),
+                ..removal.clone()
+            }),
+            encode_removal(&Removal {
+                reason: Some("r".repeat(MAX_REASON + 1)),
+                ..removal.clone()
+            }),
+            encode_invited(
+                "bob",
+                &Invite {
+                    by: String::new(),
+                    ..invite.clone()
+                },
+            ),
+            encode_invited(
+                "bob",
+                &Invite {
+                    name: "n".repeat(MAX_ROOM_NAME + 1),
+                    ..invite.clone()
+                },
+            ),
+            encode_invited(
+                "bob",
+                &Invite {
+                    at: t0() + TIME_AHEAD * 2,
+                    ..invite.clone()
+                },
+            ),
         ];
         for ev in implausible {
             assert_eq!(verdict(ev.clone()), Err(Refused::Implausible), "{ev}");
         }
         assert_eq!(MAX_TEXT, crate::handlers::messages::MAX_TEXT);
+        assert_eq!(MAX_TOPIC, crate::handlers::room_admin::MAX_TOPIC);
+        assert_eq!(MAX_REASON, crate::handlers::moderation::MAX_REASON);
+        assert!(verdict(encode_role("r", "bob", "owner", None, false)).is_ok());
+        assert!(verdict(encode_room_updated(&update)).is_ok());
     }
 }

@@ -11,14 +11,16 @@ use std::time::SystemTime;
 use hmac::Mac;
 
 use crate::db::entry::ChatEntry;
-use crate::db::notify::{EntryRef, MemberOp, Notes, Notifier};
+use crate::db::jobs::Invite;
+use crate::db::notify::{EntryRef, MemberOp, Notes, Notifier, Removal, RoomUpdate};
 
 use super::key::BusKey;
 use super::layout::{push_hex, MAC_LEN, MAX_NODE_NAME, MAX_PAYLOAD, VERSION};
 use super::payloads::Payloads;
 use super::wire::{
     encode_block, encode_change, encode_change_ref, encode_entry, encode_entry_ref, encode_follow,
-    encode_presence, encode_read_marker, micros,
+    encode_invited, encode_presence, encode_read_marker, encode_removal, encode_role,
+    encode_room_updated, micros,
 };
 
 /// Seals this process's payloads: its name and incarnation, the next of its
@@ -136,6 +138,22 @@ impl Notes for SealedNotes<'_> {
 
     fn presence(&mut self, user: &str, nickname: &str, online: bool) {
         self.small(encode_presence(user, nickname, online));
+    }
+
+    fn role(&mut self, room: &str, user: &str, role: &str, by: Option<&str>, told: bool) {
+        self.small(encode_role(room, user, role, by, told));
+    }
+
+    fn invited(&mut self, user: &str, invite: &Invite) {
+        self.small(encode_invited(user, invite));
+    }
+
+    fn removal(&mut self, r: &Removal) {
+        self.small(encode_removal(r));
+    }
+
+    fn room_updated(&mut self, u: &RoomUpdate) {
+        self.small(encode_room_updated(u));
     }
 
     fn is_empty(&self) -> bool {

@@ -10,7 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 
 use crate::db::entry::ChatEntry;
-use crate::db::notify::{BusEvent, EntryRef, MemberOp};
+use crate::db::jobs::Invite;
+use crate::db::notify::{BusEvent, EntryRef, MemberOp, Removal, RoomUpdate};
 
 /// A time as it travels: µs since the epoch (0 for a time before it).
 pub(super) fn micros(t: SystemTime) -> i64 {
@@ -67,7 +68,8 @@ pub fn encode_change(e: &ChatEntry) -> String {
         e.text,
         e.client_id,
         e.edited_at.map(micros),
-        e.deleted
+        e.deleted,
+        e.deleted_by
     ])
     .to_string()
 }
@@ -96,6 +98,32 @@ pub fn encode_block(blocker: &str, blocked: &str, on: bool) -> String {
     serde_json::json!(["b", blocker, blocked, on]).to_string()
 }
 
+pub fn encode_role(room: &str, user: &str, role: &str, by: Option<&str>, told: bool) -> String {
+    serde_json::json!(["o", room, user, role, by, told]).to_string()
+}
+
+pub fn encode_invited(user: &str, i: &Invite) -> String {
+    serde_json::json!([
+        "n",
+        user,
+        i.room,
+        i.name,
+        i.private,
+        i.by,
+        i.by_nickname,
+        micros(i.at)
+    ])
+    .to_string()
+}
+
+pub fn encode_removal(r: &Removal) -> String {
+    serde_json::json!(["k", r.room, r.id, r.user, r.banned, r.by, r.reason]).to_string()
+}
+
+pub fn encode_room_updated(u: &RoomUpdate) -> String {
+    serde_json::json!(["u", u.room, u.id, u.name, u.topic, u.private, u.by]).to_string()
+}
+
 /// A sealed payload's events. Unknown event kinds are skipped (a newer node
 /// may send more than this one knows); a known kind that does not decode
 /// spoils the payload.
@@ -112,7 +140,7 @@ pub(super) fn decode_events(body: &str) -> Option<Vec<BusEvent>> {
             events.push(ev);
         } else if matches!(
             f.first().and_then(Value::as_str),
-            Some("e" | "r" | "c" | "x" | "p" | "f" | "b" | "m" | "t")
+            Some("e" | "r" | "c" | "x" | "p" | "f" | "b" | "m" | "t" | "o" | "u" | "n" | "k")
         ) {
             return None;
         }
@@ -165,6 +193,7 @@ fn entry_at(f: &[Value], at: usize) -> Option<ChatEntry> {
         client_id: opt_s(f.get(at + 7))?,
         edited_at: None,
         deleted: false,
+        deleted_by: None,
     })
 }
 
@@ -190,6 +219,11 @@ fn decode_event(f: &[Value]) -> Option<BusEvent> {
                     v => Some(from_micros(v.as_i64()?)),
                 },
                 deleted: f.get(11)?.as_bool()?,
+                // Absent from a node that does not know moderation deletes.
+                deleted_by: match f.get(12) {
+                    None => None,
+                    v => opt_s(v)?,
+                },
                 ..entry_at(f, 2)?
             },
         }),
@@ -222,6 +256,40 @@ fn decode_event(f: &[Value]) -> Option<BusEvent> {
             blocked: s(f.get(2))?,
             on: f.get(3)?.as_bool()?,
         }),
+        "o" => Some(BusEvent::Role {
+            room: s(f.get(1))?,
+            user: s(f.get(2))?,
+            role: s(f.get(3))?,
+            by: opt_s(f.get(4))?,
+            told: f.get(5)?.as_bool()?,
+        }),
+        "n" => Some(BusEvent::Invited {
+            user: s(f.get(1))?,
+            invite: Invite {
+                room: s(f.get(2))?,
+                name: s(f.get(3))?,
+                private: f.get(4)?.as_bool()?,
+                by: s(f.get(5))?,
+                by_nickname: s(f.get(6))?,
+                at: from_micros(i(7)?),
+            },
+        }),
+        "k" => Some(BusEvent::Removal(Removal {
+            room: s(f.get(1))?,
+            id: i(2)?,
+            user: s(f.get(3))?,
+            banned: f.get(4)?.as_bool()?,
+            by: s(f.get(5))?,
+            reason: opt_s(f.get(6))?,
+        })),
+        "u" => Some(BusEvent::RoomUpdated(RoomUpdate {
+            room: s(f.get(1))?,
+            id: i(2)?,
+            name: s(f.get(3))?,
+            topic: opt_s(f.get(4))?,
+            private: f.get(5)?.as_bool()?,
+            by: s(f.get(6))?,
+        })),
         _ => None,
     }
 }
@@ -234,8 +302,33 @@ mod tests {
     #[test]
     fn events_round_trip_sealed() {
         let e = entry(7, "hi \"there\"\n");
+        let update = RoomUpdate {
+            room: "r".into(),
+            id: 9,
+            name: "Room".into(),
+            topic: None,
+            private: true,
+            by: "a".into(),
+        };
+        let kicked = Removal {
+            room: "r".into(),
+            id: 8,
+            user: "bob".into(),
+            banned: true,
+            by: "a".into(),
+            reason: Some("spam".into()),
+        };
+        let invite = Invite {
+            room: "r".into(),
+            name: "Room".into(),
+            private: true,
+            by: "a".into(),
+            by_nickname: "A".into(),
+            at: from_micros(1_700_000_000_000_000),
+        };
         let mut changed = entry(7, "");
         changed.deleted = true;
+        changed.deleted_by = Some("mod".into());
         changed.edited_at = Some(from_micros(1_700_000_001_000_000));
         let body = one(&[
             encode_entry(&EntryRef::of(&e), 5, Some(&bob_joined()), false),
@@ -245,6 +338,10 @@ mod tests {
             encode_read_marker("a", "r", 9),
             encode_typing("r", "a", "A"),
             encode_change(&changed),
+            encode_role("r", "bob", "admin", Some("a"), true),
+            encode_room_updated(&update),
+            encode_invited("bob", &invite),
+            encode_removal(&kicked),
         ]);
         let sealed = sealer("node-a").seal_at(&[body], t0());
         let opened = inbox().open(&sealed[0], t0()).unwrap();
@@ -284,6 +381,19 @@ mod tests {
                     nickname: "A".into()
                 },
                 BusEvent::Change { entry: changed },
+                BusEvent::Role {
+                    room: "r".into(),
+                    user: "bob".into(),
+                    role: "admin".into(),
+                    by: Some("a".into()),
+                    told: true
+                },
+                BusEvent::RoomUpdated(update),
+                BusEvent::Invited {
+                    user: "bob".into(),
+                    invite
+                },
+                BusEvent::Removal(kicked),
             ]
         );
     }

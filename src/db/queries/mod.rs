@@ -5,7 +5,8 @@
 //!
 //! [`run_with`] dispatches each job to the function that runs it, grouped by
 //! family: `accounts`, `sessions` (tickets, the session, offline DM claims),
-//! `rooms` (history, `my_rooms`, members, pruning), `follows`, `blocks`, `resume`, and
+//! `rooms` (history, `my_rooms`, members, pruning), `room_admin`
+//! (`room_info`), `follows`, `blocks`, `resume`, and
 //! `cluster` (presence, heartbeats, notifications). The cluster's reads are in
 //! `db::nodes`, the tickets' SQL in `db::tickets`.
 
@@ -14,6 +15,7 @@ mod blocks;
 mod cluster;
 mod follows;
 mod resume;
+mod room_admin;
 mod rooms;
 mod sessions;
 
@@ -29,6 +31,7 @@ use resume::ReplayBudget;
 pub use super::rows::{display_nickname, entry_from_row, Stmts};
 pub use accounts::USERNAME_LOCK;
 pub use resume::ROOM_LOOKUP_ROWS;
+pub(crate) use rooms::member_role;
 pub use rooms::UNREAD_WINDOW;
 
 /// Runs a general (unordered) job that notifies nothing.
@@ -139,6 +142,7 @@ pub fn run_with<C: GenericClient>(
             }
             outcome
         }
+        Job::AdminQuery(read) => room_admin::run(c, st, read)?,
         Job::Resume {
             username,
             rooms,

@@ -7,12 +7,23 @@ use std::time::SystemTime;
 
 use postgres::GenericClient;
 
-use super::follows::users_by;
 use crate::db::entry::ChatEntry;
 use crate::db::error::DbError;
-use crate::db::jobs::{HistoryQuery, LastMessage, Outcome, RoomInfo, UserRef};
+use crate::db::jobs::{HistoryQuery, LastMessage, Outcome, Role, RoomInfo, UserRef};
 use crate::db::nodes;
-use crate::db::rows::{entry_from_row, Stmts};
+use crate::db::rows::{display_nickname, entry_from_row, Stmts};
+
+/// A member's role as a statement selects it: `rooms.klav_owner` names the
+/// owner, `room_members.klav_role` the others' roles (`m`, `r` aliased so);
+/// NULL in a room without an owner (one of the old server's, or one left
+/// empty), which is shown as before owners existed.
+macro_rules! member_role {
+    () => {
+        "CASE WHEN r.klav_owner IS NULL THEN NULL \
+              WHEN r.klav_owner = m.username THEN 'owner' ELSE m.klav_role END"
+    };
+}
+pub(crate) use member_role;
 
 /// Entries after a room's read marker that `my_rooms` looks at to count the
 /// unread ones: the count is exact up to there, and says "more" beyond.
@@ -91,11 +102,13 @@ pub(super) fn my_rooms<C: GenericClient>(
     // in `examined` and charged to the user's budget.
     let s = st.get(
         c,
-        "SELECT r.id, r.name, r.last_message_text, r.last_message_from, \
+        concat!(
+            "SELECT r.id, r.name, r.last_message_text, r.last_message_from, \
                 r.last_message_kind, r.last_message_ts, r.last_message_id, \
                 l.deleted, l.edited_at, l.text, \
-                COALESCE(k.last_read_id, 0), w.unread, w.seen \
-         FROM room_members m JOIN rooms r ON r.id = m.room_id \
+                COALESCE(k.last_read_id, 0), w.unread, w.seen, r.klav_private, ",
+            member_role!(),
+            " FROM room_members m JOIN rooms r ON r.id = m.room_id \
          LEFT JOIN chat_logs l ON l.id = r.last_message_id \
          LEFT JOIN klav_read_markers k ON k.username = $1 AND k.room_id = r.id \
          CROSS JOIN LATERAL (\
@@ -106,7 +119,8 @@ pub(super) fn my_rooms<C: GenericClient>(
                    WHERE room_id = r.id AND id > COALESCE(k.last_read_id, 0) \
                    ORDER BY id LIMIT $2) u) w \
          WHERE m.username = $1 \
-         ORDER BY r.last_message_ts DESC NULLS LAST, r.created_at DESC, r.id",
+         ORDER BY r.last_message_ts DESC NULLS LAST, r.created_at DESC, r.id"
+        ),
     )?;
     Ok(c.query(&s, &[&username, &UNREAD_WINDOW])?
         .into_iter()
@@ -133,6 +147,10 @@ pub(super) fn my_rooms<C: GenericClient>(
             RoomInfo {
                 id: r.get(0),
                 name: r.get(1),
+                private: r.get(13),
+                role: r
+                    .get::<_, Option<&str>>(14)
+                    .map(|role| Role::parse(role).unwrap_or(Role::Member)),
                 last,
                 read_id: r.get(10),
                 unread: r.get(11),
@@ -168,15 +186,28 @@ fn room_members<C: GenericClient>(
     c: &mut C,
     st: &mut Stmts,
     room: &str,
-) -> Result<Vec<UserRef>, DbError> {
-    users_by(
+) -> Result<Vec<(UserRef, Option<Role>)>, DbError> {
+    let s = st.get(
         c,
-        st,
-        "SELECT u.username, u.nickname FROM room_members m \
-         JOIN users u ON u.username = m.username \
-         WHERE m.room_id = $1 ORDER BY u.username",
-        room,
-    )
+        concat!(
+            "SELECT u.username, u.nickname, ",
+            member_role!(),
+            " FROM room_members m JOIN users u ON u.username = m.username \
+              JOIN rooms r ON r.id = m.room_id \
+              WHERE m.room_id = $1 ORDER BY u.username"
+        ),
+    )?;
+    Ok(c.query(&s, &[&room])?
+        .into_iter()
+        .map(|r| {
+            let username: String = r.get(0);
+            let nickname = display_nickname(&username, r.get(1));
+            let role = r
+                .get::<_, Option<&str>>(2)
+                .map(|role| Role::parse(role).unwrap_or(Role::Member));
+            (UserRef { username, nickname }, role)
+        })
+        .collect())
 }
 
 pub(super) fn prune<C: GenericClient>(

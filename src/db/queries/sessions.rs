@@ -10,7 +10,7 @@ use postgres::GenericClient;
 
 use crate::auth::jwt::Verified;
 use crate::db::error::DbError;
-use crate::db::jobs::{OfflineDm, Outcome, SessionData};
+use crate::db::jobs::{OfflineDm, Outcome, Role, SessionData};
 use crate::db::rows::{display_nickname, room_newest_entry, Stmts};
 use crate::db::tickets;
 
@@ -44,14 +44,24 @@ pub(super) fn open_session<C: GenericClient>(
         concat!(
             "SELECT m.room_id, ",
             room_newest_entry!("r"),
+            ", ",
+            super::rooms::member_role!(),
             " FROM room_members m JOIN rooms r ON r.id = m.room_id WHERE m.username = $1"
         ),
     )?;
-    let (rooms, last_entries) = c
-        .query(&s, &[&username])?
-        .into_iter()
-        .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
-        .unzip();
+    let mut rooms = Vec::new();
+    let mut last_entries = Vec::new();
+    let mut roles = Vec::new();
+    for r in c.query(&s, &[&username])? {
+        let room: String = r.get(0);
+        if let Some(role @ (Role::Owner | Role::Admin)) =
+            r.get::<_, Option<&str>>(2).and_then(Role::parse)
+        {
+            roles.push((room.clone(), role));
+        }
+        rooms.push(room);
+        last_entries.push(r.get::<_, i64>(1));
+    }
     let s = st.get(
         c,
         "SELECT followee_username FROM follows WHERE follower_username = $1",
@@ -107,6 +117,7 @@ pub(super) fn open_session<C: GenericClient>(
         nickname,
         rooms,
         last_entries,
+        roles,
         following,
         blocked_by,
         offline,

@@ -110,6 +110,7 @@ pub(super) fn entry_rooms(jobs: &[&Job]) -> Vec<String> {
             Job::Msg(m) => Some(m.room.clone()),
             Job::Dm { msg, .. } => Some(msg.room.clone()),
             Job::Leave { room, .. } => Some(room.clone()),
+            Job::Admin(a) => Some(a.room().to_string()),
             Job::Join {
                 by: JoinBy::Id(id), ..
             } => Some(id.clone()),

@@ -12,7 +12,7 @@ use postgres::{Row, Statement, Transaction};
 use super::chain::{Batch, Chain, Last};
 use super::written::{Linked, Written};
 use crate::db::error::DbError;
-use crate::db::jobs::{ChainLink, Duplicate, EditResult, NewMessage, Outcome, ReadResult};
+use crate::db::jobs::{ChainLink, Duplicate, EditResult, NewMessage, Outcome, ReadResult, Role};
 use crate::db::notify::EntryRef;
 use crate::db::rows::{entry_from_row, Stmts};
 
@@ -220,7 +220,7 @@ pub(super) fn duplicate(
     let row = tx
         .query_opt(&s, &[&from, &client_id])?
         .ok_or_else(|| DbError::Query("the entry a client_id conflicted with is gone".into()))?;
-    let queued: bool = row.get(11);
+    let queued: bool = row.get(12);
     Ok(Duplicate {
         entry: entry_from_row(row),
         queued,
@@ -252,12 +252,15 @@ fn edit(
     id: i64,
     text: Option<&str>,
 ) -> Result<EditResult, DbError> {
+    // The requester's role in the entry's room (NULL: not a member), for a
+    // moderator's delete.
     let s = st.get(
         tx,
-        "SELECT c.kind, c.from_user, c.to_user, c.deleted, \
-                EXISTS (SELECT 1 FROM room_members m \
-                        WHERE m.room_id = c.room_id AND m.username = $2) \
-         FROM chat_logs c WHERE c.id = $1 FOR UPDATE",
+        "SELECT c.kind, c.from_user, c.to_user, c.deleted, m.username IS NOT NULL, \
+                CASE WHEN r.klav_owner = $2 THEN 'owner' ELSE m.klav_role END \
+         FROM chat_logs c LEFT JOIN room_members m ON m.room_id = c.room_id AND m.username = $2 \
+         LEFT JOIN rooms r ON r.id = c.room_id \
+         WHERE c.id = $1 FOR UPDATE OF c",
     )?;
     let Some(row) = tx.query_opt(&s, &[&id, &username])? else {
         return Ok(EditResult::NotFound);
@@ -272,9 +275,19 @@ fn edit(
     if !visible || deleted {
         return Ok(EditResult::NotFound);
     }
-    if !matches!(kind.as_deref(), Some("msg" | "dm")) || from.as_deref() != Some(username) {
+    // The owner and admins of a room may delete its messages (not DMs, and
+    // never edit them); everyone else only their own entries.
+    let role: Option<String> = row.get(5);
+    let moderates = role
+        .as_deref()
+        .and_then(Role::parse)
+        .is_some_and(Role::moderates);
+    let own = from.as_deref() == Some(username);
+    let moderated = !own && text.is_none() && kind.as_deref() == Some("msg") && moderates;
+    if !matches!(kind.as_deref(), Some("msg" | "dm")) || !(own || moderated) {
         return Ok(EditResult::NotAuthor);
     }
+    let deleted_by = moderated.then_some(username);
     let row = match text {
         Some(text) => {
             let s = st.get(
@@ -296,11 +309,12 @@ fn edit(
             let s = st.get(
                 tx,
                 concat!(
-                    "UPDATE chat_logs SET text = '', deleted = true WHERE id = $1 RETURNING ",
+                    "UPDATE chat_logs SET text = '', deleted = true, klav_deleted_by = $2 \
+                     WHERE id = $1 RETURNING ",
                     entry_columns!()
                 ),
             )?;
-            let row = tx.query_one(&s, &[&id])?;
+            let row = tx.query_one(&s, &[&id, &deleted_by])?;
             let q = st.get(tx, "DELETE FROM klav_offline_dms WHERE log_id = $1")?;
             tx.execute(&q, &[&id])?;
             row

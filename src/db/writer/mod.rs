@@ -15,6 +15,9 @@
 //!   and what is stored once per batch;
 //! - `messages`: the multi-row message INSERT, edits, read markers;
 //! - `rooms`: create, join, leave and their system entries;
+//! - `room_admin`: room updates and roles, checked against the requester's
+//!   role in the same transaction; `invites`: invitations and declines;
+//!   `moderation`: kicks, bans and unbans;
 //! - `dm`: DMs and the offline queue;
 //! - `follows`: follow and unfollow with their notes;
 //! - `blocks`: block and unblock (a block ends the follow the other way);
@@ -24,7 +27,10 @@ mod blocks;
 mod chain;
 mod dm;
 mod follows;
+mod invites;
 mod messages;
+mod moderation;
+mod room_admin;
 mod rooms;
 mod stats;
 mod written;
@@ -236,15 +242,28 @@ fn write_one(
 ) -> Result<Linked, DbError> {
     match job {
         Job::CreateRoom {
+            creator,
             creator_nickname,
             name,
-            ..
-        } => rooms::write_create_room(tx, st, b, name, creator_nickname),
+            private,
+            topic,
+        } => {
+            let new = rooms::NewRoom {
+                name,
+                creator,
+                creator_nickname,
+                private: *private,
+                topic: topic.as_deref(),
+            };
+            rooms::write_create_room(tx, st, b, &new)
+        }
+        Job::Admin(a) => room_admin::write_admin(tx, st, b, a),
         Job::Join {
             username,
             nickname,
             by,
-        } => rooms::write_join(tx, st, b, username, nickname, by),
+            max_rooms,
+        } => rooms::write_join(tx, st, b, username, nickname, by, *max_rooms),
         Job::Leave {
             username,
             nickname,

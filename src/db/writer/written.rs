@@ -29,6 +29,7 @@ pub(super) enum Written {
     },
     Leave {
         was_member: bool,
+        heir: Option<Option<String>>,
         logged: Vec<ChatEntry>,
     },
     Dm(DmResult),
@@ -40,9 +41,23 @@ impl Written {
         match (self, job) {
             (Written::Msg { id, ts }, Job::Msg(msg)) => Outcome::Msg { msg, id, ts },
             (Written::MsgDuplicate(d), Job::Msg(_)) => Outcome::MsgDuplicate(d),
-            (Written::RoomCreated { room, logged }, Job::CreateRoom { name, .. }) => {
-                Outcome::RoomCreated { room, name, logged }
-            }
+            (
+                Written::RoomCreated { room, logged },
+                Job::CreateRoom {
+                    name,
+                    creator,
+                    creator_nickname,
+                    private,
+                    ..
+                },
+            ) => Outcome::RoomCreated {
+                room,
+                name,
+                creator,
+                creator_nickname,
+                private,
+                logged,
+            },
             (
                 Written::Join { result, logged },
                 Job::Join {
@@ -55,7 +70,11 @@ impl Written {
                 logged,
             },
             (
-                Written::Leave { was_member, logged },
+                Written::Leave {
+                    was_member,
+                    heir,
+                    logged,
+                },
                 Job::Leave {
                     username,
                     nickname,
@@ -66,6 +85,7 @@ impl Written {
                 nickname,
                 room,
                 was_member,
+                heir,
                 logged,
             },
             (Written::Dm(result), Job::Dm { msg, to, .. }) => Outcome::Dm { msg, to, result },

@@ -18,6 +18,7 @@ pub mod legacy_json;
 pub mod logs;
 pub mod nodes;
 pub mod os;
+pub mod owned_rooms;
 pub mod raw_http;
 pub mod scrape;
 pub mod wait;
