@@ -149,6 +149,9 @@ pub struct ResumeBuffer {
     pub held: Held,
     /// Rooms of the request the user does not belong to.
     pub refused: Vec<String>,
+    /// Rooms of the user the budget could not even look up: answered
+    /// `recovered:false` with the replay.
+    pub skipped: Vec<String>,
 }
 
 /// Live events held per connection at most (by a resume, or on a fresh
@@ -221,6 +224,7 @@ impl State {
                 rooms,
                 held,
                 refused,
+                skipped: Vec::new(),
             },
         );
     }

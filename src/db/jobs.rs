@@ -175,6 +175,8 @@ pub struct Replay {
     /// Whose budget pays for the rows examined.
     pub username: String,
     pub rooms: Vec<RoomReplay>,
+    /// The private rooms among the job's `strangers`.
+    pub hidden: Vec<String>,
     pub examined: i64,
     /// The rows reserved for it (the job's `rows`).
     pub reserved: i64,
@@ -393,6 +395,12 @@ pub enum Job {
         from: String,
         to: String,
     },
+    /// Whether a room a non-member named is private (it is then answered
+    /// `ROOM_NOT_FOUND`, as a room that does not exist; see `handlers::strangers`).
+    Stranger {
+        room: String,
+        reply: StrangerReply,
+    },
     /// Whom `username` blocks, sorted by username.
     BlockedList {
         username: String,
@@ -413,6 +421,8 @@ pub enum Job {
     Resume {
         username: String,
         rooms: Vec<ResumeCursor>,
+        /// Rooms named that the user does not belong to: which are private?
+        strangers: Vec<String>,
         limit: i64,
         rows: i64,
         bytes: usize,
@@ -531,6 +541,18 @@ impl Job {
                 | Job::Admin(_)
         )
     }
+}
+
+/// What a non-member who named a room that is not private is told: what
+/// every version before private rooms told them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StrangerReply {
+    /// `error` `NOT_A_MEMBER`.
+    NotAMember,
+    /// `leave_ack` `NOT_A_MEMBER`.
+    LeaveAck,
+    /// `dm_ack` `SENDER_NOT_IN_ROOM` for a DM to `to`.
+    DmAck { to: String },
 }
 
 /// How a `join` went.
@@ -659,6 +681,12 @@ pub enum Outcome {
         removed: bool,
     },
     BlockedList(Vec<UserRef>),
+    /// A non-member's request about `room`: `hidden` when the room is private.
+    Stranger {
+        room: String,
+        reply: StrangerReply,
+        hidden: bool,
+    },
     Pruned(u64),
     /// `logged`: the system entries the job wrote (here and below), so the loop
     /// can keep its history cache exact without reading them back.

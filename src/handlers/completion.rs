@@ -33,6 +33,7 @@ use super::resume;
 use super::room_admin;
 use super::rooms;
 use super::session;
+use super::strangers;
 
 /// A finished database or hashing job.
 pub fn on_completion(hub: &mut Hub, c: Completion) {
@@ -99,6 +100,11 @@ fn on_outcome(hub: &mut Hub, t: crate::db::Ticket, outcome: Outcome) {
         }
         Outcome::Block { from, to, status } => blocks::block_done(hub, &t, from, to, status),
         Outcome::Unblock { from, to, removed } => blocks::unblock_done(hub, &t, from, to, removed),
+        Outcome::Stranger {
+            room,
+            reply,
+            hidden,
+        } => strangers::done(hub, &t, &room, reply, hidden),
         Outcome::BlockedList(users) => blocks::blocked_list_done(hub, &t, users),
         Outcome::RoomMembers {
             room,

@@ -3,7 +3,8 @@
 
 use super::ctx::Ctx;
 use super::messages::{check_text, client_id_taken};
-use crate::db::jobs::{ChatEntry, DmResult, NewMessage};
+use super::strangers;
+use crate::db::jobs::{ChatEntry, DmResult, NewMessage, StrangerReply};
 use serde_json::Value;
 
 use crate::conn::ConnId;
@@ -37,7 +38,8 @@ impl RoomDm {
             Ok(())
         };
         if !hub.state.is_member(&cx.user, &self.room) {
-            return refuse(hub, "SENDER_NOT_IN_ROOM");
+            let reply = StrangerReply::DmAck { to: self.to };
+            return strangers::refuse(hub, cx, &self.room, reply);
         }
         let text = check_text(cx.req)?;
         // A recipient in memory has exact membership; otherwise the writer checks.

@@ -4,6 +4,7 @@
 use serde_json::Value;
 
 use super::ctx::Ctx;
+use super::strangers;
 use crate::db::jobs::{ChatEntry, HistoryQuery};
 use crate::db::{Job, Ticket};
 use crate::hub::Hub;
@@ -51,7 +52,7 @@ impl History {
 
     pub fn apply(mut self, hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
         if !hub.state.is_member(&cx.user, &self.query.room) {
-            return Err(ErrorCode::NotAMember.into());
+            return strangers::not_a_member(hub, cx, &self.query.room);
         }
         self.query.username = cx.user.clone();
         let cached = hub

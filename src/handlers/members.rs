@@ -6,6 +6,7 @@
 use serde_json::{json, Value};
 
 use super::ctx::Ctx;
+use super::strangers;
 use crate::db::jobs::{Role, UserRef};
 use crate::db::{Job, Ticket};
 use crate::hub::Hub;
@@ -38,7 +39,7 @@ impl RoomMembers {
 
     pub fn apply(self, hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
         if !hub.state.is_member(&cx.user, &self.room) {
-            return Err(ErrorCode::NotAMember.into());
+            return strangers::not_a_member(hub, cx, &self.room);
         }
         let room = self.room.clone();
         let job = Job::RoomMembers {

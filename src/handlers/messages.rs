@@ -2,6 +2,7 @@
 //! then fanned out to every connection of every online member, framed once.
 
 use super::ctx::Ctx;
+use super::strangers;
 use std::time::SystemTime;
 
 use crate::db::jobs::{ChatEntry, Duplicate, NewMessage};
@@ -42,12 +43,14 @@ impl Msg {
 
     pub fn apply(self, hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
         // Membership from memory: the message path does no database read.
-        let Some(user) = hub.state.users.get(&cx.user) else {
-            return Err(ErrorCode::NotAMember.into());
+        let Some(user) = hub
+            .state
+            .users
+            .get(&cx.user)
+            .filter(|u| u.loaded && u.rooms.contains(&self.room))
+        else {
+            return strangers::not_a_member(hub, cx, &self.room);
         };
-        if !user.loaded || !user.rooms.contains(&self.room) {
-            return Err(ErrorCode::NotAMember.into());
-        }
         let from_nickname = user.nickname.clone();
         let text = check_text(cx.req)?;
         let job = Job::Msg(NewMessage {

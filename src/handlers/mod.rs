@@ -30,6 +30,7 @@ pub mod resume;
 pub mod room_admin;
 pub mod rooms;
 pub mod session;
+pub mod strangers;
 pub mod tokens;
 pub mod typing;
 

@@ -2,6 +2,7 @@
 //! synced to the user's other connections (other members are not told).
 
 use super::ctx::Ctx;
+use super::strangers;
 use crate::db::jobs::ReadResult;
 use crate::db::{Job, Ticket};
 use crate::hub::Hub;
@@ -24,7 +25,7 @@ impl Read {
 
     pub fn apply(self, hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
         if !hub.state.is_member(&cx.user, &self.room) {
-            return Err(ErrorCode::NotAMember.into());
+            return strangers::not_a_member(hub, cx, &self.room);
         }
         if self.id <= 0 {
             return Err(ErrorCode::MessageNotFound.into());

@@ -115,14 +115,13 @@ impl Resume {
                 c.before = ws.first_live.get(c.room.as_str()).copied();
             }
         }
+        // Rooms the user does not belong to are answered `NOT_A_MEMBER`, or
+        // `ROOM_NOT_FOUND` when private (see `strangers`): the job finds out.
+        let strangers = refused.clone();
         hub.state.begin_resume(cx.id, rooms, refused, carried);
-        if mine.is_empty() {
-            finish(hub, cx.id, &cx.req.req_id, Vec::new());
-            return Ok(());
-        }
         // What the replay may cost is fixed before anything is read: the
         // user's row budget, at most a request's share of it.
-        let rows = hub
+        let mut rows = hub
             .svc
             .budgets
             .rows
@@ -130,8 +129,13 @@ impl Resume {
             .min(ROWS_PER_REQUEST as f64) as i64;
         if rows < mine.len() as i64 {
             // Not even the rooms can be looked up: every one is reloaded.
-            let rooms = mine.into_iter().map(|c| over_budget(c.room)).collect();
-            finish(hub, cx.id, &cx.req.req_id, rooms);
+            if let Some(buf) = hub.state.resume_buffers.get_mut(&cx.id) {
+                buf.skipped = mine.drain(..).map(|c| c.room).collect();
+            }
+            rows = 0;
+        }
+        if mine.is_empty() && strangers.is_empty() {
+            finish(hub, cx.id, &cx.req.req_id, Vec::new(), &[]);
             return Ok(());
         }
         // Reserved now, so that the user's other connections cannot spend
@@ -143,6 +147,7 @@ impl Resume {
         let job = Job::Resume {
             username: cx.user.clone(),
             rooms: mine,
+            strangers,
             limit: MAX_REPLAY,
             rows,
             bytes: replay_bytes(hub),
@@ -185,17 +190,25 @@ pub fn done(hub: &mut Hub, t: &Ticket, replay: Replay) {
         (replay.examined - replay.reserved) as f64,
         Instant::now(),
     );
-    finish(hub, t.conn, &t.req_id, replay.rooms);
+    finish(hub, t.conn, &t.req_id, replay.rooms, &replay.hidden);
 }
 
 /// The replay, then `resume_ack`, then the live events held back meanwhile.
 /// Frames are built a room at a time and only while they fit the reply's
 /// budget (the database sized the rooms from their stored text; escaping can
 /// make the frames larger).
-fn finish(hub: &mut Hub, conn: ConnId, req_id: &Option<Value>, rooms: Vec<RoomReplay>) {
-    let Some(buf) = hub.state.end_resume(conn) else {
+/// `hidden`: the rooms of `buf.refused` that are private.
+fn finish(
+    hub: &mut Hub,
+    conn: ConnId,
+    req_id: &Option<Value>,
+    mut rooms: Vec<RoomReplay>,
+    hidden: &[String],
+) {
+    let Some(mut buf) = hub.state.end_resume(conn) else {
         return;
     };
+    rooms.extend(buf.skipped.drain(..).map(over_budget));
     let budget = replay_bytes(hub);
     let mut used = 0;
     let mut acks = Map::new();
@@ -239,9 +252,14 @@ fn finish(hub: &mut Hub, conn: ConnId, req_id: &Option<Value>, rooms: Vec<RoomRe
     // The replay is a reply: its size is charged like one.
     hub.conns.charge_reply(conn, used);
     for room in buf.refused {
+        let error = if hidden.contains(&room) {
+            "ROOM_NOT_FOUND"
+        } else {
+            "NOT_A_MEMBER"
+        };
         acks.insert(
             room,
-            json!({"recovered": false, "count": 0, "error": "NOT_A_MEMBER"}),
+            json!({"recovered": false, "count": 0, "error": error}),
         );
     }
     hub.conns

@@ -6,7 +6,8 @@ use serde_json::{json, Value};
 
 use super::ctx::Ctx;
 use super::room_admin::{private_of, role_changed, topic_of};
-use crate::db::jobs::{ChatEntry, JoinBy, JoinResult, Outcome, Role, RoomInfo};
+use super::strangers;
+use crate::db::jobs::{ChatEntry, JoinBy, JoinResult, Outcome, Role, RoomInfo, StrangerReply};
 use crate::db::{Job, Ticket};
 use crate::hub::Hub;
 use crate::protocol::{ErrorCode, Event, Request, RequestError};
@@ -251,11 +252,7 @@ impl Leave {
 
     pub fn apply(self, hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
         if !hub.state.is_member(&cx.user, &self.room) {
-            let ev = Event::new("leave_ack")
-                .with("room", self.room)
-                .with("status", "NOT_A_MEMBER");
-            hub.conns.reply(cx.id, &cx.req.req_id, ev);
-            return Ok(());
+            return strangers::refuse(hub, cx, &self.room, StrangerReply::LeaveAck);
         }
         let job = Job::Leave {
             username: cx.user.clone(),

@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use super::ctx::Ctx;
+use super::strangers;
 use crate::hub::Hub;
 use crate::protocol::{ErrorCode, Event, Request, RequestError};
 
@@ -31,12 +32,14 @@ impl Typing {
     }
 
     pub fn apply(self, hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
-        let Some(user) = hub.state.users.get(&cx.user) else {
-            return Err(ErrorCode::NotAMember.into());
+        let Some(user) = hub
+            .state
+            .users
+            .get(&cx.user)
+            .filter(|u| u.loaded && u.rooms.contains(&self.room))
+        else {
+            return strangers::not_a_member(hub, cx, &self.room);
         };
-        if !user.loaded || !user.rooms.contains(&self.room) {
-            return Err(ErrorCode::NotAMember.into());
-        }
         let nickname = user.nickname.clone();
         let now = Instant::now();
         let key = (cx.user.clone(), self.room);

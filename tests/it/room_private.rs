@@ -157,21 +157,42 @@ fn answers(who: &mut Ws, room: &str, entry: i64) -> Vec<Value> {
 }
 
 #[test]
-fn a_stranger_cannot_tell_a_private_room_from_no_room() {
+fn a_stranger_is_told_a_private_room_does_not_exist_by_every_request() {
     let s = TestServer::start();
     let mut alice = s.client("alice");
     let mut bob = s.client("bob");
     let room = private_room(&mut alice, "Secret");
     alice.send(json!({"type": "msg", "room_id": room, "text": "secret"}));
     let entry = alice.expect("message")["id"].as_i64().unwrap();
-    // The largest entry id there is (a room that does not exist has none).
-    let missing = entry + 1_000_000;
     let private = answers(&mut bob, &room, entry);
-    let unknown = answers(&mut bob, "r_deadbeef", missing);
-    assert_eq!(private.len(), unknown.len());
-    for (p, u) in private.iter().zip(&unknown) {
-        assert_eq!(p, u, "private room vs no room");
+    for (i, reply) in private.iter().enumerate() {
+        match reply["type"].as_str() {
+            // An entry of the room is one bob cannot see.
+            Some("error") if i == 12 || i == 13 => {
+                assert_eq!(reply["code"], "MESSAGE_NOT_FOUND", "{i}: {reply}")
+            }
+            Some("error") => assert_eq!(reply["code"], "ROOM_NOT_FOUND", "{i}: {reply}"),
+            Some("resume_ack") => assert_eq!(
+                reply["rooms"]["ROOM"],
+                json!({"recovered": false, "count": 0, "error": "ROOM_NOT_FOUND"})
+            ),
+            _ => panic!("request {i} answered {reply}"),
+        }
     }
+    // A public room bob does not belong to answers as it always has.
+    let public = alice.request(json!({"type": "create_room", "name": "Open"}))["room_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let e = bob.request(json!({"type": "msg", "room_id": public, "text": "hi"}));
+    assert_eq!(e["code"], "NOT_A_MEMBER");
+    let ack = bob.request(json!({"type": "leave", "room_id": public}));
+    assert_eq!(ack["status"], "NOT_A_MEMBER");
+    let ack =
+        bob.request(json!({"type": "room_dm", "room_id": public, "to": "alice", "text": "x"}));
+    assert_eq!(ack["status"], "SENDER_NOT_IN_ROOM");
+    let ack = bob.request(json!({"type": "resume", "rooms": {public.as_str(): 0}}));
+    assert_eq!(ack["rooms"][public.as_str()]["error"], "NOT_A_MEMBER");
     // Nothing was stored or joined, and nothing of the room reached bob.
     assert_eq!(
         s.count(

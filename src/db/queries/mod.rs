@@ -127,6 +127,11 @@ pub fn run_with<C: GenericClient>(
             from,
             to,
         },
+        Job::Stranger { room, reply } => Outcome::Stranger {
+            hidden: rooms::is_private(c, st, &room)?,
+            room,
+            reply,
+        },
         Job::BlockedList { username } => {
             Outcome::BlockedList(blocks::blocked_list(c, st, &username)?)
         }
@@ -146,16 +151,16 @@ pub fn run_with<C: GenericClient>(
         Job::Resume {
             username,
             rooms,
+            strangers,
             limit,
             rows,
             bytes,
-        } => Outcome::Resume(resume::resume(
-            c,
-            st,
-            &username,
-            rooms,
-            ReplayBudget { limit, rows, bytes },
-        )?),
+        } => {
+            let mut replay =
+                resume::resume(c, st, &username, rooms, ReplayBudget { limit, rows, bytes })?;
+            replay.hidden = rooms::private_among(c, st, &strangers)?;
+            Outcome::Resume(replay)
+        }
         other => {
             return Err(DbError::Query(format!(
                 "ordered write sent to a general worker: {other:?}"

@@ -87,6 +87,7 @@ pub(super) fn resume<C: GenericClient>(
     Ok(Replay {
         username: username.to_string(),
         rooms: out,
+        hidden: Vec::new(),
         examined: tally.examined,
         reserved: budget.rows,
     })

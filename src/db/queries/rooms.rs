@@ -238,3 +238,32 @@ pub(super) fn prune<C: GenericClient>(
     }
     Ok(deleted)
 }
+
+/// Whether `room` exists and is private.
+pub(super) fn is_private<C: GenericClient>(
+    c: &mut C,
+    st: &mut Stmts,
+    room: &str,
+) -> Result<bool, DbError> {
+    let s = st.get(c, "SELECT 1 FROM rooms WHERE id = $1 AND klav_private")?;
+    Ok(c.query_opt(&s, &[&room])?.is_some())
+}
+
+/// Which of `rooms` exist and are private.
+pub(super) fn private_among<C: GenericClient>(
+    c: &mut C,
+    st: &mut Stmts,
+    rooms: &[String],
+) -> Result<Vec<String>, DbError> {
+    if rooms.is_empty() {
+        return Ok(Vec::new());
+    }
+    let s = st.get(
+        c,
+        "SELECT id FROM rooms WHERE id = ANY($1) AND klav_private",
+    )?;
+    Ok(c.query(&s, &[&rooms])?
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect())
+}
