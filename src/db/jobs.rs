@@ -33,6 +33,10 @@ pub struct NewMessage {
     /// The sender's idempotency key: a second entry with the same key from the
     /// same sender is never stored (the database's unique index decides).
     pub client_id: Option<String>,
+    /// The token generation of the sending connection: the writer stores
+    /// nothing of a sender whose tokens of that generation have been revoked
+    /// (see `db::writer::accounts`).
+    pub token_gen: i64,
 }
 
 /// Where a job's entries sit in their room's order: the room's entry before
@@ -65,6 +69,9 @@ pub struct CaughtUp {
     pub memberships: Vec<(String, String, i64)>,
     /// (follower, followee) for the users asked.
     pub follows: Vec<(String, String)>,
+    /// (user, token generation) for the users asked; `i64::MAX` for an
+    /// account deleted.
+    pub generations: Vec<(String, i64)>,
     /// (user, nickname) of the watched users online anywhere.
     pub online: Vec<(String, String)>,
 }
@@ -86,6 +93,8 @@ pub struct OfflineDm {
 #[derive(Clone, Debug)]
 pub struct SessionData {
     pub nickname: String,
+    /// The user's token generation: tokens of an older one are refused.
+    pub generation: i64,
     pub rooms: Vec<String>,
     /// Each room's newest entry id when it was read (see `cluster::chain`).
     pub last_entries: Vec<i64>,
@@ -421,6 +430,15 @@ pub enum Job {
         log_id: i64,
         at: SystemTime,
     },
+    /// Revokes every token of `username` (moves their token generation on),
+    /// setting `new_hash` as their password if given; refused when the
+    /// presenting token's generation `token_gen` is already revoked or the
+    /// account is gone. Ordered with the messages it must stop.
+    Revoke {
+        username: String,
+        token_gen: i64,
+        new_hash: Option<String>,
+    },
 }
 
 impl Job {
@@ -459,6 +477,7 @@ impl Job {
                 | Job::Read { .. }
                 | Job::ReadEntries { .. }
                 | Job::CatchUp { .. }
+                | Job::Revoke { .. }
         )
     }
 }
@@ -504,6 +523,9 @@ pub enum Registration {
     Already,
     /// This existing account's name differs from the one asked only in case.
     CaseTaken(String),
+    /// This account (the name, in some case) was deleted: the name stays
+    /// reserved.
+    Reserved(String),
 }
 
 /// What a WebSocket ticket turned out to be.
@@ -523,6 +545,8 @@ pub enum Outcome {
     Registered(Registration),
     UsernameTaken {
         existing: Option<String>,
+        /// That account was deleted: its name stays reserved.
+        reserved: bool,
     },
     /// `minted`: false when the user no longer exists.
     WsTicketMinted {
@@ -532,6 +556,8 @@ pub enum Outcome {
     Credentials {
         username: String,
         password: Option<String>,
+        /// The user's token generation (the token a login issues carries it).
+        generation: i64,
     },
     Done,
     Session {
@@ -651,4 +677,13 @@ pub enum Outcome {
         room: String,
         to: String,
     },
+    /// `Job::Revoke`: the user's new token generation, or `None` when the
+    /// presenting token was revoked already or the account is gone.
+    Revoked {
+        username: String,
+        generation: Option<i64>,
+    },
+    /// A `msg` or `room_dm` whose sender's tokens were revoked (or whose
+    /// account was deleted) before it was written: nothing was stored.
+    SenderRevoked,
 }

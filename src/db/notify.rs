@@ -68,6 +68,13 @@ pub enum BusEvent {
         user: String,
         nickname: String,
     },
+    /// Every token of `user` older than `generation` was revoked (a password
+    /// change, `logout_all`), or (`deleted`) their account was deleted.
+    Revoked {
+        user: String,
+        generation: i64,
+        deleted: bool,
+    },
 }
 
 /// The fields of an entry, borrowed (the writer encodes without copying).
@@ -111,6 +118,9 @@ pub trait Notes {
     /// A user's first connection in the cluster opened (`online`), or their
     /// last closed.
     fn presence(&mut self, user: &str, nickname: &str, online: bool);
+    /// `user`'s tokens older than `generation` were revoked, or (`deleted`)
+    /// their account was deleted.
+    fn revoked(&mut self, user: &str, generation: i64, deleted: bool);
     fn is_empty(&self) -> bool;
     /// The payloads to send, sealed now: last thing before the commit, so that
     /// their time is close to when they are heard.

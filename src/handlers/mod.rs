@@ -24,6 +24,7 @@ pub mod reads;
 pub mod remote;
 pub mod request;
 pub mod resume;
+pub mod revocation;
 pub mod rooms;
 pub mod session;
 pub mod tokens;

@@ -76,6 +76,8 @@ fn deliver_remote_dm(hub: &mut Hub, e: &ChatEntry) {
                     from_nickname: e.from_nickname.clone(),
                     text: e.text.clone(),
                     client_id: e.client_id.clone(),
+                    // Stored already: never checked again.
+                    token_gen: 0,
                 },
                 to: to.clone(),
                 id: e.id,
@@ -145,6 +147,14 @@ pub fn heard(hub: &mut Hub, ev: BusEvent, now: Instant) -> Vec<Work> {
                     .with("user_nickname", nickname);
                 hub.to_others(&targets, &own, &ev);
             }
+            Vec::new()
+        }
+        BusEvent::Revoked {
+            user,
+            generation,
+            deleted,
+        } => {
+            super::revocation::revoked(hub, &user, generation, deleted);
             Vec::new()
         }
         BusEvent::Follow { from, to, on } => {

@@ -12,6 +12,7 @@ mod accounts;
 mod http;
 mod login_limits;
 mod names;
+mod revocation;
 
 // The WebSocket: its upgrade, tokens and frames.
 mod tokens;

@@ -18,7 +18,7 @@ use super::layout::{push_hex, MAC_LEN, MAX_NODE_NAME, MAX_PAYLOAD, VERSION};
 use super::payloads::Payloads;
 use super::wire::{
     encode_change, encode_change_ref, encode_entry, encode_entry_ref, encode_follow,
-    encode_presence, encode_read_marker, micros,
+    encode_presence, encode_read_marker, encode_revoked, micros,
 };
 
 /// Seals this process's payloads: its name and incarnation, the next of its
@@ -132,6 +132,10 @@ impl Notes for SealedNotes<'_> {
 
     fn presence(&mut self, user: &str, nickname: &str, online: bool) {
         self.small(encode_presence(user, nickname, online));
+    }
+
+    fn revoked(&mut self, user: &str, generation: i64, deleted: bool) {
+        self.small(encode_revoked(user, generation, deleted));
     }
 
     fn is_empty(&self) -> bool {

@@ -92,6 +92,10 @@ pub fn encode_follow(from: &str, to: &str, on: bool) -> String {
     serde_json::json!(["f", from, to, on]).to_string()
 }
 
+pub fn encode_revoked(user: &str, generation: i64, deleted: bool) -> String {
+    serde_json::json!(["v", user, generation, deleted]).to_string()
+}
+
 /// A sealed payload's events. Unknown event kinds are skipped (a newer node
 /// may send more than this one knows); a known kind that does not decode
 /// spoils the payload.
@@ -108,7 +112,7 @@ pub(super) fn decode_events(body: &str) -> Option<Vec<BusEvent>> {
             events.push(ev);
         } else if matches!(
             f.first().and_then(Value::as_str),
-            Some("e" | "r" | "c" | "x" | "p" | "f" | "m" | "t")
+            Some("e" | "r" | "c" | "x" | "p" | "f" | "m" | "t" | "v")
         ) {
             return None;
         }
@@ -213,6 +217,11 @@ fn decode_event(f: &[Value]) -> Option<BusEvent> {
             to: s(f.get(2))?,
             on: f.get(3)?.as_bool()?,
         }),
+        "v" => Some(BusEvent::Revoked {
+            user: s(f.get(1))?,
+            generation: i(2)?,
+            deleted: f.get(3)?.as_bool()?,
+        }),
         _ => None,
     }
 }
@@ -235,6 +244,7 @@ mod tests {
             encode_read_marker("a", "r", 9),
             encode_typing("r", "a", "A"),
             encode_change(&changed),
+            encode_revoked("bob", 3, true),
         ]);
         let sealed = sealer("node-a").seal_at(&[body], t0());
         let opened = inbox().open(&sealed[0], t0()).unwrap();
@@ -269,6 +279,11 @@ mod tests {
                     nickname: "A".into()
                 },
                 BusEvent::Change { entry: changed },
+                BusEvent::Revoked {
+                    user: "bob".into(),
+                    generation: 3,
+                    deleted: true
+                },
             ]
         );
     }

@@ -17,8 +17,11 @@
 //! - `rooms`: create, join, leave and their system entries;
 //! - `dm`: DMs and the offline queue;
 //! - `follows`: follow and unfollow with their notes;
+//! - `accounts`: token revocation, and the check of the batch's senders
+//!   against it;
 //! - `written`: each job's result until COMMIT; `stats`: the counters.
 
+mod accounts;
 mod chain;
 mod dm;
 mod follows;
@@ -34,7 +37,7 @@ use crossbeam_channel::Receiver;
 use postgres::Transaction;
 
 use super::error::DbError;
-use super::jobs::{ChainLink, Completion, Job, NewMessage, Ticket};
+use super::jobs::{ChainLink, Completion, Job, NewMessage, Outcome, Ticket};
 use super::nodes;
 use super::notify::Notifier;
 use super::pool::{Conn, Health, Source};
@@ -185,10 +188,17 @@ fn apply<'a>(
     let mut links: Vec<Option<ChainLink>> = vec![None; jobs.len()];
     let mut b = Batch::new(bus);
     lock_rooms(tx, st, &entry_rooms(jobs), &mut b.chain)?;
+    let generations = accounts::sender_generations(tx, st, jobs)?;
     // Consecutive messages waiting for their multi-row INSERT: (index, message).
     let mut pending: Vec<(usize, &'a NewMessage)> = Vec::new();
     let mut savepoints = 0;
     for &job in jobs {
+        if let Job::Msg(m) | Job::Dm { msg: m, .. } = job {
+            if accounts::revoked_sender(&generations, m) {
+                written.push(Some(Written::Ready(Outcome::SenderRevoked)));
+                continue;
+            }
+        }
         if let Job::Msg(m) = job {
             pending.push((written.len(), m));
             written.push(None);
@@ -281,6 +291,18 @@ fn write_one(
         Job::Follow { .. } | Job::Unfollow { .. } => {
             follows::write_follow(tx, st, &mut b.chain, job)
         }
+        Job::Revoke {
+            username,
+            token_gen,
+            new_hash,
+        } => accounts::write_revoke(
+            tx,
+            st,
+            &mut b.chain,
+            username,
+            *token_gen,
+            new_hash.as_deref(),
+        ),
         other => Err(DbError::Query(format!(
             "unordered job sent to the writer: {other:?}"
         ))),

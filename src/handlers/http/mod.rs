@@ -6,6 +6,7 @@
 //! Requests on one connection are answered in order: while one waits for a
 //! worker, the next (pipelined) request stays in the buffer.
 
+pub mod account;
 pub mod accounts;
 pub mod exchange;
 
@@ -133,6 +134,8 @@ const ROUTES: &[(&str, &str, Handler)] = &[
     ("/register", "POST", accounts::register),
     ("/login", "POST", accounts::login),
     ("/ws-ticket", "POST", accounts::ws_ticket),
+    ("/password", "POST", account::password),
+    ("/logout_all", "POST", account::logout_all),
     ("/health", "GET", accounts::health),
     ("/metrics", "GET", metrics),
     ("/ws", "GET", upgrade),
@@ -240,6 +243,10 @@ pub fn db_failed(hub: &mut Hub, id: ConnId, e: &DbError) {
         | Some(PendingHttp::Login { keep_alive, .. })
         | Some(PendingHttp::MintTicket { keep_alive, .. }) => {
             finish(hub, id, unhealthy(&e.to_string(), keep_alive), keep_alive);
+        }
+        Some(PendingHttp::Account(req)) => {
+            let ka = req.keep_alive;
+            finish(hub, id, unhealthy(&e.to_string(), ka), ka);
         }
         Some(PendingHttp::TicketUpgrade { .. }) => session::ticket_failed(hub, id, e),
         None => {}
