@@ -439,6 +439,14 @@ pub enum Job {
         token_gen: i64,
         new_hash: Option<String>,
     },
+    /// Deletes the account of `username` (see `db::writer::deletion`);
+    /// refused as [`Job::Revoke`] is. `erase`: their messages and DMs become
+    /// tombstones.
+    DeleteAccount {
+        username: String,
+        token_gen: i64,
+        erase: bool,
+    },
 }
 
 impl Job {
@@ -448,6 +456,7 @@ impl Job {
         match self {
             Job::Join { username, .. }
             | Job::Leave { username, .. }
+            | Job::DeleteAccount { username, .. }
             | Job::DeleteOfflineDms { username, .. } => Some(username),
             Job::Presence { user, .. } => Some(user),
             Job::Follow { from, .. } | Job::Unfollow { from, .. } => Some(from),
@@ -478,6 +487,7 @@ impl Job {
                 | Job::ReadEntries { .. }
                 | Job::CatchUp { .. }
                 | Job::Revoke { .. }
+                | Job::DeleteAccount { .. }
         )
     }
 }
@@ -686,4 +696,24 @@ pub enum Outcome {
     /// A `msg` or `room_dm` whose sender's tokens were revoked (or whose
     /// account was deleted) before it was written: nothing was stored.
     SenderRevoked,
+    /// `Job::DeleteAccount`: what the deletion did, or `None` when the
+    /// presenting token was revoked already or the account is gone.
+    AccountDeleted {
+        username: String,
+        deletion: Option<Box<Deletion>>,
+    },
+}
+
+/// What deleting an account did, for the loop to show (the other nodes hear
+/// the same from the bus).
+#[derive(Debug)]
+pub struct Deletion {
+    /// The nickname their leaves were announced under.
+    pub nickname: String,
+    /// Each room they left: its `left` system entry and the entry before it.
+    pub leaves: Vec<(ChatEntry, i64)>,
+    /// (follower, followee) of every follow removed, theirs and of them.
+    pub unfollowed: Vec<(String, String)>,
+    /// They had a connection somewhere (in a cluster: by `klav_presence`).
+    pub was_online: bool,
 }

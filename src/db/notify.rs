@@ -69,11 +69,15 @@ pub enum BusEvent {
         nickname: String,
     },
     /// Every token of `user` older than `generation` was revoked (a password
-    /// change, `logout_all`), or (`deleted`) their account was deleted.
-    Revoked {
+    /// change, `logout_all`).
+    Revoked { user: String, generation: i64 },
+    /// `user`'s account was deleted (their tokens revoked up to `generation`);
+    /// `erased`: their messages became tombstones. The leaves, the follows
+    /// removed and their going offline come as events of their own.
+    AccountDeleted {
         user: String,
         generation: i64,
-        deleted: bool,
+        erased: bool,
     },
 }
 
@@ -118,9 +122,10 @@ pub trait Notes {
     /// A user's first connection in the cluster opened (`online`), or their
     /// last closed.
     fn presence(&mut self, user: &str, nickname: &str, online: bool);
-    /// `user`'s tokens older than `generation` were revoked, or (`deleted`)
-    /// their account was deleted.
-    fn revoked(&mut self, user: &str, generation: i64, deleted: bool);
+    /// `user`'s tokens older than `generation` were revoked.
+    fn revoked(&mut self, user: &str, generation: i64);
+    /// `user`'s account was deleted (and, `erased`, their messages).
+    fn account_deleted(&mut self, user: &str, generation: i64, erased: bool);
     fn is_empty(&self) -> bool;
     /// The payloads to send, sealed now: last thing before the commit, so that
     /// their time is close to when they are heard.

@@ -151,6 +151,9 @@ fn on_outcome(hub: &mut Hub, t: crate::db::Ticket, outcome: Outcome) {
             generation,
         } => http::account::revoke_done(hub, t.conn, &username, generation),
         Outcome::SenderRevoked => revocation::sender_revoked(hub, &t),
+        Outcome::AccountDeleted { username, deletion } => {
+            http::account::delete_done(hub, t.conn, &username, deletion)
+        }
     }
 }
 
@@ -291,8 +294,10 @@ fn caught_up(hub: &mut Hub, c: CaughtUp) {
         );
     }
     for (user, generation) in &c.generations {
-        let deleted = *generation == i64::MAX;
-        revocation::revoked(hub, user, *generation, deleted);
+        match *generation {
+            i64::MAX => revocation::account_deleted(hub, user),
+            g => revocation::revoked(hub, user, g, false),
+        }
     }
     hub.cluster.track_memberships(&c.memberships);
     crate::cluster::clock::reconcile_users(&mut hub.state, &c.memberships, &c.follows);

@@ -149,12 +149,12 @@ pub fn heard(hub: &mut Hub, ev: BusEvent, now: Instant) -> Vec<Work> {
             }
             Vec::new()
         }
-        BusEvent::Revoked {
-            user,
-            generation,
-            deleted,
-        } => {
-            super::revocation::revoked(hub, &user, generation, deleted);
+        BusEvent::Revoked { user, generation } => {
+            super::revocation::revoked(hub, &user, generation, false);
+            Vec::new()
+        }
+        BusEvent::AccountDeleted { user, .. } => {
+            super::revocation::account_deleted(hub, &user);
             Vec::new()
         }
         BusEvent::Follow { from, to, on } => {

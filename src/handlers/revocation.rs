@@ -6,8 +6,15 @@
 //! own connections within the bus's delay; upgrades under way are checked
 //! against the new generation when their session loads (see `session`).
 
+use std::time::Instant;
+
+use super::completion::run;
+use super::presence;
+use super::remote;
 use crate::close::CloseReason;
+use crate::cluster::bus::{BusEvent, MemberOp};
 use crate::conn::Phase;
+use crate::db::jobs::Deletion;
 use crate::db::Ticket;
 use crate::hub::Hub;
 use crate::protocol::{ErrorCode, RequestError};
@@ -35,6 +42,55 @@ pub fn revoked(hub: &mut Hub, user: &str, generation: i64, deleted: bool) {
             hub.conns.close(id, reason);
         }
     }
+}
+
+/// `user`'s account was deleted: every connection of theirs here closes, no
+/// token of theirs is accepted while they are in memory, and the history
+/// cache forgets what it held of them (their nickname and maybe their text
+/// changed in the database).
+pub fn account_deleted(hub: &mut Hub, user: &str) {
+    revoked(hub, user, i64::MAX, true);
+    hub.history.forget_author(user);
+}
+
+/// This node deleted `user`'s account: what the other nodes hear from its
+/// notes, in the same order. Each `left` entry goes through the rooms' order
+/// as another node's would; followers subscribed to their presence see them
+/// go offline before the follows go; then their connections close.
+pub fn deleted(hub: &mut Hub, user: &str, d: Deletion) {
+    let now = Instant::now();
+    for (entry, prev) in d.leaves {
+        let op = MemberOp {
+            joined: false,
+            user: user.to_string(),
+            nickname: d.nickname.clone(),
+        };
+        let ev = BusEvent::Entry {
+            entry,
+            prev,
+            op: Some(op),
+            queued: false,
+        };
+        let work = remote::heard(hub, ev, now);
+        run(hub, work);
+    }
+    if hub.cluster.enabled {
+        if d.was_online {
+            let ev = BusEvent::Presence {
+                user: user.to_string(),
+                nickname: d.nickname.clone(),
+                online: false,
+            };
+            let work = remote::heard(hub, ev, now);
+            run(hub, work);
+        }
+    } else if hub.state.is_online(user) {
+        presence::announce(hub, user, d.nickname.clone(), "offline");
+    }
+    for (from, to) in &d.unfollowed {
+        hub.state.unfollowed(from, to);
+    }
+    account_deleted(hub, user);
 }
 
 /// A `msg` or `room_dm` reached the writer after its sender's tokens were

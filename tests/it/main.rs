@@ -8,6 +8,7 @@ mod harness;
 mod support;
 
 // Accounts and the HTTP side.
+mod account_delete;
 mod accounts;
 mod http;
 mod login_limits;

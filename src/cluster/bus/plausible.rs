@@ -97,8 +97,9 @@ pub(super) fn plausible(ev: &BusEvent, signed_at: i64) -> bool {
             user,
             nickname,
         } => room_ok(room) && name_ok(user) && name_ok(nickname),
-        // A revocation always moves the generation on from 0.
-        BusEvent::Revoked {
+        // A revocation (and a deletion) always moves the generation on from 0.
+        BusEvent::Revoked { user, generation }
+        | BusEvent::AccountDeleted {
             user, generation, ..
         } => name_ok(user) && id_ok(*generation),
     }
@@ -110,8 +111,8 @@ mod tests {
     use crate::cluster::bus::fixtures::{entry, t0, verdict};
     use crate::cluster::bus::refused::Refused;
     use crate::cluster::bus::wire::{
-        encode_change, encode_change_ref, encode_entry, encode_entry_ref, encode_follow,
-        encode_presence, encode_read_marker, encode_revoked, encode_typing,
+        encode_account_deleted, encode_change, encode_change_ref, encode_entry, encode_entry_ref,
+        encode_follow, encode_presence, encode_read_marker, encode_revoked, encode_typing,
     };
     use crate::db::notify::EntryRef;
 
@@ -131,8 +132,8 @@ mod tests {
             x.text = "x".repeat(MAX_TEXT);
         });
         assert!(verdict(entry_event(&dm, 6)).is_ok());
-        assert!(verdict(encode_revoked("bob", 1, false)).is_ok());
-        assert!(verdict(encode_revoked("bob", MAX_ID, true)).is_ok());
+        assert!(verdict(encode_revoked("bob", 1)).is_ok());
+        assert!(verdict(encode_account_deleted("bob", MAX_ID, true)).is_ok());
         let long_names = e(&|x| x.from_nickname = "닉".repeat(MAX_NAME));
         assert!(
             verdict(entry_event(&long_names, 6)).is_ok(),
@@ -179,11 +180,13 @@ mod tests {
             encode_follow("a", "", true),
             encode_read_marker("a", "r", MAX_ID + 1),
             encode_typing("r", "a", ""),
-            encode_revoked("", 1, false),
-            encode_revoked(&"b".repeat(101), 1, false),
-            encode_revoked("bob", 0, false),
-            encode_revoked("bob", -1, true),
-            encode_revoked("bob", MAX_ID + 1, false),
+            encode_revoked("", 1),
+            encode_revoked(&"b".repeat(101), 1),
+            encode_revoked("bob", 0),
+            encode_revoked("bob", MAX_ID + 1),
+            encode_account_deleted("", 1, false),
+            encode_account_deleted("bob", -1, true),
+            encode_account_deleted("bob", 0, false),
         ];
         for ev in implausible {
             assert_eq!(verdict(ev.clone()), Err(Refused::Implausible), "{ev}");

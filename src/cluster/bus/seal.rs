@@ -17,8 +17,8 @@ use super::key::BusKey;
 use super::layout::{push_hex, MAC_LEN, MAX_NODE_NAME, MAX_PAYLOAD, VERSION};
 use super::payloads::Payloads;
 use super::wire::{
-    encode_change, encode_change_ref, encode_entry, encode_entry_ref, encode_follow,
-    encode_presence, encode_read_marker, encode_revoked, micros,
+    encode_account_deleted, encode_change, encode_change_ref, encode_entry, encode_entry_ref,
+    encode_follow, encode_presence, encode_read_marker, encode_revoked, micros,
 };
 
 /// Seals this process's payloads: its name and incarnation, the next of its
@@ -134,8 +134,12 @@ impl Notes for SealedNotes<'_> {
         self.small(encode_presence(user, nickname, online));
     }
 
-    fn revoked(&mut self, user: &str, generation: i64, deleted: bool) {
-        self.small(encode_revoked(user, generation, deleted));
+    fn revoked(&mut self, user: &str, generation: i64) {
+        self.small(encode_revoked(user, generation));
+    }
+
+    fn account_deleted(&mut self, user: &str, generation: i64, erased: bool) {
+        self.small(encode_account_deleted(user, generation, erased));
     }
 
     fn is_empty(&self) -> bool {

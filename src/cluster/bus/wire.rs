@@ -92,8 +92,12 @@ pub fn encode_follow(from: &str, to: &str, on: bool) -> String {
     serde_json::json!(["f", from, to, on]).to_string()
 }
 
-pub fn encode_revoked(user: &str, generation: i64, deleted: bool) -> String {
-    serde_json::json!(["v", user, generation, deleted]).to_string()
+pub fn encode_revoked(user: &str, generation: i64) -> String {
+    serde_json::json!(["v", user, generation]).to_string()
+}
+
+pub fn encode_account_deleted(user: &str, generation: i64, erased: bool) -> String {
+    serde_json::json!(["d", user, generation, erased]).to_string()
 }
 
 /// A sealed payload's events. Unknown event kinds are skipped (a newer node
@@ -112,7 +116,7 @@ pub(super) fn decode_events(body: &str) -> Option<Vec<BusEvent>> {
             events.push(ev);
         } else if matches!(
             f.first().and_then(Value::as_str),
-            Some("e" | "r" | "c" | "x" | "p" | "f" | "m" | "t" | "v")
+            Some("e" | "r" | "c" | "x" | "p" | "f" | "m" | "t" | "v" | "d")
         ) {
             return None;
         }
@@ -220,7 +224,11 @@ fn decode_event(f: &[Value]) -> Option<BusEvent> {
         "v" => Some(BusEvent::Revoked {
             user: s(f.get(1))?,
             generation: i(2)?,
-            deleted: f.get(3)?.as_bool()?,
+        }),
+        "d" => Some(BusEvent::AccountDeleted {
+            user: s(f.get(1))?,
+            generation: i(2)?,
+            erased: f.get(3)?.as_bool()?,
         }),
         _ => None,
     }
@@ -244,7 +252,8 @@ mod tests {
             encode_read_marker("a", "r", 9),
             encode_typing("r", "a", "A"),
             encode_change(&changed),
-            encode_revoked("bob", 3, true),
+            encode_revoked("bob", 3),
+            encode_account_deleted("carol", 2, true),
         ]);
         let sealed = sealer("node-a").seal_at(&[body], t0());
         let opened = inbox().open(&sealed[0], t0()).unwrap();
@@ -282,7 +291,11 @@ mod tests {
                 BusEvent::Revoked {
                     user: "bob".into(),
                     generation: 3,
-                    deleted: true
+                },
+                BusEvent::AccountDeleted {
+                    user: "carol".into(),
+                    generation: 2,
+                    erased: true
                 },
             ]
         );

@@ -45,7 +45,7 @@ pub(super) fn write_revoke(
         .map(|r| r.get(0));
     if let Some(g) = generation {
         drop_tickets(tx, st, username)?;
-        chain.note(|n| n.revoked(username, g, false));
+        chain.note(|n| n.revoked(username, g));
     }
     let outcome = Outcome::Revoked {
         username: username.to_string(),

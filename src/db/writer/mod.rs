@@ -18,11 +18,12 @@
 //! - `dm`: DMs and the offline queue;
 //! - `follows`: follow and unfollow with their notes;
 //! - `accounts`: token revocation, and the check of the batch's senders
-//!   against it;
+//!   against it; `deletion`: an account's deletion;
 //! - `written`: each job's result until COMMIT; `stats`: the counters.
 
 mod accounts;
 mod chain;
+mod deletion;
 mod dm;
 mod follows;
 mod messages;
@@ -303,6 +304,11 @@ fn write_one(
             *token_gen,
             new_hash.as_deref(),
         ),
+        Job::DeleteAccount {
+            username,
+            token_gen,
+            erase,
+        } => deletion::write_delete_account(tx, st, b, username, *token_gen, *erase),
         other => Err(DbError::Query(format!(
             "unordered job sent to the writer: {other:?}"
         ))),

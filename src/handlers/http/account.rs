@@ -22,6 +22,7 @@ use super::exchange::{
 };
 use crate::auth::password::{check_stored_hash, constant_time_eq, is_hashed, HashJob};
 use crate::conn::{AccountChange, AccountRequest, ConnId, PendingHttp};
+use crate::db::jobs::Deletion;
 use crate::db::{Job, Ticket};
 use crate::handlers::session::bearer_token;
 use crate::http::{self, Request};
@@ -60,6 +61,24 @@ pub fn logout_all(hub: &mut Hub, _: &mut Turn, id: ConnId, req: Request) {
         return respond(hub, id, http::error(422, detail, ka), ka);
     }
     begin(hub, id, &req, String::new(), AccountChange::LogoutAll);
+}
+
+/// `POST /account/delete` `{"password","erase"}`: `200`
+/// `{"status":"DELETED"}` (see `db::writer::deletion` for what goes).
+pub fn delete(hub: &mut Hub, _: &mut Turn, id: ConnId, req: Request) {
+    let ka = req.keep_alive;
+    let fields = json_body(&req, &["password"]);
+    let parsed = fields.as_ref().and_then(|b| {
+        let password = field(b, "password")?;
+        let erase = b.get("erase")?.as_bool()?;
+        Some((password.to_string(), erase))
+    });
+    let Some((password, erase)) = parsed else {
+        let detail = "body must be a JSON object with a string field \"password\" and a \
+                      boolean field \"erase\"";
+        return respond(hub, id, http::error(422, detail, ka), ka);
+    };
+    begin(hub, id, &req, password, AccountChange::Delete { erase });
 }
 
 /// The rules of `/register` for a new password: something, without NUL, at
@@ -204,10 +223,19 @@ pub fn new_password_hashed(hub: &mut Hub, id: ConnId, req: AccountRequest, hash:
 /// Submits the change to the ordered writer.
 fn write(hub: &mut Hub, id: ConnId, req: AccountRequest, new_hash: Option<String>) {
     let ka = req.keep_alive;
-    let job = Job::Revoke {
-        username: req.username.clone(),
-        token_gen: req.token_gen,
-        new_hash,
+    let username = req.username.clone();
+    let token_gen = req.token_gen;
+    let job = match req.change {
+        AccountChange::Delete { erase } => Job::DeleteAccount {
+            username,
+            token_gen,
+            erase,
+        },
+        _ => Job::Revoke {
+            username,
+            token_gen,
+            new_hash,
+        },
     };
     start_job(hub, id, job, PendingHttp::Account(Box::new(req)), ka);
 }
@@ -228,6 +256,26 @@ pub fn revoke_done(hub: &mut Hub, id: ConnId, username: &str, generation: Option
         (None, _) => unauthorized(TOKEN_REVOKED, ka),
         (Some(g), AccountChange::Password { .. }) => token_response(hub, username, g, ka),
         (Some(_), _) => http::json(200, &json!({ "status": "REVOKED" }), ka),
+    };
+    finish(hub, id, resp, ka);
+}
+
+/// An account deletion was written (or refused: `None`, as for
+/// [`revoke_done`]). What it did is shown here whether or not the request is
+/// still waiting.
+pub fn delete_done(hub: &mut Hub, id: ConnId, username: &str, deletion: Option<Box<Deletion>>) {
+    let done = deletion.is_some();
+    if let Some(d) = deletion {
+        crate::handlers::revocation::deleted(hub, username, *d);
+    }
+    let req = match take_pending(hub, id) {
+        Some(PendingHttp::Account(req)) => req,
+        other => return restore(hub, id, other),
+    };
+    let ka = req.keep_alive;
+    let resp = match done {
+        true => http::json(200, &json!({ "status": "DELETED" }), ka),
+        false => unauthorized(TOKEN_REVOKED, ka),
     };
     finish(hub, id, resp, ka);
 }

@@ -136,6 +136,7 @@ const ROUTES: &[(&str, &str, Handler)] = &[
     ("/ws-ticket", "POST", accounts::ws_ticket),
     ("/password", "POST", account::password),
     ("/logout_all", "POST", account::logout_all),
+    ("/account/delete", "POST", account::delete),
     ("/health", "GET", accounts::health),
     ("/metrics", "GET", metrics),
     ("/ws", "GET", upgrade),
