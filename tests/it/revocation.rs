@@ -132,6 +132,9 @@ fn wrong_passwords_count_against_the_login_throttle() {
     assert_eq!(s.login("alice", PASSWORD).status, 429);
     let r = logout_all(s.addr, &token);
     assert_eq!(r.status, 429, "{}", r.body);
+    let body = json!({"password": PASSWORD, "erase": false}).to_string();
+    let r = bearer_post(s.addr, "/account/delete", Some(&token), &body);
+    assert_eq!(r.status, 429, "{}", r.body);
 }
 
 #[test]

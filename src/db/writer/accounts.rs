@@ -100,6 +100,26 @@ pub(super) fn sender_generations(
         .collect())
 }
 
+/// A revocation or deletion this batch wrote: its user's later messages in the
+/// batch are checked against the new generation.
+pub(super) fn revoked_in_batch(generations: &mut HashMap<String, i64>, w: &Written) {
+    match w {
+        Written::Ready(Outcome::Revoked {
+            username,
+            generation: Some(g),
+        }) => {
+            generations.insert(username.clone(), *g);
+        }
+        Written::Ready(Outcome::AccountDeleted {
+            username,
+            deletion: Some(_),
+        }) => {
+            generations.insert(username.clone(), i64::MAX);
+        }
+        _ => {}
+    }
+}
+
 /// Whether a message's sender's token was revoked before it could be
 /// written (a sender without a row is left as before: nothing to revoke).
 pub(super) fn revoked_sender(generations: &HashMap<String, i64>, m: &NewMessage) -> bool {

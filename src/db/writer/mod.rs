@@ -189,7 +189,7 @@ fn apply<'a>(
     let mut links: Vec<Option<ChainLink>> = vec![None; jobs.len()];
     let mut b = Batch::new(bus);
     lock_rooms(tx, st, &entry_rooms(jobs), &mut b.chain)?;
-    let generations = accounts::sender_generations(tx, st, jobs)?;
+    let mut generations = accounts::sender_generations(tx, st, jobs)?;
     // Consecutive messages waiting for their multi-row INSERT: (index, message).
     let mut pending: Vec<(usize, &'a NewMessage)> = Vec::new();
     let mut savepoints = 0;
@@ -215,6 +215,8 @@ fn apply<'a>(
             &mut savepoints,
         )?;
         let (w, link) = write_one(tx, st, &mut b, job)?;
+        // Messages after a revocation in the same batch are checked against it.
+        accounts::revoked_in_batch(&mut generations, &w);
         links[written.len()] = link;
         written.push(Some(w));
     }

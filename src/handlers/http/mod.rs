@@ -1,7 +1,8 @@
 //! HTTP: requests parsed off a connection's buffer within the turn's budget,
 //! one route table, and what is not an account: `/metrics` and the web
 //! client's files (served by `crate::web`). The account endpoints live in
-//! [`accounts`]; `/ws` in `handlers::session`.
+//! [`accounts`], a signed-in user's account changes (password, log out
+//! everywhere, deletion) in [`account`]; `/ws` in `handlers::session`.
 //!
 //! Requests on one connection are answered in order: while one waits for a
 //! worker, the next (pipelined) request stays in the buffer.
