@@ -239,6 +239,14 @@ CREATE TABLE IF NOT EXISTS klav_room_bans (
     created_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (room_id, username)
 );
+-- Accounts (v3): each user's token generation. Every token carries the generation
+-- it was issued in (tokens without one count as 0); revoking a user's tokens (a
+-- password change, logout_all, deletion) moves it on, and older tokens are refused.
+-- A deleted account keeps its row (the name stays reserved), marked by klav_deleted_at.
+-- A WebSocket ticket keeps the generation of the token that minted it.
+ALTER TABLE users ADD COLUMN IF NOT EXISTS klav_token_gen bigint NOT NULL DEFAULT 0;
+ALTER TABLE users ADD COLUMN IF NOT EXISTS klav_deleted_at timestamptz;
+ALTER TABLE klav_ws_tickets ADD COLUMN IF NOT EXISTS token_gen bigint NOT NULL DEFAULT 0;
 
 -- One row: the schema version this database was last brought to.
 CREATE TABLE IF NOT EXISTS klav_schema_version (

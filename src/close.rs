@@ -42,6 +42,11 @@ pub enum CloseReason {
     Shutdown,
     /// Its token expired (`KLAV_WS_TOKEN_EXPIRY=close`): close 1008.
     TokenExpired,
+    /// The user's tokens were revoked (a password change, `logout_all`), on
+    /// any node: close 1008.
+    Revoked,
+    /// The user's account was deleted, on any node: close 1008.
+    AccountDeleted,
     /// A socket error.
     Error,
 }
@@ -77,6 +82,8 @@ impl CloseReason {
             CloseReason::Incomplete => "incomplete",
             CloseReason::Shutdown => "shutdown",
             CloseReason::TokenExpired => "token_expired",
+            CloseReason::Revoked => "revoked",
+            CloseReason::AccountDeleted => "account_deleted",
             CloseReason::Error => "error",
         }
     }
@@ -89,6 +96,8 @@ impl CloseReason {
             Budget => Some((CloseCode::Policy, "server buffer budget exceeded")),
             Incomplete => Some((CloseCode::Policy, "message not completed in time")),
             TokenExpired => Some((CloseCode::Policy, "token expired")),
+            Revoked => Some((CloseCode::Policy, "session revoked")),
+            AccountDeleted => Some((CloseCode::Policy, "account deleted")),
             TooBig => Some((CloseCode::Size, "message too big")),
             BadUtf8 => Some((CloseCode::Invalid, "invalid UTF-8")),
             Protocol => Some((CloseCode::Protocol, "protocol error")),
@@ -109,7 +118,7 @@ impl CloseReason {
         }
     }
 
-    pub const ALL: [CloseReason; 14] = [
+    pub const ALL: [CloseReason; 16] = [
         CloseReason::Peer,
         CloseReason::HttpDone,
         CloseReason::Refused,
@@ -123,6 +132,8 @@ impl CloseReason {
         CloseReason::Incomplete,
         CloseReason::Shutdown,
         CloseReason::TokenExpired,
+        CloseReason::Revoked,
+        CloseReason::AccountDeleted,
         CloseReason::Error,
     ];
 }

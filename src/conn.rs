@@ -38,6 +38,8 @@ pub enum Phase {
         token_expires: SystemTime,
         /// The token's `auth_time`: when the login it descends from was made.
         session_start: SystemTime,
+        /// The token's generation: refused if the user's is newer.
+        token_gen: i64,
     },
     /// An open WebSocket.
     Ws(Box<WsState>),
@@ -69,12 +71,17 @@ pub enum PendingHttp {
         addr: IpAddr,
         keep_alive: bool,
     },
+    /// `generation`: the user's token generation, once their stored password
+    /// has been read (the token issued carries it).
     Login {
         username: String,
         password: String,
         addr: IpAddr,
         keep_alive: bool,
+        generation: i64,
     },
+    /// `POST /password`, `/logout_all`, `/account/delete`.
+    Account(Box<AccountRequest>),
     Health {
         keep_alive: bool,
     },
@@ -89,6 +96,33 @@ pub enum PendingHttp {
         accept_key: String,
         addr: IpAddr,
     },
+}
+
+/// An account change asked with a valid token: the password is checked
+/// (against the stored one, on a hashing thread) before anything changes.
+#[derive(Debug)]
+pub struct AccountRequest {
+    pub username: String,
+    /// The presenting token's generation: the change is refused once it has
+    /// been revoked.
+    pub token_gen: i64,
+    /// The current password (empty for `logout_all`, which asks none).
+    pub password: String,
+    pub change: AccountChange,
+    /// The client address the login throttle counts under.
+    pub addr: IpAddr,
+    pub keep_alive: bool,
+}
+
+/// What an account request changes.
+#[derive(Debug)]
+pub enum AccountChange {
+    /// `POST /password`: the new password (cleared once hashed).
+    Password { new: String },
+    /// `POST /logout_all`.
+    LogoutAll,
+    /// `POST /account/delete`; `erase`: the user's messages become tombstones.
+    Delete { erase: bool },
 }
 
 /// Keeps one connection's requests taking effect in the order it sent them, as
@@ -297,6 +331,8 @@ pub struct WsState {
     /// That token's `auth_time`: `refresh_token` never extends the login
     /// past it plus `KLAV_SESSION_MAX_DAYS`.
     pub session_start: SystemTime,
+    /// That token's generation: a revocation of it closes the connection.
+    pub token_gen: i64,
     /// Room → id of the first entry event this connection was sent live. A
     /// room's entries reach a connection in id order, so it has been sent every
     /// later one too: a `resume` replays only what lies below, and never an

@@ -235,6 +235,27 @@ impl HistoryCache {
         self.bytes -= freed_bytes;
     }
 
+    /// Drops every room that holds an entry of `author`, and every fill in
+    /// flight (it may have read them before they changed): their nickname or
+    /// text changed in the database (a deleted account). They are filled
+    /// again when next asked for.
+    pub fn forget_author(&mut self, author: &str) {
+        let (mut freed, mut freed_bytes) = (0, 0);
+        self.rooms.retain(|_, slot| {
+            let Slot::Ready(log) = slot else {
+                return false;
+            };
+            if !log.entries.iter().any(|c| c.from == author) {
+                return true;
+            }
+            freed += log.entries.len();
+            freed_bytes += log.bytes();
+            false
+        });
+        self.total -= freed;
+        self.bytes -= freed_bytes;
+    }
+
     /// Drops one room (its entries could go stale: see `cluster`).
     pub fn forget(&mut self, room: &str) {
         if let Some(Slot::Ready(log)) = self.rooms.remove(room) {

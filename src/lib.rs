@@ -11,7 +11,9 @@
 //!   `command` is the table of request types, one module per request family
 //!   parses, applies and completes its requests, `completion` routes finished
 //!   jobs back to them, `remote` delivers other nodes' entries and presence,
-//!   `http` is the HTTP endpoints (accounts in `http::accounts`).
+//!   `http` is the HTTP endpoints (accounts in `http::accounts`, a signed-in
+//!   user's account changes in `http::account`), `revocation` closes what a
+//!   revocation of a user's tokens or their account's deletion ends.
 //! - [`hub`]: what handlers work on: [`conns`], [`services`], [`state`],
 //!   [`history_cache`] and [`cluster`], and the fan-out verbs.
 //! - [`conns`]: every connection in a slab; the only send path, with the

@@ -56,6 +56,10 @@ pub struct UserState {
     pub writes: u32,
     /// Whether rooms/following below were loaded (by the first upgrade to finish).
     pub loaded: bool,
+    /// The user's token generation, as far as this node knows (the highest
+    /// a session load read or a revocation announced): connections and
+    /// upgrades whose token is older are refused. Exact once `loaded`.
+    pub generation: i64,
     pub rooms: HashSet<String>,
     /// Room → this user's role there, for the rooms where it is not `member`
     /// (see `state::roles`).
@@ -345,6 +349,7 @@ impl State {
         user.opening = user.opening.saturating_sub(1);
         match session {
             Some(s) => {
+                user.generation = user.generation.max(s.generation);
                 if !user.loaded {
                     user.loaded = true;
                     user.nickname = s.nickname.clone();
@@ -599,6 +604,7 @@ mod tests {
     fn session(rooms: &[&str], following: &[&str]) -> SessionData {
         SessionData {
             nickname: "N".into(),
+            generation: 0,
             rooms: rooms.iter().map(|s| s.to_string()).collect(),
             last_entries: vec![0; rooms.len()],
             roles: vec![],

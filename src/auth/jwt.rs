@@ -1,11 +1,18 @@
-//! HS256/384/512 access tokens with `sub`, `iat`, `exp` and `auth_time` claims.
-//! A token that carries `nbf` is refused before that time.
+//! HS256/384/512 access tokens with `sub`, `iat`, `exp`, `auth_time` and `gen`
+//! claims. A token that carries `nbf` is refused before that time.
 //!
 //! `auth_time` (the standard claim's name) is when the user logged in with
 //! their password. A refreshed token keeps it, and no token lives past
 //! `auth_time` + `KLAV_SESSION_MAX_DAYS`: a stolen token can be refreshed for a
 //! while, never for good. Tokens from versions without the claim count from
 //! their `iat`.
+//!
+//! `gen` is the user's token generation when the token was issued: revoking a
+//! user's tokens (a password change, `logout_all`, deletion) moves the stored
+//! generation on, and a token of an older generation is refused from then on
+//! (checked against the database or the loop's memory, not here). Tokens from
+//! versions without the claim count as generation 0: they stay valid until a
+//! first revocation.
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -20,6 +27,9 @@ struct Claims {
     exp: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     auth_time: Option<u64>,
+    /// The user's token generation at issue (absent: 0).
+    #[serde(default)]
+    gen: i64,
 }
 
 /// Why a token was refused; the text goes into the 403's `detail`.
@@ -54,6 +64,8 @@ pub struct Verified {
     pub expires: SystemTime,
     /// Its `auth_time` (or, without one, its `iat`).
     pub auth_time: SystemTime,
+    /// Its `gen`: the user's token generation it was issued in (0 without one).
+    pub generation: i64,
 }
 
 /// A token just signed, and its `exp`.
@@ -108,20 +120,27 @@ impl Tokens {
         self
     }
 
-    /// A token for a login with a password, now.
+    /// A token for a login with a password, now, in token generation 0.
     pub fn issue(&self, username: &str) -> String {
-        self.login(username).token
+        self.login(username, 0).token
     }
 
-    /// As [`Tokens::issue`], with its expiry.
-    pub fn login(&self, username: &str) -> Issued {
-        self.reissue(username, SystemTime::now())
+    /// A token for a login with a password, now, in the user's token
+    /// `generation`, with its expiry.
+    pub fn login(&self, username: &str, generation: i64) -> Issued {
+        self.reissue(username, SystemTime::now(), generation)
             .expect("a login that starts now has not ended")
     }
 
-    /// A fresh token for a login made at `auth_time`: valid for the usual
-    /// minutes, but not past the login's end (refused once it has passed).
-    pub fn reissue(&self, username: &str, auth_time: SystemTime) -> Result<Issued, TokenError> {
+    /// A fresh token for a login made at `auth_time`, in token `generation`:
+    /// valid for the usual minutes, but not past the login's end (refused once
+    /// it has passed).
+    pub fn reissue(
+        &self,
+        username: &str,
+        auth_time: SystemTime,
+        generation: i64,
+    ) -> Result<Issued, TokenError> {
         let now = unix_secs(SystemTime::now());
         let auth = unix_secs(auth_time);
         let ends = auth.saturating_add(self.session_max.as_secs());
@@ -134,6 +153,7 @@ impl Tokens {
             iat: now,
             exp,
             auth_time: Some(auth),
+            gen: generation,
         };
         Ok(Issued {
             token: encode(&self.header, &claims, &self.encoding).expect("HMAC signing cannot fail"),
@@ -165,6 +185,7 @@ impl Tokens {
                     username: c.sub,
                     expires: UNIX_EPOCH + Duration::from_secs(c.exp),
                     auth_time: UNIX_EPOCH + Duration::from_secs(auth),
+                    generation: c.gen,
                 })
             }
             Ok(_) => Err(TokenError::Invalid),
@@ -222,20 +243,21 @@ mod tests {
         assert!(now.duration_since(fresh.auth_time).unwrap_or_default() < Duration::from_secs(2));
         // Ten minutes of the login left: the new token ends with it.
         let late = now - Duration::from_secs(50 * 60);
-        let issued = t.reissue("a", late).unwrap();
+        let issued = t.reissue("a", late, 3).unwrap();
         let v = t.verify_claims(&issued.token).unwrap();
         assert_eq!(
             v.auth_time,
             UNIX_EPOCH + Duration::from_secs(unix_secs(late))
         );
         assert_eq!(v.expires, issued.expires);
+        assert_eq!(v.generation, 3);
         let left = v.expires.duration_since(now).unwrap();
         assert!(
             left <= Duration::from_secs(600) && left > Duration::from_secs(590),
             "{left:?}"
         );
         assert_eq!(
-            t.reissue("a", now - Duration::from_secs(3600)).err(),
+            t.reissue("a", now - Duration::from_secs(3600), 0).err(),
             Some(TokenError::SessionEnded)
         );
         // A token from before `auth_time` counts from its `iat`.
@@ -248,6 +270,8 @@ mod tests {
             t.verify_claims(&old(secs - 60)).unwrap().auth_time,
             UNIX_EPOCH + Duration::from_secs(secs - 60)
         );
+        // A token from before `gen` is of generation 0.
+        assert_eq!(t.verify_claims(&old(secs - 60)).unwrap().generation, 0);
         assert_eq!(
             t.verify_claims(&old(secs - 3600)),
             Err(TokenError::SessionEnded)

@@ -35,6 +35,10 @@ pub struct NewMessage {
     /// The sender's idempotency key: a second entry with the same key from the
     /// same sender is never stored (the database's unique index decides).
     pub client_id: Option<String>,
+    /// The token generation of the sending connection: the writer stores
+    /// nothing of a sender whose tokens of that generation have been revoked
+    /// (see `db::writer::accounts`).
+    pub token_gen: i64,
 }
 
 /// Where a job's entries sit in their room's order: the room's entry before
@@ -71,6 +75,9 @@ pub struct CaughtUp {
     pub blocks: Vec<(String, String)>,
     /// (user, room, role) of the users asked, where the role is not `member`.
     pub roles: Vec<(String, String, Role)>,
+    /// (user, token generation) for the users asked; `i64::MAX` for an
+    /// account deleted.
+    pub generations: Vec<(String, i64)>,
     /// (user, nickname) of the watched users online anywhere.
     pub online: Vec<(String, String)>,
 }
@@ -94,6 +101,8 @@ pub struct OfflineDm {
 #[derive(Clone, Debug)]
 pub struct SessionData {
     pub nickname: String,
+    /// The user's token generation: tokens of an older one are refused.
+    pub generation: i64,
     pub rooms: Vec<String>,
     /// Each room's newest entry id when it was read (see `cluster::chain`).
     pub last_entries: Vec<i64>,
@@ -489,6 +498,23 @@ pub enum Job {
     },
     /// Room administration: roles, the room's name, topic and privacy.
     Admin(AdminJob),
+    /// Revokes every token of `username` (moves their token generation on),
+    /// setting `new_hash` as their password if given; refused when the
+    /// presenting token's generation `token_gen` is already revoked or the
+    /// account is gone. Ordered with the messages it must stop.
+    Revoke {
+        username: String,
+        token_gen: i64,
+        new_hash: Option<String>,
+    },
+    /// Deletes the account of `username` (see `db::writer::deletion`);
+    /// refused as [`Job::Revoke`] is. `erase`: their messages and DMs become
+    /// tombstones.
+    DeleteAccount {
+        username: String,
+        token_gen: i64,
+        erase: bool,
+    },
 }
 
 impl Job {
@@ -503,6 +529,7 @@ impl Job {
                 private: true,
                 ..
             }
+            | Job::DeleteAccount { username, .. }
             | Job::DeleteOfflineDms { username, .. } => Some(username),
             Job::Presence { user, .. } => Some(user),
             Job::Follow { from, .. } | Job::Unfollow { from, .. } => Some(from),
@@ -539,6 +566,8 @@ impl Job {
                 | Job::ReadEntries { .. }
                 | Job::CatchUp { .. }
                 | Job::Admin(_)
+                | Job::Revoke { .. }
+                | Job::DeleteAccount { .. }
         )
     }
 }
@@ -609,6 +638,9 @@ pub enum Registration {
     Already,
     /// This existing account's name differs from the one asked only in case.
     CaseTaken(String),
+    /// This account (the name, in some case) was deleted: the name stays
+    /// reserved.
+    Reserved(String),
 }
 
 /// What a WebSocket ticket turned out to be.
@@ -628,6 +660,8 @@ pub enum Outcome {
     Registered(Registration),
     UsernameTaken {
         existing: Option<String>,
+        /// That account was deleted: its name stays reserved.
+        reserved: bool,
     },
     /// `minted`: false when the user no longer exists.
     WsTicketMinted {
@@ -637,6 +671,8 @@ pub enum Outcome {
     Credentials {
         username: String,
         password: Option<String>,
+        /// The user's token generation (the token a login issues carries it).
+        generation: i64,
     },
     Done,
     Session {
@@ -784,4 +820,36 @@ pub enum Outcome {
         to: String,
     },
     Admin(AdminOutcome),
+    /// `Job::Revoke`: the user's new token generation, or `None` when the
+    /// presenting token was revoked already or the account is gone.
+    Revoked {
+        username: String,
+        generation: Option<i64>,
+    },
+    /// A `msg` or `room_dm` whose sender's tokens were revoked (or whose
+    /// account was deleted) before it was written: nothing was stored.
+    SenderRevoked,
+    /// `Job::DeleteAccount`: what the deletion did, or `None` when the
+    /// presenting token was revoked already or the account is gone.
+    AccountDeleted {
+        username: String,
+        deletion: Option<Box<Deletion>>,
+    },
+}
+
+/// What deleting an account did, for the loop to show (the other nodes hear
+/// the same from the bus).
+#[derive(Debug)]
+pub struct Deletion {
+    /// The nickname their leaves were announced under.
+    pub nickname: String,
+    /// Each room they left: its `left` system entry and the entry before it.
+    /// With the heir of each room they owned there (see `db::writer::rooms`).
+    pub leaves: Vec<(ChatEntry, i64, Option<String>)>,
+    /// (room, heir) of the rooms they owned without belonging to them.
+    pub passed_on: Vec<(String, String)>,
+    /// (follower, followee) of every follow removed, theirs and of them.
+    pub unfollowed: Vec<(String, String)>,
+    /// They had a connection somewhere (in a cluster: by `klav_presence`).
+    pub was_online: bool,
 }

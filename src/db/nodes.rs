@@ -337,6 +337,19 @@ pub fn catch_up<C: GenericClient>(
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect();
     out.follows = follows_of(c, st, &users)?;
+    // Revocations announced while the bus was lost: each user's generation
+    // (deleted accounts as the highest).
+    let s = st.get(
+        c,
+        "SELECT username, CASE WHEN klav_deleted_at IS NULL THEN klav_token_gen \
+                               ELSE 9223372036854775807 END \
+         FROM users WHERE username = ANY($1)",
+    )?;
+    out.generations = c
+        .query(&s, &[&users])?
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
     let s = st.get(
         c,
         "SELECT blocker, blocked FROM klav_blocks WHERE blocked = ANY($1)",

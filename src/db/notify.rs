@@ -106,6 +106,17 @@ pub enum BusEvent {
     Removal(Removal),
     /// A room's name, topic or privacy changed (`room_update`).
     RoomUpdated(RoomUpdate),
+    /// Every token of `user` older than `generation` was revoked (a password
+    /// change, `logout_all`).
+    Revoked { user: String, generation: i64 },
+    /// `user`'s account was deleted (their tokens revoked up to `generation`);
+    /// `erased`: their messages became tombstones. The leaves, the follows
+    /// removed and their going offline come as events of their own.
+    AccountDeleted {
+        user: String,
+        generation: i64,
+        erased: bool,
+    },
 }
 
 /// A `room_update` as the room's members are told of it: the room as it now
@@ -170,6 +181,10 @@ pub trait Notes {
     fn removal(&mut self, r: &Removal);
     /// A room's name, topic or privacy changed.
     fn room_updated(&mut self, u: &RoomUpdate);
+    /// `user`'s tokens older than `generation` were revoked.
+    fn revoked(&mut self, user: &str, generation: i64);
+    /// `user`'s account was deleted (and, `erased`, their messages).
+    fn account_deleted(&mut self, user: &str, generation: i64, erased: bool);
     fn is_empty(&self) -> bool;
     /// The payloads to send, sealed now: last thing before the commit, so that
     /// their time is close to when they are heard.

@@ -14,7 +14,8 @@ use super::jobs::{TicketUse, WS_TICKETS_PER_USER};
 use super::rows::Stmts;
 use crate::auth::jwt::Verified;
 
-/// Stores a ticket for `grant` (false: the user no longer exists), valid for
+/// Stores a ticket for `grant` (false: the user no longer exists, or the
+/// grant's token generation was revoked), valid for
 /// `ttl` by the database's clock, which every node shares; then keeps only the
 /// user's newest [`WS_TICKETS_PER_USER`] unexpired ones.
 pub fn mint<C: GenericClient>(
@@ -27,10 +28,11 @@ pub fn mint<C: GenericClient>(
     let ins = st.get(
         c,
         "INSERT INTO klav_ws_tickets \
-             (hash, username, token_expires, auth_time, expires_at, created_at) \
+             (hash, username, token_expires, auth_time, expires_at, created_at, token_gen) \
          SELECT $1, u.username, $3, $4, \
-                clock_timestamp() + make_interval(secs => $5::float8), clock_timestamp() \
-         FROM users u WHERE u.username = $2",
+                clock_timestamp() + make_interval(secs => $5::float8), clock_timestamp(), $6 \
+         FROM users u WHERE u.username = $2 \
+           AND u.klav_deleted_at IS NULL AND u.klav_token_gen <= $6",
     )?;
     let minted = c.execute(
         &ins,
@@ -40,6 +42,7 @@ pub fn mint<C: GenericClient>(
             &grant.expires,
             &grant.auth_time,
             &ttl.as_secs_f64(),
+            &grant.generation,
         ],
     )? == 1;
     if minted {
@@ -64,7 +67,8 @@ pub fn take<C: GenericClient>(
     let s = st.get(
         c,
         "DELETE FROM klav_ws_tickets WHERE hash = $1 \
-         RETURNING username, token_expires, auth_time, expires_at > clock_timestamp()",
+         RETURNING username, token_expires, auth_time, expires_at > clock_timestamp(), \
+                   token_gen",
     )?;
     Ok(match c.query_opt(&s, &[&hash])? {
         None => TicketUse::Unknown,
@@ -73,6 +77,7 @@ pub fn take<C: GenericClient>(
             username: r.get(0),
             expires: r.get(1),
             auth_time: r.get(2),
+            generation: r.get(4),
         }),
     })
 }

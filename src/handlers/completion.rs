@@ -30,6 +30,7 @@ use super::reads;
 use super::remote;
 use super::request::job_finished;
 use super::resume;
+use super::revocation;
 use super::room_admin;
 use super::rooms;
 use super::session;
@@ -79,14 +80,16 @@ fn on_outcome(hub: &mut Hub, t: crate::db::Ticket, outcome: Outcome) {
     match outcome {
         Outcome::Healthy => http::accounts::health_done(hub, t.conn, Ok(())),
         Outcome::Registered(result) => http::accounts::register_done(hub, t.conn, result),
-        Outcome::UsernameTaken { existing } => {
-            http::accounts::username_checked(hub, t.conn, existing)
+        Outcome::UsernameTaken { existing, reserved } => {
+            http::accounts::username_checked(hub, t.conn, existing, reserved)
         }
         Outcome::WsTicketMinted { minted } => http::accounts::ws_ticket_done(hub, t.conn, minted),
         Outcome::WsTicket(ticket) => session::ticket_taken(hub, t.conn, ticket),
-        Outcome::Credentials { username, password } => {
-            http::accounts::credentials_done(hub, t.conn, username, password)
-        }
+        Outcome::Credentials {
+            username,
+            password,
+            generation,
+        } => http::accounts::credentials_done(hub, t.conn, username, password, generation),
         Outcome::Done | Outcome::Pruned(_) => {}
         Outcome::Session { username, session } => session::loaded(hub, &t, &username, session),
         Outcome::History { room, items } => history::done(hub, &t, room, items),
@@ -150,6 +153,14 @@ fn on_outcome(hub: &mut Hub, t: crate::db::Ticket, outcome: Outcome) {
         Outcome::Dm { msg, to, result } => dm::stored(hub, &t, msg, to, result),
         Outcome::DmQueued { room, to } => dm::ack(hub, &t, &room, &to, "QUEUED"),
         Outcome::Admin(o) => room_admin::done(hub, &t, o),
+        Outcome::Revoked {
+            username,
+            generation,
+        } => http::account::revoke_done(hub, t.conn, &username, generation),
+        Outcome::SenderRevoked => revocation::sender_revoked(hub, &t),
+        Outcome::AccountDeleted { username, deletion } => {
+            http::account::delete_done(hub, t.conn, &username, deletion)
+        }
     }
 }
 
@@ -273,7 +284,8 @@ fn entries_read(
 }
 
 /// What a catch-up read: each tracked room's entries, then this node's users'
-/// memberships and follows, then the presence of the users watched here.
+/// revocations, memberships and follows, then the presence of the users
+/// watched here.
 fn caught_up(hub: &mut Hub, c: CaughtUp) {
     hub.cluster.catching_up = false;
     for r in c.rooms {
@@ -287,6 +299,12 @@ fn caught_up(hub: &mut Hub, c: CaughtUp) {
                 read_upto: None,
             }],
         );
+    }
+    for (user, generation) in &c.generations {
+        match *generation {
+            i64::MAX => revocation::account_deleted(hub, user),
+            g => revocation::revoked(hub, user, g, false),
+        }
     }
     hub.cluster.track_memberships(&c.memberships);
     crate::cluster::clock::reconcile_users(&mut hub.state, &c.memberships, &c.follows);

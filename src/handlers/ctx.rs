@@ -16,6 +16,14 @@ pub struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// The token generation of the connection's token (0 if it is gone).
+    pub fn token_gen(&self, hub: &Hub) -> i64 {
+        match hub.conns.get(self.id).map(|c| &c.phase) {
+            Some(crate::conn::Phase::Ws(ws)) => ws.token_gen,
+            _ => 0,
+        }
+    }
+
     /// Queues the request's database job; if the queue is full the client gets
     /// `UNAVAILABLE` at once (and this returns false). Until the job is done, the
     /// connection's later requests wait as the request's [`Hold`] says.

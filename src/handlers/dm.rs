@@ -70,6 +70,7 @@ impl RoomDm {
                 from_nickname,
                 text,
                 client_id: self.client_id,
+                token_gen: cx.token_gen(hub),
             },
             to: self.to,
             recipient_known,

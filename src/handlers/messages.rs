@@ -59,6 +59,7 @@ impl Msg {
             from_nickname,
             text,
             client_id: self.client_id,
+            token_gen: cx.token_gen(hub),
         });
         cx.submit(hub, job);
         Ok(())

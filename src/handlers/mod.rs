@@ -27,6 +27,7 @@ pub mod reads;
 pub mod remote;
 pub mod request;
 pub mod resume;
+pub mod revocation;
 pub mod room_admin;
 pub mod rooms;
 pub mod session;

@@ -92,6 +92,8 @@ fn deliver_remote_dm(hub: &mut Hub, e: &ChatEntry) {
                     from_nickname: e.from_nickname.clone(),
                     text: e.text.clone(),
                     client_id: e.client_id.clone(),
+                    // Stored already: never checked again.
+                    token_gen: 0,
                 },
                 to: to.clone(),
                 id: e.id,
@@ -191,6 +193,14 @@ pub fn heard(hub: &mut Hub, ev: BusEvent, now: Instant) -> Vec<Work> {
         }
         BusEvent::RoomUpdated(u) => {
             room_admin::heard_update(hub, &u);
+            Vec::new()
+        }
+        BusEvent::Revoked { user, generation } => {
+            super::revocation::revoked(hub, &user, generation, false);
+            Vec::new()
+        }
+        BusEvent::AccountDeleted { user, .. } => {
+            super::revocation::account_deleted(hub, &user);
             Vec::new()
         }
         BusEvent::Follow { from, to, on } => {

@@ -139,7 +139,18 @@ fn open_as(hub: &mut Hub, id: ConnId, grant: Verified, accept_key: String, addr:
         username,
         expires: token_expires,
         auth_time: session_start,
+        generation: token_gen,
     } = grant;
+    // A user loaded here has their token generation in memory: a revoked
+    // token costs no database read.
+    if hub
+        .state
+        .users
+        .get(&username)
+        .is_some_and(|u| u.loaded && token_gen < u.generation)
+    {
+        return respond(hub, id, http::error(403, TOKEN_REVOKED, false), false);
+    }
     // Budgets, checked before any work is done for the connection.
     let user_conns = hub
         .state
@@ -172,6 +183,7 @@ fn open_as(hub: &mut Hub, id: ConnId, grant: Verified, accept_key: String, addr:
         leftover,
         token_expires,
         session_start,
+        token_gen,
     };
     let now = hub.state.begin_open(&username, id);
     // In a cluster the user's presence is written before their session is
@@ -185,6 +197,9 @@ fn open_as(hub: &mut Hub, id: ConnId, grant: Verified, accept_key: String, addr:
         }
     }
 }
+
+/// The 403's `detail` for an upgrade whose token was revoked.
+const TOKEN_REVOKED: &str = "token revoked";
 
 /// 429 for an upgrade over a connection budget; the client may retry later.
 fn too_many(hub: &mut Hub, id: ConnId, detail: &str) {
@@ -260,18 +275,26 @@ fn opened(hub: &mut Hub, id: ConnId, username: &str, session: Option<SessionData
         // Closed while loading; its `opening` count was released on close.
         return;
     };
-    if !matches!(conn.phase, Phase::Upgrading { .. }) {
+    let Phase::Upgrading { token_gen, .. } = conn.phase else {
         return;
-    }
-    if !hub.state.finish_open(username, session.as_ref()) {
+    };
+    let revoked = session
+        .as_ref()
+        .is_some_and(|s| revoke_known(hub, username, s.generation) > token_gen);
+    let admitted = match revoked {
+        true => hub.state.finish_open(username, None),
+        false => hub.state.finish_open(username, session.as_ref()),
+    };
+    if !admitted {
         let conn = hub.conns.get_mut(id).expect("checked above");
         conn.phase = Phase::Closed;
-        return respond(
-            hub,
-            id,
-            http::error(403, "user not registered", false),
-            false,
-        );
+        let detail = match revoked {
+            true => TOKEN_REVOKED,
+            false => "user not registered",
+        };
+        respond(hub, id, http::error(403, detail, false), false);
+        // Its upgrade counted towards the user's presence.
+        return remote::presence_changed(hub, username);
     }
     let burst = hub.svc.config.rate_burst;
     let conn = hub.conns.get_mut(id).expect("checked above");
@@ -280,6 +303,7 @@ fn opened(hub: &mut Hub, id: ConnId, username: &str, session: Option<SessionData
         leftover,
         token_expires,
         session_start,
+        token_gen,
         ..
     } = std::mem::replace(&mut conn.phase, Phase::Closed)
     else {
@@ -303,6 +327,7 @@ fn opened(hub: &mut Hub, id: ConnId, username: &str, session: Option<SessionData
         token_expires: tokens::on_loop_clock(token_expires),
         token_warned: false,
         session_start,
+        token_gen,
         first_live: HashMap::new(),
         throttled_until: None,
         opening: Some(OpeningHold {
@@ -349,6 +374,18 @@ fn opened(hub: &mut Hub, id: ConnId, username: &str, session: Option<SessionData
     }
     // Frames may already be waiting (sent right after the upgrade request).
     hub.conns.again.push(id);
+}
+
+/// The user's token generation as a session load read it, kept in memory if
+/// newer than what was known; returns the newest known.
+fn revoke_known(hub: &mut Hub, username: &str, loaded: i64) -> i64 {
+    match hub.state.users.get_mut(username) {
+        Some(u) => {
+            u.generation = u.generation.max(loaded);
+            u.generation
+        }
+        None => loaded,
+    }
 }
 
 /// The session could not be loaded: 503, nothing was opened.

@@ -14,12 +14,13 @@ use crate::protocol::{ErrorCode, Event, Request, RequestError};
 /// Only while the connection's token is still valid (in either
 /// `KLAV_WS_TOKEN_EXPIRY` mode: `ignore` keeps the socket open, not the
 /// right to new tokens), and never past the login's `KLAV_SESSION_MAX_DAYS`:
-/// a stolen token stops working at the latest then.
+/// a stolen token stops working at the latest then. Nor once the token was
+/// revoked: the new token is of the same token generation.
 pub fn refresh(hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
-    let Some((token_expires, session_start)) = hub
+    let Some((token_expires, session_start, token_gen)) = hub
         .conns
         .ws_mut(cx.id)
-        .map(|ws| (ws.token_expires, ws.session_start))
+        .map(|ws| (ws.token_expires, ws.session_start, ws.token_gen))
     else {
         return Ok(());
     };
@@ -29,10 +30,13 @@ pub fn refresh(hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
             "the connection's token has expired: log in again",
         ));
     }
+    if token_gen < known_generation(hub, &cx.user) {
+        return Err(revoked());
+    }
     let issued = hub
         .svc
         .tokens
-        .reissue(&cx.user, session_start)
+        .reissue(&cx.user, session_start, token_gen)
         .map_err(|e| RequestError::with(ErrorCode::BadToken, e.to_string()))?;
     let ev = Event::new("token")
         .with("access_token", issued.token)
@@ -74,10 +78,14 @@ impl Auth {
             }
             Err(e) => return Err(RequestError::with(ErrorCode::BadToken, e.to_string())),
         };
+        if grant.generation < known_generation(hub, &cx.user) {
+            return Err(revoked());
+        }
         if let Some(ws) = hub.conns.ws_mut(cx.id) {
             ws.token_expires = on_loop_clock(grant.expires);
             ws.token_warned = false;
             ws.session_start = grant.auth_time;
+            ws.token_gen = grant.generation;
         }
         // The deadline may have moved earlier: the loop files it again.
         hub.conns.again.push(cx.id);
@@ -85,6 +93,16 @@ impl Auth {
         hub.conns.reply(cx.id, &cx.req.req_id, ev);
         Ok(())
     }
+}
+
+/// The user's token generation as this node knows it (exact while they have
+/// a connection here: revocations are announced to every node).
+fn known_generation(hub: &Hub, user: &str) -> i64 {
+    hub.state.users.get(user).map_or(0, |u| u.generation)
+}
+
+fn revoked() -> RequestError {
+    RequestError::with(ErrorCode::BadToken, "token revoked: log in again")
 }
 
 /// A token's `exp` as an [`Instant`], read once, so that the deadline the

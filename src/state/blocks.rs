@@ -26,6 +26,13 @@ impl State {
         }
     }
 
+    /// A deleted account's blocks are gone: nobody loaded is blocked by them.
+    pub fn forget_blocker(&mut self, blocker: &str) {
+        for user in self.users.values_mut() {
+            user.blocked_by.remove(blocker);
+        }
+    }
+
     /// Whether `subject`'s presence is hidden from `viewer` (the subject
     /// blocks the viewer): a viewer is always loaded, so memory knows.
     pub fn hides(&self, viewer: &str, subject: &str) -> bool {
@@ -83,6 +90,7 @@ mod tests {
             blocked_by: names(blocked_by),
             offline: vec![],
             dropped: 0,
+            generation: 0,
         }
     }
 

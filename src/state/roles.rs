@@ -114,6 +114,7 @@ mod tests {
             blocked_by: vec![],
             offline: vec![],
             dropped: 0,
+            generation: 0,
         };
         s.finish_open("a", Some(&session));
         s.add_conn("a", id);
@@ -211,6 +212,7 @@ mod tests {
             blocked_by: vec![],
             offline: vec![],
             dropped: 0,
+            generation: 0,
         }
     }
 }

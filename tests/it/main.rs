@@ -8,10 +8,12 @@ mod harness;
 mod support;
 
 // Accounts and the HTTP side.
+mod account_delete;
 mod accounts;
 mod http;
 mod login_limits;
 mod names;
+mod revocation;
 
 // The WebSocket: its upgrade, tokens and frames.
 mod tokens;

@@ -150,6 +150,11 @@ pub(super) fn plausible(ev: &BusEvent, signed_at: i64) -> bool {
                     .is_none_or(|t| chars_within(t, MAX_TOPIC))
                 && name_ok(&u.by)
         }
+        // A revocation (and a deletion) always moves the generation on from 0.
+        BusEvent::Revoked { user, generation }
+        | BusEvent::AccountDeleted {
+            user, generation, ..
+        } => name_ok(user) && id_ok(*generation),
     }
 }
 
@@ -159,9 +164,9 @@ mod tests {
     use crate::cluster::bus::fixtures::{entry, t0, verdict};
     use crate::cluster::bus::refused::Refused;
     use crate::cluster::bus::wire::{
-        encode_block, encode_change, encode_change_ref, encode_entry, encode_entry_ref,
-        encode_follow, encode_invited, encode_presence, encode_read_marker, encode_removal,
-        encode_role, encode_room_updated, encode_typing,
+        encode_account_deleted, encode_block, encode_change, encode_change_ref, encode_entry,
+        encode_entry_ref, encode_follow, encode_invited, encode_presence, encode_read_marker,
+        encode_removal, encode_revoked, encode_role, encode_room_updated, encode_typing,
     };
     use crate::db::jobs::Invite;
     use crate::db::notify::{EntryRef, Removal, RoomUpdate};
@@ -208,6 +213,8 @@ mod tests {
             x.text = "x".repeat(MAX_TEXT);
         });
         assert!(verdict(entry_event(&dm, 6)).is_ok());
+        assert!(verdict(encode_revoked("bob", 1)).is_ok());
+        assert!(verdict(encode_account_deleted("bob", MAX_ID, true)).is_ok());
         let long_names = e(&|x| x.from_nickname = "닉".repeat(MAX_NAME));
         assert!(
             verdict(entry_event(&long_names, 6)).is_ok(),
@@ -315,6 +322,13 @@ mod tests {
                     ..invite.clone()
                 },
             ),
+            encode_revoked("", 1),
+            encode_revoked(&"b".repeat(101), 1),
+            encode_revoked("bob", 0),
+            encode_revoked("bob", MAX_ID + 1),
+            encode_account_deleted("", 1, false),
+            encode_account_deleted("bob", -1, true),
+            encode_account_deleted("bob", 0, false),
         ];
         for ev in implausible {
             assert_eq!(verdict(ev.clone()), Err(Refused::Implausible), "{ev}");

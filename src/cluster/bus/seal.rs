@@ -18,9 +18,9 @@ use super::key::BusKey;
 use super::layout::{push_hex, MAC_LEN, MAX_NODE_NAME, MAX_PAYLOAD, VERSION};
 use super::payloads::Payloads;
 use super::wire::{
-    encode_block, encode_change, encode_change_ref, encode_entry, encode_entry_ref, encode_follow,
-    encode_invited, encode_presence, encode_read_marker, encode_removal, encode_role,
-    encode_room_updated, micros,
+    encode_account_deleted, encode_block, encode_change, encode_change_ref, encode_entry,
+    encode_entry_ref, encode_follow, encode_invited, encode_presence, encode_read_marker,
+    encode_removal, encode_revoked, encode_role, encode_room_updated, micros,
 };
 
 /// Seals this process's payloads: its name and incarnation, the next of its
@@ -154,6 +154,14 @@ impl Notes for SealedNotes<'_> {
 
     fn room_updated(&mut self, u: &RoomUpdate) {
         self.small(encode_room_updated(u));
+    }
+
+    fn revoked(&mut self, user: &str, generation: i64) {
+        self.small(encode_revoked(user, generation));
+    }
+
+    fn account_deleted(&mut self, user: &str, generation: i64, erased: bool) {
+        self.small(encode_account_deleted(user, generation, erased));
     }
 
     fn is_empty(&self) -> bool {

@@ -124,6 +124,14 @@ pub fn encode_room_updated(u: &RoomUpdate) -> String {
     serde_json::json!(["u", u.room, u.id, u.name, u.topic, u.private, u.by]).to_string()
 }
 
+pub fn encode_revoked(user: &str, generation: i64) -> String {
+    serde_json::json!(["v", user, generation]).to_string()
+}
+
+pub fn encode_account_deleted(user: &str, generation: i64, erased: bool) -> String {
+    serde_json::json!(["d", user, generation, erased]).to_string()
+}
+
 /// A sealed payload's events. Unknown event kinds are skipped (a newer node
 /// may send more than this one knows); a known kind that does not decode
 /// spoils the payload.
@@ -140,7 +148,22 @@ pub(super) fn decode_events(body: &str) -> Option<Vec<BusEvent>> {
             events.push(ev);
         } else if matches!(
             f.first().and_then(Value::as_str),
-            Some("e" | "r" | "c" | "x" | "p" | "f" | "b" | "m" | "t" | "o" | "u" | "n" | "k")
+            Some(
+                "e" | "r"
+                    | "c"
+                    | "x"
+                    | "p"
+                    | "f"
+                    | "b"
+                    | "m"
+                    | "t"
+                    | "o"
+                    | "u"
+                    | "n"
+                    | "k"
+                    | "v"
+                    | "d"
+            )
         ) {
             return None;
         }
@@ -290,6 +313,15 @@ fn decode_event(f: &[Value]) -> Option<BusEvent> {
             private: f.get(5)?.as_bool()?,
             by: s(f.get(6))?,
         })),
+        "v" => Some(BusEvent::Revoked {
+            user: s(f.get(1))?,
+            generation: i(2)?,
+        }),
+        "d" => Some(BusEvent::AccountDeleted {
+            user: s(f.get(1))?,
+            generation: i(2)?,
+            erased: f.get(3)?.as_bool()?,
+        }),
         _ => None,
     }
 }
@@ -342,6 +374,8 @@ mod tests {
             encode_room_updated(&update),
             encode_invited("bob", &invite),
             encode_removal(&kicked),
+            encode_revoked("bob", 3),
+            encode_account_deleted("carol", 2, true),
         ]);
         let sealed = sealer("node-a").seal_at(&[body], t0());
         let opened = inbox().open(&sealed[0], t0()).unwrap();
@@ -394,6 +428,15 @@ mod tests {
                     invite
                 },
                 BusEvent::Removal(kicked),
+                BusEvent::Revoked {
+                    user: "bob".into(),
+                    generation: 3,
+                },
+                BusEvent::AccountDeleted {
+                    user: "carol".into(),
+                    generation: 2,
+                    erased: true
+                },
             ]
         );
     }

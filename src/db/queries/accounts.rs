@@ -29,18 +29,21 @@ pub(super) fn register_account<C: GenericClient>(
 
 /// The existing username equal to `username` without regard to case, the
 /// same spelling first (rows from before the rule may differ only in case),
-/// with its stored password field.
+/// with its stored password field and whether the account was deleted (its
+/// name stays reserved).
 pub(super) fn same_name<C: GenericClient>(
     c: &mut C,
     st: &mut Stmts,
     username: &str,
-) -> Result<Option<(String, String)>, DbError> {
+) -> Result<Option<(String, String, bool)>, DbError> {
     let s = st.get(
         c,
-        "SELECT username, password FROM users WHERE lower(username) = lower($1) \
+        "SELECT username, password, klav_deleted_at IS NOT NULL FROM users \
+         WHERE lower(username) = lower($1) \
          ORDER BY username = $1 DESC LIMIT 1",
     )?;
-    Ok(c.query_opt(&s, &[&username])?.map(|r| (r.get(0), r.get(1))))
+    Ok(c.query_opt(&s, &[&username])?
+        .map(|r| (r.get(0), r.get(1), r.get(2))))
 }
 
 /// Inserts the account unless its name is taken in any case. Without the lock
@@ -56,16 +59,17 @@ fn register(
     let lock = st.get(tx, "SELECT pg_advisory_xact_lock($1, hashtext(lower($2)))")?;
     tx.execute(&lock, &[&USERNAME_LOCK, &username])?;
     match same_name(tx, st, username)? {
+        Some((name, _, true)) => Ok(Registration::Reserved(name)),
         // Already there with this very hash: the hash carries a fresh random
         // salt, so only this request can have written it — an earlier attempt
         // of the same job that committed before its connection broke, which
         // the worker then retried.
-        Some((name, stored)) if name == username => Ok(if stored == password_hash {
+        Some((name, stored, _)) if name == username => Ok(if stored == password_hash {
             Registration::Created
         } else {
             Registration::Already
         }),
-        Some((name, _)) => Ok(Registration::CaseTaken(name)),
+        Some((name, _, _)) => Ok(Registration::CaseTaken(name)),
         None => {
             let s = st.get(
                 tx,
@@ -84,15 +88,28 @@ fn register(
     }
 }
 
-/// `Job::Credentials`: the stored password field, if the user exists.
+/// `Job::Credentials`: the stored password field and token generation, if the
+/// user exists (a deleted account does not).
 pub(super) fn credentials<C: GenericClient>(
     c: &mut C,
     st: &mut Stmts,
     username: String,
 ) -> Result<Outcome, DbError> {
-    let s = st.get(c, "SELECT password FROM users WHERE username = $1")?;
-    let password = c.query_opt(&s, &[&username])?.map(|r| r.get(0));
-    Ok(Outcome::Credentials { username, password })
+    let s = st.get(
+        c,
+        "SELECT password, klav_token_gen FROM users \
+         WHERE username = $1 AND klav_deleted_at IS NULL",
+    )?;
+    let row = c.query_opt(&s, &[&username])?;
+    let (password, generation) = match row {
+        Some(r) => (Some(r.get(0)), r.get(1)),
+        None => (None, 0),
+    };
+    Ok(Outcome::Credentials {
+        username,
+        password,
+        generation,
+    })
 }
 
 /// `Job::UpgradePassword`: the hash replaces the legacy password, if that is

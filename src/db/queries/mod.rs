@@ -61,9 +61,13 @@ pub fn run_with<C: GenericClient>(
             &password_hash,
             &nickname,
         )?),
-        Job::UsernameTaken { username } => Outcome::UsernameTaken {
-            existing: accounts::same_name(c, st, &username)?.map(|(name, _)| name),
-        },
+        Job::UsernameTaken { username } => {
+            let found = accounts::same_name(c, st, &username)?;
+            Outcome::UsernameTaken {
+                reserved: found.as_ref().is_some_and(|f| f.2),
+                existing: found.map(|(name, _, _)| name),
+            }
+        }
         Job::MintWsTicket { hash, grant, ttl } => {
             sessions::mint_ws_ticket(c, st, &hash, &grant, ttl)?
         }

@@ -34,10 +34,15 @@ pub(super) fn open_session<C: GenericClient>(
     username: &str,
     claim: &str,
 ) -> Result<Option<SessionData>, DbError> {
-    let s = st.get(c, "SELECT nickname FROM users WHERE username = $1")?;
-    let nickname = match c.query_opt(&s, &[&username])? {
+    // A deleted account is no account: its upgrades are refused.
+    let s = st.get(
+        c,
+        "SELECT nickname, klav_token_gen FROM users \
+         WHERE username = $1 AND klav_deleted_at IS NULL",
+    )?;
+    let (nickname, generation) = match c.query_opt(&s, &[&username])? {
         None => return Ok(None),
-        Some(r) => display_nickname(username, r.get(0)),
+        Some(r) => (display_nickname(username, r.get(0)), r.get(1)),
     };
     let s = st.get(
         c,
@@ -115,6 +120,7 @@ pub(super) fn open_session<C: GenericClient>(
         .map_or(0, |r| r.get(0));
     Ok(Some(SessionData {
         nickname,
+        generation,
         rooms,
         last_entries,
         roles,

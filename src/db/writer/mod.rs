@@ -21,10 +21,14 @@
 //! - `dm`: DMs and the offline queue;
 //! - `follows`: follow and unfollow with their notes;
 //! - `blocks`: block and unblock (a block ends the follow the other way);
+//! - `accounts`: token revocation, and the check of the batch's senders
+//!   against it; `deletion`: an account's deletion;
 //! - `written`: each job's result until COMMIT; `stats`: the counters.
 
+mod accounts;
 mod blocks;
 mod chain;
+mod deletion;
 mod dm;
 mod follows;
 mod invites;
@@ -42,7 +46,7 @@ use crossbeam_channel::Receiver;
 use postgres::Transaction;
 
 use super::error::DbError;
-use super::jobs::{ChainLink, Completion, Job, NewMessage, Ticket};
+use super::jobs::{ChainLink, Completion, Job, NewMessage, Outcome, Ticket};
 use super::nodes;
 use super::notify::Notifier;
 use super::pool::{Conn, Health, Source};
@@ -193,10 +197,17 @@ fn apply<'a>(
     let mut links: Vec<Option<ChainLink>> = vec![None; jobs.len()];
     let mut b = Batch::new(bus);
     lock_rooms(tx, st, &entry_rooms(jobs), &mut b.chain)?;
+    let mut generations = accounts::sender_generations(tx, st, jobs)?;
     // Consecutive messages waiting for their multi-row INSERT: (index, message).
     let mut pending: Vec<(usize, &'a NewMessage)> = Vec::new();
     let mut savepoints = 0;
     for &job in jobs {
+        if let Job::Msg(m) | Job::Dm { msg: m, .. } = job {
+            if accounts::revoked_sender(&generations, m) {
+                written.push(Some(Written::Ready(Outcome::SenderRevoked)));
+                continue;
+            }
+        }
         if let Job::Msg(m) = job {
             pending.push((written.len(), m));
             written.push(None);
@@ -212,6 +223,8 @@ fn apply<'a>(
             &mut savepoints,
         )?;
         let (w, link) = write_one(tx, st, &mut b, job)?;
+        // Messages after a revocation in the same batch are checked against it.
+        accounts::revoked_in_batch(&mut generations, &w);
         links[written.len()] = link;
         written.push(Some(w));
     }
@@ -304,6 +317,23 @@ fn write_one(
         }
         Job::Block { from, to, cap } => blocks::write_block(tx, st, &mut b.chain, from, to, *cap),
         Job::Unblock { from, to } => blocks::write_unblock(tx, st, &mut b.chain, from, to),
+        Job::Revoke {
+            username,
+            token_gen,
+            new_hash,
+        } => accounts::write_revoke(
+            tx,
+            st,
+            &mut b.chain,
+            username,
+            *token_gen,
+            new_hash.as_deref(),
+        ),
+        Job::DeleteAccount {
+            username,
+            token_gen,
+            erase,
+        } => deletion::write_delete_account(tx, st, b, username, *token_gen, *erase),
         other => Err(DbError::Query(format!(
             "unordered job sent to the writer: {other:?}"
         ))),

@@ -158,13 +158,16 @@ pub fn login(hub: &mut Hub, _: &mut Turn, id: ConnId, req: Request) {
             password: password.to_string(),
             addr,
             keep_alive: ka,
+            generation: 0,
         },
         ka,
     );
 }
 
-fn token_response(hub: &Hub, username: &str, ka: bool) -> Vec<u8> {
-    let issued = hub.svc.tokens.login(username);
+/// The body of `/login` (and of `/password`): a token of the user's token
+/// `generation`.
+pub(super) fn token_response(hub: &Hub, username: &str, generation: i64, ka: bool) -> Vec<u8> {
+    let issued = hub.svc.tokens.login(username, generation);
     http::json(
         200,
         &json!({
@@ -218,7 +221,7 @@ pub fn ws_ticket_done(hub: &mut Hub, id: ConnId, minted: bool) {
                     keep_alive,
                 )
             } else {
-                unauthorized("user not registered", keep_alive)
+                unauthorized("user not registered, or token revoked", keep_alive)
             };
             finish(hub, id, resp, keep_alive);
         }
@@ -277,6 +280,9 @@ pub fn on_hash(hub: &mut Hub, ticket: Ticket, outcome: HashOutcome) {
                     );
                 }
             }
+            Some(PendingHttp::Account(req)) => {
+                super::account::new_password_hashed(hub, id, *req, hash)
+            }
             other => {
                 // The connection is gone (or moved on): the slot is free all the same.
                 hub.svc.budgets.registrations.hash_done();
@@ -288,11 +294,12 @@ pub fn on_hash(hub: &mut Hub, ticket: Ticket, outcome: HashOutcome) {
                 username,
                 addr,
                 keep_alive,
+                generation,
                 ..
             }) => {
                 let resp = if ok {
                     hub.svc.budgets.logins.succeeded(&username, addr);
-                    token_response(hub, &username, keep_alive)
+                    token_response(hub, &username, generation, keep_alive)
                 } else {
                     hub.svc
                         .budgets
@@ -302,6 +309,7 @@ pub fn on_hash(hub: &mut Hub, ticket: Ticket, outcome: HashOutcome) {
                 };
                 finish(hub, id, resp, keep_alive);
             }
+            Some(PendingHttp::Account(req)) => super::account::password_checked(hub, id, *req, ok),
             other => restore(hub, id, other),
         },
     }
@@ -337,13 +345,24 @@ fn registration_response(username: &str, result: Registration, ka: bool) -> Vec<
             }),
             ka,
         ),
+        Registration::Reserved(existing) => http::json(
+            409,
+            &json!({
+                "detail": format!(
+                    "username {username:?} is taken: the account {existing:?} was deleted \
+                     and its name stays reserved"
+                ),
+            }),
+            ka,
+        ),
     }
 }
 
 /// Whether the name is taken, in any case: a taken name is answered now;
 /// otherwise the password is hashed, then the account inserted (which checks
 /// again, under a lock).
-pub fn username_checked(hub: &mut Hub, id: ConnId, existing: Option<String>) {
+/// `reserved`: the existing account was deleted.
+pub fn username_checked(hub: &mut Hub, id: ConnId, existing: Option<String>, reserved: bool) {
     match take_pending(hub, id) {
         Some(PendingHttp::Register {
             username,
@@ -354,7 +373,9 @@ pub fn username_checked(hub: &mut Hub, id: ConnId, existing: Option<String>) {
         }) => {
             let ka = keep_alive;
             if let Some(existing) = existing {
-                let result = if existing == username {
+                let result = if reserved {
+                    Registration::Reserved(existing)
+                } else if existing == username {
                     Registration::Already
                 } else {
                     Registration::CaseTaken(existing)
@@ -396,28 +417,52 @@ pub fn username_checked(hub: &mut Hub, id: ConnId, existing: Option<String>) {
     }
 }
 
-/// The stored password of `username` arrived: check the login against it.
-pub fn credentials_done(hub: &mut Hub, id: ConnId, username: String, stored: Option<String>) {
+/// The stored password of `username` (and their token generation) arrived:
+/// check the login, or the account change, against it.
+pub fn credentials_done(
+    hub: &mut Hub,
+    id: ConnId,
+    username: String,
+    stored: Option<String>,
+    generation: i64,
+) {
     match take_pending(hub, id) {
         Some(PendingHttp::Login {
             password,
             addr,
             keep_alive,
             ..
-        }) => check_login(hub, id, username, password, addr, stored, keep_alive),
+        }) => {
+            let login = Login {
+                username,
+                password,
+                addr,
+                generation,
+            };
+            check_login(hub, id, login, stored, keep_alive)
+        }
+        Some(PendingHttp::Account(req)) => {
+            super::account::credentials_done(hub, id, *req, stored, generation)
+        }
         other => restore(hub, id, other),
     }
 }
 
-fn check_login(
-    hub: &mut Hub,
-    id: ConnId,
+/// A login whose stored password has been read.
+struct Login {
     username: String,
     password: String,
     addr: IpAddr,
-    stored: Option<String>,
-    ka: bool,
-) {
+    generation: i64,
+}
+
+fn check_login(hub: &mut Hub, id: ConnId, login: Login, stored: Option<String>, ka: bool) {
+    let Login {
+        username,
+        password,
+        addr,
+        generation,
+    } = login;
     let now = Instant::now();
     let Some(stored) = stored else {
         hub.svc.budgets.logins.failed(&username, addr, now);
@@ -450,6 +495,7 @@ fn check_login(
                     password,
                     addr,
                     keep_alive: ka,
+                    generation,
                 },
             );
         } else {
@@ -468,7 +514,7 @@ fn check_login(
             },
         );
         hub.svc.budgets.logins.succeeded(&username, addr);
-        let resp = token_response(hub, &username, ka);
+        let resp = token_response(hub, &username, generation, ka);
         finish(hub, id, resp, ka);
     } else {
         hub.svc.budgets.logins.failed(&username, addr, now);

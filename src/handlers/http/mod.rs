@@ -1,11 +1,13 @@
 //! HTTP: requests parsed off a connection's buffer within the turn's budget,
 //! one route table, and what is not an account: `/metrics` and the web
 //! client's files (served by `crate::web`). The account endpoints live in
-//! [`accounts`]; `/ws` in `handlers::session`.
+//! [`accounts`], a signed-in user's account changes (password, log out
+//! everywhere, deletion) in [`account`]; `/ws` in `handlers::session`.
 //!
 //! Requests on one connection are answered in order: while one waits for a
 //! worker, the next (pipelined) request stays in the buffer.
 
+pub mod account;
 pub mod accounts;
 pub mod exchange;
 
@@ -133,6 +135,9 @@ const ROUTES: &[(&str, &str, Handler)] = &[
     ("/register", "POST", accounts::register),
     ("/login", "POST", accounts::login),
     ("/ws-ticket", "POST", accounts::ws_ticket),
+    ("/password", "POST", account::password),
+    ("/logout_all", "POST", account::logout_all),
+    ("/account/delete", "POST", account::delete),
     ("/health", "GET", accounts::health),
     ("/metrics", "GET", metrics),
     ("/ws", "GET", upgrade),
@@ -240,6 +245,10 @@ pub fn db_failed(hub: &mut Hub, id: ConnId, e: &DbError) {
         | Some(PendingHttp::Login { keep_alive, .. })
         | Some(PendingHttp::MintTicket { keep_alive, .. }) => {
             finish(hub, id, unhealthy(&e.to_string(), keep_alive), keep_alive);
+        }
+        Some(PendingHttp::Account(req)) => {
+            let ka = req.keep_alive;
+            finish(hub, id, unhealthy(&e.to_string(), ka), ka);
         }
         Some(PendingHttp::TicketUpgrade { .. }) => session::ticket_failed(hub, id, e),
         None => {}

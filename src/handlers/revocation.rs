@@ -1,0 +1,116 @@
+//! A revocation of a user's tokens, on the loop: their token generation in
+//! memory moves on and every open WebSocket of theirs whose token is older is
+//! closed (1008 `session revoked`; all of them, 1008 `account deleted`, when
+//! the account was deleted). The same whether the revocation was this node's
+//! (its job's outcome) or another's (a bus note), so every node closes its
+//! own connections within the bus's delay; upgrades under way are checked
+//! against the new generation when their session loads (see `session`).
+
+use std::time::Instant;
+
+use super::completion::run;
+use super::presence;
+use super::remote;
+use super::room_admin;
+use crate::close::CloseReason;
+use crate::cluster::bus::{BusEvent, MemberOp};
+use crate::conn::Phase;
+use crate::db::jobs::{Deletion, Role};
+use crate::db::Ticket;
+use crate::hub::Hub;
+use crate::protocol::{ErrorCode, RequestError};
+
+/// `user`'s tokens older than `generation` were revoked (or, `deleted`, the
+/// account is gone): their connections here with such tokens close.
+pub fn revoked(hub: &mut Hub, user: &str, generation: i64, deleted: bool) {
+    let Some(u) = hub.state.users.get_mut(user) else {
+        // Nothing of theirs here: the next upgrade's session load reads it.
+        return;
+    };
+    let known = if deleted { i64::MAX } else { generation };
+    u.generation = u.generation.max(known);
+    let (floor, reason) = match deleted {
+        true => (i64::MAX, CloseReason::AccountDeleted),
+        false => (u.generation, CloseReason::Revoked),
+    };
+    let conns = u.conns.clone();
+    for id in conns {
+        let stale = match hub.conns.get(id).map(|c| &c.phase) {
+            Some(Phase::Ws(ws)) => ws.token_gen < floor,
+            _ => false,
+        };
+        if stale {
+            hub.conns.close(id, reason);
+        }
+    }
+}
+
+/// `user`'s account was deleted: every connection of theirs here closes, no
+/// token of theirs is accepted while they are in memory, and the history
+/// cache forgets what it held of them (their nickname and maybe their text
+/// changed in the database).
+pub fn account_deleted(hub: &mut Hub, user: &str) {
+    revoked(hub, user, i64::MAX, true);
+    hub.history.forget_author(user);
+    // Their blocks went with the account (the users they blocked are told
+    // nothing, as for an unblock).
+    hub.state.forget_blocker(user);
+}
+
+/// This node deleted `user`'s account: what the other nodes hear from its
+/// notes, in the same order. Each `left` entry goes through the rooms' order
+/// as another node's would; followers subscribed to their presence see them
+/// go offline before the follows go; then their connections close.
+pub fn deleted(hub: &mut Hub, user: &str, d: Deletion) {
+    let now = Instant::now();
+    for (entry, prev, heir) in d.leaves {
+        let room = entry.room.clone();
+        let op = MemberOp {
+            joined: false,
+            user: user.to_string(),
+            nickname: d.nickname.clone(),
+        };
+        let ev = BusEvent::Entry {
+            entry,
+            prev,
+            op: Some(op),
+            queued: false,
+        };
+        let work = remote::heard(hub, ev, now);
+        run(hub, work);
+        // Its members here hear it as the other nodes do (from the note).
+        if let Some(heir) = heir {
+            room_admin::role_changed(hub, &room, &heir, Role::Owner, None);
+        }
+    }
+    for (room, heir) in &d.passed_on {
+        room_admin::role_changed(hub, room, heir, Role::Owner, None);
+    }
+    if hub.cluster.enabled {
+        if d.was_online {
+            let ev = BusEvent::Presence {
+                user: user.to_string(),
+                nickname: d.nickname.clone(),
+                online: false,
+            };
+            let work = remote::heard(hub, ev, now);
+            run(hub, work);
+        }
+    } else if hub.state.is_online(user) {
+        presence::announce(hub, user, d.nickname.clone(), "offline");
+    }
+    for (from, to) in &d.unfollowed {
+        hub.state.unfollowed(from, to);
+    }
+    account_deleted(hub, user);
+}
+
+/// A `msg` or `room_dm` reached the writer after its sender's tokens were
+/// revoked: nothing was stored, and the connection is about to close.
+pub fn sender_revoked(hub: &mut Hub, t: &Ticket) {
+    hub.conns.reply_error(
+        t.conn,
+        &t.req_id,
+        RequestError::with(ErrorCode::BadToken, "session revoked: nothing was stored"),
+    );
+}
