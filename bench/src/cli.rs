@@ -4,15 +4,15 @@ use std::time::Duration;
 
 use crate::error::BenchError;
 use crate::options::{
-    AbuseOptions, Attack, ChatOptions, ConnectOptions, HistoryOptions, JwtAlg, LoginOptions,
-    Options, PresenceOptions, Scenario,
+    AbuseOptions, Attack, ChatOptions, ConnectOptions, DmOptions, HistoryOptions, JwtAlg,
+    LoginOptions, Options, PresenceOptions, Scenario,
 };
 
 pub const USAGE: &str = "\
 klav-bench: load generator for the Klav chat server
 
 USAGE:
-    klav-bench <chat|fanout|connect|history|login|presence|abuse> [FLAGS]
+    klav-bench <chat|fanout|dm|connect|history|login|presence|abuse> [FLAGS]
 
 COMMON FLAGS:
     --addr HOST:PORT[,HOST:PORT...]
@@ -40,6 +40,7 @@ COMMON FLAGS:
     --json                    print the report as one JSON object on the last line
     --quiet                   no progress lines on stderr
     --check                   exit with status 3 when the report shows any problem
+                              (dm: always)
 
 CHAT / FANOUT:
     --rooms R                 rooms (default 10; fanout: 1)
@@ -51,6 +52,20 @@ CHAT / FANOUT:
     --with-login-clients N    run N login clients in the background meanwhile
     --client-ids              give every message a unique client_id (idempotent send)
     --typing-every-ms MS      every member sends `typing` to its room every MS ms
+
+DM:
+    --rooms R                 rooms (default 10)
+    --members M               members per room, one user each (default 4)
+    --offline N               of each room's members, the last N stay offline
+                              (joined, never connected): DMs to them are QUEUED
+                              (default 0)
+    --window N                closed loop: DMs in flight per sender (default 1)
+    --rate DMS_PER_SEC        open loop at this aggregate rate instead of closed loop
+    --msg-size BYTES          pad DM texts to this size (max 4000)
+    --client-ids              give every DM a unique client_id (idempotent send)
+    Every connected member sends to the others of its room in turn. The run fails
+    (status 3) on any missing, duplicated, out-of-order or misdirected DM, any
+    dm_ack that is not DELIVERED (QUEUED for offline members), or any other problem.
 
 CONNECT:
     --connections C           connections to open (default 1000)
@@ -123,6 +138,8 @@ pub fn parse(args: &[String]) -> Result<Option<Command>, BenchError> {
     let mut login = LoginOptions::default();
     let mut presence = PresenceOptions::default();
     let mut abuse = AbuseOptions::default();
+    let mut offline = 0;
+    let mut members_set = None;
     let mut json = false;
     let mut check = false;
     let mut window_set = None;
@@ -181,7 +198,8 @@ pub fn parse(args: &[String]) -> Result<Option<Command>, BenchError> {
             "--backoff-ms" => opts.backoff = Duration::from_millis(num(&flag, &value()?)? as u64),
             "--server-pid" => opts.server_pid = Some(num(&flag, &value()?)? as u32),
             "--rooms" => chat.rooms = num(&flag, &value()?)?,
-            "--members" => chat.members = num(&flag, &value()?)?,
+            "--members" => members_set = Some(num(&flag, &value()?)?),
+            "--offline" => offline = num(&flag, &value()?)?,
             "--senders" => chat.senders = num(&flag, &value()?)?,
             "--window" => window_set = Some(num(&flag, &value()?)?),
             "--rate" => {
@@ -254,6 +272,9 @@ pub fn parse(args: &[String]) -> Result<Option<Command>, BenchError> {
         chat.window = w;
         history.window = w;
     }
+    if let Some(m) = members_set {
+        chat.members = m;
+    }
     if let Some(c) = clients_set {
         history.clients = c;
         login.clients = c;
@@ -268,6 +289,15 @@ pub fn parse(args: &[String]) -> Result<Option<Command>, BenchError> {
             chat.rooms = 1;
             Scenario::Fanout(chat)
         }
+        "dm" => Scenario::Dm(DmOptions {
+            rooms: chat.rooms,
+            members: members_set.unwrap_or(DmOptions::default().members),
+            offline,
+            window: chat.window,
+            rate: chat.rate,
+            msg_size: chat.msg_size,
+            client_ids: chat.client_ids,
+        }),
         "connect" => Scenario::Connect(connect),
         "history" => Scenario::History(history),
         "login" => Scenario::Login(login),
@@ -275,7 +305,7 @@ pub fn parse(args: &[String]) -> Result<Option<Command>, BenchError> {
         "abuse" => Scenario::Abuse(abuse),
         other => {
             return Err(BenchError::Usage(format!(
-                "unknown scenario {other:?}: expected chat, fanout, connect, history, login, presence or abuse"
+                "unknown scenario {other:?}: expected chat, fanout, dm, connect, history, login, presence or abuse"
             )))
         }
     };
@@ -393,6 +423,31 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn dm_flags_and_defaults() {
+        let c = parse(&args(
+            "dm --rooms 20 --members 5 --offline 1 --rate 500 --msg-size 64 --client-ids --window 3",
+        ))
+        .unwrap()
+        .unwrap();
+        let Scenario::Dm(d) = c.options.scenario else {
+            panic!("not dm");
+        };
+        assert_eq!(
+            (d.rooms, d.members, d.offline, d.window, d.msg_size),
+            (20, 5, 1, 3, 64)
+        );
+        assert_eq!(d.rate, Some(500.0));
+        assert!(d.client_ids);
+        let c = parse(&args("dm")).unwrap().unwrap();
+        assert_eq!(c.options.scenario.name(), "dm");
+        let Scenario::Dm(d) = c.options.scenario else {
+            panic!("not dm");
+        };
+        assert_eq!((d.rooms, d.members, d.offline, d.window), (10, 4, 0, 1));
+        assert_eq!(d.rate, None);
     }
 
     #[test]

@@ -28,7 +28,7 @@
 //! - `run`: the runner, start gate, progress and memory sampling.
 //! - `net`: the mio client loop and the WebSocket connection state machine.
 //! - `nodes`: several server nodes (`--addr a,b,c`): which connection goes where.
-//! - `scenarios`: chat/fanout, connect, history, login, presence, abuse.
+//! - `scenarios`: chat/fanout, dm, connect, history, login, presence, abuse.
 //! - `raw`: byte-level HTTP and WebSocket connections for the `abuse` attacks.
 //! - [`stats`]: message stamps, sequence tracking, in-flight windows, histograms.
 //! - `users`, `http`, `jwt`: registering users and getting their tokens.
@@ -51,8 +51,8 @@ mod users;
 
 pub use error::BenchError;
 pub use options::{
-    AbuseOptions, Attack, ChatOptions, ConnectOptions, HistoryOptions, JwtAlg, LoginOptions,
-    Options, PresenceOptions, Scenario,
+    AbuseOptions, Attack, ChatOptions, ConnectOptions, DmOptions, HistoryOptions, JwtAlg,
+    LoginOptions, Options, PresenceOptions, Scenario,
 };
 pub use report::{
     AbuseReport, AttackReport, ConnectionReport, Counts, MessageReport, NodeReport, PresenceReport,

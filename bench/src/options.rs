@@ -126,6 +126,9 @@ pub enum Scenario {
     Chat(ChatOptions),
     /// One big room: the same checks as `Chat`, with `rooms` forced to 1.
     Fanout(ChatOptions),
+    /// Rooms of a few members sending `room_dm`s to each other; every recipient
+    /// checks every DM, every sender its `dm_ack`.
+    Dm(DmOptions),
     /// Many idle authenticated WebSockets, held open.
     Connect(ConnectOptions),
     /// Closed-loop `history` requests on a preloaded room.
@@ -143,6 +146,7 @@ impl Scenario {
         match self {
             Scenario::Chat(_) => "chat",
             Scenario::Fanout(_) => "fanout",
+            Scenario::Dm(_) => "dm",
             Scenario::Connect(_) => "connect",
             Scenario::History(_) => "history",
             Scenario::Login(_) => "login",
@@ -201,6 +205,42 @@ impl ChatOptions {
             members: 1000,
             senders: 2,
             ..ChatOptions::default()
+        }
+    }
+}
+
+/// Sizes of `dm`.
+#[derive(Debug, Clone)]
+pub struct DmOptions {
+    /// Rooms.
+    pub rooms: usize,
+    /// Members per room, one user each (at least 2).
+    pub members: usize,
+    /// Of each room's members, the last this many join during setup and are never
+    /// connected during the run: DMs to them must be answered `QUEUED`. Every other
+    /// member connects and sends.
+    pub offline: usize,
+    /// Closed loop: a sender's DMs in flight (sent, not yet answered by `dm_ack`).
+    pub window: usize,
+    /// Open loop: aggregate DMs per second over all senders, paced by a timer.
+    /// `None`: closed loop.
+    pub rate: Option<f64>,
+    /// Pad each DM text to this many bytes (at most 4000; 0 = no padding).
+    pub msg_size: usize,
+    /// Every DM carries a unique `client_id` (idempotent send).
+    pub client_ids: bool,
+}
+
+impl Default for DmOptions {
+    fn default() -> Self {
+        DmOptions {
+            rooms: 10,
+            members: 4,
+            offline: 0,
+            window: 1,
+            rate: None,
+            msg_size: 0,
+            client_ids: false,
         }
     }
 }

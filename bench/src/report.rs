@@ -28,7 +28,8 @@ pub struct Report {
     pub background_login: Option<RequestReport>,
     /// `abuse`: each attack and what the server's memory and CPU did meanwhile.
     pub abuse: Option<AbuseReport>,
-    /// Latency percentiles by what was measured: `delivery`, `ack`, `connect`,
+    /// Latency percentiles by what was measured: `delivery`, `ack`, `ack_queued`
+    /// (`dm`: acks of DMs to offline members), `connect`,
     /// `history`, `login`, `background_login`, `presence_online`, `presence_offline`,
     /// `normal_msg` and `normal_health` (`abuse`).
     pub latency: BTreeMap<String, Latency>,
@@ -112,17 +113,26 @@ pub struct ConnectionReport {
     pub opened_per_sec: f64,
 }
 
-/// `chat` / `fanout` messages and their deliveries.
+/// `chat` / `fanout` messages and their deliveries; `dm`'s DMs (a DM is acked when
+/// its `dm_ack` says `DELIVERED`, and is then expected at its one recipient).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct MessageReport {
     pub rooms: u64,
     pub members_per_room: u64,
+    /// Senders per room (`dm`: every connected member).
     pub senders: u64,
-    /// `msg` requests written.
+    /// `dm`: members per room that stay offline.
+    pub offline_per_room: u64,
+    /// `msg` (`room_dm`) requests written.
     pub sent: u64,
-    /// Messages the server echoed back to their sender (the basis of `deliveries_expected`).
+    /// Messages the server echoed back to their sender (the basis of
+    /// `deliveries_expected`); `dm`: DMs answered `DELIVERED`.
     pub acked: u64,
-    /// `error` replies to `msg`, by code (`RATE_LIMITED`, `UNAVAILABLE`, ...).
+    /// `dm`: DMs answered `QUEUED` for a recipient that is not connected.
+    pub queued: u64,
+    /// `error` replies to `msg`, by code (`RATE_LIMITED`, `UNAVAILABLE`, ...); `dm`:
+    /// also `dm_ack`s with any other status, by status (`BLOCKED`,
+    /// `RECIPIENT_NOT_IN_ROOM`, `QUEUED_WHILE_ONLINE`, `DELIVERED_TO_OFFLINE`, ...).
     pub failed: Counts,
     /// `error` events that matched no request of ours, by code.
     pub unmatched_errors: Counts,
@@ -130,7 +140,7 @@ pub struct MessageReport {
     pub timed_out: u64,
     /// Open loop: sends skipped because the sender had too many in flight or was gone.
     pub skipped: u64,
-    /// `acked` × member connections of the room.
+    /// `acked` × member connections of the room (`dm`: × 1, its recipient).
     pub deliveries_expected: u64,
     /// Distinct deliveries of acknowledged messages to member connections.
     pub deliveries_received: u64,
@@ -146,6 +156,8 @@ pub struct MessageReport {
     pub unacked_deliveries: u64,
     /// `message` events that are not ours (other clients in the room).
     pub foreign: u64,
+    /// `dm`: DMs of ours that reached a member they were not addressed to.
+    pub misdirected: u64,
     pub sent_per_sec: f64,
     pub acked_per_sec: f64,
     pub deliveries_per_sec: f64,
@@ -268,6 +280,7 @@ impl Report {
                 && m.duplicates == 0
                 && m.order_violations == 0
                 && m.id_order_violations == 0
+                && m.misdirected == 0
                 && m.failed.is_empty()
                 && m.timed_out == 0
                 && m.skipped == 0
@@ -291,6 +304,90 @@ impl Report {
             && req_ok(&self.requests)
             && req_ok(&self.background_login)
             && presence_ok
+    }
+}
+
+impl Report {
+    /// What makes the report unclean, in words, one entry per problem (empty when
+    /// [`Report::is_clean`]).
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut say = |n: u64, what: &str| {
+            if n > 0 {
+                out.push(format!("{n} {what}"));
+            }
+        };
+        if let Some(m) = &self.messages {
+            say(m.missing, "deliveries missing");
+            say(m.duplicates, "deliveries duplicated");
+            say(m.order_violations, "deliveries out of order");
+            say(
+                m.id_order_violations,
+                "deliveries out of order by server id",
+            );
+            say(m.misdirected, "deliveries to the wrong recipient");
+            say(m.timed_out, "sends never answered within --timeout");
+            say(m.skipped, "sends skipped");
+            if !m.failed.is_empty() {
+                out.push(format!("sends failed: {}", counts(&m.failed)));
+            }
+        }
+        if let Some(c) = &self.connections {
+            if !c.failed.is_empty() {
+                out.push(format!("connections failed: {}", counts(&c.failed)));
+            }
+            if !c.lost.is_empty() {
+                out.push(format!("connections lost: {}", counts(&c.lost)));
+            }
+            if c.not_ready > 0 {
+                out.push(format!("{} connections not ready", c.not_ready));
+            }
+        }
+        for (title, r) in [
+            ("requests", &self.requests),
+            ("background logins", &self.background_login),
+        ] {
+            if let Some(r) = r {
+                if !r.failed.is_empty() {
+                    out.push(format!("{title} failed: {}", counts(&r.failed)));
+                }
+                if r.timed_out > 0 {
+                    out.push(format!("{} {title} timed out", r.timed_out));
+                }
+                if r.sent == 0 {
+                    out.push(format!("no {title} sent"));
+                }
+            }
+        }
+        if let Some(p) = &self.presence {
+            if p.missing > 0 || p.unexpected > 0 || p.repeated_status > 0 {
+                out.push(format!(
+                    "presence_change missing {}, unexpected {}, repeated {}",
+                    p.missing, p.unexpected, p.repeated_status
+                ));
+            }
+            if !p.target_failures.is_empty() {
+                out.push(format!(
+                    "presence targets failed: {}",
+                    counts(&p.target_failures)
+                ));
+            }
+        }
+        if let Some(a) = &self.abuse {
+            let h = &a.health;
+            if !h.failed.is_empty() || h.timed_out > 0 || h.sent == 0 {
+                out.push(format!(
+                    "normal client /health: sent {}, failed {}, timed out {}",
+                    h.sent,
+                    counts(&h.failed),
+                    h.timed_out
+                ));
+            }
+        }
+        if out.is_empty() && !self.is_clean() {
+            out.push("see the report".to_string());
+        }
+        out
     }
 }
 
@@ -461,16 +558,24 @@ impl fmt::Display for Report {
             writeln!(f, "  lost:   {}", counts(&c.lost))?;
         }
         if let Some(m) = &self.messages {
-            writeln!(
+            write!(
                 f,
                 "messages: {} rooms x {} members, {} senders/room",
                 m.rooms, m.members_per_room, m.senders
             )?;
-            writeln!(
+            if m.offline_per_room > 0 {
+                write!(f, ", {} offline/room", m.offline_per_room)?;
+            }
+            writeln!(f)?;
+            write!(
                 f,
                 "  sent {}  acked {}  timed out {}  skipped {}",
                 m.sent, m.acked, m.timed_out, m.skipped
             )?;
+            if m.offline_per_room > 0 || m.queued > 0 {
+                write!(f, "  queued {}", m.queued)?;
+            }
+            writeln!(f)?;
             writeln!(f, "  failed by code: {}", counts(&m.failed))?;
             if !m.unmatched_errors.is_empty() {
                 writeln!(f, "  other errors: {}", counts(&m.unmatched_errors))?;
@@ -486,6 +591,9 @@ impl fmt::Display for Report {
                     "  deliveries of unacked messages {}  foreign messages {}",
                     m.unacked_deliveries, m.foreign
                 )?;
+            }
+            if m.misdirected > 0 {
+                writeln!(f, "  MISDIRECTED {}", m.misdirected)?;
             }
             writeln!(
                 f,
@@ -658,9 +766,18 @@ mod tests {
             .failed
             .insert("RATE_LIMITED".into(), 1);
         assert!(!r.is_clean());
+        assert_eq!(r.problems(), vec!["sends failed: RATE_LIMITED=1"]);
         r.messages.as_mut().unwrap().failed.clear();
         r.messages.as_mut().unwrap().missing = 1;
         assert!(!r.is_clean());
+        assert_eq!(r.problems(), vec!["1 deliveries missing"]);
+        r.messages.as_mut().unwrap().missing = 0;
+        r.messages.as_mut().unwrap().misdirected = 2;
+        assert!(!r.is_clean());
+        assert!(r.to_string().contains("MISDIRECTED 2"));
+        assert_eq!(r.problems(), vec!["2 deliveries to the wrong recipient"]);
+        r.messages.as_mut().unwrap().misdirected = 0;
+        assert!(r.problems().is_empty());
         r.messages = None;
         r.connections = Some(ConnectionReport::default());
         r.connections

@@ -499,6 +499,15 @@ impl SetupSocket {
         let _ = self.ws.close(None);
         let _ = self.ws.flush();
     }
+
+    /// Closes and reads until the server has answered the close (or `--timeout`
+    /// passed): by then it has let the connection go, and the user is offline
+    /// unless it has other connections.
+    pub fn close_and_wait(mut self) {
+        let _ = self.ws.close(None);
+        let _ = self.ws.flush();
+        while self.ws.read().is_ok() {}
+    }
 }
 
 /// A prefix unique to this run: time, process id and a per-process counter (runs in

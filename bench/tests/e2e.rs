@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use fake_server::{FakeServer, Faults};
 use klav_bench::{
-    run, AbuseOptions, Attack, ChatOptions, ConnectOptions, HistoryOptions, LoginOptions, Options,
-    PresenceOptions, Scenario,
+    run, AbuseOptions, Attack, ChatOptions, ConnectOptions, DmOptions, HistoryOptions,
+    LoginOptions, Options, PresenceOptions, Scenario,
 };
 
 fn opts(server: &FakeServer, scenario: Scenario) -> Options {
@@ -138,6 +138,147 @@ fn rate_limited_messages_are_failures_not_missing() {
     assert!(limited > 0, "{r}");
     assert_eq!(m.missing, 0, "{r}");
     assert_eq!(m.acked + limited, m.sent, "{r}");
+}
+
+#[test]
+fn dm_closed_loop_is_clean_and_counts_every_dm() {
+    let server = FakeServer::start(Faults::default());
+    let o = opts(
+        &server,
+        Scenario::Dm(DmOptions {
+            rooms: 3,
+            members: 4,
+            window: 2,
+            ..Default::default()
+        }),
+    );
+    let r = run(&o).expect("run");
+    let m = r.messages.as_ref().unwrap();
+    assert!(r.is_clean(), "{r}");
+    assert!(r.problems().is_empty(), "{r}");
+    assert_eq!(r.scenario, "dm");
+    assert!(m.acked > 30, "{r}");
+    assert_eq!(m.acked, m.sent, "{r}");
+    assert_eq!(m.queued, 0, "{r}");
+    // One recipient per DM.
+    assert_eq!(m.deliveries_expected, m.acked, "{r}");
+    assert_eq!(m.deliveries_received, m.deliveries_expected, "{r}");
+    assert_eq!(
+        (m.foreign, m.misdirected, m.unacked_deliveries),
+        (0, 0, 0),
+        "{r}"
+    );
+    assert_eq!(r.setup.users, 12);
+    assert_eq!(r.connections.as_ref().unwrap().opened, 12);
+    assert_eq!(r.nodes[0].messages_sent, m.sent, "{r}");
+    assert!(r.latency["delivery"].count > 0);
+    assert!(r.latency["ack"].count > 0);
+    assert!(!r.latency.contains_key("ack_queued"));
+    assert!(m.acked_per_sec > 0.0 && m.deliveries_per_sec > 0.0, "{r}");
+    let json: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+    assert_eq!(json["scenario"], "dm");
+    assert_eq!(json["messages"]["missing"], 0);
+}
+
+/// Open loop with one member of every room offline: a third of each sender's DMs
+/// go to it and must be answered `QUEUED`; the rest `DELIVERED` and received.
+#[test]
+fn dm_open_loop_queues_for_offline_members() {
+    let server = FakeServer::start(Faults::default());
+    let mut o = opts(
+        &server,
+        Scenario::Dm(DmOptions {
+            rooms: 2,
+            members: 4,
+            offline: 1,
+            rate: Some(300.0),
+            msg_size: 64,
+            client_ids: true,
+            ..Default::default()
+        }),
+    );
+    o.jwt_secret = Some("secret".into());
+    o.duration = Duration::from_secs(1);
+    let r = run(&o).expect("run");
+    let m = r.messages.as_ref().unwrap();
+    assert!(r.is_clean(), "{r}");
+    assert_eq!(r.setup.users, 8);
+    assert_eq!(r.connections.as_ref().unwrap().attempted, 6, "{r}");
+    assert_eq!(m.offline_per_room, 1);
+    assert_eq!(m.senders, 3);
+    // 300/s for 1 s, paced.
+    assert!((220..=310).contains(&m.sent), "{r}");
+    assert_eq!(m.acked + m.queued, m.sent, "{r}");
+    // Each of the 6 senders sends every third DM to it, give or take one.
+    assert!(
+        m.queued * 3 + 12 >= m.sent && m.queued * 3 <= m.sent + 12,
+        "{r}"
+    );
+    assert_eq!(m.deliveries_received, m.acked, "{r}");
+    assert!(r.latency["ack_queued"].count > 0, "{r}");
+    assert!(r.to_string().contains("1 offline/room"), "{r}");
+}
+
+#[test]
+fn lost_duplicated_and_reordered_dms_are_caught() {
+    let server = FakeServer::start(Faults {
+        drop_every: Some(11),
+        duplicate_every: Some(7),
+        hold_back_every: Some(5),
+        ..Default::default()
+    });
+    let mut o = opts(
+        &server,
+        Scenario::Dm(DmOptions {
+            rooms: 2,
+            members: 3,
+            window: 2,
+            ..Default::default()
+        }),
+    );
+    o.drain = Duration::from_millis(500);
+    let r = run(&o).expect("run");
+    let m = r.messages.as_ref().unwrap();
+    assert!(!r.is_clean(), "{r}");
+    assert!(m.missing > 0, "{r}");
+    assert!(m.duplicates > 0, "{r}");
+    assert!(m.order_violations > 0, "{r}");
+    assert!(m.id_order_violations > 0, "{r}");
+    assert_eq!(m.deliveries_expected - m.deliveries_received, m.missing);
+    let problems = r.problems().join("; ");
+    assert!(problems.contains("deliveries missing"), "{problems}");
+    assert!(problems.contains("deliveries duplicated"), "{problems}");
+    assert!(problems.contains("deliveries out of order"), "{problems}");
+}
+
+/// Two nodes: member `m` on node `m mod 2`, so a DM crosses nodes whenever sender
+/// and recipient differ in parity.
+#[test]
+fn dm_over_two_nodes_accounts_for_every_dm() {
+    let server = FakeServer::start_nodes(2, Faults::default());
+    let o = opts(
+        &server,
+        Scenario::Dm(DmOptions {
+            rooms: 2,
+            members: 4,
+            window: 2,
+            ..Default::default()
+        }),
+    );
+    let r = run(&o).expect("run");
+    let m = r.messages.as_ref().unwrap();
+    assert!(r.is_clean(), "{r}");
+    assert_eq!(r.nodes.len(), 2, "{r}");
+    for n in &r.nodes {
+        assert_eq!((n.connections, n.opened), (4, 4), "{r}");
+        assert_eq!(n.missing, 0, "{r}");
+        assert!(n.deliveries_from_other_nodes > 0, "{r}");
+        assert!(n.deliveries_from_other_nodes < n.deliveries_received, "{r}");
+    }
+    let per_node: u64 = r.nodes.iter().map(|n| n.deliveries_received).sum();
+    assert_eq!(per_node, m.deliveries_received, "{r}");
+    let sent: u64 = r.nodes.iter().map(|n| n.messages_sent).sum();
+    assert_eq!(sent, m.sent, "{r}");
 }
 
 #[test]

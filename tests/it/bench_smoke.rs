@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use klav_bench::{AbuseOptions, ChatOptions, ConnectOptions, Options, Scenario};
+use klav_bench::{AbuseOptions, ChatOptions, ConnectOptions, DmOptions, Options, Scenario};
 
 use crate::harness::*;
 
@@ -85,6 +85,50 @@ fn chat_with_client_ids_and_typing_loses_nothing() {
     };
     assert_eq!(stored, keys, "one entry per client_id");
     assert!(stored as u64 >= m.acked);
+}
+
+/// DMs between the members of small rooms, one member of each offline: every DM
+/// to a connected member answered `DELIVERED` and received once, in order; every DM
+/// to the offline one answered `QUEUED` and waiting in its queue.
+#[test]
+fn dm_smoke_run_loses_nothing() {
+    let s = unthrottled_server();
+    let report = klav_bench::run(&options(
+        &s,
+        Scenario::Dm(DmOptions {
+            rooms: 3,
+            members: 4,
+            offline: 1,
+            window: 4,
+            client_ids: true,
+            ..Default::default()
+        }),
+    ))
+    .expect("the dm run completes");
+    let m = report.messages.as_ref().expect("a message report");
+    assert!(m.acked > 0 && m.queued > 0, "{report}");
+    assert_eq!(m.acked + m.queued, m.sent, "{report}");
+    assert_eq!(m.deliveries_received, m.acked, "{report}");
+    assert_eq!(m.missing, 0, "{report}");
+    assert_eq!(m.duplicates, 0, "{report}");
+    assert_eq!(m.order_violations, 0, "{report}");
+    assert!(report.is_clean(), "{report}");
+    // Every DM is logged once, under its key.
+    let (stored, keys): (i64, i64) = {
+        let r = s
+            .db()
+            .query_one(
+                "SELECT count(*), count(DISTINCT client_id) FROM chat_logs WHERE kind = 'dm'",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(stored, keys, "one entry per client_id");
+    assert_eq!(stored as u64, m.sent, "{report}");
+    // The offline members' queues hold DMs (at most 100 each).
+    let queued = s.count("SELECT count(*) FROM klav_offline_dms", &[]);
+    assert!(queued > 0 && queued <= 300, "{queued} queued");
 }
 
 #[test]

@@ -4,6 +4,7 @@
 pub(crate) mod abuse;
 pub(crate) mod chat;
 pub(crate) mod connect;
+pub(crate) mod dm;
 pub(crate) mod history;
 pub(crate) mod login;
 pub(crate) mod presence;
@@ -20,6 +21,7 @@ pub fn run(opts: &Options) -> Result<Report, BenchError> {
     let mut report = match &opts.scenario {
         Scenario::Chat(c) => chat::run(&server, c, false)?,
         Scenario::Fanout(c) => chat::run(&server, c, true)?,
+        Scenario::Dm(d) => dm::run(&server, d)?,
         Scenario::Connect(c) => connect::run(&server, c)?,
         Scenario::History(h) => history::run(&server, h)?,
         Scenario::Login(l) => login::run(&server, l)?,

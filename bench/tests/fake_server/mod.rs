@@ -1,6 +1,6 @@
 //! A small in-process stand-in for the Klav server, speaking the subset of the protocol
 //! the bench uses (register, login, health, the WebSocket upgrade, create_room, join, msg,
-//! history, friend_follow, presence), with optional faults so the bench's checks can
+//! room_dm, history, friend_follow, presence), with optional faults so the bench's checks can
 //! be seen to catch them. One thread per connection: only for small runs.
 //!
 //! [`FakeServer::start_nodes`] listens on several ports sharing one state: a cluster
@@ -25,10 +25,15 @@ use tungstenite::Message;
 /// Misbehaviour to inject.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Faults {
-    /// Skip every Nth delivery of a `message` to a connection that did not send it.
+    /// Skip every Nth delivery of a `message` to a connection that did not send it
+    /// (and of a `dm`).
     pub drop_every: Option<u64>,
-    /// Deliver every Nth `message` twice to connections that did not send it.
+    /// Deliver every Nth `message` twice to connections that did not send it (and
+    /// every Nth `dm`).
     pub duplicate_every: Option<u64>,
+    /// Hold every Nth `dm` delivery back and deliver it after the next `dm` to the
+    /// same connection: out of its sender's order.
+    pub hold_back_every: Option<u64>,
     /// Answer every Nth `msg` with `RATE_LIMITED` instead of delivering it.
     pub rate_limit_every: Option<u64>,
     /// Give every Nth message the id 1, below the ids delivered before it (its
@@ -49,6 +54,8 @@ struct State {
     conns: HashMap<String, Vec<(u64, Sender<String>)>>,
     followers: HashMap<String, HashSet<String>>,
     subscribed: HashSet<u64>,
+    /// `hold_back_every`: a `dm` frame held back, by connection.
+    held: HashMap<u64, String>,
     next_room: u64,
     next_msg: u64,
     next_conn: u64,
@@ -446,6 +453,50 @@ fn handle(
                     }
                 }
             }
+        }
+        "room_dm" => {
+            let to = req["to"].as_str().unwrap_or("").to_string();
+            let ack = |status: &str| {
+                reply(json!({"type": "dm_ack", "room": room_id, "to": to, "status": status}))
+            };
+            let Some(room) = st.rooms.get(&room_id) else {
+                return ack("SENDER_NOT_IN_ROOM");
+            };
+            if !room.members.contains(user) {
+                return ack("SENDER_NOT_IN_ROOM");
+            }
+            if !room.members.contains(&to) {
+                return ack("RECIPIENT_NOT_IN_ROOM");
+            }
+            st.next_msg += 1;
+            let frame = json!({"type": "dm", "id": st.next_msg, "room": room_id, "from": user,
+                               "from_nickname": user, "to": to, "text": req["text"],
+                               "ts": "2025-01-01T00:00:00.000000+00:00"})
+            .to_string();
+            let Some(conns) = st.conns.get(&to).cloned() else {
+                return ack("QUEUED");
+            };
+            for (id, ctx) in conns {
+                st.deliveries += 1;
+                let d = st.deliveries;
+                if faults.drop_every.is_some_and(|n| d.is_multiple_of(n)) {
+                    continue;
+                }
+                if faults.hold_back_every.is_some_and(|n| d.is_multiple_of(n))
+                    && !st.held.contains_key(&id)
+                {
+                    st.held.insert(id, frame.clone());
+                    continue;
+                }
+                let _ = ctx.send(frame.clone());
+                if faults.duplicate_every.is_some_and(|n| d.is_multiple_of(n)) {
+                    let _ = ctx.send(frame.clone());
+                }
+                if let Some(held) = st.held.remove(&id) {
+                    let _ = ctx.send(held);
+                }
+            }
+            ack("DELIVERED");
         }
         "history" => {
             let Some(room) = st.rooms.get(&room_id) else {
