@@ -505,7 +505,7 @@ fn kicks_and_bans_remove_open_invitations_and_a_private_room_needs_a_new_one() {
     );
     assert_eq!(
         error_code(&mut bob, json!({"type": "history", "room_id": room})),
-        "NOT_A_MEMBER"
+        "ROOM_NOT_FOUND"
     );
     alice.request(json!({"type": "invite", "room_id": room, "user": "bob"}));
     bob.expect("invited");
