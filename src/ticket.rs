@@ -50,6 +50,10 @@ pub struct Ticket {
     /// changes: their session loads wait until it is done, so a load never
     /// misses a write that was already under way.
     pub writes_for: Option<String>,
+    /// The WebSocket user an ordered write was asked by, and the token
+    /// generation of their connection: the writer refuses the job when that
+    /// generation was revoked before it is written (messages carry theirs).
+    pub sender: Option<(String, i64)>,
 }
 
 impl Ticket {
@@ -60,6 +64,7 @@ impl Ticket {
             at: Instant::now(),
             hold: Hold::Nothing,
             writes_for: None,
+            sender: None,
         }
     }
 

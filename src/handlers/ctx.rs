@@ -30,6 +30,10 @@ impl Ctx<'_> {
     pub fn submit(&self, hub: &mut Hub, job: Job) -> bool {
         let mut ticket = Ticket::new(self.id, self.req.req_id.clone());
         ticket.hold = self.hold;
+        // Messages carry their generation themselves (and are the hot path).
+        if job.is_ordered_write() && !matches!(job, Job::Msg(_) | Job::Dm { .. }) {
+            ticket.sender = Some((self.user.clone(), self.token_gen(hub)));
+        }
         if hub.submit(ticket, job) {
             if let Some(ws) = hub.conns.ws_mut(self.id) {
                 ws.seq.started(self.hold);

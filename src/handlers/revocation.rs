@@ -105,8 +105,9 @@ pub fn deleted(hub: &mut Hub, user: &str, d: Deletion) {
     account_deleted(hub, user);
 }
 
-/// A `msg` or `room_dm` reached the writer after its sender's tokens were
-/// revoked: nothing was stored, and the connection is about to close.
+/// A request's write (a `msg`, `room_dm`, `join`, `edit`, … ) reached the
+/// writer after its sender's tokens were revoked: nothing was stored, and the
+/// connection is about to close.
 pub fn sender_revoked(hub: &mut Hub, t: &Ticket) {
     hub.conns.reply_error(
         t.conn,

@@ -441,6 +441,31 @@ fn a_node_that_missed_the_revocation_stores_nothing_and_closes_on_catch_up() {
         .unwrap()
         .get(0);
     assert_eq!(stored, 0);
+    // Nor any other write: a leave, a join by name (which would create a
+    // room), a block.
+    for req in [
+        json!({"type": "leave", "room_id": room}),
+        json!({"type": "join", "room": "after-revocation"}),
+        json!({"type": "block", "user": "bob"}),
+    ] {
+        let refused = a0.request(req.clone());
+        assert_eq!(
+            (refused["type"].as_str(), refused["code"].as_str()),
+            (Some("error"), Some("BAD_TOKEN")),
+            "{req}: {refused}"
+        );
+    }
+    let written: i64 = admin
+        .query_one(
+            "SELECT (SELECT count(*) FROM rooms WHERE name = 'after-revocation') \
+                  + (SELECT count(*) FROM klav_blocks WHERE blocker = 'alice') \
+                  + (SELECT 1 - count(*) FROM room_members WHERE username = 'alice')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(written, 0, "nothing written, alice still a member");
+    b0.none_of("system");
 
     other
         .batch_execute(&format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true"))

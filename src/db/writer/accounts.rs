@@ -3,7 +3,8 @@
 //! messages out.
 //!
 //! A revocation moves `users.klav_token_gen` on; every connection carries its
-//! token's generation, and each message its sender's. Other nodes hear of a
+//! token's generation, and each message its sender's (every other ordered
+//! write its asker's, on its ticket). Other nodes hear of a
 //! revocation on the bus and close the connections, but a message sent there
 //! in the meantime may already be on its way to a writer. So the writer reads
 //! its senders' generations once per batch, locking their rows (`FOR SHARE`):
@@ -18,7 +19,7 @@ use postgres::Transaction;
 use super::chain::Chain;
 use super::written::{Linked, Written};
 use crate::db::error::DbError;
-use crate::db::jobs::{Job, NewMessage, Outcome};
+use crate::db::jobs::{Job, Outcome};
 use crate::db::rows::Stmts;
 
 /// `Job::Revoke`: the user's token generation moved on (and their password
@@ -72,12 +73,14 @@ pub(super) fn sender_generations(
     tx: &mut Transaction<'_>,
     st: &mut Stmts,
     jobs: &[&Job],
+    asked_by: &[Option<(&str, i64)>],
 ) -> Result<HashMap<String, i64>, DbError> {
     let mut senders: Vec<&str> = jobs
         .iter()
-        .filter_map(|j| match j {
+        .zip(asked_by)
+        .filter_map(|(j, asked)| match j {
             Job::Msg(m) | Job::Dm { msg: m, .. } => Some(m.from.as_str()),
-            _ => None,
+            _ => asked.map(|(user, _)| user),
         })
         .collect();
     if senders.is_empty() {
@@ -120,8 +123,9 @@ pub(super) fn revoked_in_batch(generations: &mut HashMap<String, i64>, w: &Writt
     }
 }
 
-/// Whether a message's sender's token was revoked before it could be
-/// written (a sender without a row is left as before: nothing to revoke).
-pub(super) fn revoked_sender(generations: &HashMap<String, i64>, m: &NewMessage) -> bool {
-    generations.get(&m.from).is_some_and(|g| m.token_gen < *g)
+/// Whether a sender's token (of generation `token_gen`) was revoked before
+/// their job could be written (a sender without a row is left as before:
+/// nothing to revoke).
+pub(super) fn revoked(generations: &HashMap<String, i64>, user: &str, token_gen: i64) -> bool {
+    generations.get(user).is_some_and(|g| token_gen < *g)
 }

@@ -83,12 +83,16 @@ pub(super) fn run(
             }
         }
         let jobs: Vec<&Job> = batch.iter().map(|(_, j)| j).collect();
+        let senders: Vec<Sender> = batch
+            .iter()
+            .map(|(t, _)| t.sender.as_ref().map(|(u, g)| (u.as_str(), *g)))
+            .collect();
         let n = jobs.len() as u64;
         stats.batches.fetch_add(1, Ordering::Relaxed);
         stats.jobs.fetch_add(n, Ordering::Relaxed);
         stats.largest.fetch_max(n, Ordering::Relaxed);
         let results: Vec<Result<Linked, DbError>> =
-            match write_batch(&source, &health, &mut conn, &jobs, bus, &stats) {
+            match write_batch(&source, &health, &mut conn, &jobs, &senders, bus, &stats) {
                 Ok(written) => written.into_iter().map(Ok).collect(),
                 Err(DbError::Query(why)) if batch.len() > 1 => {
                     crate::log!(
@@ -96,8 +100,9 @@ pub(super) fn run(
                         "write batch failed ({why}); retrying its jobs one by one"
                     );
                     jobs.iter()
-                        .map(|j| {
-                            write_batch(&source, &health, &mut conn, &[j], bus, &stats)
+                        .zip(&senders)
+                        .map(|(j, s)| {
+                            write_batch(&source, &health, &mut conn, &[j], &[*s], bus, &stats)
                                 .map(|mut v| v.pop().expect("one result per job"))
                         })
                         .collect()
@@ -119,6 +124,9 @@ pub(super) fn run(
     }
 }
 
+/// Who asked for a job and with which token generation (see `Ticket::sender`).
+type Sender<'a> = Option<(&'a str, i64)>;
+
 fn clone_err(e: &DbError) -> DbError {
     match e {
         DbError::Unavailable(s) => DbError::Unavailable(s.clone()),
@@ -131,6 +139,7 @@ fn write_batch(
     health: &Health,
     conn: &mut Option<(Conn, Stmts)>,
     jobs: &[&Job],
+    senders: &[Sender<'_>],
     bus: Option<&dyn Notifier>,
     stats: &WriterStats,
 ) -> Result<Vec<Linked>, DbError> {
@@ -146,10 +155,11 @@ fn write_batch(
             match c.transaction() {
                 Err(e) => Err(e.into()),
                 Ok(mut tx) => {
-                    let result = apply(&mut tx, st, jobs, bus, stats).and_then(|outcomes| {
-                        tx.commit()?;
-                        Ok(outcomes)
-                    });
+                    let result =
+                        apply(&mut tx, st, jobs, senders, bus, stats).and_then(|outcomes| {
+                            tx.commit()?;
+                            Ok(outcomes)
+                        });
                     if matches!(result, Err(DbError::Query(_))) {
                         // A failed statement may have left a prepared statement
                         // invalid (e.g. after a schema change); start clean.
@@ -190,6 +200,7 @@ fn apply<'a>(
     tx: &mut Transaction<'_>,
     st: &mut Stmts,
     jobs: &[&'a Job],
+    senders: &[Sender<'_>],
     bus: Option<&dyn Notifier>,
     stats: &WriterStats,
 ) -> Result<Vec<Linked>, DbError> {
@@ -197,16 +208,20 @@ fn apply<'a>(
     let mut links: Vec<Option<ChainLink>> = vec![None; jobs.len()];
     let mut b = Batch::new(bus);
     lock_rooms(tx, st, &entry_rooms(jobs), &mut b.chain)?;
-    let mut generations = accounts::sender_generations(tx, st, jobs)?;
+    let mut generations = accounts::sender_generations(tx, st, jobs, senders)?;
     // Consecutive messages waiting for their multi-row INSERT: (index, message).
     let mut pending: Vec<(usize, &'a NewMessage)> = Vec::new();
     let mut savepoints = 0;
-    for &job in jobs {
-        if let Job::Msg(m) | Job::Dm { msg: m, .. } = job {
-            if accounts::revoked_sender(&generations, m) {
-                written.push(Some(Written::Ready(Outcome::SenderRevoked)));
-                continue;
+    for (&job, sender) in jobs.iter().zip(senders) {
+        let revoked = match job {
+            Job::Msg(m) | Job::Dm { msg: m, .. } => {
+                accounts::revoked(&generations, &m.from, m.token_gen)
             }
+            _ => sender.is_some_and(|(user, gen)| accounts::revoked(&generations, user, gen)),
+        };
+        if revoked {
+            written.push(Some(Written::Ready(Outcome::SenderRevoked)));
+            continue;
         }
         if let Job::Msg(m) = job {
             pending.push((written.len(), m));
