@@ -11,7 +11,8 @@
 //!   `command` is the table of request types, one module per request family
 //!   parses, applies and completes its requests, `completion` routes finished
 //!   jobs back to them, `remote` delivers other nodes' entries and presence,
-//!   `http` is the HTTP endpoints (accounts in `http::accounts`, a signed-in
+//!   `strangers` answers a non-member about a room they named (a private
+//!   room looks like none), `http` is the HTTP endpoints (accounts in `http::accounts`, a signed-in
 //!   user's account changes in `http::account`), `revocation` closes what a
 //!   revocation of a user's tokens or their account's deletion ends.
 //! - [`hub`]: what handlers work on: [`conns`], [`services`], [`state`],
@@ -27,8 +28,8 @@
 //! - [`history_cache`]: the newest entries of active rooms, for `history`.
 //! - [`conn`]: one connection: its phase (HTTP → upgrading → WebSocket), its
 //!   lifecycle (`Life`: open, paused, closing, lingering) and request order.
-//! - [`state`]: online users, room members, presence watchers, member
-//!   watches and who blocks whom, in memory.
+//! - [`state`]: online users, room members with their roles, presence
+//!   watchers, member watches and who blocks whom, in memory.
 //! - [`db`]: typed jobs and outcomes; the pool, its circuit breaker and the
 //!   schema; the general workers and their SQL by family (`db::queries`); the
 //!   single ordered writer, by concern (`db::writer`); the embedded PostgreSQL;
