@@ -316,6 +316,16 @@ impl State {
         }
     }
 
+    /// The name a user is shown under in system entries: their nickname, or
+    /// their username when they have none (or are not loaded).
+    pub fn nickname_of(&self, username: &str) -> String {
+        self.users
+            .get(username)
+            .map(|u| u.nickname.clone())
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| username.to_string())
+    }
+
     pub fn is_online(&self, username: &str) -> bool {
         self.users
             .get(username)

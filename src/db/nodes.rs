@@ -363,7 +363,7 @@ pub fn catch_up<C: GenericClient>(
         c,
         concat!(
             "SELECT m.username, m.room_id, ",
-            crate::db::queries::member_role!(),
+            crate::db::rows::member_role!(),
             " FROM room_members m JOIN rooms r ON r.id = m.room_id \
               WHERE m.username = ANY($1) AND (r.klav_owner = m.username OR m.klav_role <> 'member')"
         ),

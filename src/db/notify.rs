@@ -16,7 +16,6 @@ use postgres::GenericClient;
 
 use super::entry::ChatEntry;
 use super::error::DbError;
-use super::jobs::Invite;
 use super::rows::Stmts;
 
 /// The channel every node listens on.
@@ -117,6 +116,17 @@ pub enum BusEvent {
         generation: i64,
         erased: bool,
     },
+}
+
+/// An open invitation as `invited` and `my_invites` show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Invite {
+    pub room: String,
+    pub name: String,
+    pub private: bool,
+    pub by: String,
+    pub by_nickname: String,
+    pub at: SystemTime,
 }
 
 /// A `room_update` as the room's members are told of it: the room as it now

@@ -25,6 +25,18 @@ macro_rules! room_newest_entry {
 }
 pub(crate) use room_newest_entry;
 
+/// A member's role as a statement selects it: `rooms.klav_owner` names the
+/// owner, `room_members.klav_role` the others' roles (`m`, `r` aliased so);
+/// NULL in a room without an owner (one of the old server's, or one left
+/// empty), which is shown as before owners existed.
+macro_rules! member_role {
+    () => {
+        "CASE WHEN r.klav_owner IS NULL THEN NULL \
+              WHEN r.klav_owner = m.username THEN 'owner' ELSE m.klav_role END"
+    };
+}
+pub(crate) use member_role;
+
 /// Prepared statements of one connection, keyed by their SQL text.
 #[derive(Default)]
 pub struct Stmts(HashMap<&'static str, Statement>);

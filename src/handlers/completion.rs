@@ -11,7 +11,7 @@ use crate::cluster::bus::BusEvent;
 use crate::cluster::entries::reconcile_room;
 use crate::cluster::Work;
 use crate::conn::{ConnId, Phase};
-use crate::db::jobs::{CaughtUp, ChatEntry, Outcome};
+use crate::db::jobs::{AdminOutcome, CaughtUp, ChatEntry, Deletion, Outcome};
 use crate::db::{Completion, DbError};
 use crate::hub::Hub;
 use crate::protocol::{ErrorCode, RequestError};
@@ -23,8 +23,10 @@ use super::edits;
 use super::friends;
 use super::history;
 use super::http;
+use super::invites;
 use super::members;
 use super::messages;
+use super::moderation;
 use super::presence;
 use super::reads;
 use super::remote;
@@ -152,16 +154,43 @@ fn on_outcome(hub: &mut Hub, t: crate::db::Ticket, outcome: Outcome) {
         Outcome::Msg { msg, id, ts } => messages::stored(hub, &t, msg, id, ts),
         Outcome::Dm { msg, to, result } => dm::stored(hub, &t, msg, to, result),
         Outcome::DmQueued { room, to } => dm::ack(hub, &t, &room, &to, "QUEUED"),
-        Outcome::Admin(o) => room_admin::done(hub, &t, o),
+        Outcome::Admin(o) => admin_done(hub, &t, o),
         Outcome::Revoked {
             username,
             generation,
         } => http::account::revoke_done(hub, t.conn, &username, generation),
         Outcome::SenderRevoked => revocation::sender_revoked(hub, &t),
         Outcome::AccountDeleted { username, deletion } => {
-            http::account::delete_done(hub, t.conn, &username, deletion)
+            let done = deletion.is_some();
+            if let Some(d) = deletion {
+                account_deleted_here(hub, &username, *d);
+            }
+            http::account::delete_done(hub, t.conn, done);
         }
     }
+}
+
+/// This node deleted an account: shown here as the other nodes see it from
+/// the notes (whether or not the request is still waiting).
+fn account_deleted_here(hub: &mut Hub, user: &str, d: Deletion) {
+    let now = Instant::now();
+    for ev in revocation::deletion_events(user, &d, hub.cluster.enabled) {
+        let work = remote::heard(hub, ev, now);
+        run(hub, work);
+    }
+    revocation::deletion_settled(hub, user, d);
+}
+
+/// A room administration outcome, to the family that asked for it: each
+/// hands back what is not its own.
+fn admin_done(hub: &mut Hub, t: &crate::db::Ticket, o: AdminOutcome) {
+    let Some(o) = invites::done(hub, t, o) else {
+        return;
+    };
+    let Some(o) = moderation::done(hub, t, o) else {
+        return;
+    };
+    room_admin::done(hub, t, o);
 }
 
 /// A job failed: whoever waits for it learns that nothing was stored.

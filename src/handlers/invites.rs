@@ -31,7 +31,7 @@ impl InviteUser {
     pub fn apply(self, hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
         let job = Job::Admin(AdminJob::Invite {
             by: cx.user.clone(),
-            by_nickname: super::rooms::nickname(hub, &cx.user),
+            by_nickname: hub.state.nickname_of(&cx.user),
             room: self.room,
             user: self.user,
             max_rooms: hub.svc.config.max_rooms_per_user as i64,

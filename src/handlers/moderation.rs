@@ -76,7 +76,7 @@ impl Remove {
         check_moderator(hub, cx, &self.room)?;
         let job = Job::Admin(AdminJob::Remove {
             by: cx.user.clone(),
-            by_nickname: super::rooms::nickname(hub, &cx.user),
+            by_nickname: hub.state.nickname_of(&cx.user),
             room: self.room,
             user: self.user,
             reason: self.reason,

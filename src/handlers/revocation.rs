@@ -6,12 +6,7 @@
 //! own connections within the bus's delay; upgrades under way are checked
 //! against the new generation when their session loads (see `session`).
 
-use std::time::Instant;
-
-use super::completion::run;
 use super::presence;
-use super::remote;
-use super::room_admin;
 use crate::close::CloseReason;
 use crate::cluster::bus::{BusEvent, MemberOp};
 use crate::conn::Phase;
@@ -58,45 +53,54 @@ pub fn account_deleted(hub: &mut Hub, user: &str) {
 }
 
 /// This node deleted `user`'s account: what the other nodes hear from its
-/// notes, in the same order. Each `left` entry goes through the rooms' order
-/// as another node's would; followers subscribed to their presence see them
-/// go offline before the follows go; then their connections close.
-pub fn deleted(hub: &mut Hub, user: &str, d: Deletion) {
-    let now = Instant::now();
-    for (entry, prev, heir) in d.leaves {
-        let room = entry.room.clone();
+/// notes, as the same events and in the same order (the caller runs them as
+/// another node's): each `left` entry, in its room's order, followed by the
+/// owner's heir's `role_changed`; the heirs of rooms they owned from outside;
+/// in a cluster, their going offline. Then [`deletion_settled`].
+pub fn deletion_events(user: &str, d: &Deletion, cluster: bool) -> Vec<BusEvent> {
+    let mut events = Vec::with_capacity(d.leaves.len() * 2 + d.passed_on.len() + 1);
+    let owner = |room: &str, heir: &str| BusEvent::Role {
+        room: room.to_string(),
+        user: heir.to_string(),
+        role: Role::Owner.as_str().to_string(),
+        by: None,
+        told: true,
+    };
+    for (entry, prev, heir) in &d.leaves {
         let op = MemberOp {
             joined: false,
             user: user.to_string(),
             nickname: d.nickname.clone(),
         };
-        let ev = BusEvent::Entry {
-            entry,
-            prev,
+        let room = entry.room.clone();
+        events.push(BusEvent::Entry {
+            entry: entry.clone(),
+            prev: *prev,
             op: Some(op),
             queued: false,
-        };
-        let work = remote::heard(hub, ev, now);
-        run(hub, work);
-        // Its members here hear it as the other nodes do (from the note).
+        });
         if let Some(heir) = heir {
-            room_admin::role_changed(hub, &room, &heir, Role::Owner, None);
+            events.push(owner(&room, heir));
         }
     }
     for (room, heir) in &d.passed_on {
-        room_admin::role_changed(hub, room, heir, Role::Owner, None);
+        events.push(owner(room, heir));
     }
-    if hub.cluster.enabled {
-        if d.was_online {
-            let ev = BusEvent::Presence {
-                user: user.to_string(),
-                nickname: d.nickname.clone(),
-                online: false,
-            };
-            let work = remote::heard(hub, ev, now);
-            run(hub, work);
-        }
-    } else if hub.state.is_online(user) {
+    if cluster && d.was_online {
+        events.push(BusEvent::Presence {
+            user: user.to_string(),
+            nickname: d.nickname.clone(),
+            online: false,
+        });
+    }
+    events
+}
+
+/// After [`deletion_events`] ran: on a single node, followers subscribed to
+/// their presence see them go offline before the follows go; then their
+/// connections close.
+pub fn deletion_settled(hub: &mut Hub, user: &str, d: Deletion) {
+    if !hub.cluster.enabled && hub.state.is_online(user) {
         presence::announce(hub, user, d.nickname.clone(), "offline");
     }
     for (from, to) in &d.unfollowed {

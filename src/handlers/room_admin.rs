@@ -163,7 +163,7 @@ impl RoomUpdate {
 
     pub fn apply(self, hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
         check_role(hub, cx, &self.room, Role::moderates)?;
-        let by_nickname = super::rooms::nickname(hub, &cx.user);
+        let by_nickname = hub.state.nickname_of(&cx.user);
         let job = Job::Admin(AdminJob::Update {
             by: cx.user.clone(),
             by_nickname,
@@ -233,12 +233,6 @@ fn view_event(kind: &str, v: &RoomView) -> Event {
 
 /// A room administration job is done.
 pub fn done(hub: &mut Hub, t: &Ticket, outcome: AdminOutcome) {
-    let Some(outcome) = super::invites::done(hub, t, outcome) else {
-        return;
-    };
-    let Some(outcome) = super::moderation::done(hub, t, outcome) else {
-        return;
-    };
     match outcome {
         AdminOutcome::Info(Err(r)) | AdminOutcome::Updated { result: Err(r), .. } => {
             hub.conns.reply_error(t.conn, &t.req_id, refusal(r))

@@ -12,15 +12,6 @@ use crate::db::{Job, Ticket};
 use crate::hub::Hub;
 use crate::protocol::{ErrorCode, Event, Request, RequestError};
 
-pub(super) fn nickname(hub: &Hub, user: &str) -> String {
-    hub.state
-        .users
-        .get(user)
-        .map(|u| u.nickname.clone())
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| user.to_string())
-}
-
 /// Rooms are kept for good: each user may create `KLAV_ROOMS_CREATED_PER_HOUR`
 /// of them an hour (a `join` by name counts, since it may create one).
 fn take_room_token(hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
@@ -72,7 +63,7 @@ impl CreateRoom {
         take_room_token(hub, cx)?;
         let job = Job::CreateRoom {
             creator: cx.user.clone(),
-            creator_nickname: nickname(hub, &cx.user),
+            creator_nickname: hub.state.nickname_of(&cx.user),
             name,
             private: self.private,
             topic: self.topic,
@@ -181,7 +172,7 @@ impl Join {
         }
         let job = Job::Join {
             username: cx.user.clone(),
-            nickname: nickname(hub, &cx.user),
+            nickname: hub.state.nickname_of(&cx.user),
             by: self.by,
             max_rooms: hub.svc.config.max_rooms_per_user as i64,
         };
@@ -256,7 +247,7 @@ impl Leave {
         }
         let job = Job::Leave {
             username: cx.user.clone(),
-            nickname: nickname(hub, &cx.user),
+            nickname: hub.state.nickname_of(&cx.user),
             room: self.room,
         };
         cx.submit(hub, job);

@@ -9,7 +9,6 @@
 //! a member's request never costs the read.
 
 use super::ctx::Ctx;
-use super::dm;
 use crate::db::jobs::StrangerReply;
 use crate::db::{Job, Ticket};
 use crate::hub::Hub;
@@ -51,6 +50,13 @@ pub fn done(hub: &mut Hub, t: &Ticket, room: &str, reply: StrangerReply, hidden:
                 .with("status", "NOT_A_MEMBER");
             hub.conns.reply(t.conn, &t.req_id, ev);
         }
-        StrangerReply::DmAck { to } => dm::ack(hub, t, room, &to, "SENDER_NOT_IN_ROOM"),
+        StrangerReply::DmAck { to } => {
+            // `room_dm`'s own refusal of a sender outside the room.
+            let ev = Event::new("dm_ack")
+                .with("room", room)
+                .with("to", to)
+                .with("status", "SENDER_NOT_IN_ROOM");
+            hub.conns.reply(t.conn, &t.req_id, ev);
+        }
     }
 }

@@ -7,6 +7,7 @@
 use std::time::SystemTime;
 
 use super::ChatEntry;
+pub use crate::db::notify::Invite;
 
 /// A member's role in a room that has an owner. Rooms created before owners
 /// existed have none, and every member of them is a `Member`.
@@ -113,17 +114,6 @@ impl InviteStatus {
             InviteStatus::Refused => "REFUSED",
         }
     }
-}
-
-/// An open invitation as `invited` and `my_invites` show it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Invite {
-    pub room: String,
-    pub name: String,
-    pub private: bool,
-    pub by: String,
-    pub by_nickname: String,
-    pub at: SystemTime,
 }
 
 /// How a `kick` or `ban` went (`kick_ack` / `ban_ack`'s status).

@@ -31,7 +31,6 @@ use resume::ReplayBudget;
 pub use super::rows::{display_nickname, entry_from_row, Stmts};
 pub use accounts::USERNAME_LOCK;
 pub use resume::ROOM_LOOKUP_ROWS;
-pub(crate) use rooms::member_role;
 pub use rooms::UNREAD_WINDOW;
 
 /// Runs a general (unordered) job that notifies nothing.

@@ -11,19 +11,7 @@ use crate::db::entry::ChatEntry;
 use crate::db::error::DbError;
 use crate::db::jobs::{HistoryQuery, LastMessage, Outcome, Role, RoomInfo, UserRef};
 use crate::db::nodes;
-use crate::db::rows::{display_nickname, entry_from_row, Stmts};
-
-/// A member's role as a statement selects it: `rooms.klav_owner` names the
-/// owner, `room_members.klav_role` the others' roles (`m`, `r` aliased so);
-/// NULL in a room without an owner (one of the old server's, or one left
-/// empty), which is shown as before owners existed.
-macro_rules! member_role {
-    () => {
-        "CASE WHEN r.klav_owner IS NULL THEN NULL \
-              WHEN r.klav_owner = m.username THEN 'owner' ELSE m.klav_role END"
-    };
-}
-pub(crate) use member_role;
+use crate::db::rows::{display_nickname, entry_from_row, member_role, Stmts};
 
 /// Entries after a room's read marker that `my_rooms` looks at to count the
 /// unread ones: the count is exact up to there, and says "more" beyond.

@@ -50,7 +50,7 @@ pub(super) fn open_session<C: GenericClient>(
             "SELECT m.room_id, ",
             room_newest_entry!("r"),
             ", ",
-            super::rooms::member_role!(),
+            crate::db::rows::member_role!(),
             " FROM room_members m JOIN rooms r ON r.id = m.room_id WHERE m.username = $1"
         ),
     )?;

@@ -8,8 +8,8 @@ use std::time::SystemTime;
 use postgres::Transaction;
 
 use super::chain::Batch;
-use super::room_admin::{member_of, standing};
 use super::rooms::holdings;
+use super::standing::{member_of, standing};
 use crate::db::error::DbError;
 use crate::db::jobs::{open_invite, AdminOutcome, Invite, InviteStatus, Refusal};
 use crate::db::rows::Stmts;

@@ -17,7 +17,7 @@
 //! - `rooms`: create, join, leave and their system entries;
 //! - `room_admin`: room updates and roles, checked against the requester's
 //!   role in the same transaction; `invites`: invitations and declines;
-//!   `moderation`: kicks, bans and unbans;
+//!   `moderation`: kicks, bans and unbans; `standing`: the checks they share;
 //! - `dm`: DMs and the offline queue;
 //! - `follows`: follow and unfollow with their notes;
 //! - `blocks`: block and unblock (a block ends the follow the other way);
@@ -36,6 +36,7 @@ mod messages;
 mod moderation;
 mod room_admin;
 mod rooms;
+mod standing;
 mod stats;
 mod written;
 

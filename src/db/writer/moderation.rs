@@ -10,8 +10,8 @@
 use postgres::Transaction;
 
 use super::chain::Batch;
-use super::room_admin::{member_of, standing};
 use super::rooms::system_entry_then;
+use super::standing::{member_of, standing};
 use super::written::{Linked, Written};
 use crate::db::error::DbError;
 use crate::db::jobs::{AdminOutcome, Outcome, Refusal, RemoveStatus, Removed, Role};

@@ -15,14 +15,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::accounts::token_response;
 use super::exchange::{
     field, finish, json_body, request_addr, respond, restore, retry_later, set_pending, start_job,
-    take_pending, unauthorized,
+    take_pending, token_response, unauthorized,
 };
 use crate::auth::password::{check_stored_hash, constant_time_eq, is_hashed, HashJob};
 use crate::conn::{AccountChange, AccountRequest, ConnId, PendingHttp};
-use crate::db::jobs::Deletion;
 use crate::db::{Job, Ticket};
 use crate::handlers::session::bearer_token;
 use crate::http::{self, Request};
@@ -260,14 +258,9 @@ pub fn revoke_done(hub: &mut Hub, id: ConnId, username: &str, generation: Option
     finish(hub, id, resp, ka);
 }
 
-/// An account deletion was written (or refused: `None`, as for
-/// [`revoke_done`]). What it did is shown here whether or not the request is
-/// still waiting.
-pub fn delete_done(hub: &mut Hub, id: ConnId, username: &str, deletion: Option<Box<Deletion>>) {
-    let done = deletion.is_some();
-    if let Some(d) = deletion {
-        crate::handlers::revocation::deleted(hub, username, *d);
-    }
+/// An account deletion was written (`done`) or refused (as for
+/// [`revoke_done`]); what it did was shown already (see `completion`).
+pub fn delete_done(hub: &mut Hub, id: ConnId, done: bool) {
     let req = match take_pending(hub, id) {
         Some(PendingHttp::Account(req)) => req,
         other => return restore(hub, id, other),

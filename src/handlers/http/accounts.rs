@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::exchange::{
     field, finish, json_body, request_addr, respond, restore, retry_later, set_pending, start_job,
-    take_pending, unauthorized, unhealthy,
+    take_pending, token_response, unauthorized, unhealthy,
 };
 use crate::auth::password::{check_stored_hash, constant_time_eq, is_hashed, HashJob, HashOutcome};
 use crate::conn::{ConnId, PendingHttp};
@@ -162,21 +162,6 @@ pub fn login(hub: &mut Hub, _: &mut Turn, id: ConnId, req: Request) {
         },
         ka,
     );
-}
-
-/// The body of `/login` (and of `/password`): a token of the user's token
-/// `generation`.
-pub(super) fn token_response(hub: &Hub, username: &str, generation: i64, ka: bool) -> Vec<u8> {
-    let issued = hub.svc.tokens.login(username, generation);
-    http::json(
-        200,
-        &json!({
-            "access_token": issued.token,
-            "token_type": "bearer",
-            "expires_in_minutes": issued.expires_in_minutes,
-        }),
-        ka,
-    )
 }
 
 /// `POST /ws-ticket` with `Authorization: Bearer <token>`: a one-time ticket

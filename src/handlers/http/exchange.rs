@@ -116,3 +116,18 @@ pub fn unauthorized(detail: &str, ka: bool) -> Vec<u8> {
         &[("WWW-Authenticate", "Bearer".into())],
     )
 }
+
+/// The body of `/login` (and of `/password`): a token of the user's token
+/// `generation`.
+pub fn token_response(hub: &Hub, username: &str, generation: i64, ka: bool) -> Vec<u8> {
+    let issued = hub.svc.tokens.login(username, generation);
+    http::json(
+        200,
+        &json!({
+            "access_token": issued.token,
+            "token_type": "bearer",
+            "expires_in_minutes": issued.expires_in_minutes,
+        }),
+        ka,
+    )
+}
