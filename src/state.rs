@@ -333,9 +333,14 @@ impl State {
     }
 
     pub fn is_member(&self, username: &str, room: &str) -> bool {
+        self.member(username, room).is_some()
+    }
+
+    /// A loaded user who is a member of `room` (memory is exact for them).
+    pub fn member(&self, username: &str, room: &str) -> Option<&UserState> {
         self.users
             .get(username)
-            .is_some_and(|u| u.loaded && u.rooms.contains(room))
+            .filter(|u| u.loaded && u.rooms.contains(room))
     }
 
     /// Records a committed join, if the user is in memory.
@@ -482,16 +487,18 @@ fn watch(
     w.extend(ids);
 }
 
+/// A connection id for the tests of this module and its submodules.
+#[cfg(test)]
+fn id(n: usize) -> ConnId {
+    ConnId {
+        slot: n,
+        gen: n as u64,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn id(n: usize) -> ConnId {
-        ConnId {
-            slot: n,
-            gen: n as u64,
-        }
-    }
 
     fn session(rooms: &[&str], following: &[&str]) -> SessionData {
         SessionData {

@@ -43,12 +43,7 @@ impl Msg {
 
     pub fn apply(self, hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
         // Membership from memory: the message path does no database read.
-        let Some(user) = hub
-            .state
-            .users
-            .get(&cx.user)
-            .filter(|u| u.loaded && u.rooms.contains(&self.room))
-        else {
+        let Some(user) = hub.state.member(&cx.user, &self.room) else {
             return strangers::not_a_member(hub, cx, &self.room);
         };
         let from_nickname = user.nickname.clone();

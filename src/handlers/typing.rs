@@ -32,12 +32,7 @@ impl Typing {
     }
 
     pub fn apply(self, hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
-        let Some(user) = hub
-            .state
-            .users
-            .get(&cx.user)
-            .filter(|u| u.loaded && u.rooms.contains(&self.room))
-        else {
+        let Some(user) = hub.state.member(&cx.user, &self.room) else {
             return strangers::not_a_member(hub, cx, &self.room);
         };
         let nickname = user.nickname.clone();

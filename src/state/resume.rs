@@ -133,13 +133,7 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn id(n: usize) -> ConnId {
-        ConnId {
-            slot: n,
-            gen: n as u64,
-        }
-    }
+    use crate::state::id;
 
     #[test]
     fn resume_holds_back_only_its_rooms_and_bounds_what_it_holds() {

@@ -295,13 +295,7 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn id(n: usize) -> ConnId {
-        ConnId {
-            slot: n,
-            gen: n as u64,
-        }
-    }
+    use crate::state::id;
 
     fn names(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
