@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::db::jobs::{ChatEntry, HistoryQuery};
 
 struct Cached {
-    /// Bytes this entry holds in memory (see [`Cached::size`]).
+    /// Bytes this entry holds in memory (counted where it is built, in [`cached`]).
     bytes: usize,
     id: i64,
     ts: SystemTime,

@@ -9,7 +9,7 @@
 //! bounded queues, log lines to a writer thread, and socket writes that would
 //! block stay queued until the socket is writable.
 //!
-//! - [`start`]: listeners, database, worker pools, the loop's thread.
+//! - [`start`](mod@start): listeners, database, worker pools, the loop's thread.
 //! - [`event_loop`]: the [`Server`](event_loop::Server) state and its turns.
 //! - [`reading`]: readiness → bytes → HTTP requests or WebSocket frames, and
 //!   accepting connections; [`put_off`]: the reads a turn leaves for later.

@@ -1,7 +1,7 @@
 //! Readiness → bytes → requests. mio is edge-triggered: a readable socket is read
 //! until it would block, or until its share of a turn is spent (it then waits in
 //! the `busy` queue), or until the turn's time is up (the read waits in a queue
-//! for the next turn: see [`PutOff`]). A connection that is not read for a reason
+//! for the next turn: see [`PutOff`](super::put_off::PutOff)). A connection that is not read for a reason
 //! of its own (output backing up, a request held for an earlier one, an HTTP
 //! request waiting for a worker) is put on the `again` list by whatever ends the
 //! reason, since no new readiness event will come for bytes already waiting.
@@ -122,7 +122,7 @@ impl Server {
 
     /// This turn's readiness events, with what earlier turns put off: open
     /// sessions first, then everything else (new connections, HTTP, closing
-    /// sockets), then accepts (see [`PutOff`]).
+    /// sockets), then accepts (see [`PutOff`](super::put_off::PutOff)).
     pub(super) fn read_events(&mut self, events: &Events) {
         self.read_put_off(Queue::Sessions);
         let mut others = std::mem::take(&mut self.others_ready);

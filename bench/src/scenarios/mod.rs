@@ -1,5 +1,5 @@
 //! One module per scenario. Each builds its users and rooms, runs its drivers on the
-//! client threads and turns what they counted into a [`Report`](crate::Report).
+//! client threads and turns what they counted into a [`Report`].
 
 pub(crate) mod abuse;
 pub(crate) mod chat;
