@@ -28,7 +28,9 @@
 //! - `run`: the runner, start gate, progress and memory sampling.
 //! - `net`: the mio client loop and the WebSocket connection state machine.
 //! - `nodes`: several server nodes (`--addr a,b,c`): which connection goes where.
-//! - `scenarios`: chat/fanout, dm, connect, history, login, presence, abuse.
+//! - `scenarios`: chat/fanout, dm, connect, history, login, presence, abuse;
+//!   `scenarios::rooms` is what chat, fanout and dm share (the member connection
+//!   loop, its checks, room setup and merging the counts).
 //! - `raw`: byte-level HTTP and WebSocket connections for the `abuse` attacks.
 //! - [`stats`]: message stamps, sequence tracking, in-flight windows, histograms.
 //! - `users`, `http`, `jwt`: registering users and getting their tokens.

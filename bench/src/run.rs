@@ -224,6 +224,20 @@ pub(crate) fn run_threads<D: Driver + Send + 'static>(
     Ok(out)
 }
 
+/// [`run_threads`] with one thread per driver, each connecting to `dests`, all
+/// stopped at `deadline` whatever their drivers say.
+pub(crate) fn drive<D: Driver + Send + 'static>(
+    server: &Server,
+    drivers: Vec<D>,
+    dests: Arc<Dests>,
+    deadline: Instant,
+    progress: impl Fn() -> String,
+    rss: &mut RssPeaks,
+) -> Result<Vec<D>, BenchError> {
+    let cfg = server.net_config(dests, drivers.len(), deadline);
+    run_threads(server, drivers, cfg, progress, rss)
+}
+
 pub(crate) fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
     panic
         .downcast_ref::<&str>()

@@ -8,7 +8,7 @@ use std::time::Duration;
 use fake_server::{FakeServer, Faults};
 use klav_bench::{
     run, AbuseOptions, Attack, ChatOptions, ConnectOptions, DmOptions, HistoryOptions,
-    LoginOptions, Options, PresenceOptions, Scenario,
+    LoginOptions, MessageReport, Options, PresenceOptions, Report, Scenario,
 };
 
 fn opts(server: &FakeServer, scenario: Scenario) -> Options {
@@ -25,35 +25,84 @@ fn opts(server: &FakeServer, scenario: Scenario) -> Options {
     }
 }
 
+/// Starts a stand-in of `nodes` nodes with `faults` and runs `scenario` on it, with
+/// the options `tweak` changes.
+fn run_on(
+    nodes: usize,
+    faults: Faults,
+    scenario: Scenario,
+    tweak: impl FnOnce(&mut Options),
+) -> (FakeServer, Report) {
+    let server = FakeServer::start_nodes(nodes, faults);
+    let mut o = opts(&server, scenario);
+    tweak(&mut o);
+    let r = run(&o).expect("run");
+    (server, r)
+}
+
+/// A clean run of `chat`, `fanout` or `dm`: every delivery of an acknowledged
+/// message arrived, and the JSON report says so.
+fn clean_messages(r: &Report) -> &MessageReport {
+    assert!(r.is_clean(), "{r}");
+    let m = r.messages.as_ref().unwrap();
+    assert_eq!(m.deliveries_received, m.deliveries_expected, "{r}");
+    let json: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+    assert_eq!(json["scenario"], r.scenario.as_str());
+    assert_eq!(json["messages"]["missing"], 0);
+    m
+}
+
+/// Injected drops and duplicates show in the report, and what is missing is what
+/// the expected deliveries lack.
+fn faulty_messages(r: &Report) -> &MessageReport {
+    assert!(!r.is_clean(), "{r}");
+    let m = r.messages.as_ref().unwrap();
+    assert!(m.missing > 0, "{r}");
+    assert!(m.duplicates > 0, "{r}");
+    assert_eq!(m.deliveries_expected - m.deliveries_received, m.missing);
+    m
+}
+
+/// Over `nodes` nodes: each has `conns` connections, all opened, sends, misses
+/// nothing and receives from the other nodes as well as its own; the per-node
+/// numbers add up to the run's.
+fn nodes_cross(r: &Report, nodes: usize, conns: u64) {
+    assert_eq!(r.nodes.len(), nodes, "{r}");
+    for n in &r.nodes {
+        assert_eq!((n.connections, n.opened), (conns, conns), "{r}");
+        assert_eq!(n.missing, 0, "{r}");
+        assert!(n.messages_sent > 0, "{r}");
+        assert!(n.deliveries_from_other_nodes > 0, "{r}");
+        assert!(n.deliveries_from_other_nodes < n.deliveries_received, "{r}");
+    }
+    let m = r.messages.as_ref().unwrap();
+    let per_node: u64 = r.nodes.iter().map(|n| n.deliveries_received).sum();
+    assert_eq!(per_node, m.deliveries_received, "{r}");
+    let sent: u64 = r.nodes.iter().map(|n| n.messages_sent).sum();
+    assert_eq!(sent, m.sent, "{r}");
+}
+
 #[test]
 fn chat_closed_loop_is_clean_and_counts_every_delivery() {
-    let server = FakeServer::start(Faults::default());
-    let o = opts(
-        &server,
-        Scenario::Chat(ChatOptions {
-            rooms: 3,
-            members: 4,
-            senders: 2,
-            window: 2,
-            ..Default::default()
-        }),
-    );
-    let r = run(&o).expect("run");
-    let m = r.messages.as_ref().unwrap();
-    assert!(r.is_clean(), "{r}");
+    let chat = ChatOptions {
+        rooms: 3,
+        members: 4,
+        senders: 2,
+        window: 2,
+        ..Default::default()
+    };
+    let (_server, r) = run_on(1, Faults::default(), Scenario::Chat(chat), |_| {});
+    let m = clean_messages(&r);
+    assert_eq!(r.scenario, "chat");
     assert!(m.acked > 10, "{r}");
     assert_eq!(m.acked, m.sent, "{r}");
     assert_eq!(m.deliveries_expected, m.acked * 4, "{r}");
-    assert_eq!(m.deliveries_received, m.deliveries_expected, "{r}");
     assert_eq!(r.setup.users, 12);
     assert_eq!(r.setup.registered, 12);
     assert_eq!(r.setup.logins, 12);
     assert_eq!(r.connections.as_ref().unwrap().opened, 12);
     assert!(r.latency["delivery"].count > 0);
     assert!(r.latency["ack"].count > 0);
-    let json: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
-    assert_eq!(json["messages"]["missing"], 0);
-    assert_eq!(json["scenario"], "chat");
 }
 
 #[test]
@@ -85,29 +134,23 @@ fn chat_open_loop_with_minted_tokens_keeps_the_rate() {
 
 #[test]
 fn missing_and_duplicate_deliveries_are_caught() {
-    let server = FakeServer::start(Faults {
+    let faults = Faults {
         drop_every: Some(7),
         duplicate_every: Some(5),
         ..Default::default()
+    };
+    let fanout = ChatOptions {
+        rooms: 1,
+        members: 6,
+        senders: 1,
+        ..Default::default()
+    };
+    let (_server, r) = run_on(1, faults, Scenario::Fanout(fanout), |o| {
+        o.drain = Duration::from_millis(500)
     });
-    let mut o = opts(
-        &server,
-        Scenario::Fanout(ChatOptions {
-            rooms: 1,
-            members: 6,
-            senders: 1,
-            ..Default::default()
-        }),
-    );
-    o.drain = Duration::from_millis(500);
-    let r = run(&o).expect("run");
     eprintln!("{r}");
-    let m = r.messages.as_ref().unwrap();
-    assert!(!r.is_clean());
-    assert!(m.missing > 0, "{r}");
-    assert!(m.duplicates > 0, "{r}");
+    let m = faulty_messages(&r);
     assert_eq!(m.order_violations, 0, "{r}");
-    assert_eq!(m.deliveries_expected - m.deliveries_received, m.missing);
     // Every 7th non-echo delivery dropped: about a seventh of the non-echo deliveries.
     let non_echo = m.acked * 5;
     assert!(
@@ -142,19 +185,14 @@ fn rate_limited_messages_are_failures_not_missing() {
 
 #[test]
 fn dm_closed_loop_is_clean_and_counts_every_dm() {
-    let server = FakeServer::start(Faults::default());
-    let o = opts(
-        &server,
-        Scenario::Dm(DmOptions {
-            rooms: 3,
-            members: 4,
-            window: 2,
-            ..Default::default()
-        }),
-    );
-    let r = run(&o).expect("run");
-    let m = r.messages.as_ref().unwrap();
-    assert!(r.is_clean(), "{r}");
+    let dm = DmOptions {
+        rooms: 3,
+        members: 4,
+        window: 2,
+        ..Default::default()
+    };
+    let (_server, r) = run_on(1, Faults::default(), Scenario::Dm(dm), |_| {});
+    let m = clean_messages(&r);
     assert!(r.problems().is_empty(), "{r}");
     assert_eq!(r.scenario, "dm");
     assert!(m.acked > 30, "{r}");
@@ -162,7 +200,6 @@ fn dm_closed_loop_is_clean_and_counts_every_dm() {
     assert_eq!(m.queued, 0, "{r}");
     // One recipient per DM.
     assert_eq!(m.deliveries_expected, m.acked, "{r}");
-    assert_eq!(m.deliveries_received, m.deliveries_expected, "{r}");
     assert_eq!(
         (m.foreign, m.misdirected, m.unacked_deliveries),
         (0, 0, 0),
@@ -175,33 +212,26 @@ fn dm_closed_loop_is_clean_and_counts_every_dm() {
     assert!(r.latency["ack"].count > 0);
     assert!(!r.latency.contains_key("ack_queued"));
     assert!(m.acked_per_sec > 0.0 && m.deliveries_per_sec > 0.0, "{r}");
-    let json: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
-    assert_eq!(json["scenario"], "dm");
-    assert_eq!(json["messages"]["missing"], 0);
 }
 
 /// Open loop with one member of every room offline: a third of each sender's DMs
 /// go to it and must be answered `QUEUED`; the rest `DELIVERED` and received.
 #[test]
 fn dm_open_loop_queues_for_offline_members() {
-    let server = FakeServer::start(Faults::default());
-    let mut o = opts(
-        &server,
-        Scenario::Dm(DmOptions {
-            rooms: 2,
-            members: 4,
-            offline: 1,
-            rate: Some(300.0),
-            msg_size: 64,
-            client_ids: true,
-            ..Default::default()
-        }),
-    );
-    o.jwt_secret = Some("secret".into());
-    o.duration = Duration::from_secs(1);
-    let r = run(&o).expect("run");
-    let m = r.messages.as_ref().unwrap();
-    assert!(r.is_clean(), "{r}");
+    let dm = DmOptions {
+        rooms: 2,
+        members: 4,
+        offline: 1,
+        rate: Some(300.0),
+        msg_size: 64,
+        client_ids: true,
+        ..Default::default()
+    };
+    let (_server, r) = run_on(1, Faults::default(), Scenario::Dm(dm), |o| {
+        o.jwt_secret = Some("secret".into());
+        o.duration = Duration::from_secs(1);
+    });
+    let m = clean_messages(&r);
     assert_eq!(r.setup.users, 8);
     assert_eq!(r.connections.as_ref().unwrap().attempted, 6, "{r}");
     assert_eq!(m.offline_per_room, 1);
@@ -221,30 +251,24 @@ fn dm_open_loop_queues_for_offline_members() {
 
 #[test]
 fn lost_duplicated_and_reordered_dms_are_caught() {
-    let server = FakeServer::start(Faults {
+    let faults = Faults {
         drop_every: Some(11),
         duplicate_every: Some(7),
         hold_back_every: Some(5),
         ..Default::default()
+    };
+    let dm = DmOptions {
+        rooms: 2,
+        members: 3,
+        window: 2,
+        ..Default::default()
+    };
+    let (_server, r) = run_on(1, faults, Scenario::Dm(dm), |o| {
+        o.drain = Duration::from_millis(500)
     });
-    let mut o = opts(
-        &server,
-        Scenario::Dm(DmOptions {
-            rooms: 2,
-            members: 3,
-            window: 2,
-            ..Default::default()
-        }),
-    );
-    o.drain = Duration::from_millis(500);
-    let r = run(&o).expect("run");
-    let m = r.messages.as_ref().unwrap();
-    assert!(!r.is_clean(), "{r}");
-    assert!(m.missing > 0, "{r}");
-    assert!(m.duplicates > 0, "{r}");
+    let m = faulty_messages(&r);
     assert!(m.order_violations > 0, "{r}");
     assert!(m.id_order_violations > 0, "{r}");
-    assert_eq!(m.deliveries_expected - m.deliveries_received, m.missing);
     let problems = r.problems().join("; ");
     assert!(problems.contains("deliveries missing"), "{problems}");
     assert!(problems.contains("deliveries duplicated"), "{problems}");
@@ -255,30 +279,15 @@ fn lost_duplicated_and_reordered_dms_are_caught() {
 /// and recipient differ in parity.
 #[test]
 fn dm_over_two_nodes_accounts_for_every_dm() {
-    let server = FakeServer::start_nodes(2, Faults::default());
-    let o = opts(
-        &server,
-        Scenario::Dm(DmOptions {
-            rooms: 2,
-            members: 4,
-            window: 2,
-            ..Default::default()
-        }),
-    );
-    let r = run(&o).expect("run");
-    let m = r.messages.as_ref().unwrap();
-    assert!(r.is_clean(), "{r}");
-    assert_eq!(r.nodes.len(), 2, "{r}");
-    for n in &r.nodes {
-        assert_eq!((n.connections, n.opened), (4, 4), "{r}");
-        assert_eq!(n.missing, 0, "{r}");
-        assert!(n.deliveries_from_other_nodes > 0, "{r}");
-        assert!(n.deliveries_from_other_nodes < n.deliveries_received, "{r}");
-    }
-    let per_node: u64 = r.nodes.iter().map(|n| n.deliveries_received).sum();
-    assert_eq!(per_node, m.deliveries_received, "{r}");
-    let sent: u64 = r.nodes.iter().map(|n| n.messages_sent).sum();
-    assert_eq!(sent, m.sent, "{r}");
+    let dm = DmOptions {
+        rooms: 2,
+        members: 4,
+        window: 2,
+        ..Default::default()
+    };
+    let (_server, r) = run_on(2, Faults::default(), Scenario::Dm(dm), |_| {});
+    clean_messages(&r);
+    nodes_cross(&r, 2, 4);
 }
 
 #[test]
@@ -498,39 +507,22 @@ fn abuse_runs_every_attack_and_reports() {
 /// every delivery is still accounted for, per receiver and per node.
 #[test]
 fn chat_over_two_nodes_accounts_for_every_delivery() {
-    let server = FakeServer::start_nodes(2, Faults::default());
-    let o = opts(
-        &server,
-        Scenario::Chat(ChatOptions {
-            rooms: 3,
-            members: 4,
-            senders: 2,
-            window: 2,
-            ..Default::default()
-        }),
-    );
-    assert!(o.addr.contains(','), "{}", o.addr);
-    let r = run(&o).expect("run");
-    let m = r.messages.as_ref().unwrap();
-    assert!(r.is_clean(), "{r}");
+    let chat = ChatOptions {
+        rooms: 3,
+        members: 4,
+        senders: 2,
+        window: 2,
+        ..Default::default()
+    };
+    let (server, r) = run_on(2, Faults::default(), Scenario::Chat(chat), |o| {
+        assert!(o.addr.contains(','), "{}", o.addr)
+    });
+    let m = clean_messages(&r);
     assert!(m.acked > 10, "{r}");
-    assert_eq!(m.deliveries_received, m.deliveries_expected, "{r}");
     assert_eq!(m.id_order_violations, 0, "{r}");
-    assert_eq!(r.nodes.len(), 2, "{r}");
-    // Members 0 and 2 of each room on node 0, 1 and 3 on node 1.
-    for n in &r.nodes {
-        assert_eq!((n.connections, n.opened), (6, 6), "{r}");
-        assert_eq!(n.missing, 0, "{r}");
-        assert!(n.messages_sent > 0, "{r}");
-        // Senders are members 0 and 1: half of what each node receives comes from
-        // the other node.
-        assert!(n.deliveries_from_other_nodes > 0, "{r}");
-        assert!(n.deliveries_from_other_nodes < n.deliveries_received, "{r}");
-    }
-    let per_node: u64 = r.nodes.iter().map(|n| n.deliveries_received).sum();
-    assert_eq!(per_node, m.deliveries_received, "{r}");
-    let sent: u64 = r.nodes.iter().map(|n| n.messages_sent).sum();
-    assert_eq!(sent, m.sent, "{r}");
+    // Members 0 and 2 of each room on node 0, 1 and 3 on node 1. Senders are
+    // members 0 and 1: half of what each node receives comes from the other node.
+    nodes_cross(&r, 2, 6);
     // The server saw the same split (node 0 also had the room-creating socket).
     assert_eq!(server.websockets(0), 7);
     assert_eq!(server.websockets(1), 6);

@@ -21,11 +21,11 @@ use crate::http::{HttpClient, HttpError};
 use crate::net::Flow;
 use crate::options::{AbuseOptions, Attack};
 use crate::raw::{client_frame, Chunk, End, Proto, RawDriver, RawId, RawNet};
-use crate::report::{AbuseReport, AttackReport, Counts, Report, RequestReport, SetupReport};
+use crate::report::{AbuseReport, AttackReport, Counts, Report, RequestReport};
 use crate::run::{
     cpu_secs, open_blocking_ws_from, panic_text, parse_status_kb, RssPeaks, Server, SetupSocket,
 };
-use crate::scenarios::{bump, merge_counts, rate};
+use crate::scenarios::{bump, merge_counts, rate, setup_report};
 use crate::stats::LatencyHist;
 use crate::users::provision;
 
@@ -1094,15 +1094,7 @@ pub(crate) fn run(server: &Server, ao: &AbuseOptions) -> Result<Report, BenchErr
     };
     let mut report = Report {
         measured_secs: measured,
-        setup: SetupReport {
-            users: users.names.len() as u64,
-            registered: prov.created,
-            already_registered: prov.already,
-            logins: prov.logins,
-            tokens_minted: prov.minted,
-            setup_secs: t0.saturating_duration_since(server.base).as_secs_f64(),
-            ..Default::default()
-        },
+        setup: setup_report(server, users.names.len(), &prov, Some(t0)),
         requests: Some(requests),
         abuse: Some(AbuseReport {
             abusers_per_attack: ao.abusers as u64,

@@ -11,9 +11,9 @@ use crate::error::BenchError;
 use crate::net::{Closed, ConnId, Driver, Flow, Net};
 use crate::nodes::{round_robin, Dests};
 use crate::options::ConnectOptions;
-use crate::report::{ConnectionReport, Counts, Report, SetupReport};
-use crate::run::{run_threads, Gate, RssPeaks, Server};
-use crate::scenarios::{bump, merge_counts, rate};
+use crate::report::{ConnectionReport, Counts, Report};
+use crate::run::{drive, Gate, RssPeaks, Server};
+use crate::scenarios::{bump, merge_counts, rate, setup_report};
 use crate::stats::LatencyHist;
 use crate::users::provision;
 
@@ -185,13 +185,7 @@ pub(crate) fn run(server: &Server, co: &ConnectOptions) -> Result<Report, BenchE
             )
         }
     };
-    let drivers = run_threads(
-        server,
-        drivers,
-        server.net_config(dests, threads, deadline),
-        progress,
-        &mut rss,
-    )?;
+    let drivers = drive(server, drivers, dests, deadline, progress, &mut rss)?;
 
     let settled = shared.gate.started();
     let mut conns = ConnectionReport {
@@ -225,17 +219,7 @@ pub(crate) fn run(server: &Server, co: &ConnectOptions) -> Result<Report, BenchE
     }
     let mut report = Report {
         measured_secs: co.hold.as_secs_f64(),
-        setup: SetupReport {
-            users: users as u64,
-            registered: prov.created,
-            already_registered: prov.already,
-            logins: prov.logins,
-            tokens_minted: prov.minted,
-            setup_secs: first
-                .map(|f| f.saturating_duration_since(server.base).as_secs_f64())
-                .unwrap_or(0.0),
-            ..Default::default()
-        },
+        setup: setup_report(server, users, &prov, first),
         connections: Some(conns),
         nodes,
         ..Default::default()

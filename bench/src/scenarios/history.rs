@@ -12,9 +12,9 @@ use crate::event::{json_str, Event};
 use crate::net::{Closed, ConnId, Driver, Flow, Net};
 use crate::nodes::{round_robin, Dests};
 use crate::options::HistoryOptions;
-use crate::report::{ConnectionReport, Counts, Report, RequestReport, SetupReport};
-use crate::run::{run_threads, Gate, RssPeaks, Server, SetupSocket};
-use crate::scenarios::{bump, merge_counts, rate};
+use crate::report::{ConnectionReport, Counts, Report, RequestReport};
+use crate::run::{drive, Gate, RssPeaks, Server, SetupSocket};
+use crate::scenarios::{bump, merge_counts, rate, setup_report};
 use crate::stats::{InFlight, LatencyHist};
 use crate::users::provision;
 
@@ -464,13 +464,7 @@ pub(crate) fn run(server: &Server, ho: &HistoryOptions) -> Result<Report, BenchE
             }
         }
     };
-    let drivers = run_threads(
-        server,
-        drivers,
-        server.net_config(dests, threads, deadline),
-        progress,
-        &mut rss,
-    )?;
+    let drivers = drive(server, drivers, dests, deadline, progress, &mut rss)?;
 
     let measured = opts.duration.as_secs_f64();
     let mut conns = ConnectionReport {
@@ -513,19 +507,7 @@ pub(crate) fn run(server: &Server, ho: &HistoryOptions) -> Result<Report, BenchE
     req.mean_items = (req.ok > 0).then(|| items as f64 / req.ok as f64);
     let mut report = Report {
         measured_secs: measured,
-        setup: SetupReport {
-            users: ho.clients as u64,
-            registered: prov.created,
-            already_registered: prov.already,
-            logins: prov.logins,
-            tokens_minted: prov.minted,
-            setup_secs: shared
-                .gate
-                .started()
-                .map(|s| s.saturating_duration_since(server.base).as_secs_f64())
-                .unwrap_or(0.0),
-            ..Default::default()
-        },
+        setup: setup_report(server, ho.clients, &prov, shared.gate.started()),
         connections: Some(conns),
         requests: Some(req),
         nodes,

@@ -8,11 +8,15 @@ pub(crate) mod dm;
 pub(crate) mod history;
 pub(crate) mod login;
 pub(crate) mod presence;
+pub(crate) mod rooms;
+
+use std::time::Instant;
 
 use crate::error::BenchError;
 use crate::options::{Options, Scenario};
-use crate::report::{Counts, Report};
+use crate::report::{Counts, Report, SetupReport};
 use crate::run::{raise_nofile_limit, Server};
+use crate::users::Provisioned;
 
 /// Runs one scenario against a live server and reports what happened.
 pub fn run(opts: &Options) -> Result<Report, BenchError> {
@@ -50,5 +54,26 @@ pub(crate) fn rate(count: u64, secs: f64) -> f64 {
         count as f64 / secs
     } else {
         0.0
+    }
+}
+
+/// The setup section of a report: `users` users as `prov` provisioned them, and the
+/// time from the run's base to `start` (0 when it never started).
+pub(crate) fn setup_report(
+    server: &Server,
+    users: usize,
+    prov: &Provisioned,
+    start: Option<Instant>,
+) -> SetupReport {
+    SetupReport {
+        users: users as u64,
+        registered: prov.created,
+        already_registered: prov.already,
+        logins: prov.logins,
+        tokens_minted: prov.minted,
+        setup_secs: start
+            .map(|s| s.saturating_duration_since(server.base).as_secs_f64())
+            .unwrap_or(0.0),
+        ..Default::default()
     }
 }

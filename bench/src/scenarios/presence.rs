@@ -19,9 +19,9 @@ use crate::event::{json_str, Event};
 use crate::net::{Closed, ConnId, Driver, Flow, Net};
 use crate::nodes::{presence_follower_node, presence_target_node, Dests};
 use crate::options::PresenceOptions;
-use crate::report::{ConnectionReport, Counts, PresenceReport, Report, SetupReport};
-use crate::run::{run_threads, Gate, RssPeaks, Server};
-use crate::scenarios::{bump, merge_counts, rate};
+use crate::report::{ConnectionReport, Counts, PresenceReport, Report};
+use crate::run::{drive, Gate, RssPeaks, Server};
+use crate::scenarios::{bump, merge_counts, rate, setup_report};
 use crate::stats::LatencyHist;
 use crate::users::provision;
 
@@ -569,13 +569,7 @@ pub(crate) fn run(server: &Server, po: &PresenceOptions) -> Result<Report, Bench
             }
         }
     };
-    let drivers = run_threads(
-        server,
-        drivers,
-        server.net_config(dests, threads, deadline),
-        progress,
-        &mut rss,
-    )?;
+    let drivers = drive(server, drivers, dests, deadline, progress, &mut rss)?;
 
     let measured = opts.duration.as_secs_f64();
     let mut conns = ConnectionReport {
@@ -624,19 +618,12 @@ pub(crate) fn run(server: &Server, po: &PresenceOptions) -> Result<Report, Bench
     p.events_per_sec = rate(in_window, measured);
     let mut report = Report {
         measured_secs: measured,
-        setup: SetupReport {
-            users: (po.targets + po.followers) as u64,
-            registered: prov.created,
-            already_registered: prov.already,
-            logins: prov.logins,
-            tokens_minted: prov.minted,
-            setup_secs: shared
-                .gate
-                .started()
-                .map(|s| s.saturating_duration_since(server.base).as_secs_f64())
-                .unwrap_or(0.0),
-            ..Default::default()
-        },
+        setup: setup_report(
+            server,
+            po.targets + po.followers,
+            &prov,
+            shared.gate.started(),
+        ),
         connections: Some(conns),
         presence: Some(p),
         nodes,
