@@ -21,6 +21,8 @@ export interface KlavOptions {
   resetAfterMs?: number;
   /** A request without a reply for this long fails with `TIMEOUT` and the socket is replaced (default 30 000 ms). */
   requestTimeoutMs?: number;
+  /** A socket not open after this long is given up and retried (default 10 000 ms). */
+  connectTimeoutMs?: number;
 }
 
 /** Any server event: `type` plus the fields of docs/protocol.md. */

@@ -25,6 +25,7 @@
  *   maxDelayMs?: number,
  *   resetAfterMs?: number,
  *   requestTimeoutMs?: number,
+ *   connectTimeoutMs?: number,
  * }} KlavOptions
  */
 
@@ -89,6 +90,7 @@ export class Klav {
     this._maxDelay = options.maxDelayMs ?? 30000;
     this._resetAfter = options.resetAfterMs ?? 60000;
     this._timeout = options.requestTimeoutMs ?? 30000;
+    this._connectTimeout = options.connectTimeoutMs ?? 10000;
     /** @type {Map<string, Set<Handler>>} */
     this._handlers = new Map();
     /** Highest entry id seen per room. @type {Map<string, number>} */
@@ -257,6 +259,7 @@ export class Klav {
     ws.onopen = () => {
       if (this._ws !== ws) return;
       opened = true;
+      clearTimeout(openTimer);
       this._resume(ws);
     };
     ws.onmessage = (/** @type {{ data: any }} */ m) => {
@@ -270,12 +273,28 @@ export class Klav {
       }
       if (frame && typeof frame.type === "string") this._frame(frame);
     };
-    ws.onerror = () => {};
-    ws.onclose = (/** @type {{ code: number, reason: string }} */ ev) => {
+    /** @param {number} code @param {string} reason */
+    const gone = (code, reason) => {
+      clearTimeout(openTimer);
       if (this._ws !== ws) return;
       this._ws = null;
-      this._closed_socket(ev.code, ev.reason || "", opened);
+      try {
+        ws.close();
+      } catch {
+        // closed already
+      }
+      this._closed_socket(code, reason, opened);
     };
+    // Some WebSocket implementations report a failed handshake only as an
+    // error, and a dead network may report nothing: neither may leave the
+    // client connecting for ever.
+    const openTimer = setTimeout(() => {
+      if (!opened) gone(1006, "connect timeout");
+    }, this._connectTimeout);
+    ws.onerror = () => {
+      if (!opened) gone(1006, "");
+    };
+    ws.onclose = (/** @type {{ code: number, reason: string }} */ ev) => gone(ev.code, ev.reason || "");
   }
 
   /**

@@ -57,6 +57,7 @@ fn klav_js_node_tests() {
     let status = cmd
         .arg("--test")
         .arg("--test-reporter=spec")
+        .arg("--test-force-exit")
         .args(&files)
         .current_dir(root)
         .env("KLAV_URL", format!("http://{}", s.addr))

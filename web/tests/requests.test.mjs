@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { Klav } from "../klav.js";
 import { URL_BASE, TOKENS, roomName, until } from "./env.mjs";
 
-test("request resolves with the reply and rejects with the server's error code", async () => {
+test("request resolves with the reply and rejects with the server's error code", { timeout: 30000 }, async () => {
   const k = new Klav({ url: URL_BASE, token: TOKENS.ana });
   const states = [];
   k.on("state", (s) => states.push(s.state));
@@ -29,7 +29,7 @@ test("request resolves with the reply and rejects with the server's error code",
   await assert.rejects(k.request({ type: "my_rooms" }), (e) => e.code === "CLOSED");
 });
 
-test("send posts exactly once and every message reaches handlers exactly once, the sender's echo included", async () => {
+test("send posts exactly once and every message reaches handlers exactly once, the sender's echo included", { timeout: 30000 }, async () => {
   const a = new Klav({ url: URL_BASE, token: TOKENS.ben });
   const b = new Klav({ url: URL_BASE, token: TOKENS.cleo });
   const seenA = [];
@@ -70,7 +70,7 @@ test("send posts exactly once and every message reaches handlers exactly once, t
   b.close();
 });
 
-test("the v3 helpers: room info, roles, invitations, moderation, blocks, member presence", async () => {
+test("the v3 helpers: room info, roles, invitations, moderation, blocks, member presence", { timeout: 30000 }, async () => {
   const owner = new Klav({ url: URL_BASE, token: TOKENS.dov });
   const other = new Klav({ url: URL_BASE, token: TOKENS.eli });
   await Promise.all([owner.connect(), other.connect()]);
