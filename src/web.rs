@@ -300,7 +300,8 @@ mod tests {
         assert!(text.contains("Content-Type: text/javascript; charset=utf-8\r\n"));
         assert!(text.contains("Cache-Control: no-cache\r\n"));
         assert!(text.contains("X-Content-Type-Options: nosniff\r\n"));
-        assert!(text.contains("Content-Security-Policy: default-src 'none'; frame-ancestors 'none'\r\n"));
+        assert!(text
+            .contains("Content-Security-Policy: default-src 'none'; frame-ancestors 'none'\r\n"));
         assert!(text.contains("export class Klav"));
         let tag = text
             .lines()

@@ -18,13 +18,20 @@ const USERS: &[&str] = &[
 fn node_major() -> Option<u32> {
     let out = Command::new("node").arg("--version").output().ok()?;
     let v = String::from_utf8_lossy(&out.stdout);
-    v.trim().trim_start_matches('v').split('.').next()?.parse().ok()
+    v.trim()
+        .trim_start_matches('v')
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
 }
 
 #[test]
 fn klav_js_node_tests() {
     let Some(major) = node_major() else {
-        eprintln!("SKIPPED klav_js_node_tests: `node` is not installed (Node >= 20 runs web/tests)");
+        eprintln!(
+            "SKIPPED klav_js_node_tests: `node` is not installed (Node >= 20 runs web/tests)"
+        );
         return;
     };
     assert!(major >= 20, "klav.js needs Node >= 20, found {major}");
@@ -68,5 +75,8 @@ fn klav_js_node_tests() {
         .env("KLAV_SHORT_TOKEN", mint("lea", 45))
         .status()
         .expect("run node --test");
-    assert!(status.success(), "node --test failed ({status}): see its report above");
+    assert!(
+        status.success(),
+        "node --test failed ({status}): see its report above"
+    );
 }
