@@ -1,5 +1,7 @@
 //! The browser client: the files under `web/`, embedded in the binary and served
-//! from memory by the loop at `/`, `/app.js`, `/app.css` and the favicon.
+//! from memory by the loop at `/`, `/app.js`, `/app.css`, the favicon, and the
+//! client library `/klav.js` (for apps of their own; like every other file here it
+//! is 404 with `KLAV_WEB=off`).
 //!
 //! Every response is built once (at start, or on the first request) with its headers, a strong
 //! `ETag` (a hash of the bytes) and `Cache-Control: no-cache`, so a page load costs
@@ -33,6 +35,13 @@ const ASSETS: &[Asset] = &[
         path: "/app.js",
         content_type: "text/javascript; charset=utf-8",
         bytes: include_bytes!("../web/app.js"),
+        document: false,
+    },
+    // The client library (docs/protocol.md, "Writing a client").
+    Asset {
+        path: "/klav.js",
+        content_type: "text/javascript; charset=utf-8",
+        bytes: include_bytes!("../web/klav.js"),
         document: false,
     },
     Asset {
@@ -281,5 +290,29 @@ mod tests {
         .unwrap();
         assert!(nm.starts_with(b"HTTP/1.1 304"));
         assert!(serve(&req("GET /nope HTTP/1.1\r\n\r\n")).is_none());
+    }
+
+    #[test]
+    fn client_library_served_like_the_other_scripts() {
+        let r = serve(&req("GET /klav.js HTTP/1.1\r\n\r\n")).unwrap();
+        let text = String::from_utf8(r.into_owned()).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"));
+        assert!(text.contains("Content-Type: text/javascript; charset=utf-8\r\n"));
+        assert!(text.contains("Cache-Control: no-cache\r\n"));
+        assert!(text.contains("X-Content-Type-Options: nosniff\r\n"));
+        assert!(text
+            .contains("Content-Security-Policy: default-src 'none'; frame-ancestors 'none'\r\n"));
+        assert!(text.contains("export class Klav"));
+        let tag = text
+            .lines()
+            .find_map(|l| l.strip_prefix("ETag: "))
+            .unwrap()
+            .to_string();
+        let nm = serve(&req(&format!(
+            "GET /klav.js HTTP/1.1\r\nIf-None-Match: {tag}\r\n\r\n"
+        )))
+        .unwrap();
+        assert!(nm.starts_with(b"HTTP/1.1 304"));
+        assert!(is_asset("/klav.js"));
     }
 }

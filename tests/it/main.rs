@@ -67,6 +67,7 @@ mod room_cluster;
 
 // The web client in a real browser, and the load generator.
 mod bench_smoke;
+mod klav_js;
 mod web_assets;
 mod web_chat;
 mod web_sessions;

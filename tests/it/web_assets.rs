@@ -51,6 +51,7 @@ fn web_assets_cached_with_policy_and_switchable() {
     assert_eq!(nm.header("etag"), Some(etag.as_str()));
     for (path, ctype) in [
         ("/app.js", "text/javascript; charset=utf-8"),
+        ("/klav.js", "text/javascript; charset=utf-8"),
         ("/app.css", "text/css; charset=utf-8"),
         ("/favicon.svg", "image/svg+xml"),
     ] {
@@ -82,7 +83,7 @@ fn web_assets_cached_with_policy_and_switchable() {
     assert_eq!(s.http("GET", "/index.html", None).status, 404);
 
     let off = TestServer::with(|c| c.web = false);
-    for path in ["/", "/app.js", "/favicon.svg"] {
+    for path in ["/", "/app.js", "/klav.js", "/favicon.svg"] {
         assert_eq!(
             off.http("GET", path, None).status,
             404,
