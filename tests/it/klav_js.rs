@@ -2,7 +2,8 @@
 //! (`web/tests/*.test.mjs`, run with `node --test`) against a real server: this
 //! test starts the server, registers the users the Node tests act as and hands
 //! them the URL and tokens through the environment. It fails when any Node test
-//! fails, and is skipped (with a message) only when `node` is not installed.
+//! fails, and is skipped (with a message) only when `node` is not installed
+//! or older than 20.
 
 use std::path::Path;
 use std::process::Command;
@@ -34,7 +35,12 @@ fn klav_js_node_tests() {
         );
         return;
     };
-    assert!(major >= 20, "klav.js needs Node >= 20, found {major}");
+    if major < 20 {
+        // A distribution's older Node (Debian 12 ships 18) has no WebSocket,
+        // which the library needs from the runtime.
+        eprintln!("SKIPPED klav_js_node_tests: klav.js needs Node >= 20, found {major}");
+        return;
+    }
     // `close` so that a connection is told `token_expiring` and the library's
     // refresh can be seen; tokens from `/login` live an hour, so no other test
     // meets it.
