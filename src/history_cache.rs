@@ -89,6 +89,14 @@ impl HistoryCache {
     }
 
     /// A committed entry; kept if its room is cached (or being filled).
+    /// Appends the entries a job logged (system entries of a room change);
+    /// returns the id of the last, which live events of it carry.
+    pub fn append_logged(&mut self, logged: Vec<ChatEntry>) -> Option<i64> {
+        let last = logged.last().map(|e| e.id);
+        logged.into_iter().for_each(|e| self.append(e));
+        last
+    }
+
     pub fn append(&mut self, e: ChatEntry) {
         match self.rooms.get_mut(&e.room) {
             None => {}

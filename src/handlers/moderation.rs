@@ -192,8 +192,7 @@ pub fn done(hub: &mut Hub, t: &Ticket, outcome: AdminOutcome) -> Option<AdminOut
                 .with("status", status.as_str());
             hub.conns.reply(t.conn, &t.req_id, ack);
             if let Some(r) = gone {
-                let entry = r.logged.last().map(|e| e.id);
-                r.logged.into_iter().for_each(|e| hub.history.append(e));
+                let entry = hub.history.append_logged(r.logged);
                 hub.state.touched_rooms.insert(room.clone());
                 let banned = matches!(status, RemoveStatus::Banned);
                 let ev = removal_event(&room, &user, &r.nickname, banned, &by, reason.as_deref());

@@ -252,8 +252,7 @@ pub fn done(hub: &mut Hub, t: &Ticket, outcome: AdminOutcome) {
             result: Ok(v),
             logged,
         } => {
-            let entry = logged.last().map(|e| e.id);
-            logged.into_iter().for_each(|e| hub.history.append(e));
+            let entry = hub.history.append_logged(logged);
             hub.state.touched_rooms.insert(v.room.clone());
             let ev = view_event("room_updated", &v).with("by", by);
             // In the room's order (the entry recording it), like any entry.

@@ -87,8 +87,7 @@ pub fn created(hub: &mut Hub, t: &Ticket, outcome: Outcome) {
     else {
         return;
     };
-    let entry = logged.last().map(|e| e.id);
-    logged.into_iter().for_each(|e| hub.history.append(e));
+    let entry = hub.history.append_logged(logged);
     hub.state.touched_rooms.insert(room.clone());
     let mut ev = Event::new("create_room_ack")
         .with("status", "CREATED")
@@ -191,8 +190,7 @@ pub fn join_done(
     r: JoinResult,
     logged: Vec<ChatEntry>,
 ) {
-    let entry = logged.last().map(|e| e.id);
-    logged.into_iter().for_each(|e| hub.history.append(e));
+    let entry = hub.history.append_logged(logged);
     match r {
         JoinResult::NotFound => {
             hub.conns
@@ -270,8 +268,7 @@ pub fn leave_done(hub: &mut Hub, t: &Ticket, outcome: Outcome) {
     else {
         return;
     };
-    let entry = logged.last().map(|e| e.id);
-    logged.into_iter().for_each(|e| hub.history.append(e));
+    let entry = hub.history.append_logged(logged);
     if was_member {
         hub.state.left(&username, &room);
         hub.state.touched_rooms.insert(room.clone());

@@ -23,3 +23,17 @@ pub(super) fn blocked_list<C: GenericClient>(
         username,
     )
 }
+
+/// Whether `blocker` blocks `blocked`.
+pub(crate) fn blocks<C: GenericClient>(
+    c: &mut C,
+    st: &mut Stmts,
+    blocker: &str,
+    blocked: &str,
+) -> Result<bool, DbError> {
+    let s = st.get(
+        c,
+        "SELECT 1 FROM klav_blocks WHERE blocker = $1 AND blocked = $2",
+    )?;
+    Ok(c.query_opt(&s, &[&blocker, &blocked])?.is_some())
+}

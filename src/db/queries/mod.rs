@@ -11,7 +11,7 @@
 //! `db::nodes`, the tickets' SQL in `db::tickets`.
 
 mod accounts;
-mod blocks;
+pub(crate) mod blocks;
 mod cluster;
 mod follows;
 mod resume;

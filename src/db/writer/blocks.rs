@@ -14,6 +14,7 @@ use super::chain::Chain;
 use super::written::{Linked, Written};
 use crate::db::error::DbError;
 use crate::db::jobs::{BlockStatus, Outcome};
+use crate::db::queries::blocks::blocks;
 use crate::db::rows::Stmts;
 
 /// The advisory lock class of "the blocks of (and follows of) one user".
@@ -74,13 +75,9 @@ fn block(
          ON CONFLICT (blocker, blocked) DO NOTHING",
     )?;
     if tx.execute(&s, &[&from, &to, &cap])? == 0 {
-        let s = st.get(
-            tx,
-            "SELECT 1 FROM klav_blocks WHERE blocker = $1 AND blocked = $2",
-        )?;
-        return Ok(match tx.query_opt(&s, &[&from, &to])? {
-            Some(_) => BlockStatus::Already,
-            None => BlockStatus::Full,
+        return Ok(match blocks(tx, st, from, to)? {
+            true => BlockStatus::Already,
+            false => BlockStatus::Full,
         });
     }
     let s = st.get(

@@ -15,6 +15,7 @@ use crate::db::jobs::{ChainLink, DmResult, NewMessage, Outcome};
 use crate::db::nodes;
 use crate::db::notify::EntryRef;
 use crate::db::offline_queue;
+use crate::db::queries::blocks::blocks;
 use crate::db::rows::Stmts;
 
 /// `Job::Dm`: the DM, linked into its room's chain.
@@ -98,6 +99,7 @@ fn dm(
         ],
     )?;
     let Some(row) = inserted else {
+        // Asked only when the DM stored nothing: a block, or a repeated client_id.
         if blocks(tx, st, to, &msg.from)? {
             return Ok((DmResult::Blocked, None));
         }
@@ -146,20 +148,6 @@ fn dm(
         },
         Some(link),
     ))
-}
-
-/// Whether `blocker` blocks `blocked` (asked only when a DM stored nothing).
-fn blocks<C: GenericClient>(
-    c: &mut C,
-    st: &mut Stmts,
-    blocker: &str,
-    blocked: &str,
-) -> Result<bool, DbError> {
-    let s = st.get(
-        c,
-        "SELECT 1 FROM klav_blocks WHERE blocker = $1 AND blocked = $2",
-    )?;
-    Ok(c.query_opt(&s, &[&blocker, &blocked])?.is_some())
 }
 
 /// Adds a DM to `to`'s offline queue and drops what the queue's bounds say must
