@@ -341,7 +341,7 @@ fn caught_up(hub: &mut Hub, c: CaughtUp) {
     hub.state.reconcile_roles(&c.roles);
     remote::look_up_new_watches(hub);
     for (user, nickname, online) in hub.cluster.presence_caught_up(&hub.state, &c.online) {
-        let nickname = nickname.unwrap_or_else(|| presence::display_name(hub, &user));
+        let nickname = nickname.unwrap_or_else(|| hub.state.nickname_of(&user));
         let work = hub
             .cluster
             .presence_heard(&mut hub.state, &user, nickname, online);

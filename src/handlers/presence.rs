@@ -114,16 +114,6 @@ pub fn unsubscribe(hub: &mut Hub, cx: &Ctx) -> Result<(), RequestError> {
     Ok(())
 }
 
-/// The name shown for a user in memory (their nickname, else the username).
-pub fn display_name(hub: &Hub, user: &str) -> String {
-    hub.state
-        .users
-        .get(user)
-        .map(|u| u.nickname.clone())
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| user.to_string())
-}
-
 /// `user` came online or went offline: one frame, every watching connection
 /// (but those of users `user` blocks: a block ends the follow, this keeps a
 /// stale watch from showing it meanwhile).

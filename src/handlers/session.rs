@@ -369,7 +369,7 @@ fn opened(hub: &mut Hub, id: ConnId, username: &str, session: Option<SessionData
     }
     dm::deliver_parked(hub, username);
     if first && !hub.cluster.enabled {
-        let name = presence::display_name(hub, username);
+        let name = hub.state.nickname_of(username);
         presence::announce(hub, username, name, "online");
     }
     // Frames may already be waiting (sent right after the upgrade request).
@@ -532,7 +532,7 @@ pub fn on_closed(hub: &mut Hub, id: ConnId) {
                 };
                 hub.submit(Ticket::internal(), job);
             }
-            let name = presence::display_name(hub, &ws.username);
+            let name = hub.state.nickname_of(&ws.username);
             hub.svc.metrics.ws_open -= 1;
             if hub.state.remove_conn(&ws.username, id) {
                 hub.svc.metrics.users_online -= 1;
