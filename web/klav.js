@@ -234,7 +234,10 @@ export class Klav {
 
   /** @returns {Promise<void>} */
   _whenOnline() {
-    if (this.state === "online") return Promise.resolve();
+    // A socket that is closing (closed by a request's timeout, say) still
+    // counts as online until its `close` event runs: it is not, or a send's
+    // retry would find it again and again without ever yielding to that event.
+    if (this.state === "online" && this._ws && this._ws.readyState === 1) return Promise.resolve();
     if (this._closed) return Promise.reject(klavError("CLOSED"));
     return new Promise((resolve, reject) => this._onlineWaiters.push({ resolve, reject }));
   }

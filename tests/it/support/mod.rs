@@ -21,4 +21,5 @@ pub mod os;
 pub mod owned_rooms;
 pub mod raw_http;
 pub mod scrape;
+pub mod switch_proxy;
 pub mod wait;
