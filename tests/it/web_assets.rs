@@ -111,7 +111,9 @@ fn web_binary_serves_the_client_unless_turned_off() {
     let mut k = spawn_klav(&dir, &[("DATABASE_URL", &url)]);
     let r = http_to(k.addr, "GET", "/", None);
     assert_eq!(r.status, 200);
-    assert!(r.body.contains("<script src=\"/app.js\" defer></script>"));
+    assert!(r
+        .body
+        .contains("<script type=\"module\" src=\"/app.js\"></script>"));
     let announced = format!("web client: http://{}/", k.addr);
     k.wait_for_stderr(&announced, &format!("no {announced:?}"));
     assert!(k.terminate().success());
