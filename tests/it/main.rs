@@ -71,3 +71,4 @@ mod klav_js;
 mod web_assets;
 mod web_chat;
 mod web_sessions;
+mod web_v3_messages;

@@ -22,3 +22,4 @@ pub mod owned_rooms;
 pub mod raw_http;
 pub mod scrape;
 pub mod wait;
+pub mod web_pages;
