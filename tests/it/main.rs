@@ -72,3 +72,4 @@ mod web_assets;
 mod web_chat;
 mod web_sessions;
 mod web_v3_messages;
+mod web_v3_rooms;
