@@ -426,20 +426,22 @@ function rateLimited(data) {
 
 function socketClosed(code, reason, token) {
   if (code !== 1008) return;
-  if (reason === 'session revoked' || reason === 'account deleted') {
-    if (reason === 'session revoked' && token !== s.token) {
-      // This page changed the password: the old socket goes, the new token stays.
-      const klav = s.klav;
-      setTimeout(() => klav.connect().catch(() => {}), 0);
-      return;
-    }
-    const why =
-      reason === 'account deleted'
-        ? 'This account was deleted.'
-        : 'You were logged out everywhere (password changed or "log out everywhere"): please log in again.';
-    setTimeout(() => endSession(why), 0);
+  const session = s;
+  const end = (why) =>
+    setTimeout(() => {
+      if (session === s) endSession(why);
+    }, 0);
+  if (reason === 'session revoked' && token !== s.token) {
+    // This page changed the password: the old socket goes, the new token stays.
+    setTimeout(() => {
+      if (session === s) s.klav.connect().catch(() => {});
+    }, 0);
+  } else if (reason === 'session revoked') {
+    end('You were logged out everywhere (password changed or "log out everywhere"): please log in again.');
+  } else if (reason === 'account deleted') {
+    end('Your account was deleted.');
   } else if (reason === 'token expired') {
-    setTimeout(() => endSession('Your session has expired: please log in again.'), 0);
+    end('Your session has expired: please log in again.');
   }
 }
 
