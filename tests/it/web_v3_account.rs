@@ -209,8 +209,18 @@ fn web_links_and_date_separators() {
     assert_eq!(
         links,
         json!([
-            ["https://example.com/a?b=1", "https://example.com/a?b=1", "noopener noreferrer", "_blank"],
-            ["http://x.test/y", "http://x.test/y", "noopener noreferrer", "_blank"]
+            [
+                "https://example.com/a?b=1",
+                "https://example.com/a?b=1",
+                "noopener noreferrer",
+                "_blank"
+            ],
+            [
+                "http://x.test/y",
+                "http://x.test/y",
+                "noopener noreferrer",
+                "_blank"
+            ]
         ])
     );
     // One separator per day, in order: two days ago, then today.
@@ -245,14 +255,24 @@ fn web_dm_by_nickname_clears_and_explains() {
     // A nickname finds its member; the field empties after the send.
     joon.fill("dm-to", "미나");
     say(&joon, "by nickname");
-    assert_eq!(wait_message(&mina, "by nickname"), ("joon".into(), "dm".into()));
+    assert_eq!(
+        wait_message(&mina, "by nickname"),
+        ("joon".into(), "dm".into())
+    );
     assert_eq!(joon.eval(&format!("{}.value", Page::q("dm-to"))), json!(""));
     say(&joon, "to everyone");
-    assert_eq!(wait_message(&mina, "to everyone"), ("joon".into(), "msg".into()));
+    assert_eq!(
+        wait_message(&mina, "to everyone"),
+        ("joon".into(), "msg".into())
+    );
     // Somebody not in the room: said clearly, the text given back.
     joon.fill("dm-to", "nobody");
     say(&joon, "hello?");
-    wait_text(&joon, "send-error", "There is no user called nobody in this room");
+    wait_text(
+        &joon,
+        "send-error",
+        "There is no user called nobody in this room",
+    );
     assert_eq!(
         joon.eval(&format!(
             "[{}.value, {}.value]",

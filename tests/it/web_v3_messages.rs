@@ -67,7 +67,10 @@ fn web_edit_in_place_saves_with_enter_and_cancels_with_escape() {
         json!(0)
     );
 
-    mina.click_selector(&format!("{} [data-testid=\"message-edit\"]", message_sel(id)));
+    mina.click_selector(&format!(
+        "{} [data-testid=\"message-edit\"]",
+        message_sel(id)
+    ));
     mina.wait_for(
         "document.activeElement?.dataset.testid === 'message-edit-input'",
         "the message turned into a focused field",
@@ -85,7 +88,10 @@ fn web_edit_in_place_saves_with_enter_and_cancels_with_escape() {
         );
     }
     // Escape leaves the message as it was.
-    mina.click_selector(&format!("{} [data-testid=\"message-edit\"]", message_sel(id)));
+    mina.click_selector(&format!(
+        "{} [data-testid=\"message-edit\"]",
+        message_sel(id)
+    ));
     mina.fill("message-edit-input", "never saved");
     mina.press("Escape", 27, 0);
     mina.wait_for(
@@ -94,7 +100,10 @@ fn web_edit_in_place_saves_with_enter_and_cancels_with_escape() {
     );
     std::thread::sleep(Duration::from_millis(400));
     for p in [&mina, &joon] {
-        assert_eq!(message_state(p, id), json!(["second draft", "true", null, null]));
+        assert_eq!(
+            message_state(p, id),
+            json!(["second draft", "true", null, null])
+        );
     }
     mina.screenshot("edited");
     mina.assert_clean("mina");
@@ -131,7 +140,11 @@ fn web_delete_own_and_as_moderator_leaves_tombstones() {
     let own = format!("{} [data-testid=\"message-delete\"]", message_sel(mine));
     mina.click_selector(&own);
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(message_state(&joon, mine)[2], json!(null), "deleted on one click");
+    assert_eq!(
+        message_state(&joon, mine)[2],
+        json!(null),
+        "deleted on one click"
+    );
     mina.click_selector(&own);
     // The owner deletes joon's message too.
     let moderated = format!("{} [data-testid=\"message-delete\"]", message_sel(his));

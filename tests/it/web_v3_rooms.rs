@@ -98,7 +98,8 @@ fn web_member_list_with_live_online_state_and_roles() {
 
     // A role change shows live on every page.
     let mut owner = s.ws(&s.token("mina"));
-    let ack = owner.request(json!({"type": "set_role", "room_id": lobby, "user": "joon", "role": "admin"}));
+    let ack = owner
+        .request(json!({"type": "set_role", "room_id": lobby, "user": "joon", "role": "admin"}));
     assert_eq!(ack["type"], "set_role_ack", "{ack}");
     wait_member(&mina, "joon", true, "admin");
     wait_member(&joon, "joon", true, "admin");
@@ -171,7 +172,13 @@ fn web_private_room_and_invitations_accepted_and_declined() {
         "the invitation",
     );
     assert_eq!(item[0], json!(secret));
-    assert!(item[1].as_str().unwrap().contains("미나 invites you to secret"), "{item}");
+    assert!(
+        item[1]
+            .as_str()
+            .unwrap()
+            .contains("미나 invites you to secret"),
+        "{item}"
+    );
     joon.screenshot("invitation");
     joon.click("invite-accept");
     joon.wait_for(
@@ -196,7 +203,9 @@ fn web_private_room_and_invitations_accepted_and_declined() {
     mina.click("invite-submit");
     wait_text(&mina, "invite-note", "joon is invited.");
     joon.wait_for(
-        &format!("document.querySelector('[data-testid=\"invite-item\"][data-room-id=\"{second}\"]')"),
+        &format!(
+            "document.querySelector('[data-testid=\"invite-item\"][data-room-id=\"{second}\"]')"
+        ),
         "the second invitation",
     );
     joon.click("invite-decline");
@@ -288,7 +297,11 @@ fn web_block_and_unblock_from_the_member_list() {
     // Joon's DM is refused, and says so; mina gets nothing.
     joon.fill("dm-to", "mina");
     say(&joon, "are you there?");
-    wait_text(&joon, "send-error", "mina does not accept direct messages from you.");
+    wait_text(
+        &joon,
+        "send-error",
+        "mina does not accept direct messages from you.",
+    );
     assert_eq!(
         joon.eval(&format!("{}.value", Page::q("message-input"))),
         json!("are you there?")
@@ -306,7 +319,10 @@ fn web_block_and_unblock_from_the_member_list() {
     wait_text(&mina, "members-note", "You unblocked joon.");
     joon.fill("dm-to", "mina");
     say(&joon, "hello again");
-    assert_eq!(wait_message(&mina, "hello again"), ("joon".into(), "dm".into()));
+    assert_eq!(
+        wait_message(&mina, "hello again"),
+        ("joon".into(), "dm".into())
+    );
     mina.assert_clean("mina");
     joon.assert_clean("joon");
 }
@@ -343,7 +359,11 @@ fn web_hostile_topics_invitation_names_and_nicknames_stay_text() {
     );
     wait_text(&mina, "room-topic", hostile);
     mina.wait_for(
-        &format!("{}?.textContent.includes({})", member_js("evil"), js(hostile)),
+        &format!(
+            "{}?.textContent.includes({})",
+            member_js("evil"),
+            js(hostile)
+        ),
         "the nickname in the member list, as text",
     );
     let mut lobby_msg = s.ws(&evil_token);

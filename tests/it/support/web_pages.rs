@@ -23,7 +23,9 @@ pub fn room_id(p: &Page, name: &str) -> String {
 /// Opens a listed room from the room list and waits until its title shows.
 pub fn open_room(p: &Page, name: &str) {
     let id = room_id(p, name);
-    p.click_selector(&format!("[data-testid=\"room-item\"][data-room-id=\"{id}\"]"));
+    p.click_selector(&format!(
+        "[data-testid=\"room-item\"][data-room-id=\"{id}\"]"
+    ));
     p.wait_for(
         &format!("{}.textContent === {}", Page::q("room-title"), js(name)),
         &format!("room {name} open"),
@@ -123,7 +125,10 @@ pub fn wait_member(p: &Page, user: &str, online: bool, role: &str) {
 
 /// Waits until `user` is no longer in the member list.
 pub fn wait_no_member(p: &Page, user: &str) {
-    p.wait_for(&format!("!{}", member_js(user)), &format!("{user} gone from the members"));
+    p.wait_for(
+        &format!("!{}", member_js(user)),
+        &format!("{user} gone from the members"),
+    );
 }
 
 /// The `data-testid`s of the buttons in `user`'s member item.
@@ -137,7 +142,8 @@ pub fn member_buttons(p: &Page, user: &str) -> Vec<String> {
 
 /// Clicks a button of `user`'s member item; twice for those that ask "sure?".
 pub fn member_action(p: &Page, user: &str, testid: &str, clicks: usize) {
-    let sel = format!("[data-testid=\"member\"][data-username=\"{user}\"] [data-testid=\"{testid}\"]");
+    let sel =
+        format!("[data-testid=\"member\"][data-username=\"{user}\"] [data-testid=\"{testid}\"]");
     for _ in 0..clicks {
         p.click_selector(&sel);
     }
