@@ -14,6 +14,8 @@ const MAX_TEXT = 4000;
 const TYPING_SHOW_MS = 5000;
 /** The server forwards one `typing` per user and room every 2 s; send no more. */
 const TYPING_EVERY_MS = 2000;
+/** Read markers sent at most this often. */
+const READ_EVERY_MS = 1000;
 const SESSION_KEY = 'klav.session';
 const OPEN_KEY = 'klav.open.';
 const MINPW_KEY = 'klav.minPassword';
@@ -112,6 +114,8 @@ function roomRecord(id, name) {
     state: 'new',
     oldestReached: false,
     loadingOlder: false,
+    readAt: 0,
+    readTimer: null,
   };
 }
 
@@ -861,14 +865,29 @@ function markRead(room) {
   room.unread = 0;
   room.unreadMore = false;
   room.unreadIds.clear();
+  sendRead(room);
+  renderRooms();
+}
+
+/** `read` for the newest entry, at most once a second per room (a busy room
+ * would otherwise spend the request budget on markers). */
+function sendRead(room) {
+  const wait = room.readAt + READ_EVERY_MS - Date.now();
+  if (wait > 0) {
+    clearTimeout(room.readTimer);
+    room.readTimer = setTimeout(() => {
+      if (s.rooms.get(room.id) === room) sendRead(room);
+    }, wait);
+    return;
+  }
   const newest = newestId(room);
   if (newest > room.readId && s.klav.state === 'online') {
     room.readId = newest;
+    room.readAt = Date.now();
     s.klav.read(room.id, newest).catch(() => {
       // Gone meanwhile (deleted, left): the next my_rooms settles the count.
     });
   }
-  renderRooms();
 }
 
 function pageVisible() {
