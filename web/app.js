@@ -91,8 +91,8 @@ function freshState() {
     pending: new Map(),
     offline: [],
     editing: null,
-    /** A token issued after the one a closing socket used (password change). */
-    tokenChanged: false,
+    /** The `POST /password` in flight: its answer (or null) decides a revoked socket's fate. */
+    passwordChange: null,
   };
 }
 
@@ -435,13 +435,19 @@ function socketClosed(code, reason, token) {
     setTimeout(() => {
       if (session === s) endSession(why);
     }, 0);
-  if (reason === 'session revoked' && token !== s.token) {
-    // This page changed the password: the old socket goes, the new token stays.
+  const loggedOut = 'You were logged out everywhere (password changed or "log out everywhere"): please log in again.';
+  const reconnect = () =>
     setTimeout(() => {
       if (session === s) s.klav.connect().catch(() => {});
     }, 0);
+  if (reason === 'session revoked' && token !== s.token) {
+    // This page changed the password: the old socket goes, the new token stays.
+    reconnect();
+  } else if (reason === 'session revoked' && s.passwordChange) {
+    // The close may come before the answer that carries the new token.
+    s.passwordChange.then((data) => (data ? reconnect() : end(loggedOut)));
   } else if (reason === 'session revoked') {
-    end('You were logged out everywhere (password changed or "log out everywhere"): please log in again.');
+    end(loggedOut);
   } else if (reason === 'account deleted') {
     end('Your account was deleted.');
   } else if (reason === 'token expired') {
@@ -637,7 +643,10 @@ function onMyRooms(ev) {
     // Messages that arrived live after the server counted are added to its count.
     const counted = last && last.id ? last.id : 0;
     for (const id of room.unreadIds) if (id <= counted || id <= room.readId) room.unreadIds.delete(id);
-    room.unread = s.open === room.id && pageVisible() ? 0 : (info.unread || 0) + room.unreadIds.size;
+    // A marker this page sent may not have been stored when the server counted.
+    const stale = counted > 0 && room.readId >= counted && (info.read_id || 0) < room.readId;
+    const countedUnread = stale ? 0 : info.unread || 0;
+    room.unread = s.open === room.id && pageVisible() ? 0 : countedUnread + room.unreadIds.size;
     room.unreadMore = !!info.unread_more;
   }
   for (const id of [...s.rooms.keys()]) if (!listed.has(id)) s.rooms.delete(id);
@@ -1253,6 +1262,14 @@ function startEdit(li, item) {
 function openRoom(id) {
   const room = s.rooms.get(id);
   if (!room) return;
+  const before = s.open && s.rooms.get(s.open);
+  if (before && before.readTimer) {
+    // The room being left is marked read now, not a second later.
+    clearTimeout(before.readTimer);
+    before.readTimer = null;
+    before.readAt = 0;
+    sendRead(before);
+  }
   s.open = id;
   s.editing = null;
   store(OPEN_KEY + s.user, id);
@@ -1888,7 +1905,9 @@ async function changePassword() {
     return;
   }
   const session = s;
-  const data = await accountRequest('/password', { password, new_password: next });
+  s.passwordChange = accountRequest('/password', { password, new_password: next });
+  const data = await s.passwordChange;
+  session.passwordChange = null;
   if (!data || session !== s) return;
   // Every older token is revoked now: this page carries on with the new one.
   s.token = data.access_token;
