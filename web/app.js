@@ -668,6 +668,7 @@ function onSystem(ev) {
   const room = s.rooms.get(ev.room);
   const mine = ev.user === s.user;
   learnNick(ev.user, ev.user_nickname);
+  if (ev.event === 'joined' && mine && s.invites.delete(ev.room)) renderInvites();
   if (ev.event === 'joined' && mine && !room) {
     refreshRooms();
     return;
@@ -1554,6 +1555,12 @@ function renderBlocked() {
       return li;
     }),
   );
+  if (s.blocked.size === 0) {
+    const li = document.createElement('li');
+    li.className = 'empty';
+    li.textContent = 'Nobody.';
+    ui.blockedList.append(li);
+  }
   renderMembers();
 }
 

@@ -32,6 +32,7 @@ fn web_password_change_keeps_this_page_and_ends_the_other_session() {
     here.click("settings-open");
     here.fill("password-current", PASSWORD);
     here.fill("password-new", NEW_PASSWORD);
+    here.screenshot("settings");
     here.click("password-submit");
     wait_text(&here, "settings-note", "Password changed.");
     // The other session is over, and says why.
