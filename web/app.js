@@ -51,7 +51,7 @@ for (const id of [
   'following', 'offline-box', 'offline-dms', 'room-view', 'room-title', 'room-topic', 'room-hint',
   'room-leave', 'members-toggle', 'load-older', 'message-list', 'typing-indicator', 'composer',
   'send-error', 'dm-to', 'message-input', 'members-panel', 'members-list', 'members-note',
-  'invite-form', 'invite-user', 'invite-note', 'settings-view', 'settings-close', 'password-form',
+  'invite-form', 'invite-user', 'invite-note', 'members-close', 'settings-view', 'settings-close', 'password-form',
   'password-current', 'password-new', 'password-new-hint', 'settings-note', 'notify-enable',
   'blocked-list', 'logout-all', 'account-erase', 'account-delete',
 ]) {
@@ -1114,7 +1114,7 @@ function messageElement(item) {
       });
       actions.append(del);
     }
-    if (actions.childElementCount) li.append(actions);
+    if (actions.childElementCount) meta.append(actions);
   }
   return li;
 }
@@ -2043,6 +2043,11 @@ ui.menuToggle.addEventListener('click', () => {
 ui.membersToggle.addEventListener('click', () => {
   const open = document.body.classList.toggle('members-open');
   ui.membersToggle.setAttribute('aria-expanded', String(open));
+});
+ui.membersClose.addEventListener('click', () => {
+  document.body.classList.remove('members-open');
+  ui.membersToggle.setAttribute('aria-expanded', 'false');
+  ui.membersToggle.focus();
 });
 
 ui.settingsOpen.addEventListener('click', () => {

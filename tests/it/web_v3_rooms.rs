@@ -124,6 +124,12 @@ fn web_member_list_with_live_online_state_and_roles() {
         "the member list shown by its toggle",
     );
     joon.screenshot("phone-members");
+    joon.click("members-close");
+    joon.wait_for(
+        "getComputedStyle(document.getElementById('members-panel')).display === 'none' \
+         && document.activeElement?.dataset.testid === 'members-toggle'",
+        "back to the room",
+    );
     mina.assert_clean("mina");
     joon.assert_clean("joon");
 }
