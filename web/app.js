@@ -91,6 +91,7 @@ function freshState() {
     pending: new Map(),
     offline: [],
     editing: null,
+    refreshTimer: null,
     /** The `POST /password` in flight: its answer (or null) decides a revoked socket's fate. */
     passwordChange: null,
   };
@@ -269,6 +270,29 @@ function tokenExpiry(token) {
 
 function saveSession() {
   store(SESSION_KEY, JSON.stringify({ token: s.token, user: s.user }));
+  scheduleRefresh();
+}
+
+/** A fresh token two minutes before this one expires (`refresh_token`, then
+ * `auth` on the open socket), so a page left open stays logged in up to the
+ * server's longest session. */
+function scheduleRefresh() {
+  clearTimeout(s.refreshTimer);
+  const session = s;
+  const wait = tokenExpiry(s.token) - Date.now() - 120000;
+  s.refreshTimer = setTimeout(async () => {
+    if (session !== s || !s.klav) return;
+    try {
+      const t = await s.klav.request({ type: 'refresh_token' });
+      await s.klav.request({ type: 'auth', token: t.access_token });
+      if (session !== s) return;
+      s.token = s.klav.token = t.access_token;
+      saveSession();
+    } catch (_) {
+      // Offline, or refused ("log in again"): the next connection says so.
+      if (session === s) s.refreshTimer = setTimeout(scheduleRefresh, 60000);
+    }
+  }, Math.max(5000, Math.min(wait, 2 ** 31 - 1)));
 }
 
 function startSession(token, user) {
@@ -297,14 +321,16 @@ function startSession(token, user) {
   });
 }
 
-/** Back to the login form, with `message` shown there. */
-function endSession(message) {
+/** Back to the login form, with `message` shown there. `forget`: the kept session
+ * goes too (logging out); otherwise only if it is this page's (another tab may
+ * already carry a newer login). */
+function endSession(message, forget = false) {
   const old = s;
   if (old.klav) old.klav.close();
-  // Another tab may already carry a newer login: only this one's is forgotten.
+  clearTimeout(old.refreshTimer);
   try {
     const saved = JSON.parse(load(SESSION_KEY) || 'null');
-    if (!saved || !old.token || saved.token === old.token) store(SESSION_KEY, null);
+    if (forget || !saved || !old.token || saved.token === old.token) store(SESSION_KEY, null);
   } catch (_) {
     store(SESSION_KEY, null);
   }
@@ -1929,7 +1955,7 @@ async function changePassword() {
 
 async function logoutAll() {
   const data = await accountRequest('/logout_all', {});
-  if (data) endSession('You logged out everywhere.');
+  if (data) endSession('You logged out everywhere.', true);
 }
 
 async function deleteAccount() {
@@ -1941,7 +1967,7 @@ async function deleteAccount() {
   const data = await accountRequest('/account/delete', { password, erase: ui.accountErase.checked });
   if (data) {
     ui.passwordCurrent.value = '';
-    endSession('Your account was deleted.');
+    endSession('Your account was deleted.', true);
   }
 }
 
@@ -1952,7 +1978,7 @@ ui.loginForm.addEventListener('submit', (e) => {
   authenticate(false);
 });
 ui.registerSubmit.addEventListener('click', () => authenticate(true));
-ui.logout.addEventListener('click', () => endSession(''));
+ui.logout.addEventListener('click', () => endSession('', true));
 
 ui.joinForm.addEventListener('submit', (e) => {
   e.preventDefault();
