@@ -372,6 +372,8 @@ class TicketSocket {
   }
 
   async start(token) {
+    // Never fail inside the constructor: klav.js sets its handlers after it.
+    await Promise.resolve();
     if (Date.now() >= tokenExpiry(token)) {
       this.fail();
       if (this.session === s) endSession('Your session has expired: please log in again.');

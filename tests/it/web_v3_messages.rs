@@ -295,3 +295,27 @@ fn web_unread_counts_survive_reload_and_follow_other_tabs() {
     mina.assert_clean("mina");
     tab.assert_clean("tab");
 }
+
+#[test]
+fn web_unread_past_a_hundred_shows_99_plus() {
+    let s = TestServer::start();
+    let mut hana = s.client("hana");
+    let room = hana.create_room("busy");
+    hana.join(&room);
+    let mut mina = s.client("mina");
+    mina.join(&room);
+    crate::support::chat::fill_room(&mut s.db(), &room, "hana", 150, "busy line");
+    let (_one, b) = browser();
+    let p = open(&b, &s);
+    login(&p, "mina", PASSWORD);
+    status_online(&p);
+    p.wait_for(
+        &format!(
+            "document.querySelector('[data-room-id=\"{room}\"] [data-testid=\"unread\"]')?.textContent === '99+'"
+        ),
+        "99+ unread",
+    );
+    // The number is what the server counted (among the first 100 entries).
+    assert!(unread(&p, &room).unwrap() > 90, "{:?}", unread(&p, &room));
+    p.assert_clean("mina");
+}
