@@ -1486,7 +1486,8 @@ function renderMembers() {
       li.dataset.testid = 'member';
       li.dataset.username = m.username;
       li.dataset.online = String(!!m.online);
-      if (m.role) li.dataset.role = m.role;
+      // Rooms from before owners list no roles: everyone there is a member.
+      li.dataset.role = m.role || 'member';
       li.tabIndex = -1;
       const dot = document.createElement('span');
       dot.className = 'dot';
