@@ -1925,8 +1925,12 @@ async function accountRequest(path, body) {
   try {
     const r = await postJson(path, body, s.token);
     if (r.status === 200) return r.data;
-    ui.settingsNote.textContent =
-      r.status === 401 && r.data.detail === 'invalid credentials' ? 'Wrong current password.' : httpFailure(r);
+    if (r.status === 401) {
+      ui.settingsNote.textContent =
+        r.data.detail === 'invalid credentials'
+          ? 'Wrong current password.'
+          : 'This session is no longer valid: log out and in again.';
+    } else ui.settingsNote.textContent = httpFailure(r);
   } catch (_) {
     ui.settingsNote.textContent = 'Cannot reach the server.';
   }
