@@ -1,8 +1,9 @@
 //! The web client's rooms with owners, in headless Chromium against the real
 //! server: the member list with live online state and roles (moderation buttons
 //! on hover and keyboard focus), private rooms and invitations accepted and
-//! declined live, kick and ban from the member list, blocks, and hostile room
-//! topics, invitation names and nicknames shown as text.
+//! declined live, kick and ban from the member list, blocks, hostile room
+//! topics, invitation names and nicknames shown as text, and the same across
+//! two nodes of a cluster.
 
 use std::time::Duration;
 
@@ -382,4 +383,58 @@ fn web_hostile_topics_invitation_names_and_nicknames_stay_text() {
     );
     mina.screenshot("hostile-names");
     mina.assert_clean("mina");
+}
+
+/// Two klav nodes on one database, a page on each: an invitation, the member
+/// list's presence and a kick made on one node reach the page on the other.
+#[test]
+fn web_invitation_presence_and_kick_across_nodes() {
+    let db = pg().fresh_db();
+    let dir = scratch_dir("webv3cluster");
+    let spawn = |i: usize| {
+        let name = format!("v{i}");
+        spawn_klav(
+            &dir.join(&name),
+            &[
+                ("DATABASE_URL", db.as_str()),
+                ("KLAV_NODE_NAME", name.as_str()),
+                ("KLAV_NODE_TIMEOUT_SECS", "3"),
+            ],
+        )
+    };
+    let (n0, n1) = (spawn(0), spawn(1));
+    let (_one, b) = browser();
+    let mina = page_at(&b, n0.addr);
+    let joon = page_at(&b, n1.addr);
+    register(&mina, "mina", "미나");
+    register(&joon, "joon", "준");
+    mina.click("room-private");
+    mina.fill("room-name", "across");
+    mina.click("room-join");
+    mina.wait_for(
+        &format!("{}.textContent === 'across'", Page::q("room-title")),
+        "the private room open on node 0",
+    );
+    mina.fill("invite-user", "joon");
+    mina.click("invite-submit");
+    wait_text(&mina, "invite-note", "joon is invited.");
+    joon.click("invite-accept");
+    joon.wait_for(
+        &format!("{}.textContent === 'across'", Page::q("room-title")),
+        "the room open on node 1",
+    );
+    wait_member(&mina, "joon", true, "member");
+    wait_member(&joon, "mina", true, "owner");
+    say(&joon, "from node 1");
+    wait_message(&mina, "from node 1");
+    member_action(&mina, "joon", "member-kick", 2);
+    wait_text(&joon, "room-error", "You were removed from across by 미나.");
+    joon.wait_for(
+        "document.querySelectorAll('[data-testid=\"room-item\"]').length === 0",
+        "the room gone from the page on node 1",
+    );
+    mina.assert_clean("mina");
+    joon.assert_clean("joon");
+    drop((n0, n1));
+    let _ = std::fs::remove_dir_all(&dir);
 }
