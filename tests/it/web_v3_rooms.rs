@@ -376,6 +376,22 @@ fn web_hostile_topics_invitation_names_and_nicknames_stay_text() {
     let mut lobby_msg = s.ws(&evil_token);
     lobby_msg.send(json!({"type": "msg", "room_id": room, "text": hostile}));
     wait_message(&mina, hostile);
+    // A change of name and topic shows live, as text too.
+    let renamed = format!("{hostile} (renamed)");
+    let ack = evil.request(
+        json!({"type": "room_update", "room_id": room, "name": renamed, "topic": "calm now"}),
+    );
+    assert_eq!(ack["type"], "room_updated", "{ack}");
+    mina.wait_for(
+        &format!(
+            "{}.textContent === {} && {}.textContent === 'calm now'",
+            Page::q("room-title"),
+            js(&renamed),
+            Page::q("room-topic")
+        ),
+        "the new name and topic",
+    );
+    wait_message(&mina, &format!("{hostile} 님이 대화방 정보를 바꾸었습니다"));
     // Nothing of it became an element: one image (the logo), one script (app.js).
     assert_eq!(
         mina.eval("[document.images.length, document.scripts.length]"),
