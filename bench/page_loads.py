@@ -2,8 +2,8 @@
 """Page loads of the web client, as browsers make them, for measuring what serving
 it costs the event loop (run it alongside `klav-bench chat`).
 
-Each page load opens a connection, GETs `/`, `/app.js`, `/app.css` and
-`/favicon.svg` on it (keep-alive, as a browser does), checks every status and
+Each page load opens a connection, GETs `/`, `/app.js`, `/app.css`, `/klav.js`
+(which `app.js` imports) and `/favicon.svg` on it (keep-alive, as a browser does), checks every status and
 length, and closes it. Loads are started at a fixed rate over a few threads.
 Standard library only.
 
@@ -16,7 +16,7 @@ import statistics
 import threading
 import time
 
-PATHS = ["/", "/app.js", "/app.css", "/favicon.svg"]
+PATHS = ["/", "/app.js", "/app.css", "/klav.js", "/favicon.svg"]
 
 
 def one_load(host, port):

@@ -1,7 +1,7 @@
 //! The browser client: the files under `web/`, embedded in the binary and served
 //! from memory by the loop at `/`, `/app.js`, `/app.css`, the favicon, and the
-//! client library `/klav.js` (for apps of their own; like every other file here it
-//! is 404 with `KLAV_WEB=off`).
+//! client library `/klav.js` (which `app.js` imports as an ES module, and apps of
+//! their own may load too; like every other file here it is 404 with `KLAV_WEB=off`).
 //!
 //! Every response is built once (at start, or on the first request) with its headers, a strong
 //! `ETag` (a hash of the bytes) and `Cache-Control: no-cache`, so a page load costs

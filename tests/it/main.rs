@@ -71,3 +71,6 @@ mod klav_js;
 mod web_assets;
 mod web_chat;
 mod web_sessions;
+mod web_v3_account;
+mod web_v3_messages;
+mod web_v3_rooms;

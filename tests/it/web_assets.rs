@@ -111,7 +111,9 @@ fn web_binary_serves_the_client_unless_turned_off() {
     let mut k = spawn_klav(&dir, &[("DATABASE_URL", &url)]);
     let r = http_to(k.addr, "GET", "/", None);
     assert_eq!(r.status, 200);
-    assert!(r.body.contains("<script src=\"/app.js\" defer></script>"));
+    assert!(r
+        .body
+        .contains("<script type=\"module\" src=\"/app.js\"></script>"));
     let announced = format!("web client: http://{}/", k.addr);
     k.wait_for_stderr(&announced, &format!("no {announced:?}"));
     assert!(k.terminate().success());
@@ -124,4 +126,39 @@ fn web_binary_serves_the_client_unless_turned_off() {
     assert!(k.terminate().success());
     assert!(!k.full_stderr().contains("web client"));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The whole page — index.html, app.js, app.css, klav.js and the favicon — stays
+/// under 120 KiB uncompressed, and a browser loads five files: the page, its
+/// stylesheet, its script, the library the script imports, and the icon (one
+/// URL for the tab's icon and the logo) — the page before klav.js plus one.
+#[test]
+fn web_page_weight_and_requests_stay_small() {
+    use crate::support::browser::{browser, open};
+
+    let s = TestServer::start();
+    let total: usize = ["/", "/app.js", "/app.css", "/klav.js", "/favicon.svg"]
+        .iter()
+        .map(|path| {
+            let r = s.http("GET", path, None);
+            assert_eq!(r.status, 200, "{path}");
+            r.body.len()
+        })
+        .sum();
+    assert!(total < 120 * 1024, "the page weighs {total} bytes");
+
+    let (_one, b) = browser();
+    let p = open(&b, &s);
+    p.wait_for(
+        "document.activeElement?.dataset.testid === 'login-username'",
+        "the page ready",
+    );
+    let mut loaded: Vec<String> = serde_json::from_value(
+        p.eval("performance.getEntriesByType('resource').map(e => new URL(e.name).pathname)"),
+    )
+    .unwrap();
+    loaded.sort();
+    loaded.dedup();
+    assert_eq!(loaded, ["/app.css", "/app.js", "/favicon.svg", "/klav.js"]);
+    p.assert_clean("page");
 }

@@ -23,3 +23,4 @@ pub mod raw_http;
 pub mod scrape;
 pub mod switch_proxy;
 pub mod wait;
+pub mod web_pages;
