@@ -47,6 +47,7 @@
 //! - [`client_addr`]: the address a request is counted under (trusted proxies).
 //! - [`metrics`], [`mod@log`], [`time`]: Prometheus counters, log lines, ISO-8601.
 //! - [`http`]: request parsing with limits, responses.
+//! - [`api_call`]: a server API request while it waits for the database.
 //! - [`out_queue`]: a connection's bounded output queue (shared fan-out frames).
 //! - [`in_buf`]: a connection's unparsed input (consumed by moving a cursor).
 //! - [`turn`]: what one turn of the loop may still spend.
@@ -59,6 +60,7 @@
 #![allow(rustdoc::private_intra_doc_links)]
 
 pub mod alloc;
+pub mod api_call;
 pub mod auth;
 pub mod budget;
 pub mod client_addr;
