@@ -10,6 +10,7 @@ mod support;
 // Accounts and the HTTP side.
 mod account_delete;
 mod accounts;
+mod api_keys;
 mod http;
 mod login_limits;
 mod names;
@@ -37,6 +38,7 @@ mod room_moderation;
 mod room_private;
 mod room_roles;
 mod rooms;
+mod server_api;
 mod typing;
 
 // Budgets: what one client may cost.
