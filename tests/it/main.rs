@@ -47,6 +47,7 @@ mod request_budgets;
 mod turn_budgets;
 
 // Operations: the process, its log and metrics, the database under it, import.
+mod api_docs;
 mod cli;
 mod docs_links;
 mod embedded_cluster;
