@@ -3,6 +3,8 @@
 //! operation. `handlers::http::api` parses and answers it; a connection's
 //! pending HTTP request holds it (see `conn::PendingHttp::Api`).
 
+use std::net::IpAddr;
+
 use crate::http::Request;
 
 /// One API request between its jobs.
@@ -16,8 +18,12 @@ pub struct ApiCall {
 #[derive(Debug)]
 pub enum ApiStep {
     /// Its key (this SHA-256) is being checked: the request itself waits,
-    /// unparsed.
-    Key { req: Request, hash: [u8; 32] },
+    /// unparsed. `addr`: the client address a bad key counts against.
+    Key {
+        req: Request,
+        hash: [u8; 32],
+        addr: IpAddr,
+    },
     /// Its operation, past the key and its budget.
     Op(ApiOp),
 }

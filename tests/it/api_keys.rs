@@ -126,7 +126,11 @@ fn concrete_routes(room: &str) -> Vec<(&'static str, String, Option<Value>)> {
 
 #[test]
 fn every_route_refuses_a_missing_a_bad_and_a_revoked_key_and_serves_a_good_one() {
-    let s = TestServer::start();
+    // Bad keys are slowed down per address (see the test below): not here.
+    let s = TestServer::with(|c| {
+        c.login_max_failures = 1_000;
+        c.login_max_failures_per_addr = 1_000;
+    });
     s.user("bob");
     let good = api_key(&s.db_url, "good");
     let revoked = api_key(&s.db_url, "revoked");
@@ -233,6 +237,43 @@ fn each_key_has_its_own_request_budget() {
             other => Err(format!("still {other}")),
         },
     );
+}
+
+#[test]
+fn an_address_that_presents_bad_keys_is_slowed_down_before_anything_is_read() {
+    let s = TestServer::with(|c| {
+        c.login_max_failures = 2;
+        c.login_max_failures_per_addr = 1_000;
+    });
+    let good = api_key(&s.db_url, "good");
+    let path = "/api/v1/presence?users=x";
+    let bad = format!("klav_{}", "1".repeat(64));
+    let from = |src: [u8; 4], key: &str| {
+        let auth = format!("Bearer {key}");
+        let req = http_request(
+            "GET",
+            path,
+            &[("Authorization", &auth), ("Connection", "close")],
+            "",
+        );
+        exchange(&mut connect_from(src, s.addr), &req)
+    };
+    for key in [bad.as_str(), "klav_malformed", bad.as_str()] {
+        assert_eq!(from([127, 0, 0, 7], key).status, 401);
+    }
+    let r = from([127, 0, 0, 7], &bad);
+    assert_eq!(
+        (r.status, r.json()["code"].as_str()),
+        (429, Some("RATE_LIMITED")),
+        "{}",
+        r.body
+    );
+    assert!(r.header("Retry-After").is_some());
+    // Nothing was asked of the database for it; other addresses are not held up.
+    assert_eq!(from([127, 0, 0, 8], &bad).status, 401);
+    assert_eq!(from([127, 0, 0, 8], &good).status, 200);
+    // A key this node found live lately is served without the check.
+    assert_eq!(from([127, 0, 0, 7], &good).status, 200);
 }
 
 #[test]

@@ -24,7 +24,7 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use super::exchange::{finish, respond, set_pending, take_pending};
+use super::exchange::{finish, request_addr, respond, set_pending, take_pending};
 use crate::api_call::{ApiCall, ApiOp, ApiStep};
 use crate::conn::{ConnId, PendingHttp, Phase};
 use crate::db::api_keys::key_hash;
@@ -230,18 +230,47 @@ pub fn handle(hub: &mut Hub, _: &mut Turn, id: ConnId, req: Request) {
         );
         return reply_error(hub, id, e, ka);
     };
-    let Some(hash) = key_hash(&key) else {
-        return reply_error(hub, id, bad_key(), ka);
-    };
-    if let Some(name) = hub.svc.budgets.api.trusted(&hash, Instant::now()) {
+    let now = Instant::now();
+    let hash = key_hash(&key);
+    if let Some(name) = hash.and_then(|h| hub.svc.budgets.api.trusted(&h, now)) {
         let name = name.to_string();
         return admitted(hub, id, &name, req);
     }
+    // Keys cannot be guessed, but each one tried costs a read: an address
+    // that presents bad keys is slowed down as one that fails logins is.
+    let Some(addr) = request_addr(hub, id, &req) else {
+        return;
+    };
+    if let Some(wait) = hub.svc.budgets.logins.retry_after(KEY_GUESSER, addr, now) {
+        return too_many(hub, id, "too many bad API keys from this address", wait, ka);
+    }
+    let Some(hash) = hash else {
+        hub.svc.budgets.logins.failed(KEY_GUESSER, addr, now);
+        return reply_error(hub, id, bad_key(), ka);
+    };
     let call = ApiCall {
         keep_alive: ka,
-        step: ApiStep::Key { req, hash },
+        step: ApiStep::Key { req, hash, addr },
     };
     start(hub, id, Job::Api(ApiQuery::Key { hash }), call);
+}
+
+/// What bad API keys count under in the login throttle, with the client's
+/// address: no username has a space, so no login shares its backoff.
+const KEY_GUESSER: &str = "(api key)";
+
+/// `429 RATE_LIMITED` with `Retry-After`.
+fn too_many(hub: &mut Hub, id: ConnId, detail: &str, wait: std::time::Duration, ka: bool) {
+    let body = json!({ "detail": detail, "code": "RATE_LIMITED" });
+    let secs = wait.as_millis().div_ceil(1000).max(1).to_string();
+    let resp = http::response(
+        429,
+        "application/json",
+        body.to_string().as_bytes(),
+        ka,
+        &[("Retry-After", secs)],
+    );
+    respond(hub, id, resp, ka);
 }
 
 /// `401 UNAUTHORIZED` for a key that is not one, unknown, or revoked (the
@@ -258,17 +287,7 @@ fn admitted(hub: &mut Hub, id: ConnId, key: &str, req: Request) {
     if !budget.admit(key, now) {
         let wait = budget.wait(key, now);
         hub.svc.metrics.rate_limited += 1;
-        let body =
-            json!({ "detail": "too many requests with this API key", "code": "RATE_LIMITED" });
-        let secs = wait.as_millis().div_ceil(1000).max(1).to_string();
-        let resp = http::response(
-            429,
-            "application/json",
-            body.to_string().as_bytes(),
-            ka,
-            &[("Retry-After", secs)],
-        );
-        return respond(hub, id, resp, ka);
+        return too_many(hub, id, "too many requests with this API key", wait, ka);
     }
     let Matched::Route(i, params) = match_route(&req.method, &req.path) else {
         return reply_error(
@@ -355,14 +374,15 @@ pub fn completed(hub: &mut Hub, t: &Ticket, outcome: Outcome) -> Option<Outcome>
     };
     let ka = call.keep_alive;
     match (call.step, outcome) {
-        (ApiStep::Key { req, hash }, Outcome::Api(ApiOutcome::Key(name))) => {
-            hub.svc
-                .budgets
-                .api
-                .checked(hash, name.as_deref(), Instant::now());
+        (ApiStep::Key { req, hash, addr }, Outcome::Api(ApiOutcome::Key(name))) => {
+            let now = Instant::now();
+            hub.svc.budgets.api.checked(hash, name.as_deref(), now);
             match name {
                 Some(name) => admitted(hub, t.conn, &name, req),
-                None => failed(hub, t.conn, bad_key(), ka),
+                None => {
+                    hub.svc.budgets.logins.failed(KEY_GUESSER, addr, now);
+                    failed(hub, t.conn, bad_key(), ka)
+                }
             }
             None
         }
