@@ -13,7 +13,8 @@
 //!   jobs back to them, `remote` delivers other nodes' entries and presence,
 //!   `strangers` answers a non-member about a room they named (a private
 //!   room looks like none), `http` is the HTTP endpoints (accounts in `http::accounts`, a signed-in
-//!   user's account changes in `http::account`), `revocation` closes what a
+//!   user's account changes in `http::account`, the server API in
+//!   `http::api`), `revocation` closes what a
 //!   revocation of a user's tokens or their account's deletion ends.
 //! - [`hub`]: what handlers work on: [`conns`], [`services`], [`state`],
 //!   [`history_cache`] and [`cluster`], and the fan-out verbs.

@@ -39,6 +39,7 @@ mod room_private;
 mod room_roles;
 mod rooms;
 mod server_api;
+mod server_api_posts;
 mod typing;
 
 // Budgets: what one client may cost.
