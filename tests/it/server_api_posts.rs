@@ -328,7 +328,7 @@ fn disconnect_closes_every_socket_and_revoke_ends_every_token() {
 }
 
 #[test]
-fn on_two_nodes_posts_disconnects_presence_and_members_hold_cluster_wide() {
+fn on_two_nodes_posts_members_presence_disconnects_and_revocations_hold_cluster_wide() {
     let c = Nodes::start(2);
     let key = api_key(&c.db, "backend");
     let (ann, ben, dan) = (c.user("ann"), c.user("ben"), c.user("dan"));
@@ -457,5 +457,35 @@ fn on_two_nodes_posts_disconnects_presence_and_members_hold_cluster_wide() {
         );
     }
     wa.none_of("message");
+    outsider.silent();
+
+    // Removed through n1 while connected to n0 only: the kick (by `system`)
+    // reaches both ends; then a revocation through n1 closes ann on n0.
+    let mut wb = c.ws(0, &ben);
+    let path = format!("/api/v1/rooms/{room}/members/ben");
+    let r = api_ok(c.addr(1), &key, "DELETE", &path, None, 200);
+    assert_eq!(r["status"], "KICKED");
+    for ws in [&mut wa, &mut wb] {
+        let ev = ws.next_of("system");
+        assert_eq!(
+            (ev["event"].as_str(), ev["user"].as_str(), ev["by"].as_str()),
+            (Some("kicked"), Some("ben"), Some("system")),
+            "{ev}"
+        );
+    }
+    let r = api_ok(
+        c.addr(1),
+        &key,
+        "POST",
+        "/api/v1/users/ann/revoke",
+        None,
+        200,
+    );
+    assert_eq!(r["status"], "REVOKED");
+    let frame = wa.expect_close().expect("a close frame");
+    assert_eq!(
+        (u16::from(frame.code), frame.reason.as_str()),
+        (1008, "session revoked")
+    );
     outsider.silent();
 }
