@@ -433,3 +433,34 @@ fn members_are_added_and_removed_with_the_usual_events() {
     );
     wd.silent();
 }
+
+#[test]
+fn pipelined_requests_on_one_connection_are_answered_in_order() {
+    let (s, key) = server();
+    let auth = format!("Bearer {key}");
+    let h = [("Authorization", auth.as_str())];
+    let mut pipeline = String::new();
+    // The first is answered from memory once the key is checked (a job).
+    for i in 0..3 {
+        let body = json!({"username": format!("p{i}")}).to_string();
+        pipeline.push_str(&http_request(
+            "GET",
+            &format!("/api/v1/presence?users=p{i}"),
+            &h,
+            "",
+        ));
+        pipeline.push_str(&http_request("POST", "/api/v1/users", &h, &body));
+    }
+    let mut sock = connect(s.addr);
+    std::io::Write::write_all(&mut sock, pipeline.as_bytes()).unwrap();
+    for i in 0..3 {
+        let seen = read_response(&mut sock).expect("a response");
+        assert_eq!(seen.status, 200, "{}", seen.body);
+        assert_eq!(seen.json()["users"][0]["username"], format!("p{i}"));
+        let made = read_response(&mut sock).expect("a response");
+        assert_eq!(
+            (made.status, made.json()["username"].clone()),
+            (201, json!(format!("p{i}")))
+        );
+    }
+}

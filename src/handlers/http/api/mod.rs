@@ -373,7 +373,19 @@ pub fn completed(hub: &mut Hub, t: &Ticket, outcome: Outcome) -> Option<Outcome>
         return Some(outcome);
     };
     let ka = call.keep_alive;
-    match (call.step, outcome) {
+    let rest = taken(hub, t, ka, call.step, outcome);
+    if rest.is_none() {
+        // Answered (or parked for its next job): whatever the client
+        // pipelined meanwhile is read when the request is done.
+        hub.conns.again.push(t.conn);
+    }
+    rest
+}
+
+/// A finished job of the API request `step`: `None` when it was the
+/// request's.
+fn taken(hub: &mut Hub, t: &Ticket, ka: bool, step: ApiStep, outcome: Outcome) -> Option<Outcome> {
+    match (step, outcome) {
         (ApiStep::Key { req, hash, addr }, Outcome::Api(ApiOutcome::Key(name))) => {
             let now = Instant::now();
             hub.svc.budgets.api.checked(hash, name.as_deref(), now);
