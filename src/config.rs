@@ -652,6 +652,17 @@ mod tests {
     }
 
     #[test]
+    fn the_server_apis_budget() {
+        let d = Config::defaults();
+        assert_eq!((d.api_rate, d.api_burst), (50, 200));
+        let m = HashMap::from([("KLAV_API_RATE".to_string(), "0".to_string())]);
+        let e = Config::from_map(&m).err().unwrap().to_string();
+        assert!(e.contains("KLAV_API_RATE"), "{e}");
+        let m = HashMap::from([("KLAV_API_BURST".to_string(), "7".to_string())]);
+        assert_eq!(Config::from_map(&m).unwrap().api_burst, 7);
+    }
+
+    #[test]
     fn dotenv_lines() {
         let m = parse_dotenv("# c\nexport A=1\nB = \"two\"\n\nC='x=y'\n").unwrap();
         assert_eq!(m["A"], "1");
