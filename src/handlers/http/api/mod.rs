@@ -512,6 +512,12 @@ mod tests {
         );
         assert_eq!(m("GET", "/api/v1/rooms/r_1/members/bob"), "405 PUT,DELETE");
         assert_eq!(m("POST", "/api/v1/users"), "/api/v1/users ");
+        // A path's `+` is itself (only a query's means a space).
+        assert_eq!(
+            m("POST", "/api/v1/users/a+b%2Bc/revoke"),
+            "/api/v1/users/{username}/revoke a+b+c"
+        );
+        assert_eq!(m("POST", "/api/v1/users/%FF/revoke"), "404");
         assert_eq!(m("POST", "/api/v1/users/"), "404");
         assert_eq!(m("POST", "/api/v1/users//revoke"), "404");
         assert_eq!(m("GET", "/api/v1/nothing"), "404");
