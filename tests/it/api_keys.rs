@@ -148,6 +148,9 @@ fn every_route_refuses_a_missing_a_bad_and_a_revoked_key_and_serves_a_good_one()
         .to_string();
     let malformed = "klav_not-a-key";
     let unknown = format!("klav_{}", "0".repeat(64));
+    let unauthorized0 = metric(s.addr, "klav_api_unauthorized_total");
+    let requests0 = metric(s.addr, "klav_api_requests_total");
+    let mut counted = 0;
     for (method, path, body) in concrete_routes(&room) {
         if path == "/api/v1/openapi.json" {
             // The document is public.
@@ -166,6 +169,7 @@ fn every_route_refuses_a_missing_a_bad_and_a_revoked_key_and_serves_a_good_one()
             assert!(r.detail().len() > 5, "{}", r.body);
             assert_eq!(r.header("WWW-Authenticate"), Some("Bearer"));
         }
+        counted += 1;
         let r = api(s.addr, Some(&good), method, &path, body.clone());
         assert!(
             (200..300).contains(&r.status),
@@ -174,6 +178,9 @@ fn every_route_refuses_a_missing_a_bad_and_a_revoked_key_and_serves_a_good_one()
             r.body
         );
     }
+    let unauthorized = metric(s.addr, "klav_api_unauthorized_total") - unauthorized0;
+    let requests = metric(s.addr, "klav_api_requests_total") - requests0;
+    assert_eq!((unauthorized, requests), (4 * counted, counted));
 }
 
 #[test]

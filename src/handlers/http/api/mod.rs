@@ -223,6 +223,7 @@ pub fn handle(hub: &mut Hub, _: &mut Turn, id: ConnId, req: Request) {
         return respond(hub, id, resp, ka);
     }
     let Some(key) = bearer_token(&req) else {
+        hub.svc.metrics.api_unauthorized += 1;
         let e = ApiError::new(
             401,
             "UNAUTHORIZED",
@@ -245,6 +246,7 @@ pub fn handle(hub: &mut Hub, _: &mut Turn, id: ConnId, req: Request) {
         return too_many(hub, id, "too many bad API keys from this address", wait, ka);
     }
     let Some(hash) = hash else {
+        hub.svc.metrics.api_unauthorized += 1;
         hub.svc.budgets.logins.failed(KEY_GUESSER, addr, now);
         return reply_error(hub, id, bad_key(), ka);
     };
@@ -283,6 +285,7 @@ fn bad_key() -> ApiError {
 fn admitted(hub: &mut Hub, id: ConnId, key: &str, req: Request) {
     let ka = req.keep_alive;
     let now = Instant::now();
+    hub.svc.metrics.api_requests += 1;
     let budget = &mut hub.svc.budgets.api.requests;
     if !budget.admit(key, now) {
         let wait = budget.wait(key, now);
@@ -392,6 +395,7 @@ fn taken(hub: &mut Hub, t: &Ticket, ka: bool, step: ApiStep, outcome: Outcome) -
             match name {
                 Some(name) => admitted(hub, t.conn, &name, req),
                 None => {
+                    hub.svc.metrics.api_unauthorized += 1;
                     hub.svc.budgets.logins.failed(KEY_GUESSER, addr, now);
                     failed(hub, t.conn, bad_key(), ka)
                 }
