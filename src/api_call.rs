@@ -31,14 +31,13 @@ pub enum ApiStep {
 /// What an API request asks, parsed and checked as far as the loop can.
 #[derive(Debug)]
 pub enum ApiOp {
-    /// `POST /api/v1/users`. `password`: the one given, or (`given` false) a
-    /// random one nobody is told, so the account signs in through the API
-    /// only. `hashing`: a hashing slot of the registration budget is held.
+    /// `POST /api/v1/users`. `password`: the one given, or a random one
+    /// nobody is told, so that the account signs in through the API only.
+    /// `hashing`: a hashing slot of the registration budget is held.
     CreateUser {
         username: String,
         nickname: String,
         password: String,
-        given: bool,
         hashing: bool,
     },
     /// `POST /api/v1/tokens`: `minutes` the token lasts.

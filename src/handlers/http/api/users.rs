@@ -6,6 +6,7 @@
 
 use serde_json::{json, Value};
 
+use super::super::exchange::{respond, set_pending};
 use super::{
     body_object, done, failed, next, not_mine, opt_str, reply_error, start, unavailable,
     user_not_found, username, ApiError,
@@ -43,18 +44,18 @@ pub(super) fn create_user(hub: &Hub, _: &[String], req: &Request) -> Result<ApiO
             ))
         }
     };
-    let (password, given) = match opt_str(&body, "password")? {
+    let password = match opt_str(&body, "password")? {
         Some(p) => {
             check_password(hub, &p)?;
-            (p, true)
+            p
         }
-        None => (crate::db::api_keys::new_key(), false),
+        // A secret as strong as a key, hashed and forgotten.
+        None => crate::db::api_keys::new_key(),
     };
     Ok(ApiOp::CreateUser {
         username,
         nickname,
         password,
-        given,
         hashing: false,
     })
 }
@@ -146,18 +147,13 @@ pub(super) fn begin(hub: &mut Hub, id: ConnId, ka: bool, op: ApiOp) {
                 .map(|u| (u.clone(), hub.state.user_conns(u).len() as i64))
                 .collect();
             let body = presence_body(users, &counts);
-            return super::super::exchange::respond(hub, id, crate::http::json(200, &body, ka), ka);
+            return respond(hub, id, crate::http::json(200, &body, ka), ka);
         }
         ApiOp::Disconnect { user, .. } => {
             let here = revocation::disconnect(hub, user);
             if !hub.cluster.enabled {
                 let body = disconnected(user, here);
-                return super::super::exchange::respond(
-                    hub,
-                    id,
-                    crate::http::json(200, &body, ka),
-                    ka,
-                );
+                return respond(hub, id, crate::http::json(200, &body, ka), ka);
             }
             // Every other node closes theirs when it hears this.
             let mut p = Payloads::new();
@@ -209,8 +205,8 @@ pub(super) fn advance(
 ) -> Option<Outcome> {
     let id = t.conn;
     match (op, outcome) {
-        (op @ ApiOp::CreateUser { .. }, Outcome::UsernameTaken { existing, reserved }) => {
-            name_checked(hub, id, ka, op, existing, reserved)
+        (op @ ApiOp::CreateUser { .. }, Outcome::UsernameTaken { existing, .. }) => {
+            name_checked(hub, id, ka, op, existing.is_some())
         }
         (
             ApiOp::CreateUser {
@@ -284,25 +280,17 @@ fn taken(username: &str) -> ApiError {
 
 /// Whether the name is free: then the password is hashed (a hashing slot
 /// of the registration budget held), then the account inserted.
-fn name_checked(
-    hub: &mut Hub,
-    id: ConnId,
-    ka: bool,
-    op: ApiOp,
-    existing: Option<String>,
-    _reserved: bool,
-) {
+fn name_checked(hub: &mut Hub, id: ConnId, ka: bool, op: ApiOp, taken_already: bool) {
     let ApiOp::CreateUser {
         username,
         nickname,
         password,
-        given,
         ..
     } = op
     else {
         return;
     };
-    if existing.is_some() {
+    if taken_already {
         return failed(hub, id, taken(&username), ka);
     }
     let busy = || ApiError::new(503, "UNAVAILABLE", "server busy, try again");
@@ -322,11 +310,10 @@ fn name_checked(
             username,
             nickname,
             password: String::new(),
-            given,
             hashing: true,
         }),
     };
-    super::super::exchange::set_pending(hub, id, crate::conn::PendingHttp::Api(Box::new(call)));
+    set_pending(hub, id, crate::conn::PendingHttp::Api(Box::new(call)));
 }
 
 /// The password was hashed: the account is inserted (checked again for the
@@ -336,7 +323,6 @@ pub(super) fn hashed(hub: &mut Hub, id: ConnId, call: ApiCall, hash: String) {
     let ApiStep::Op(ApiOp::CreateUser {
         username,
         nickname,
-        given,
         hashing,
         ..
     }) = call.step
@@ -355,7 +341,6 @@ pub(super) fn hashed(hub: &mut Hub, id: ConnId, call: ApiCall, hash: String) {
         username,
         nickname,
         password: String::new(),
-        given,
         hashing: false,
     };
     start(
