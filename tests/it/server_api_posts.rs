@@ -96,6 +96,18 @@ fn posts_reach_members_once_like_a_msg_and_nobody_else() {
         ws.silent();
     }
     outsider.silent();
+    // Members read it back as a system entry of the room.
+    let page = clients[0].request(json!({"type": "history", "room_id": room, "limit": 1}));
+    let item = &page["items"][0];
+    assert_eq!(
+        (
+            item["id"].clone(),
+            item["kind"].as_str(),
+            item["from_nickname"].as_str()
+        ),
+        (ann["id"].clone(), Some("system"), Some("announcement")),
+        "{page}"
+    );
 
     // Refusals.
     api_err(
@@ -307,6 +319,20 @@ fn disconnect_closes_every_socket_and_revoke_ends_every_token() {
         "a revoked token opens nothing"
     );
     other.silent();
+    // A token minted after the revocation is of the new generation.
+    let t = api_ok(
+        s.addr,
+        &key,
+        "POST",
+        "/api/v1/tokens",
+        Some(json!({"username": "ann"})),
+        200,
+    );
+    let mut back = s.ws(t["access_token"].as_str().unwrap());
+    assert_eq!(
+        back.request(json!({"type": "my_rooms"}))["type"],
+        "my_rooms"
+    );
     api_err(
         s.addr,
         &key,
