@@ -248,6 +248,18 @@ ALTER TABLE users ADD COLUMN IF NOT EXISTS klav_token_gen bigint NOT NULL DEFAUL
 ALTER TABLE users ADD COLUMN IF NOT EXISTS klav_deleted_at timestamptz;
 ALTER TABLE klav_ws_tickets ADD COLUMN IF NOT EXISTS token_gen bigint NOT NULL DEFAULT 0;
 
+-- Server API keys: an application's backend calls /api/v1/ with one. Only the key's
+-- SHA-256 is stored (keys are 32 random bytes: a slow hash adds nothing); a revoked
+-- key keeps its row (and its name) so the list shows it. last_used_at moves at most
+-- once a minute per key.
+CREATE TABLE IF NOT EXISTS klav_api_keys (
+    name          varchar(100) PRIMARY KEY,
+    key_hash      bytea NOT NULL UNIQUE,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    last_used_at  timestamptz,
+    revoked_at    timestamptz
+);
+
 -- One row: the schema version this database was last brought to.
 CREATE TABLE IF NOT EXISTS klav_schema_version (
     singleton   boolean PRIMARY KEY DEFAULT true CHECK (singleton),

@@ -155,9 +155,76 @@ impl UserBudget {
     }
 }
 
+/// How long a node trusts a key it found live without asking the database
+/// again: a key revoked on any node is refused everywhere within it.
+pub const API_KEY_TRUST: Duration = Duration::from_millis(500);
+
+/// The server API's budget: each key's request bucket (`KLAV_API_RATE`,
+/// `KLAV_API_BURST`), and the keys found live lately (for at most
+/// [`API_KEY_TRUST`]), so that a busy backend costs a key check per key
+/// per half second rather than per request. Only live keys are kept: as many
+/// as an operator made.
+pub struct ApiBudget {
+    pub requests: UserBudget,
+    live: HashMap<[u8; 32], (String, Instant)>,
+}
+
+impl ApiBudget {
+    pub fn from_config(config: &crate::config::Config) -> ApiBudget {
+        ApiBudget {
+            requests: UserBudget::new(config.api_burst, Duration::from_secs(1))
+                .with_rate(f64::from(config.api_rate)),
+            live: HashMap::new(),
+        }
+    }
+
+    /// The name of the key with this hash, if it was found live lately.
+    pub fn trusted(&self, hash: &[u8; 32], now: Instant) -> Option<&str> {
+        self.live
+            .get(hash)
+            .filter(|(_, at)| now.saturating_duration_since(*at) < API_KEY_TRUST)
+            .map(|(name, _)| name.as_str())
+    }
+
+    /// The database found the key live (`Some(name)`) or not.
+    pub fn checked(&mut self, hash: [u8; 32], name: Option<&str>, now: Instant) {
+        match name {
+            Some(n) => {
+                self.live.insert(hash, (n.to_string(), now));
+            }
+            None => {
+                self.live.remove(&hash);
+            }
+        }
+    }
+
+    /// Forgets keys no longer trusted and buckets refilled.
+    pub fn sweep(&mut self, now: Instant) {
+        self.live
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) < API_KEY_TRUST);
+        self.requests.sweep(now);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_live_key_is_trusted_for_less_than_a_second() {
+        let mut b = ApiBudget::from_config(&crate::config::Config::defaults());
+        let t = Instant::now();
+        let h = [7u8; 32];
+        assert_eq!(b.trusted(&h, t), None);
+        b.checked(h, Some("backend"), t);
+        assert_eq!(b.trusted(&h, t + API_KEY_TRUST / 2), Some("backend"));
+        assert_eq!(b.trusted(&h, t + API_KEY_TRUST), None);
+        b.checked(h, None, t);
+        assert_eq!(b.trusted(&h, t), None);
+        b.checked(h, Some("backend"), t);
+        b.sweep(t + API_KEY_TRUST);
+        assert!(b.live.is_empty());
+    }
 
     #[test]
     fn burst_then_refill_then_forgotten() {

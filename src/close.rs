@@ -47,6 +47,9 @@ pub enum CloseReason {
     Revoked,
     /// The user's account was deleted, on any node: close 1008.
     AccountDeleted,
+    /// The server API disconnected the user (every socket on every node):
+    /// close 1008.
+    Disconnected,
     /// A socket error.
     Error,
 }
@@ -84,6 +87,7 @@ impl CloseReason {
             CloseReason::TokenExpired => "token_expired",
             CloseReason::Revoked => "revoked",
             CloseReason::AccountDeleted => "account_deleted",
+            CloseReason::Disconnected => "disconnected",
             CloseReason::Error => "error",
         }
     }
@@ -98,6 +102,7 @@ impl CloseReason {
             TokenExpired => Some((CloseCode::Policy, "token expired")),
             Revoked => Some((CloseCode::Policy, "session revoked")),
             AccountDeleted => Some((CloseCode::Policy, "account deleted")),
+            Disconnected => Some((CloseCode::Policy, "disconnected by server")),
             TooBig => Some((CloseCode::Size, "message too big")),
             BadUtf8 => Some((CloseCode::Invalid, "invalid UTF-8")),
             Protocol => Some((CloseCode::Protocol, "protocol error")),
@@ -118,7 +123,7 @@ impl CloseReason {
         }
     }
 
-    pub const ALL: [CloseReason; 16] = [
+    pub const ALL: [CloseReason; 17] = [
         CloseReason::Peer,
         CloseReason::HttpDone,
         CloseReason::Refused,
@@ -134,6 +139,7 @@ impl CloseReason {
         CloseReason::TokenExpired,
         CloseReason::Revoked,
         CloseReason::AccountDeleted,
+        CloseReason::Disconnected,
         CloseReason::Error,
     ];
 }

@@ -67,6 +67,11 @@ pub struct Config {
     /// Each open and close is a presence transaction and an event to every
     /// subscribed follower, so reconnecting in a loop must not be free.
     pub ws_opens_per_user_per_min: u32,
+    /// `KLAV_API_RATE` (default 50) and `KLAV_API_BURST` (default 200): server
+    /// API requests per second each API key may make on a node, after a
+    /// burst; beyond it the request gets 429 with `Retry-After`.
+    pub api_rate: u32,
+    pub api_burst: u32,
     /// `KLAV_MAX_CONNS_PER_ADDR`: open WebSockets per client address (the
     /// trusted-proxy rule applies); beyond it the upgrade gets 429 (default 1000).
     pub max_conns_per_addr: usize,
@@ -313,6 +318,8 @@ impl Config {
                 "KLAV_WS_OPENS_PER_USER_PER_MIN",
                 60,
             )? as u32,
+            api_rate: positive(get("KLAV_API_RATE"), "KLAV_API_RATE", 50)? as u32,
+            api_burst: positive(get("KLAV_API_BURST"), "KLAV_API_BURST", 200)? as u32,
             max_conns_per_addr: positive(
                 get("KLAV_MAX_CONNS_PER_ADDR"),
                 "KLAV_MAX_CONNS_PER_ADDR",
@@ -642,6 +649,17 @@ mod tests {
         m.insert("KLAV_SESSION_MAX_DAYS".to_string(), u64::MAX.to_string());
         let e = Config::from_map(&m).err().unwrap().to_string();
         assert!(e.contains("KLAV_SESSION_MAX_DAYS"), "{e}");
+    }
+
+    #[test]
+    fn the_server_apis_budget() {
+        let d = Config::defaults();
+        assert_eq!((d.api_rate, d.api_burst), (50, 200));
+        let m = HashMap::from([("KLAV_API_RATE".to_string(), "0".to_string())]);
+        let e = Config::from_map(&m).err().unwrap().to_string();
+        assert!(e.contains("KLAV_API_RATE"), "{e}");
+        let m = HashMap::from([("KLAV_API_BURST".to_string(), "7".to_string())]);
+        assert_eq!(Config::from_map(&m).unwrap().api_burst, 7);
     }
 
     #[test]

@@ -82,6 +82,8 @@ pub enum PendingHttp {
     },
     /// `POST /password`, `/logout_all`, `/account/delete`.
     Account(Box<AccountRequest>),
+    /// A server API request (`/api/v1/`).
+    Api(Box<crate::api_call::ApiCall>),
     Health {
         keep_alive: bool,
     },

@@ -209,6 +209,11 @@ impl Conns {
     /// request bucket for its size ([`crate::conn::reply_cost`]): what a
     /// request makes klav copy is paid for like what it makes klav parse.
     pub fn send_reply(&mut self, id: ConnId, frame: &[u8]) {
+        // A job the server API asked for is answered over HTTP: the family
+        // that shows its outcome has no WebSocket to reply to.
+        if self.ws_mut(id).is_none() {
+            return;
+        }
         self.charge_reply(id, frame.len());
         self.send_bytes(id, frame);
     }

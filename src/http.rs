@@ -406,6 +406,15 @@ pub fn error(status: u16, detail: &str, keep_alive: bool) -> Vec<u8> {
     json(status, &serde_json::json!({ "detail": detail }), keep_alive)
 }
 
+/// A path segment, percent-decoded (`+` stays itself, as in a path); `None`
+/// when it is not valid UTF-8 once decoded.
+pub fn percent_decode_path(s: &str) -> Option<String> {
+    if !s.contains('%') {
+        return Some(s.to_string());
+    }
+    percent_decode(&s.replace('+', "%2B"))
+}
+
 fn percent_decode(s: &str) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());

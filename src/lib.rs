@@ -13,7 +13,8 @@
 //!   jobs back to them, `remote` delivers other nodes' entries and presence,
 //!   `strangers` answers a non-member about a room they named (a private
 //!   room looks like none), `http` is the HTTP endpoints (accounts in `http::accounts`, a signed-in
-//!   user's account changes in `http::account`), `revocation` closes what a
+//!   user's account changes in `http::account`, the server API in
+//!   `http::api`), `revocation` closes what a
 //!   revocation of a user's tokens or their account's deletion ends.
 //! - [`hub`]: what handlers work on: [`conns`], [`services`], [`state`],
 //!   [`history_cache`] and [`cluster`], and the fan-out verbs.
@@ -47,6 +48,7 @@
 //! - [`client_addr`]: the address a request is counted under (trusted proxies).
 //! - [`metrics`], [`mod@log`], [`time`]: Prometheus counters, log lines, ISO-8601.
 //! - [`http`]: request parsing with limits, responses.
+//! - [`api_call`]: a server API request while it waits for the database.
 //! - [`out_queue`]: a connection's bounded output queue (shared fan-out frames).
 //! - [`in_buf`]: a connection's unparsed input (consumed by moving a cursor).
 //! - [`turn`]: what one turn of the loop may still spend.
@@ -59,6 +61,7 @@
 #![allow(rustdoc::private_intra_doc_links)]
 
 pub mod alloc;
+pub mod api_call;
 pub mod auth;
 pub mod budget;
 pub mod client_addr;

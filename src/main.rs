@@ -16,6 +16,8 @@ const USAGE: &str = "\
 usage: klav                  run the server
        klav import-json <DIR> [--dry-run]
                              import the JSON server's files (see klav import-json --help)
+       klav api-key create|list|revoke [NAME]
+                             keys of the server API (see klav api-key --help)
        klav -h | --help      this text
        klav -V | --version   the version
 
@@ -43,6 +45,19 @@ KLAV_DATA_DIR (./klav-data; stop the server first, it holds the data directory).
 Progress goes to stderr, the summary to stdout. Exit codes: 0 imported (or dry
 run done), 1 import failed (nothing imported), 2 usage or configuration error.";
 
+const API_KEY_USAGE: &str = "\
+usage: klav api-key create NAME    make a key; it is printed once, only its hash is kept
+       klav api-key list           every key: name, created, last used, revoked
+       klav api-key revoke NAME    refuse the key from now on (on every node within a second)
+
+Keys authenticate an application's backend to the server API under /api/v1/
+(Authorization: Bearer <key>; see docs/api.md). The commands work on the
+database the server uses, configured the same way (the environment or .env):
+DATABASE_URL, or else the embedded PostgreSQL under KLAV_DATA_DIR (./klav-data;
+stop the server first, it holds the data directory). Exit codes: 0 done, 1 the
+command failed (a name taken or unknown, the database unreachable), 2 usage or
+configuration error.";
+
 fn main() -> ExitCode {
     let code = run();
     // Log lines are written by a thread of their own: let it finish.
@@ -59,6 +74,7 @@ fn run() -> ExitCode {
     match args.first().map(String::as_str) {
         None => serve(),
         Some("import-json") => import_json(&args[1..]),
+        Some("api-key") => api_key(&args[1..]),
         Some("-h" | "--help") if args.len() == 1 => {
             println!(
                 "klav {}: a real-time chat server\n\n{USAGE}",
@@ -347,4 +363,95 @@ fn import_json(args: &[String]) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `klav api-key create NAME | list | revoke NAME`: exit 0 when done, 1 when
+/// the command failed, 2 on usage or configuration errors.
+fn api_key(args: &[String]) -> ExitCode {
+    let words: Vec<&str> = args.iter().map(String::as_str).collect();
+    let command = match words.as_slice() {
+        ["-h" | "--help"] | [_, "-h" | "--help"] => {
+            println!("{API_KEY_USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        ["create", name] => KeyCommand::Create(name),
+        ["list"] => KeyCommand::List,
+        ["revoke", name] => KeyCommand::Revoke(name),
+        _ => {
+            eprintln!(
+                "klav api-key: expected create NAME, list or revoke NAME (see klav api-key --help)"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("klav: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    klav::log::set_level(config.log_level);
+    let (url, cluster) = match database(&config) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("klav: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let code = run_key_command(&url, command);
+    if let Some(mut c) = cluster {
+        if let Err(e) = c.stop() {
+            log!(Error, "{e}");
+        }
+    }
+    code
+}
+
+/// What `klav api-key` was asked to do.
+enum KeyCommand<'a> {
+    Create(&'a str),
+    List,
+    Revoke(&'a str),
+}
+
+fn run_key_command(url: &str, command: KeyCommand<'_>) -> ExitCode {
+    use klav::db::api_keys;
+    let result = match command {
+        KeyCommand::Create(name) => api_keys::create(url, name).map(|key| {
+            println!("{key}");
+            eprintln!("created API key {name:?}: it is shown this once, keep it secret");
+        }),
+        KeyCommand::List => api_keys::list(url).map(|keys| print!("{}", key_table(&keys))),
+        KeyCommand::Revoke(name) => {
+            api_keys::revoke(url, name).map(|()| println!("revoked API key {name:?}"))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("klav api-key: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `klav api-key list`: one line per key, tab-separated (name, created, last
+/// used or `-`, `revoked <when>` or `active`), under a header.
+fn key_table(keys: &[klav::db::api_keys::KeyInfo]) -> String {
+    let at = |t: Option<std::time::SystemTime>| t.map_or("-".to_string(), klav::time::format_iso);
+    let mut out = String::from("NAME\tCREATED\tLAST USED\tSTATUS\n");
+    for k in keys {
+        let status = match k.revoked_at {
+            Some(t) => format!("revoked {}", klav::time::format_iso(t)),
+            None => "active".to_string(),
+        };
+        out.push_str(&format!(
+            "{}\t{}\t{}\t{status}\n",
+            k.name,
+            klav::time::format_iso(k.created_at),
+            at(k.last_used_at)
+        ));
+    }
+    out
 }

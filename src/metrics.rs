@@ -31,6 +31,10 @@ pub struct Metrics {
     pub deliveries: u64,
     pub requests: u64,
     pub rate_limited: u64,
+    /// Server API requests that presented a live key.
+    pub api_requests: u64,
+    /// Server API requests refused for their key (missing, bad or revoked).
+    pub api_unauthorized: u64,
     /// Pings and pongs received from clients (charged like requests).
     pub control_frames: u64,
     /// Rows the database examined for requests paid from the users' row
@@ -125,7 +129,7 @@ impl Metrics {
         {
             let _ = writeln!(s, "klav_reads_waiting{{queue=\"{queue}\"}} {n}");
         }
-        let counters: [(&str, &str, u64); 16] = [
+        let counters: [(&str, &str, u64); 18] = [
             (
                 "klav_reads_put_off_total",
                 "Reads a loop turn's time limit put off to a later turn.",
@@ -181,6 +185,16 @@ impl Metrics {
                 "klav_rate_limited_total",
                 "Requests (and pings) refused by the rate limit.",
                 self.rate_limited,
+            ),
+            (
+                "klav_api_requests_total",
+                "Server API requests with a live key.",
+                self.api_requests,
+            ),
+            (
+                "klav_api_unauthorized_total",
+                "Server API requests refused for a missing, bad or revoked key.",
+                self.api_unauthorized,
             ),
             (
                 "klav_budgeted_rows_total",

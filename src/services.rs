@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::auth::jwt::Tokens;
 use crate::auth::password::{HashJob, HashPool};
-use crate::budget::UserBudget;
+use crate::budget::{ApiBudget, UserBudget};
 use crate::config::Config;
 use crate::db::{Db, Ticket};
 use crate::metrics::Metrics;
@@ -45,6 +45,8 @@ pub struct Budgets {
     /// Rows each user's requests may have the database examine (`resume`,
     /// `my_rooms`): see [`crate::budget::DB_ROWS_PER_SEC`].
     pub rows: UserBudget,
+    /// The server API: each key's requests, and the keys found live lately.
+    pub api: ApiBudget,
 }
 
 impl Budgets {
@@ -62,6 +64,7 @@ impl Budgets {
             ws_opens: crate::budget::ws_opens(config),
             lookups: crate::budget::unknown_lookups(),
             rows: crate::budget::db_rows(),
+            api: ApiBudget::from_config(config),
         }
     }
 
@@ -74,6 +77,7 @@ impl Budgets {
         self.rows.sweep(now);
         self.ws_opens.sweep(now);
         self.lookups.sweep(now);
+        self.api.sweep(now);
     }
 }
 

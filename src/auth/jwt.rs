@@ -141,10 +141,28 @@ impl Tokens {
         auth_time: SystemTime,
         generation: i64,
     ) -> Result<Issued, TokenError> {
+        self.sign(username, auth_time, generation, self.expire_minutes)
+    }
+
+    /// A token for a login the server API vouches for (an application with
+    /// its own sign-in), now, in the user's token `generation`, valid for
+    /// `minutes` (not past `KLAV_SESSION_MAX_DAYS`).
+    pub fn login_for(&self, username: &str, generation: i64, minutes: u64) -> Issued {
+        self.sign(username, SystemTime::now(), generation, minutes)
+            .expect("a login that starts now has not ended")
+    }
+
+    fn sign(
+        &self,
+        username: &str,
+        auth_time: SystemTime,
+        generation: i64,
+        minutes: u64,
+    ) -> Result<Issued, TokenError> {
         let now = unix_secs(SystemTime::now());
         let auth = unix_secs(auth_time);
         let ends = auth.saturating_add(self.session_max.as_secs());
-        let exp = now.saturating_add(self.expire_minutes * 60).min(ends);
+        let exp = now.saturating_add(minutes.saturating_mul(60)).min(ends);
         if exp <= now {
             return Err(TokenError::SessionEnded);
         }

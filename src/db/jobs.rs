@@ -6,6 +6,7 @@
 use std::time::SystemTime;
 
 mod admin;
+mod api;
 mod outcome;
 
 use super::error::DbError;
@@ -36,6 +37,8 @@ pub struct NewMessage {
     /// The sender's idempotency key: a second entry with the same key from the
     /// same sender is never stored (the database's unique index decides).
     pub client_id: Option<String>,
+    /// Who vouches for the sender's membership (see [`Poster`]).
+    pub poster: Poster,
     /// The token generation of the sending connection: the writer stores
     /// nothing of a sender whose tokens of that generation have been revoked
     /// (see `db::writer::accounts`).
@@ -86,6 +89,7 @@ pub struct CaughtUp {
 pub use super::entry::ChatEntry;
 pub(crate) use admin::open_invite;
 pub use admin::*;
+pub use api::*;
 pub use outcome::*;
 
 /// A queued DM for a user who was offline.
@@ -234,6 +238,10 @@ pub struct HistoryQuery {
 pub enum JoinBy {
     Id(String),
     Name(String),
+    /// Added to the room with this id by the server API (`PUT
+    /// /api/v1/rooms/{id}/members/{user}`): a private room needs no
+    /// invitation; a ban still refuses it.
+    Added(String),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -446,9 +454,15 @@ pub enum Job {
     /// Reads of room administration (`room_info`).
     AdminQuery(AdminQuery),
 
+    /// What the server API reads (see [`ApiQuery`]).
+    Api(ApiQuery),
+
     // ordered writes
     /// `private`: the creator is made a member (the owner) in the same
     /// transaction; a public room's creator is its owner without being a member.
+    /// An empty `creator`: a room the server API created without an owner
+    /// (nobody is made a member of it; `creator_nickname` names who is shown
+    /// creating it).
     CreateRoom {
         creator: String,
         creator_nickname: String,

@@ -23,7 +23,8 @@
 //! - `rows`: the statement cache and rows turned into entries and names;
 //! - `tickets`: WebSocket tickets; `offline_queue`: who loses a DM when a queue is full;
 //! - `nodes`, `notify`: the cluster's tables, and the notes transactions send it;
-//! - `embedded`: the embedded PostgreSQL cluster.
+//! - `embedded`: the embedded PostgreSQL cluster;
+//! - `api_keys`: the server API's keys (`klav api-key`, and the check of one).
 
 /// The columns [`queries::entry_from_row`] reads, in its order (a macro so that
 /// statements stay `&'static str` for the prepared-statement cache).
@@ -34,6 +35,7 @@ macro_rules! entry_columns {
     };
 }
 
+pub mod api_keys;
 pub mod embedded;
 pub mod entry;
 mod error;

@@ -108,6 +108,10 @@ pub enum BusEvent {
     /// Every token of `user` older than `generation` was revoked (a password
     /// change, `logout_all`).
     Revoked { user: String, generation: i64 },
+    /// The server API disconnected `user`: every WebSocket of theirs on
+    /// every node closes (1008 `disconnected by server`); their tokens stay
+    /// valid.
+    Disconnected { user: String },
     /// `user`'s account was deleted (their tokens revoked up to `generation`);
     /// `erased`: their messages became tombstones. The leaves, the follows
     /// removed and their going offline come as events of their own.

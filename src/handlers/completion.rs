@@ -79,6 +79,11 @@ pub fn finish_job(hub: &mut Hub, mut ticket: crate::db::Ticket, result: Result<O
 }
 
 fn on_outcome(hub: &mut Hub, t: crate::db::Ticket, outcome: Outcome) {
+    // A server API request's job: answered there (which hands the outcome
+    // to its family below for what it means to the room).
+    let Some(outcome) = http::api::completed(hub, &t, outcome) else {
+        return;
+    };
     match outcome {
         Outcome::Healthy => http::accounts::health_done(hub, t.conn, Ok(())),
         Outcome::Registered(result) => http::accounts::register_done(hub, t.conn, result),
@@ -143,6 +148,8 @@ fn on_outcome(hub: &mut Hub, t: crate::db::Ticket, outcome: Outcome) {
             result,
         } => reads::done(hub, &t, &username, room, result),
         Outcome::MsgDuplicate(d) => messages::duplicate(hub, &t, d),
+        // Only the server API asks for these (answered above).
+        Outcome::PosterNotMember | Outcome::Api(_) => {}
         o @ Outcome::RoomCreated { .. } => rooms::created(hub, &t, o),
         Outcome::Join {
             username,

@@ -65,6 +65,7 @@ impl RoomDm {
         let from_nickname = hub.state.users[&cx.user].nickname.clone();
         let job = Job::Dm {
             msg: NewMessage {
+                poster: crate::db::jobs::Poster::Member,
                 room: self.room,
                 from: cx.user.clone(),
                 from_nickname,

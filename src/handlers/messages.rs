@@ -5,7 +5,7 @@ use super::ctx::Ctx;
 use super::strangers;
 use std::time::SystemTime;
 
-use crate::db::jobs::{ChatEntry, Duplicate, NewMessage};
+use crate::db::jobs::{ChatEntry, Duplicate, NewMessage, Poster, ANNOUNCEMENT};
 use crate::db::{Job, Ticket};
 use crate::hub::Hub;
 use crate::protocol::{ErrorCode, Event, Request, RequestError};
@@ -49,6 +49,7 @@ impl Msg {
         let from_nickname = user.nickname.clone();
         let text = check_text(cx.req)?;
         let job = Job::Msg(NewMessage {
+            poster: Poster::Member,
             room: self.room,
             from: cx.user.clone(),
             from_nickname,
@@ -65,12 +66,17 @@ impl Msg {
 /// the sending connection's copy carries its request's `req_id`.
 pub fn stored(hub: &mut Hub, t: &Ticket, msg: NewMessage, id: i64, ts: SystemTime) {
     hub.svc.metrics.messages += 1;
-    let mut ev = Event::new("message")
+    let announcement = msg.poster == Poster::Announcement;
+    let mut ev = Event::new(if announcement { "system" } else { "message" })
         .with("id", id)
-        .with("room", msg.room.as_str())
-        .with("from", msg.from.as_str())
-        .with("from_nickname", msg.from_nickname.as_str())
-        .with("text", msg.text.as_str());
+        .with("room", msg.room.as_str());
+    ev = match announcement {
+        true => ev.with("event", "announcement"),
+        false => ev
+            .with("from", msg.from.as_str())
+            .with("from_nickname", msg.from_nickname.as_str()),
+    };
+    ev = ev.with("text", msg.text.as_str());
     if let Some(c) = &msg.client_id {
         ev = ev.with("client_id", c.as_str());
     }
@@ -82,7 +88,7 @@ pub fn stored(hub: &mut Hub, t: &Ticket, msg: NewMessage, id: i64, ts: SystemTim
     hub.history.append(ChatEntry {
         id,
         ts,
-        kind: "msg".into(),
+        kind: if announcement { "system" } else { "msg" }.into(),
         room: msg.room,
         from: msg.from,
         from_nickname: msg.from_nickname,
@@ -130,6 +136,8 @@ pub fn entry_event(e: &ChatEntry) -> Event {
         ev = ev
             .with("from", e.from.as_str())
             .with("from_nickname", e.from_nickname.as_str());
+    } else if is_announcement(e) {
+        ev = ev.with("event", "announcement");
     }
     if let Some(to) = &e.to {
         ev = ev.with("to", to.as_str());
@@ -145,4 +153,11 @@ pub fn entry_event(e: &ChatEntry) -> Event {
         ev = ev.with("deleted", true);
     }
     ev
+}
+
+/// A system entry the server API posted (see [`ANNOUNCEMENT`]): delivered to
+/// the room's members like a message, unlike the system entries the server
+/// writes itself, whose events say what happened.
+pub fn is_announcement(e: &ChatEntry) -> bool {
+    e.kind == "system" && e.from_nickname == ANNOUNCEMENT
 }

@@ -62,6 +62,11 @@ pub fn deliver(hub: &mut Hub, r: RemoteEntry) {
                 deliver_remote_dm(hub, &entry);
             }
         }
+        (None, "system") if messages::is_announcement(&entry) => {
+            hub.svc.metrics.messages_remote += 1;
+            let ev = messages::entry_event(&entry);
+            hub.entry_to_room(&room, id, &ev, None);
+        }
         (None, "system") => {
             // A room created: nobody is in it yet.
         }
@@ -87,6 +92,7 @@ fn deliver_remote_dm(hub: &mut Hub, e: &ChatEntry) {
             let parked = ParkedDm {
                 ticket: Ticket::internal(),
                 msg: crate::db::jobs::NewMessage {
+                    poster: crate::db::jobs::Poster::Member,
                     room: e.room.clone(),
                     from: e.from.clone(),
                     from_nickname: e.from_nickname.clone(),
@@ -197,6 +203,10 @@ pub fn heard(hub: &mut Hub, ev: BusEvent, now: Instant) -> Vec<Work> {
         }
         BusEvent::Revoked { user, generation } => {
             super::revocation::revoked(hub, &user, generation, false);
+            Vec::new()
+        }
+        BusEvent::Disconnected { user } => {
+            super::revocation::disconnect(hub, &user);
             Vec::new()
         }
         BusEvent::AccountDeleted { user, .. } => {

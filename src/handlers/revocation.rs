@@ -40,6 +40,17 @@ pub fn revoked(hub: &mut Hub, user: &str, generation: i64, deleted: bool) {
     }
 }
 
+/// The server API disconnected `user` (here or on another node): every
+/// WebSocket of theirs here closes, 1008 `disconnected by server`. Their
+/// tokens stay good: a client may connect again.
+pub fn disconnect(hub: &mut Hub, user: &str) -> usize {
+    let conns = hub.state.user_conns(user).to_vec();
+    for &id in &conns {
+        hub.conns.close(id, CloseReason::Disconnected);
+    }
+    conns.len()
+}
+
 /// `user`'s account was deleted: every connection of theirs here closes, no
 /// token of theirs is accepted while they are in memory, and the history
 /// cache forgets what it held of them (their nickname and maybe their text

@@ -97,7 +97,8 @@ pub fn created(hub: &mut Hub, t: &Ticket, outcome: Outcome) {
         ev = ev.with("private", true);
     }
     hub.conns.reply(t.conn, &t.req_id, ev);
-    if private {
+    // A room the server API made without an owner has no member yet.
+    if private && !creator.is_empty() {
         hub.state.joined(&creator, &room);
         hub.state.set_role(&creator, &room, Role::Owner);
         let ev = Event::new("system")

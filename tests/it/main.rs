@@ -10,6 +10,7 @@ mod support;
 // Accounts and the HTTP side.
 mod account_delete;
 mod accounts;
+mod api_keys;
 mod http;
 mod login_limits;
 mod names;
@@ -37,6 +38,8 @@ mod room_moderation;
 mod room_private;
 mod room_roles;
 mod rooms;
+mod server_api;
+mod server_api_posts;
 mod typing;
 
 // Budgets: what one client may cost.
@@ -45,6 +48,7 @@ mod request_budgets;
 mod turn_budgets;
 
 // Operations: the process, its log and metrics, the database under it, import.
+mod api_docs;
 mod cli;
 mod docs_links;
 mod embedded_cluster;

@@ -61,6 +61,6 @@ pub use refused::{BusDropped, Refused};
 pub use replay::{FORGET_AFTER, MAX_SENDERS, MAX_SKEW, REPLAY_WINDOW};
 pub use seal::Sealer;
 pub use wire::{
-    encode_block, encode_change, encode_change_ref, encode_entry, encode_entry_ref, encode_follow,
-    encode_presence, encode_read_marker, encode_typing,
+    encode_block, encode_change, encode_change_ref, encode_disconnected, encode_entry,
+    encode_entry_ref, encode_follow, encode_presence, encode_read_marker, encode_typing,
 };

@@ -68,6 +68,8 @@ fn entry_ok(e: &ChatEntry, signed_at: i64) -> bool {
     let time_ok = |t: SystemTime| micros(t) <= latest;
     let text_max = match e.kind.as_str() {
         "msg" | "dm" => MAX_TEXT,
+        // The server API's announcements are as long as a message may be.
+        "system" if e.from_nickname == crate::db::jobs::ANNOUNCEMENT => MAX_TEXT,
         "system" => MAX_SYSTEM_TEXT,
         _ => return false,
     };
@@ -155,6 +157,7 @@ pub(super) fn plausible(ev: &BusEvent, signed_at: i64) -> bool {
         | BusEvent::AccountDeleted {
             user, generation, ..
         } => name_ok(user) && id_ok(*generation),
+        BusEvent::Disconnected { user } => name_ok(user),
     }
 }
 
@@ -164,9 +167,10 @@ mod tests {
     use crate::cluster::bus::fixtures::{entry, t0, verdict};
     use crate::cluster::bus::refused::Refused;
     use crate::cluster::bus::wire::{
-        encode_account_deleted, encode_block, encode_change, encode_change_ref, encode_entry,
-        encode_entry_ref, encode_follow, encode_invited, encode_presence, encode_read_marker,
-        encode_removal, encode_revoked, encode_role, encode_room_updated, encode_typing,
+        encode_account_deleted, encode_block, encode_change, encode_change_ref,
+        encode_disconnected, encode_entry, encode_entry_ref, encode_follow, encode_invited,
+        encode_presence, encode_read_marker, encode_removal, encode_revoked, encode_role,
+        encode_room_updated, encode_typing,
     };
     use crate::db::jobs::Invite;
     use crate::db::notify::{EntryRef, Removal, RoomUpdate};
@@ -329,6 +333,8 @@ mod tests {
             encode_account_deleted("", 1, false),
             encode_account_deleted("bob", -1, true),
             encode_account_deleted("bob", 0, false),
+            encode_disconnected(""),
+            encode_disconnected(&"d".repeat(101)),
         ];
         for ev in implausible {
             assert_eq!(verdict(ev.clone()), Err(Refused::Implausible), "{ev}");
@@ -338,5 +344,17 @@ mod tests {
         assert_eq!(MAX_REASON, crate::handlers::moderation::MAX_REASON);
         assert!(verdict(encode_role("r", "bob", "owner", None, false)).is_ok());
         assert!(verdict(encode_room_updated(&update)).is_ok());
+        assert!(verdict(encode_disconnected("bob")).is_ok());
+    }
+
+    #[test]
+    fn announcements_may_be_as_long_as_messages_other_system_entries_may_not() {
+        let mut e = entry(7, &"a".repeat(MAX_TEXT));
+        e.kind = "system".into();
+        e.from = "system".into();
+        e.from_nickname = crate::db::jobs::ANNOUNCEMENT.into();
+        assert!(entry_ok(&e, micros(t0())));
+        e.from_nickname = "system".into();
+        assert!(!entry_ok(&e, micros(t0())));
     }
 }

@@ -128,6 +128,10 @@ pub fn encode_revoked(user: &str, generation: i64) -> String {
     serde_json::json!(["v", user, generation]).to_string()
 }
 
+pub fn encode_disconnected(user: &str) -> String {
+    serde_json::json!(["q", user]).to_string()
+}
+
 pub fn encode_account_deleted(user: &str, generation: i64, erased: bool) -> String {
     serde_json::json!(["d", user, generation, erased]).to_string()
 }
@@ -317,6 +321,7 @@ fn decode_event(f: &[Value]) -> Option<BusEvent> {
             user: s(f.get(1))?,
             generation: i(2)?,
         }),
+        "q" => Some(BusEvent::Disconnected { user: s(f.get(1))? }),
         "d" => Some(BusEvent::AccountDeleted {
             user: s(f.get(1))?,
             generation: i(2)?,
@@ -376,6 +381,7 @@ mod tests {
             encode_removal(&kicked),
             encode_revoked("bob", 3),
             encode_account_deleted("carol", 2, true),
+            encode_disconnected("dave"),
         ]);
         let sealed = sealer("node-a").seal_at(&[body], t0());
         let opened = inbox().open(&sealed[0], t0()).unwrap();
@@ -436,6 +442,9 @@ mod tests {
                     user: "carol".into(),
                     generation: 2,
                     erased: true
+                },
+                BusEvent::Disconnected {
+                    user: "dave".into()
                 },
             ]
         );

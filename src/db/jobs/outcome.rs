@@ -192,6 +192,11 @@ pub enum Outcome {
     },
     /// A `msg` whose `client_id` was already used: the original entry.
     MsgDuplicate(Box<Duplicate>),
+    /// A post of the server API on behalf of a user who is not a member of
+    /// the room (checked by the writer): nothing was stored.
+    PosterNotMember,
+    /// What a server API read found.
+    Api(ApiOutcome),
     RoomMembers {
         room: String,
         /// Each with their role (none in a room without an owner).

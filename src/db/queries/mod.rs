@@ -6,11 +6,13 @@
 //! [`run_with`] dispatches each job to the function that runs it, grouped by
 //! family: `accounts`, `sessions` (tickets, the session, offline DM claims),
 //! `rooms` (history, `my_rooms`, members, pruning), `room_admin`
-//! (`room_info`), `follows`, `blocks`, `resume`, and
+//! (`room_info`), `follows`, `blocks`, `resume`, `api` (the server API's
+//! reads), and
 //! `cluster` (presence, heartbeats, notifications). The cluster's reads are in
 //! `db::nodes`, the tickets' SQL in `db::tickets`.
 
 mod accounts;
+mod api;
 pub(crate) mod blocks;
 mod cluster;
 mod follows;
@@ -151,6 +153,7 @@ pub fn run_with<C: GenericClient>(
             outcome
         }
         Job::AdminQuery(read) => room_admin::run(c, st, read)?,
+        Job::Api(read) => Outcome::Api(api::run(c, st, read)?),
         Job::Resume {
             username,
             rooms,

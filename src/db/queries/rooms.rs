@@ -170,7 +170,7 @@ pub(super) fn members_and_presence<C: GenericClient>(
     })
 }
 
-fn room_members<C: GenericClient>(
+pub(super) fn room_members<C: GenericClient>(
     c: &mut C,
     st: &mut Stmts,
     room: &str,

@@ -112,7 +112,8 @@ pub(super) fn entry_rooms(jobs: &[&Job]) -> Vec<String> {
             Job::Leave { room, .. } => Some(room.clone()),
             Job::Admin(a) => Some(a.room().to_string()),
             Job::Join {
-                by: JoinBy::Id(id), ..
+                by: JoinBy::Id(id) | JoinBy::Added(id),
+                ..
             } => Some(id.clone()),
             _ => None,
         })

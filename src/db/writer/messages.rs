@@ -12,7 +12,9 @@ use postgres::{Row, Statement, Transaction};
 use super::chain::{Batch, Chain, Last};
 use super::written::{Linked, Written};
 use crate::db::error::DbError;
-use crate::db::jobs::{ChainLink, Duplicate, EditResult, NewMessage, Outcome, ReadResult, Role};
+use crate::db::jobs::{
+    ChainLink, Duplicate, EditResult, NewMessage, Outcome, Poster, ReadResult, Role,
+};
 use crate::db::notify::EntryRef;
 use crate::db::rows::{entry_from_row, Stmts};
 
@@ -104,16 +106,17 @@ fn insert_rows(
         .iter()
         .map(|(_, m)| m.client_id.as_deref())
         .collect();
+    let kinds: Vec<&str> = pending.iter().map(|(_, m)| kind_of(m)).collect();
     let plain = st.get(
         tx,
         "INSERT INTO chat_logs \
             (room_id, ts, kind, from_user, from_nickname, to_user, text, client_id) \
-         SELECT r, now(), 'msg', f, n, NULL, t, c \
-         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) \
-              AS u(r, f, n, t, c) \
+         SELECT r, now(), k, f, n, NULL, t, c \
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) \
+              AS u(r, f, n, t, c, k) \
          RETURNING id, ts, from_user, client_id",
     )?;
-    let params: [&(dyn ToSql + Sync); 5] = [&rooms, &froms, &nicks, &texts, &cids];
+    let params: [&(dyn ToSql + Sync); 6] = [&rooms, &froms, &nicks, &texts, &cids, &kinds];
     let keyed = cids.iter().any(Option::is_some);
     if !keyed {
         return Ok(tx.query(&plain, &params)?);
@@ -136,9 +139,9 @@ fn insert_keyed(
         tx,
         "INSERT INTO chat_logs \
             (room_id, ts, kind, from_user, from_nickname, to_user, text, client_id) \
-         SELECT r, now(), 'msg', f, n, NULL, t, c \
-         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) \
-              AS u(r, f, n, t, c) \
+         SELECT r, now(), k, f, n, NULL, t, c \
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) \
+              AS u(r, f, n, t, c, k) \
          ON CONFLICT (from_user, client_id) WHERE client_id IS NOT NULL DO NOTHING \
          RETURNING id, ts, from_user, client_id",
     )?;
@@ -161,6 +164,30 @@ fn insert_keyed(
     }
 }
 
+/// The `kind` a message is stored as: an announcement of the server API is a
+/// `system` entry, everything else a `msg`.
+fn kind_of(m: &NewMessage) -> &'static str {
+    match m.poster {
+        Poster::Announcement => "system",
+        Poster::Member | Poster::App => "msg",
+    }
+}
+
+/// Whether `user` is a member of `room` (a post of the server API on their
+/// behalf: the loop's memory may not know them).
+pub(super) fn is_member(
+    tx: &mut Transaction<'_>,
+    st: &mut Stmts,
+    room: &str,
+    user: &str,
+) -> Result<bool, DbError> {
+    let s = st.get(
+        tx,
+        "SELECT 1 FROM room_members WHERE room_id = $1 AND username = $2",
+    )?;
+    Ok(tx.query_opt(&s, &[&room, &user])?.is_some())
+}
+
 /// A message just stored: linked into its room's chain (and noted for the
 /// other nodes) and made the room's last message, both borrowed from the job.
 /// Returns its link.
@@ -174,7 +201,7 @@ fn link_message<'a>(
         &EntryRef {
             id,
             ts,
-            kind: "msg",
+            kind: kind_of(msg),
             room: &msg.room,
             from: &msg.from,
             from_nickname: &msg.from_nickname,
@@ -191,7 +218,7 @@ fn link_message<'a>(
             id,
             text: Cow::Borrowed(msg.text.as_str()),
             from: msg.from.as_str(),
-            kind: "msg",
+            kind: kind_of(msg),
         },
     );
     ChainLink {

@@ -47,7 +47,7 @@ use crossbeam_channel::Receiver;
 use postgres::Transaction;
 
 use super::error::DbError;
-use super::jobs::{ChainLink, Completion, Job, NewMessage, Outcome, Ticket};
+use super::jobs::{ChainLink, Completion, Job, NewMessage, Outcome, Poster, Ticket};
 use super::nodes;
 use super::notify::Notifier;
 use super::pool::{Conn, Health, Source};
@@ -225,6 +225,12 @@ fn apply<'a>(
             continue;
         }
         if let Job::Msg(m) = job {
+            // Checked where it stands: the batch's earlier joins and leaves
+            // are written already (messages change no membership).
+            if m.poster == Poster::App && !messages::is_member(tx, st, &m.room, &m.from)? {
+                written.push(Some(Written::Ready(Outcome::PosterNotMember)));
+                continue;
+            }
             pending.push((written.len(), m));
             written.push(None);
             continue;

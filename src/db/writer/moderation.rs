@@ -14,7 +14,7 @@ use super::rooms::system_entry_then;
 use super::standing::{member_of, standing};
 use super::written::{Linked, Written};
 use crate::db::error::DbError;
-use crate::db::jobs::{AdminOutcome, Outcome, Refusal, RemoveStatus, Removed, Role};
+use crate::db::jobs::{AdminOutcome, Outcome, Refusal, RemoveStatus, Removed, Role, BY_APP};
 use crate::db::notify::{MemberOp, Removal};
 use crate::db::rows::{display_nickname, Stmts};
 use crate::names::SystemText;
@@ -68,7 +68,8 @@ fn target(
 }
 
 /// `kick` / `ban`: the owner or an admin; an admin cannot remove the owner
-/// or another admin; nobody removes themselves.
+/// or another admin; nobody removes themselves. Asked by [`BY_APP`] (the
+/// server API), as by the owner of any room.
 pub(super) fn write_remove(
     tx: &mut Transaction<'_>,
     st: &mut Stmts,
@@ -104,9 +105,17 @@ fn remove(
     r: &Removing<'_>,
     logged: &mut Vec<crate::db::entry::ChatEntry>,
 ) -> Result<RemoveResult, DbError> {
-    let (_, mine) = match member_of(standing(tx, st, r.room, r.by)?) {
-        Ok(s) => s,
-        Err(refused) => return Ok(Err(refused)),
+    let mine = match r.by {
+        // The server API moderates every room that exists, as its owner
+        // would (it removes admins, never the owner).
+        BY_APP => match standing(tx, st, r.room, r.by)? {
+            Some(_) => Role::Owner,
+            None => return Ok(Err(Refusal::RoomNotFound)),
+        },
+        by => match member_of(standing(tx, st, r.room, by)?) {
+            Ok((_, mine)) => mine,
+            Err(refused) => return Ok(Err(refused)),
+        },
     };
     if !mine.moderates() || r.user == r.by {
         return Ok(Err(Refusal::NotAllowed));

@@ -28,7 +28,8 @@ pub(super) struct NewRoom<'a> {
 
 /// `Job::CreateRoom`: the room (owned by its creator) and the system entry
 /// announcing it; a private room's creator is made a member in the same
-/// transaction, with the `joined` entry.
+/// transaction, with the `joined` entry. Without a creator (the server API's
+/// room without an owner) the room has no owner and no member.
 pub(super) fn write_create_room(
     tx: &mut Transaction<'_>,
     st: &mut Stmts,
@@ -37,7 +38,7 @@ pub(super) fn write_create_room(
 ) -> Result<Linked, DbError> {
     let mut logged = Vec::new();
     let room = create_room(tx, st, new, b, &mut logged)?;
-    if new.private {
+    if new.private && !new.creator.is_empty() {
         add_member(
             tx,
             st,
@@ -221,7 +222,7 @@ fn create_room(
     let s = st.get(
         tx,
         "INSERT INTO rooms (id, name, created_at, klav_owner, klav_private, klav_topic) \
-         VALUES ($1, $2, clock_timestamp(), $3, $4, $5) ON CONFLICT (id) DO NOTHING",
+         VALUES ($1, $2, clock_timestamp(), NULLIF($3, ''), $4, $5) ON CONFLICT (id) DO NOTHING",
     )?;
     loop {
         let id = new_room_id();
@@ -310,7 +311,7 @@ fn join(
 ) -> Result<JoinResult, DbError> {
     let username = who.username;
     let room = match by {
-        JoinBy::Id(id) => id.clone(),
+        JoinBy::Id(id) | JoinBy::Added(id) => id.clone(),
         JoinBy::Name(name) => {
             // Only a public room is ever found by its name.
             let s = st.get(
@@ -358,8 +359,9 @@ fn join(
         return Ok(JoinResult::Banned);
     }
     // A private room is joined with an invitation only: to anyone else it
-    // does not exist.
-    if a.private && !a.invited {
+    // does not exist. The server API adds whom it likes.
+    let added = matches!(by, JoinBy::Added(_));
+    if a.private && !a.invited && !added {
         return Ok(JoinResult::NotFound);
     }
     // An invitation already counts among what the user holds.

@@ -268,6 +268,7 @@ pub fn on_hash(hub: &mut Hub, ticket: Ticket, outcome: HashOutcome) {
             Some(PendingHttp::Account(req)) => {
                 super::account::new_password_hashed(hub, id, *req, hash)
             }
+            Some(PendingHttp::Api(call)) => super::api::hashed(hub, id, *call, hash),
             other => {
                 // The connection is gone (or moved on): the slot is free all the same.
                 hub.svc.budgets.registrations.hash_done();

@@ -2,13 +2,15 @@
 //! one route table, and what is not an account: `/metrics` and the web
 //! client's files (served by `crate::web`). The account endpoints live in
 //! [`accounts`], a signed-in user's account changes (password, log out
-//! everywhere, deletion) in [`account`]; `/ws` in `handlers::session`.
+//! everywhere, deletion) in [`account`], the server API (`/api/v1/`) in
+//! [`api`]; `/ws` in `handlers::session`.
 //!
 //! Requests on one connection are answered in order: while one waits for a
 //! worker, the next (pipelined) request stays in the buffer.
 
 pub mod account;
 pub mod accounts;
+pub mod api;
 pub mod exchange;
 
 pub use exchange::respond;
@@ -152,6 +154,9 @@ fn route(hub: &mut Hub, turn: &mut Turn, id: ConnId, req: Request) {
     if (metrics_only && req.path != "/metrics") || (metrics_elsewhere && req.path == "/metrics") {
         return respond(hub, id, http::error(404, "not found", ka), ka);
     }
+    if api::is_api(&req.path) {
+        return api::handle(hub, turn, id, req);
+    }
     let Some(&(_, method, handler)) = ROUTES.iter().find(|(path, _, _)| *path == req.path) else {
         if hub.svc.config.web && crate::web::is_asset(&req.path) {
             return respond(hub, id, crate::web::response(&req), ka);
@@ -251,6 +256,7 @@ pub fn db_failed(hub: &mut Hub, id: ConnId, e: &DbError) {
             finish(hub, id, unhealthy(&e.to_string(), ka), ka);
         }
         Some(PendingHttp::TicketUpgrade { .. }) => session::ticket_failed(hub, id, e),
+        Some(PendingHttp::Api(call)) => api::db_failed(hub, id, &call, &e.to_string()),
         None => {}
     }
 }

@@ -4,9 +4,10 @@
 //! waiting, the operating system's view of a process, the captured server log,
 //! chat set-ups, and the helpers of the browser, friends and import tests.
 //!
-//! `crate::harness` re-exports the general modules; `nodes`, `cdp`, `browser`,
+//! `crate::harness` re-exports the general modules; `api`, `nodes`, `cdp`, `browser`,
 //! `friends` and `legacy_json` are imported by the tests that need them.
 
+pub mod api;
 pub mod browser;
 pub mod cdp;
 pub mod chat;
