@@ -363,7 +363,8 @@ function clearChat() {
  */
 class TicketSocket {
   constructor(url) {
-    this.readyState = 0;
+    /** Ours until the socket opens, then the socket's own (CLOSING as soon as the server closes). */
+    this.state = 0;
     this.onopen = this.onmessage = this.onerror = this.onclose = null;
     this.ws = null;
     this.done = false;
@@ -403,7 +404,7 @@ class TicketSocket {
     const ws = new WebSocket(`${scheme}//${location.host}/ws?ticket=${encodeURIComponent(ticket)}`);
     this.ws = ws;
     ws.onopen = () => {
-      this.readyState = 1;
+      this.state = 1;
       if (this.onopen) this.onopen({});
     };
     ws.onmessage = (m) => {
@@ -414,26 +415,30 @@ class TicketSocket {
       if (this.onerror) this.onerror({});
     };
     ws.onclose = (ev) => {
-      this.readyState = 3;
+      this.state = 3;
       if (this.session === s) socketClosed(ev.code, ev.reason, token);
       if (this.onclose) this.onclose({ code: ev.code, reason: ev.reason });
     };
   }
 
+  get readyState() {
+    return this.ws && this.state === 1 ? this.ws.readyState : this.state;
+  }
+
   fail() {
-    this.readyState = 3;
+    this.state = 3;
     if (this.onerror) this.onerror({});
     if (this.onclose) this.onclose({ code: 1006, reason: '' });
   }
 
   send(data) {
-    if (!this.ws || this.readyState !== 1) throw new Error('not open');
+    if (this.readyState !== 1) throw new Error('not open');
     this.ws.send(data);
   }
 
   close(code, reason) {
     this.done = true;
-    if (this.readyState !== 3) this.readyState = 2;
+    if (this.state !== 3) this.state = 2;
     if (this.ws) {
       try {
         this.ws.close(code, reason);

@@ -529,7 +529,7 @@ export class Klav {
    * @param {Record<string, any>} obj
    */
   _fire(obj) {
-    if (this.state !== "online" || !this._ws) return false;
+    if (this.state !== "online" || !this._ws || this._ws.readyState !== 1) return false;
     try {
       this._ws.send(JSON.stringify(obj));
       return true;
@@ -562,6 +562,10 @@ export class Klav {
         if (code === "RATE_LIMITED" || code === "UNAVAILABLE") {
           await sleep(Math.round(wait * (0.5 + Math.random())));
           wait = Math.min(wait * 2, 5000);
+        } else {
+          // Lets the socket's `close` event run before the next try, even with
+          // a WebSocket class that reports a closing socket as open.
+          await sleep(0);
         }
       }
     }

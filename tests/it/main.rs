@@ -74,6 +74,7 @@ mod bench_smoke;
 mod klav_js;
 mod web_assets;
 mod web_chat;
+mod web_docs_example;
 mod web_sessions;
 mod web_v3_account;
 mod web_v3_messages;

@@ -310,9 +310,11 @@ fn web_dm_by_nickname_clears_and_explains() {
     wait_text(&mina, "send-error", "offline");
     login(&joon, "joon", PASSWORD);
     status_online(&joon);
+    // The DM may arrive before the room list; the room's name follows it.
     let dm = joon.wait_for(
-        "document.querySelector('[data-testid=\"offline-dm\"]')?.textContent",
-        "the offline DM",
+        "document.querySelector('[data-testid=\"offline-dm\"]')?.textContent.includes('in lobby') \
+         && document.querySelector('[data-testid=\"offline-dm\"]').textContent",
+        "the offline DM naming its room",
     );
     assert!(dm.as_str().unwrap().contains("미나 in lobby"), "{dm}");
     mina.assert_clean("mina");
