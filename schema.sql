@@ -248,6 +248,14 @@ ALTER TABLE users ADD COLUMN IF NOT EXISTS klav_token_gen bigint NOT NULL DEFAUL
 ALTER TABLE users ADD COLUMN IF NOT EXISTS klav_deleted_at timestamptz;
 ALTER TABLE klav_ws_tickets ADD COLUMN IF NOT EXISTS token_gen bigint NOT NULL DEFAULT 0;
 
+-- Schema setup: the digest of the schema.sql last applied. A node whose
+-- schema.sql has this digest skips setup (no table locks while other nodes run).
+CREATE TABLE IF NOT EXISTS klav_schema_applied (
+    singleton   boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    digest      text NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+);
+
 -- One row: the schema version this database was last brought to.
 CREATE TABLE IF NOT EXISTS klav_schema_version (
     singleton   boolean PRIMARY KEY DEFAULT true CHECK (singleton),

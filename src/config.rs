@@ -49,6 +49,12 @@ pub struct Config {
     pub retention_interval: Duration,
     /// `KLAV_DATA_DIR`: embedded cluster and generated secret (default `./klav-data`).
     pub data_dir: PathBuf,
+    /// `KLAV_STATEMENT_TIMEOUT_MS` (default 30000; 0 = none): the longest one
+    /// statement of a general database worker may run (PostgreSQL's
+    /// `statement_timeout` on its connections), so that a stuck query cannot hold
+    /// a worker forever; the request gets `UNAVAILABLE`. Not the writer's: its
+    /// batches are short, and one cut off would fail every write queued behind it.
+    pub statement_timeout: Duration,
     /// `KLAV_DB_BATCH`: most messages the writer commits in one transaction
     /// (default 512; 1 turns group commit off, for comparison).
     pub db_batch: usize,
@@ -296,6 +302,12 @@ impl Config {
             )?),
             data_dir: PathBuf::from(get("KLAV_DATA_DIR").unwrap_or("./klav-data")),
             db_batch: positive(get("KLAV_DB_BATCH"), "KLAV_DB_BATCH", 512)? as usize,
+            statement_timeout: Duration::from_millis(parse(
+                get("KLAV_STATEMENT_TIMEOUT_MS"),
+                "KLAV_STATEMENT_TIMEOUT_MS",
+                30_000,
+                "a whole number of milliseconds (0 = no limit)",
+            )?),
             max_output_bytes: positive(
                 get("KLAV_MAX_OUTPUT_BYTES"),
                 "KLAV_MAX_OUTPUT_BYTES",

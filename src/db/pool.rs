@@ -1,6 +1,5 @@
 //! How the database threads reach PostgreSQL: the connection settings every
-//! klav connection uses and the `application_name` it shows, the schema applied
-//! at start, the shared r2d2 [`Pool`], the [`Source`] each thread checks out
+//! klav connection uses and the `application_name` it shows, the shared r2d2 [`Pool`], the [`Source`] each thread checks out
 //! from, and [`Health`], the circuit breaker that answers at once while
 //! PostgreSQL is down. Separate from [`Db`](super::Db), which only starts and
 //! feeds the threads.
@@ -13,24 +12,28 @@ use r2d2_postgres::PostgresConnectionManager;
 
 use super::error::DbError;
 
-/// The schema, applied at every start; see `schema.sql`.
-pub const SCHEMA_SQL: &str = include_str!("../../schema.sql");
-
 pub type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
 
 /// A connection checked out of the [`Pool`].
 pub(crate) type Conn = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
 
 /// Where a database thread takes its connection from, and the
-/// `application_name` it gives the connection while it holds it.
+/// `application_name` and `statement_timeout` it gives the connection while it
+/// holds it.
 pub(crate) struct Source {
     pool: Pool,
     name: String,
+    /// `statement_timeout` in PostgreSQL's syntax (`"0"`: none).
+    statement_timeout: String,
 }
 
 impl Source {
-    pub(super) fn new(pool: Pool, name: String) -> Source {
-        Source { pool, name }
+    pub(super) fn new(pool: Pool, name: String, statement_timeout: Duration) -> Source {
+        Source {
+            pool,
+            name,
+            statement_timeout: format!("{}ms", statement_timeout.as_millis()),
+        }
     }
 }
 
@@ -73,13 +76,15 @@ impl Health {
         }
     }
 
-    /// Checks out a connection for a thread, named after it from now on, or
-    /// fails fast while PostgreSQL is known down.
+    /// Checks out a connection for a thread, named after it and with its
+    /// statement timeout from now on (one round trip for both), or fails fast
+    /// while PostgreSQL is known down.
     pub(crate) fn get(&self, source: &Source) -> Result<Conn, DbError> {
         let mut conn = self.checkout(&source.pool)?;
         conn.execute(
-            "SELECT set_config('application_name', $1, false)",
-            &[&source.name],
+            "SELECT set_config('application_name', $1, false), \
+                    set_config('statement_timeout', $2, false)",
+            &[&source.name, &source.statement_timeout],
         )?;
         Ok(conn)
     }
@@ -186,17 +191,6 @@ fn cut(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
-}
-
-/// Runs `schema.sql` in one transaction.
-pub fn apply_schema(pg: &postgres::Config) -> Result<(), DbError> {
-    let mut client = pg
-        .connect(NoTls)
-        .map_err(|e| DbError::Unavailable(e.to_string()))?;
-    let mut tx = client.transaction()?;
-    tx.batch_execute(SCHEMA_SQL)?;
-    tx.commit()?;
-    Ok(())
 }
 
 #[cfg(test)]
