@@ -8,7 +8,7 @@ use std::time::Instant;
 use super::bus::MemberOp;
 use super::chain::Gate;
 use super::node::{Cluster, Held, RemoteEntry, Submit, Work};
-use crate::db::jobs::{ChainLink, ChatEntry, Job, Outcome};
+use crate::db::jobs::{ChainLink, ChatEntry, Duplicate, Job, Outcome};
 use crate::db::Ticket;
 use crate::state::State;
 
@@ -24,12 +24,10 @@ impl Cluster {
                 Vec::new()
             }
             gate => {
-                if gate == Gate::Seen {
-                    crate::log!(
-                        Warn,
-                        "entries {last} of {room} delivered before their own commit"
-                    );
-                }
+                let local = match gate {
+                    Gate::Seen => already_delivered(local, &room),
+                    _ => local,
+                };
                 let mut work = finished(local, room.clone(), last);
                 work.push(Work::Release {
                     room,
@@ -62,12 +60,10 @@ impl Cluster {
             match held {
                 Held::Local(local) => {
                     let last = local.2.last;
-                    if seen {
-                        crate::log!(
-                            Warn,
-                            "entries {last} of {room} delivered before their own commit"
-                        );
-                    }
+                    let local = match seen {
+                        true => already_delivered(local, room),
+                        false => local,
+                    };
                     let mut work = finished(local, room.to_string(), last);
                     work.push(Work::Release {
                         room: room.to_string(),
@@ -218,17 +214,48 @@ impl Cluster {
     }
 
     /// The entries of a read that this node has not delivered yet, in order.
+    ///
+    /// An entry is delivered once, whichever way reaches this node first. A
+    /// batch held for its turn (this node's own job, or another node's entry
+    /// heard on the bus) goes out in place of the read's copy of the same
+    /// entries when the read reaches it: this node's job is finished (its
+    /// requester answered) rather than its entries delivered as if another
+    /// node's and then, when it was released, again.
     pub fn deliver_read(
         &mut self,
         room: &str,
         entries: Vec<ChatEntry>,
         queued: &[i64],
     ) -> Vec<Work> {
-        let Some(last) = self.chains.last(room) else {
+        let Some(mut last) = self.chains.last(room) else {
             return Vec::new();
         };
         let mut work = Vec::new();
-        for entry in entries.into_iter().filter(|e| e.id > last) {
+        for entry in entries {
+            if entry.id <= last {
+                continue;
+            }
+            if let Some(held) = self.chains.take_at(room, last) {
+                match held {
+                    Held::Local(local) => {
+                        last = local.2.last;
+                        work.extend(finished(local, room.to_string(), last));
+                    }
+                    Held::Remote(r) => {
+                        last = r.entry.id;
+                        work.push(Work::Deliver(r));
+                        work.push(Work::Advance {
+                            room: room.to_string(),
+                            last,
+                        });
+                    }
+                    // Announced by reference: this read is its copy.
+                    Held::Reference(_) => {}
+                }
+                if entry.id <= last {
+                    continue;
+                }
+            }
             let id = entry.id;
             let op = self.ref_ops.remove(&id);
             let queued = queued.contains(&id);
@@ -237,6 +264,7 @@ impl Cluster {
                 room: room.to_string(),
                 last: id,
             });
+            last = id;
         }
         work
     }
@@ -354,6 +382,43 @@ impl Cluster {
         }
         ready.into_iter().map(Work::Change).collect()
     }
+}
+
+/// This node's job whose entries reached this room's members another way (a
+/// read-back): a message is answered to its requester alone, as a repeated
+/// send is, not delivered to the room again. (Other jobs are finished as
+/// usual: their effects on memory must not be skipped.)
+fn already_delivered(
+    local: Box<(Ticket, Outcome, ChainLink)>,
+    room: &str,
+) -> Box<(Ticket, Outcome, ChainLink)> {
+    let (ticket, outcome, link) = *local;
+    crate::log!(
+        Warn,
+        "entries {} of {room} delivered before their own commit; answering its requester only",
+        link.last
+    );
+    let outcome = match outcome {
+        Outcome::Msg { msg, id, ts } => Outcome::MsgDuplicate(Box::new(Duplicate {
+            entry: ChatEntry {
+                id,
+                ts,
+                kind: "msg".into(),
+                room: msg.room,
+                from: msg.from,
+                from_nickname: msg.from_nickname,
+                to: None,
+                text: msg.text,
+                client_id: msg.client_id,
+                edited_at: None,
+                deleted: false,
+                deleted_by: None,
+            },
+            queued: false,
+        })),
+        other => other,
+    };
+    Box::new((ticket, outcome, link))
 }
 
 /// A local job in its turn: finished, then its entries count as delivered.

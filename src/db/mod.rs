@@ -129,6 +129,7 @@ impl Db {
             );
         }
         let batch = settings.batch;
+        let node = settings.node.clone();
         let bus = settings.bus.clone();
         let stats = Arc::new(WriterStats::default());
         let writer_stats = stats.clone();
@@ -144,7 +145,16 @@ impl Db {
             std::thread::Builder::new()
                 .name("klav-db-writer".into())
                 .spawn(move || {
-                    writer::run(source, writer_rx, sink, health, batch, bus, writer_stats)
+                    writer::run(
+                        source,
+                        writer_rx,
+                        sink,
+                        health,
+                        batch,
+                        bus,
+                        writer_stats,
+                        &node,
+                    )
                 })
                 .expect("spawn database writer"),
         );

@@ -7,15 +7,76 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use std::ops::{Deref, DerefMut};
+
 use postgres::NoTls;
-use r2d2_postgres::PostgresConnectionManager;
 
 use super::error::DbError;
 
-pub type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+pub type Pool = r2d2::Pool<Manager>;
 
 /// A connection checked out of the [`Pool`].
-pub(crate) type Conn = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
+pub(crate) type Conn = r2d2::PooledConnection<Manager>;
+
+/// A pooled PostgreSQL session, and whether it must not be used again.
+pub struct Session {
+    client: postgres::Client,
+    /// Set when the session failed as an outage does while its socket stayed
+    /// open: the server became a read-only standby (a demoted primary after a
+    /// failover), or is shutting down. The pool then drops it instead of
+    /// handing it out again, and the next checkout connects afresh — with a
+    /// multi-host `DATABASE_URL` and `target_session_attrs=read-write`, to
+    /// whichever host is the writable primary now.
+    discard: bool,
+}
+
+impl Deref for Session {
+    type Target = postgres::Client;
+    fn deref(&self) -> &postgres::Client {
+        &self.client
+    }
+}
+
+impl DerefMut for Session {
+    fn deref_mut(&mut self) -> &mut postgres::Client {
+        &mut self.client
+    }
+}
+
+/// Connects the pool's sessions with the settings of [`pg_config`], and
+/// tells r2d2 which ones are broken: closed, or marked by [`discard`].
+pub struct Manager {
+    config: postgres::Config,
+}
+
+impl r2d2::ManageConnection for Manager {
+    type Connection = Session;
+    type Error = postgres::Error;
+
+    fn connect(&self) -> Result<Session, postgres::Error> {
+        Ok(Session {
+            client: self.config.connect(NoTls)?,
+            discard: false,
+        })
+    }
+
+    fn is_valid(&self, s: &mut Session) -> Result<(), postgres::Error> {
+        s.client.simple_query("").map(|_| ())
+    }
+
+    fn has_broken(&self, s: &mut Session) -> bool {
+        s.discard || s.client.is_closed()
+    }
+}
+
+/// Lets go of a thread's connection after it failed as in an outage
+/// ([`DbError::Unavailable`]): never back into the pool (see
+/// [`Session::discard`]).
+pub(crate) fn discard(conn: Option<Conn>) {
+    if let Some(mut c) = conn {
+        c.discard = true;
+    }
+}
 
 /// Where a database thread takes its connection from, and the
 /// `application_name` and `statement_timeout` it gives the connection while it
@@ -46,7 +107,7 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(300);
 /// The pool the database threads share: `size` connections at most, none kept
 /// idle, a checkout bounded by [`CONNECT_TIMEOUT`]; nothing is connected yet.
 pub(super) fn build_pool(pg: postgres::Config, size: u32) -> Pool {
-    let manager = PostgresConnectionManager::new(pg, NoTls);
+    let manager = Manager { config: pg };
     r2d2::Pool::builder()
         .max_size(size)
         .min_idle(Some(0))
