@@ -145,16 +145,11 @@ impl Db {
             std::thread::Builder::new()
                 .name("klav-db-writer".into())
                 .spawn(move || {
-                    writer::run(
-                        source,
-                        writer_rx,
-                        sink,
-                        health,
-                        batch,
-                        bus,
-                        writer_stats,
-                        &node,
-                    )
+                    let settings = writer::Settings {
+                        max_batch: batch,
+                        node,
+                    };
+                    writer::run(source, writer_rx, sink, health, settings, bus, writer_stats)
                 })
                 .expect("spawn database writer"),
         );

@@ -46,6 +46,7 @@ mod turn_budgets;
 
 // Operations: the process, its log and metrics, the database under it, import.
 mod cli;
+mod db_failover;
 mod db_setup;
 mod docs_links;
 mod embedded_cluster;

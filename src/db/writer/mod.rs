@@ -56,29 +56,37 @@ use super::notify::Notifier;
 use super::pool::{discard, Conn, Health, Source};
 use super::rows::Stmts;
 use super::wakeup::CompletionSink;
-use commit::{Mark, Marks, Unresolved};
 use chain::{entry_rooms, finish_chain, lock_rooms, update_lasts, Batch};
+use commit::{Mark, Marks, Unresolved};
 use messages::insert_messages;
 use written::{Linked, Written};
 
 pub use rooms::new_room_id;
 pub use stats::WriterStats;
 
+/// What the writer is told at start besides its channels.
+pub(super) struct Settings {
+    /// Most jobs in one transaction (`KLAV_DB_BATCH`).
+    pub max_batch: usize,
+    /// This node's name, in its row of `klav_writer_batches`.
+    pub node: String,
+}
+
 pub(super) fn run(
     source: Source,
     rx: Receiver<(Ticket, Job)>,
     sink: CompletionSink,
     health: Arc<Health>,
-    max_batch: usize,
+    settings: Settings,
     bus: Option<Arc<dyn Notifier>>,
     stats: Arc<WriterStats>,
-    node: &str,
 ) {
+    let max_batch = settings.max_batch;
     let mut w = Writer {
         source,
         health,
         conn: None,
-        marks: Marks::new(node),
+        marks: Marks::new(&settings.node),
         unresolved: None,
         bus: bus.as_deref(),
         stats,
@@ -192,7 +200,12 @@ impl Writer<'_> {
     /// Writes a batch: one result per job, and the mark of the transaction
     /// whose COMMIT got no answer, if one did not.
     fn write(&mut self, batch: &[(Ticket, Job)]) -> (Vec<Slot>, Option<i64>) {
-        let fail = |e: &DbError| batch.iter().map(|_| Slot::Ready(Err(clone_err(e)))).collect();
+        let fail = |e: &DbError| {
+            batch
+                .iter()
+                .map(|_| Slot::Ready(Err(clone_err(e))))
+                .collect()
+        };
         if self.unresolved.is_some() {
             let e = DbError::Unavailable("the outcome of an earlier write is not known yet".into());
             return (fail(&e), None);
@@ -207,7 +220,10 @@ impl Writer<'_> {
         self.stats.jobs.fetch_add(n, Ordering::Relaxed);
         self.stats.largest.fetch_max(n, Ordering::Relaxed);
         match self.transaction(&jobs, &senders) {
-            Wrote::Done(written) => (written.into_iter().map(|l| Slot::Ready(Ok(l))).collect(), None),
+            Wrote::Done(written) => (
+                written.into_iter().map(|l| Slot::Ready(Ok(l))).collect(),
+                None,
+            ),
             Wrote::Unknown(written, mark) => {
                 (written.into_iter().map(Slot::Unknown).collect(), Some(mark))
             }
@@ -232,7 +248,8 @@ impl Writer<'_> {
         let mut unknown = None;
         for (j, s) in jobs.iter().zip(senders) {
             if unknown.is_some() {
-                let e = DbError::Unavailable("the outcome of an earlier write is not known yet".into());
+                let e =
+                    DbError::Unavailable("the outcome of an earlier write is not known yet".into());
                 slots.push(Slot::Ready(Err(e)));
                 continue;
             }
