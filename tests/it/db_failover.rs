@@ -101,10 +101,16 @@ fn chat(mut ws: Ws, me: String, room: String, stop: Arc<AtomicBool>) -> Seen {
     seen
 }
 
+fn now_iso() -> String {
+    klav::time::format_iso(std::time::SystemTime::now())
+}
+
 /// What a failover run measured.
 struct Run {
     pair: PgPair,
     nodes: Nodes,
+    /// Connected throughout (see `presence_rows_restored`).
+    _stayers: Vec<Ws>,
     room: String,
     seen: Vec<Seen>,
     promoted: Instant,
@@ -123,6 +129,10 @@ fn failover_under_load(name: &str, mode: Standby) -> Option<Run> {
     let nodes = Nodes::on(pair.url(), 2);
     let names: Vec<String> = (0..2 * SENDERS_PER_NODE).map(|i| format!("s{i}")).collect();
     let tokens: Vec<String> = names.iter().map(|n| nodes.user(n)).collect();
+    // Connected through the whole run, one on each node: their presence rows
+    // must be right on the new primary afterwards.
+    let (vera, vic) = (nodes.user("vera"), nodes.user("vic"));
+    let stayers = vec![nodes.ws(0, &vera), nodes.ws(1, &vic)];
     let mut first = nodes.ws(0, &tokens[0]);
     let room = first.create_room("failover");
     let mut clients: Vec<Ws> = (0..names.len())
@@ -149,9 +159,11 @@ fn failover_under_load(name: &str, mode: Standby) -> Option<Run> {
         .collect();
     std::thread::sleep(Duration::from_secs(3));
     pair.kill_first();
+    eprintln!("primary killed at {}", now_iso());
     std::thread::sleep(Duration::from_secs(3));
     pair.promote_second();
     let promoted = Instant::now();
+    eprintln!("standby promoted at {}", now_iso());
     std::thread::sleep(Duration::from_secs(7));
     stop.store(true, Ordering::Relaxed);
     let seen: Vec<Seen> = threads.into_iter().map(|t| t.join().unwrap()).collect();
@@ -168,6 +180,7 @@ fn failover_under_load(name: &str, mode: Standby) -> Option<Run> {
     Some(Run {
         pair,
         nodes,
+        _stayers: stayers,
         room,
         seen,
         promoted,
@@ -176,6 +189,33 @@ fn failover_under_load(name: &str, mode: Standby) -> Option<Run> {
 }
 
 impl Run {
+    /// The presence rows of the users connected throughout are right on the
+    /// new primary within the node timeout (a node declared dead during the
+    /// switch writes them again when it rejoins).
+    fn presence_rows_restored(&self) {
+        let mut db = self.pair.client(&self.pair.second);
+        eventually(Duration::from_secs(10), Duration::from_millis(100), || {
+            let rows: Vec<(String, String, i32)> = db
+                .query(
+                    "SELECT username, node, conns FROM klav_presence \
+                     WHERE username IN ('vera', 'vic') AND conns > 0 ORDER BY username",
+                    &[],
+                )
+                .unwrap()
+                .iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2)))
+                .collect();
+            let want = vec![
+                ("vera".to_string(), "n0".to_string(), 1),
+                ("vic".to_string(), "n1".to_string(), 1),
+            ];
+            match rows == want {
+                true => Ok(()),
+                false => Err(format!("presence rows after the failover: {rows:?}")),
+            }
+        });
+    }
+
     fn acked(&self) -> impl Iterator<Item = &(String, Instant)> {
         self.seen.iter().flat_map(|s| &s.acked)
     }
@@ -217,6 +257,7 @@ impl Run {
             back < Duration::from_secs(10),
             "sending resumed only after {back:?}"
         );
+        self.presence_rows_restored();
         for i in 0..2 {
             for line in self.nodes.node(i).stderr().lines() {
                 if line.contains("COMMIT") || line.contains("delivered before") {
