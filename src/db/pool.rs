@@ -1,13 +1,13 @@
 //! How the database threads reach PostgreSQL: the connection settings every
-//! klav connection uses and the `application_name` it shows, the shared r2d2 [`Pool`], the [`Source`] each thread checks out
-//! from, and [`Health`], the circuit breaker that answers at once while
-//! PostgreSQL is down. Separate from [`Db`](super::Db), which only starts and
+//! klav connection uses and the `application_name` it shows, the shared r2d2
+//! [`Pool`] (which never hands out again a session found on a read-only
+//! server), the [`Source`] each thread checks out from, and [`Health`], the
+//! circuit breaker that answers at once while PostgreSQL is down. Separate from [`Db`](super::Db), which only starts and
 //! feeds the threads.
 
+use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-
-use std::ops::{Deref, DerefMut};
 
 use postgres::NoTls;
 

@@ -118,3 +118,47 @@ fn a_stuck_worker_query_is_cut_off_by_the_statement_timeout() {
         "{names:?}"
     );
 }
+
+/// A connection that finds itself on a read-only server (as on a standby,
+/// or a primary demoted by a failover: SQLSTATE 25006) makes its request
+/// `UNAVAILABLE` and is replaced, not pooled again: once the database
+/// accepts writes, new connections do too and sending works again.
+#[test]
+fn a_connection_on_a_read_only_server_is_replaced() {
+    let s = TestServer::start();
+    let mut ws = s.client("alice");
+    let room = ws.create_room("r");
+    ws.join(&room);
+    let mut db = s.db();
+    let name: String = db
+        .query_one("SELECT current_database()", &[])
+        .unwrap()
+        .get(0);
+    db.batch_execute(&format!(
+        "ALTER DATABASE {name} SET default_transaction_read_only = on; \
+         SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    ))
+    .unwrap();
+    let e = ws.request(json!({"type": "msg", "room_id": room, "text": "read-only"}));
+    assert_eq!(e["code"], "UNAVAILABLE", "{e}");
+    db.batch_execute(&format!(
+        "ALTER DATABASE {name} RESET default_transaction_read_only"
+    ))
+    .unwrap();
+    let got = eventually(WAIT, Duration::from_millis(200), || {
+        let r = ws.request(json!({"type": "msg", "room_id": room, "text": "writable"}));
+        match r["type"] == "message" {
+            true => Ok(r),
+            false => Err(format!("sending never worked again: {r}")),
+        }
+    });
+    assert_eq!(got["text"], "writable");
+    assert_eq!(
+        s.count(
+            "SELECT count(*) FROM chat_logs WHERE text = 'read-only'",
+            &[]
+        ),
+        0
+    );
+}

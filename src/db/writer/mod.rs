@@ -120,30 +120,7 @@ pub(super) fn run(
             }
         }
         let (slots, unknown) = w.write(&batch);
-        let mut pending = Vec::new();
-        let mut pending_written = Vec::new();
-        for ((ticket, job), slot) in batch.drain(..).zip(slots) {
-            match slot {
-                Slot::Ready(result) => release(&sink, ticket, job, result),
-                Slot::Unknown(linked) => {
-                    pending.push((ticket, job));
-                    pending_written.push(linked);
-                }
-            }
-        }
-        if let Some(mark) = unknown {
-            crate::log!(
-                Warn,
-                "the database did not answer the COMMIT of {} writes; their answers wait \
-                 until it can tell whether they are stored",
-                pending.len()
-            );
-            w.unresolved = Some(Unresolved {
-                batch: pending,
-                written: pending_written,
-                mark,
-            });
-        }
+        w.answer(&sink, &mut batch, slots, unknown);
     }
 }
 
@@ -263,6 +240,41 @@ impl Writer<'_> {
             });
         }
         (slots, unknown)
+    }
+
+    /// Sends the batch's results to the loop, in order; the jobs whose
+    /// COMMIT got no answer (`unknown`: its mark) wait, unresolved.
+    fn answer(
+        &mut self,
+        sink: &CompletionSink,
+        batch: &mut Vec<(Ticket, Job)>,
+        slots: Vec<Slot>,
+        unknown: Option<i64>,
+    ) {
+        let mut pending = Vec::new();
+        let mut written = Vec::new();
+        for ((ticket, job), slot) in batch.drain(..).zip(slots) {
+            match slot {
+                Slot::Ready(result) => release(sink, ticket, job, result),
+                Slot::Unknown(linked) => {
+                    pending.push((ticket, job));
+                    written.push(linked);
+                }
+            }
+        }
+        if let Some(mark) = unknown {
+            crate::log!(
+                Warn,
+                "the database did not answer the COMMIT of {} writes; their answers wait \
+                 until it can tell whether they are stored",
+                pending.len()
+            );
+            self.unresolved = Some(Unresolved {
+                batch: pending,
+                written,
+                mark,
+            });
+        }
     }
 
     /// Asks whether the unresolved batch committed; once the database can
