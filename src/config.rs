@@ -607,6 +607,14 @@ mod tests {
             normalise_database_url("postgres://u@h/d").unwrap(),
             "postgresql://u@h/d"
         );
+        // Several hosts, the writable one wanted (libpq's form).
+        assert_eq!(
+            normalise_database_url(
+                "postgres://u:p@h1:5432,h2:5433/d?target_session_attrs=read-write"
+            )
+            .unwrap(),
+            "postgresql://u:p@h1:5432,h2:5433/d?target_session_attrs=read-write"
+        );
         assert!(normalise_database_url("mysql://u@h/d").is_err());
         assert!(normalise_database_url("nonsense").is_err());
     }
@@ -654,6 +662,23 @@ mod tests {
         m.insert("KLAV_SESSION_MAX_DAYS".to_string(), u64::MAX.to_string());
         let e = Config::from_map(&m).err().unwrap().to_string();
         assert!(e.contains("KLAV_SESSION_MAX_DAYS"), "{e}");
+    }
+
+    #[test]
+    fn statement_timeout_defaults_to_30_s_and_0_means_none() {
+        assert_eq!(
+            Config::defaults().statement_timeout,
+            Duration::from_secs(30)
+        );
+        let mut m = HashMap::new();
+        m.insert("KLAV_STATEMENT_TIMEOUT_MS".to_string(), "0".to_string());
+        assert_eq!(
+            Config::from_map(&m).unwrap().statement_timeout,
+            Duration::ZERO
+        );
+        m.insert("KLAV_STATEMENT_TIMEOUT_MS".to_string(), "5s".to_string());
+        let e = Config::from_map(&m).err().unwrap().to_string();
+        assert!(e.contains("KLAV_STATEMENT_TIMEOUT_MS"), "{e}");
     }
 
     #[test]
