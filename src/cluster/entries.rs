@@ -8,7 +8,7 @@ use std::time::Instant;
 use super::bus::MemberOp;
 use super::chain::Gate;
 use super::node::{Cluster, Held, RemoteEntry, Submit, Work};
-use crate::db::jobs::{ChainLink, ChatEntry, Duplicate, Job, Outcome};
+use crate::db::jobs::{ChainLink, ChatEntry, DmResult, Duplicate, Job, NewMessage, Outcome};
 use crate::db::Ticket;
 use crate::state::State;
 
@@ -385,9 +385,9 @@ impl Cluster {
 }
 
 /// This node's job whose entries reached this room's members another way (a
-/// read-back): a message is answered to its requester alone, as a repeated
-/// send is, not delivered to the room again. (Other jobs are finished as
-/// usual: their effects on memory must not be skipped.)
+/// read-back): a message or DM is answered to its requester alone, as a
+/// repeated send is, not delivered again. (Other jobs are finished as usual:
+/// their effects on memory must not be skipped.)
 fn already_delivered(
     local: Box<(Ticket, Outcome, ChainLink)>,
     room: &str,
@@ -400,25 +400,48 @@ fn already_delivered(
     );
     let outcome = match outcome {
         Outcome::Msg { msg, id, ts } => Outcome::MsgDuplicate(Box::new(Duplicate {
-            entry: ChatEntry {
-                id,
-                ts,
-                kind: "msg".into(),
-                room: msg.room,
-                from: msg.from,
-                from_nickname: msg.from_nickname,
-                to: None,
-                text: msg.text,
-                client_id: msg.client_id,
-                edited_at: None,
-                deleted: false,
-                deleted_by: None,
-            },
+            entry: stored_entry(msg, "msg", None, id, ts),
             queued: false,
         })),
+        Outcome::Dm {
+            msg,
+            to,
+            result: DmResult::Stored { id, ts, queued, .. },
+        } => {
+            let entry = stored_entry(msg.clone(), "dm", Some(to.clone()), id, ts);
+            Outcome::Dm {
+                msg,
+                to,
+                result: DmResult::Duplicate(Box::new(Duplicate { entry, queued })),
+            }
+        }
         other => other,
     };
     Box::new((ticket, outcome, link))
+}
+
+/// A message or DM as the entry it was stored as.
+fn stored_entry(
+    msg: NewMessage,
+    kind: &str,
+    to: Option<String>,
+    id: i64,
+    ts: std::time::SystemTime,
+) -> ChatEntry {
+    ChatEntry {
+        id,
+        ts,
+        kind: kind.into(),
+        room: msg.room,
+        from: msg.from,
+        from_nickname: msg.from_nickname,
+        to,
+        text: msg.text,
+        client_id: msg.client_id,
+        edited_at: None,
+        deleted: false,
+        deleted_by: None,
+    }
 }
 
 /// A local job in its turn: finished, then its entries count as delivered.
@@ -461,7 +484,6 @@ mod tests {
     use std::time::SystemTime;
 
     use super::*;
-    use crate::db::jobs::NewMessage;
 
     fn entry(id: i64) -> ChatEntry {
         ChatEntry {
