@@ -260,6 +260,26 @@ CREATE TABLE IF NOT EXISTS klav_api_keys (
     revoked_at    timestamptz
 );
 
+-- Schema setup: the digest of the schema.sql last applied. A node whose
+-- schema.sql has this digest skips setup (no table locks while other nodes run).
+CREATE TABLE IF NOT EXISTS klav_schema_applied (
+    singleton   boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    digest      text NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- Each ordered writer's latest transaction, one row per writer process (a
+-- random id; node names the node): written in the transaction itself, so that
+-- a writer whose COMMIT got no answer (the connection broke, the primary
+-- failed over) can read back whether it committed. Rows of writers gone for a
+-- week are deleted at start.
+CREATE TABLE IF NOT EXISTS klav_writer_batches (
+    writer      varchar(40) PRIMARY KEY,
+    node        varchar(100) NOT NULL,
+    batch       bigint NOT NULL,
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+
 -- One row: the schema version this database was last brought to.
 CREATE TABLE IF NOT EXISTS klav_schema_version (
     singleton   boolean PRIMARY KEY DEFAULT true CHECK (singleton),

@@ -49,6 +49,12 @@ pub struct Config {
     pub retention_interval: Duration,
     /// `KLAV_DATA_DIR`: embedded cluster and generated secret (default `./klav-data`).
     pub data_dir: PathBuf,
+    /// `KLAV_STATEMENT_TIMEOUT_MS` (default 30000; 0 = none): the longest one
+    /// statement of a general database worker may run (PostgreSQL's
+    /// `statement_timeout` on its connections), so that a stuck query cannot hold
+    /// a worker forever; the request gets `UNAVAILABLE`. Not the writer's: its
+    /// batches are short, and one cut off would fail every write queued behind it.
+    pub statement_timeout: Duration,
     /// `KLAV_DB_BATCH`: most messages the writer commits in one transaction
     /// (default 512; 1 turns group commit off, for comparison).
     pub db_batch: usize,
@@ -301,6 +307,12 @@ impl Config {
             )?),
             data_dir: PathBuf::from(get("KLAV_DATA_DIR").unwrap_or("./klav-data")),
             db_batch: positive(get("KLAV_DB_BATCH"), "KLAV_DB_BATCH", 512)? as usize,
+            statement_timeout: Duration::from_millis(parse(
+                get("KLAV_STATEMENT_TIMEOUT_MS"),
+                "KLAV_STATEMENT_TIMEOUT_MS",
+                30_000,
+                "a whole number of milliseconds (0 = no limit)",
+            )?),
             max_output_bytes: positive(
                 get("KLAV_MAX_OUTPUT_BYTES"),
                 "KLAV_MAX_OUTPUT_BYTES",
@@ -602,6 +614,14 @@ mod tests {
             normalise_database_url("postgres://u@h/d").unwrap(),
             "postgresql://u@h/d"
         );
+        // Several hosts, the writable one wanted (libpq's form).
+        assert_eq!(
+            normalise_database_url(
+                "postgres://u:p@h1:5432,h2:5433/d?target_session_attrs=read-write"
+            )
+            .unwrap(),
+            "postgresql://u:p@h1:5432,h2:5433/d?target_session_attrs=read-write"
+        );
         assert!(normalise_database_url("mysql://u@h/d").is_err());
         assert!(normalise_database_url("nonsense").is_err());
     }
@@ -660,6 +680,23 @@ mod tests {
         assert!(e.contains("KLAV_API_RATE"), "{e}");
         let m = HashMap::from([("KLAV_API_BURST".to_string(), "7".to_string())]);
         assert_eq!(Config::from_map(&m).unwrap().api_burst, 7);
+    }
+
+    #[test]
+    fn statement_timeout_defaults_to_30_s_and_0_means_none() {
+        assert_eq!(
+            Config::defaults().statement_timeout,
+            Duration::from_secs(30)
+        );
+        let mut m = HashMap::new();
+        m.insert("KLAV_STATEMENT_TIMEOUT_MS".to_string(), "0".to_string());
+        assert_eq!(
+            Config::from_map(&m).unwrap().statement_timeout,
+            Duration::ZERO
+        );
+        m.insert("KLAV_STATEMENT_TIMEOUT_MS".to_string(), "5s".to_string());
+        let e = Config::from_map(&m).err().unwrap().to_string();
+        assert!(e.contains("KLAV_STATEMENT_TIMEOUT_MS"), "{e}");
     }
 
     #[test]

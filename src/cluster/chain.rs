@@ -159,6 +159,22 @@ impl<H> Chains<H> {
         out
     }
 
+    /// The batch held for right after entry `prev` of `room`, taken out: a
+    /// read that reaches `prev` delivers it in place of its own copy of the
+    /// same entries.
+    pub fn take_at(&mut self, room: &str, prev: i64) -> Option<H> {
+        if self.held.is_empty() {
+            return None;
+        }
+        let held = self.held.get_mut(room)?;
+        let out = held.remove(&prev);
+        if held.is_empty() {
+            self.held.remove(room);
+            self.gaps.remove(room);
+        }
+        out
+    }
+
     /// Rooms whose gap has lasted [`GAP_WAIT`] with no read under way, and the
     /// entry id up to which to read (the `prev` of the first held batch). Each
     /// is marked as being read.
@@ -241,6 +257,18 @@ mod tests {
         assert_eq!(c.next_ready("r"), Some(("c", false)));
         assert_eq!(c.next_ready("r"), None);
         assert!(c.overdue(now + GAP_WAIT * 2).is_empty(), "no gap left");
+    }
+
+    #[test]
+    fn a_held_batch_is_taken_at_its_place() {
+        let now = Instant::now();
+        let mut c: Chains<&str> = Chains::default();
+        c.track("r", 1);
+        c.hold("r", 4, "local", now);
+        assert_eq!(c.take_at("r", 3), None, "held after 4, not 3");
+        assert_eq!(c.take_at("r", 4), Some("local"));
+        assert!(!c.waiting("r"), "nothing held, no gap left");
+        assert!(c.overdue(now + GAP_WAIT).is_empty());
     }
 
     #[test]

@@ -77,10 +77,16 @@ impl Cluster {
     }
 
     /// The listener (re)connected: what may have been missed is read back
-    /// (not on the first connect: nothing was missed yet).
+    /// (not on the first connect: nothing was missed yet), and this node's
+    /// presence rows are written again by the next sweep: the database may
+    /// be another server now (a failover), whose copy lacks the last writes
+    /// of the old primary when its standby was asynchronous.
     pub fn connected(&mut self, state: &State) -> Vec<Submit> {
         if !std::mem::replace(&mut self.connected_once, true) {
             return Vec::new();
+        }
+        for p in self.presence.values_mut().filter(|p| !p.busy) {
+            p.written = None;
         }
         vec![self.catch_up(state)]
     }

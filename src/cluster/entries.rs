@@ -8,7 +8,7 @@ use std::time::Instant;
 use super::bus::MemberOp;
 use super::chain::Gate;
 use super::node::{Cluster, Held, RemoteEntry, Submit, Work};
-use crate::db::jobs::{ChainLink, ChatEntry, Job, Outcome};
+use crate::db::jobs::{ChainLink, ChatEntry, DmResult, Duplicate, Job, NewMessage, Outcome};
 use crate::db::Ticket;
 use crate::state::State;
 
@@ -24,12 +24,10 @@ impl Cluster {
                 Vec::new()
             }
             gate => {
-                if gate == Gate::Seen {
-                    crate::log!(
-                        Warn,
-                        "entries {last} of {room} delivered before their own commit"
-                    );
-                }
+                let local = match gate {
+                    Gate::Seen => already_delivered(local, &room),
+                    _ => local,
+                };
                 let mut work = finished(local, room.clone(), last);
                 work.push(Work::Release {
                     room,
@@ -62,12 +60,10 @@ impl Cluster {
             match held {
                 Held::Local(local) => {
                     let last = local.2.last;
-                    if seen {
-                        crate::log!(
-                            Warn,
-                            "entries {last} of {room} delivered before their own commit"
-                        );
-                    }
+                    let local = match seen {
+                        true => already_delivered(local, room),
+                        false => local,
+                    };
                     let mut work = finished(local, room.to_string(), last);
                     work.push(Work::Release {
                         room: room.to_string(),
@@ -218,17 +214,48 @@ impl Cluster {
     }
 
     /// The entries of a read that this node has not delivered yet, in order.
+    ///
+    /// An entry is delivered once, whichever way reaches this node first. A
+    /// batch held for its turn (this node's own job, or another node's entry
+    /// heard on the bus) goes out in place of the read's copy of the same
+    /// entries when the read reaches it: this node's job is finished (its
+    /// requester answered) rather than its entries delivered as if another
+    /// node's and then, when it was released, again.
     pub fn deliver_read(
         &mut self,
         room: &str,
         entries: Vec<ChatEntry>,
         queued: &[i64],
     ) -> Vec<Work> {
-        let Some(last) = self.chains.last(room) else {
+        let Some(mut last) = self.chains.last(room) else {
             return Vec::new();
         };
         let mut work = Vec::new();
-        for entry in entries.into_iter().filter(|e| e.id > last) {
+        for entry in entries {
+            if entry.id <= last {
+                continue;
+            }
+            if let Some(held) = self.chains.take_at(room, last) {
+                match held {
+                    Held::Local(local) => {
+                        last = local.2.last;
+                        work.extend(finished(local, room.to_string(), last));
+                    }
+                    Held::Remote(r) => {
+                        last = r.entry.id;
+                        work.push(Work::Deliver(r));
+                        work.push(Work::Advance {
+                            room: room.to_string(),
+                            last,
+                        });
+                    }
+                    // Announced by reference: this read is its copy.
+                    Held::Reference(_) => {}
+                }
+                if entry.id <= last {
+                    continue;
+                }
+            }
             let id = entry.id;
             let op = self.ref_ops.remove(&id);
             let queued = queued.contains(&id);
@@ -237,6 +264,7 @@ impl Cluster {
                 room: room.to_string(),
                 last: id,
             });
+            last = id;
         }
         work
     }
@@ -356,6 +384,66 @@ impl Cluster {
     }
 }
 
+/// This node's job whose entries reached this room's members another way (a
+/// read-back): a message or DM is answered to its requester alone, as a
+/// repeated send is, not delivered again. (Other jobs are finished as usual:
+/// their effects on memory must not be skipped.)
+fn already_delivered(
+    local: Box<(Ticket, Outcome, ChainLink)>,
+    room: &str,
+) -> Box<(Ticket, Outcome, ChainLink)> {
+    let (ticket, outcome, link) = *local;
+    crate::log!(
+        Warn,
+        "entries {} of {room} delivered before their own commit; answering its requester only",
+        link.last
+    );
+    let outcome = match outcome {
+        Outcome::Msg { msg, id, ts } => Outcome::MsgDuplicate(Box::new(Duplicate {
+            entry: stored_entry(msg, "msg", None, id, ts),
+            queued: false,
+        })),
+        Outcome::Dm {
+            msg,
+            to,
+            result: DmResult::Stored { id, ts, queued, .. },
+        } => {
+            let entry = stored_entry(msg.clone(), "dm", Some(to.clone()), id, ts);
+            Outcome::Dm {
+                msg,
+                to,
+                result: DmResult::Duplicate(Box::new(Duplicate { entry, queued })),
+            }
+        }
+        other => other,
+    };
+    Box::new((ticket, outcome, link))
+}
+
+/// A message or DM as the entry it was stored as.
+fn stored_entry(
+    msg: NewMessage,
+    kind: &str,
+    to: Option<String>,
+    id: i64,
+    ts: std::time::SystemTime,
+) -> ChatEntry {
+    ChatEntry {
+        id,
+        ts,
+        kind: kind.into(),
+        room: msg.room,
+        from: msg.from,
+        from_nickname: msg.from_nickname,
+        to,
+        text: msg.text,
+        client_id: msg.client_id,
+        edited_at: None,
+        deleted: false,
+        deleted_by: None,
+    }
+}
+
 /// A local job in its turn: finished, then its entries count as delivered.
 fn finished(local: Box<(Ticket, Outcome, ChainLink)>, room: String, last: i64) -> Vec<Work> {
     vec![Work::Finish(local), Work::Advance { room, last }]
@@ -388,5 +476,106 @@ pub fn reconcile_room(state: &mut State, room: &str, members: &[String]) {
         {
             state.joined(user, room);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+
+    fn entry(id: i64) -> ChatEntry {
+        ChatEntry {
+            id,
+            ts: SystemTime::now(),
+            kind: "msg".into(),
+            room: "r".into(),
+            from: "bob".into(),
+            from_nickname: "bob".into(),
+            to: None,
+            text: format!("m{id}"),
+            client_id: None,
+            edited_at: None,
+            deleted: false,
+            deleted_by: None,
+        }
+    }
+
+    /// This node's message `id`, committed after entry `prev` of room `r`.
+    fn local(prev: i64, id: i64) -> Box<(Ticket, Outcome, ChainLink)> {
+        let msg = NewMessage {
+            room: "r".into(),
+            from: "alice".into(),
+            from_nickname: "alice".into(),
+            text: format!("m{id}"),
+            client_id: None,
+            token_gen: 0,
+            poster: crate::db::jobs::Poster::Member,
+        };
+        let outcome = Outcome::Msg {
+            msg,
+            id,
+            ts: SystemTime::now(),
+        };
+        let link = ChainLink {
+            room: "r".into(),
+            prev,
+            last: id,
+        };
+        Box::new((Ticket::internal(), outcome, link))
+    }
+
+    fn describe(work: &[Work]) -> Vec<String> {
+        work.iter()
+            .map(|w| match w {
+                Work::Deliver(r) => format!("deliver {}", r.entry.id),
+                Work::Finish(l) => match &l.1 {
+                    Outcome::Msg { id, .. } => format!("finish {id}"),
+                    Outcome::MsgDuplicate(d) => format!("answer {}", d.entry.id),
+                    _ => "finish".into(),
+                },
+                Work::Advance { last, .. } => format!("advance {last}"),
+                Work::Release { .. } => "release".into(),
+                _ => "other".into(),
+            })
+            .collect()
+    }
+
+    /// A read back (after a gap, or the catch-up after a failover) that
+    /// reaches this node's own batch, held for its turn, finishes that batch
+    /// in place of delivering the read's copy: each entry goes out once.
+    #[test]
+    fn a_read_reaching_a_held_local_batch_finishes_it_instead_of_its_copy() {
+        let mut c = Cluster::new(true, "n0".into(), 1);
+        c.chains.track("r", 1);
+        // Entry 3 is this node's, committed after entry 2 of another node
+        // that has not been heard: held.
+        assert!(c.committed(local(2, 3)).is_empty());
+        let read = vec![entry(2), entry(3), entry(4)];
+        let work = c.entries_read("r", read, &[], Instant::now());
+        assert_eq!(
+            describe(&work),
+            [
+                "deliver 2",
+                "advance 2",
+                "finish 3",
+                "advance 3",
+                "deliver 4",
+                "advance 4"
+            ]
+        );
+        assert!(!c.chains.waiting("r"), "nothing held any more");
+    }
+
+    /// This node's message whose entry reached the room another way first is
+    /// answered to its requester alone, not delivered again.
+    #[test]
+    fn a_local_message_seen_before_its_commit_is_only_answered() {
+        let mut c = Cluster::new(true, "n0".into(), 1);
+        c.chains.track("r", 1);
+        c.chains.advance("r", 3);
+        let work = c.committed(local(2, 3));
+        assert_eq!(describe(&work), ["answer 3", "advance 3", "release"]);
     }
 }

@@ -4,6 +4,8 @@
 
 use std::fmt;
 
+use postgres::error::SqlState;
+
 /// A database failure, as the loop needs to tell it apart.
 #[derive(Debug)]
 pub enum DbError {
@@ -29,8 +31,14 @@ impl From<postgres::Error> for DbError {
     fn from(e: postgres::Error) -> Self {
         match e.as_db_error() {
             // A server-side error on a live connection, except the ones a shutdown
-            // or restart produces, which mean "not reachable right now".
-            Some(db) if !db.code().code().starts_with("57P") => {
+            // or restart produces, and a write refused by a read-only server (a
+            // standby, or a primary demoted by a failover): they mean "no
+            // writable database reachable right now", and the connection is
+            // replaced (see `pool::discard`).
+            Some(db)
+                if !db.code().code().starts_with("57P")
+                    && *db.code() != SqlState::READ_ONLY_SQL_TRANSACTION =>
+            {
                 DbError::Query(db.message().to_string())
             }
             _ => DbError::Unavailable(e.to_string()),

@@ -15,8 +15,9 @@
 //!
 //! This file holds only the handle that starts and feeds them ([`Db`]). The rest:
 //! - `jobs`, `entry`: what the loop asks and what comes back; `error`: [`DbError`];
-//! - `pool`: connection settings and names, the schema, the shared pool, and the
+//! - `pool`: connection settings and names, the shared pool, and the
 //!   circuit breaker that answers at once while PostgreSQL is down;
+//! - `schema`: `schema.sql`, applied by one node at a time;
 //! - `wakeup`: how finished jobs reach the loop ([`CompletionSink`], [`Wakeup`]);
 //! - `worker` and `queries`: the general workers and each job's SQL, by family;
 //! - `writer`: the ordered writer, by concern;
@@ -46,6 +47,7 @@ pub mod offline_queue;
 mod pool;
 pub mod queries;
 pub mod rows;
+mod schema;
 pub mod tickets;
 mod wakeup;
 mod worker;
@@ -61,7 +63,8 @@ use pool::{build_pool, Health, Source};
 pub use crate::ticket::QueueFull;
 pub use error::DbError;
 pub use jobs::{Completion, Job, Outcome, Ticket};
-pub use pool::{application_name, apply_schema, pg_config, Pool, SCHEMA_SQL};
+pub use pool::{application_name, pg_config, Pool};
+pub use schema::{apply_schema, SCHEMA_SQL};
 pub use wakeup::{CompletionSink, Wakeup};
 pub use writer::{new_room_id, WriterStats};
 
@@ -83,6 +86,8 @@ pub struct DbSettings {
     /// This node's name, in its connections' `application_name`.
     pub node: String,
     pub workers: usize,
+    /// The general workers' `statement_timeout` (zero: none).
+    pub statement_timeout: std::time::Duration,
     pub batch: usize,
     /// What seals this node's notifications when it shares the database with
     /// other nodes: its writes then notify them (see `notify`).
@@ -116,6 +121,7 @@ impl Db {
             let source = Source::new(
                 pool,
                 application_name(&settings.node, &format!("worker {i}")),
+                settings.statement_timeout,
             );
             threads.push(
                 std::thread::Builder::new()
@@ -125,17 +131,27 @@ impl Db {
             );
         }
         let batch = settings.batch;
+        let node = settings.node.clone();
         let bus = settings.bus.clone();
         let stats = Arc::new(WriterStats::default());
         let writer_stats = stats.clone();
         let health_for_db = health.clone();
         let writer_rx: Receiver<(Ticket, Job)> = writer_rx;
-        let source = Source::new(pool, application_name(&settings.node, "writer"));
+        // No statement timeout: a batch cut off would fail every write in it.
+        let source = Source::new(
+            pool,
+            application_name(&settings.node, "writer"),
+            std::time::Duration::ZERO,
+        );
         threads.push(
             std::thread::Builder::new()
                 .name("klav-db-writer".into())
                 .spawn(move || {
-                    writer::run(source, writer_rx, sink, health, batch, bus, writer_stats)
+                    let settings = writer::Settings {
+                        max_batch: batch,
+                        node,
+                    };
+                    writer::run(source, writer_rx, sink, health, settings, bus, writer_stats)
                 })
                 .expect("spawn database writer"),
         );

@@ -1,10 +1,11 @@
 //! How the database threads reach PostgreSQL: the connection settings every
-//! klav connection uses and the `application_name` it shows, the schema applied
-//! at start, the shared r2d2 [`Pool`], the [`Source`] each thread checks out
-//! from, and [`Health`], the circuit breaker that answers at once while
-//! PostgreSQL is down. Separate from [`Db`](super::Db), which only starts and
+//! klav connection uses and the `application_name` it shows, the shared r2d2
+//! [`Pool`] (which never hands out again a session found on a read-only
+//! server), the [`Source`] each thread checks out from, and [`Health`], the
+//! circuit breaker that answers at once while PostgreSQL is down. Separate from [`Db`](super::Db), which only starts and
 //! feeds the threads.
 
+use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -13,24 +14,89 @@ use r2d2_postgres::PostgresConnectionManager;
 
 use super::error::DbError;
 
-/// The schema, applied at every start; see `schema.sql`.
-pub const SCHEMA_SQL: &str = include_str!("../../schema.sql");
-
-pub type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+pub type Pool = r2d2::Pool<Manager>;
 
 /// A connection checked out of the [`Pool`].
-pub(crate) type Conn = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
+pub(crate) type Conn = r2d2::PooledConnection<Manager>;
+
+/// A pooled PostgreSQL session, and whether it must not be used again.
+pub struct Session {
+    client: postgres::Client,
+    /// Set when the session failed as an outage does while its socket stayed
+    /// open: the server became a read-only standby (a demoted primary after a
+    /// failover), or is shutting down. The pool then drops it instead of
+    /// handing it out again, and the next checkout connects afresh — with a
+    /// multi-host `DATABASE_URL` and `target_session_attrs=read-write`, to
+    /// whichever host is the writable primary now.
+    discard: bool,
+}
+
+impl Deref for Session {
+    type Target = postgres::Client;
+    fn deref(&self) -> &postgres::Client {
+        &self.client
+    }
+}
+
+impl DerefMut for Session {
+    fn deref_mut(&mut self) -> &mut postgres::Client {
+        &mut self.client
+    }
+}
+
+/// r2d2_postgres's manager, which connects the pool's sessions with the
+/// settings of [`pg_config`] and checks them, plus the one thing it cannot
+/// know: a session marked by [`discard`] is broken even though its socket is open.
+pub struct Manager {
+    inner: PostgresConnectionManager<NoTls>,
+}
+
+impl r2d2::ManageConnection for Manager {
+    type Connection = Session;
+    type Error = postgres::Error;
+
+    fn connect(&self) -> Result<Session, postgres::Error> {
+        Ok(Session {
+            client: self.inner.connect()?,
+            discard: false,
+        })
+    }
+
+    fn is_valid(&self, s: &mut Session) -> Result<(), postgres::Error> {
+        self.inner.is_valid(&mut s.client)
+    }
+
+    fn has_broken(&self, s: &mut Session) -> bool {
+        s.discard || self.inner.has_broken(&mut s.client)
+    }
+}
+
+/// Lets go of a thread's connection after it failed as in an outage
+/// ([`DbError::Unavailable`]): never back into the pool (see
+/// [`Session::discard`]).
+pub(crate) fn discard(conn: Option<Conn>) {
+    if let Some(mut c) = conn {
+        c.discard = true;
+    }
+}
 
 /// Where a database thread takes its connection from, and the
-/// `application_name` it gives the connection while it holds it.
+/// `application_name` and `statement_timeout` it gives the connection while it
+/// holds it.
 pub(crate) struct Source {
     pool: Pool,
     name: String,
+    /// `statement_timeout` in PostgreSQL's syntax (`"0"`: none).
+    statement_timeout: String,
 }
 
 impl Source {
-    pub(super) fn new(pool: Pool, name: String) -> Source {
-        Source { pool, name }
+    pub(super) fn new(pool: Pool, name: String, statement_timeout: Duration) -> Source {
+        Source {
+            pool,
+            name,
+            statement_timeout: format!("{}ms", statement_timeout.as_millis()),
+        }
     }
 }
 
@@ -43,7 +109,9 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(300);
 /// The pool the database threads share: `size` connections at most, none kept
 /// idle, a checkout bounded by [`CONNECT_TIMEOUT`]; nothing is connected yet.
 pub(super) fn build_pool(pg: postgres::Config, size: u32) -> Pool {
-    let manager = PostgresConnectionManager::new(pg, NoTls);
+    let manager = Manager {
+        inner: PostgresConnectionManager::new(pg, NoTls),
+    };
     r2d2::Pool::builder()
         .max_size(size)
         .min_idle(Some(0))
@@ -73,13 +141,15 @@ impl Health {
         }
     }
 
-    /// Checks out a connection for a thread, named after it from now on, or
-    /// fails fast while PostgreSQL is known down.
+    /// Checks out a connection for a thread, named after it and with its
+    /// statement timeout from now on (one round trip for both), or fails fast
+    /// while PostgreSQL is known down.
     pub(crate) fn get(&self, source: &Source) -> Result<Conn, DbError> {
         let mut conn = self.checkout(&source.pool)?;
         conn.execute(
-            "SELECT set_config('application_name', $1, false)",
-            &[&source.name],
+            "SELECT set_config('application_name', $1, false), \
+                    set_config('statement_timeout', $2, false)",
+            &[&source.name, &source.statement_timeout],
         )?;
         Ok(conn)
     }
@@ -186,17 +256,6 @@ fn cut(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
-}
-
-/// Runs `schema.sql` in one transaction.
-pub fn apply_schema(pg: &postgres::Config) -> Result<(), DbError> {
-    let mut client = pg
-        .connect(NoTls)
-        .map_err(|e| DbError::Unavailable(e.to_string()))?;
-    let mut tx = client.transaction()?;
-    tx.batch_execute(SCHEMA_SQL)?;
-    tx.commit()?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use crossbeam_channel::Receiver;
 use super::error::DbError;
 use super::jobs::{Completion, Job, Outcome, Ticket};
 use super::notify::Notifier;
-use super::pool::{Conn, Health, Source};
+use super::pool::{discard, Conn, Health, Source};
 use super::queries::{self, Stmts};
 use super::wakeup::CompletionSink;
 
@@ -61,9 +61,9 @@ fn attempt(
         *conn = Some((health.get(source)?, Stmts::default()));
     }
     let (c, st) = conn.as_mut().expect("connection just ensured");
-    let result = queries::run_with(&mut **c, st, bus, job);
+    let result = queries::run_with(&mut ***c, st, bus, job);
     if matches!(result, Err(DbError::Unavailable(_))) {
-        *conn = None;
+        discard(conn.take().map(|(c, _)| c));
     }
     result
 }

@@ -126,6 +126,7 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
             url: database_url.to_string(),
             node: node.clone(),
             workers: config.db_workers,
+            statement_timeout: config.statement_timeout,
             batch: config.db_batch,
             bus: sealer
                 .clone()

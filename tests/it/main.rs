@@ -50,6 +50,8 @@ mod turn_budgets;
 // Operations: the process, its log and metrics, the database under it, import.
 mod api_docs;
 mod cli;
+mod db_failover;
+mod db_setup;
 mod docs_links;
 mod embedded_cluster;
 mod fuzzing;

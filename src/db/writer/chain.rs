@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 
 use postgres::Transaction;
 
+use super::commit::{record, Mark};
 use super::stats::WriterStats;
 use crate::db::entry::ChatEntry;
 use crate::db::error::DbError;
@@ -183,13 +184,17 @@ pub(super) fn finish_chain(
     Ok(())
 }
 
+/// Stores each room's last message and the batch's mark (see `commit`), in
+/// one statement when the batch has a last message (a batch of messages gains
+/// no round trip), else the mark alone.
 pub(super) fn update_lasts(
     tx: &mut Transaction<'_>,
     st: &mut Stmts,
     lasts: Lasts<'_>,
+    mark: &Mark<'_>,
 ) -> Result<(), DbError> {
     if lasts.is_empty() {
-        return Ok(());
+        return record(tx, st, mark);
     }
     let mut ids = Vec::with_capacity(lasts.len());
     let mut entry_ids = Vec::with_capacity(lasts.len());
@@ -205,12 +210,27 @@ pub(super) fn update_lasts(
     }
     let s = st.get(
         tx,
-        "UPDATE rooms SET last_message_text = u.t, last_message_from = u.f, \
+        "WITH mark AS ( \
+             INSERT INTO klav_writer_batches (writer, node, batch) VALUES ($6, $7, $8) \
+             ON CONFLICT (writer) DO UPDATE SET batch = EXCLUDED.batch, updated_at = now()) \
+         UPDATE rooms SET last_message_text = u.t, last_message_from = u.f, \
                 last_message_kind = u.k, last_message_ts = now(), last_message_id = u.e \
          FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[]) \
               AS u(id, t, f, k, e) \
          WHERE rooms.id = u.id",
     )?;
-    tx.execute(&s, &[&ids, &texts, &froms, &kinds, &entry_ids])?;
+    tx.execute(
+        &s,
+        &[
+            &ids,
+            &texts,
+            &froms,
+            &kinds,
+            &entry_ids,
+            &mark.writer,
+            &mark.node,
+            &mark.batch,
+        ],
+    )?;
     Ok(())
 }

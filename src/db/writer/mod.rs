@@ -23,11 +23,14 @@
 //! - `blocks`: block and unblock (a block ends the follow the other way);
 //! - `accounts`: token revocation, and the check of the batch's senders
 //!   against it; `deletion`: an account's deletion;
-//! - `written`: each job's result until COMMIT; `stats`: the counters.
+//! - `written`: each job's result until COMMIT; `stats`: the counters;
+//! - `commit`: each batch's mark, and a batch whose COMMIT got no answer
+//!   resolved by it before its requests are answered.
 
 mod accounts;
 mod blocks;
 mod chain;
+mod commit;
 mod deletion;
 mod dm;
 mod follows;
@@ -43,39 +46,72 @@ mod written;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use postgres::Transaction;
 
 use super::error::DbError;
 use super::jobs::{ChainLink, Completion, Job, NewMessage, Outcome, Poster, Ticket};
 use super::nodes;
 use super::notify::Notifier;
-use super::pool::{Conn, Health, Source};
+use super::pool::{discard, Conn, Health, Source};
 use super::rows::Stmts;
 use super::wakeup::CompletionSink;
 use chain::{entry_rooms, finish_chain, lock_rooms, update_lasts, Batch};
+use commit::{Mark, Marks, Unresolved};
 use messages::insert_messages;
 use written::{Linked, Written};
 
 pub use rooms::new_room_id;
 pub use stats::WriterStats;
 
+/// What the writer is told at start besides its channels.
+pub(super) struct Settings {
+    /// Most jobs in one transaction (`KLAV_DB_BATCH`).
+    pub max_batch: usize,
+    /// This node's name, in its row of `klav_writer_batches`.
+    pub node: String,
+}
+
 pub(super) fn run(
     source: Source,
     rx: Receiver<(Ticket, Job)>,
     sink: CompletionSink,
     health: Arc<Health>,
-    max_batch: usize,
+    settings: Settings,
     bus: Option<Arc<dyn Notifier>>,
     stats: Arc<WriterStats>,
 ) {
-    let bus = bus.as_deref();
-    let mut conn: Option<(Conn, Stmts)> = None;
+    let max_batch = settings.max_batch;
+    let mut w = Writer {
+        source,
+        health,
+        conn: None,
+        marks: Marks::new(&settings.node),
+        unresolved: None,
+        bus: bus.as_deref(),
+        stats,
+    };
+    commit::forget_old_writers(&w.source, &w.health);
     let mut batch: Vec<(Ticket, Job)> = Vec::with_capacity(max_batch);
-    while let Ok(first) = rx.recv() {
-        if health.stopping() {
+    loop {
+        // While a batch waits to be resolved, wake up to ask again even when
+        // no job arrives.
+        let first = match w.unresolved {
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(_) => rx.recv_timeout(commit::RESOLVE_EVERY),
+        };
+        let first = match first {
+            Ok(job) => Some(job),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        if w.health.stopping() {
+            // Shutting down: the connections waiting for it are closing.
+            w.unresolved = None;
             continue;
         }
+        w.settle(&sink);
+        let Some(first) = first else { continue };
         batch.push(first);
         while batch.len() < max_batch {
             match rx.try_recv() {
@@ -83,45 +119,18 @@ pub(super) fn run(
                 Err(_) => break,
             }
         }
-        let jobs: Vec<&Job> = batch.iter().map(|(_, j)| j).collect();
-        let senders: Vec<Sender> = batch
-            .iter()
-            .map(|(t, _)| t.sender.as_ref().map(|(u, g)| (u.as_str(), *g)))
-            .collect();
-        let n = jobs.len() as u64;
-        stats.batches.fetch_add(1, Ordering::Relaxed);
-        stats.jobs.fetch_add(n, Ordering::Relaxed);
-        stats.largest.fetch_max(n, Ordering::Relaxed);
-        let results: Vec<Result<Linked, DbError>> =
-            match write_batch(&source, &health, &mut conn, &jobs, &senders, bus, &stats) {
-                Ok(written) => written.into_iter().map(Ok).collect(),
-                Err(DbError::Query(why)) if batch.len() > 1 => {
-                    crate::log!(
-                        Warn,
-                        "write batch failed ({why}); retrying its jobs one by one"
-                    );
-                    jobs.iter()
-                        .zip(&senders)
-                        .map(|(j, s)| {
-                            write_batch(&source, &health, &mut conn, &[j], &[*s], bus, &stats)
-                                .map(|mut v| v.pop().expect("one result per job"))
-                        })
-                        .collect()
-                }
-                Err(e) => {
-                    let e = health.observe::<()>(Err(e)).unwrap_err();
-                    jobs.iter().map(|_| Err(clone_err(&e))).collect()
-                }
-            };
-        for ((ticket, job), result) in batch.drain(..).zip(results) {
-            match result {
-                Ok((w, Some(link))) => {
-                    sink.send(Completion::Chained(ticket, w.into_outcome(job), link))
-                }
-                Ok((w, None)) => sink.send(Completion::Db(ticket, Ok(w.into_outcome(job)))),
-                Err(e) => sink.send(Completion::Db(ticket, Err(e))),
-            }
-        }
+        let (slots, unknown) = w.write(&batch);
+        w.answer(&sink, &mut batch, slots, unknown);
+    }
+}
+
+/// Sends one job's result to the loop: a committed job that added entries
+/// goes to its room's chain, any other to its requester.
+fn release(sink: &CompletionSink, ticket: Ticket, job: Job, result: Result<Linked, DbError>) {
+    match result {
+        Ok((w, Some(link))) => sink.send(Completion::Chained(ticket, w.into_outcome(job), link)),
+        Ok((w, None)) => sink.send(Completion::Db(ticket, Ok(w.into_outcome(job)))),
+        Err(e) => sink.send(Completion::Db(ticket, Err(e))),
     }
 }
 
@@ -135,59 +144,236 @@ fn clone_err(e: &DbError) -> DbError {
     }
 }
 
-fn write_batch(
-    source: &Source,
-    health: &Health,
-    conn: &mut Option<(Conn, Stmts)>,
-    jobs: &[&Job],
-    senders: &[Sender<'_>],
-    bus: Option<&dyn Notifier>,
-    stats: &WriterStats,
-) -> Result<Vec<Linked>, DbError> {
-    let mut reused = true;
-    loop {
-        if conn.as_ref().is_none_or(|(c, _)| c.is_closed()) {
-            *conn = Some((health.get(source)?, Stmts::default()));
-            reused = false;
-        }
-        // Outer `Err`: BEGIN failed, nothing of the batch was sent.
-        let attempt: Result<Result<Vec<Linked>, DbError>, DbError> = {
-            let (c, st) = conn.as_mut().expect("connection just ensured");
-            match c.transaction() {
-                Err(e) => Err(e.into()),
-                Ok(mut tx) => {
-                    let result =
-                        apply(&mut tx, st, jobs, senders, bus, stats).and_then(|outcomes| {
-                            tx.commit()?;
-                            Ok(outcomes)
-                        });
-                    if matches!(result, Err(DbError::Query(_))) {
-                        // A failed statement may have left a prepared statement
-                        // invalid (e.g. after a schema change); start clean.
-                        *st = Stmts::default();
-                    }
-                    Ok(result)
-                }
-            }
+/// A job's result once its batch is over: known, or waiting to learn whether
+/// its COMMIT took effect (see `commit`).
+enum Slot {
+    Ready(Result<Linked, DbError>),
+    Unknown(Linked),
+}
+
+/// What one transaction came to.
+enum Wrote {
+    Done(Vec<Linked>),
+    /// Nothing of it is stored.
+    Failed(DbError),
+    /// COMMIT got no answer: stored or not, to be resolved by its mark.
+    Unknown(Vec<Linked>, i64),
+}
+
+/// The writer thread's state between batches.
+struct Writer<'n> {
+    source: Source,
+    health: Arc<Health>,
+    conn: Option<(Conn, Stmts)>,
+    marks: Marks,
+    /// A batch whose COMMIT got no answer: while it is here, later batches are
+    /// refused (see `commit`).
+    unresolved: Option<Unresolved>,
+    bus: Option<&'n dyn Notifier>,
+    stats: Arc<WriterStats>,
+}
+
+impl Writer<'_> {
+    /// Writes a batch: one result per job, and the mark of the transaction
+    /// whose COMMIT got no answer, if one did not.
+    fn write(&mut self, batch: &[(Ticket, Job)]) -> (Vec<Slot>, Option<i64>) {
+        let fail = |e: &DbError| {
+            batch
+                .iter()
+                .map(|_| Slot::Ready(Err(clone_err(e))))
+                .collect()
         };
-        match attempt {
-            // A kept connection may have died while idle (PostgreSQL restarted):
-            // BEGIN fails before anything was sent, so one retry on a fresh
-            // connection is safe and saves its senders a spurious UNAVAILABLE.
-            Err(DbError::Unavailable(why)) => {
-                *conn = None;
-                if reused {
-                    reused = false;
-                    continue;
-                }
-                return Err(DbError::Unavailable(why));
+        if self.unresolved.is_some() {
+            let e = DbError::Unavailable("the outcome of an earlier write is not known yet".into());
+            return (fail(&e), None);
+        }
+        let jobs: Vec<&Job> = batch.iter().map(|(_, j)| j).collect();
+        let senders: Vec<Sender> = batch
+            .iter()
+            .map(|(t, _)| t.sender.as_ref().map(|(u, g)| (u.as_str(), *g)))
+            .collect();
+        let n = jobs.len() as u64;
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.stats.jobs.fetch_add(n, Ordering::Relaxed);
+        self.stats.largest.fetch_max(n, Ordering::Relaxed);
+        match self.transaction(&jobs, &senders) {
+            Wrote::Done(written) => (
+                written.into_iter().map(|l| Slot::Ready(Ok(l))).collect(),
+                None,
+            ),
+            Wrote::Unknown(written, mark) => {
+                (written.into_iter().map(Slot::Unknown).collect(), Some(mark))
             }
-            Err(e) => return Err(e),
-            Ok(result) => {
-                if matches!(result, Err(DbError::Unavailable(_))) {
-                    *conn = None;
+            Wrote::Failed(DbError::Query(why)) if batch.len() > 1 => {
+                crate::log!(
+                    Warn,
+                    "write batch failed ({why}); retrying its jobs one by one"
+                );
+                self.one_by_one(&jobs, &senders)
+            }
+            Wrote::Failed(e) => {
+                let e = self.health.observe::<()>(Err(e)).unwrap_err();
+                (fail(&e), None)
+            }
+        }
+    }
+
+    /// Each job in its own transaction, after its batch failed; once one
+    /// COMMIT gets no answer, the rest are refused (see `commit`).
+    fn one_by_one(&mut self, jobs: &[&Job], senders: &[Sender<'_>]) -> (Vec<Slot>, Option<i64>) {
+        let mut slots = Vec::with_capacity(jobs.len());
+        let mut unknown = None;
+        for (j, s) in jobs.iter().zip(senders) {
+            if unknown.is_some() {
+                let e =
+                    DbError::Unavailable("the outcome of an earlier write is not known yet".into());
+                slots.push(Slot::Ready(Err(e)));
+                continue;
+            }
+            slots.push(match self.transaction(&[j], &[*s]) {
+                Wrote::Done(mut v) => Slot::Ready(Ok(v.pop().expect("one result per job"))),
+                Wrote::Failed(e) => Slot::Ready(Err(e)),
+                Wrote::Unknown(mut v, mark) => {
+                    unknown = Some(mark);
+                    Slot::Unknown(v.pop().expect("one result per job"))
                 }
-                return result;
+            });
+        }
+        (slots, unknown)
+    }
+
+    /// Sends the batch's results to the loop, in order; the jobs whose
+    /// COMMIT got no answer (`unknown`: its mark) wait, unresolved.
+    fn answer(
+        &mut self,
+        sink: &CompletionSink,
+        batch: &mut Vec<(Ticket, Job)>,
+        slots: Vec<Slot>,
+        unknown: Option<i64>,
+    ) {
+        let mut pending = Vec::new();
+        let mut written = Vec::new();
+        for ((ticket, job), slot) in batch.drain(..).zip(slots) {
+            match slot {
+                Slot::Ready(result) => release(sink, ticket, job, result),
+                Slot::Unknown(linked) => {
+                    pending.push((ticket, job));
+                    written.push(linked);
+                }
+            }
+        }
+        if let Some(mark) = unknown {
+            crate::log!(
+                Warn,
+                "the database did not answer the COMMIT of {} writes; their answers wait \
+                 until it can tell whether they are stored",
+                pending.len()
+            );
+            self.unresolved = Some(Unresolved {
+                batch: pending,
+                written,
+                mark,
+            });
+        }
+    }
+
+    /// Asks whether the unresolved batch committed; once the database can
+    /// tell, its jobs are answered with the truth.
+    fn settle(&mut self, sink: &CompletionSink) {
+        let Some(u) = self.unresolved.take() else {
+            return;
+        };
+        let Some(committed) = commit::resolve(
+            &self.source,
+            &self.health,
+            &mut self.conn,
+            &self.marks,
+            u.mark,
+        ) else {
+            self.unresolved = Some(u);
+            return;
+        };
+        crate::log!(
+            Warn,
+            "the {} writes whose COMMIT got no answer {}",
+            u.batch.len(),
+            if committed {
+                "are stored: acknowledged now"
+            } else {
+                "are not stored: answered UNAVAILABLE"
+            }
+        );
+        for ((ticket, job), linked) in u.batch.into_iter().zip(u.written) {
+            let result = match committed {
+                true => Ok(linked),
+                false => Err(DbError::Unavailable(
+                    "the connection broke during COMMIT, which did not take effect".into(),
+                )),
+            };
+            release(sink, ticket, job, result);
+        }
+    }
+
+    /// One transaction of `jobs`, on the kept connection (or a fresh one).
+    fn transaction(&mut self, jobs: &[&Job], senders: &[Sender<'_>]) -> Wrote {
+        let mut reused = true;
+        loop {
+            if self.conn.as_ref().is_none_or(|(c, _)| c.is_closed()) {
+                match self.health.get(&self.source) {
+                    Ok(c) => self.conn = Some((c, Stmts::default())),
+                    Err(e) => return Wrote::Failed(e),
+                }
+                reused = false;
+            }
+            let mark = self.marks.next();
+            let (c, st) = self.conn.as_mut().expect("connection just ensured");
+            let wrote = match c.transaction() {
+                // BEGIN failed: nothing of the batch was sent.
+                Err(e) => Err(DbError::from(e)),
+                Ok(mut tx) => {
+                    let applied = apply(&mut tx, st, jobs, senders, self.bus, &self.stats, &mark);
+                    Ok(match applied {
+                        Err(e) => Wrote::Failed(e),
+                        Ok(written) => match tx.commit().map_err(DbError::from) {
+                            Ok(()) => Wrote::Done(written),
+                            // The connection broke during COMMIT.
+                            Err(DbError::Unavailable(_)) => Wrote::Unknown(written, mark.batch),
+                            Err(e) => Wrote::Failed(e),
+                        },
+                    })
+                }
+            };
+            match wrote {
+                // A kept connection may have died while idle (PostgreSQL
+                // restarted): BEGIN fails before anything was sent, so one
+                // retry on a fresh connection is safe and saves its senders a
+                // spurious UNAVAILABLE.
+                Err(DbError::Unavailable(why)) => {
+                    discard(self.conn.take().map(|(c, _)| c));
+                    if reused {
+                        reused = false;
+                        continue;
+                    }
+                    return Wrote::Failed(DbError::Unavailable(why));
+                }
+                Err(e) => return Wrote::Failed(e),
+                Ok(wrote) => {
+                    match &wrote {
+                        Wrote::Failed(DbError::Unavailable(_)) | Wrote::Unknown(..) => {
+                            discard(self.conn.take().map(|(c, _)| c));
+                        }
+                        // A failed statement may have left a prepared
+                        // statement invalid (e.g. after a schema change);
+                        // start clean.
+                        Wrote::Failed(DbError::Query(_)) => {
+                            if let Some((_, st)) = self.conn.as_mut() {
+                                *st = Stmts::default();
+                            }
+                        }
+                        Wrote::Done(_) => {}
+                    }
+                    return wrote;
+                }
             }
         }
     }
@@ -204,6 +390,7 @@ fn apply<'a>(
     senders: &[Sender<'_>],
     bus: Option<&dyn Notifier>,
     stats: &WriterStats,
+    mark: &Mark<'_>,
 ) -> Result<Vec<Linked>, DbError> {
     let mut written: Vec<Option<Written>> = Vec::with_capacity(jobs.len());
     let mut links: Vec<Option<ChainLink>> = vec![None; jobs.len()];
@@ -259,7 +446,7 @@ fn apply<'a>(
         &mut b,
         &mut savepoints,
     )?;
-    update_lasts(tx, st, b.lasts)?;
+    update_lasts(tx, st, b.lasts, mark)?;
     finish_chain(tx, st, b.chain, stats)?;
     Ok(written
         .into_iter()

@@ -20,6 +20,7 @@ pub mod logs;
 pub mod nodes;
 pub mod os;
 pub mod owned_rooms;
+pub mod pg_pair;
 pub mod raw_http;
 pub mod scrape;
 pub mod switch_proxy;
