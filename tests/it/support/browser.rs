@@ -90,10 +90,11 @@ pub fn say(p: &Page, text: &str) {
     p.enter();
 }
 
-/// The message list: (id, from, kind, text) of every entry, in page order.
+/// The message list: (id, from, kind, text) of every stored entry, in page
+/// order (a message still pending has no id yet and is left out).
 pub fn messages(p: &Page) -> Vec<(i64, String, String, String)> {
     let v = p.eval(
-        "[...document.querySelectorAll('[data-testid=\"message\"]')].map(e => \
+        "[...document.querySelectorAll('[data-testid=\"message\"]:not([data-pending=\"true\"])')].map(e => \
          [Number(e.dataset.id), e.dataset.from, e.dataset.kind, e.querySelector('.text').textContent])",
     );
     v.as_array()
