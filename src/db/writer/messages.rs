@@ -14,6 +14,7 @@ use super::written::{Linked, Written};
 use crate::db::error::DbError;
 use crate::db::jobs::{ChainLink, Duplicate, EditResult, NewMessage, Outcome, ReadResult, Role};
 use crate::db::notify::EntryRef;
+use crate::db::outbox;
 use crate::db::rows::{entry_from_row, Stmts};
 
 /// Savepoints one batch may take for messages with a `client_id` (see
@@ -162,8 +163,8 @@ fn insert_keyed(
 }
 
 /// A message just stored: linked into its room's chain (and noted for the
-/// other nodes) and made the room's last message, both borrowed from the job.
-/// Returns its link.
+/// other nodes), made the room's last message, both borrowed from the job,
+/// and reported to the webhook. Returns its link.
 fn link_message<'a>(
     b: &mut Batch<'a, '_>,
     msg: &'a NewMessage,
@@ -194,6 +195,17 @@ fn link_message<'a>(
             kind: "msg",
         },
     );
+    b.chain.report(|| {
+        outbox::message_created(
+            &msg.room,
+            id,
+            ts,
+            &msg.from,
+            &msg.from_nickname,
+            &msg.text,
+            msg.client_id.as_deref(),
+        )
+    });
     ChainLink {
         room: msg.room.clone(),
         prev,

@@ -50,6 +50,7 @@ use super::error::DbError;
 use super::jobs::{ChainLink, Completion, Job, NewMessage, Outcome, Ticket};
 use super::nodes;
 use super::notify::Notifier;
+use super::outbox::Outbox;
 use super::pool::{Conn, Health, Source};
 use super::rows::Stmts;
 use super::wakeup::CompletionSink;
@@ -60,16 +61,33 @@ use written::{Linked, Written};
 pub use rooms::new_room_id;
 pub use stats::WriterStats;
 
+/// Who hears of what the writer commits: the other nodes (in a cluster) and
+/// the webhook outbox (with webhooks on).
+pub(super) struct Reporters {
+    pub(super) bus: Option<Arc<dyn Notifier>>,
+    pub(super) outbox: Option<Arc<Outbox>>,
+}
+
+/// [`Reporters`], borrowed for one batch.
+#[derive(Clone, Copy)]
+struct Reports<'a> {
+    bus: Option<&'a dyn Notifier>,
+    outbox: Option<&'a Outbox>,
+}
+
 pub(super) fn run(
     source: Source,
     rx: Receiver<(Ticket, Job)>,
     sink: CompletionSink,
     health: Arc<Health>,
     max_batch: usize,
-    bus: Option<Arc<dyn Notifier>>,
+    reporters: Reporters,
     stats: Arc<WriterStats>,
 ) {
-    let bus = bus.as_deref();
+    let reports = Reports {
+        bus: reporters.bus.as_deref(),
+        outbox: reporters.outbox.as_deref(),
+    };
     let mut conn: Option<(Conn, Stmts)> = None;
     let mut batch: Vec<(Ticket, Job)> = Vec::with_capacity(max_batch);
     while let Ok(first) = rx.recv() {
@@ -93,7 +111,7 @@ pub(super) fn run(
         stats.jobs.fetch_add(n, Ordering::Relaxed);
         stats.largest.fetch_max(n, Ordering::Relaxed);
         let results: Vec<Result<Linked, DbError>> =
-            match write_batch(&source, &health, &mut conn, &jobs, &senders, bus, &stats) {
+            match write_batch(&source, &health, &mut conn, &jobs, &senders, reports, &stats) {
                 Ok(written) => written.into_iter().map(Ok).collect(),
                 Err(DbError::Query(why)) if batch.len() > 1 => {
                     crate::log!(
@@ -103,7 +121,7 @@ pub(super) fn run(
                     jobs.iter()
                         .zip(&senders)
                         .map(|(j, s)| {
-                            write_batch(&source, &health, &mut conn, &[j], &[*s], bus, &stats)
+                            write_batch(&source, &health, &mut conn, &[j], &[*s], reports, &stats)
                                 .map(|mut v| v.pop().expect("one result per job"))
                         })
                         .collect()
@@ -113,6 +131,9 @@ pub(super) fn run(
                     jobs.iter().map(|_| Err(clone_err(&e))).collect()
                 }
             };
+        if let Some(outbox) = reports.outbox {
+            outbox.committed();
+        }
         for ((ticket, job), result) in batch.drain(..).zip(results) {
             match result {
                 Ok((w, Some(link))) => {
@@ -141,7 +162,7 @@ fn write_batch(
     conn: &mut Option<(Conn, Stmts)>,
     jobs: &[&Job],
     senders: &[Sender<'_>],
-    bus: Option<&dyn Notifier>,
+    reports: Reports<'_>,
     stats: &WriterStats,
 ) -> Result<Vec<Linked>, DbError> {
     let mut reused = true;
@@ -157,7 +178,7 @@ fn write_batch(
                 Err(e) => Err(e.into()),
                 Ok(mut tx) => {
                     let result =
-                        apply(&mut tx, st, jobs, senders, bus, stats).and_then(|outcomes| {
+                        apply(&mut tx, st, jobs, senders, reports, stats).and_then(|outcomes| {
                             tx.commit()?;
                             Ok(outcomes)
                         });
@@ -195,19 +216,19 @@ fn write_batch(
 
 /// Runs a batch's jobs in `tx`, in order: the rooms they add to locked first,
 /// consecutive messages gathered into one INSERT, every other job written
-/// where it stands; each room's last message, newest entry id and the
-/// batch's notes stored at the end.
+/// where it stands; each room's last message, newest entry id, the batch's
+/// webhook events (one INSERT) and its notes stored at the end.
 fn apply<'a>(
     tx: &mut Transaction<'_>,
     st: &mut Stmts,
     jobs: &[&'a Job],
     senders: &[Sender<'_>],
-    bus: Option<&dyn Notifier>,
+    reports: Reports<'_>,
     stats: &WriterStats,
 ) -> Result<Vec<Linked>, DbError> {
     let mut written: Vec<Option<Written>> = Vec::with_capacity(jobs.len());
     let mut links: Vec<Option<ChainLink>> = vec![None; jobs.len()];
-    let mut b = Batch::new(bus);
+    let mut b = Batch::new(reports.bus, reports.outbox.is_some());
     lock_rooms(tx, st, &entry_rooms(jobs), &mut b.chain)?;
     let mut generations = accounts::sender_generations(tx, st, jobs, senders)?;
     // Consecutive messages waiting for their multi-row INSERT: (index, message).
@@ -254,6 +275,9 @@ fn apply<'a>(
         &mut savepoints,
     )?;
     update_lasts(tx, st, b.lasts)?;
+    if let (Some(outbox), Some(events)) = (reports.outbox, &b.chain.events) {
+        outbox.insert(tx, st, events)?;
+    }
     finish_chain(tx, st, b.chain, stats)?;
     Ok(written
         .into_iter()
@@ -309,7 +333,7 @@ fn write_one(
             to,
             log_id,
             at,
-        } => dm::write_queue_dm(tx, st, &b.chain, msg, to, *log_id, *at),
+        } => dm::write_queue_dm(tx, st, &mut b.chain, msg, to, *log_id, *at),
         Job::Edit { username, id, text } => {
             messages::write_edit(tx, st, &mut b.chain, username, *id, text.as_deref())
         }
