@@ -359,13 +359,19 @@ fn render_webhooks(text: &mut String, w: &crate::db::outbox::OutboxStats) {
          # TYPE klav_webhook_deliveries_total counter\n",
     );
     for (status, n) in delivered {
-        let _ = writeln!(text, "klav_webhook_deliveries_total{{status=\"{status}\"}} {n}");
+        let _ = writeln!(
+            text,
+            "klav_webhook_deliveries_total{{status=\"{status}\"}} {n}"
+        );
     }
     text.push_str(
         "# HELP klav_webhook_failures_total Failed webhook attempts by this node, by HTTP status (or timeout, connect, error).\n\
          # TYPE klav_webhook_failures_total counter\n",
     );
     for (status, n) in failed {
-        let _ = writeln!(text, "klav_webhook_failures_total{{status=\"{status}\"}} {n}");
+        let _ = writeln!(
+            text,
+            "klav_webhook_failures_total{{status=\"{status}\"}} {n}"
+        );
     }
 }

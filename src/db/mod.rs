@@ -145,7 +145,15 @@ impl Db {
             std::thread::Builder::new()
                 .name("klav-db-writer".into())
                 .spawn(move || {
-                    writer::run(source, writer_rx, sink, health, batch, reports, writer_stats)
+                    writer::run(
+                        source,
+                        writer_rx,
+                        sink,
+                        health,
+                        batch,
+                        reports,
+                        writer_stats,
+                    )
                 })
                 .expect("spawn database writer"),
         );

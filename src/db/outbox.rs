@@ -205,6 +205,9 @@ pub struct OutboxStats {
     failed: Mutex<BTreeMap<String, u64>>,
 }
 
+/// Counts by status label, in label order.
+pub type ByStatus = Vec<(String, u64)>;
+
 impl OutboxStats {
     /// One attempt's outcome: `ok` a 2xx, `status` its label.
     pub fn attempt(&self, ok: bool, status: &str) {
@@ -214,7 +217,7 @@ impl OutboxStats {
     }
 
     /// (delivered, failed) counts by status label.
-    pub fn attempts(&self) -> (Vec<(String, u64)>, Vec<(String, u64)>) {
+    pub fn attempts(&self) -> (ByStatus, ByStatus) {
         let read = |m: &Mutex<BTreeMap<String, u64>>| {
             let m = m.lock().unwrap_or_else(|e| e.into_inner());
             m.iter().map(|(k, v)| (k.clone(), *v)).collect()
@@ -225,7 +228,8 @@ impl OutboxStats {
     /// The gauges, as of the last read of the outbox.
     pub fn set_gauges(&self, pending: u64, oldest_secs: u64, dead: u64) {
         self.pending.store(pending, Ordering::Relaxed);
-        self.oldest_pending_secs.store(oldest_secs, Ordering::Relaxed);
+        self.oldest_pending_secs
+            .store(oldest_secs, Ordering::Relaxed);
         self.dead.store(dead, Ordering::Relaxed);
     }
 }
@@ -308,7 +312,10 @@ mod tests {
                 banned: false,
             },
         );
-        assert_eq!((e.data["kicked"].as_bool(), e.data["banned"].as_bool()), (Some(true), Some(false)));
+        assert_eq!(
+            (e.data["kicked"].as_bool(), e.data["banned"].as_bool()),
+            (Some(true), Some(false))
+        );
         let e = member_left(
             "r_1",
             "bo",
@@ -318,7 +325,10 @@ mod tests {
                 banned: true,
             },
         );
-        assert_eq!((e.data["kicked"].as_bool(), e.data["banned"].as_bool()), (Some(false), Some(true)));
+        assert_eq!(
+            (e.data["kicked"].as_bool(), e.data["banned"].as_bool()),
+            (Some(false), Some(true))
+        );
         assert_eq!(e.data["by"], "al");
     }
 

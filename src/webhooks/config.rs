@@ -45,8 +45,7 @@ pub fn from_vars<'a>(
     let rest = url
         .strip_prefix("http://")
         .or_else(|| url.strip_prefix("https://"));
-    if rest.is_none_or(|r| r.is_empty() || r.starts_with('/') || r.contains(char::is_whitespace))
-    {
+    if rest.is_none_or(|r| r.is_empty() || r.starts_with('/') || r.contains(char::is_whitespace)) {
         return Err(ConfigError::Invalid {
             var: "KLAV_WEBHOOK_URL",
             value: url.to_string(),

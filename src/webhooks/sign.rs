@@ -47,7 +47,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 || !s.is_ascii() {
+    if !s.len().is_multiple_of(2) || !s.is_ascii() {
         return None;
     }
     (0..s.len())
@@ -78,8 +78,17 @@ mod tests {
         assert!(verify(key, &h, r#"{"id":"evt_1"}"#, 1000, 300));
         assert!(verify(key, &h, r#"{"id":"evt_1"}"#, 1200, 300));
         assert!(!verify(key, &h, r#"{"id":"evt_1"}"#, 1400, 300), "too old");
-        assert!(!verify(key, &h, r#"{"id":"evt_2"}"#, 1000, 300), "other body");
-        assert!(!verify(b"another key, also 32 bytes long!", &h, r#"{"id":"evt_1"}"#, 1000, 300));
+        assert!(
+            !verify(key, &h, r#"{"id":"evt_2"}"#, 1000, 300),
+            "other body"
+        );
+        assert!(!verify(
+            b"another key, also 32 bytes long!",
+            &h,
+            r#"{"id":"evt_1"}"#,
+            1000,
+            300
+        ));
         assert!(!verify(key, "t=1000", "{}", 1000, 300));
         assert!(!verify(key, "garbage", "{}", 1000, 300));
     }

@@ -176,12 +176,7 @@ pub fn delivered(c: &mut Client, id: i64, status: u16) -> Result<(), DbError> {
 /// attempt, at most [`MAX_BACKOFF_SECS`]); dead-lettered once its
 /// `give_up_at` (24 hours after it was written, or retried) has passed.
 /// Returns whether it was dead-lettered.
-pub fn failed(
-    c: &mut Client,
-    id: i64,
-    status: Option<u16>,
-    error: &str,
-) -> Result<bool, DbError> {
+pub fn failed(c: &mut Client, id: i64, status: Option<u16>, error: &str) -> Result<bool, DbError> {
     let row = c.query_one(
         "UPDATE klav_webhook_outbox SET attempts = attempts + 1, \
                 last_status = $2, last_error = left($3, 500), \
@@ -246,22 +241,21 @@ pub struct Dead {
 
 /// Every dead-lettered event, oldest first.
 pub fn list_dead(c: &mut Client) -> Result<Vec<Dead>, DbError> {
-    Ok(c
-        .query(
-            "SELECT id, type, created_at, attempts, last_status, last_error \
+    Ok(c.query(
+        "SELECT id, type, created_at, attempts, last_status, last_error \
              FROM klav_webhook_outbox WHERE dead_at IS NOT NULL ORDER BY id",
-            &[],
-        )?
-        .into_iter()
-        .map(|r| Dead {
-            id: r.get(0),
-            kind: r.get(1),
-            created_at: r.get(2),
-            attempts: r.get(3),
-            last_status: r.get(4),
-            last_error: r.get(5),
-        })
-        .collect())
+        &[],
+    )?
+    .into_iter()
+    .map(|r| Dead {
+        id: r.get(0),
+        kind: r.get(1),
+        created_at: r.get(2),
+        attempts: r.get(3),
+        last_status: r.get(4),
+        last_error: r.get(5),
+    })
+    .collect())
 }
 
 /// Makes dead-lettered events due again (`id`: that one; `None`: all), with

@@ -71,3 +71,5 @@ mod klav_js;
 mod web_assets;
 mod web_chat;
 mod web_sessions;
+mod webhooks;
+mod webhooks_process;

@@ -110,27 +110,28 @@ pub(super) fn run(
         stats.batches.fetch_add(1, Ordering::Relaxed);
         stats.jobs.fetch_add(n, Ordering::Relaxed);
         stats.largest.fetch_max(n, Ordering::Relaxed);
-        let results: Vec<Result<Linked, DbError>> =
-            match write_batch(&source, &health, &mut conn, &jobs, &senders, reports, &stats) {
-                Ok(written) => written.into_iter().map(Ok).collect(),
-                Err(DbError::Query(why)) if batch.len() > 1 => {
-                    crate::log!(
-                        Warn,
-                        "write batch failed ({why}); retrying its jobs one by one"
-                    );
-                    jobs.iter()
-                        .zip(&senders)
-                        .map(|(j, s)| {
-                            write_batch(&source, &health, &mut conn, &[j], &[*s], reports, &stats)
-                                .map(|mut v| v.pop().expect("one result per job"))
-                        })
-                        .collect()
-                }
-                Err(e) => {
-                    let e = health.observe::<()>(Err(e)).unwrap_err();
-                    jobs.iter().map(|_| Err(clone_err(&e))).collect()
-                }
-            };
+        let results: Vec<Result<Linked, DbError>> = match write_batch(
+            &source, &health, &mut conn, &jobs, &senders, reports, &stats,
+        ) {
+            Ok(written) => written.into_iter().map(Ok).collect(),
+            Err(DbError::Query(why)) if batch.len() > 1 => {
+                crate::log!(
+                    Warn,
+                    "write batch failed ({why}); retrying its jobs one by one"
+                );
+                jobs.iter()
+                    .zip(&senders)
+                    .map(|(j, s)| {
+                        write_batch(&source, &health, &mut conn, &[j], &[*s], reports, &stats)
+                            .map(|mut v| v.pop().expect("one result per job"))
+                    })
+                    .collect()
+            }
+            Err(e) => {
+                let e = health.observe::<()>(Err(e)).unwrap_err();
+                jobs.iter().map(|_| Err(clone_err(&e))).collect()
+            }
+        };
         if let Some(outbox) = reports.outbox {
             outbox.committed();
         }
