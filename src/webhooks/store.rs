@@ -11,6 +11,17 @@ use postgres::Client;
 
 use crate::db::DbError;
 
+/// The condition of an event still to deliver (the pending index's), for
+/// the table as it is named or aliased.
+macro_rules! pending {
+    () => {
+        "delivered_at IS NULL AND dead_at IS NULL"
+    };
+    ($t:literal) => {
+        concat!($t, ".delivered_at IS NULL AND ", $t, ".dead_at IS NULL")
+    };
+}
+
 /// How long a claim holds its events from other nodes' threads. A thread
 /// renews it while it works through a run; a node killed mid-delivery leaves
 /// its events to the others once it lapses (or to itself, restarted under
@@ -60,26 +71,48 @@ pub fn claim(
 ) -> Result<Vec<Vec<Claimed>>, DbError> {
     let mut tx = c.transaction()?;
     let rows = tx.query(
-        "WITH heads AS (\
-            SELECT DISTINCT ON (order_key) id FROM klav_webhook_outbox \
-            WHERE delivered_at IS NULL AND dead_at IS NULL ORDER BY order_key, id), \
-         due AS (\
-            SELECT o.order_key FROM klav_webhook_outbox o JOIN heads h ON h.id = o.id \
-            WHERE (CASE WHEN $3 THEN o.next_attempt_at > now() ELSE o.next_attempt_at <= now() END) \
-              AND (o.claimed_until IS NULL OR o.claimed_until < now()) \
-            ORDER BY CASE WHEN $3 THEN o.next_attempt_at END, o.id LIMIT $1), \
-         runs AS (\
-            SELECT id, min(id) OVER (PARTITION BY order_key) AS head, \
-                   row_number() OVER (PARTITION BY order_key ORDER BY id) AS n \
-            FROM klav_webhook_outbox \
-            WHERE order_key IN (SELECT order_key FROM due) \
-              AND delivered_at IS NULL AND dead_at IS NULL) \
-         SELECT o.id, o.type, o.order_key, o.created_at, o.payload::text, r.head, r.n \
-         FROM klav_webhook_outbox o JOIN runs r ON r.id = o.id \
-         WHERE r.n <= $2 AND o.delivered_at IS NULL AND o.dead_at IS NULL \
-           AND (o.claimed_until IS NULL OR o.claimed_until < now()) \
-         ORDER BY o.order_key, o.id \
-         FOR UPDATE OF o SKIP LOCKED",
+        concat!(
+            // Each order key with pending events, by a skip scan of the
+            // pending index: as many probes as keys, however long the backlog.
+            "WITH RECURSIVE keys(k) AS (\
+                (SELECT order_key FROM klav_webhook_outbox WHERE ",
+            pending!(),
+            " ORDER BY order_key LIMIT 1) \
+              UNION ALL \
+                SELECT (SELECT order_key FROM klav_webhook_outbox WHERE ",
+            pending!(),
+            " AND order_key > keys.k ORDER BY order_key LIMIT 1) \
+                FROM keys WHERE keys.k IS NOT NULL), ",
+            // The keys whose oldest pending event is due (or, probing, waiting
+            // out a backoff) and unclaimed.
+            "due AS (\
+                SELECT h.order_key FROM keys CROSS JOIN LATERAL (\
+                    SELECT id, order_key, next_attempt_at, claimed_until \
+                    FROM klav_webhook_outbox WHERE order_key = keys.k AND ",
+            pending!(),
+            " ORDER BY id LIMIT 1) h \
+                WHERE keys.k IS NOT NULL \
+                  AND (CASE WHEN $3 THEN h.next_attempt_at > now() \
+                            ELSE h.next_attempt_at <= now() END) \
+                  AND (h.claimed_until IS NULL OR h.claimed_until < now()) \
+                ORDER BY CASE WHEN $3 THEN h.next_attempt_at END, h.id LIMIT $1), ",
+            // Their first events, numbered from the head.
+            "runs AS (\
+                SELECT r.id, first_value(r.id) OVER w AS head, row_number() OVER w AS n \
+                FROM due CROSS JOIN LATERAL (\
+                    SELECT id, order_key FROM klav_webhook_outbox \
+                    WHERE order_key = due.order_key AND ",
+            pending!(),
+            " ORDER BY id LIMIT $2) r \
+                WINDOW w AS (PARTITION BY r.order_key ORDER BY r.id)) \
+             SELECT o.id, o.type, o.order_key, o.created_at, o.payload::text, r.head, r.n \
+             FROM klav_webhook_outbox o JOIN runs r ON r.id = o.id \
+             WHERE ",
+            pending!("o"),
+            " AND (o.claimed_until IS NULL OR o.claimed_until < now()) \
+             ORDER BY o.order_key, o.id \
+             FOR UPDATE OF o SKIP LOCKED"
+        ),
         &[&keys, &run, &probe],
     )?;
     // A key whose head this transaction did not lock (another thread holds
