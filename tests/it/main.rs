@@ -72,4 +72,5 @@ mod web_assets;
 mod web_chat;
 mod web_sessions;
 mod webhooks;
+mod webhooks_docs;
 mod webhooks_process;
