@@ -25,14 +25,22 @@ use super::store::{self, Claimed, LEASE};
 use crate::db::outbox::Outbox;
 use crate::db::DbError;
 
-/// Order keys one claim takes: few, so that the other threads find the
-/// other keys while this one works through its runs.
-const KEYS_PER_CLAIM: i64 = 2;
+/// Order keys one claim takes. A claim reads every key with pending events
+/// (see [`store::claim`]), so it takes several and works through them in
+/// turn; the other threads find the keys after them.
+const KEYS_PER_CLAIM: i64 = 16;
 /// Events of one key one claim takes (delivered in turn, under one lease).
 const RUN: i64 = 20;
 /// How often an idle thread looks for events other nodes wrote (this node's
 /// own wake it at once).
 const IDLE_POLL: Duration = Duration::from_secs(1);
+/// The least time between two claims of a thread that found nothing due: the
+/// writer's commits wake it far more often than that while every pending
+/// key waits out a backoff (a receiver down, chat going on).
+const MIN_CLAIM_GAP: Duration = Duration::from_millis(250);
+/// How long a thread rests after a claim whose every attempt failed, rather
+/// than claiming the next keys at once (whose attempts would fail as fast).
+const FAILED_PAUSE: Duration = Duration::from_secs(1);
 /// How often a node tries one event waiting out a backoff, to learn that the
 /// receiver is back.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(15);
@@ -126,10 +134,18 @@ pub fn start(
     Delivery { shared, threads }
 }
 
+/// A connection of the delivery's own. Its commits do not wait for the WAL
+/// flush: a claim or a "delivered" lost in a crash only means one more
+/// delivery, which at-least-once allows, and chat's commits (which do wait)
+/// do not queue behind a flush per delivered event.
 fn connect(shared: &Shared, role: &str) -> Result<Client, DbError> {
     let name = crate::db::application_name(&shared.node, role);
     let pg = crate::db::pg_config(&shared.database_url, &name)?;
-    pg.connect(NoTls).map_err(DbError::from)
+    let mut c = pg.connect(NoTls)?;
+    // No parallel workers either: the gauges' count must not take cores
+    // from chat's queries.
+    c.batch_execute("SET synchronous_commit = off; SET max_parallel_workers_per_gather = 0")?;
+    Ok(c)
 }
 
 /// One thread: claim, deliver, repeat; wait for a signal (or [`IDLE_POLL`])
@@ -142,10 +158,7 @@ fn run(shared: &Shared, index: usize) {
     while !shared.stop.load(Ordering::Acquire) {
         if client.as_ref().is_none_or(Client::is_closed) {
             match connect(shared, &format!("webhooks {index}")) {
-                Ok(c) => {
-                    client = Some(c);
-                    down_logged = false;
-                }
+                Ok(c) => client = Some(c),
                 Err(e) => {
                     if !down_logged {
                         crate::log!(Warn, "webhooks: database unavailable: {e}");
@@ -157,6 +170,10 @@ fn run(shared: &Shared, index: usize) {
             }
         }
         let c = client.as_mut().expect("connected just now");
+        if down_logged && c.simple_query("SELECT 1").is_ok() {
+            crate::log!(Info, "webhooks: the database answers again");
+            down_logged = false;
+        }
         if index == 0 && gauges_at.elapsed() >= GAUGES_EVERY {
             gauges_at = Instant::now();
             if let Err(e) = maintain(c, &shared.outbox) {
@@ -164,10 +181,18 @@ fn run(shared: &Shared, index: usize) {
             }
         }
         match turn(shared, c) {
-            Ok(true) => {}
-            Ok(false) => shared.outbox.signal.wait(&mut seen, IDLE_POLL),
+            Ok(Turn::Delivered) => {}
+            Ok(Turn::Failed) => shared.pause(FAILED_PAUSE),
+            Ok(Turn::Nothing) => {
+                shared.pause(MIN_CLAIM_GAP);
+                shared.outbox.signal.wait(&mut seen, IDLE_POLL);
+            }
             Err(e) => {
-                crate::log!(Warn, "webhooks: {e}");
+                // Once per outage, not once a second per thread.
+                if !down_logged {
+                    crate::log!(Warn, "webhooks: {e}");
+                    down_logged = true;
+                }
                 client = None;
                 shared.outbox.signal.wait(&mut seen, IDLE_POLL);
             }
@@ -175,26 +200,60 @@ fn run(shared: &Shared, index: usize) {
     }
 }
 
-/// Claims and delivers what is due; `false` when nothing was.
-fn turn(shared: &Shared, c: &mut Client) -> Result<bool, DbError> {
+/// What one claim came to.
+enum Turn {
+    /// At least one event was delivered.
+    Delivered,
+    /// Events were due, and every attempt failed.
+    Failed,
+    /// Nothing was due (a probe may have been made).
+    Nothing,
+}
+
+/// Claims and delivers what is due.
+fn turn(shared: &Shared, c: &mut Client) -> Result<Turn, DbError> {
     let runs = store::claim(c, &shared.node, KEYS_PER_CLAIM, RUN, false)?;
     if !runs.is_empty() {
-        for run in &runs {
-            deliver_run(shared, c, run, false)?;
+        let mut delivered = 0;
+        let mut lease = Instant::now();
+        for (i, run) in runs.iter().enumerate() {
+            let later: Vec<i64> = runs[i + 1..].iter().flatten().map(|e| e.id).collect();
+            if shared.stop.load(Ordering::Acquire) {
+                let rest: Vec<i64> = run.iter().map(|e| e.id).chain(later).collect();
+                store::release(c, &shared.node, &rest)?;
+                break;
+            }
+            delivered += deliver_run(shared, c, run, &later, &mut lease, false)?;
         }
-        return Ok(true);
+        return Ok(if delivered > 0 {
+            Turn::Delivered
+        } else {
+            Turn::Failed
+        });
     }
     if !shared.probe_due() {
-        return Ok(false);
+        return Ok(Turn::Nothing);
     }
     let probe = store::claim(c, &shared.node, 1, 1, true)?;
     for run in &probe {
-        deliver_run(shared, c, run, true)?;
+        deliver_run(shared, c, run, &[], &mut Instant::now(), true)?;
     }
-    Ok(false)
+    Ok(Turn::Nothing)
 }
 
 impl Shared {
+    /// Sleeps `d`, or less if the node is stopping.
+    fn pause(&self, d: Duration) {
+        let until = Instant::now() + d;
+        while !self.stop.load(Ordering::Acquire) {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            std::thread::sleep(left.min(Duration::from_millis(50)));
+        }
+    }
+
     /// Whether this node should probe now (and, if so, it is counted as done).
     fn probe_due(&self) -> bool {
         let mut last = self.last_probe.lock().unwrap_or_else(|e| e.into_inner());
@@ -207,22 +266,27 @@ impl Shared {
 }
 
 /// Delivers one run in order, stopping at the first failure (the rest wait
-/// behind it); renews the lease as it goes.
+/// behind it). Renews the claim's lease (`leased`: when it was last taken)
+/// on what is left of it, this run's rest and the `later` runs, as it goes.
+/// Returns how many were delivered.
 fn deliver_run(
     shared: &Shared,
     c: &mut Client,
     run: &[Claimed],
+    later: &[i64],
+    leased: &mut Instant,
     probe: bool,
-) -> Result<(), DbError> {
-    let mut leased_at = Instant::now();
+) -> Result<usize, DbError> {
     for (i, event) in run.iter().enumerate() {
         let rest: Vec<i64> = run[i..].iter().map(|e| e.id).collect();
         if shared.stop.load(Ordering::Acquire) {
-            return store::release(c, &shared.node, &rest);
+            store::release(c, &shared.node, &rest)?;
+            return Ok(i);
         }
-        if leased_at.elapsed() > LEASE / 3 {
-            store::renew(c, &shared.node, &rest)?;
-            leased_at = Instant::now();
+        if leased.elapsed() > LEASE / 3 {
+            let held: Vec<i64> = rest.iter().chain(later).copied().collect();
+            store::renew(c, &shared.node, &held)?;
+            *leased = Instant::now();
         }
         match attempt(shared, event) {
             Ok(status) => {
@@ -249,11 +313,12 @@ fn deliver_run(
                         event.id
                     );
                 }
-                return store::release(c, &shared.node, &rest[1..]);
+                store::release(c, &shared.node, &rest[1..])?;
+                return Ok(i);
             }
         }
     }
-    Ok(())
+    Ok(run.len())
 }
 
 /// Why an attempt failed.

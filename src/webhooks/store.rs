@@ -239,11 +239,10 @@ pub fn receiver_back(c: &mut Client) -> Result<u64, DbError> {
 /// (pending, age in seconds of the oldest pending, dead-lettered).
 pub fn gauges(c: &mut Client) -> Result<(u64, u64, u64), DbError> {
     let r = c.query_one(
-        "SELECT (SELECT count(*) FROM klav_webhook_outbox \
-                 WHERE delivered_at IS NULL AND dead_at IS NULL), \
-                (SELECT COALESCE(extract(epoch FROM now() - min(created_at)), 0)::int8 \
-                 FROM klav_webhook_outbox WHERE delivered_at IS NULL AND dead_at IS NULL), \
-                (SELECT count(*) FROM klav_webhook_outbox WHERE dead_at IS NOT NULL)",
+        "SELECT p.n, p.age, (SELECT count(*) FROM klav_webhook_outbox WHERE dead_at IS NOT NULL) \
+         FROM (SELECT count(*) AS n, \
+                      COALESCE(extract(epoch FROM now() - min(created_at)), 0)::int8 AS age \
+               FROM klav_webhook_outbox WHERE delivered_at IS NULL AND dead_at IS NULL) p",
         &[],
     )?;
     let n = |i: usize| r.get::<_, i64>(i).max(0) as u64;
