@@ -280,6 +280,37 @@ CREATE TABLE IF NOT EXISTS klav_writer_batches (
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
 
+-- Webhooks: events written in the same transaction as what they report (only when
+-- KLAV_WEBHOOK_URL is set), delivered at least once by every node's delivery threads.
+-- The event id sent is "evt_<id>". order_key is what delivery keeps in order: the
+-- room (room events), "dm:<recipient>" (dm.queued) or "user:<name>" (user events).
+-- A row is claimed (FOR UPDATE SKIP LOCKED) with a lease, claimed_until; delivered
+-- rows are pruned after a day; an event still failing at give_up_at (24 hours after
+-- it was written, or retried) is dead-lettered (dead_at) and stays until retried.
+CREATE TABLE IF NOT EXISTS klav_webhook_outbox (
+    id               bigserial PRIMARY KEY,
+    type             text NOT NULL,
+    room_id          varchar(20),
+    order_key        text NOT NULL,
+    payload          jsonb NOT NULL,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    attempts         integer NOT NULL DEFAULT 0,
+    next_attempt_at  timestamptz NOT NULL DEFAULT now(),
+    claimed_by       text,
+    claimed_until    timestamptz,
+    delivered_at     timestamptz,
+    dead_at          timestamptz,
+    last_status      integer,
+    last_error       text,
+    give_up_at       timestamptz NOT NULL DEFAULT now() + interval '24 hours'
+);
+CREATE INDEX IF NOT EXISTS klav_webhook_outbox_pending ON klav_webhook_outbox (order_key, id)
+    WHERE delivered_at IS NULL AND dead_at IS NULL;
+CREATE INDEX IF NOT EXISTS klav_webhook_outbox_delivered ON klav_webhook_outbox (delivered_at)
+    WHERE delivered_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS klav_webhook_outbox_dead ON klav_webhook_outbox (id)
+    WHERE dead_at IS NOT NULL;
+
 -- One row: the schema version this database was last brought to.
 CREATE TABLE IF NOT EXISTS klav_schema_version (
     singleton   boolean PRIMARY KEY DEFAULT true CHECK (singleton),

@@ -168,6 +168,9 @@ pub struct Config {
     /// `KLAV_NODE_TIMEOUT_SECS` (default 10): a node whose heartbeat is older than
     /// this is dead for the others; its users go offline.
     pub node_timeout: Duration,
+    /// `KLAV_WEBHOOK_URL`, `KLAV_WEBHOOK_SECRET`, `KLAV_WEBHOOK_THREADS`:
+    /// webhooks (see `webhooks::config`); `None` (off) unless a URL is set.
+    pub webhook: Option<crate::webhooks::WebhookConfig>,
     /// `KLAV_FAULT_INJECTION=1` enables the `__panic` request (for testing the
     /// panic policy only; never set it in production).
     pub fault_injection: bool,
@@ -452,6 +455,7 @@ impl Config {
                 }
             },
             fault_injection: get("KLAV_FAULT_INJECTION") == Some("1"),
+            webhook: crate::webhooks::config::from_vars(get)?,
             node_name: match get("KLAV_NODE_NAME") {
                 Some(n) if n.len() > 64 || n.contains(|c: char| c.is_control()) => {
                     return Err(ConfigError::Invalid {

@@ -36,6 +36,8 @@
 //!   single ordered writer, by concern (`db::writer`); the embedded PostgreSQL;
 //!   node liveness and presence rows; notes to other nodes through a
 //!   `Notifier` the cluster provides.
+//! - [`webhooks`]: the outbox's events POSTed, signed, to `KLAV_WEBHOOK_URL`
+//!   by delivery threads of their own; `klav webhooks failed|retry`.
 //! - [`import`]: `klav import-json`, the legacy JSON files into the schema.
 //! - [`protocol`]: request decoding, error codes, events.
 //! - [`close`]: why a connection closes and what that means on the wire.
@@ -90,4 +92,5 @@ pub mod ticket;
 pub mod time;
 pub mod turn;
 pub mod web;
+pub mod webhooks;
 pub mod ws;

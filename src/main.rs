@@ -18,6 +18,8 @@ usage: klav                  run the server
                              import the JSON server's files (see klav import-json --help)
        klav api-key create|list|revoke [NAME]
                              keys of the server API (see klav api-key --help)
+       klav webhooks failed | retry [ID|--all]
+                             dead-lettered webhook events (see klav webhooks --help)
        klav -h | --help      this text
        klav -V | --version   the version
 
@@ -75,6 +77,7 @@ fn run() -> ExitCode {
         None => serve(),
         Some("import-json") => import_json(&args[1..]),
         Some("api-key") => api_key(&args[1..]),
+        Some("webhooks") => webhooks(&args[1..]),
         Some("-h" | "--help") if args.len() == 1 => {
             println!(
                 "klav {}: a real-time chat server\n\n{USAGE}",
@@ -290,6 +293,43 @@ fn raise_fd_limit() {
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
     }
+}
+
+/// `klav webhooks failed|retry`: 0 done, 1 failed, 2 usage or configuration.
+fn webhooks(args: &[String]) -> ExitCode {
+    use klav::webhooks::cli;
+    let command = match cli::parse(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("klav webhooks: {e} (see klav webhooks --help)");
+            return ExitCode::from(2);
+        }
+    };
+    if command == cli::Command::Help {
+        println!("{}", cli::USAGE);
+        return ExitCode::SUCCESS;
+    }
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("klav: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let (url, cluster) = match database(&config) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("klav: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let code = cli::run(&url, &command, &mut std::io::stdout());
+    if let Some(mut c) = cluster {
+        if let Err(e) = c.stop() {
+            log!(Error, "{e}");
+        }
+    }
+    ExitCode::from(code)
 }
 
 /// `klav import-json <DIR> [--dry-run]`: exit 0 on success, 1 when the import

@@ -275,6 +275,8 @@ pub struct Snapshot<'a> {
     pub writer: [u64; 4],
     /// Bus notifications dropped, by reason label.
     pub bus_dropped: Vec<(&'static str, u64)>,
+    /// Webhook delivery, when webhooks are on.
+    pub webhooks: Option<&'a crate::db::outbox::OutboxStats>,
 }
 
 /// The `/metrics` text. Gauges are kept as counters: rendering is O(1) however
@@ -343,5 +345,47 @@ pub fn render(s: &Snapshot<'_>) -> String {
             "klav_bus_dropped_total{{reason=\"{reason}\"}} {n}\n"
         ));
     }
+    if let Some(w) = s.webhooks {
+        render_webhooks(&mut text, w);
+    }
     text
+}
+
+/// The webhook lines: the outbox's gauges (cluster-wide, read every few
+/// seconds) and this node's attempts by status.
+fn render_webhooks(text: &mut String, w: &crate::db::outbox::OutboxStats) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let _ = write!(
+        text,
+        "# HELP klav_webhook_pending Webhook events not yet delivered (nor dead-lettered), all nodes.\n\
+         # TYPE klav_webhook_pending gauge\nklav_webhook_pending {}\n\
+         # HELP klav_webhook_oldest_pending_seconds Age of the oldest of them.\n\
+         # TYPE klav_webhook_oldest_pending_seconds gauge\nklav_webhook_oldest_pending_seconds {}\n\
+         # HELP klav_webhook_dead_letters Webhook events dead-lettered (klav webhooks failed lists them).\n\
+         # TYPE klav_webhook_dead_letters gauge\nklav_webhook_dead_letters {}\n",
+        w.pending.load(Relaxed),
+        w.oldest_pending_secs.load(Relaxed),
+        w.dead.load(Relaxed),
+    );
+    let (delivered, failed) = w.attempts();
+    text.push_str(
+        "# HELP klav_webhook_deliveries_total Webhook events delivered by this node, by HTTP status.\n\
+         # TYPE klav_webhook_deliveries_total counter\n",
+    );
+    for (status, n) in delivered {
+        let _ = writeln!(
+            text,
+            "klav_webhook_deliveries_total{{status=\"{status}\"}} {n}"
+        );
+    }
+    text.push_str(
+        "# HELP klav_webhook_failures_total Failed webhook attempts by this node, by HTTP status (or timeout, connect, error).\n\
+         # TYPE klav_webhook_failures_total counter\n",
+    );
+    for (status, n) in failed {
+        let _ = writeln!(
+            text,
+            "klav_webhook_failures_total{{status=\"{status}\"}} {n}"
+        );
+    }
 }

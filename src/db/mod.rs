@@ -23,6 +23,7 @@
 //! - `writer`: the ordered writer, by concern;
 //! - `rows`: the statement cache and rows turned into entries and names;
 //! - `tickets`: WebSocket tickets; `offline_queue`: who loses a DM when a queue is full;
+//! - `outbox`: the webhook events a transaction reports, stored with it;
 //! - `nodes`, `notify`: the cluster's tables, and the notes transactions send it;
 //! - `embedded`: the embedded PostgreSQL cluster;
 //! - `api_keys`: the server API's keys (`klav api-key`, and the check of one).
@@ -44,6 +45,7 @@ pub mod jobs;
 pub mod nodes;
 pub mod notify;
 pub mod offline_queue;
+pub mod outbox;
 mod pool;
 pub mod queries;
 pub mod rows;
@@ -78,6 +80,10 @@ pub struct Db {
     threads: Vec<JoinHandle<()>>,
     health: Arc<Health>,
     pub stats: Arc<WriterStats>,
+    /// With webhooks on, the outbox (its delivery figures for `/metrics`)
+    /// and the threads delivering it, stopped with the others.
+    pub outbox: Option<Arc<outbox::Outbox>>,
+    pub webhooks: Option<crate::webhooks::Delivery>,
 }
 
 /// Settings for [`Db::start`].
@@ -92,6 +98,8 @@ pub struct DbSettings {
     /// What seals this node's notifications when it shares the database with
     /// other nodes: its writes then notify them (see `notify`).
     pub bus: Option<Arc<dyn notify::Notifier>>,
+    /// With webhooks on, where transactions put the events they report.
+    pub outbox: Option<Arc<outbox::Outbox>>,
 }
 
 impl Db {
@@ -111,12 +119,13 @@ impl Db {
         let (writer_tx, writer_rx) = crossbeam_channel::bounded(QUEUE_CAPACITY);
         let mut threads = Vec::new();
         for i in 0..settings.workers {
-            let (pool, rx, sink, health, bus) = (
+            let (pool, rx, sink, health, bus, outbox) = (
                 pool.clone(),
                 general_rx.clone(),
                 sink.clone(),
                 health.clone(),
                 settings.bus.clone(),
+                settings.outbox.clone(),
             );
             let source = Source::new(
                 pool,
@@ -126,13 +135,16 @@ impl Db {
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("klav-db-{i}"))
-                    .spawn(move || worker::run(source, rx, sink, health, bus))
+                    .spawn(move || worker::run(source, rx, sink, health, bus, outbox))
                     .expect("spawn database worker"),
             );
         }
         let batch = settings.batch;
         let node = settings.node.clone();
-        let bus = settings.bus.clone();
+        let reports = writer::Reporters {
+            bus: settings.bus.clone(),
+            outbox: settings.outbox.clone(),
+        };
         let stats = Arc::new(WriterStats::default());
         let writer_stats = stats.clone();
         let health_for_db = health.clone();
@@ -151,7 +163,15 @@ impl Db {
                         max_batch: batch,
                         node,
                     };
-                    writer::run(source, writer_rx, sink, health, settings, bus, writer_stats)
+                    writer::run(
+                        source,
+                        writer_rx,
+                        sink,
+                        health,
+                        settings,
+                        reports,
+                        writer_stats,
+                    )
                 })
                 .expect("spawn database writer"),
         );
@@ -161,6 +181,8 @@ impl Db {
             threads,
             health: health_for_db,
             stats,
+            outbox: settings.outbox.clone(),
+            webhooks: None,
         })
     }
 
@@ -186,6 +208,9 @@ impl Db {
     /// dropped (the loop has already waited, within the shutdown deadline, for
     /// everything it accepted), so shutdown time stays bounded under overload.
     pub fn shutdown(self) {
+        if let Some(w) = self.webhooks {
+            w.stop();
+        }
         self.health.stop();
         drop(self.general);
         drop(self.writer);

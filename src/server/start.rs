@@ -121,7 +121,11 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
     let bus_key = BusKey::derive(jwt_secret);
     let sealer = clustered.then(|| Arc::new(Sealer::new(bus_key.clone(), &node, incarnation)));
     let bus_dropped = Arc::new(BusDropped::default());
-    let db = Db::start(
+    let outbox = config
+        .webhook
+        .is_some()
+        .then(|| Arc::new(crate::db::outbox::Outbox::default()));
+    let mut db = Db::start(
         &DbSettings {
             url: database_url.to_string(),
             node: node.clone(),
@@ -131,10 +135,14 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
             bus: sealer
                 .clone()
                 .map(|s| s as Arc<dyn crate::db::notify::Notifier>),
+            outbox: outbox.clone(),
         },
         sink.clone(),
     )
     .map_err(StartError::Db)?;
+    if let (Some(hooks), Some(outbox)) = (&config.webhook, outbox) {
+        db.webhooks = Some(crate::webhooks::start(hooks, database_url, &node, outbox));
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let bus = match &sealer {
         Some(sealer) => {

@@ -81,3 +81,6 @@ mod web_sessions;
 mod web_v3_account;
 mod web_v3_messages;
 mod web_v3_rooms;
+mod webhooks;
+mod webhooks_docs;
+mod webhooks_process;

@@ -7,23 +7,40 @@ use postgres::{GenericClient, Transaction};
 
 use crate::db::error::DbError;
 use crate::db::jobs::{Outcome, Registration};
+use crate::db::outbox::{self, Outbox};
 use crate::db::rows::Stmts;
 
 /// First key of the advisory lock on a lowercased username (the second is
 /// its hash): registrations of names equal but for case take turns.
 pub const USERNAME_LOCK: i32 = 7_283_912;
 
-/// `Job::Register`: [`register`] in its own transaction.
+/// The account `Job::Register` asks for.
+pub(super) struct NewAccount<'a> {
+    pub(super) username: &'a str,
+    pub(super) password_hash: &'a str,
+    pub(super) nickname: &'a str,
+}
+
+/// `Job::Register`: [`register`] in its own transaction, with its
+/// `user.registered` event when webhooks are on (an account inserted by this
+/// very transaction only: a retried job that finds its own row reports nothing
+/// again).
 pub(super) fn register_account<C: GenericClient>(
     c: &mut C,
     st: &mut Stmts,
-    username: &str,
-    password_hash: &str,
-    nickname: &str,
+    outbox: Option<&Outbox>,
+    new: &NewAccount<'_>,
 ) -> Result<Registration, DbError> {
     let mut tx = c.transaction()?;
-    let result = register(&mut tx, st, username, password_hash, nickname)?;
+    let (result, inserted) = register(&mut tx, st, new.username, new.password_hash, new.nickname)?;
+    if let (true, Some(outbox)) = (inserted, outbox) {
+        let event = outbox::user_registered(new.username, new.nickname);
+        outbox.insert(&mut tx, st, &[event])?;
+    }
     tx.commit()?;
+    if let Some(outbox) = outbox {
+        outbox.committed();
+    }
     Ok(result)
 }
 
@@ -48,28 +65,32 @@ pub(super) fn same_name<C: GenericClient>(
 
 /// Inserts the account unless its name is taken in any case. Without the lock
 /// two registrations of `Mina` and `mina` (on two nodes, say) would both find
-/// nothing and both insert; with it the second finds the first.
+/// nothing and both insert; with it the second finds the first. The flag:
+/// whether this call inserted the row.
 fn register(
     tx: &mut Transaction<'_>,
     st: &mut Stmts,
     username: &str,
     password_hash: &str,
     nickname: &str,
-) -> Result<Registration, DbError> {
+) -> Result<(Registration, bool), DbError> {
     let lock = st.get(tx, "SELECT pg_advisory_xact_lock($1, hashtext(lower($2)))")?;
     tx.execute(&lock, &[&USERNAME_LOCK, &username])?;
     match same_name(tx, st, username)? {
-        Some((name, _, true)) => Ok(Registration::Reserved(name)),
+        Some((name, _, true)) => Ok((Registration::Reserved(name), false)),
         // Already there with this very hash: the hash carries a fresh random
         // salt, so only this request can have written it — an earlier attempt
         // of the same job that committed before its connection broke, which
         // the worker then retried.
-        Some((name, stored, _)) if name == username => Ok(if stored == password_hash {
-            Registration::Created
-        } else {
-            Registration::Already
-        }),
-        Some((name, _, _)) => Ok(Registration::CaseTaken(name)),
+        Some((name, stored, _)) if name == username => Ok((
+            if stored == password_hash {
+                Registration::Created
+            } else {
+                Registration::Already
+            },
+            false,
+        )),
+        Some((name, _, _)) => Ok((Registration::CaseTaken(name), false)),
         None => {
             let s = st.get(
                 tx,
@@ -80,8 +101,8 @@ fn register(
             // only way the name can have appeared since.
             Ok(
                 match tx.execute(&s, &[&username, &password_hash, &nickname])? {
-                    1 => Registration::Created,
-                    _ => Registration::Already,
+                    1 => (Registration::Created, true),
+                    _ => (Registration::Already, false),
                 },
             )
         }

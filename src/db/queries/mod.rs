@@ -27,6 +27,7 @@ use super::error::DbError;
 use super::jobs::{Job, Outcome};
 use super::nodes;
 use super::notify::Notifier;
+use super::outbox::Outbox;
 use super::tickets;
 use resume::ReplayBudget;
 
@@ -37,15 +38,17 @@ pub use rooms::UNREAD_WINDOW;
 
 /// Runs a general (unordered) job that notifies nothing.
 pub fn run<C: GenericClient>(c: &mut C, st: &mut Stmts, job: Job) -> Result<Outcome, DbError> {
-    run_with(c, st, None, job)
+    run_with(c, st, None, None, job)
 }
 
 /// Runs a general (unordered) job; `bus` seals what it notifies (in a cluster:
-/// jobs that notify are only submitted there).
+/// jobs that notify are only submitted there); `outbox`, with webhooks on,
+/// takes the events it reports.
 pub fn run_with<C: GenericClient>(
     c: &mut C,
     st: &mut Stmts,
     bus: Option<&dyn Notifier>,
+    outbox: Option<&Outbox>,
     job: Job,
 ) -> Result<Outcome, DbError> {
     let bus = || bus.ok_or_else(|| DbError::Query("a bus job on a node without the bus".into()));
@@ -58,9 +61,12 @@ pub fn run_with<C: GenericClient>(
         } => Outcome::Registered(accounts::register_account(
             c,
             st,
-            &username,
-            &password_hash,
-            &nickname,
+            outbox,
+            &accounts::NewAccount {
+                username: &username,
+                password_hash: &password_hash,
+                nickname: &nickname,
+            },
         )?),
         Job::UsernameTaken { username } => {
             let found = accounts::same_name(c, st, &username)?;

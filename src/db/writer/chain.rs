@@ -18,6 +18,7 @@ use crate::db::entry::ChatEntry;
 use crate::db::error::DbError;
 use crate::db::jobs::{ChainLink, Job, JoinBy};
 use crate::db::notify::{self, EntryRef, MemberOp, Notes, Notifier};
+use crate::db::outbox::{Event, Events};
 use crate::db::rows::{room_newest_entry, Stmts};
 
 /// A room's newest entry in this batch, written to `rooms.last_message_*` at the
@@ -39,8 +40,9 @@ pub(super) struct Batch<'a, 'n> {
 }
 
 impl<'n> Batch<'_, 'n> {
-    /// A batch with nothing written yet; `bus`, in a cluster, takes its notes.
-    pub(super) fn new(bus: Option<&'n dyn Notifier>) -> Self {
+    /// A batch with nothing written yet; `bus`, in a cluster, takes its notes;
+    /// with `webhooks`, it gathers the events it reports.
+    pub(super) fn new(bus: Option<&'n dyn Notifier>, webhooks: bool) -> Self {
         Batch {
             lasts: HashMap::new(),
             chain: Chain {
@@ -49,6 +51,7 @@ impl<'n> Batch<'_, 'n> {
                 moved: HashSet::new(),
                 notes: bus.map(|b| b.notes()),
                 node: bus.map(|b| b.node().to_string()),
+                events: webhooks.then(Vec::new),
             },
         }
     }
@@ -65,6 +68,9 @@ pub(super) struct Chain<'n> {
     notes: Option<Box<dyn Notes + 'n>>,
     /// This node's name, in a cluster.
     pub(super) node: Option<String>,
+    /// The webhook events of the batch, in the order of what they report
+    /// (`None`: webhooks are off).
+    pub(super) events: Option<Events>,
 }
 
 impl Chain<'_> {
@@ -92,6 +98,13 @@ impl Chain<'_> {
             prev: *self.prevs.get(&first.id)?,
             last: last.id,
         })
+    }
+
+    /// Adds a webhook event, when webhooks are on (built only then).
+    pub(super) fn report(&mut self, event: impl FnOnce() -> Event) {
+        if let Some(events) = &mut self.events {
+            events.push(event());
+        }
     }
 
     /// Adds a note for the other nodes, in a cluster.

@@ -18,6 +18,7 @@ use super::rooms::{pass_ownership, write_leave};
 use super::written::{Linked, Written};
 use crate::db::error::DbError;
 use crate::db::jobs::{ChatEntry, Deletion, Outcome};
+use crate::db::outbox;
 use crate::db::rows::{display_nickname, Stmts};
 
 /// The nickname a deleted account's entries show from then on.
@@ -59,6 +60,7 @@ pub(super) fn write_delete_account(
         b.chain.note(|n| n.follow(from, to, false));
     }
     anonymise_history(tx, st, username, erase)?;
+    b.chain.report(|| outbox::user_deleted(username, erase));
     b.chain
         .note(|n| n.account_deleted(username, generation, erase));
     let deletion = Deletion {

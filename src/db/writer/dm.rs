@@ -15,6 +15,7 @@ use crate::db::jobs::{ChainLink, DmResult, NewMessage, Outcome};
 use crate::db::nodes;
 use crate::db::notify::EntryRef;
 use crate::db::offline_queue;
+use crate::db::outbox::{self, QueuedDm};
 use crate::db::queries::blocks::blocks;
 use crate::db::rows::Stmts;
 
@@ -37,7 +38,7 @@ pub(super) fn write_dm(
 pub(super) fn write_queue_dm(
     tx: &mut Transaction<'_>,
     st: &mut Stmts,
-    chain: &Chain<'_>,
+    chain: &mut Chain<'_>,
     msg: &NewMessage,
     to: &str,
     log_id: i64,
@@ -48,6 +49,7 @@ pub(super) fn write_queue_dm(
         nodes::lock_user(tx, st, to)?;
     }
     queue_dm(tx, st, msg, to, log_id, at)?;
+    chain.report(|| outbox::dm_queued(&queued(msg, to, log_id, at)));
     Ok((
         Written::Ready(Outcome::DmQueued {
             room: msg.room.clone(),
@@ -133,6 +135,7 @@ fn dm(
     );
     if queue {
         queue_dm(tx, st, msg, to, id, ts)?;
+        chain.report(|| outbox::dm_queued(&queued(msg, to, id, ts)));
     }
     let link = ChainLink {
         room: msg.room.clone(),
@@ -148,6 +151,19 @@ fn dm(
         },
         Some(link),
     ))
+}
+
+/// What `dm.queued` reports of a DM queued for `to`.
+fn queued<'a>(msg: &'a NewMessage, to: &'a str, id: i64, ts: SystemTime) -> QueuedDm<'a> {
+    QueuedDm {
+        room: &msg.room,
+        id,
+        ts,
+        from: &msg.from,
+        from_nickname: &msg.from_nickname,
+        recipient: to,
+        text: &msg.text,
+    }
 }
 
 /// Adds a DM to `to`'s offline queue and drops what the queue's bounds say must

@@ -16,6 +16,7 @@ use crate::db::jobs::{
     ChainLink, Duplicate, EditResult, NewMessage, Outcome, Poster, ReadResult, Role,
 };
 use crate::db::notify::EntryRef;
+use crate::db::outbox;
 use crate::db::rows::{entry_from_row, Stmts};
 
 /// Savepoints one batch may take for messages with a `client_id` (see
@@ -189,8 +190,8 @@ pub(super) fn is_member(
 }
 
 /// A message just stored: linked into its room's chain (and noted for the
-/// other nodes) and made the room's last message, both borrowed from the job.
-/// Returns its link.
+/// other nodes), made the room's last message, both borrowed from the job,
+/// and reported to the webhook. Returns its link.
 fn link_message<'a>(
     b: &mut Batch<'a, '_>,
     msg: &'a NewMessage,
@@ -221,6 +222,18 @@ fn link_message<'a>(
             kind: kind_of(msg),
         },
     );
+    b.chain.report(|| {
+        outbox::message_created(
+            kind_of(msg),
+            &msg.room,
+            id,
+            ts,
+            &msg.from,
+            &msg.from_nickname,
+            &msg.text,
+            msg.client_id.as_deref(),
+        )
+    });
     ChainLink {
         room: msg.room.clone(),
         prev,

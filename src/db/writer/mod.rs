@@ -53,6 +53,7 @@ use super::error::DbError;
 use super::jobs::{ChainLink, Completion, Job, NewMessage, Outcome, Poster, Ticket};
 use super::nodes;
 use super::notify::Notifier;
+use super::outbox::Outbox;
 use super::pool::{discard, Conn, Health, Source};
 use super::rows::Stmts;
 use super::wakeup::CompletionSink;
@@ -72,13 +73,27 @@ pub(super) struct Settings {
     pub node: String,
 }
 
+/// Who hears of what the writer commits: the other nodes (in a cluster) and
+/// the webhook outbox (with webhooks on).
+pub(super) struct Reporters {
+    pub(super) bus: Option<Arc<dyn Notifier>>,
+    pub(super) outbox: Option<Arc<Outbox>>,
+}
+
+/// [`Reporters`], borrowed for one batch.
+#[derive(Clone, Copy)]
+struct Reports<'a> {
+    bus: Option<&'a dyn Notifier>,
+    outbox: Option<&'a Outbox>,
+}
+
 pub(super) fn run(
     source: Source,
     rx: Receiver<(Ticket, Job)>,
     sink: CompletionSink,
     health: Arc<Health>,
     settings: Settings,
-    bus: Option<Arc<dyn Notifier>>,
+    reporters: Reporters,
     stats: Arc<WriterStats>,
 ) {
     let max_batch = settings.max_batch;
@@ -88,7 +103,10 @@ pub(super) fn run(
         conn: None,
         marks: Marks::new(&settings.node),
         unresolved: None,
-        bus: bus.as_deref(),
+        reports: Reports {
+            bus: reporters.bus.as_deref(),
+            outbox: reporters.outbox.as_deref(),
+        },
         stats,
     };
     commit::forget_old_writers(&w.source, &w.health);
@@ -120,6 +138,10 @@ pub(super) fn run(
             }
         }
         let (slots, unknown) = w.write(&batch);
+        if let Some(outbox) = w.reports.outbox {
+            // The batch's events (if it committed) are there to deliver.
+            outbox.committed();
+        }
         w.answer(&sink, &mut batch, slots, unknown);
     }
 }
@@ -169,7 +191,7 @@ struct Writer<'n> {
     /// A batch whose COMMIT got no answer: while it is here, later batches are
     /// refused (see `commit`).
     unresolved: Option<Unresolved>,
-    bus: Option<&'n dyn Notifier>,
+    reports: Reports<'n>,
     stats: Arc<WriterStats>,
 }
 
@@ -331,7 +353,8 @@ impl Writer<'_> {
                 // BEGIN failed: nothing of the batch was sent.
                 Err(e) => Err(DbError::from(e)),
                 Ok(mut tx) => {
-                    let applied = apply(&mut tx, st, jobs, senders, self.bus, &self.stats, &mark);
+                    let applied =
+                        apply(&mut tx, st, jobs, senders, self.reports, &self.stats, &mark);
                     Ok(match applied {
                         Err(e) => Wrote::Failed(e),
                         Ok(written) => match tx.commit().map_err(DbError::from) {
@@ -381,20 +404,20 @@ impl Writer<'_> {
 
 /// Runs a batch's jobs in `tx`, in order: the rooms they add to locked first,
 /// consecutive messages gathered into one INSERT, every other job written
-/// where it stands; each room's last message, newest entry id and the
-/// batch's notes stored at the end.
+/// where it stands; each room's last message, newest entry id, the batch's
+/// webhook events (one INSERT) and its notes stored at the end.
 fn apply<'a>(
     tx: &mut Transaction<'_>,
     st: &mut Stmts,
     jobs: &[&'a Job],
     senders: &[Sender<'_>],
-    bus: Option<&dyn Notifier>,
+    reports: Reports<'_>,
     stats: &WriterStats,
     mark: &Mark<'_>,
 ) -> Result<Vec<Linked>, DbError> {
     let mut written: Vec<Option<Written>> = Vec::with_capacity(jobs.len());
     let mut links: Vec<Option<ChainLink>> = vec![None; jobs.len()];
-    let mut b = Batch::new(bus);
+    let mut b = Batch::new(reports.bus, reports.outbox.is_some());
     lock_rooms(tx, st, &entry_rooms(jobs), &mut b.chain)?;
     let mut generations = accounts::sender_generations(tx, st, jobs, senders)?;
     // Consecutive messages waiting for their multi-row INSERT: (index, message).
@@ -447,6 +470,9 @@ fn apply<'a>(
         &mut savepoints,
     )?;
     update_lasts(tx, st, b.lasts, mark)?;
+    if let (Some(outbox), Some(events)) = (reports.outbox, &b.chain.events) {
+        outbox.insert(tx, st, events)?;
+    }
     finish_chain(tx, st, b.chain, stats)?;
     Ok(written
         .into_iter()
@@ -502,7 +528,7 @@ fn write_one(
             to,
             log_id,
             at,
-        } => dm::write_queue_dm(tx, st, &b.chain, msg, to, *log_id, *at),
+        } => dm::write_queue_dm(tx, st, &mut b.chain, msg, to, *log_id, *at),
         Job::Edit { username, id, text } => {
             messages::write_edit(tx, st, &mut b.chain, username, *id, text.as_deref())
         }

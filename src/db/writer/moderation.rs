@@ -16,6 +16,7 @@ use super::written::{Linked, Written};
 use crate::db::error::DbError;
 use crate::db::jobs::{AdminOutcome, Outcome, Refusal, RemoveStatus, Removed, Role, BY_APP};
 use crate::db::notify::{MemberOp, Removal};
+use crate::db::outbox::{self, Departure};
 use crate::db::rows::{display_nickname, Stmts};
 use crate::names::SystemText;
 
@@ -184,6 +185,12 @@ fn remove(
         b.chain.note(|n| n.removal(&removal));
     };
     system_entry_then(tx, st, r.room, text, b, Some(&op), logged, note)?;
+    let how = Departure::Removed {
+        by: r.by,
+        banned: r.ban,
+    };
+    b.chain
+        .report(|| outbox::member_left(r.room, r.user, &t.nickname, how));
     Ok(Ok((status, Some(t.nickname))))
 }
 

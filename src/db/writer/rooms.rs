@@ -14,6 +14,7 @@ use crate::db::entry::ChatEntry;
 use crate::db::error::DbError;
 use crate::db::jobs::{open_invite, JoinBy, JoinResult, Role};
 use crate::db::notify::{EntryRef, MemberOp};
+use crate::db::outbox::{self, Departure};
 use crate::db::rows::Stmts;
 use crate::names::SystemText;
 
@@ -100,6 +101,8 @@ pub(super) fn write_leave(
             nickname: nickname.to_string(),
         };
         system_entry(tx, st, room, text, b, Some(&op), &mut logged)?;
+        b.chain
+            .report(|| outbox::member_left(room, username, nickname, Departure::Left));
         heir = pass_ownership(tx, st, b, room, username)?;
     }
     let link = b.chain.link(&logged);
@@ -411,6 +414,8 @@ fn add_member(
         nickname: nickname.to_string(),
     };
     system_entry(tx, st, room, text, b, Some(&op), logged)?;
+    b.chain
+        .report(|| outbox::member_joined(room, username, nickname));
     let s = st.get(tx, "SELECT 1 FROM rooms WHERE id = $1 AND klav_owner = $2")?;
     if tx.query_opt(&s, &[&room, &username])?.is_some() {
         b.chain

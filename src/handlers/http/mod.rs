@@ -236,6 +236,7 @@ fn snapshot(hub: &Hub) -> crate::metrics::Snapshot<'_> {
             .iter()
             .map(|why| (why.label(), hub.cluster.bus_dropped.get(*why)))
             .collect(),
+        webhooks: hub.svc.db.outbox.as_deref().map(|o| &o.stats),
     }
 }
 

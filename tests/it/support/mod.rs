@@ -2,7 +2,8 @@
 //! (`crate::harness`): HTTP by hand, the binary as a child process, several
 //! nodes on one database, hand-made WebSocket frames, `/metrics`, tokens,
 //! waiting, the operating system's view of a process, the captured server log,
-//! chat set-ups, and the helpers of the browser, friends and import tests.
+//! chat set-ups, a webhook receiver, and the helpers of the browser, friends
+//! and import tests.
 //!
 //! `crate::harness` re-exports the general modules; `api`, `nodes`, `cdp`, `browser`,
 //! `friends` and `legacy_json` are imported by the tests that need them.
@@ -22,6 +23,7 @@ pub mod os;
 pub mod owned_rooms;
 pub mod pg_pair;
 pub mod raw_http;
+pub mod receiver;
 pub mod scrape;
 pub mod switch_proxy;
 pub mod wait;
