@@ -4,7 +4,7 @@
 //! and replays. The rows are written by the transactions that report them
 //! (`db::outbox`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime};
 
 use postgres::Client;
@@ -70,7 +70,7 @@ pub fn claim(
     probe: bool,
 ) -> Result<Vec<Vec<Claimed>>, DbError> {
     let mut tx = c.transaction()?;
-    let rows = tx.query(
+    let candidates = tx.query(
         concat!(
             // Each order key with pending events, by a skip scan of the
             // pending index: as many probes as keys, however long the backlog.
@@ -105,26 +105,41 @@ pub fn claim(
             pending!(),
             " ORDER BY id LIMIT $2) r \
                 WINDOW w AS (PARTITION BY r.order_key ORDER BY r.id)) \
-             SELECT o.id, o.type, o.order_key, o.created_at, o.payload::text, r.head, r.n \
-             FROM klav_webhook_outbox o JOIN runs r ON r.id = o.id \
-             WHERE ",
-            pending!("o"),
-            " AND (o.claimed_until IS NULL OR o.claimed_until < now()) \
-             ORDER BY o.order_key, o.id \
-             FOR UPDATE OF o SKIP LOCKED"
+             SELECT id, head, n FROM runs"
         ),
         &[&keys, &run, &probe],
     )?;
+    // Then the candidates are locked, by id: a statement of its own, so that
+    // the lookup goes by the primary key whatever the planner believes of the
+    // table's size (joined to the CTE, an outbox that grew since it was last
+    // analyzed was scanned once per candidate: seconds per claim under a backlog).
+    let ids: Vec<i64> = candidates.iter().map(|r| r.get(0)).collect();
+    let place: HashMap<i64, (i64, i64)> = candidates
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .collect();
+    let rows = tx.query(
+        concat!(
+            "SELECT id, type, order_key, created_at, payload::text FROM klav_webhook_outbox \
+             WHERE id = ANY($1) AND ",
+            pending!(),
+            " AND (claimed_until IS NULL OR claimed_until < now()) \
+             ORDER BY order_key, id \
+             FOR UPDATE SKIP LOCKED"
+        ),
+        &[&ids],
+    )?;
     // A key whose head this transaction did not lock (another thread holds
     // it, or delivered it meanwhile) is left alone entirely.
+    let place_of = |id: i64| place.get(&id).copied().unwrap_or((0, 0));
     let heads: HashSet<i64> = rows
         .iter()
-        .filter(|r| r.get::<_, i64>(0) == r.get::<_, i64>(5))
-        .map(|r| r.get(0))
+        .map(|r| r.get::<_, i64>(0))
+        .filter(|&id| place_of(id).0 == id)
         .collect();
     let mut runs: Vec<Vec<Claimed>> = Vec::new();
     for r in rows {
-        let (head, n): (i64, i64) = (r.get(5), r.get(6));
+        let (head, n) = place_of(r.get(0));
         if !heads.contains(&head) {
             continue;
         }
@@ -194,13 +209,19 @@ pub fn release_node(c: &mut Client, node: &str) -> Result<u64, DbError> {
     )?)
 }
 
-/// The receiver answered 2xx.
-pub fn delivered(c: &mut Client, id: i64, status: u16) -> Result<(), DbError> {
+/// The receiver answered 2xx to each of `done` (id, status): one statement
+/// for the outcomes a claim's senders reported together.
+pub fn delivered_all(c: &mut Client, done: &[(i64, u16)]) -> Result<(), DbError> {
+    if done.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = done.iter().map(|d| d.0).collect();
+    let statuses: Vec<i32> = done.iter().map(|d| i32::from(d.1)).collect();
     c.execute(
-        "UPDATE klav_webhook_outbox SET delivered_at = now(), attempts = attempts + 1, \
-                last_status = $2, last_error = NULL, claimed_by = NULL, claimed_until = NULL \
-         WHERE id = $1",
-        &[&id, &i32::from(status)],
+        "UPDATE klav_webhook_outbox o SET delivered_at = now(), attempts = attempts + 1, \
+                last_status = d.status, last_error = NULL, claimed_by = NULL, claimed_until = NULL \
+         FROM unnest($1::int8[], $2::int4[]) AS d(id, status) WHERE o.id = d.id",
+        &[&ids, &statuses],
     )?;
     Ok(())
 }
