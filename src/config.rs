@@ -203,6 +203,16 @@ pub enum ConfigError {
 /// secret can be recovered offline from any token it signed.
 pub const MIN_JWT_SECRET_BYTES: usize = 32;
 
+impl From<crate::webhooks::config::Invalid> for ConfigError {
+    fn from(e: crate::webhooks::config::Invalid) -> Self {
+        ConfigError::Invalid {
+            var: e.var,
+            value: e.value,
+            expected: e.expected,
+        }
+    }
+}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -17,7 +17,7 @@
 //! - `jobs`, `entry`: what the loop asks and what comes back; `error`: [`DbError`];
 //! - `pool`: connection settings and names, the shared pool, and the
 //!   circuit breaker that answers at once while PostgreSQL is down;
-//! - `schema`: `schema.sql`, applied by one node at a time;
+//! - `setup`: `schema.sql`, applied by one node at a time;
 //! - `wakeup`: how finished jobs reach the loop ([`CompletionSink`], [`Wakeup`]);
 //! - `worker` and `queries`: the general workers and each job's SQL, by family;
 //! - `writer`: the ordered writer, by concern;
@@ -49,7 +49,7 @@ pub mod outbox;
 mod pool;
 pub mod queries;
 pub mod rows;
-mod schema;
+mod setup;
 pub mod tickets;
 mod wakeup;
 mod worker;
@@ -66,7 +66,7 @@ pub use crate::ticket::QueueFull;
 pub use error::DbError;
 pub use jobs::{Completion, Job, Outcome, Ticket};
 pub use pool::{application_name, pg_config, Pool};
-pub use schema::{apply_schema, SCHEMA_SQL};
+pub use setup::{apply_schema, SCHEMA_SQL};
 pub use wakeup::{CompletionSink, Wakeup};
 pub use writer::{new_room_id, WriterStats};
 
@@ -80,10 +80,8 @@ pub struct Db {
     threads: Vec<JoinHandle<()>>,
     health: Arc<Health>,
     pub stats: Arc<WriterStats>,
-    /// With webhooks on, the outbox (its delivery figures for `/metrics`)
-    /// and the threads delivering it, stopped with the others.
+    /// With webhooks on, the outbox (its delivery figures for `/metrics`).
     pub outbox: Option<Arc<outbox::Outbox>>,
-    pub webhooks: Option<crate::webhooks::Delivery>,
 }
 
 /// Settings for [`Db::start`].
@@ -182,7 +180,6 @@ impl Db {
             health: health_for_db,
             stats,
             outbox: settings.outbox.clone(),
-            webhooks: None,
         })
     }
 
@@ -208,9 +205,6 @@ impl Db {
     /// dropped (the loop has already waited, within the shutdown deadline, for
     /// everything it accepted), so shutdown time stays bounded under overload.
     pub fn shutdown(self) {
-        if let Some(w) = self.webhooks {
-            w.stop();
-        }
         self.health.stop();
         drop(self.general);
         drop(self.writer);

@@ -74,6 +74,10 @@ pub(super) struct Server {
     /// goodbye).
     pub(super) sealer: Option<Arc<Sealer>>,
     pub(super) database_url: String,
+    /// The webhook delivery threads, when webhooks are on (they hold their
+    /// own database connections): stopped first when the node stops, each
+    /// after the attempt it is making.
+    pub(super) webhooks: Option<crate::webhooks::Delivery>,
 }
 
 impl Server {

@@ -54,10 +54,14 @@ impl Server {
             bus,
             sealer,
             database_url,
+            webhooks,
             ..
         } = self;
         let Hub { svc, cluster, .. } = hub;
         let Services { db, hasher, .. } = svc;
+        if let Some(w) = webhooks {
+            w.stop();
+        }
         db.shutdown();
         hasher.shutdown();
         if let (Some(bus), Some(sealer)) = (bus, sealer) {

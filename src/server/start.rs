@@ -125,7 +125,7 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
         .webhook
         .is_some()
         .then(|| Arc::new(crate::db::outbox::Outbox::default()));
-    let mut db = Db::start(
+    let db = Db::start(
         &DbSettings {
             url: database_url.to_string(),
             node: node.clone(),
@@ -140,9 +140,12 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
         sink.clone(),
     )
     .map_err(StartError::Db)?;
-    if let (Some(hooks), Some(outbox)) = (&config.webhook, outbox) {
-        db.webhooks = Some(crate::webhooks::start(hooks, database_url, &node, outbox));
-    }
+    let webhooks = match (&config.webhook, outbox) {
+        (Some(hooks), Some(outbox)) => {
+            Some(crate::webhooks::start(hooks, database_url, &node, outbox))
+        }
+        _ => None,
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let bus = match &sealer {
         Some(sealer) => {
@@ -177,6 +180,7 @@ pub fn start(config: Config, database_url: &str, jwt_secret: &[u8]) -> Result<Ru
         bus,
         sealer,
         database_url: database_url.to_string(),
+        webhooks,
         completions: done_rx,
         wakeup: wakeup.clone(),
         stop: stop.clone(),

@@ -46,7 +46,12 @@ pub fn message_ids(events: &[Received]) -> Vec<i64> {
 
 /// The ids of a room's messages as stored, in order.
 pub fn stored_ids(s: &TestServer, room: &str) -> Vec<i64> {
-    s.db()
+    stored_ids_in(&s.db_url, room)
+}
+
+/// [`stored_ids`] in the database at `db`.
+pub fn stored_ids_in(db: &str, room: &str) -> Vec<i64> {
+    connect_db(db)
         .query(
             "SELECT id FROM chat_logs WHERE room_id = $1 AND kind = 'msg' ORDER BY id",
             &[&room],

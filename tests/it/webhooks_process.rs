@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::harness::*;
 use crate::support::receiver::*;
-use crate::webhooks::message_ids;
+use crate::webhooks::{message_ids, stored_ids_in};
 
 fn hook_env(db: &str, name: &str, r: &Receiver) -> Vec<(String, String)> {
     vec![
@@ -44,18 +44,6 @@ fn user(db: &str, name: &str) -> String {
         )
         .unwrap();
     klav::auth::jwt::Tokens::new(SECRET.as_bytes(), jsonwebtoken::Algorithm::HS256, 60).issue(name)
-}
-
-fn ids_of_room(db: &str, room: &str) -> Vec<i64> {
-    connect_db(db)
-        .query(
-            "SELECT id FROM chat_logs WHERE room_id = $1 AND kind = 'msg' ORDER BY id",
-            &[&room],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
 }
 
 #[test]
@@ -98,7 +86,7 @@ fn events_pending_when_klav_is_killed_are_delivered_after_restart() {
     let got = r.wait_for("message.created", 40, Duration::from_secs(60));
     assert_eq!(
         message_ids(&got),
-        ids_of_room(&db, &room),
+        stored_ids_in(&db, &room),
         "lost or reordered"
     );
     assert!(got.iter().all(|e| e.signed));
@@ -155,7 +143,11 @@ fn two_nodes_deliver_each_event_once() {
             .filter(|e| e.body["data"]["room_id"] == room.as_str())
             .cloned()
             .collect();
-        assert_eq!(message_ids(&arrived), ids_of_room(&db, room), "room {room}");
+        assert_eq!(
+            message_ids(&arrived),
+            stored_ids_in(&db, room),
+            "room {room}"
+        );
     }
     // Let any duplicate arrive, then count every event by id.
     r.wait_for("room.member_joined", 3, Duration::from_secs(30));
