@@ -200,6 +200,34 @@ fn database(
     Ok((c.url("postgres"), Some(c)))
 }
 
+/// A subcommand's database work: the configuration read (exit 2 when it is
+/// wrong), the database opened — `DATABASE_URL`, or the embedded PostgreSQL,
+/// started for `work` and stopped after it — and `work`'s exit code.
+fn with_database(work: impl FnOnce(&str) -> ExitCode) -> ExitCode {
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("klav: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    klav::log::set_level(config.log_level);
+    let (url, cluster) = match database(&config) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("klav: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let code = work(&url);
+    if let Some(mut c) = cluster {
+        if let Err(e) = c.stop() {
+            log!(Error, "{e}");
+        }
+    }
+    code
+}
+
 /// Where a browser on this machine finds the web client.
 fn web_address(addr: std::net::SocketAddr) -> String {
     let host = match addr.ip() {
@@ -309,27 +337,7 @@ fn webhooks(args: &[String]) -> ExitCode {
         println!("{}", cli::USAGE);
         return ExitCode::SUCCESS;
     }
-    let config = match Config::from_env() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("klav: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let (url, cluster) = match database(&config) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("klav: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let code = cli::run(&url, &command, &mut std::io::stdout());
-    if let Some(mut c) = cluster {
-        if let Err(e) = c.stop() {
-            log!(Error, "{e}");
-        }
-    }
-    ExitCode::from(code)
+    with_database(|url| ExitCode::from(cli::run(url, &command, &mut std::io::stdout())))
 }
 
 /// `klav import-json <DIR> [--dry-run]`: exit 0 on success, 1 when the import
@@ -364,45 +372,18 @@ fn import_json(args: &[String]) -> ExitCode {
         eprintln!("klav import-json: {} is not a directory", dir.display());
         return ExitCode::from(2);
     }
-    let config = match Config::from_env() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("klav: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    klav::log::set_level(config.log_level);
-    let mut cluster = None;
-    let url = match &config.database_url {
-        Some(url) => url.clone(),
-        None => match Cluster::start(&config.data_dir, &ClusterOptions::default()) {
-            Ok(c) => {
-                let url = c.url("postgres");
-                cluster = Some(c);
-                url
+    with_database(|url| {
+        match klav::import::import_dir(url, &dir, dry_run, &mut std::io::stderr()) {
+            Ok(summary) => {
+                print!("{summary}");
+                ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("klav: {e}");
-                return ExitCode::from(2);
+                eprintln!("klav import-json: {e}\nnothing was imported");
+                ExitCode::from(1)
             }
-        },
-    };
-    let result = klav::import::import_dir(&url, &dir, dry_run, &mut std::io::stderr());
-    if let Some(mut c) = cluster {
-        if let Err(e) = c.stop() {
-            log!(Error, "{e}");
         }
-    }
-    match result {
-        Ok(summary) => {
-            print!("{summary}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("klav import-json: {e}\nnothing was imported");
-            ExitCode::from(1)
-        }
-    }
+    })
 }
 
 /// `klav api-key create NAME | list | revoke NAME`: exit 0 when done, 1 when
@@ -424,28 +405,7 @@ fn api_key(args: &[String]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let config = match Config::from_env() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("klav: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    klav::log::set_level(config.log_level);
-    let (url, cluster) = match database(&config) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("klav: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let code = run_key_command(&url, command);
-    if let Some(mut c) = cluster {
-        if let Err(e) = c.stop() {
-            log!(Error, "{e}");
-        }
-    }
-    code
+    with_database(|url| run_key_command(url, command))
 }
 
 /// What `klav api-key` was asked to do.
